@@ -1,0 +1,218 @@
+"""Locate and safely load weights.
+
+Locations use open_clip-style prefixes: ``hf-hub:org/repo/path/in/repo[@revision]`` (the
+Hugging Face cache), ``https://...`` (downloaded once into the cache), ``builtin:`` (files
+shipped with this package), ``cache:`` (this tool's cache dir) or a plain path (relative to
+the recipe). Torch files always load with ``weights_only=True``; the only pickled globals
+allowed are the inert Lightning callback keys of official taming-transformers checkpoints,
+mapped onto a stub class, so pytorch_lightning is never imported or executed.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import re
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from builder.errors import CheckpointError
+from builder.fileio import atomic_write, sha256_file
+from builder.registry import Registry
+
+log = logging.getLogger(__name__)
+
+BUILTIN_DIR = Path(__file__).resolve().parent / "components" / "configs"
+
+
+@dataclass(frozen=True)
+class ResolveContext:
+    """What relative locations are relative to."""
+
+    base_dir: Path
+    cache_dir: Path
+
+
+Resolver = Callable[[str, ResolveContext], Path]
+LOCATIONS: Registry[Resolver] = Registry("location scheme")
+_SCHEME = re.compile(r"^([a-z][a-z0-9+-]*):(?!\\)")
+
+
+@LOCATIONS.register("builtin", description="a file shipped inside this package")
+def _builtin(rest: str, ctx: ResolveContext) -> Path:
+    return BUILTIN_DIR / rest
+
+
+@LOCATIONS.register("cache", description="a path inside this tool's cache dir")
+def _cache(rest: str, ctx: ResolveContext) -> Path:
+    return ctx.cache_dir / rest
+
+
+@LOCATIONS.register("hf-hub", description="org/repo/path/in/repo[@revision] on the Hugging Face Hub")
+def _hf_hub(rest: str, ctx: ResolveContext) -> Path:
+    spec, _, revision = rest.partition("@")
+    parts = spec.split("/")
+    if len(parts) < 3:
+        raise CheckpointError(f"hf-hub:{rest}: expected hf-hub:org/repo/path/to/file[@revision]")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(
+            hf_hub_download("/".join(parts[:2]), "/".join(parts[2:]), revision=revision or None)
+        )
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
+        raise CheckpointError(
+            f"hf-hub:{rest}: not in the HF cache and the Hub cannot be reached "
+            f"({type(error).__name__}); download it where there is network or give a local path"
+        ) from None
+
+
+def _download(url: str, ctx: ResolveContext) -> Path:
+    from hashlib import sha256
+
+    target = ctx.cache_dir / "downloads" / sha256(url.encode()).hexdigest()[:16] / Path(url.split("?")[0]).name
+    if target.is_file():
+        return target
+    log.info("downloading %s", url)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, atomic_write(target) as handle:
+            while block := response.read(1 << 20):
+                handle.write(block)
+    except OSError as error:
+        raise CheckpointError(f"{url}: download failed ({error}); fetch it by hand and give the path") from None
+    return target
+
+
+for _scheme in ("http", "https"):
+    LOCATIONS.register(_scheme, description="downloaded once into the cache")(
+        lambda rest, ctx, _s=_scheme: _download(f"{_s}:{rest}", ctx)
+    )
+
+
+def resolve_location(spec: str, ctx: ResolveContext) -> Path:
+    """A location string -> local path (which may not exist yet for ``cache:`` targets)."""
+    match = _SCHEME.match(spec)
+    if match and len(match.group(1)) > 1:  # one letter is a Windows drive
+        scheme = match.group(1)
+        return LOCATIONS.get(scheme)(spec[len(scheme) + 1 :], ctx)
+    path = Path(spec).expanduser()
+    return path if path.is_absolute() else ctx.base_dir / path
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+class LightningCallbackKey:
+    """Stands in for Lightning callback classes that official checkpoints use as dict keys."""
+
+
+ALLOWED_GLOBALS: list[tuple[Any, str]] = [
+    (LightningCallbackKey, "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"),
+    (LightningCallbackKey, "lightning.pytorch.callbacks.model_checkpoint.ModelCheckpoint"),
+]
+
+
+def _torch_load(path: Path) -> Any:
+    import torch
+
+    try:
+        with torch.serialization.safe_globals(ALLOWED_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        try:
+            needed = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # noqa: BLE001 - only used to enrich the message
+            needed = []
+        names = ", ".join(needed[:3]) or "pickled code"
+        raise CheckpointError(
+            f"refusing to load {path}: it needs {names}, which weights_only=True does not allow; "
+            "convert it to .safetensors from a trusted copy"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise CheckpointError(f"cannot read checkpoint {path}: {str(error).splitlines()[0]}") from None
+
+
+def _tensor_dict(payload: Any, path: Path) -> dict[str, Any]:
+    import torch
+
+    for key in ("state_dict", "model", "module"):
+        if isinstance(payload, Mapping) and isinstance(payload.get(key), Mapping):
+            payload = payload[key]
+            break
+    if not isinstance(payload, Mapping) or not payload:
+        raise CheckpointError(f"checkpoint {path} holds no state dict")
+    tensors = {k: v for k, v in payload.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"checkpoint {path} holds no tensors")
+    return {k.removeprefix("module."): v for k, v in tensors.items()}
+
+
+def load_state_dict(path: Path, *, cache_dir: Path | None = None, what: str = "checkpoint") -> dict[str, Any]:
+    """Tensors of a ``.safetensors`` or torch checkpoint; pickles get a safetensors copy cached."""
+    if not path.is_file():
+        raise CheckpointError(f"{what} not found: {path}; check the path or train it first")
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path)
+    cached = cache_dir / "safetensors" / f"{sha256_file(path)}.safetensors" if cache_dir else None
+    if cached is not None and cached.is_file():
+        return _load_safetensors(cached)
+    state = _tensor_dict(_torch_load(path), path)
+    if cached is not None:
+        _save_safetensors(state, cached)
+    return state
+
+
+def _load_safetensors(path: Path) -> dict[str, Any]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"cannot read {path}: {error}") from None
+
+
+def _save_safetensors(state: Mapping[str, Any], path: Path) -> None:
+    from safetensors.torch import save
+
+    data = save({k: v.detach().clone().contiguous() for k, v in state.items()})
+    with atomic_write(path) as handle:
+        handle.write(data)
+
+
+def save_state_dict(state: Mapping[str, Any], path: Path) -> None:
+    """Write weights atomically as ``.safetensors`` (or a plain torch file for other suffixes)."""
+    if path.suffix == ".safetensors":
+        _save_safetensors(state, path)
+        return
+    import torch
+
+    with atomic_write(path) as handle:
+        torch.save(dict(state), handle)
+
+
+def load_weights(
+    module: Any, state: Mapping[str, Any], *, path: Path, what: str, ignore_prefixes: tuple[str, ...] = ()
+) -> None:
+    """Load ``state`` into ``module`` strictly, failing with the first mismatch named."""
+    own = module.state_dict()
+    state = {k: v for k, v in state.items() if not k.startswith(ignore_prefixes)}
+    for key, tensor in own.items():
+        if key in state and tuple(state[key].shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"{what} checkpoint {path} does not fit the model: '{key}' is "
+                f"{tuple(state[key].shape)} in the file but {tuple(tensor.shape)} in the model; "
+                "check the model config and num_classes"
+            )
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        example = f"missing '{missing[0]}'" if missing else f"unexpected '{unexpected[0]}'"
+        raise CheckpointError(
+            f"{what} checkpoint {path} does not fit the model: {len(missing)} missing and "
+            f"{len(unexpected)} unexpected weights ({example}); check the model config"
+        )
+    module.load_state_dict(state, strict=True)

@@ -1,0 +1,215 @@
+"""``build-benchmark``: the command line. It only parses, wires and reports."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import click
+
+from builder import __version__
+from builder.errors import BuilderError
+
+log = logging.getLogger("builder")
+
+
+class FriendlyGroup(click.Group):
+    """Turns :class:`BuilderError` into a one-line message and exit code 2, no traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BuilderError as error:
+            click.echo(f"error: {error}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+def configure_logging(verbosity: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbosity > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("builder").setLevel(level)
+    for noisy in ("httpx", "urllib3", "huggingface_hub", "timm", "root"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def resolve_device(device: Optional[str]) -> str:
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise click.BadParameter(f"'{device}' is not a torch device (try cpu, cuda, cuda:1)", param_hint="--device") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise click.BadParameter("CUDA is not available on this machine; use --device cpu", param_hint="--device")
+    return device
+
+
+def cache_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--cache-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Where trained demo weights and downloads live (default: $FMR_BUILDER_CACHE or ~/.cache/fmr-builder).",
+    )(command)
+
+
+@click.group(cls=FriendlyGroup)
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.version_option(__version__, prog_name="build-benchmark")
+def main(verbose: int, quiet: bool) -> None:
+    """Build static robustness benchmarks with a foundation-model oracle (FMR, Zhang et al.)."""
+    configure_logging(verbose, quiet)
+
+
+@main.command()
+@click.argument("recipe")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N source samples.")
+@click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Images per engine batch (default: the recipe's).")
+@click.option("--seed", type=int, help="Override the recipe's seed.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key, e.g. perturbation.budget=10 (repeatable).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing benchmark dir.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@cache_option
+def run(recipe: str, out_dir: Path, limit: Optional[int], device: Optional[str], batch_size: Optional[int], seed: Optional[int],
+        overrides: tuple[str, ...], overwrite: bool, no_progress: bool, cache_dir: Optional[Path]) -> None:
+    """Build the benchmark of RECIPE (a YAML path or a bundled recipe name) into --out."""
+    from builder.build import BuildOptions, build_benchmark
+    from builder.paths import default_cache_dir
+    from builder.recipes import load_recipe
+
+    if seed is not None:
+        overrides = (*overrides, f"seed={seed}")
+    loaded = load_recipe(recipe, overrides)
+    options = BuildOptions(
+        out_dir=out_dir,
+        device=resolve_device(device),
+        cache_dir=cache_dir or default_cache_dir(),
+        batch_size=batch_size,
+        limit=limit,
+        overwrite=overwrite,
+        progress=not no_progress,
+    )
+    summary = build_benchmark(loaded, options)
+    click.echo(format_summary(loaded.recipe.name, summary))
+
+
+def format_summary(name: str, summary: Any) -> str:
+    lines = [
+        f"built {name} -> {summary.out_dir} in {summary.seconds:.1f} s "
+        f"({summary.source_samples} source samples, {summary.rejects} rejected, see rejects.jsonl)",
+        f"{'config':<14}{'samples':>8}{'perturbed':>11}{'mean steps':>12}{'SA':>8}{'PA':>8}{'FMR':>8}",
+    ]
+    for config, figures in summary.configs.items():
+        fmr = 100 * figures["pa"] / figures["sa"] if figures["sa"] else 0.0
+        lines.append(
+            f"{config:<14}{figures['num_samples']:>8}{figures['perturbed_share']:>11.1%}{figures['mean_steps']:>12.2f}"
+            f"{figures['sa']:>8.1%}{figures['pa']:>8.1%}{fmr:>8.1f}"
+        )
+    lines.append("SA: reference model on originals; PA: on the perturbed samples; FMR = PA / SA x 100")
+    lines.append(f"manifest id {summary.manifest_id}")
+    return "\n".join(lines)
+
+
+@main.command("recipes")
+def list_recipes() -> None:
+    """List the bundled recipes."""
+    from builder.recipes import describe_bundled
+
+    rows = describe_bundled()
+    width = max((len(name) for name, _ in rows), default=0)
+    for name, description in rows:
+        click.echo(f"{name:<{width}}  {description}")
+
+
+@main.group()
+def train() -> None:
+    """Train a recipe's small components from scratch (for domains without pretrained weights)."""
+
+
+def _train_context(recipe: str, overrides: tuple[str, ...], device: Optional[str], cache_dir: Optional[Path]) -> tuple[Any, Any]:
+    from builder.components.base import ComponentContext
+    from builder.paths import default_cache_dir
+    from builder.recipes import load_recipe
+    from builder.sources.base import SourceContext, open_source
+
+    loaded = load_recipe(recipe, overrides)
+    cache = cache_dir or default_cache_dir()
+    source = open_source(loaded.recipe.source, SourceContext(loaded.base_dir, cache))
+    context = ComponentContext(resolve_device(device), cache, loaded.base_dir, tuple(source.class_names),
+                               loaded.recipe.image_size, loaded.recipe.source)
+    return loaded.recipe, context
+
+
+def _target(location: Optional[str], out: Optional[Path], context: Any, what: str) -> Path:
+    from builder.checkpoints import resolve_location
+
+    if out is not None:
+        return out
+    if location is None:
+        raise BuilderError(f"the recipe's {what} names no checkpoint location; pass --out")
+    return resolve_location(location, context.locations)
+
+
+def _train_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    command = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key.")(command)
+    command = click.option("--device", default=None, help="torch device.")(command)
+    command = click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Checkpoint to write (default: the recipe's location).")(command)
+    return cache_option(click.argument("recipe")(command))
+
+
+@train.command("generator")
+@_train_options
+def train_generator_command(recipe: str, out: Optional[Path], device: Optional[str], overrides: tuple[str, ...], cache_dir: Optional[Path]) -> None:
+    """Train RECIPE's VQGAN on its source (taming format: {"state_dict": ...})."""
+    from builder.train import train_generator
+
+    config, context = _train_context(recipe, overrides, device, cache_dir)
+    target = _target(getattr(config.generator, "checkpoint", None), out, context, "generator")
+    train_generator(config.generator, context, target)
+    click.echo(f"wrote {target}")
+
+
+@train.command("oracle")
+@_train_options
+def train_oracle_command(recipe: str, out: Optional[Path], device: Optional[str], overrides: tuple[str, ...], cache_dir: Optional[Path]) -> None:
+    """Train RECIPE's CLIP oracle from scratch on its class prompts."""
+    from builder.train import train_clip
+
+    config, context = _train_context(recipe, overrides, device, cache_dir)
+    if config.oracle.kind != "clip":
+        raise BuilderError(f"train oracle trains CLIP oracles; this recipe's oracle is '{config.oracle.kind}'")
+    target = _target(config.oracle.pretrained, out, context, "oracle")
+    train_clip(config.oracle, context, target)
+    click.echo(f"wrote {target}")
+
+
+@train.command("model")
+@_train_options
+@click.option("--name", "config_name", default=None, help="Which reference model (config name); default: the first.")
+def train_model_command(recipe: str, out: Optional[Path], device: Optional[str], overrides: tuple[str, ...], cache_dir: Optional[Path], config_name: Optional[str]) -> None:
+    """Train one of RECIPE's reference models from scratch."""
+    from builder.registry import unknown_name_message
+    from builder.train import train_classifier
+
+    config, context = _train_context(recipe, overrides, device, cache_dir)
+    specs = {spec.config_name: spec for spec in config.reference_models}
+    name = config_name or next(iter(specs))
+    if name not in specs:
+        raise BuilderError(unknown_name_message("reference model", name, list(specs)))
+    target = _target(specs[name].checkpoint, out, context, f"reference model {name}")
+    train_classifier(specs[name], context, target)
+    click.echo(f"wrote {target}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,202 @@
+"""Oracles h: CLIP zero-shot (open_clip), any classifier, or an all-must-agree ensemble."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, ClassVar, Optional
+
+import torch
+from pydantic import SerializeAsAny, field_validator
+from torch.nn import functional as F
+
+from builder.checkpoints import BUILTIN_DIR, load_state_dict, load_weights, resolve_location
+from builder.components.base import ORACLES, ComponentContext, Oracle
+from builder.components.models import load_classifier
+from builder.components.preprocess import Preprocess, Preprocessing
+from builder.config import ModelSpec, OracleConfig, TrainConfig
+from builder.errors import ComponentError
+from builder.registry import unknown_name_message
+
+log = logging.getLogger(__name__)
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+_LOCATION = re.compile(r"^[a-z][a-z0-9+-]+:|[/\\]|\.(pt|pth|bin|safetensors|ckpt)$")
+
+
+class ClipOracleConfig(OracleConfig):
+    model: str = "ViT-B-32"
+    pretrained: str = "openai"
+    quick_gelu: Optional[bool] = None
+    template: str = "an image of {}"
+    prompt_names: Optional[tuple[str, ...]] = None
+    train: Optional[TrainConfig] = None
+
+    @field_validator("template")
+    @classmethod
+    def _has_slot(cls, value: str) -> str:
+        if "{}" not in value:
+            raise ValueError(f"'{value}' needs a '{{}}' where the class name goes")
+        return value
+
+
+class ClassifierOracleConfig(OracleConfig):
+    model: ModelSpec
+
+
+class EnsembleOracleConfig(OracleConfig):
+    nested_components: ClassVar[dict[str, str]] = {"members": "oracles"}
+    members: tuple[SerializeAsAny[OracleConfig], ...]
+
+    @field_validator("members")
+    @classmethod
+    def _two_or_more(cls, value: tuple[OracleConfig, ...]) -> tuple[OracleConfig, ...]:
+        if len(value) < 2:
+            raise ValueError("an ensemble needs at least two members")
+        return value
+
+
+def register_builtin_clip_configs() -> None:
+    """Make the small model configs shipped with this package known to open_clip (idempotent)."""
+    import open_clip
+
+    shipped = {p.stem for p in (BUILTIN_DIR / "clip").glob("*.json")}
+    if shipped - set(open_clip.list_models()):
+        open_clip.add_model_config(BUILTIN_DIR / "clip")
+
+
+def create_clip(config: ClipOracleConfig, ctx: ComponentContext, *, load_weights_: bool = True) -> Any:
+    """The open_clip model of ``config``: a known pretrained tag, or weights from a location."""
+    import open_clip
+
+    register_builtin_clip_configs()
+    if config.model not in open_clip.list_models():
+        raise ComponentError(unknown_name_message("open_clip model", config.model, open_clip.list_models()))
+    is_location = bool(_LOCATION.search(config.pretrained))
+    tags = open_clip.list_pretrained_tags_by_model(config.model)
+    if not is_location and config.pretrained not in tags:
+        raise ComponentError(
+            f"open_clip: no pretrained '{config.pretrained}' for {config.model}; "
+            f"tags: {', '.join(tags) or 'none (give a checkpoint path)'}"
+        )
+    # OpenAI weights were trained with QuickGELU; a plain ViT-B-32 config would silently differ.
+    quick_gelu = config.quick_gelu if config.quick_gelu is not None else config.pretrained == "openai"
+    if not load_weights_ or is_location:
+        model = open_clip.create_model(config.model, pretrained=None, force_quick_gelu=quick_gelu)
+        if load_weights_:
+            _load_clip_weights(model, config, ctx)
+        return model
+    try:
+        return open_clip.create_model(config.model, pretrained=config.pretrained, force_quick_gelu=quick_gelu)
+    except (RuntimeError, OSError) as error:
+        raise ComponentError(
+            f"open_clip {config.model}/{config.pretrained}: weights not in the cache and cannot be "
+            f"downloaded ({type(error).__name__}); run once with network or give a checkpoint path"
+        ) from None
+
+
+def _load_clip_weights(model: Any, config: ClipOracleConfig, ctx: ComponentContext) -> None:
+    path = resolve_location(config.pretrained, ctx.locations)
+    if not path.is_file() and config.train is not None:
+        from builder.train import train_clip
+
+        log.info("no CLIP checkpoint at %s yet, training it", path)
+        train_clip(config, ctx, path)
+    state = load_state_dict(path, cache_dir=ctx.cache_dir, what="oracle checkpoint")
+    load_weights(model, state, path=path, what=f"open_clip {config.model}")
+
+
+def clip_preprocessing(model: Any) -> Preprocessing:
+    import open_clip
+
+    cfg = open_clip.get_model_preprocess_cfg(model)
+    size = cfg.get("size", 224)
+    return Preprocessing(
+        input_size=int(size if isinstance(size, int) else size[-1]),
+        interpolation=str(cfg.get("interpolation", "bicubic")),
+        crop_pct=1.0,
+        mean=tuple(cfg.get("mean", OPENAI_MEAN)),
+        std=tuple(cfg.get("std", OPENAI_STD)),
+    )
+
+
+def prompts(config: ClipOracleConfig, class_names: tuple[str, ...]) -> list[str]:
+    names = config.prompt_names or class_names
+    if len(names) != len(class_names):
+        raise ComponentError(
+            f"oracle.prompt_names has {len(names)} names but the source has {len(class_names)} classes"
+        )
+    return [config.template.format(name) for name in names]
+
+
+class ClipZeroShotOracle:
+    """Accept when CLIP's zero-shot argmax over "template.format(class)" prompts is the label."""
+
+    def __init__(self, model: Any, tokenizer: Any, texts: list[str], device: str) -> None:
+        self.model = model.eval().requires_grad_(False).to(device)
+        self.preprocess = Preprocess(clip_preprocessing(model)).to(device)
+        with torch.no_grad():
+            text = self.model.encode_text(tokenizer(texts).to(device))
+            self.text_features = F.normalize(text, dim=-1)  # computed once
+            self.scale = self.model.logit_scale.exp()
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            features = F.normalize(self.model.encode_image(self.preprocess(images)), dim=-1)
+            return (self.scale * features @ self.text_features.T).softmax(dim=-1)
+
+    def judge(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _judge(self.probabilities(images), labels)
+
+
+def _judge(probabilities: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    accepted = probabilities.argmax(dim=-1) == labels
+    return accepted, probabilities.gather(1, labels[:, None]).squeeze(1)
+
+
+@ORACLES.register("clip", config=ClipOracleConfig, description="CLIP zero-shot through open_clip")
+def load_clip_oracle(config: ClipOracleConfig, ctx: ComponentContext) -> ClipZeroShotOracle:
+    import open_clip
+
+    model = create_clip(config, ctx)
+    tokenizer = open_clip.get_tokenizer(config.model)
+    return ClipZeroShotOracle(model, tokenizer, prompts(config, ctx.class_names), ctx.device)
+
+
+class ClassifierOracle:
+    """Any classifier as h: accept when its argmax is the label."""
+
+    def __init__(self, classifier: Any) -> None:
+        self.classifier = classifier
+
+    def judge(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            return _judge(self.classifier(images).softmax(dim=-1), labels)
+
+
+@ORACLES.register("classifier", config=ClassifierOracleConfig, description="any classifier spec as the oracle")
+def load_classifier_oracle(config: ClassifierOracleConfig, ctx: ComponentContext) -> ClassifierOracle:
+    return ClassifierOracle(load_classifier(config.model, ctx))
+
+
+class EnsembleOracle:
+    """Accept only if every member accepts; report the lowest probability of the label."""
+
+    def __init__(self, members: list[Oracle]) -> None:
+        self.members = members
+
+    def judge(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        verdicts = [member.judge(images, labels) for member in self.members]
+        accepted = torch.stack([v[0] for v in verdicts]).all(dim=0)
+        probability = torch.stack([v[1] for v in verdicts]).min(dim=0).values
+        return accepted, probability
+
+
+@ORACLES.register("ensemble", config=EnsembleOracleConfig, description="all members must accept")
+def load_ensemble_oracle(config: EnsembleOracleConfig, ctx: ComponentContext) -> EnsembleOracle:
+    return EnsembleOracle([load_oracle(member, ctx) for member in config.members])
+
+
+def load_oracle(config: OracleConfig, ctx: ComponentContext) -> Oracle:
+    return ORACLES.get(config.kind)(config, ctx)

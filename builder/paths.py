@@ -1,0 +1,24 @@
+"""Where bundled data and the cache live (no state: every function reads the environment)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CACHE_ENV = "FMR_BUILDER_CACHE"
+
+
+def bundled_dir(kind: str) -> Path:
+    """``recipes`` or ``cards``: inside the wheel, or at the top of a source checkout."""
+    package = Path(__file__).resolve().parent
+    installed = package / "_bundled" / kind
+    return installed if installed.is_dir() else package.parent / kind
+
+
+def default_cache_dir() -> Path:
+    """``$FMR_BUILDER_CACHE``, else ``$XDG_CACHE_HOME/fmr-builder``, else ``~/.cache/fmr-builder``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "fmr-builder"

@@ -1,0 +1,74 @@
+"""The source interface: a sized, index-addressable sequence of labelled images."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol, runtime_checkable
+
+from builder.config import SourceConfig
+from builder.errors import SourceError
+from builder.registry import Registry
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One sample; ``load`` reads the image lazily and may raise on a corrupt file."""
+
+    index: int
+    source_id: str
+    label: int
+    load: Callable[[], Any]
+
+
+@runtime_checkable
+class Source(Protocol):
+    class_names: tuple[str, ...]
+
+    def __len__(self) -> int: ...
+
+    def items(self, start: int, stop: int) -> Iterator[SourceItem]:
+        """Samples ``start <= index < stop`` in index order."""
+        ...
+
+
+@dataclass(frozen=True)
+class SourceContext:
+    base_dir: Path
+    cache_dir: Path
+
+
+SourceFactory = Callable[[Any, SourceContext], Source]
+SOURCES: Registry[SourceFactory] = Registry("source kind")
+
+
+def open_source(config: SourceConfig, ctx: SourceContext, *, split: str | None = None) -> Source:
+    """Build the source of ``config``; ``split`` overrides its split (e.g. ``train``)."""
+    if split is not None and "split" in type(config).model_fields:
+        config = config.model_copy(update={"split": split})
+    source = SOURCES.get(config.kind)(config, ctx)
+    if len(source) == 0:
+        raise SourceError(f"source {config.kind} is empty; check its path and split")
+    return source
+
+
+def check_class_names(declared: tuple[str, ...] | None, found: tuple[str, ...], what: str) -> tuple[str, ...]:
+    """The recipe's class names must agree with the data set's own, when both exist."""
+    if declared is None:
+        return found
+    if found and tuple(declared) != tuple(found):
+        diff = next((i for i, (a, b) in enumerate(zip(declared, found)) if a != b), min(len(declared), len(found)))
+        raise SourceError(
+            f"{what}: source.class_names disagree with the data set's at index {diff} "
+            f"({len(declared)} declared vs {len(found)} found); fix source.class_names or remove it"
+        )
+    return tuple(declared)
+
+
+def check_label(label: int, class_names: tuple[str, ...], source_id: str) -> int:
+    if not 0 <= label < len(class_names):
+        raise SourceError(
+            f"sample {source_id}: label {label} is outside the {len(class_names)} classes; "
+            "fix the label column or source.class_names"
+        )
+    return label

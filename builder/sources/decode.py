@@ -1,0 +1,57 @@
+"""Turn any source image into the RGB, square, fixed-size array the engine consumes."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+MAX_PIXELS = 89_478_485  # PIL's own decompression-bomb threshold, applied per image
+
+
+class SampleRejected(Exception):
+    """A sample that cannot be used; its reason goes to rejects.jsonl."""
+
+
+def _to_rgb(image: Any) -> Any:
+    from PIL import Image
+
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        high = array.max() if array.size and array.max() > 0 else 1.0
+        image = Image.fromarray(np.round(array / high * 255.0).astype(np.uint8), mode="L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    return image.convert("RGB")
+
+
+def load_rgb(loader: Any, image_size: int) -> np.ndarray:
+    """``loader()`` -> uint8 array (image_size, image_size, 3): EXIF-upright, shorter side
+    resized (bicubic) and centre-cropped. Raises :class:`SampleRejected` with a reason."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = loader()
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise SampleRejected(f"image of {width}x{height} pixels exceeds the {MAX_PIXELS} pixel limit")
+            image.load()
+            image = _to_rgb(ImageOps.exif_transpose(image))
+    except SampleRejected:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise SampleRejected(f"not a readable image ({type(error).__name__})") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as error:
+        raise SampleRejected(f"corrupt image ({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
+    scale = image_size / min(image.size)
+    size = (max(image_size, round(image.width * scale)), max(image_size, round(image.height * scale)))
+    image = image.resize(size, Image.Resampling.BICUBIC)
+    left, top = (image.width - image_size) // 2, (image.height - image_size) // 2
+    image = image.crop((left, top, left + image_size, top + image_size))
+    return np.asarray(image, dtype=np.uint8).copy()

@@ -1,0 +1,152 @@
+"""Train small components from scratch, for domains without a pretrained VQGAN or CLIP.
+
+The embedded demo uses this on first run; ``build-benchmark train`` exposes it. Each
+trainer writes a checkpoint in the same format its loader reads, and all randomness comes
+from the ``train.seed`` of the component's recipe section.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from builder.checkpoints import resolve_location, save_state_dict
+from builder.components.base import ComponentContext
+from builder.config import ModelSpec, TrainConfig
+from builder.errors import ComponentError
+from builder.fileio import atomic_write
+from builder.sources.base import SourceContext, open_source
+from builder.sources.decode import SampleRejected, load_rgb
+
+log = logging.getLogger(__name__)
+
+
+def load_training_data(ctx: ComponentContext, train: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """All readable images (uint8 N,3,H,W) and labels of the training split."""
+    source = open_source(ctx.source, SourceContext(ctx.base_dir, ctx.cache_dir), split=train.split)
+    pixels, labels = [], []
+    for item in source.items(0, len(source)):
+        try:
+            pixels.append(load_rgb(item.load, ctx.image_size))
+            labels.append(item.label)
+        except SampleRejected:
+            continue
+    if not pixels:
+        raise ComponentError(f"no readable training images in split '{train.split}'")
+    images = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous()
+    return images, torch.tensor(labels, dtype=torch.long)
+
+
+def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Per-sample random rotation (±15°), scale (±10%), shift (±10%), contrast and noise."""
+    n = len(images)
+
+    def uniform(*shape: int) -> torch.Tensor:
+        return (torch.rand(*shape, generator=generator) * 2 - 1).to(images.device)
+
+    angle, scale, shift = uniform(n) * math.radians(15), 1 + uniform(n) * 0.1, uniform(n, 2) * 0.1
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    moved = F.grid_sample(images, grid, padding_mode="border", align_corners=False)
+    contrast = 1 + uniform(n, 1, 1, 1) * 0.3
+    noise = torch.randn(images.shape, generator=generator).to(images.device) * (uniform(n, 1, 1, 1).abs() * 0.08)
+    mean = moved.mean(dim=(1, 2, 3), keepdim=True)
+    return ((moved - mean) * contrast + mean + noise).clamp(0, 1)
+
+
+def fit(
+    parameters: Any,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    data: tuple[torch.Tensor, torch.Tensor],
+    train: TrainConfig,
+    device: str,
+    what: str,
+) -> None:
+    """Adam with cosine decay over ``train.epochs``; shuffling and augmentation seeded."""
+    images, labels = data
+    generator = torch.Generator().manual_seed(train.seed)
+    optimizer = torch.optim.Adam(parameters, lr=train.lr)
+    steps = train.epochs * math.ceil(len(labels) / train.batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    for epoch in range(train.epochs):
+        order = torch.randperm(len(labels), generator=generator)
+        total = 0.0
+        for start in range(0, len(order), train.batch_size):
+            index = order[start : start + train.batch_size]
+            batch = images[index].to(device).float() / 255
+            if train.augment:
+                batch = augment(batch, generator)
+            loss = loss_fn(batch, labels[index].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += loss.item() * len(index)
+        log.info("train %s: epoch %d/%d loss %.4f", what, epoch + 1, train.epochs, total / len(labels))
+
+
+def _seeded(seed: int, build: Callable[[], Any]) -> Any:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def train_generator(config: Any, ctx: ComponentContext, out: Path) -> None:
+    """Train a taming-format VQGAN (L1 + L2 reconstruction + codebook loss; no GAN, no LPIPS)."""
+    from builder.components.vqgan import TamingVQGAN, read_taming_config
+
+    train = config.train or TrainConfig()
+    params = read_taming_config(resolve_location(config.config, ctx.locations))
+    model = _seeded(train.seed, lambda: TamingVQGAN(params)).to(ctx.device).train()
+
+    def loss_fn(batch: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
+        x = batch * 2 - 1
+        reconstruction, codebook_loss = model(x)
+        return (x - reconstruction).abs().mean() + F.mse_loss(reconstruction, x) + codebook_loss
+
+    fit(model.parameters(), loss_fn, load_training_data(ctx, train), train, ctx.device, "generator")
+    state = {k: v.cpu() for k, v in model.state_dict().items()}
+    with atomic_write(out) as handle:  # the taming / Lightning layout: {"state_dict": ...}
+        torch.save({"state_dict": state, "epoch": train.epochs, "global_step": 0}, handle)
+
+
+def train_clip(config: Any, ctx: ComponentContext, out: Path) -> None:
+    """Train an open_clip model on "template.format(class)" captions (CLIP loss over classes)."""
+    import open_clip
+
+    from builder.components.oracles import clip_preprocessing, create_clip, prompts
+    from builder.components.preprocess import Preprocess
+
+    train = config.train or TrainConfig()
+    model = _seeded(train.seed, lambda: create_clip(config, ctx, load_weights_=False)).to(ctx.device).train()
+    preprocess = Preprocess(clip_preprocessing(model)).to(ctx.device)
+    tokens = open_clip.get_tokenizer(config.model)(prompts(config, ctx.class_names)).to(ctx.device)
+
+    def loss_fn(batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        image = F.normalize(model.encode_image(preprocess(batch)), dim=-1)
+        text = F.normalize(model.encode_text(tokens), dim=-1)
+        return F.cross_entropy(model.logit_scale.exp() * image @ text.T, labels)
+
+    fit(model.parameters(), loss_fn, load_training_data(ctx, train), train, ctx.device, f"oracle {config.model}")
+    save_state_dict({k: v.cpu() for k, v in model.state_dict().items()}, out)
+
+
+def train_classifier(spec: ModelSpec, ctx: ComponentContext, out: Path) -> None:
+    """Train a classifier spec from scratch with cross-entropy."""
+    from builder.components.models import build_classifier
+
+    train = spec.train or TrainConfig()
+    classifier = _seeded(train.seed, lambda: build_classifier(spec, ctx, pretrained=False)).to(ctx.device).train()
+
+    def loss_fn(batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(classifier(batch), labels)
+
+    fit(classifier.parameters(), loss_fn, load_training_data(ctx, train), train, ctx.device, spec.model)
+    save_state_dict({k: v.cpu() for k, v in classifier.net.state_dict().items()}, out)

@@ -1,0 +1,79 @@
+"""What a shard holds, and the writer interface. One schema feeds Parquet, tars and the card."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Protocol, Sequence
+
+from builder.registry import Registry
+
+#: record columns beside the images: name -> datasets Value dtype ("class_label" for labels)
+RECORD_FIELDS: tuple[tuple[str, str], ...] = (
+    ("key", "string"),
+    ("label", "class_label"),
+    ("class_name", "string"),
+    ("source_id", "string"),
+    ("reference_model", "string"),
+    ("perturbed", "bool"),
+    ("steps", "int32"),
+    ("stop_reason", "string"),
+    ("oracle_prob", "float32"),
+    ("pred_before", "int32"),
+    ("loss_before", "float32"),
+    ("pred_after", "int32"),
+    ("loss_after", "float32"),
+)
+
+
+@dataclass(frozen=True)
+class OutputSample:
+    """One finished sample: encoded images plus its record (keys of RECORD_FIELDS)."""
+
+    key: str
+    image: bytes
+    original: Optional[bytes]
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ShardSchema:
+    class_names: tuple[str, ...]
+    image_format: str  # "png" or "webp"
+    keep_originals: bool
+
+    def features(self) -> dict[str, Any]:
+        """``datasets.Features.to_dict()`` form of the Parquet columns."""
+        features: dict[str, Any] = {"image": {"_type": "Image"}}
+        if self.keep_originals:
+            features["original_image"] = {"_type": "Image"}
+        for name, dtype in RECORD_FIELDS:
+            if dtype == "class_label":
+                features[name] = {"_type": "ClassLabel", "names": list(self.class_names)}
+            else:
+                features[name] = {"_type": "Value", "dtype": dtype}
+        return features
+
+    def features_yaml(self) -> list[dict[str, Any]]:
+        """The same features as a dataset card's ``dataset_info.features`` list."""
+        rows: list[dict[str, Any]] = [{"name": "image", "dtype": "image"}]
+        if self.keep_originals:
+            rows.append({"name": "original_image", "dtype": "image"})
+        for name, dtype in RECORD_FIELDS:
+            if dtype == "class_label":
+                names = {str(i): n for i, n in enumerate(self.class_names)}
+                rows.append({"name": name, "dtype": {"class_label": {"names": names}}})
+            else:
+                rows.append({"name": name, "dtype": dtype})
+        return rows
+
+
+class ShardWriter(Protocol):
+    suffix: str
+
+    def write(self, path: Path, samples: Sequence[OutputSample], schema: ShardSchema) -> None:
+        """Write all ``samples`` to ``path`` atomically (temp name, fsync, rename)."""
+        ...
+
+
+WRITERS: Registry[Callable[[], ShardWriter]] = Registry("output format")

@@ -1,0 +1,52 @@
+"""Parquet shards with the ``datasets`` Image struct, ClassLabel labels and the record columns.
+
+The ``datasets`` features travel in the schema metadata, so ``load_dataset`` types the
+columns the same way whether it reads the card or the files alone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from builder.fileio import atomic_write
+from builder.writers.base import RECORD_FIELDS, WRITERS, OutputSample, ShardSchema
+
+ARROW_TYPES = {"string": "string", "bool": "bool_", "int32": "int32", "float32": "float32", "class_label": "int64"}
+
+
+def arrow_schema(schema: ShardSchema) -> Any:
+    import pyarrow as pa
+
+    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    fields = [pa.field("image", image)]
+    if schema.keep_originals:
+        fields.append(pa.field("original_image", image))
+    fields += [pa.field(name, getattr(pa, ARROW_TYPES[dtype])()) for name, dtype in RECORD_FIELDS]
+    metadata = {"huggingface": json.dumps({"info": {"features": schema.features()}})}
+    return pa.schema(fields, metadata=metadata)
+
+
+@WRITERS.register("parquet", description="Parquet shards for datasets.load_dataset")
+class ParquetWriter:
+    suffix = ".parquet"
+
+    def write(self, path: Path, samples: Sequence[OutputSample], schema: ShardSchema) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        ordered = sorted(samples, key=lambda s: s.key)
+        extension = schema.image_format
+        columns: dict[str, list[Any]] = {
+            "image": [{"bytes": s.image, "path": f"{s.key}.{extension}"} for s in ordered]
+        }
+        if schema.keep_originals:
+            columns["original_image"] = [
+                {"bytes": s.original, "path": f"{s.key}.original.{extension}"} for s in ordered
+            ]
+        for name, _ in RECORD_FIELDS:
+            columns[name] = [s.record[name] for s in ordered]
+        table = pa.Table.from_pydict(columns, schema=arrow_schema(schema))
+        with atomic_write(path) as handle:
+            pq.write_table(table, handle, compression="zstd", row_group_size=100)
