@@ -84,9 +84,10 @@ def perturb_batch(
     labels: torch.Tensor,
     config: PerturbationConfig,
     mask: Optional[torch.Tensor] = None,
+    dtype: torch.dtype = torch.float32,
 ) -> PerturbationResult:
     """Run Algorithm 1 on a batch of uint8 images (N, 3, H, W) with integer labels."""
-    originals = images.float() / 255
+    originals = images.to(dtype) / 255
     pred_before, loss_before = _score(model, originals, labels)
     with torch.no_grad():
         latent = generator.encode(originals)

@@ -17,10 +17,13 @@ class SampleRejected(Exception):
 def _to_rgb(image: Any) -> Any:
     from PIL import Image
 
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if image.mode.startswith("I;16"):  # 16-bit: a fixed 0..65535 range
+        array = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.round(array / 257.0).clip(0, 255).astype(np.uint8), mode="L")
+    elif image.mode in ("I", "F"):  # no fixed range: stretch to the image's own maximum
         array = np.asarray(image, dtype=np.float64)
         high = array.max() if array.size and array.max() > 0 else 1.0
-        image = Image.fromarray(np.round(array / high * 255.0).astype(np.uint8), mode="L")
+        image = Image.fromarray(np.round(array / high * 255.0).clip(0, 255).astype(np.uint8), mode="L")
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):
@@ -37,15 +40,17 @@ def load_rgb(loader: Any, image_size: int) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = loader()
-            width, height = image.size
-            if width * height > MAX_PIXELS:
-                raise SampleRejected(f"image of {width}x{height} pixels exceeds the {MAX_PIXELS} pixel limit")
-            image.load()
-            image = _to_rgb(ImageOps.exif_transpose(image))
+            with loader() as opened:
+                width, height = opened.size
+                if width * height > MAX_PIXELS:
+                    raise SampleRejected(f"image of {width}x{height} pixels exceeds the {MAX_PIXELS} pixel limit")
+                opened.load()
+                image = _to_rgb(ImageOps.exif_transpose(opened))
     except SampleRejected:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise SampleRejected(f"image exceeds the {MAX_PIXELS} pixel limit (decompression bomb guard)") from None
+    except UnidentifiedImageError as error:
         raise SampleRejected(f"not a readable image ({type(error).__name__})") from None
     except (OSError, ValueError, SyntaxError, EOFError) as error:
         raise SampleRejected(f"corrupt image ({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None

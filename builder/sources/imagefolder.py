@@ -39,7 +39,7 @@ class ImageFolderSource:
         self._files: list[tuple[Path, int]] = []
         for label, name in enumerate(classes):
             for file in sorted((root / name).rglob("*")):
-                if file.is_file() and file.suffix.lower() in suffixes:
+                if file.is_file() and not file.name.startswith(".") and file.suffix.lower() in suffixes:
                     self._files.append((file, label))
         self._root = root
 

@@ -43,7 +43,8 @@ class ParquetWriter:
         }
         if schema.keep_originals:
             columns["original_image"] = [
-                {"bytes": s.original, "path": f"{s.key}.original.{extension}"} for s in ordered
+                {"bytes": s.original, "path": f"{s.key}.original.{extension}"} if s.original is not None else None
+                for s in ordered
             ]
         for name, _ in RECORD_FIELDS:
             columns[name] = [s.record[name] for s in ordered]

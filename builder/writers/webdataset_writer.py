@@ -24,15 +24,18 @@ class WebDatasetWriter:
         import webdataset as wds
 
         with atomic_write(path) as handle:
-            tar = wds.TarWriter(handle, user="fmr", group="fmr", mode=0o444, encoder=False, mtime=FIXED_MTIME)
-            for sample in sorted(samples, key=lambda s: s.key):
-                entry = {
-                    "__key__": sample.key,
-                    schema.image_format: sample.image,
-                    "cls": str(sample.record["label"]).encode(),
-                    "json": json.dumps(sample.record, sort_keys=True).encode(),
-                }
-                if schema.keep_originals and sample.original is not None:
-                    entry[f"original.{schema.image_format}"] = sample.original
-                tar.write(entry)
-            tar.close()
+            with wds.TarWriter(handle, user="fmr", group="fmr", mode=0o444, encoder=False, mtime=FIXED_MTIME) as tar:
+                self._write_all(tar, samples, schema)
+
+    @staticmethod
+    def _write_all(tar: object, samples: Sequence[OutputSample], schema: ShardSchema) -> None:
+        for sample in sorted(samples, key=lambda s: s.key):
+            entry = {
+                "__key__": sample.key,
+                schema.image_format: sample.image,
+                "cls": str(sample.record["label"]).encode(),
+                "json": json.dumps(sample.record, sort_keys=True).encode(),
+            }
+            if schema.keep_originals and sample.original is not None:
+                entry[f"original.{schema.image_format}"] = sample.original
+            tar.write(entry)  # type: ignore[attr-defined]

@@ -1,0 +1,162 @@
+"""Algorithm 1: the batched engine against a plain per-image implementation, on tiny models."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch.nn import functional as F
+
+from builder.components.oracles import ClassifierOracle
+from builder.components.preprocess import PreprocessedClassifier, Preprocessing
+from builder.components.vqgan import TamingVQGAN, VQGANGenerator
+from builder.config import PerturbationConfig
+from builder.engine import STOP_BUDGET, STOP_NON_FINITE, STOP_NOT_ACCEPTED, STOP_REJECTED, perturb_batch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_models import TINY_VQGAN_YAML, tiny_cnn  # noqa: E402
+
+
+def make_components(seed: int, dtype: torch.dtype = torch.float64, requantize: bool = False):
+    torch.manual_seed(seed)
+    params = yaml.safe_load(TINY_VQGAN_YAML)["model"]["params"]
+    generator = VQGANGenerator(TamingVQGAN(params).eval().to(dtype), requantize=requantize)
+    model = PreprocessedClassifier(tiny_cnn(3), Preprocessing(input_size=16), 3, "py:tiny").eval().to(dtype)
+    oracle_net = PreprocessedClassifier(tiny_cnn(3, width=4), Preprocessing(input_size=16), 3, "py:oracle").eval().to(dtype)
+    return generator, ClassifierOracle(oracle_net), model
+
+
+def to_grid(x: torch.Tensor) -> torch.Tensor:
+    return torch.round(x * 255) / 255
+
+
+def algorithm1(generator, oracle, model, image: torch.Tensor, label: int, config: PerturbationConfig):
+    """Plain, one-image Algorithm 1, written from the paper's description."""
+    x = image[None].double() / 255
+    y = torch.tensor([label])
+    with torch.no_grad():
+        latent = generator.encode(x)
+        current = to_grid(generator.decode(latent))
+    if not oracle.judge(current, y)[0].item():
+        return x[0], 0, False
+    steps = 0
+    for _ in range(config.budget):
+        probe = latent.clone().requires_grad_(True)
+        decoded = generator.decode(probe)
+        on_grid = decoded + (to_grid(decoded) - decoded).detach()  # what is judged, gradient passed straight through
+        loss = F.cross_entropy(model(on_grid), y)
+        (gradient,) = torch.autograd.grad(loss, probe)
+        if not torch.isfinite(gradient).all():
+            break
+        candidate = latent + config.step_size * gradient.sign()
+        with torch.no_grad():
+            decoded = to_grid(generator.decode(candidate))
+        if not oracle.judge(decoded, y)[0].item():
+            break
+        latent, current, steps = candidate, decoded, steps + 1
+    return current[0], steps, True
+
+
+def batch_inputs(generator, oracle, seed: int, n: int = 12):
+    generator_rng = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, 16, 16), generator=generator_rng, dtype=torch.uint8)
+    dtype = next(generator.model.parameters()).dtype
+    with torch.no_grad():
+        recon = to_grid(generator.decode(generator.encode(images.to(dtype) / 255)))
+        labels = oracle.classifier(recon).argmax(dim=1)
+    labels[0] = (labels[0] + 1) % 3  # one sample the oracle rejects at the start
+    return images, labels
+
+
+class ConfidenceOracle:
+    """Accepts while theta's probability of the label stays above a threshold: it rejects at
+    different steps for different samples, so every way a sample can end is exercised."""
+
+    def __init__(self, model, threshold: float) -> None:
+        self.model, self.threshold = model, threshold
+
+    def judge(self, images: torch.Tensor, labels: torch.Tensor):
+        with torch.no_grad():
+            probability = self.model(images).softmax(-1).gather(1, labels[:, None]).squeeze(1)
+        return probability >= self.threshold, probability
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_batched_engine_equals_per_image_algorithm(seed: int) -> None:
+    generator, _, model = make_components(seed)
+    images, labels = batch_inputs(generator, ClassifierOracle(model), seed, n=16)
+    with torch.no_grad():
+        recon = to_grid(generator.decode(generator.encode(images.double() / 255)))
+        start = model(recon).softmax(-1).gather(1, labels[:, None]).squeeze(1)
+    oracle = ConfidenceOracle(model, float(start[1:].quantile(0.2)))
+    config = PerturbationConfig(step_size=0.0003, budget=8)
+    result = perturb_batch(generator, oracle, model, images, labels, config, dtype=torch.float64)
+    for i in range(len(labels)):
+        expected_image, expected_steps, expected_perturbed = algorithm1(generator, oracle, model, images[i], int(labels[i]), config)
+        assert int(result.steps[i]) == expected_steps, f"sample {i}"
+        assert bool(result.perturbed[i]) == expected_perturbed
+        assert torch.equal(result.images[i], torch.round(expected_image * 255).to(torch.uint8)), f"sample {i}"
+    assert set(result.stop_reason) == {STOP_NOT_ACCEPTED, STOP_REJECTED, STOP_BUDGET}
+    assert ((result.steps > 0) & (result.steps < config.budget)).any()
+
+
+def test_unperturbed_sample_keeps_its_original_pixels() -> None:
+    generator, oracle, model = make_components(3)
+    images, labels = batch_inputs(generator, oracle, 3, n=4)
+    result = perturb_batch(generator, oracle, model, images, labels, PerturbationConfig(step_size=0.05, budget=3), dtype=torch.float64)
+    assert not result.perturbed[0]
+    assert torch.equal(result.images[0], images[0])
+
+
+def test_every_perturbed_image_is_accepted_when_rechecked_from_uint8() -> None:
+    generator, oracle, model = make_components(4, dtype=torch.float32)
+    images, labels = batch_inputs(generator, oracle, 4, n=16)
+    result = perturb_batch(generator, oracle, model, images, labels, PerturbationConfig(step_size=0.05, budget=6))
+    accepted, probability = oracle.judge(result.images.float() / 255, labels)
+    assert accepted[result.perturbed].all()
+    assert torch.allclose(probability, result.oracle_prob, atol=1e-5)
+
+
+def test_loss_rises_along_the_accepted_steps() -> None:
+    generator, oracle, model = make_components(5)
+    images, labels = batch_inputs(generator, oracle, 5, n=16)
+    result = perturb_batch(generator, oracle, model, images, labels, PerturbationConfig(step_size=0.02, budget=10), dtype=torch.float64)
+    moved = result.steps > 0
+    assert moved.any()
+    assert (result.loss_after[moved] > result.loss_before[moved]).float().mean() > 0.7
+
+
+def test_zero_budget_returns_the_reconstruction() -> None:
+    generator, oracle, model = make_components(6)
+    images, labels = batch_inputs(generator, oracle, 6, n=4)
+    result = perturb_batch(generator, oracle, model, images, labels, PerturbationConfig(budget=0), dtype=torch.float64)
+    assert (result.steps == 0).all()
+    assert all(r in (STOP_BUDGET, STOP_NOT_ACCEPTED) for r in result.stop_reason)
+
+
+def test_non_finite_gradient_ends_the_sample_at_its_last_good_step() -> None:
+    generator, oracle, _ = make_components(7)
+
+    class Exploding(torch.nn.Module):
+        num_classes = 3
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return (x.flatten(1)[:, :3] * 0 + 1) / (x.flatten(1)[:, :3] * 0)  # inf logits, NaN gradients
+
+    images, labels = batch_inputs(generator, oracle, 7, n=4)
+    result = perturb_batch(generator, oracle, Exploding(), images, labels, PerturbationConfig(step_size=0.05, budget=5), dtype=torch.float64)
+    perturbed = result.perturbed.nonzero().squeeze(1).tolist()
+    assert perturbed
+    for i in perturbed:
+        assert result.stop_reason[i] == STOP_NON_FINITE
+        assert int(result.steps[i]) == 0
+
+
+def test_requantized_latents_still_get_gradients() -> None:
+    generator, oracle, model = make_components(8, requantize=True)
+    images, labels = batch_inputs(generator, oracle, 8, n=6)
+    result = perturb_batch(generator, oracle, model, images, labels, PerturbationConfig(step_size=0.5, budget=4), dtype=torch.float64)
+    assert result.perturbed.any()

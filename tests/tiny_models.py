@@ -1,0 +1,40 @@
+"""Tiny classifiers for tests, loadable as ``py:<this file>:<callable>`` specs."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def tiny_cnn(num_classes: int, width: int = 8) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, width, 3, padding=1),
+        nn.GELU(),
+        nn.Conv2d(width, width, 3, stride=2, padding=1),
+        nn.GELU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(4 * width, num_classes),
+    )
+
+
+TINY_VQGAN_YAML = """\
+model:
+  target: taming.models.vqgan.VQModel
+  params:
+    embed_dim: 8
+    n_embed: 16
+    ddconfig:
+      double_z: false
+      z_channels: 8
+      resolution: 16
+      in_channels: 3
+      out_ch: 3
+      ch: 32
+      ch_mult: [1, 2]
+      num_res_blocks: 1
+      attn_resolutions: []
+      dropout: 0.0
+    lossconfig:
+      target: taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator
+      params: {disc_start: 0}
+"""
