@@ -1,0 +1,311 @@
+"""Generators, oracles, classifiers and checkpoint loading, on tiny models saved here."""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch.nn import functional as F
+
+from builder.checkpoints import load_state_dict
+from builder.components.base import ComponentContext
+from builder.components.models import load_classifier
+from builder.components.oracles import (
+    ClipOracleConfig,
+    EnsembleOracle,
+    ClassifierOracle,
+    create_clip,
+    load_clip_oracle,
+    load_oracle,
+)
+from builder.components.vqgan import TamingVQGAN, VQGANConfig, load_vqgan
+from builder.config import ModelSpec, parse_component
+from builder.errors import CheckpointError, ComponentError
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_models import TINY_VQGAN_YAML  # noqa: E402
+
+TINY_MODELS = Path(__file__).parent / "tiny_models.py"
+
+
+def tiny_vqgan(tmp_path: Path, seed: int = 0) -> tuple[TamingVQGAN, Path]:
+    config = tmp_path / "model.yaml"
+    config.write_text(TINY_VQGAN_YAML)
+    torch.manual_seed(seed)
+    return TamingVQGAN(yaml.safe_load(TINY_VQGAN_YAML)["model"]["params"]).eval(), config
+
+
+def save_lightning_checkpoint(state: dict, path: Path) -> None:
+    """Save the way an official taming .ckpt is laid out: a ModelCheckpoint class as a dict key."""
+    names = ["pytorch_lightning", "pytorch_lightning.callbacks", "pytorch_lightning.callbacks.model_checkpoint"]
+    saved = {name: sys.modules.get(name) for name in names}
+    fake = types.ModuleType(names[-1])
+
+    class ModelCheckpoint:  # the class object itself is pickled by reference
+        pass
+
+    ModelCheckpoint.__module__ = names[-1]
+    ModelCheckpoint.__qualname__ = "ModelCheckpoint"
+    fake.ModelCheckpoint = ModelCheckpoint
+    for name in names:
+        sys.modules[name] = fake if name == names[-1] else types.ModuleType(name)
+    try:
+        torch.save(
+            {
+                "epoch": 3,
+                "global_step": 1234,
+                "pytorch-lightning_version": "1.0.8",
+                "state_dict": state,
+                "callbacks": {ModelCheckpoint: {"best_model_score": torch.tensor(0.1), "best_model_path": "x.ckpt"}},
+                "optimizer_states": [],
+                "lr_schedulers": [],
+            },
+            path,
+        )
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+
+
+# ----------------------------------------------------------------------------- generator
+
+
+def test_vqgan_round_trip_and_latent_shape(tmp_path: Path, context: ComponentContext) -> None:
+    model, config = tiny_vqgan(tmp_path)
+    checkpoint = tmp_path / "last.ckpt"
+    torch.save({"state_dict": model.state_dict()}, checkpoint)
+    generator = load_vqgan(VQGANConfig(kind="vqgan", config=str(config), checkpoint=str(checkpoint)), context)
+    images = torch.rand(2, 3, 16, 16)
+    latent = generator.encode(images)
+    assert latent.shape == (2, 8, 8, 8)  # f2, embed_dim 8
+    # b0 is a codebook entry at every position
+    codebook = generator.model.quantize.embedding.weight
+    flat = latent.permute(0, 2, 3, 1).reshape(-1, 8)
+    assert torch.cdist(flat, codebook).min(dim=1).values.max() < 1e-3  # float error of z + (z_q - z)
+    decoded = generator.decode(latent)
+    assert decoded.shape == images.shape and decoded.min() >= 0 and decoded.max() <= 1
+    with torch.no_grad():
+        reference, _ = model(images * 2 - 1)
+    assert torch.allclose(decoded, ((reference + 1) / 2).clamp(0, 1), atol=1e-5)
+
+
+def test_straight_through_quantization_passes_gradients(tmp_path: Path) -> None:
+    model, _ = tiny_vqgan(tmp_path)
+    latent = model.encode_continuous(torch.rand(1, 3, 16, 16) * 2 - 1).detach().requires_grad_(True)
+    quantized, _ = model.quantize_ste(latent)
+    assert not torch.equal(quantized, latent)  # it really snapped to the codebook
+    model.decode_latent(quantized).sum().backward()
+    assert latent.grad is not None and latent.grad.abs().sum() > 0
+    # the straight-through gradient is the decoder's gradient at the quantized point
+    probe = quantized.detach().requires_grad_(True)
+    model.decode_latent(probe).sum().backward()
+    assert torch.allclose(latent.grad, probe.grad)
+
+
+def test_official_lightning_checkpoint_loads_without_pytorch_lightning(tmp_path: Path, context: ComponentContext) -> None:
+    model, config = tiny_vqgan(tmp_path)
+    state = dict(model.state_dict())
+    state["loss.discriminator.main.0.weight"] = torch.zeros(2, 2)  # present in official files, unused
+    checkpoint = tmp_path / "last.ckpt"
+    save_lightning_checkpoint(state, checkpoint)
+    lightning = {name: sys.modules.pop(name) for name in list(sys.modules) if name.startswith("pytorch_lightning")}
+    try:
+        generator = load_vqgan(VQGANConfig(kind="vqgan", config=str(config), checkpoint=str(checkpoint)), context)
+        assert not any(name.startswith("pytorch_lightning") for name in sys.modules)  # never imported, never run
+    finally:
+        sys.modules.update(lightning)
+    for key, value in model.state_dict().items():
+        assert torch.equal(generator.model.state_dict()[key], value)
+    cached = list((context.cache_dir / "safetensors").glob("*.safetensors"))
+    assert len(cached) == 1  # a safetensors copy for next time
+    again = load_state_dict(checkpoint, cache_dir=context.cache_dir)
+    assert torch.equal(again["encoder.conv_in.weight"], model.state_dict()["encoder.conv_in.weight"])
+
+
+def test_pickled_code_is_refused(tmp_path: Path) -> None:
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "extra": Payload()}, path)
+    with pytest.raises(CheckpointError, match="refusing to load .*weights_only"):
+        load_state_dict(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_checkpoint_shape_mismatch_names_the_tensor(tmp_path: Path, context: ComponentContext) -> None:
+    model, config = tiny_vqgan(tmp_path)
+    state = dict(model.state_dict())
+    state["quantize.embedding.weight"] = torch.zeros(32, 8)
+    checkpoint = tmp_path / "bad.ckpt"
+    torch.save({"state_dict": state}, checkpoint)
+    with pytest.raises(CheckpointError, match=r"'quantize.embedding.weight' is \(32, 8\) in the file but \(16, 8\)"):
+        load_vqgan(VQGANConfig(kind="vqgan", config=str(config), checkpoint=str(checkpoint)), context)
+
+
+def test_missing_checkpoint_and_bad_config_are_clear(tmp_path: Path, context: ComponentContext) -> None:
+    _, config = tiny_vqgan(tmp_path)
+    with pytest.raises(CheckpointError, match="not found: .*nope.ckpt"):
+        load_vqgan(VQGANConfig(kind="vqgan", config=str(config), checkpoint=str(tmp_path / "nope.ckpt")), context)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: {params: {embed_dim: 8, ddconfig: {ch: 32}}}")
+    with pytest.raises(ComponentError, match="lacks n_embed"):
+        load_vqgan(VQGANConfig(kind="vqgan", config=str(broken)), context)
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "corrupt.ckpt"
+    path.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_state_dict(path)
+
+
+# ----------------------------------------------------------------------------- oracles
+
+
+def test_clip_zero_shot_on_a_tiny_open_clip_model(tmp_path: Path, context: ComponentContext) -> None:
+    import open_clip
+
+    config = ClipOracleConfig(kind="clip", model="fmr-tiny-clip", pretrained=str(tmp_path / "clip.pt"), template="a photo of {}")
+    torch.manual_seed(0)
+    model = create_clip(config, context, load_weights_=False)
+    torch.save(model.state_dict(), tmp_path / "clip.pt")
+    oracle = load_clip_oracle(config, context)
+    tokenizer = open_clip.get_tokenizer("fmr-tiny-clip")
+    with torch.no_grad():
+        text = F.normalize(model.encode_text(tokenizer(["a photo of zero", "a photo of one", "a photo of two"])), dim=-1)
+    assert torch.allclose(oracle.text_features, text, atol=1e-6)  # computed once, from the template
+    images = torch.rand(4, 3, 16, 16)
+    with torch.no_grad():
+        resized = F.interpolate(images, size=(32, 32), mode="bicubic", align_corners=False, antialias=True)
+        mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
+        features = F.normalize(model.encode_image((resized - mean) / std), dim=-1)
+        expected = (model.logit_scale.exp() * features @ text.T).softmax(-1)
+    labels = torch.tensor([0, 1, 2, 0])
+    accepted, probability = oracle.judge(images, labels)
+    assert torch.allclose(probability, expected[torch.arange(4), labels], atol=1e-5)
+    assert torch.equal(accepted, expected.argmax(-1) == labels)
+
+
+def test_openai_weights_force_quick_gelu(monkeypatch: pytest.MonkeyPatch, context: ComponentContext) -> None:
+    import open_clip
+
+    seen = {}
+
+    def fake_create_model(name, pretrained=None, force_quick_gelu=False, **kwargs):
+        seen.update(name=name, pretrained=pretrained, quick_gelu=force_quick_gelu)
+        return "model"
+
+    monkeypatch.setattr(open_clip, "create_model", fake_create_model)
+    create_clip(ClipOracleConfig(kind="clip"), context)
+    assert seen == {"name": "ViT-B-32", "pretrained": "openai", "quick_gelu": True}
+    create_clip(ClipOracleConfig(kind="clip", pretrained="laion2b_s34b_b79k"), context)
+    assert seen["quick_gelu"] is False
+
+
+def test_clip_names_are_checked_with_the_choices(context: ComponentContext) -> None:
+    with pytest.raises(ComponentError, match="no pretrained 'openia' for ViT-B-32; tags: .*openai"):
+        create_clip(ClipOracleConfig(kind="clip", pretrained="openia"), context)
+    with pytest.raises(ComponentError, match="unknown open_clip model 'ViT-B-23'; did you mean 'ViT-B-32'"):
+        create_clip(ClipOracleConfig(kind="clip", model="ViT-B-23"), context)
+
+
+def test_clip_offline_download_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, context: ComponentContext) -> None:
+    import open_clip
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("Failed to download file (open_clip_pytorch_model.bin) for timm/vit_base_patch32_clip_224.openai")
+
+    monkeypatch.setattr(open_clip, "create_model", offline)
+    with pytest.raises(ComponentError, match="ViT-B-32/openai: weights not in the cache"):
+        create_clip(ClipOracleConfig(kind="clip"), context)
+
+
+def classifier_spec(tmp_path: Path, context: ComponentContext, seed: int, name: str) -> ModelSpec:
+    from tiny_models import tiny_cnn
+
+    torch.manual_seed(seed)
+    path = tmp_path / f"{name}.pt"
+    torch.save(tiny_cnn(3).state_dict(), path)
+    return ModelSpec(model=f"py:{TINY_MODELS}:tiny_cnn", name=name, checkpoint=str(path))
+
+
+def test_classifier_and_ensemble_oracles(tmp_path: Path, context: ComponentContext) -> None:
+    first = classifier_spec(tmp_path, context, 0, "a")
+    second = classifier_spec(tmp_path, context, 1, "b")
+    config = parse_component(
+        "oracles",
+        {"kind": "ensemble", "members": [{"kind": "classifier", "model": first.model_dump()}, {"kind": "classifier", "model": second.model_dump()}]},
+        ("oracle",),
+    )
+    ensemble = load_oracle(config, context)
+    assert isinstance(ensemble, EnsembleOracle) and all(isinstance(m, ClassifierOracle) for m in ensemble.members)
+    images = torch.rand(32, 3, 16, 16)
+    a, b = (load_classifier(spec, context) for spec in (first, second))
+    with torch.no_grad():
+        pa, pb = a(images).softmax(-1), b(images).softmax(-1)
+    labels = pa.argmax(-1)
+    accepted, probability = ensemble.judge(images, labels)
+    assert torch.equal(accepted, labels == pb.argmax(-1))  # member a always agrees, so b decides
+    rows = torch.arange(32)
+    assert torch.allclose(probability, torch.minimum(pa[rows, labels], pb[rows, labels]))
+    single, single_prob = ensemble.members[0].judge(images, labels)
+    assert single.all() and torch.allclose(single_prob, pa[rows, labels])
+
+
+def test_ensemble_needs_two_members(context: ComponentContext) -> None:
+    from builder.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="oracle.members: .*at least two"):
+        parse_component("oracles", {"kind": "ensemble", "members": [{"kind": "clip"}]}, ("oracle",))
+
+
+# ----------------------------------------------------------------------------- classifiers
+
+
+def test_timm_model_preprocessing_comes_from_the_pretrained_tag(context: ComponentContext) -> None:
+    from builder.components.models import build_classifier
+
+    classifier = build_classifier(ModelSpec(model="timm:test_convnext.r160_in1k", pretrained=False), context, pretrained=False)
+    config = classifier.preprocess.config
+    assert (config.input_size, config.crop_pct, config.interpolation) == (160, 0.95, "bicubic")
+    overridden = build_classifier(
+        ModelSpec(model="timm:test_convnext.r160_in1k", pretrained=False, preprocess={"input_size": 32, "crop_pct": 1.0}),
+        context,
+        pretrained=False,
+    )
+    assert overridden.preprocess.config.input_size == 32
+    assert overridden(torch.rand(2, 3, 16, 16)).shape == (2, 3)
+
+
+def test_timm_errors_name_the_model(tmp_path: Path, context: ComponentContext) -> None:
+    with pytest.raises(ComponentError, match="unknown timm model 'convnext_tinny'; did you mean 'convnext_tiny'"):
+        load_classifier(ModelSpec(model="timm:convnext_tinny"), context)
+    path = tmp_path / "ten.pt"
+    import timm
+
+    torch.save(timm.create_model("test_convnext", num_classes=10).state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"'head.fc.weight' is \(10, .*\) in the file but \(3, "):
+        load_classifier(ModelSpec(model="timm:test_convnext.r160_in1k", pretrained=False, checkpoint=str(path)), context)
+
+
+def test_class_count_mismatch_is_a_clear_error(tmp_path: Path, context: ComponentContext) -> None:
+    with pytest.raises(ComponentError, match="has 5 classes but the source has 3"):
+        load_classifier(ModelSpec(model="timm:test_convnext.r160_in1k", pretrained=False, num_classes=5), context)
+
+
+def test_python_model_spec_errors(context: ComponentContext) -> None:
+    with pytest.raises(ComponentError, match="cannot import 'no_such_module'"):
+        load_classifier(ModelSpec(model="py:no_such_module:net"), context)
+    with pytest.raises(ComponentError, match="has no attribute 'missing'"):
+        load_classifier(ModelSpec(model=f"py:{TINY_MODELS}:missing"), context)
