@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
 
 from builder.errors import RecipeError
-from builder.registry import Registry, closest
+from builder.registry import Registry, closest, unknown_name_message
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
@@ -115,9 +115,14 @@ class OutputConfig(Frozen):
 
     @field_validator("formats")
     @classmethod
-    def _non_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+    def _known_formats(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from builder.writers import WRITERS
+
         if not value:
             raise ValueError("at least one output format is needed")
+        for name in value:
+            if name not in WRITERS:
+                raise ValueError(unknown_name_message(WRITERS.family, name, WRITERS.names()))
         return value
 
 
@@ -213,7 +218,8 @@ def format_validation_error(
         return RecipeError(f"recipe error at {where}: required key is missing")
     got = first.get("input")
     shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
-    return RecipeError(f"recipe error at {where}: {first['msg']}{shown}")
+    message = str(first["msg"]).removeprefix("Value error, ")
+    return RecipeError(f"recipe error at {where}: {message}{shown}")
 
 
 def parse_component(family: str, data: Any, path: tuple[Any, ...]) -> BaseModel:

@@ -1,0 +1,179 @@
+"""The command line on a tiny, fast build: outputs, rejects, bad input, determinism, train."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from PIL import Image
+
+from builder.cli import main
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_models import TINY_VQGAN_YAML, tiny_cnn  # noqa: E402
+
+TINY_MODELS = Path(__file__).parent / "tiny_models.py"
+COLORS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path: Path) -> Path:
+    """A recipe over a 3-class ImageFolder (with one corrupt file) and tiny random components."""
+    from builder.components.vqgan import TamingVQGAN
+
+    root = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for name, color in COLORS.items():
+        (root / name).mkdir(parents=True)
+        for i in range(4):
+            pixels = np.clip(np.array(color) + rng.integers(-30, 30, (12, 12, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    (root / "green" / "5.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (tmp_path / "vqgan.yaml").write_text(TINY_VQGAN_YAML)
+    torch.manual_seed(0)
+    torch.save({"state_dict": TamingVQGAN(yaml.safe_load(TINY_VQGAN_YAML)["model"]["params"]).state_dict()}, tmp_path / "vqgan.ckpt")
+    torch.save(tiny_cnn(3).state_dict(), tmp_path / "theta.pt")
+    torch.save(tiny_cnn(3, width=4).state_dict(), tmp_path / "oracle.pt")
+    recipe = {
+        "name": "tiny",
+        "description": "tiny test recipe",
+        "source": {"kind": "imagefolder", "path": "images"},
+        "image_size": 16,
+        "batch_size": 4,
+        "reference_models": [{"name": "cnn", "model": f"py:{TINY_MODELS}:tiny_cnn", "checkpoint": "theta.pt"}],
+        "generator": {"kind": "vqgan", "config": "vqgan.yaml", "checkpoint": "vqgan.ckpt"},
+        "oracle": {"kind": "classifier", "model": {"model": f"py:{TINY_MODELS}:tiny_cnn", "kwargs": {"width": 4}, "checkpoint": "oracle.pt"}},
+        "perturbation": {"step_size": 0.01, "budget": 3},
+        "output": {"samples_per_shard": 5},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, ["-q", *args], catch_exceptions=False)
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def shard_hashes(out: Path) -> dict[str, str]:
+    manifest = json.loads((out / "manifest.json").read_text())
+    return {f["path"]: f["sha256"] for c in manifest["configs"].values() for s in c["shards"] for f in s["files"].values()}
+
+
+def test_tiny_build_writes_everything(tiny_recipe: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = invoke("run", str(tiny_recipe), "--out", str(out), "--device", "cpu", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "13 source samples, 1 rejected" in result.output and "cnn" in result.output
+    assert {p.name for p in out.iterdir()} == {"README.md", "manifest.json", "preview.png", "rejects.jsonl", "cnn", "_stats"}
+    assert sorted(p.name for p in (out / "cnn").iterdir()) == [
+        f"test-0000{i}-of-00003.{ext}" for i in range(3) for ext in ("parquet", "tar")
+    ]
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert rejects == [{"index": 8, "source_id": "green/5.png", "reason": rejects[0]["reason"]}]
+    assert "image" in rejects[0]["reason"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    config = manifest["configs"]["cnn"]
+    assert config["num_samples"] == 12 and manifest["num_rejects"] == 1
+    assert [s["num_samples"] for s in config["shards"]] == [5, 4, 3]  # the reject fell in the second unit
+    for shard in config["shards"]:
+        for file in shard["files"].values():
+            assert (out / file["path"]).stat().st_size == file["bytes"]
+    assert not [p for p in out.rglob(".*") if p.is_file()]  # no temp file left behind
+
+    from datasets import load_dataset
+
+    dataset = load_dataset(str(out), name="cnn", split="test")
+    assert len(dataset) == 12 and dataset.features["label"].names == ["blue", "green", "red"]
+    assert sorted(dataset["key"]) == dataset["key"]
+    assert "green/5.png" not in dataset["source_id"]
+
+
+def test_same_seed_same_bytes(tiny_recipe: Path, tmp_path: Path) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    for out in (first, second):
+        assert invoke("run", str(tiny_recipe), "--out", str(out), "--device", "cpu", "--no-progress").exit_code == 0
+    assert shard_hashes(first) == shard_hashes(second)
+    assert json.loads((first / "manifest.json").read_text())["id"] == json.loads((second / "manifest.json").read_text())["id"]
+
+
+def test_existing_output_needs_overwrite(tiny_recipe: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert invoke("run", str(tiny_recipe), "--out", str(out), "--limit", "3", "--no-progress").exit_code == 0
+    assert_one_line_error(invoke("run", str(tiny_recipe), "--out", str(out), "--no-progress"), "not empty", "--overwrite")
+    result = invoke("run", str(tiny_recipe), "--out", str(out), "--overwrite", "--limit", "4", "--no-progress")
+    assert result.exit_code == 0 and json.loads((out / "manifest.json").read_text())["source_samples"] == 4
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("precious")
+    assert_one_line_error(invoke("run", str(tiny_recipe), "--out", str(foreign), "--overwrite"), "does not look like a benchmark dir")
+    assert (foreign / "thesis.tex").exists()
+
+
+def test_bad_recipe_key_is_one_line(tiny_recipe: Path, tmp_path: Path) -> None:
+    result = invoke("run", str(tiny_recipe), "--out", str(tmp_path / "o"), "--set", "generator.chekpoint=x")
+    assert_one_line_error(result, "generator.chekpoint", "did you mean 'checkpoint'")
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_and_mismatched_checkpoints_stop_the_run(tiny_recipe: Path, tmp_path: Path) -> None:
+    result = invoke("run", str(tiny_recipe), "--out", str(tmp_path / "o1"), "--set", "reference_models.0.checkpoint=gone.pt")
+    assert_one_line_error(result, "not found", "gone.pt")
+    torch.save(tiny_cnn(5).state_dict(), tmp_path / "five.pt")
+    result = invoke("run", str(tiny_recipe), "--out", str(tmp_path / "o2"), "--set", "reference_models.0.checkpoint=five.pt")
+    assert_one_line_error(result, "does not fit", "(5, 32)", "(3, 32)")
+
+
+def test_label_outside_the_classes_stops_the_run(tiny_recipe: Path, tmp_path: Path) -> None:
+    import webdataset as wds
+
+    shard = tmp_path / "labels.tar"
+    buffer = __import__("io").BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    with wds.TarWriter(str(shard)) as writer:
+        writer.write({"__key__": "a", "png": buffer.getvalue(), "cls": b"0"})
+        writer.write({"__key__": "b", "png": buffer.getvalue(), "cls": b"7"})
+    result = invoke(
+        "run", str(tiny_recipe), "--out", str(tmp_path / "o"), "--no-progress",
+        "--set", "source={kind: webdataset, urls: labels.tar, class_names: [blue, green, red]}",
+    )
+    assert_one_line_error(result, "labels.tar/b", "label 7 is outside the 3 classes")
+
+
+def test_recipes_lists_the_demo() -> None:
+    result = invoke("recipes")
+    assert result.exit_code == 0 and "digits-demo" in result.output and "no network" in result.output
+
+
+def test_bad_device_is_rejected(tiny_recipe: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["run", str(tiny_recipe), "--out", str(tmp_path / "o"), "--device", "gpu0"])
+    assert result.exit_code == 2 and "--device" in result.output
+
+
+def test_train_model_writes_a_loadable_checkpoint(tiny_recipe: Path, tmp_path: Path) -> None:
+    target = tmp_path / "trained.safetensors"
+    result = invoke(
+        "train", "model", str(tiny_recipe), "--out", str(target),
+        "--set", "reference_models.0.train={epochs: 2, batch_size: 4, lr: 0.01}",
+        "--set", "source.path=images",
+    )
+    assert result.exit_code == 0, result.output
+    assert target.is_file()
+    out = tmp_path / "out"
+    result = invoke("run", str(tiny_recipe), "--out", str(out), "--no-progress", "--set", f"reference_models.0.checkpoint={target}")
+    assert result.exit_code == 0, result.output
