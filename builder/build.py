@@ -216,7 +216,8 @@ class Builder:
             bar.update(len(inputs.labels[chunk]))
             done = tally.samples + len(samples)
             perturbed = tally.perturbed + sum(s.record["perturbed"] for s in samples)
-            bar.set_postfix(config=name, perturbed=f"{perturbed / max(done, 1):.0%}")
+            steps = tally.steps + sum(s.record["steps"] for s in samples if s.record["perturbed"])
+            bar.set_postfix(config=name, perturbed=f"{perturbed / max(done, 1):.0%}", mean_steps=f"{steps / max(perturbed, 1):.1f}")
         bar.update(len(inputs.rejects))
         self._write_unit(unit, name, samples, inputs.rejects)
         return [s.record for s in samples]

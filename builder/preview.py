@@ -30,7 +30,7 @@ def render_preview(path: Path, rows: dict[str, list[tuple[np.ndarray, np.ndarray
                 canvas.paste(tile, (left, top + offset))
             before, after = class_names[record["pred_before"]], class_names[record["pred_after"]]
             color = "darkred" if record["pred_after"] != record["label"] else "darkgreen"
-            draw.text((left + 2, top + 18 + 2 * TILE), f"y={record['class_name']} s={record['steps']}", fill="black")
+            draw.text((left + 2, top + 18 + 2 * TILE), f"{record['class_name']}, {record['steps']} steps", fill="black")
             draw.text((left + 2, top + 18 + 2 * TILE + 12), f"{before}->{after}", fill=color)
     with atomic_write(path) as handle:
         canvas.save(handle, format="PNG")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Iterator, Optional
 
 import torch
 from pydantic import SerializeAsAny, field_validator
@@ -83,7 +84,8 @@ def create_clip(config: ClipOracleConfig, ctx: ComponentContext, *, load_weights
     # OpenAI weights were trained with QuickGELU; a plain ViT-B-32 config would silently differ.
     quick_gelu = config.quick_gelu if config.quick_gelu is not None else config.pretrained == "openai"
     if not load_weights_ or is_location:
-        model = open_clip.create_model(config.model, pretrained=None, force_quick_gelu=quick_gelu)
+        with _without_root_warning("No pretrained weights loaded"):  # we load them ourselves next
+            model = open_clip.create_model(config.model, pretrained=None, force_quick_gelu=quick_gelu)
         if load_weights_:
             _load_clip_weights(model, config, ctx)
         return model
@@ -94,6 +96,21 @@ def create_clip(config: ClipOracleConfig, ctx: ComponentContext, *, load_weights
             f"open_clip {config.model}/{config.pretrained}: weights not in the cache and cannot be "
             f"downloaded ({type(error).__name__}); run once with network or give a checkpoint path"
         ) from None
+
+
+@contextlib.contextmanager
+def _without_root_warning(text: str) -> Iterator[None]:
+    """Drop one expected warning that open_clip logs on the root logger."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return text not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 def _load_clip_weights(model: Any, config: ClipOracleConfig, ctx: ComponentContext) -> None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
+from builder.checkpoints import ResolveContext
 from builder.config import SourceConfig
 from builder.errors import SourceError
 from builder.registry import Registry
@@ -32,10 +32,8 @@ class Source(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class SourceContext:
-    base_dir: Path
-    cache_dir: Path
+#: sources resolve relative paths and URLs exactly like every other location
+SourceContext = ResolveContext
 
 
 SourceFactory = Callable[[Any, SourceContext], Source]

@@ -13,7 +13,7 @@ import tarfile
 from pathlib import Path
 from typing import Iterator, Union
 
-from builder.checkpoints import ResolveContext, resolve_location
+from builder.checkpoints import resolve_location
 from builder.config import SourceConfig
 from builder.errors import SourceError
 from builder.sources.base import SOURCES, SourceContext, SourceItem
@@ -32,7 +32,7 @@ def _expand(urls: Union[str, tuple[str, ...]], ctx: SourceContext) -> list[Path]
     paths: list[Path] = []
     for pattern in patterns:
         for url in braceexpand.braceexpand(pattern):
-            local = resolve_location(url, ResolveContext(ctx.base_dir, ctx.cache_dir))
+            local = resolve_location(url, ctx)
             matches = sorted(glob.glob(str(local))) if any(c in str(local) for c in "*?[") else [str(local)]
             paths.extend(Path(m) for m in matches)
     missing = [p for p in paths if not p.is_file()]

@@ -1,0 +1,61 @@
+"""The embedded demo end to end, training included (the README's first command)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from builder.build import BuildOptions, Builder
+from builder.cli import main
+from builder.paths import default_cache_dir
+from builder.recipes import load_recipe
+
+
+@pytest.mark.slow
+def test_digits_demo_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    started = time.monotonic()
+    result = CliRunner().invoke(main, ["run", "digits-demo", "--out", str(out), "--device", "cpu", "--no-progress"])
+    first_run = time.monotonic() - started
+    assert result.exit_code == 0, result.output
+    assert "convnext" in result.output and "vit" in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["source_samples"] == 450 and manifest["num_rejects"] == 0
+
+    from datasets import load_dataset
+
+    builder = Builder(load_recipe("digits-demo"), BuildOptions(out_dir=tmp_path / "unused", device="cpu", cache_dir=default_cache_dir()))
+    builder.load_components()
+    for name, figures in manifest["configs"].items():
+        dataset = load_dataset(str(out), name=name, split="test")
+        assert len(dataset) == 450 == figures["num_samples"]
+        # the demo is meaningful: most samples perturbed, the reference model's accuracy drops on them
+        assert figures["perturbed_share"] > 0.8, figures
+        assert figures["pa"] < figures["sa"] - 0.1, figures
+        perturbed = dataset.filter(lambda row: row["perturbed"])
+        images = torch.from_numpy(np.stack([np.asarray(image) for image in perturbed["image"]])).permute(0, 3, 1, 2)
+        labels = torch.tensor(perturbed["label"])
+        # every perturbed image, re-read from the written PNG, is still accepted by the oracle
+        accepted, probability = builder.oracle.judge(images.float() / 255, labels)
+        assert accepted.all(), f"{name}: {int((~accepted).sum())} perturbed samples rejected on re-check"
+        assert np.allclose(probability.numpy(), perturbed["oracle_prob"], atol=1e-4)
+        # and the records hold the reference model's real predictions on them
+        with torch.no_grad():
+            predictions = builder.models[name](images.float() / 255).argmax(-1)
+        assert predictions.tolist() == perturbed["pred_after"]
+
+    # a second run reuses the trained components from the cache
+    cached = {p: p.stat().st_mtime for p in (default_cache_dir() / "digits-demo").rglob("*") if p.is_file()}
+    started = time.monotonic()
+    again = CliRunner().invoke(main, ["run", "digits-demo", "--out", str(tmp_path / "again"), "--limit", "20", "--no-progress"])
+    assert again.exit_code == 0, again.output
+    assert time.monotonic() - started < first_run / 3
+    assert {p: p.stat().st_mtime for p in cached} == cached
+    assert os.environ["FMR_BUILDER_CACHE"] in str(default_cache_dir())
