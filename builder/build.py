@@ -20,6 +20,7 @@ from builder import __version__
 from builder.components.base import ComponentContext
 from builder.config import Recipe, recipe_to_dict
 from builder.errors import OutputError
+from builder.checkpoints import weights_fingerprint
 from builder.fileio import sha256_file, sha256_json, write_bytes_atomic, write_json_atomic
 from builder.images import encode_image
 from builder.plan import WorkUnit, plan_units
@@ -54,6 +55,7 @@ class ConfigTally:
     steps: int = 0
     correct_before: int = 0
     correct_after_perturbed: int = 0
+    correct_after: int = 0
     shards: list[dict[str, Any]] = field(default_factory=list)
     preview: list[tuple[np.ndarray, np.ndarray, dict[str, Any]]] = field(default_factory=list)
 
@@ -64,16 +66,21 @@ class ConfigTally:
             self.steps += r["steps"] if r["perturbed"] else 0
             self.correct_before += r["pred_before"] == r["label"]
             self.correct_after_perturbed += r["perturbed"] and r["pred_after"] == r["label"]
+            self.correct_after += r["pred_after"] == r["label"]
 
     def summary(self) -> dict[str, Any]:
         share = self.perturbed / self.samples if self.samples else 0.0
+        sa = self.correct_before / self.samples if self.samples else 0.0
+        pa_all = self.correct_after / self.samples if self.samples else 0.0
         return {
             "num_samples": self.samples,
             "num_perturbed": self.perturbed,
             "perturbed_share": round(share, 6),
             "mean_steps": round(self.steps / self.perturbed, 4) if self.perturbed else 0.0,
-            "sa": round(self.correct_before / self.samples, 6) if self.samples else 0.0,
+            "sa": round(sa, 6),
             "pa": round(self.correct_after_perturbed / self.perturbed, 6) if self.perturbed else 0.0,
+            "pa_all": round(pa_all, 6),
+            "fmr": round(100 * pa_all / sa, 4) if sa else 0.0,
         }
 
 
@@ -298,6 +305,7 @@ class Builder:
             shards = [json.loads(p.read_text()) for p in sorted((out / "_stats" / name).glob("*.json"))]
             configs[name] = {
                 "reference_model": spec.model_dump(mode="json"),
+                "reference_weights_sha256": weights_fingerprint(self.models[name]),
                 **tallies[name].summary(),
                 "shards": [{k: s[k] for k in ("unit", "start", "stop", "num_samples", "num_perturbed", "files")} for s in shards],
             }

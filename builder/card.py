@@ -60,8 +60,7 @@ def render_card(manifest: dict[str, Any], schema: ShardSchema) -> str:
     header = yaml.safe_dump(card_header(manifest, schema), sort_keys=False, allow_unicode=True)
     rows = []
     for name, config in manifest["configs"].items():
-        fmr = 100 * config["pa"] / config["sa"] if config["sa"] else 0.0
-        rows.append({"name": name, "spec": config["reference_model"]["model"], "fmr": fmr, **config})
+        rows.append({"name": name, "spec": config["reference_model"]["model"], **config})
     return environment.get_template(CARD_TEMPLATE).render(
         header=header,
         manifest=manifest,

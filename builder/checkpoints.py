@@ -194,6 +194,20 @@ def save_state_dict(state: Mapping[str, Any], path: Path) -> None:
         torch.save(dict(state), handle)
 
 
+def weights_fingerprint(module: Any) -> str:
+    """sha256 over a module's parameters and buffers (names, dtypes, shapes, values)."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
+        digest.update((value.float() if value.dtype == torch.bfloat16 else value).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def load_weights(
     module: Any, state: Mapping[str, Any], *, path: Path, what: str, ignore_prefixes: tuple[str, ...] = ()
 ) -> None:

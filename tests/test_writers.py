@@ -138,6 +138,8 @@ def make_manifest(shard_paths: list[Path], root: Path, num_samples: int) -> dict
                 "mean_steps": 9.0,
                 "sa": 0.8,
                 "pa": 0.4,
+                "pa_all": 0.5,
+                "fmr": 62.5,
                 "shards": shards,
             }
         },
