@@ -122,6 +122,87 @@ def format_summary(name: str, summary: Any) -> str:
     return "\n".join(lines)
 
 
+@main.command("score")
+@click.option("--benchmark", "benchmarks", multiple=True, metavar="DIR_OR_HUB_ID", help="A built benchmark (repeatable: a transfer matrix).")
+@click.option("--config", "config_name", default=None, help="One config (reference model) of the benchmark; default: all.")
+@click.option("--model", "models", multiple=True, required=True, metavar="SPEC", help="timm:<name>, py:<module>:<callable>, ref:<config> (the benchmark's own reference model), or a YAML file of model fields (repeatable).")
+@click.option("--checkpoint", "checkpoints", multiple=True, metavar="PATH", help="Weights for the --model in the same position (repeatable).")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0), help="Image-decoding worker processes.")
+@click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(min=0), help="Bootstrap resamples for the 95% intervals.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap.")
+@click.option("--per-class", is_flag=True, help="Also print a per-class table.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write every figure to this JSON file.")
+@click.option("--source", "source_recipe", default=None, metavar="RECIPE", help="Recipe whose source gives the originals, for benchmarks built without them.")
+@click.option("--dynamic", is_flag=True, help="Regenerate the benchmark of --recipe against each model (the paper's protocol).")
+@click.option("--recipe", default=None, help="With --dynamic: the recipe to regenerate.")
+@click.option("--limit", type=click.IntRange(min=1), help="With --dynamic: only the first N source samples.")
+@click.option("--save", type=click.Path(file_okay=False, path_type=Path), help="With --dynamic: keep the generated benchmark here.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="With --dynamic: override a recipe key.")
+@cache_option
+def score_command(benchmarks: tuple[str, ...], config_name: Optional[str], models: tuple[str, ...], checkpoints: tuple[str, ...],
+                  batch_size: int, device: Optional[str], workers: int, bootstrap: int, seed: int, per_class: bool,
+                  json_out: Optional[Path], source_recipe: Optional[str], dynamic: bool, recipe: Optional[str],
+                  limit: Optional[int], save: Optional[Path], overrides: tuple[str, ...], cache_dir: Optional[Path]) -> None:
+    """Score models on benchmarks: SA, PA, FMR = PA / SA x 100, with 95% bootstrap intervals."""
+    from builder.benchmark import open_benchmark
+    from builder.fileio import write_json_atomic
+    from builder.paths import default_cache_dir
+    from builder.reporting import format_results, format_side_by_side, format_transfer_matrix, format_per_class
+    from builder.score import score, score_dynamic
+
+    if checkpoints and len(checkpoints) != len(models):
+        raise BuilderError(f"got {len(checkpoints)} --checkpoint for {len(models)} --model; give one per model, in order")
+    if dynamic and not recipe:
+        raise BuilderError("--dynamic needs --recipe (the recipe whose benchmark is regenerated)")
+    if not dynamic and not benchmarks:
+        raise BuilderError("give --benchmark DIR_OR_HUB_ID, or --dynamic --recipe RECIPE")
+    if save is not None and len(models) > 1:
+        raise BuilderError("--save keeps one generated benchmark; give a single --model with it")
+    paired = list(zip(models, checkpoints or [None] * len(models)))
+    device = resolve_device(device)
+    cache = cache_dir or default_cache_dir()
+    static = []
+    for location in benchmarks:
+        bench = open_benchmark(location)
+        for config in ([bench.config(config_name)] if config_name else bench.configs):
+            for model, checkpoint in paired:
+                static.append(score(bench, model, config=config, checkpoint=checkpoint, device=device, batch_size=batch_size,
+                                    workers=workers, bootstrap=bootstrap, seed=seed, with_per_class=per_class,
+                                    source_recipe=source_recipe, cache_dir=cache))
+    live = [
+        score_dynamic(recipe, model, checkpoint=checkpoint, overrides=overrides, limit=limit, save=save, device=device,
+                      bootstrap=bootstrap, seed=seed, cache_dir=cache, progress=True)
+        for model, checkpoint in paired
+    ] if dynamic else []
+    results = static + live
+    click.echo(format_results(results))
+    if per_class:
+        for result in static:
+            click.echo(format_per_class(result))
+    if len({(r.benchmark, r.config) for r in static}) > 1 and len(models) > 1:
+        click.echo(format_transfer_matrix(static))
+    if static and live:
+        click.echo(format_side_by_side(static, live))
+    if json_out is not None:
+        from builder import __version__
+
+        write_json_atomic(json_out, {"tool": {"name": "fmr-builder", "version": __version__}, "results": [r.to_json() for r in results]})
+        click.echo(f"wrote {json_out}")
+
+
+@main.command("leaderboard")
+@click.argument("results", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Where leaderboard.md and fmr.png go.")
+def leaderboard_command(results: tuple[Path, ...], out_dir: Path) -> None:
+    """Sorted markdown table and FMR bar chart from RESULT.json files of 'score --json'."""
+    from builder.leaderboard import write_leaderboard
+
+    markdown, chart = write_leaderboard(list(results), out_dir)
+    click.echo(f"wrote {markdown} and {chart}")
+
+
 @main.command("recipes")
 def list_recipes() -> None:
     """List the bundled recipes."""

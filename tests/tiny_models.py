@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -38,3 +39,19 @@ model:
       target: taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator
       params: {disc_start: 0}
 """
+
+
+class ColorNet(nn.Module):
+    """Predicts the brightest colour channel: a classifier whose answers a test can dictate."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(50.0))
+        self.num_classes = num_classes
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.mean(dim=(2, 3))[:, : self.num_classes] * self.scale
+
+
+def color_net(num_classes: int) -> nn.Module:
+    return ColorNet(num_classes)

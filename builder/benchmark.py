@@ -1,0 +1,100 @@
+"""Reading a built benchmark back: a local dir or a Hub dataset repo, through its manifest."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from builder.errors import BuilderError
+from builder.registry import unknown_name_message
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class BenchmarkError(BuilderError):
+    """A benchmark cannot be found or read."""
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    location: str
+    root: Path
+    manifest: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return str(self.manifest["id"])
+
+    @property
+    def configs(self) -> list[str]:
+        return list(self.manifest["configs"])
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.manifest["class_names"])
+
+    def config(self, name: Optional[str]) -> str:
+        if name is None:
+            return self.configs[0]
+        if name not in self.manifest["configs"]:
+            raise BenchmarkError(unknown_name_message(f"config of {self.location}", name, self.configs))
+        return name
+
+    def parquet_files(self, config: str) -> list[Path]:
+        shards = self.manifest["configs"][config]["shards"]
+        files = [self.root / shard["files"]["parquet"]["path"] for shard in shards if "parquet" in shard["files"]]
+        if not files:
+            raise BenchmarkError(f"{self.location}: config '{config}' has no Parquet shards to score")
+        missing = [f for f in files if not f.is_file()]
+        if missing:
+            raise BenchmarkError(f"{self.location}: shard {missing[0]} listed in manifest.json is missing")
+        return files
+
+    def has_originals(self) -> bool:
+        return bool(self.manifest["recipe"]["output"].get("keep_originals", True))
+
+    def read_columns(self, config: str, columns: list[str]) -> Iterator[dict[str, list[Any]]]:
+        """One dict of column lists per shard, in shard and key order."""
+        import pyarrow.parquet as pq
+
+        for path in self.parquet_files(config):
+            yield pq.read_table(path, columns=columns).to_pydict()
+
+
+def open_benchmark(location: str | Path) -> Benchmark:
+    """A benchmark dir, or ``org/name`` on the Hub (manifest and Parquet shards, via the HF cache)."""
+    text = str(location)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return Benchmark(text, path, _read_manifest(path, text))
+    if path.exists():
+        raise BenchmarkError(f"--benchmark {text} is a file; give the benchmark directory")
+    if HUB_ID.match(text) and not text.startswith((".", "/")):
+        root = _download(text)
+        return Benchmark(text, root, _read_manifest(root, text))
+    raise BenchmarkError(f"--benchmark {text}: no such directory, and not a Hub dataset id (org/name)")
+
+
+def _read_manifest(root: Path, location: str) -> dict[str, Any]:
+    manifest = root / "manifest.json"
+    if not manifest.is_file():
+        raise BenchmarkError(f"{location} has no manifest.json; give a directory written by 'build-benchmark run'")
+    try:
+        return json.loads(manifest.read_text())
+    except json.JSONDecodeError as error:
+        raise BenchmarkError(f"{manifest}: not valid JSON ({error.msg} at line {error.lineno})") from None
+
+
+def _download(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, repo_type="dataset", allow_patterns=["manifest.json", "*/*.parquet", "README.md"]))
+    except Exception as error:  # noqa: BLE001 - any hub/network failure becomes one line
+        raise BenchmarkError(
+            f"--benchmark {repo_id}: cannot reach the Hub and it is not in the HF cache "
+            f"({type(error).__name__}); download it where there is network, or pass a local dir"
+        ) from None

@@ -1,0 +1,260 @@
+"""Score any classifier on a benchmark: SA, PA, FMR (Zhang et al.), static or dynamic.
+
+Static scoring needs only the benchmark and the model: images are decoded in worker
+processes while the model runs. Dynamic scoring regenerates the benchmark against the
+evaluated model itself (it becomes theta), the paper's main protocol.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional, Union
+
+import numpy as np
+import torch
+
+from builder.benchmark import Benchmark, BenchmarkError, open_benchmark
+from builder.config import ModelSpec, parse_component
+from builder.errors import BuilderError, ComponentError, RecipeError
+from builder.metrics import Outcomes, compute_metrics, per_class
+from builder.paths import default_cache_dir
+
+log = logging.getLogger(__name__)
+
+ModelLike = Union[str, ModelSpec]
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """One model on one benchmark config; every figure has a 95% bootstrap interval."""
+
+    benchmark: str
+    benchmark_id: str
+    config: str
+    reference_model: str
+    model: str
+    model_spec: dict[str, Any]
+    white_box: bool
+    n: int
+    sa: float
+    pa: float
+    pa_all: float
+    fmr: float
+    vr: float
+    mean_steps: float
+    intervals: dict[str, list[float]] = field(default_factory=dict)
+    per_class: Optional[list[dict[str, Any]]] = None
+    mode: str = "static"
+
+    def to_json(self) -> dict[str, Any]:
+        payload = asdict(self)
+        intervals = payload.pop("intervals")
+        payload.update({f"{key}_ci": value for key, value in intervals.items()})
+        return payload
+
+
+def as_model_spec(model: ModelLike, checkpoint: Optional[str] = None) -> ModelSpec:
+    """A spec string (``timm:...``, ``py:...``), a YAML file of ModelSpec fields, or a ModelSpec."""
+    if isinstance(model, ModelSpec):
+        return model if checkpoint is None else model.model_copy(update={"checkpoint": checkpoint})
+    data: dict[str, Any] = {"model": model}
+    if Path(model).suffix in (".yaml", ".yml"):
+        import yaml
+
+        if not Path(model).is_file():
+            raise RecipeError(f"--model {model}: no such file")
+        data = yaml.safe_load(Path(model).read_text()) or {}
+    if checkpoint is not None:
+        data["checkpoint"] = checkpoint
+    from pydantic import ValidationError
+
+    from builder.config import format_validation_error
+
+    try:
+        return ModelSpec.model_validate(data)
+    except ValidationError as error:
+        raise format_validation_error(error, ModelSpec, ("--model",)) from None
+
+
+def reference_spec(bench: Benchmark, model: ModelLike) -> ModelLike:
+    """``ref:<config>`` is the reference model that config of the benchmark was built against."""
+    if not (isinstance(model, str) and model.startswith("ref:")):
+        return model
+    config = bench.config(model[4:])
+    return ModelSpec.model_validate(bench.manifest["configs"][config]["reference_model"])
+
+
+def load_model_for(bench: Benchmark, spec: ModelSpec, device: str, cache_dir: Path, base_dir: Path) -> Any:
+    from builder.components.base import ComponentContext
+    from builder.components.models import load_classifier
+
+    recipe = bench.manifest["recipe"]
+    context = ComponentContext(
+        device=device,
+        cache_dir=cache_dir,
+        base_dir=base_dir,
+        class_names=bench.class_names,
+        image_size=int(recipe["image_size"]),
+        source=parse_component("sources", recipe["source"], ("source",)),
+    )
+    try:
+        return load_classifier(spec, context)
+    except ComponentError as error:
+        if "classes but the source has" in str(error):
+            raise ComponentError(f"{spec.model}: its class count differs from the benchmark's {len(bench.class_names)} classes ({bench.location}); use a model trained on these classes") from None
+        raise
+
+
+class ShardImages(torch.utils.data.IterableDataset):
+    """Decodes (image, original) pairs of the shards assigned to this worker."""
+
+    def __init__(self, files: list[Path], with_originals: bool) -> None:
+        super().__init__()
+        self.files, self.with_originals = files, with_originals
+
+    def __iter__(self) -> Iterator[tuple[int, int, Any, Any]]:
+        import pyarrow.parquet as pq
+
+        from builder.images import decode_image
+
+        info = torch.utils.data.get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        columns = ["image", "original_image"] if self.with_originals else ["image"]
+        for shard, path in enumerate(self.files):
+            if shard % workers != worker:
+                continue
+            table = pq.read_table(path, columns=columns).to_pydict()
+            for row, cell in enumerate(table["image"]):
+                image = torch.from_numpy(decode_image(cell["bytes"])).permute(2, 0, 1)
+                original = torch.from_numpy(decode_image(table["original_image"][row]["bytes"])).permute(2, 0, 1) if self.with_originals else image
+                yield shard, row, image, original
+
+
+def predict(classifier: Any, bench: Benchmark, config: str, *, device: str, batch_size: int, workers: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per shard: predictions on the perturbed images and on the originals."""
+    files = bench.parquet_files(config)
+    loader = torch.utils.data.DataLoader(
+        ShardImages(files, bench.has_originals()), batch_size=batch_size, num_workers=workers, prefetch_factor=4 if workers else None, persistent_workers=False
+    )
+    counts = [int(s["num_samples"]) for s in bench.manifest["configs"][config]["shards"] if "parquet" in s["files"]]
+    on_images = [np.full(c, -1, dtype=np.int64) for c in counts]
+    on_originals = [np.full(c, -1, dtype=np.int64) for c in counts]
+    with torch.no_grad():
+        for shards, rows, images, originals in loader:
+            images = images.to(device).float() / 255
+            both = classifier(torch.cat([images, originals.to(device).float() / 255])).argmax(-1).cpu().numpy()
+            for shard, row, on_image, on_original in zip(shards.tolist(), rows.tolist(), both[: len(images)], both[len(images) :]):
+                on_images[shard][row], on_originals[shard][row] = on_image, on_original
+    return on_images, on_originals
+
+
+def _originals_from_source(bench: Benchmark, config: str, source_recipe: Optional[str], classifier: Any, device: str, batch_size: int) -> np.ndarray:
+    """SA needs the originals; a benchmark built without them gets them from the recipe's source."""
+    from builder.recipes import load_recipe
+    from builder.sources.base import SourceContext, open_source
+    from builder.sources.decode import load_rgb
+
+    if source_recipe is None:
+        raise BenchmarkError(f"{bench.location} was built without original images; pass --source RECIPE (its recipe) so SA can be measured")
+    loaded = load_recipe(source_recipe)
+    source = open_source(loaded.recipe.source, SourceContext(loaded.base_dir, default_cache_dir()))
+    keys = [k for part in bench.read_columns(config, ["key"]) for k in part["key"]]
+    size = int(bench.manifest["recipe"]["image_size"])
+    predictions = []
+    for start in range(0, len(keys), batch_size):
+        pixels = []
+        for key in keys[start : start + batch_size]:
+            item = next(source.items(int(key), int(key) + 1))
+            pixels.append(load_rgb(item.load, size))
+        batch = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).to(device).float() / 255
+        with torch.no_grad():
+            predictions.append(classifier(batch).argmax(-1).cpu().numpy())
+    return np.concatenate(predictions)
+
+
+def score(
+    benchmark: Union[str, Path, Benchmark],
+    model: ModelLike,
+    *,
+    config: Optional[str] = None,
+    checkpoint: Optional[str] = None,
+    device: str = "cpu",
+    batch_size: int = 64,
+    workers: int = 0,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    with_per_class: bool = False,
+    source_recipe: Optional[str] = None,
+    cache_dir: Optional[Path] = None,
+    base_dir: Optional[Path] = None,
+) -> ScoreResult:
+    """Score ``model`` on one config of ``benchmark`` (default: its first config)."""
+    from builder.checkpoints import weights_fingerprint
+
+    bench = benchmark if isinstance(benchmark, Benchmark) else open_benchmark(benchmark)
+    config = bench.config(config)
+    spec = as_model_spec(reference_spec(bench, model), checkpoint)
+    classifier = load_model_for(bench, spec, device, cache_dir or default_cache_dir(), base_dir or Path.cwd())
+    records = {"label": [], "perturbed": [], "steps": []}
+    for part in bench.read_columns(config, list(records)):
+        for key in records:
+            records[key].extend(part[key])
+    on_images, on_originals = predict(classifier, bench, config, device=device, batch_size=batch_size, workers=workers)
+    pred_perturbed = np.concatenate(on_images)
+    pred_original = (
+        np.concatenate(on_originals) if bench.has_originals()
+        else _originals_from_source(bench, config, source_recipe, classifier, device, batch_size)
+    )
+    outcomes = Outcomes(np.asarray(records["label"]), pred_original, pred_perturbed, np.asarray(records["perturbed"]), np.asarray(records["steps"]))
+    figures = compute_metrics(outcomes, bootstrap=bootstrap, seed=seed)
+    entry = bench.manifest["configs"][config]
+    return ScoreResult(
+        benchmark=bench.location,
+        benchmark_id=bench.id,
+        config=config,
+        reference_model=entry["reference_model"]["model"],
+        model=spec.model,
+        model_spec=spec.model_dump(mode="json"),
+        white_box=weights_fingerprint(classifier) == entry.get("reference_weights_sha256"),
+        n=figures["n"],
+        **{key: figures[key] for key in ("sa", "pa", "pa_all", "fmr", "vr", "mean_steps")},
+        intervals={key[:-3]: value for key, value in figures.items() if key.endswith("_ci")},
+        per_class=per_class(outcomes, bench.class_names) if with_per_class else None,
+    )
+
+
+def score_dynamic(
+    recipe: str,
+    model: ModelLike,
+    *,
+    checkpoint: Optional[str] = None,
+    overrides: tuple[str, ...] = (),
+    limit: Optional[int] = None,
+    save: Optional[Path] = None,
+    device: str = "cpu",
+    batch_size: Optional[int] = None,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    cache_dir: Optional[Path] = None,
+    progress: bool = True,
+) -> ScoreResult:
+    """Regenerate the recipe's benchmark against ``model`` (it becomes theta), then score it."""
+    from builder.build import BuildOptions, build_benchmark
+    from builder.recipes import LoadedRecipe, load_recipe
+
+    loaded = load_recipe(recipe, overrides)
+    spec = as_model_spec(model, checkpoint).model_copy(update={"name": "evaluated"})
+    evaluated = LoadedRecipe(loaded.recipe.model_copy(update={"reference_models": (spec,)}), loaded.origin, loaded.base_dir)
+    with tempfile.TemporaryDirectory(prefix="fmr-dynamic-") as scratch:
+        out = save or Path(scratch) / "benchmark"
+        options = BuildOptions(out_dir=out, device=device, cache_dir=cache_dir or default_cache_dir(), batch_size=batch_size, limit=limit, progress=progress)
+        build_benchmark(evaluated, options)
+        result = score(out, spec, device=device, bootstrap=bootstrap, seed=seed, cache_dir=options.cache_dir, base_dir=loaded.base_dir)
+    location = str(save) if save else f"dynamic:{loaded.recipe.name}"
+    return ScoreResult(**{**asdict(result), "benchmark": location, "mode": "dynamic"})
+
+
+__all__ = ["ScoreResult", "score", "score_dynamic", "as_model_spec", "BuilderError"]

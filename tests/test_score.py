@@ -1,0 +1,195 @@
+"""The scorer: exact FMR arithmetic on hand-built benchmarks, agreement with build records,
+white-box detection, leaderboard, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from builder.benchmark import BenchmarkError
+from builder.checkpoints import weights_fingerprint
+from builder.cli import main
+from builder.errors import CheckpointError, ComponentError
+from builder.fileio import sha256_file, sha256_json, write_json_atomic
+from builder.images import encode_image
+from builder.metrics import Outcomes, compute_metrics
+from builder.score import score
+from builder.writers import WRITERS, OutputSample, ShardSchema
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_cli import tiny_recipe  # noqa: E402,F401  (fixture)
+from tiny_models import color_net  # noqa: E402
+
+TINY_MODELS = Path(__file__).parent / "tiny_models.py"
+CLASSES = ("red", "green", "blue")
+COLOR = {0: (220, 10, 10), 1: (10, 220, 10), 2: (10, 10, 220)}
+
+
+def patch(label: int) -> np.ndarray:
+    return np.tile(np.array(COLOR[label], dtype=np.uint8), (8, 8, 1))
+
+
+def hand_built_benchmark(root: Path, rows: list[tuple[int, int, int, bool, int]], keep_originals: bool = True) -> Path:
+    """rows: (label, colour of the original, colour of the perturbed image, perturbed, steps).
+    The colour decides what ColorNet predicts, so SA and PA are known exactly."""
+    schema = ShardSchema(CLASSES, "png", keep_originals)
+    samples = []
+    for index, (label, original, shown, perturbed, steps) in enumerate(rows):
+        record = {
+            "key": f"{index:08d}", "label": label, "class_name": CLASSES[label], "source_id": f"s/{index}",
+            "reference_model": "ref", "perturbed": perturbed, "steps": steps, "stop_reason": "x", "oracle_prob": 1.0,
+            "pred_before": original, "loss_before": 0.0, "pred_after": shown, "loss_after": 0.0,
+        }
+        samples.append(OutputSample(record["key"], encode_image(patch(shown), "png"), encode_image(patch(original), "png"), record))
+    half = len(samples) // 2
+    shards = []
+    for unit, part in enumerate((samples[:half], samples[half:])):
+        path = root / "ref" / f"test-{unit:05d}-of-00002.parquet"
+        WRITERS.get("parquet")().write(path, part, schema)
+        shards.append({"unit": unit, "num_samples": len(part), "files": {"parquet": {"path": path.relative_to(root).as_posix(), "sha256": sha256_file(path), "bytes": path.stat().st_size}}})
+    spec = {"model": f"py:{TINY_MODELS}:color_net", "name": "ref"}
+    from builder.components.preprocess import PreprocessedClassifier, Preprocessing
+
+    reference = PreprocessedClassifier(color_net(3), Preprocessing(input_size=8), 3, spec["model"])
+    manifest = {
+        "id": sha256_json(shards),
+        "class_names": list(CLASSES),
+        "recipe": {"image_size": 8, "source": {"kind": "sklearn-digits"}, "output": {"keep_originals": keep_originals}},
+        "configs": {"ref": {"reference_model": spec, "reference_weights_sha256": weights_fingerprint(reference), "shards": shards}},
+    }
+    write_json_atomic(root / "manifest.json", manifest)
+    return root
+
+
+# 10 samples: 8 originals right (SA 0.8); 6 perturbed, 3 of those still right; unperturbed keep x.
+ROWS = [
+    (0, 0, 0, True, 5), (0, 0, 1, True, 7), (1, 1, 1, True, 3), (1, 1, 2, True, 9), (2, 2, 2, True, 1),
+    (2, 2, 0, True, 2), (0, 0, 0, False, 0), (1, 1, 1, False, 0), (2, 0, 0, False, 0), (1, 2, 2, False, 0),
+]
+
+
+def test_fmr_arithmetic_on_a_hand_built_benchmark(tmp_path: Path) -> None:
+    bench = hand_built_benchmark(tmp_path / "b", ROWS)
+    result = score(bench, f"py:{TINY_MODELS}:color_net", bootstrap=200)
+    assert result.n == 10
+    assert result.sa == pytest.approx(0.8)
+    assert result.pa == pytest.approx(3 / 6)           # perturbed subset
+    assert result.pa_all == pytest.approx(5 / 10)      # 3 perturbed + 2 unperturbed right
+    assert result.fmr == pytest.approx(100 * 0.5 / 0.8)
+    assert result.vr == pytest.approx(0.6)
+    assert result.mean_steps == pytest.approx((5 + 7 + 3 + 9 + 1 + 2) / 6)
+    assert result.white_box  # same weights as the recorded reference
+    for key in ("sa", "pa", "pa_all", "fmr", "vr", "mean_steps"):
+        low, high = result.intervals[key]
+        assert low <= getattr(result, key) <= high
+    payload = result.to_json()
+    assert {"n", "sa", "pa", "pa_all", "fmr", "vr", "mean_steps", "white_box", "fmr_ci", "sa_ci", "benchmark_id"} <= set(payload)
+
+
+def test_bootstrap_is_seeded() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 200)
+    outcomes = Outcomes(labels, np.where(rng.random(200) < 0.9, labels, 0), np.where(rng.random(200) < 0.6, labels, 1), rng.random(200) < 0.8, rng.integers(0, 50, 200))
+    first, again = compute_metrics(outcomes, seed=1), compute_metrics(outcomes, seed=1)
+    other = compute_metrics(outcomes, seed=2)
+    assert first == again and first["fmr_ci"] != other["fmr_ci"]
+    assert first["fmr_ci"][0] < first["fmr"] < first["fmr_ci"][1]
+    assert 1 < first["fmr_ci"][1] - first["fmr_ci"][0] < 30
+
+
+def test_per_class_table(tmp_path: Path) -> None:
+    bench = hand_built_benchmark(tmp_path / "b", ROWS)
+    result = score(bench, f"py:{TINY_MODELS}:color_net", bootstrap=0, with_per_class=True)
+    by_class = {row["class_name"]: row for row in result.per_class}
+    assert by_class["red"]["n"] == 3 and by_class["red"]["sa"] == 1.0 and by_class["red"]["pa_all"] == pytest.approx(2 / 3)
+    assert by_class["blue"]["sa"] == pytest.approx(2 / 3)
+
+
+def test_benchmark_without_originals_needs_a_source(tmp_path: Path) -> None:
+    bench = hand_built_benchmark(tmp_path / "b", ROWS, keep_originals=False)
+    with pytest.raises(BenchmarkError, match="built without original images; pass --source"):
+        score(bench, f"py:{TINY_MODELS}:color_net", bootstrap=0)
+
+
+def test_reference_model_agrees_with_the_build_records(tiny_recipe: Path, tmp_path: Path) -> None:  # noqa: F811
+    import pyarrow.parquet as pq
+
+    from builder.benchmark import open_benchmark
+    from builder.score import load_model_for, predict, reference_spec
+
+    out = tmp_path / "out"
+    assert CliRunner().invoke(main, ["-q", "run", str(tiny_recipe), "--out", str(out), "--no-progress"]).exit_code == 0
+    bench = open_benchmark(out)
+    model = load_model_for(bench, reference_spec(bench, "ref:cnn"), "cpu", tmp_path / "cache", tiny_recipe.parent)
+    on_images, on_originals = predict(model, bench, "cnn", device="cpu", batch_size=5, workers=2)
+    for shard, path in enumerate(bench.parquet_files("cnn")):
+        records = pq.read_table(path, columns=["pred_after", "pred_before"]).to_pydict()
+        assert on_images[shard].tolist() == records["pred_after"]
+        assert on_originals[shard].tolist() == records["pred_before"]
+    result = score(bench, "ref:cnn", bootstrap=0, base_dir=tiny_recipe.parent)
+    figures = json.loads((out / "manifest.json").read_text())["configs"]["cnn"]
+    assert result.white_box
+    assert (result.sa, result.pa_all, result.fmr) == pytest.approx((figures["sa"], figures["pa_all"], figures["fmr"]), abs=1e-5)
+    other = score(bench, f"py:{TINY_MODELS}:tiny_cnn", bootstrap=0)  # random weights: a different model
+    assert not other.white_box
+
+
+def test_score_cli_json_and_leaderboard(tmp_path: Path) -> None:
+    bench = hand_built_benchmark(tmp_path / "b", ROWS)
+    runner = CliRunner()
+    first = runner.invoke(main, ["-q", "score", "--benchmark", str(bench), "--model", f"py:{TINY_MODELS}:color_net", "--workers", "0", "--bootstrap", "100", "--json", str(tmp_path / "a.json"), "--per-class"])
+    assert first.exit_code == 0, first.output
+    assert "white-box" in first.output and "62.5" in first.output and "per class" in first.output
+    spec = tmp_path / "flipped.yaml"
+    spec.write_text(f"model: py:{TINY_MODELS}:tiny_cnn\nname: random\n")
+    second = runner.invoke(main, ["-q", "score", "--benchmark", str(bench), "--model", str(spec), "--workers", "0", "--bootstrap", "100", "--json", str(tmp_path / "b.json")])
+    assert second.exit_code == 0, second.output and "transfer" in second.output
+    board = runner.invoke(main, ["-q", "leaderboard", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(tmp_path / "board")])
+    assert board.exit_code == 0, board.output
+    table = (tmp_path / "board" / "leaderboard.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")]
+    fmrs = [float(line.split("|")[7].split("[")[0]) for line in rows]
+    assert len(rows) == 2 and fmrs == sorted(fmrs, reverse=True)
+    assert (tmp_path / "board" / "fmr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def one_line_error(args: list[str]) -> str:
+    result = CliRunner().invoke(main, ["-q", *args])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output
+    return lines[0]
+
+
+def test_bad_input_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = hand_built_benchmark(tmp_path / "b", ROWS)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    model = f"py:{TINY_MODELS}:color_net"
+    assert "has no manifest.json" in one_line_error(["score", "--benchmark", str(empty), "--model", model])
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert "cannot reach the Hub" in one_line_error(["score", "--benchmark", "someone/no-such-benchmark", "--model", model])
+    assert "class count differs from the benchmark's 3 classes" in one_line_error(
+        ["score", "--benchmark", str(bench), "--model", str(_spec(tmp_path, "num_classes: 5"))]
+    )
+    import torch
+
+    from tiny_models import tiny_cnn
+
+    torch.save(tiny_cnn(3, width=4).state_dict(), tmp_path / "narrow.pt")
+    message = one_line_error(["score", "--benchmark", str(bench), "--model", f"py:{TINY_MODELS}:tiny_cnn", "--checkpoint", str(tmp_path / "narrow.pt")])
+    assert "does not fit the model" in message
+    assert "unknown config" in one_line_error(["score", "--benchmark", str(bench), "--config", "nope", "--model", model])
+
+
+def _spec(tmp_path: Path, extra: str) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(f"model: py:{TINY_MODELS}:tiny_cnn\n{extra}\n")
+    return path
