@@ -59,3 +59,31 @@ def test_digits_demo_end_to_end(tmp_path: Path) -> None:
     assert time.monotonic() - started < first_run / 3
     assert {p: p.stat().st_mtime for p in cached} == cached
     assert os.environ["FMR_BUILDER_CACHE"] in str(default_cache_dir())
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "digits"
+
+
+@pytest.mark.slow
+def test_dynamic_scoring_on_the_demo(tmp_path: Path) -> None:
+    """The paper's protocol: regenerate the demo against the evaluated model itself."""
+    saved, report = tmp_path / "live", tmp_path / "live.json"
+    result = CliRunner().invoke(main, [
+        "score", "--dynamic", "--recipe", "digits-demo", "--model", str(EXAMPLES / "convnext-augmented.yaml"),
+        "--limit", "60", "--save", str(saved), "--bootstrap", "200", "--json", str(report), "--workers", "0",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "dynamic" in result.output
+    (live,) = json.loads(report.read_text())["results"]
+    assert live["mode"] == "dynamic" and live["white_box"] and live["n"] == 60
+    assert 0 < live["vr"] <= 1 and live["sa"] > 0.8
+    manifest = json.loads((saved / "manifest.json").read_text())
+    assert list(manifest["configs"]) == ["evaluated"]
+    assert manifest["configs"]["evaluated"]["fmr"] == pytest.approx(live["fmr"], abs=1e-3)
+    # with --benchmark as well, static and dynamic FMR are printed side by side
+    both = CliRunner().invoke(main, [
+        "score", "--benchmark", str(saved), "--dynamic", "--recipe", "digits-demo", "--limit", "20",
+        "--model", str(EXAMPLES / "convnext-augmented.yaml"), "--bootstrap", "0", "--workers", "0",
+    ])
+    assert both.exit_code == 0, both.output
+    assert "static vs dynamic FMR" in both.output
