@@ -33,11 +33,11 @@ def leaderboard_markdown(rows: list[dict[str, Any]]) -> str:
         "| rank | model | benchmark | config | SA | PA | FMR (95% CI) | setting |",
         "|---:|---|---|---|---:|---:|---:|---|",
     ]
-    ordered = sorted(rows, key=lambda r: (-r["fmr"], r["model"]))
+    ordered = sorted(rows, key=lambda r: (-r["fmr"], r["name"]))
     for rank, row in enumerate(ordered, 1):
         setting = "white-box" if row.get("white_box") else ("dynamic" if row.get("mode") == "dynamic" else "transfer")
         lines.append(
-            f"| {rank} | `{row['model']}` | `{row['benchmark']}` ({row['benchmark_id'][:8]}) | {row['config']} | "
+            f"| {rank} | {row['name']} (`{row['model']}`) | `{row['benchmark']}` ({row['benchmark_id'][:8]}) | {row['config']} | "
             f"{100 * row['sa']:.1f} | {100 * row['pa_all']:.1f} | {row['fmr']:.1f}{ci(row, 'fmr')} | {setting} |"
         )
     return "\n".join(lines) + "\n"
@@ -50,7 +50,7 @@ def leaderboard_chart(rows: list[dict[str, Any]], path: Path) -> None:
     from matplotlib import pyplot as plt
 
     ordered = sorted(rows, key=lambda r: r["fmr"])
-    labels = [f"{r['model']} on {r['config']}" for r in ordered]
+    labels = [f"{r['name']} on {r['config']}" for r in ordered]
     figure, axes = plt.subplots(figsize=(8, 0.45 * len(ordered) + 1.2))
     errors = [[r["fmr"] - (r.get("fmr_ci") or [r["fmr"]] * 2)[0] for r in ordered], [(r.get("fmr_ci") or [r["fmr"]] * 2)[1] - r["fmr"] for r in ordered]]
     colors = ["tab:orange" if r.get("white_box") else "tab:blue" for r in ordered]

@@ -15,13 +15,13 @@ def _setting(result: Any) -> str:
 
 
 def format_results(results: Sequence[Any]) -> str:
-    header = f"{'benchmark':<24} {'config':<10} {'model':<32} {'setting':<9} {'n':>6}  {'SA':<20} {'PA':<20} {'FMR':<20} {'VR':>6} {'steps':>6}"
+    header = f"{'benchmark':<24} {'config':<10} {'model':<24} {'setting':<9} {'n':>6}  {'SA':<20} {'PA':<20} {'FMR':<20} {'VR':>6} {'steps':>6}"
     lines = [header]
     for r in results:
         fmr = r.intervals.get("fmr")
         fmr_text = f"{r.fmr:5.1f}" + (f" [{fmr[0]:.1f}, {fmr[1]:.1f}]" if fmr else "")
         lines.append(
-            f"{r.benchmark[-24:]:<24} {r.config:<10} {r.model[-32:]:<32} {_setting(r):<9} {r.n:>6}  "
+            f"{r.benchmark[-24:]:<24} {r.config:<10} {r.name[-24:]:<24} {_setting(r):<9} {r.n:>6}  "
             f"{_pct(r.sa, r.intervals.get('sa')):<20} {_pct(r.pa_all, r.intervals.get('pa_all')):<20} {fmr_text:<20} "
             f"{100 * r.vr:5.1f}% {r.mean_steps:6.1f}"
         )
@@ -30,7 +30,7 @@ def format_results(results: Sequence[Any]) -> str:
 
 
 def format_per_class(result: Any) -> str:
-    lines = [f"per class: {result.model} on {result.benchmark} / {result.config}", f"{'class':<16} {'n':>6} {'SA':>7} {'PA':>7} {'FMR':>7}"]
+    lines = [f"per class: {result.name} on {result.benchmark} / {result.config}", f"{'class':<16} {'n':>6} {'SA':>7} {'PA':>7} {'FMR':>7}"]
     for row in result.per_class or []:
         lines.append(f"{row['class_name'][:16]:<16} {row['n']:>6} {100 * row['sa']:7.1f} {100 * row['pa_all']:7.1f} {row['fmr']:7.1f}")
     return "\n".join(lines)
@@ -38,22 +38,22 @@ def format_per_class(result: Any) -> str:
 
 def format_transfer_matrix(results: Sequence[Any]) -> str:
     """FMR of each evaluated model (columns) on each benchmark config (rows, built against its reference)."""
-    models = list(dict.fromkeys(r.model for r in results))
+    models = list(dict.fromkeys(r.name for r in results))
     rows = list(dict.fromkeys((r.benchmark, r.config, r.reference_model) for r in results))
-    cell = {(r.benchmark, r.config, r.model): r for r in results}
-    lines = ["transfer matrix: FMR (* white-box)", f"{'built against':<40}" + "".join(f"{m[-22:]:>24}" for m in models)]
+    cell = {(r.benchmark, r.config, r.name): r for r in results}
+    lines = ["transfer matrix: FMR (* white-box)", f"{'built against':<40}" + "".join(f"{m[-20:]:>22}" for m in models)]
     for benchmark, config, reference in rows:
         values = []
         for model in models:
             r = cell.get((benchmark, config, model))
             values.append(f"{r.fmr:.1f}{'*' if r.white_box else ' '}" if r else "-")
-        lines.append(f"{(config + ' (' + reference + ')')[-40:]:<40}" + "".join(f"{v:>24}" for v in values))
+        lines.append(f"{(config + ' (' + reference + ')')[-40:]:<40}" + "".join(f"{v:>22}" for v in values))
     return "\n".join(lines)
 
 
 def format_side_by_side(static: Sequence[Any], live: Sequence[Any]) -> str:
     lines = ["static vs dynamic FMR (a model far better on the static set than live was tuned to it)"]
     for result in live:
-        for other in (s for s in static if s.model == result.model):
-            lines.append(f"{result.model}: static {other.fmr:.1f} on {other.config}, dynamic {result.fmr:.1f}")
+        for other in (s for s in static if s.model_spec == result.model_spec):
+            lines.append(f"{result.name}: static {other.fmr:.1f} on {other.config}, dynamic {result.fmr:.1f}")
     return "\n".join(lines)

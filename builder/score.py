@@ -37,6 +37,7 @@ class ScoreResult:
     reference_model: str
     model: str
     model_spec: dict[str, Any]
+    name: str
     white_box: bool
     n: int
     sa: float
@@ -218,6 +219,7 @@ def score(
         reference_model=entry["reference_model"]["model"],
         model=spec.model,
         model_spec=spec.model_dump(mode="json"),
+        name=spec.config_name,
         white_box=weights_fingerprint(classifier) == entry.get("reference_weights_sha256"),
         n=figures["n"],
         **{key: figures[key] for key in ("sa", "pa", "pa_all", "fmr", "vr", "mean_steps")},
@@ -246,7 +248,8 @@ def score_dynamic(
     from builder.recipes import LoadedRecipe, load_recipe
 
     loaded = load_recipe(recipe, overrides)
-    spec = as_model_spec(model, checkpoint).model_copy(update={"name": "evaluated"})
+    original = as_model_spec(model, checkpoint)
+    spec = original.model_copy(update={"name": "evaluated"})
     evaluated = LoadedRecipe(loaded.recipe.model_copy(update={"reference_models": (spec,)}), loaded.origin, loaded.base_dir)
     with tempfile.TemporaryDirectory(prefix="fmr-dynamic-") as scratch:
         out = save or Path(scratch) / "benchmark"
@@ -254,7 +257,8 @@ def score_dynamic(
         build_benchmark(evaluated, options)
         result = score(out, spec, device=device, bootstrap=bootstrap, seed=seed, cache_dir=options.cache_dir, base_dir=loaded.base_dir)
     location = str(save) if save else f"dynamic:{loaded.recipe.name}"
-    return ScoreResult(**{**asdict(result), "benchmark": location, "mode": "dynamic"})
+    identity = {"name": original.config_name, "model_spec": original.model_dump(mode="json")}
+    return ScoreResult(**{**asdict(result), **identity, "benchmark": location, "mode": "dynamic"})
 
 
 __all__ = ["ScoreResult", "score", "score_dynamic", "as_model_spec", "BuilderError"]
