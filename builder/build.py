@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -19,10 +18,11 @@ import numpy as np
 from builder import __version__
 from builder.components.base import ComponentContext
 from builder.config import Recipe, recipe_to_dict
-from builder.errors import OutputError
 from builder.checkpoints import weights_fingerprint
+from builder.errors import OutputError
 from builder.fileio import sha256_file, sha256_json, write_bytes_atomic, write_json_atomic
 from builder.images import encode_image
+from builder.outdir import STATS_DIR, open_output
 from builder.plan import WorkUnit, plan_units
 from builder.recipes import LoadedRecipe
 from builder.sources.base import SourceContext, check_label, open_source
@@ -56,17 +56,24 @@ class ConfigTally:
     correct_before: int = 0
     correct_after_perturbed: int = 0
     correct_after: int = 0
-    shards: list[dict[str, Any]] = field(default_factory=list)
-    preview: list[tuple[np.ndarray, np.ndarray, dict[str, Any]]] = field(default_factory=list)
 
-    def add(self, records: list[dict[str, Any]]) -> None:
-        for r in records:
-            self.samples += 1
-            self.perturbed += r["perturbed"]
-            self.steps += r["steps"] if r["perturbed"] else 0
-            self.correct_before += r["pred_before"] == r["label"]
-            self.correct_after_perturbed += r["perturbed"] and r["pred_after"] == r["label"]
-            self.correct_after += r["pred_after"] == r["label"]
+    COUNTS = ("samples", "perturbed", "steps", "correct_before", "correct_after_perturbed", "correct_after")
+
+    @staticmethod
+    def counts_of(records: list[dict[str, Any]]) -> dict[str, int]:
+        """What one work unit adds to the tally (stored in its stats file, for resume)."""
+        return {
+            "samples": len(records),
+            "perturbed": sum(r["perturbed"] for r in records),
+            "steps": sum(r["steps"] for r in records if r["perturbed"]),
+            "correct_before": sum(r["pred_before"] == r["label"] for r in records),
+            "correct_after_perturbed": sum(r["perturbed"] and r["pred_after"] == r["label"] for r in records),
+            "correct_after": sum(r["pred_after"] == r["label"] for r in records),
+        }
+
+    def add(self, counts: dict[str, int]) -> None:
+        for key in self.COUNTS:
+            setattr(self, key, getattr(self, key) + int(counts[key]))
 
     def summary(self) -> dict[str, Any]:
         share = self.perturbed / self.samples if self.samples else 0.0
@@ -103,22 +110,6 @@ class BuildSummary:
     configs: dict[str, dict[str, Any]]
     seconds: float
     manifest_id: str
-
-
-def prepare_output(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"--out {out_dir} is a file; give a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        ours = (out_dir / "manifest.json").is_file() or (out_dir / "_stats").is_dir()
-        if not overwrite:
-            raise OutputError(f"--out {out_dir} is not empty; pass --overwrite to replace it or pick a new dir")
-        if not ours:
-            raise OutputError(f"refusing to overwrite {out_dir}: it does not look like a benchmark dir")
-        shutil.rmtree(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise OutputError(f"cannot create --out {out_dir}: {error.strerror}") from None
 
 
 def read_unit(source: Any, unit: WorkUnit, image_size: int, class_names: tuple[str, ...]) -> UnitInput:
@@ -179,29 +170,57 @@ class Builder:
             self.generator = GENERATORS.get(self.recipe.generator.kind)(self.recipe.generator, self.context)
             self.oracle = load_oracle(self.recipe.oracle, self.context)
             self.models = {spec.config_name: load_classifier(spec, self.context) for spec in self.recipe.reference_models}
+        self.fingerprints = {name: weights_fingerprint(model) for name, model in self.models.items()}
+
+    def identity(self) -> dict[str, Any]:
+        """What this build is: a resumed run must match it exactly."""
+        return {
+            "format": MANIFEST_FORMAT,
+            "tool_version": __version__,
+            "recipe": recipe_to_dict(self.recipe),
+            "limit": self.options.limit,
+            "source_samples": self.total,
+        }
 
     def run(self) -> BuildSummary:
         started = time.monotonic()
-        prepare_output(self.options.out_dir, self.options.overwrite)
-        self.load_components()
-        tallies = {name: ConfigTally() for name in self.models}
-        rejects: list[dict[str, Any]] = []
+        completed = open_output(self.options.out_dir, self.identity(), self.options.overwrite)
+        names = [spec.config_name for spec in self.recipe.reference_models]
+        pending = [(unit, name) for unit in self.units for name in names if (name, unit.shard_stem(self.recipe.output.split)) not in completed]
+        if pending:
+            self.load_components()
+            self._check_same_weights(completed)
+        tallies = {name: ConfigTally() for name in names}
+        rejects: dict[int, list[dict[str, Any]]] = {}
         with self._progress() as bar:
-            for unit in self.units:
+            for (name, _), stats in sorted(completed.items()):
+                tallies[name].add(stats["tally"])
+                rejects[stats["unit"]] = stats["rejects"]
+                bar.update(stats["num_samples"] + len(stats["rejects"]))
+            for unit in dict.fromkeys(unit for unit, _ in pending):
                 inputs = read_unit(self.source, unit, self.recipe.image_size, self.class_names)
-                rejects.extend(inputs.rejects)
-                for name, model in self.models.items():
-                    records = self._run_unit(unit, name, model, inputs, tallies[name], bar)
-                    tallies[name].add(records)
-        manifest = self._finish(tallies, rejects)
+                rejects[unit.index] = inputs.rejects
+                for name in (n for u, n in pending if u == unit):
+                    records = self._run_unit(unit, name, self.models[name], inputs, tallies[name], bar)
+                    tallies[name].add(ConfigTally.counts_of(records))
+        manifest = self._finish(tallies, [r for unit in sorted(rejects) for r in rejects[unit]])
         return BuildSummary(
             self.options.out_dir,
             self.total,
-            len(rejects),
+            manifest["num_rejects"],
             {name: tally.summary() for name, tally in tallies.items()},
             time.monotonic() - started,
             manifest["id"],
         )
+
+    def _check_same_weights(self, completed: dict[tuple[str, str], dict[str, Any]]) -> None:
+        """A resumed build must use the weights its finished units were made with."""
+        for (name, stem), stats in completed.items():
+            if stats.get("reference_weights_sha256") != self.fingerprints[name]:
+                raise OutputError(
+                    f"reference model '{name}' has other weights than when {stem} was built "
+                    f"(its checkpoint changed); pass --overwrite to rebuild everything"
+                )
 
     def _progress(self) -> Any:
         from tqdm import tqdm
@@ -259,8 +278,6 @@ class Builder:
                 "pred_after": int(result.pred_after[row]),
                 "loss_after": round(float(result.loss_after[row]), 6),
             }
-            if len(tally.preview) < PREVIEW_SAMPLES:
-                tally.preview.append((original, finals[row], record))
             original_bytes = encode_image(original, fmt) if self.schema.keep_originals else None
             yield OutputSample(record["key"], encode_image(finals[row], fmt), original_bytes, record)
 
@@ -280,10 +297,12 @@ class Builder:
             "num_samples": len(samples),
             "num_perturbed": sum(s.record["perturbed"] for s in samples),
             "keys": [s.key for s in sorted(samples, key=lambda s: s.key)],
+            "tally": ConfigTally.counts_of([s.record for s in samples]),
+            "reference_weights_sha256": self.fingerprints[name],
             "files": files,
             "rejects": rejects,
         }
-        write_json_atomic(out / "_stats" / name / f"{stem}.json", stats)
+        write_json_atomic(out / STATS_DIR / name / f"{stem}.json", stats)
 
     def _finish(self, tallies: dict[str, ConfigTally], rejects: list[dict[str, Any]]) -> dict[str, Any]:
         from builder.card import render_card
@@ -292,20 +311,46 @@ class Builder:
         out = self.options.out_dir
         manifest = self._manifest(tallies, rejects)
         write_bytes_atomic(out / "rejects.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects).encode())
-        render_preview(out / "preview.png", {n: t.preview for n, t in tallies.items()}, self.class_names)
+        render_preview(out / "preview.png", {name: self._preview_rows(name) for name in tallies}, self.class_names)
         write_json_atomic(out / "manifest.json", manifest)
         write_bytes_atomic(out / "README.md", render_card(manifest, self.schema).encode("utf-8"))
         return manifest
+
+    def _preview_rows(self, name: str) -> list[tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
+        """The first samples of a config, read back from what was written."""
+        import tarfile
+
+        from builder.images import decode_image
+
+        shard = self.options.out_dir / name / f"{self.units[0].shard_stem(self.recipe.output.split)}.tar"
+        if not shard.is_file():
+            return []
+        members: dict[str, dict[str, bytes]] = {}
+        with tarfile.open(shard) as tar:
+            for member in tar:
+                key, _, extension = member.name.partition(".")
+                handle = tar.extractfile(member)
+                if handle is not None and len(members) <= PREVIEW_SAMPLES:
+                    members.setdefault(key, {})[extension] = handle.read()
+        rows = []
+        fmt = self.schema.image_format
+        for key in sorted(members)[:PREVIEW_SAMPLES]:
+            parts = members[key]
+            if fmt in parts and "json" in parts:
+                image = decode_image(parts[fmt])
+                original = decode_image(parts[f"original.{fmt}"]) if f"original.{fmt}" in parts else image
+                rows.append((original, image, json.loads(parts["json"])))
+        return rows
 
     def _manifest(self, tallies: dict[str, ConfigTally], rejects: list[dict[str, Any]]) -> dict[str, Any]:
         out = self.options.out_dir
         configs = {}
         for spec in self.recipe.reference_models:
             name = spec.config_name
-            shards = [json.loads(p.read_text()) for p in sorted((out / "_stats" / name).glob("*.json"))]
+            shards = [json.loads(p.read_text()) for p in sorted((out / STATS_DIR / name).glob("*.json"))]
             configs[name] = {
                 "reference_model": spec.model_dump(mode="json"),
-                "reference_weights_sha256": weights_fingerprint(self.models[name]),
+                "reference_weights_sha256": shards[0]["reference_weights_sha256"] if shards else None,
                 **tallies[name].summary(),
                 "shards": [{k: s[k] for k in ("unit", "start", "stop", "num_samples", "num_perturbed", "files")} for s in shards],
             }

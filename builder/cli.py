@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -25,7 +26,7 @@ class FriendlyGroup(click.Group):
             click.echo(f"error: {error}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
+            click.echo("interrupted: finished work units are kept; resume with the same command", err=True)
             sys.exit(130)
 
 
@@ -99,8 +100,13 @@ def run(recipe: str, out_dir: Path, limit: Optional[int], device: Optional[str],
         overwrite=overwrite,
         progress=not no_progress,
     )
+    signal.signal(signal.SIGTERM, _interrupt)  # a preempted node: stop like Ctrl-C, keep finished units
     summary = build_benchmark(loaded, options)
     click.echo(format_summary(loaded.recipe.name, summary))
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def format_summary(name: str, summary: Any) -> str:

@@ -48,9 +48,8 @@ class Registry(Generic[T]):
         def decorate(factory: T) -> T:
             if name in self._entries:
                 raise ValueError(f"{self.family} '{name}' is registered twice")
-            doc = description or (getattr(factory, "__doc__", "") or "").strip().splitlines()[0:1]
-            text = doc if isinstance(doc, str) else (doc[0] if doc else "")
-            self._entries[name] = Entry(name, factory, config, text)
+            docstring = (getattr(factory, "__doc__", None) or "").strip().splitlines()
+            self._entries[name] = Entry(name, factory, config, description or next(iter(docstring), ""))
             return factory
 
         return decorate

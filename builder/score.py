@@ -8,7 +8,9 @@ evaluated model itself (it becomes theta), the paper's main protocol.
 from __future__ import annotations
 
 import logging
+import sys
 import tempfile
+import types
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
@@ -18,7 +20,7 @@ import torch
 
 from builder.benchmark import Benchmark, BenchmarkError, open_benchmark
 from builder.config import ModelSpec, parse_component
-from builder.errors import BuilderError, ComponentError, RecipeError
+from builder.errors import ComponentError, RecipeError
 from builder.metrics import Outcomes, compute_metrics, per_class
 from builder.paths import default_cache_dir
 
@@ -261,4 +263,13 @@ def score_dynamic(
     return ScoreResult(**{**asdict(result), **identity, "benchmark": location, "mode": "dynamic"})
 
 
-__all__ = ["ScoreResult", "score", "score_dynamic", "as_model_spec", "BuilderError"]
+class _CallableModule(types.ModuleType):
+    """``builder.score(benchmark, model, ...)`` calls :func:`score`: the module is callable."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> ScoreResult:
+        return score(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+__all__ = ["ScoreResult", "score", "score_dynamic", "as_model_spec"]

@@ -115,13 +115,16 @@ def test_same_seed_same_bytes(tiny_recipe: Path, tmp_path: Path) -> None:
 def test_existing_output_needs_overwrite(tiny_recipe: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert invoke("run", str(tiny_recipe), "--out", str(out), "--limit", "3", "--no-progress").exit_code == 0
-    assert_one_line_error(invoke("run", str(tiny_recipe), "--out", str(out), "--no-progress"), "not empty", "--overwrite")
+    again = invoke("run", str(tiny_recipe), "--out", str(out), "--limit", "3", "--no-progress")
+    assert again.exit_code == 0  # the same command on a finished dir resumes: nothing left to do
+    assert_one_line_error(invoke("run", str(tiny_recipe), "--out", str(out), "--no-progress"), "different settings", "limit: 3 -> None", "--overwrite")
     result = invoke("run", str(tiny_recipe), "--out", str(out), "--overwrite", "--limit", "4", "--no-progress")
     assert result.exit_code == 0 and json.loads((out / "manifest.json").read_text())["source_samples"] == 4
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("precious")
     assert_one_line_error(invoke("run", str(tiny_recipe), "--out", str(foreign), "--overwrite"), "does not look like a benchmark dir")
+    assert_one_line_error(invoke("run", str(tiny_recipe), "--out", str(foreign)), "does not look like a benchmark dir")
     assert (foreign / "thesis.tex").exists()
 
 

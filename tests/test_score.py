@@ -14,7 +14,6 @@ from click.testing import CliRunner
 from builder.benchmark import BenchmarkError
 from builder.checkpoints import weights_fingerprint
 from builder.cli import main
-from builder.errors import CheckpointError, ComponentError
 from builder.fileio import sha256_file, sha256_json, write_json_atomic
 from builder.images import encode_image
 from builder.metrics import Outcomes, compute_metrics
@@ -193,3 +192,10 @@ def _spec(tmp_path: Path, extra: str) -> Path:
     path = tmp_path / "spec.yaml"
     path.write_text(f"model: py:{TINY_MODELS}:tiny_cnn\n{extra}\n")
     return path
+
+
+def test_python_api_is_builder_score(tmp_path: Path) -> None:
+    import builder
+
+    result = builder.score(hand_built_benchmark(tmp_path / "b", ROWS), f"py:{TINY_MODELS}:color_net", bootstrap=0)
+    assert type(result).__name__ == "ScoreResult" and result.fmr == pytest.approx(62.5)

@@ -12,7 +12,6 @@ Everything is local (offline, private ``datasets`` cache under ``tmp_path``).
 
 from __future__ import annotations
 
-import io
 import json
 import random
 import tarfile

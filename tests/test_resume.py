@@ -1,0 +1,129 @@
+"""Resumable builds: finished work units are kept, partial ones redone, mismatches refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from builder.cli import main
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_cli import shard_hashes, tiny_recipe  # noqa: E402,F401  (fixture)
+
+
+def build(recipe: Path, out: Path, *extra: str):
+    return CliRunner().invoke(main, ["-q", "run", str(recipe), "--out", str(out), "--no-progress", *extra])
+
+
+def final_state(out: Path) -> tuple[dict[str, str], list[str], str]:
+    manifest = json.loads((out / "manifest.json").read_text())
+    keys = [k for p in sorted((out / "_stats" / "cnn").glob("test-*.json")) for k in json.loads(p.read_text())["keys"]]
+    return shard_hashes(out), keys, manifest["id"]
+
+
+@pytest.fixture
+def clean_build(tiny_recipe: Path, tmp_path: Path) -> tuple[dict[str, str], list[str], str]:  # noqa: F811
+    out = tmp_path / "clean"
+    assert build(tiny_recipe, out).exit_code == 0
+    return final_state(out)
+
+
+def test_resume_redoes_only_the_missing_units(tiny_recipe: Path, tmp_path: Path, clean_build) -> None:  # noqa: F811
+    out = tmp_path / "out"
+    assert build(tiny_recipe, out).exit_code == 0
+    kept = out / "cnn" / "test-00000-of-00003.parquet"
+    kept_mtime = kept.stat().st_mtime_ns
+    (out / "_stats" / "cnn" / "test-00001-of-00003.json").unlink()  # unit 1 never finished
+    (out / "cnn" / "test-00002-of-00003.tar").write_bytes(b"torn")  # unit 2's shard damaged
+    (out / "cnn" / ".test-00003.parquet.tmp-999").write_bytes(b"half")  # a temp file left by a crash
+    result = build(tiny_recipe, out)
+    assert result.exit_code == 0, result.output
+    assert final_state(out) == clean_build
+    assert kept.stat().st_mtime_ns == kept_mtime  # the intact unit was not redone
+    assert not list((out / "cnn").glob(".*"))
+    keys = final_state(out)[1]
+    assert len(keys) == len(set(keys)) == 12
+
+
+def test_changed_recipe_or_seed_is_refused(tiny_recipe: Path, tmp_path: Path) -> None:  # noqa: F811
+    out = tmp_path / "out"
+    assert build(tiny_recipe, out, "--limit", "6").exit_code == 0
+    result = build(tiny_recipe, out, "--limit", "6", "--set", "perturbation.budget=2")
+    assert result.exit_code == 2 and "recipe.perturbation.budget: 3 -> 2" in result.output and "--overwrite" in result.output
+    result = build(tiny_recipe, out, "--limit", "6", "--seed", "5")
+    assert result.exit_code == 2 and "recipe.seed: 0 -> 5" in result.output
+    result = build(tiny_recipe, out)
+    assert result.exit_code == 2 and "limit: 6 -> None" in result.output
+
+
+def unit_count(out: Path) -> int:
+    return len(list((out / "_stats" / "cnn").glob("test-*.json"))) if (out / "_stats" / "cnn").is_dir() else 0
+
+
+@pytest.mark.slow
+def test_kill_minus_nine_then_resume_equals_an_uninterrupted_build(tiny_recipe: Path, tmp_path: Path) -> None:  # noqa: F811
+    data = yaml.safe_load(tiny_recipe.read_text())
+    data["output"]["samples_per_shard"] = 1  # 13 work units: many places to die in
+    recipe = tiny_recipe.with_name("one-per-shard.yaml")
+    recipe.write_text(yaml.safe_dump(data))
+    clean = tmp_path / "clean"
+    assert build(recipe, clean).exit_code == 0
+    expected = final_state(clean)
+    command = [sys.executable, "-m", "builder.cli", "-q", "run", str(recipe), "--no-progress", "--device", "cpu"]
+    rng = random.Random(1234)
+    points = sorted(rng.sample(range(1, 12), 5))
+    for point in points:
+        out = tmp_path / f"killed-at-{point}"
+        process = subprocess.Popen([*command, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while unit_count(out) < point and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        assert not (out / "manifest.json").exists() or point >= 13, f"build finished before the kill at {point}"
+        resumed = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True, timeout=300)
+        assert resumed.returncode == 0, resumed.stderr
+        assert final_state(out) == expected, f"killed after {point} units"
+
+
+@pytest.mark.slow
+def test_sigterm_stops_cleanly_and_says_how_to_resume(tiny_recipe: Path, tmp_path: Path) -> None:  # noqa: F811
+    data = yaml.safe_load(tiny_recipe.read_text())
+    data["output"]["samples_per_shard"] = 1
+    recipe = tiny_recipe.with_name("one-per-shard.yaml")
+    recipe.write_text(yaml.safe_dump(data))
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "builder.cli", "-q", "run", str(recipe), "--out", str(out), "--no-progress"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while unit_count(out) < 3 and process.poll() is None:
+        time.sleep(0.002)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "resume with the same command" in stderr and "Traceback" not in stderr
+    assert not [p for p in out.rglob(".*") if p.is_file()]  # no temp file left
+    assert build(recipe, out).exit_code == 0
+
+
+def test_changed_weights_are_refused_on_resume(tiny_recipe: Path, tmp_path: Path) -> None:  # noqa: F811
+    import torch
+
+    from tiny_models import tiny_cnn
+
+    out = tmp_path / "out"
+    assert build(tiny_recipe, out).exit_code == 0
+    (out / "_stats" / "cnn" / "test-00002-of-00003.json").unlink()
+    torch.manual_seed(99)
+    torch.save(tiny_cnn(3).state_dict(), tiny_recipe.parent / "theta.pt")  # retrained in place
+    result = build(tiny_recipe, out)
+    assert result.exit_code == 2 and "reference model 'cnn' has other weights" in result.output
