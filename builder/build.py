@@ -156,6 +156,7 @@ class Builder:
             class_names=self.class_names,
             image_size=self.recipe.image_size,
             source=self.recipe.source,
+            seed=self.recipe.seed,
         )
 
     def load_components(self) -> None:

@@ -235,18 +235,19 @@ def _train_context(recipe: str, overrides: tuple[str, ...], device: Optional[str
     cache = cache_dir or default_cache_dir()
     source = open_source(loaded.recipe.source, SourceContext(loaded.base_dir, cache))
     context = ComponentContext(resolve_device(device), cache, loaded.base_dir, tuple(source.class_names),
-                               loaded.recipe.image_size, loaded.recipe.source)
+                               loaded.recipe.image_size, loaded.recipe.source, loaded.recipe.seed)
     return loaded.recipe, context
 
 
-def _target(location: Optional[str], out: Optional[Path], context: Any, what: str) -> Path:
+def _target(location: Optional[str], out: Optional[Path], context: Any, component: Any, what: str) -> Path:
+    """--out, else where a build will look for this component's trained weights."""
     from builder.checkpoints import resolve_location
 
     if out is not None:
         return out
     if location is None:
         raise BuilderError(f"the recipe's {what} names no checkpoint location; pass --out")
-    return resolve_location(location, context.locations)
+    return context.trained_location(resolve_location(location, context.locations), component)
 
 
 def _train_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -263,7 +264,7 @@ def train_generator_command(recipe: str, out: Optional[Path], device: Optional[s
     from builder.train import train_generator
 
     config, context = _train_context(recipe, overrides, device, cache_dir)
-    target = _target(getattr(config.generator, "checkpoint", None), out, context, "generator")
+    target = _target(getattr(config.generator, "checkpoint", None), out, context, config.generator, "generator")
     train_generator(config.generator, context, target)
     click.echo(f"wrote {target}")
 
@@ -277,7 +278,7 @@ def train_oracle_command(recipe: str, out: Optional[Path], device: Optional[str]
     config, context = _train_context(recipe, overrides, device, cache_dir)
     if config.oracle.kind != "clip":
         raise BuilderError(f"train oracle trains CLIP oracles; this recipe's oracle is '{config.oracle.kind}'")
-    target = _target(config.oracle.pretrained, out, context, "oracle")
+    target = _target(config.oracle.pretrained, out, context, config.oracle, "oracle")
     train_clip(config.oracle, context, target)
     click.echo(f"wrote {target}")
 
@@ -295,7 +296,7 @@ def train_model_command(recipe: str, out: Optional[Path], device: Optional[str],
     name = config_name or next(iter(specs))
     if name not in specs:
         raise BuilderError(unknown_name_message("reference model", name, list(specs)))
-    target = _target(specs[name].checkpoint, out, context, f"reference model {name}")
+    target = _target(specs[name].checkpoint, out, context, specs[name], f"reference model {name}")
     train_classifier(specs[name], context, target)
     click.echo(f"wrote {target}")
 

@@ -36,7 +36,7 @@ class TrainConfig(Frozen):
     epochs: int = Field(10, gt=0)
     batch_size: int = Field(64, gt=0)
     lr: float = Field(1e-3, gt=0)
-    seed: int = 0
+    seed: Optional[int] = None  # default: derived from the recipe's seed and the component
     augment: bool = False
 
 

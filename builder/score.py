@@ -102,6 +102,7 @@ def load_model_for(bench: Benchmark, spec: ModelSpec, device: str, cache_dir: Pa
         class_names=bench.class_names,
         image_size=int(recipe["image_size"]),
         source=parse_component("sources", recipe["source"], ("source",)),
+        seed=int(recipe.get("seed", 0)),
     )
     try:
         return load_classifier(spec, context)

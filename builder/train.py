@@ -2,7 +2,7 @@
 
 The embedded demo uses this on first run; ``build-benchmark train`` exposes it. Each
 trainer writes a checkpoint in the same format its loader reads, and all randomness comes
-from the ``train.seed`` of the component's recipe section.
+from the component's ``train.seed`` (by default derived from the recipe's ``seed``).
 """
 
 from __future__ import annotations
@@ -66,12 +66,13 @@ def fit(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     data: tuple[torch.Tensor, torch.Tensor],
     train: TrainConfig,
+    seed: int,
     device: str,
     what: str,
 ) -> None:
     """Adam with cosine decay over ``train.epochs``; shuffling and augmentation seeded."""
     images, labels = data
-    generator = torch.Generator().manual_seed(train.seed)
+    generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(parameters, lr=train.lr)
     steps = train.epochs * math.ceil(len(labels) / train.batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
@@ -104,14 +105,15 @@ def train_generator(config: Any, ctx: ComponentContext, out: Path) -> None:
 
     train = config.train or TrainConfig()
     params = read_taming_config(resolve_location(config.config, ctx.locations))
-    model = _seeded(train.seed, lambda: TamingVQGAN(params)).to(ctx.device).train()
+    seed = ctx.train_seed(config)
+    model = _seeded(seed, lambda: TamingVQGAN(params)).to(ctx.device).train()
 
     def loss_fn(batch: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
         x = batch * 2 - 1
         reconstruction, codebook_loss = model(x)
         return (x - reconstruction).abs().mean() + F.mse_loss(reconstruction, x) + codebook_loss
 
-    fit(model.parameters(), loss_fn, load_training_data(ctx, train), train, ctx.device, "generator")
+    fit(model.parameters(), loss_fn, load_training_data(ctx, train), train, seed, ctx.device, "generator")
     state = {k: v.cpu() for k, v in model.state_dict().items()}
     with atomic_write(out) as handle:  # the taming / Lightning layout: {"state_dict": ...}
         torch.save({"state_dict": state, "epoch": train.epochs, "global_step": 0}, handle)
@@ -125,7 +127,8 @@ def train_clip(config: Any, ctx: ComponentContext, out: Path) -> None:
     from builder.components.preprocess import Preprocess
 
     train = config.train or TrainConfig()
-    model = _seeded(train.seed, lambda: create_clip(config, ctx, load_weights_=False)).to(ctx.device).train()
+    seed = ctx.train_seed(config)
+    model = _seeded(seed, lambda: create_clip(config, ctx, load_weights_=False)).to(ctx.device).train()
     preprocess = Preprocess(clip_preprocessing(model)).to(ctx.device)
     tokens = open_clip.get_tokenizer(config.model)(prompts(config, ctx.class_names)).to(ctx.device)
 
@@ -134,7 +137,7 @@ def train_clip(config: Any, ctx: ComponentContext, out: Path) -> None:
         text = F.normalize(model.encode_text(tokens), dim=-1)
         return F.cross_entropy(model.logit_scale.exp() * image @ text.T, labels)
 
-    fit(model.parameters(), loss_fn, load_training_data(ctx, train), train, ctx.device, f"oracle {config.model}")
+    fit(model.parameters(), loss_fn, load_training_data(ctx, train), train, seed, ctx.device, f"oracle {config.model}")
     save_state_dict({k: v.cpu() for k, v in model.state_dict().items()}, out)
 
 
@@ -143,10 +146,11 @@ def train_classifier(spec: ModelSpec, ctx: ComponentContext, out: Path) -> None:
     from builder.components.models import build_classifier
 
     train = spec.train or TrainConfig()
-    classifier = _seeded(train.seed, lambda: build_classifier(spec, ctx, pretrained=False)).to(ctx.device).train()
+    seed = ctx.train_seed(spec)
+    classifier = _seeded(seed, lambda: build_classifier(spec, ctx, pretrained=False)).to(ctx.device).train()
 
     def loss_fn(batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(classifier(batch), labels)
 
-    fit(classifier.parameters(), loss_fn, load_training_data(ctx, train), train, ctx.device, spec.model)
+    fit(classifier.parameters(), loss_fn, load_training_data(ctx, train), train, seed, ctx.device, spec.model)
     save_state_dict({k: v.cpu() for k, v in classifier.net.state_dict().items()}, out)

@@ -309,3 +309,27 @@ def test_python_model_spec_errors(context: ComponentContext) -> None:
         load_classifier(ModelSpec(model="py:no_such_module:net"), context)
     with pytest.raises(ComponentError, match="has no attribute 'missing'"):
         load_classifier(ModelSpec(model=f"py:{TINY_MODELS}:missing"), context)
+
+
+def test_trained_checkpoints_are_addressed_by_what_shaped_them(tmp_path: Path, context: ComponentContext) -> None:
+    from dataclasses import replace
+
+    from builder.config import TrainConfig
+
+    base = tmp_path / "cache" / "model.safetensors"
+    spec = ModelSpec(model="timm:test_convnext.r160_in1k", train=TrainConfig(epochs=2))
+    location = context.trained_location(base, spec)
+    assert location.parent == base.parent and location.name.startswith("model-") and location.suffix == ".safetensors"
+    assert context.trained_location(base, spec) == location  # stable
+    assert context.trained_location(base, ModelSpec(model="timm:test_convnext.r160_in1k")) == base  # nothing to train
+    changed = [
+        context.trained_location(base, spec.model_copy(update={"train": TrainConfig(epochs=3)})),
+        context.trained_location(base, spec.model_copy(update={"train": TrainConfig(epochs=2, augment=True)})),
+        replace(context, seed=1).trained_location(base, spec),
+        replace(context, image_size=32).trained_location(base, spec),
+    ]
+    assert len({location, *changed}) == 5
+    # an explicit train seed wins over the recipe seed
+    pinned = spec.model_copy(update={"train": TrainConfig(epochs=2, seed=7)})
+    assert context.train_seed(pinned) == replace(context, seed=1).train_seed(pinned) == 7
+    assert context.train_seed(spec) != replace(context, seed=1).train_seed(spec)

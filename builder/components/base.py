@@ -12,6 +12,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 from builder.checkpoints import ResolveContext
 from builder.config import SourceConfig
+from builder.fileio import sha256_json
 from builder.registry import Registry
 
 
@@ -56,10 +57,32 @@ class ComponentContext:
     class_names: tuple[str, ...]
     image_size: int
     source: SourceConfig
+    seed: int = 0
 
     @property
     def locations(self) -> ResolveContext:
         return ResolveContext(self.base_dir, self.cache_dir)
+
+    def train_seed(self, component: Any) -> int:
+        """The component's ``train.seed``, else one derived from the recipe seed and the component."""
+        if component.train is not None and component.train.seed is not None:
+            return int(component.train.seed)
+        digest = sha256_json({"seed": self.seed, "component": component.model_dump(mode="json")})
+        return int(digest[:8], 16)
+
+    def trained_location(self, path: Path, component: Any) -> Path:
+        """Where a component trained on first use lives: ``path`` plus a hash of everything that
+        shapes its weights, so changing the train block, the source or the seed trains anew."""
+        if component.train is None:
+            return path
+        digest = sha256_json({
+            "component": component.model_dump(mode="json"),
+            "seed": self.train_seed(component),
+            "source": self.source.model_dump(mode="json"),
+            "image_size": self.image_size,
+            "class_names": list(self.class_names),
+        })
+        return path.with_name(f"{path.stem}-{digest[:12]}{path.suffix}")
 
 
 GeneratorFactory = Callable[[Any, ComponentContext], Generator]

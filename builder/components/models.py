@@ -100,7 +100,7 @@ def load_classifier(spec: ModelSpec, ctx: ComponentContext) -> PreprocessedClass
     """Build, load weights (training them first if the spec says how), check classes, eval mode."""
     classifier = build_classifier(spec, ctx, pretrained=spec.pretrained and spec.checkpoint is None)
     if spec.checkpoint:
-        path = resolve_location(spec.checkpoint, ctx.locations)
+        path = ctx.trained_location(resolve_location(spec.checkpoint, ctx.locations), spec)
         if not path.is_file() and spec.train is not None:
             from builder.train import train_classifier
 

@@ -114,7 +114,7 @@ def _without_root_warning(text: str) -> Iterator[None]:
 
 
 def _load_clip_weights(model: Any, config: ClipOracleConfig, ctx: ComponentContext) -> None:
-    path = resolve_location(config.pretrained, ctx.locations)
+    path = ctx.trained_location(resolve_location(config.pretrained, ctx.locations), config)
     if not path.is_file() and config.train is not None:
         from builder.train import train_clip
 

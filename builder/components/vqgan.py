@@ -115,7 +115,7 @@ def load_vqgan(config: VQGANConfig, ctx: ComponentContext) -> VQGANGenerator:
     if config.checkpoint is None:
         log.warning("generator has no checkpoint: random weights (only useful for timing)")
     else:
-        path = resolve_location(config.checkpoint, ctx.locations)
+        path = ctx.trained_location(resolve_location(config.checkpoint, ctx.locations), config)
         if not path.is_file() and config.train is not None:
             from builder.train import train_generator
 
