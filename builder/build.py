@@ -6,6 +6,7 @@ starts, so a build stopped at any point leaves only complete shards behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -19,6 +20,7 @@ from builder import __version__
 from builder.components.base import ComponentContext
 from builder.config import Recipe, recipe_to_dict
 from builder.checkpoints import weights_fingerprint
+from builder.engine import STOP_NON_FINITE
 from builder.errors import OutputError
 from builder.fileio import sha256_file, sha256_json, write_bytes_atomic, write_json_atomic
 from builder.images import encode_image
@@ -57,7 +59,8 @@ class ConfigTally:
     correct_after_perturbed: int = 0
     correct_after: int = 0
 
-    COUNTS = ("samples", "perturbed", "steps", "correct_before", "correct_after_perturbed", "correct_after")
+    non_finite: int = 0
+    COUNTS = ("samples", "perturbed", "steps", "correct_before", "correct_after_perturbed", "correct_after", "non_finite")
 
     @staticmethod
     def counts_of(records: list[dict[str, Any]]) -> dict[str, int]:
@@ -69,11 +72,12 @@ class ConfigTally:
             "correct_before": sum(r["pred_before"] == r["label"] for r in records),
             "correct_after_perturbed": sum(r["perturbed"] and r["pred_after"] == r["label"] for r in records),
             "correct_after": sum(r["pred_after"] == r["label"] for r in records),
+            "non_finite": sum(r["stop_reason"] == STOP_NON_FINITE for r in records),
         }
 
     def add(self, counts: dict[str, int]) -> None:
         for key in self.COUNTS:
-            setattr(self, key, getattr(self, key) + int(counts[key]))
+            setattr(self, key, getattr(self, key) + int(counts.get(key, 0)))
 
     def summary(self) -> dict[str, Any]:
         share = self.perturbed / self.samples if self.samples else 0.0
@@ -88,6 +92,7 @@ class ConfigTally:
             "pa": round(self.correct_after_perturbed / self.perturbed, 6) if self.perturbed else 0.0,
             "pa_all": round(pa_all, 6),
             "fmr": round(100 * pa_all / sa, 4) if sa else 0.0,
+            "num_non_finite": self.non_finite,
         }
 
 
@@ -127,6 +132,16 @@ def read_unit(source: Any, unit: WorkUnit, image_size: int, class_names: tuple[s
         ids.append(item.source_id)
     empty = np.zeros((0, image_size, image_size, 3), dtype=np.uint8)
     return UnitInput(np.stack(pixels) if pixels else empty, np.asarray(labels, dtype=np.int64), indices, ids, rejects)
+
+
+@contextlib.contextmanager
+def _output_errors(path: Path) -> Iterator[None]:
+    """A full disk or an unwritable dir: one line; the finished units stay for a resume."""
+    try:
+        yield
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise OutputError(f"cannot write {path}: {reason}; finished work units are kept, fix this and resume with the same command") from None
 
 
 def sample_key(index: int) -> str:
@@ -288,7 +303,8 @@ class Builder:
         files = {}
         for fmt, writer in self.writers.items():
             path = out / name / f"{stem}{writer.suffix}"
-            writer.write(path, samples, self.schema)
+            with _output_errors(path):
+                writer.write(path, samples, self.schema)
             files[fmt] = {"path": path.relative_to(out).as_posix(), "sha256": sha256_file(path), "bytes": path.stat().st_size}
         stats = {
             "config": name,
@@ -303,7 +319,8 @@ class Builder:
             "files": files,
             "rejects": rejects,
         }
-        write_json_atomic(out / STATS_DIR / name / f"{stem}.json", stats)
+        with _output_errors(out / STATS_DIR / name / f"{stem}.json"):
+            write_json_atomic(out / STATS_DIR / name / f"{stem}.json", stats)
 
     def _finish(self, tallies: dict[str, ConfigTally], rejects: list[dict[str, Any]]) -> dict[str, Any]:
         from builder.card import render_card

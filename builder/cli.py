@@ -124,6 +124,9 @@ def format_summary(name: str, summary: Any) -> str:
         "reference model: SA on the originals, PA on the generated set (unperturbed samples keep x), "
         "FMR = PA / SA x 100; 'PA pert.' on the perturbed samples only"
     )
+    non_finite = sum(figures.get("num_non_finite", 0) for figures in summary.configs.values())
+    if non_finite:
+        lines.append(f"{non_finite} samples stopped early at a non-finite gradient (stop_reason in the records)")
     lines.append(f"manifest id {summary.manifest_id}")
     return "\n".join(lines)
 

@@ -127,3 +127,28 @@ def test_changed_weights_are_refused_on_resume(tiny_recipe: Path, tmp_path: Path
     torch.save(tiny_cnn(3).state_dict(), tiny_recipe.parent / "theta.pt")  # retrained in place
     result = build(tiny_recipe, out)
     assert result.exit_code == 2 and "reference model 'cnn' has other weights" in result.output
+
+
+def test_disk_full_keeps_finished_units_and_resumes(tiny_recipe: Path, tmp_path: Path, clean_build, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    import errno
+
+    from builder import fileio
+
+    real_fsync, calls = fileio.os.fsync, []
+
+    def filling_disk(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) >= 6:  # build.json, then unit 0 (two shards + stats), then unit 1 dies
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(fileio.os, "fsync", filling_disk)
+    result = build(tiny_recipe, out)
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "No space left on device" in lines[0] and "resume with the same command" in lines[0]
+    assert unit_count(out) == 1 and not [p for p in out.rglob(".*") if p.is_file()]
+    monkeypatch.setattr(fileio.os, "fsync", real_fsync)
+    assert build(tiny_recipe, out).exit_code == 0
+    assert final_state(out) == clean_build
