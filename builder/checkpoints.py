@@ -70,10 +70,24 @@ def _hf_hub(rest: str, ctx: ResolveContext) -> Path:
         ) from None
 
 
-def _download(url: str, ctx: ResolveContext) -> Path:
+def _download_name(url: str) -> str:
+    """A file name for a URL: its path's last part, or a ``?p=/dir/file`` query's (heibox/seafile links)."""
+    from urllib.parse import parse_qs, urlparse
+
+    parsed = urlparse(url)
+    query_path = parse_qs(parsed.query).get("p", [""])[0]
+    return Path(query_path).name or Path(parsed.path).name or "download"
+
+
+def cached_download(url: str, cache_dir: Path) -> Path:
+    """Where a URL's download lives in the cache (it may not be there yet)."""
     from hashlib import sha256
 
-    target = ctx.cache_dir / "downloads" / sha256(url.encode()).hexdigest()[:16] / Path(url.split("?")[0]).name
+    return cache_dir / "downloads" / sha256(url.encode()).hexdigest()[:16] / _download_name(url)
+
+
+def _download(url: str, ctx: ResolveContext) -> Path:
+    target = cached_download(url, ctx.cache_dir)
     if target.is_file():
         return target
     log.info("downloading %s", url)

@@ -72,8 +72,9 @@ def main(verbose: int, quiet: bool) -> None:
 
 @main.command()
 @click.argument("recipe")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Output directory (required unless --dry-run).")
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N source samples.")
+@click.option("--dry-run", is_flag=True, help="Check the recipe and every name offline, print the plan, build nothing.")
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per engine batch (default: the recipe's).")
 @click.option("--seed", type=int, help="Override the recipe's seed.")
@@ -81,8 +82,8 @@ def main(verbose: int, quiet: bool) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing benchmark dir.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @cache_option
-def run(recipe: str, out_dir: Path, limit: Optional[int], device: Optional[str], batch_size: Optional[int], seed: Optional[int],
-        overrides: tuple[str, ...], overwrite: bool, no_progress: bool, cache_dir: Optional[Path]) -> None:
+def run(recipe: str, out_dir: Optional[Path], limit: Optional[int], dry_run: bool, device: Optional[str], batch_size: Optional[int],
+        seed: Optional[int], overrides: tuple[str, ...], overwrite: bool, no_progress: bool, cache_dir: Optional[Path]) -> None:
     """Build the benchmark of RECIPE (a YAML path or a bundled recipe name) into --out."""
     from builder.build import BuildOptions, build_benchmark
     from builder.paths import default_cache_dir
@@ -91,6 +92,11 @@ def run(recipe: str, out_dir: Path, limit: Optional[int], device: Optional[str],
     if seed is not None:
         overrides = (*overrides, f"seed={seed}")
     loaded = load_recipe(recipe, overrides)
+    if dry_run:
+        _print_dry_run(loaded, cache_dir or default_cache_dir(), limit)
+        return
+    if out_dir is None:
+        raise click.UsageError("Missing option '--out' (needed unless --dry-run).")
     options = BuildOptions(
         out_dir=out_dir,
         device=resolve_device(device),
@@ -103,6 +109,19 @@ def run(recipe: str, out_dir: Path, limit: Optional[int], device: Optional[str],
     signal.signal(signal.SIGTERM, _interrupt)  # a preempted node: stop like Ctrl-C, keep finished units
     summary = build_benchmark(loaded, options)
     click.echo(format_summary(loaded.recipe.name, summary))
+
+
+def _print_dry_run(loaded: Any, cache_dir: Path, limit: Optional[int]) -> None:
+    from builder.dryrun import dry_run
+
+    report = dry_run(loaded, cache_dir, limit)
+    for check in report.checks:
+        click.echo(f"FAIL {check.problem}" if check.problem else f"ok   {check.item}: {check.detail}")
+    for line in report.plan:
+        click.echo(f"plan {line}")
+    if report.problems:
+        raise BuilderError(f"dry run of {loaded.recipe.name}: {len(report.problems)} problem(s), first: {report.problems[0].problem}")
+    click.echo(f"dry run of {loaded.recipe.name}: {len(report.checks)} checks passed, nothing downloaded")
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from typing import Any, ClassVar, Iterator, Optional
+from typing import Any, ClassVar, Iterator, Optional, Union
 
 import torch
 from pydantic import SerializeAsAny, field_validator
@@ -31,8 +31,15 @@ class ClipOracleConfig(OracleConfig):
     pretrained: str = "openai"
     quick_gelu: Optional[bool] = None
     template: str = "an image of {}"
-    prompt_names: Optional[tuple[str, ...]] = None
+    prompt_names: Optional[Union[str, tuple[str, ...]]] = None  # a list, or a named list such as open_clip:imagenet
     train: Optional[TrainConfig] = None
+
+    @field_validator("prompt_names")
+    @classmethod
+    def _known_list(cls, value: Optional[Union[str, tuple[str, ...]]]) -> Optional[Union[str, tuple[str, ...]]]:
+        if isinstance(value, str) and value not in PROMPT_LISTS:
+            raise ValueError(unknown_name_message("prompt name list", value, list(PROMPT_LISTS)))
+        return value
 
     @field_validator("template")
     @classmethod
@@ -138,8 +145,24 @@ def clip_preprocessing(model: Any) -> Preprocessing:
     )
 
 
+def _open_clip_imagenet() -> tuple[str, ...]:
+    import open_clip
+
+    return tuple(open_clip.IMAGENET_CLASSNAMES)
+
+
+#: named class-name lists for prompts (dataset label names are often not what CLIP was taught)
+PROMPT_LISTS = {"open_clip:imagenet": _open_clip_imagenet}
+
+
+def prompt_names(config: ClipOracleConfig, class_names: tuple[str, ...]) -> tuple[str, ...]:
+    if isinstance(config.prompt_names, str):
+        return PROMPT_LISTS[config.prompt_names]()
+    return tuple(config.prompt_names or class_names)
+
+
 def prompts(config: ClipOracleConfig, class_names: tuple[str, ...]) -> list[str]:
-    names = config.prompt_names or class_names
+    names = prompt_names(config, class_names)
     if len(names) != len(class_names):
         raise ComponentError(
             f"oracle.prompt_names has {len(names)} names but the source has {len(class_names)} classes"

@@ -1,0 +1,70 @@
+"""``run --dry-run``: every bundled recipe checks out offline; each kind of bad name is caught."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from builder.cli import main
+from builder.recipes import bundled_recipes
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+def dry_run(recipe: str, *extra: str):
+    return CliRunner().invoke(main, ["-q", "run", recipe, "--dry-run", *extra])
+
+
+@pytest.mark.parametrize("recipe", sorted(bundled_recipes()))
+def test_every_bundled_recipe_passes_offline(recipe: str) -> None:
+    result = dry_run(recipe)
+    assert result.exit_code == 0, result.output
+    assert f"dry run of {recipe}:" in result.output and "nothing downloaded" in result.output
+    assert "FAIL" not in result.output
+
+
+def failure(recipe: str, *extra: str) -> str:
+    result = dry_run(recipe, *extra)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    fails = [line for line in result.output.splitlines() if line.startswith("FAIL")]
+    assert fails and result.output.strip().splitlines()[-1].startswith("error: dry run of")
+    return "\n".join(fails)
+
+
+def test_bad_timm_names_are_caught() -> None:
+    message = failure("imagenet-convnext", "--set", "reference_models.0.model=timm:convnext_base.fb_in22kk")
+    assert "reference model convnext: timm has no pretrained 'convnext_base.fb_in22kk'; did you mean 'convnext_base.fb_in22k'?" in message
+    assert "name the full pretrained tag" in failure("imagenet-convnext", "--set", "reference_models.0.model=timm:convnext_base")
+    assert "did you mean 'convnext_base'" in failure("imagenet-convnext", "--set", "reference_models.0.model=timm:convnext_bse.fb_in1k")
+
+
+def test_bad_open_clip_pair_is_caught() -> None:
+    message = failure("imagenet-vit", "--set", "oracle.pretrained=openia")
+    assert "open_clip has no pretrained 'openia' for ViT-B-32; tags: " in message and "openai" in message
+    assert "did you mean 'ViT-B-32'" in failure("imagenet-vit", "--set", "oracle.model=ViT-B-23")
+
+
+def test_class_count_mismatch_is_caught() -> None:
+    message = failure("digits-demo", "--set", "oracle.prompt_names=[zero, one, two]")
+    assert "class counts disagree: source 10" in message and "oracle prompts 3" in message
+    message = failure("imagenet-resnet50", "--set", "reference_models.0.num_classes=10")
+    assert "reference model resnet50 10" in message and "oracle prompts 1000" in message
+
+
+def test_missing_local_weights_and_config_are_caught(tmp_path) -> None:
+    assert "does not exist" in failure("digits-demo", "--set", f"generator.config={tmp_path / 'nope.yaml'}")
+    message = failure("digits-demo", "--set", f"reference_models.0.checkpoint={tmp_path / 'gone.pt'}", "--set", "reference_models.0.train=null")
+    assert "gone.pt does not exist" in message
+
+
+def test_plan_with_a_limit() -> None:
+    result = dry_run("imagenet-convnext", "--limit", "2500")
+    assert result.exit_code == 0, result.output
+    assert "plan 2500 samples -> 3 work units, 6 shards" in result.output
+    assert "125000 gradient steps" in result.output
