@@ -274,7 +274,8 @@ class Builder:
         device = self.options.device
         images = torch.from_numpy(inputs.pixels[chunk]).permute(0, 3, 1, 2).contiguous().to(device)
         labels = torch.from_numpy(inputs.labels[chunk]).to(device)
-        result = perturb_batch(self.generator, self.oracle, model, images, labels, self.recipe.perturbation)
+        mask = getattr(self.generator, "mask", None)
+        result = perturb_batch(self.generator, self.oracle, model, images, labels, self.recipe.perturbation, mask=mask)
         finals = result.images.permute(0, 2, 3, 1).cpu().numpy()
         fmt = self.schema.image_format
         for row, original in enumerate(inputs.pixels[chunk]):

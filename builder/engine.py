@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from builder.components.base import Classifier, Generator, Oracle
 from builder.config import PerturbationConfig
+from builder.errors import ComponentError
 
 STOP_NOT_ACCEPTED = "oracle rejected the reconstruction"
 STOP_REJECTED = "oracle rejected a step"
@@ -39,6 +40,8 @@ class PerturbationResult:
     pred_after: torch.Tensor
     loss_after: torch.Tensor
     stop_reason: list[str]
+    latent_start: torch.Tensor
+    latent_final: torch.Tensor
 
 
 def to_pixel_grid(images: torch.Tensor) -> torch.Tensor:
@@ -86,11 +89,20 @@ def perturb_batch(
     mask: Optional[torch.Tensor] = None,
     dtype: torch.dtype = torch.float32,
 ) -> PerturbationResult:
-    """Run Algorithm 1 on a batch of uint8 images (N, 3, H, W) with integer labels."""
+    """Run Algorithm 1 on a batch of uint8 images (N, 3, H, W) with integer labels.
+
+    ``mask`` (broadcastable to the latent, 1 = may move) restricts the steps to those latent
+    dimensions: the paper's sparse VQGAN."""
     originals = images.to(dtype) / 255
     pred_before, loss_before = _score(model, originals, labels)
     with torch.no_grad():
         latent = generator.encode(originals)
+    if mask is not None and tuple(mask.shape) != tuple(latent.shape[1:]):
+        raise ComponentError(
+            f"the generator mask has shape {tuple(mask.shape)} but the latent is {tuple(latent.shape[1:])}; "
+            "fit the mask with this recipe's generator and image_size"
+        )
+    latent_start, latent_final = latent.clone(), latent.clone()
     final = originals.clone()
     steps = torch.zeros(len(labels), dtype=torch.long, device=labels.device)
     reasons = [STOP_NOT_ACCEPTED] * len(labels)
@@ -119,6 +131,7 @@ def perturb_batch(
             reasons[index] = STOP_REJECTED
         active, latent, gradient = active[accepted], candidate[accepted], next_gradient[accepted]
         final[active] = decoded[accepted]
+        latent_final[active] = latent
         steps[active] += 1
 
     pred_after, loss_after = _score(model, final, labels)
@@ -133,6 +146,8 @@ def perturb_batch(
         pred_after=pred_after,
         loss_after=loss_after,
         stop_reason=reasons,
+        latent_start=latent_start,
+        latent_final=latent_final,
     )
 
 

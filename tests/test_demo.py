@@ -87,3 +87,21 @@ def test_dynamic_scoring_on_the_demo(tmp_path: Path) -> None:
     ])
     assert both.exit_code == 0, both.output
     assert "static vs dynamic FMR" in both.output
+
+
+@pytest.mark.slow
+def test_fit_mask_then_a_masked_build(tmp_path: Path) -> None:
+    from builder.sparse import mask_metadata
+
+    mask = tmp_path / "mask.safetensors"
+    fitted = CliRunner().invoke(main, ["fit-mask", "digits-demo", "--out", str(mask), "--samples", "120"])
+    assert fitted.exit_code == 0, fitted.output
+    assert "latent dimensions kept (sparsity" in fitted.output and "held-out accuracy" in fitted.output
+    metadata = mask_metadata(mask)
+    assert 0.5 < float(metadata["sparsity"]) < 1 and json.loads(metadata["provenance"])["recipe"] == "digits-demo"
+    out = tmp_path / "masked"
+    built = CliRunner().invoke(main, ["run", "digits-demo", "--out", str(out), "--limit", "40", "--no-progress", "--set", f"generator.mask={mask}"])
+    assert built.exit_code == 0, built.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["recipe"]["generator"]["mask"] == str(mask)
+    assert manifest["configs"]["convnext"]["num_perturbed"] > 0

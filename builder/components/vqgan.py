@@ -33,6 +33,7 @@ class VQGANConfig(GeneratorConfig):
     config: str
     checkpoint: Optional[str] = None
     requantize: bool = False
+    mask: Optional[str] = None  # a file from `build-benchmark fit-mask`: perturb only those latent dims
     train: Optional[TrainConfig] = None
 
 
@@ -94,9 +95,10 @@ class TamingVQGAN(nn.Module):
 class VQGANGenerator:
     """g(x, b) on [0, 1] images; b0 is the quantized encoding of x."""
 
-    def __init__(self, model: TamingVQGAN, requantize: bool) -> None:
+    def __init__(self, model: TamingVQGAN, requantize: bool, mask: Optional[torch.Tensor] = None) -> None:
         self.model = model
         self.requantize = requantize
+        self.mask = mask
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         z_q, _ = self.model.quantize_ste(self.model.encode_continuous(images * 2 - 1))
@@ -123,4 +125,9 @@ def load_vqgan(config: VQGANConfig, ctx: ComponentContext) -> VQGANGenerator:
             train_generator(config, ctx, path)
         state = load_state_dict(path, cache_dir=ctx.cache_dir, what="generator checkpoint")
         load_weights(model, state, path=path, what="generator", ignore_prefixes=("loss.",))
-    return VQGANGenerator(model.eval().requires_grad_(False).to(ctx.device), config.requantize)
+    mask = None
+    if config.mask is not None:
+        from builder.sparse import load_mask
+
+        mask = load_mask(resolve_location(config.mask, ctx.locations), expected_channels=params["embed_dim"]).to(ctx.device)
+    return VQGANGenerator(model.eval().requires_grad_(False).to(ctx.device), config.requantize, mask)
