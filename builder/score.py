@@ -20,7 +20,7 @@ import torch
 
 from builder.benchmark import Benchmark, BenchmarkError, open_benchmark
 from builder.config import ModelSpec, parse_component
-from builder.errors import ComponentError, RecipeError
+from builder.errors import RecipeError
 from builder.metrics import Outcomes, compute_metrics, per_class
 from builder.paths import default_cache_dir
 
@@ -104,12 +104,7 @@ def load_model_for(bench: Benchmark, spec: ModelSpec, device: str, cache_dir: Pa
         source=parse_component("sources", recipe["source"], ("source",)),
         seed=int(recipe.get("seed", 0)),
     )
-    try:
-        return load_classifier(spec, context)
-    except ComponentError as error:
-        if "classes but the source has" in str(error):
-            raise ComponentError(f"{spec.model}: its class count differs from the benchmark's {len(bench.class_names)} classes ({bench.location}); use a model trained on these classes") from None
-        raise
+    return load_classifier(spec, context, classes_of=f"the benchmark {bench.location}")
 
 
 class ShardImages(torch.utils.data.IterableDataset):
@@ -138,20 +133,24 @@ class ShardImages(torch.utils.data.IterableDataset):
 
 
 def predict(classifier: Any, bench: Benchmark, config: str, *, device: str, batch_size: int, workers: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per shard: predictions on the perturbed images and on the originals."""
+    """Per shard: predictions on the perturbed images and on the originals (left at -1 when the
+    benchmark has no originals: the model then sees each image once)."""
     files = bench.parquet_files(config)
+    with_originals = bench.has_originals()
     loader = torch.utils.data.DataLoader(
-        ShardImages(files, bench.has_originals()), batch_size=batch_size, num_workers=workers, prefetch_factor=4 if workers else None, persistent_workers=False
+        ShardImages(files, with_originals), batch_size=batch_size, num_workers=workers, prefetch_factor=4 if workers else None, persistent_workers=False
     )
     counts = [int(s["num_samples"]) for s in bench.manifest["configs"][config]["shards"] if "parquet" in s["files"]]
     on_images = [np.full(c, -1, dtype=np.int64) for c in counts]
     on_originals = [np.full(c, -1, dtype=np.int64) for c in counts]
     with torch.no_grad():
         for shards, rows, images, originals in loader:
-            images = images.to(device).float() / 255
-            both = classifier(torch.cat([images, originals.to(device).float() / 255])).argmax(-1).cpu().numpy()
-            for shard, row, on_image, on_original in zip(shards.tolist(), rows.tolist(), both[: len(images)], both[len(images) :]):
-                on_images[shard][row], on_originals[shard][row] = on_image, on_original
+            batch = torch.cat([images, originals]) if with_originals else images
+            predictions = classifier(batch.to(device).float() / 255).argmax(-1).cpu().numpy()
+            for position, (shard, row) in enumerate(zip(shards.tolist(), rows.tolist())):
+                on_images[shard][row] = predictions[position]
+                if with_originals:
+                    on_originals[shard][row] = predictions[len(images) + position]
     return on_images, on_originals
 
 

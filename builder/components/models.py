@@ -96,8 +96,9 @@ def build_classifier(spec: ModelSpec, ctx: ComponentContext, *, pretrained: bool
     return MODELS.get(scheme)(target, spec, ctx, pretrained)
 
 
-def load_classifier(spec: ModelSpec, ctx: ComponentContext) -> PreprocessedClassifier:
-    """Build, load weights (training them first if the spec says how), check classes, eval mode."""
+def load_classifier(spec: ModelSpec, ctx: ComponentContext, *, classes_of: str = "the source") -> PreprocessedClassifier:
+    """Build, load weights (training them first if the spec says how), check classes, eval mode.
+    ``classes_of`` names where ``ctx.class_names`` come from, for the mismatch message."""
     classifier = build_classifier(spec, ctx, pretrained=spec.pretrained and spec.checkpoint is None)
     if spec.checkpoint:
         path = ctx.trained_location(resolve_location(spec.checkpoint, ctx.locations), spec)
@@ -110,7 +111,7 @@ def load_classifier(spec: ModelSpec, ctx: ComponentContext) -> PreprocessedClass
         load_weights(classifier.net, state, path=path, what=spec.model)
     if classifier.num_classes != len(ctx.class_names):
         raise ComponentError(
-            f"{spec.model}: the model has {classifier.num_classes} classes but the source has "
-            f"{len(ctx.class_names)}; set num_classes or use a matching model"
+            f"{spec.model}: the model has {classifier.num_classes} classes but {classes_of} has "
+            f"{len(ctx.class_names)}; set num_classes or use a model trained on these classes"
         )
     return classifier.eval().requires_grad_(False).to(ctx.device)
