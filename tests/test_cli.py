@@ -16,46 +16,7 @@ from PIL import Image
 from builder.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tiny_models import TINY_VQGAN_YAML, tiny_cnn  # noqa: E402
-
-TINY_MODELS = Path(__file__).parent / "tiny_models.py"
-COLORS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
-
-
-@pytest.fixture
-def tiny_recipe(tmp_path: Path) -> Path:
-    """A recipe over a 3-class ImageFolder (with one corrupt file) and tiny random components."""
-    from builder.components.vqgan import TamingVQGAN
-
-    root = tmp_path / "images"
-    rng = np.random.default_rng(0)
-    for name, color in COLORS.items():
-        (root / name).mkdir(parents=True)
-        for i in range(4):
-            pixels = np.clip(np.array(color) + rng.integers(-30, 30, (12, 12, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{i}.png")
-    (root / "green" / "5.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    (tmp_path / "vqgan.yaml").write_text(TINY_VQGAN_YAML)
-    torch.manual_seed(0)
-    torch.save({"state_dict": TamingVQGAN(yaml.safe_load(TINY_VQGAN_YAML)["model"]["params"]).state_dict()}, tmp_path / "vqgan.ckpt")
-    torch.save(tiny_cnn(3).state_dict(), tmp_path / "theta.pt")
-    torch.save(tiny_cnn(3, width=4).state_dict(), tmp_path / "oracle.pt")
-    recipe = {
-        "name": "tiny",
-        "description": "tiny test recipe",
-        "source": {"kind": "imagefolder", "path": "images"},
-        "image_size": 16,
-        "batch_size": 4,
-        "reference_models": [{"name": "cnn", "model": f"py:{TINY_MODELS}:tiny_cnn", "checkpoint": "theta.pt"}],
-        "generator": {"kind": "vqgan", "config": "vqgan.yaml", "checkpoint": "vqgan.ckpt"},
-        "oracle": {"kind": "classifier", "model": {"model": f"py:{TINY_MODELS}:tiny_cnn", "kwargs": {"width": 4}, "checkpoint": "oracle.pt"}},
-        "perturbation": {"step_size": 0.01, "budget": 3},
-        "output": {"samples_per_shard": 5},
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
-
+from tiny_models import tiny_cnn  # noqa: E402
 
 def invoke(*args: str):
     return CliRunner().invoke(main, ["-q", *args], catch_exceptions=False)
