@@ -7,9 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
-import yaml
 from click.testing import CliRunner
 from PIL import Image
 
