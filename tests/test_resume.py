@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from builder.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_cli import shard_hashes, tiny_recipe  # noqa: E402,F401  (fixture)
+from test_cli import shard_hashes  # noqa: E402
 
 
 def build(recipe: Path, out: Path, *extra: str):
@@ -32,13 +32,13 @@ def final_state(out: Path) -> tuple[dict[str, str], list[str], str]:
 
 
 @pytest.fixture
-def clean_build(tiny_recipe: Path, tmp_path: Path) -> tuple[dict[str, str], list[str], str]:  # noqa: F811
+def clean_build(tiny_recipe: Path, tmp_path: Path) -> tuple[dict[str, str], list[str], str]:
     out = tmp_path / "clean"
     assert build(tiny_recipe, out).exit_code == 0
     return final_state(out)
 
 
-def test_resume_redoes_only_the_missing_units(tiny_recipe: Path, tmp_path: Path, clean_build) -> None:  # noqa: F811
+def test_resume_redoes_only_the_missing_units(tiny_recipe: Path, tmp_path: Path, clean_build) -> None:
     out = tmp_path / "out"
     assert build(tiny_recipe, out).exit_code == 0
     kept = out / "cnn" / "test-00000-of-00003.parquet"
@@ -55,7 +55,7 @@ def test_resume_redoes_only_the_missing_units(tiny_recipe: Path, tmp_path: Path,
     assert len(keys) == len(set(keys)) == 12
 
 
-def test_changed_recipe_or_seed_is_refused(tiny_recipe: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_changed_recipe_or_seed_is_refused(tiny_recipe: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert build(tiny_recipe, out, "--limit", "6").exit_code == 0
     result = build(tiny_recipe, out, "--limit", "6", "--set", "perturbation.budget=2")
@@ -71,7 +71,7 @@ def unit_count(out: Path) -> int:
 
 
 @pytest.mark.slow
-def test_kill_minus_nine_then_resume_equals_an_uninterrupted_build(tiny_recipe: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_kill_minus_nine_then_resume_equals_an_uninterrupted_build(tiny_recipe: Path, tmp_path: Path) -> None:
     data = yaml.safe_load(tiny_recipe.read_text())
     data["output"]["samples_per_shard"] = 1  # 13 work units: many places to die in
     recipe = tiny_recipe.with_name("one-per-shard.yaml")
@@ -97,7 +97,7 @@ def test_kill_minus_nine_then_resume_equals_an_uninterrupted_build(tiny_recipe: 
 
 
 @pytest.mark.slow
-def test_sigterm_stops_cleanly_and_says_how_to_resume(tiny_recipe: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_sigterm_stops_cleanly_and_says_how_to_resume(tiny_recipe: Path, tmp_path: Path) -> None:
     data = yaml.safe_load(tiny_recipe.read_text())
     data["output"]["samples_per_shard"] = 1
     recipe = tiny_recipe.with_name("one-per-shard.yaml")
@@ -115,7 +115,7 @@ def test_sigterm_stops_cleanly_and_says_how_to_resume(tiny_recipe: Path, tmp_pat
     assert build(recipe, out).exit_code == 0
 
 
-def test_changed_weights_are_refused_on_resume(tiny_recipe: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_changed_weights_are_refused_on_resume(tiny_recipe: Path, tmp_path: Path) -> None:
     import torch
 
     from tiny_models import tiny_cnn
@@ -129,7 +129,7 @@ def test_changed_weights_are_refused_on_resume(tiny_recipe: Path, tmp_path: Path
     assert result.exit_code == 2 and "reference model 'cnn' has other weights" in result.output
 
 
-def test_disk_full_keeps_finished_units_and_resumes(tiny_recipe: Path, tmp_path: Path, clean_build, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+def test_disk_full_keeps_finished_units_and_resumes(tiny_recipe: Path, tmp_path: Path, clean_build, monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
 
     from builder import fileio

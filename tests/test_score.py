@@ -21,7 +21,7 @@ from builder.score import score
 from builder.writers import WRITERS, OutputSample, ShardSchema
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_cli import tiny_recipe  # noqa: E402,F401  (fixture)
+
 from tiny_models import color_net  # noqa: E402
 
 TINY_MODELS = Path(__file__).parent / "tiny_models.py"
@@ -115,7 +115,7 @@ def test_benchmark_without_originals_needs_a_source(tmp_path: Path) -> None:
         score(bench, f"py:{TINY_MODELS}:color_net", bootstrap=0)
 
 
-def test_reference_model_agrees_with_the_build_records(tiny_recipe: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_reference_model_agrees_with_the_build_records(tiny_recipe: Path, tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
     from builder.benchmark import open_benchmark
