@@ -324,15 +324,17 @@ class Builder:
             write_json_atomic(out / STATS_DIR / name / f"{stem}.json", stats)
 
     def _finish(self, tallies: dict[str, ConfigTally], rejects: list[dict[str, Any]]) -> dict[str, Any]:
-        from builder.card import render_card
+        from builder.card import write_card
+        from builder.gallery import write_gallery
         from builder.preview import render_preview
 
         out = self.options.out_dir
         manifest = self._manifest(tallies, rejects)
         write_bytes_atomic(out / "rejects.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects).encode())
         render_preview(out / "preview.png", {name: self._preview_rows(name) for name in tallies}, self.class_names)
+        write_gallery(out, manifest)
         write_json_atomic(out / "manifest.json", manifest)
-        write_bytes_atomic(out / "README.md", render_card(manifest, self.schema).encode("utf-8"))
+        write_card(out)
         return manifest
 
     def _preview_rows(self, name: str) -> list[tuple[np.ndarray, np.ndarray, dict[str, Any]]]:

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import logging
+from pathlib import Path
+from typing import Any, Optional, Sequence
 
 import yaml
 
+from builder.errors import BuilderError
+from builder.fileio import write_bytes_atomic, write_json_atomic
 from builder.paths import bundled_dir
 from builder.writers.base import ShardSchema
+
+log = logging.getLogger(__name__)
+
+#: score results shown in the card's leaderboard; kept beside the card so a rebuild keeps them
+LEADERBOARD_FILE = "leaderboard.json"
+HUB_URL = "https://huggingface.co/datasets"
 
 CARD_TEMPLATE = "benchmark.md.jinja"
 METHOD_CITATION = """@inproceedings{zhang2024foundation,
@@ -48,8 +59,22 @@ def _parquet_bytes(config: dict[str, Any]) -> int:
     return sum(shard["files"].get("parquet", {}).get("bytes", 0) for shard in config["shards"])
 
 
-def render_card(manifest: dict[str, Any], schema: ShardSchema) -> str:
+def schema_of(manifest: dict[str, Any]) -> ShardSchema:
+    """The shard schema a manifest was written with."""
+    output = manifest["recipe"]["output"]
+    return ShardSchema(tuple(manifest["class_names"]), output["image_encoding"], output["keep_originals"])
+
+
+def render_card(
+    manifest: dict[str, Any],
+    schema: ShardSchema,
+    leaderboard: Sequence[dict[str, Any]] = (),
+    repo_id: Optional[str] = None,
+) -> str:
+    """The card's text; ``repo_id`` makes the snippets point at the Hub repo instead of a dir."""
     import jinja2
+
+    from builder.leaderboard import leaderboard_markdown
 
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(bundled_dir("cards"))),
@@ -60,7 +85,7 @@ def render_card(manifest: dict[str, Any], schema: ShardSchema) -> str:
     header = yaml.safe_dump(card_header(manifest, schema), sort_keys=False, allow_unicode=True)
     rows = []
     for name, config in manifest["configs"].items():
-        rows.append({"name": name, "spec": config["reference_model"]["model"], **config})
+        rows.append({"name": name, "spec": config["reference_model"]["model"], "num_non_finite": 0, **config})
     return environment.get_template(CARD_TEMPLATE).render(
         header=header,
         manifest=manifest,
@@ -69,4 +94,60 @@ def render_card(manifest: dict[str, Any], schema: ShardSchema) -> str:
         method_citation=METHOD_CITATION,
         image_format=schema.image_format,
         keep_originals=schema.keep_originals,
+        leaderboard=leaderboard_markdown(list(leaderboard)) if leaderboard else "",
+        location=repo_id or "<this repo or dir>",
+        shard_prefix=f"{HUB_URL}/{repo_id}/resolve/main/" if repo_id else "",
+        files_prefix=f"hf://datasets/{repo_id}/" if repo_id else "",
     )
+
+
+def read_leaderboard(root: Path, benchmark_id: str) -> list[dict[str, Any]]:
+    """Stored score rows of this very benchmark (rows of an earlier build are dropped)."""
+    path = root / LEADERBOARD_FILE
+    if not path.is_file():
+        return []
+    rows = json.loads(path.read_text())
+    kept = [row for row in rows if row.get("benchmark_id") == benchmark_id]
+    if len(kept) < len(rows):
+        log.warning("%s: dropped %d result(s) of another build of this benchmark", path, len(rows) - len(kept))
+    return kept
+
+
+def add_results(root: Path, benchmark_id: str, results: Sequence[Path]) -> list[dict[str, Any]]:
+    """Merge ``score --json`` files into the stored leaderboard; a result of another benchmark is an error."""
+    from builder.leaderboard import load_results
+
+    rows = {_row_identity(row): row for row in read_leaderboard(root, benchmark_id)}
+    for path in results:
+        for row in load_results([path]):
+            if row.get("mode") == "dynamic":
+                raise BuilderError(f"result file {path}: '{row['name']}' is a dynamic score (a regenerated benchmark); give static results of this benchmark")
+            if row.get("benchmark_id") != benchmark_id:
+                raise BuilderError(
+                    f"result file {path}: scored on benchmark {str(row.get('benchmark_id'))[:12]}…, not this one ({benchmark_id[:12]}…); "
+                    "re-score with --benchmark pointing at this dir"
+                )
+            rows[_row_identity(row)] = row
+    ordered = sorted(rows.values(), key=lambda r: (-r["fmr"], r["name"], r["config"]))
+    write_json_atomic(root / LEADERBOARD_FILE, ordered)
+    return ordered
+
+
+def _row_identity(row: dict[str, Any]) -> tuple[str, str, str]:
+    return (row["name"], json.dumps(row.get("model_spec", row["model"]), sort_keys=True), row["config"])
+
+
+def write_card(root: Path, results: Sequence[Path] = (), repo_id: Optional[str] = None) -> Path:
+    """(Re)write ``root/README.md`` from its manifest, with the leaderboard of ``results`` (kept)."""
+    manifest_path = root / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise BuilderError(f"{root}: cannot read manifest.json ({error}); give a dir written by 'build-benchmark run'") from None
+    if results:
+        leaderboard = add_results(root, manifest["id"], results)
+    else:
+        leaderboard = read_leaderboard(root, manifest["id"])
+    text = render_card(manifest, schema_of(manifest), leaderboard, repo_id)
+    write_bytes_atomic(root / "README.md", text.encode("utf-8"))
+    return root / "README.md"

@@ -10,13 +10,14 @@ mapped onto a stub class, so pytorch_lightning is never imported or executed.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import pickle
 import re
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 from builder.errors import CheckpointError
 from builder.fileio import atomic_write, sha256_file
@@ -86,17 +87,37 @@ def cached_download(url: str, cache_dir: Path) -> Path:
     return cache_dir / "downloads" / sha256(url.encode()).hexdigest()[:16] / _download_name(url)
 
 
+def split_pin(url: str) -> tuple[str, Optional[str]]:
+    """``URL#sha256=<hex>`` -> (URL, hex): the fragment pins the bytes (it is never sent)."""
+    address, _, fragment = url.partition("#")
+    if not fragment:
+        return url, None
+    key, _, digest = fragment.partition("=")
+    if key != "sha256" or not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise CheckpointError(f"{url}: the fragment must be '#sha256=<64 lowercase hex digits>'")
+    return address, digest
+
+
 def _download(url: str, ctx: ResolveContext) -> Path:
-    target = cached_download(url, ctx.cache_dir)
+    address, pinned = split_pin(url)
+    target = cached_download(address, ctx.cache_dir)
     if target.is_file():
         return target
-    log.info("downloading %s", url)
+    log.info("downloading %s", address)
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, atomic_write(target) as handle:
+        with urllib.request.urlopen(address, timeout=60) as response, atomic_write(target) as handle:
+            digest = hashlib.sha256()
             while block := response.read(1 << 20):
                 handle.write(block)
+                digest.update(block)
+            if pinned is not None and digest.hexdigest() != pinned:
+                raise CheckpointError(
+                    f"{address}: downloaded bytes have sha256 {digest.hexdigest()}, the recipe pins {pinned}; "
+                    "the file changed upstream or the pin is wrong (nothing was kept)"
+                )
     except OSError as error:
-        raise CheckpointError(f"{url}: download failed ({error}); fetch it by hand and give the path") from None
+        raise CheckpointError(f"{address}: download failed ({error}); fetch it by hand and give the path") from None
+    log.info("downloaded %s (sha256 %s)", target.name, digest.hexdigest())
     return target
 
 

@@ -231,6 +231,41 @@ def leaderboard_command(results: tuple[Path, ...], out_dir: Path) -> None:
     click.echo(f"wrote {markdown} and {chart}")
 
 
+@main.command("card")
+@click.argument("benchmark_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--results", multiple=True, type=click.Path(dir_okay=False, path_type=Path), help="RESULT.json of 'score --json' on this benchmark; repeatable, kept in leaderboard.json.")
+@click.option("--repo-id", default=None, help="Hub dataset id the snippets should load from (default: a placeholder).")
+def card_command(benchmark_dir: Path, results: tuple[Path, ...], repo_id: Optional[str]) -> None:
+    """Rewrite a built benchmark's card (README.md), adding a leaderboard of score results."""
+    from builder.card import write_card
+
+    path = write_card(benchmark_dir, list(results), repo_id)
+    click.echo(f"wrote {path}" + (f" with {len(results)} result file(s)" if results else ""))
+
+
+@main.command("verify")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--oracle", "with_oracle", is_flag=True, help="Also re-run the recipe's oracle on every perturbed image (all must keep their label).")
+@click.option("--recipe", default=None, metavar="PATH", help="With --oracle: the recipe file DIR was built from; its dir is where relative paths resolve (default: the bundled recipe of that name, else the current dir).")
+@click.option("--device", default=None, help="With --oracle: torch device (default: cuda if available, else cpu).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="With --oracle: images per oracle batch (default: the recipe's).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the report to this JSON file.")
+@cache_option
+def verify_command(directory: Path, with_oracle: bool, recipe: Optional[str], device: Optional[str], batch_size: Optional[int],
+                   json_out: Optional[Path], cache_dir: Optional[Path]) -> None:
+    """Check a built benchmark DIR against its manifest and card; exit 1 listing every problem."""
+    from builder.fileio import write_json_atomic
+    from builder.verify import format_report, verify_benchmark
+
+    report = verify_benchmark(directory, oracle=with_oracle, device=resolve_device(device) if with_oracle else "cpu",
+                              cache_dir=cache_dir, batch_size=batch_size, recipe=recipe)
+    if json_out is not None:
+        write_json_atomic(json_out, report.to_json())
+    click.echo(format_report(report))
+    if not report.ok:
+        sys.exit(1)
+
+
 @main.command("fit-mask")
 @click.argument("recipe")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Mask file to write (.safetensors).")
@@ -269,6 +304,17 @@ def list_recipes() -> None:
     width = max((len(name) for name, _ in rows), default=0)
     for name, description in rows:
         click.echo(f"{name:<{width}}  {description}")
+
+
+@main.command("gallery")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--per-class", default=24, show_default=True, type=click.IntRange(min=1), help="At most N samples per class and config.")
+def gallery_command(directory: Path, per_class: int) -> None:
+    """Regenerate DIRECTORY/gallery.html: originals beside perturbed images, for auditing labels."""
+    from builder.gallery import load_built, write_gallery
+
+    path = write_gallery(directory, load_built(directory), per_class=per_class)
+    click.echo(f"wrote {path} ({path.stat().st_size} bytes)")
 
 
 @main.group()

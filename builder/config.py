@@ -29,6 +29,30 @@ class Frozen(BaseModel):
     nested_components: ClassVar[dict[str, str]] = {}
 
 
+#: super-class name -> inclusive (first, last) ranges of the underlying class indices
+ClassRanges = dict[str, tuple[tuple[int, int], ...]]
+
+
+def check_class_ranges(value: Optional[ClassRanges]) -> Optional[ClassRanges]:
+    """Ranges are ordered pairs, non-empty, and no index belongs to two super-classes."""
+    if value is None:
+        return None
+    if not value:
+        raise ValueError("needs at least one super-class")
+    owner: dict[int, str] = {}
+    for name, ranges in value.items():
+        if not ranges:
+            raise ValueError(f"'{name}' has no ranges")
+        for first, last in ranges:
+            if not 0 <= first <= last:
+                raise ValueError(f"'{name}': range [{first}, {last}] must have 0 <= first <= last")
+            clash = next((owner[i] for i in range(first, last + 1) if i in owner), None)
+            if clash is not None:
+                raise ValueError(f"'{name}' overlaps '{clash}' in [{first}, {last}]")
+            owner.update(dict.fromkeys(range(first, last + 1), name))
+    return value
+
+
 class TrainConfig(Frozen):
     """How to train a component from scratch when its checkpoint does not exist yet."""
 
@@ -37,6 +61,9 @@ class TrainConfig(Frozen):
     batch_size: int = Field(64, gt=0)
     lr: float = Field(1e-3, gt=0)
     seed: Optional[int] = None  # default: derived from the recipe's seed and the component
+    #: resolution training images are kept at (default: the recipe's image_size); a classifier
+    #: for 32 px CIFAR need not train on 256 px upsamplings
+    image_size: Optional[int] = Field(None, gt=0)
     augment: bool = False
 
 
@@ -61,6 +88,13 @@ class ModelSpec(Frozen):
     kwargs: dict[str, Any] = Field(default_factory=dict)
     preprocess: PreprocessConfig = PreprocessConfig()
     train: Optional[TrainConfig] = None
+    #: pool the model's outputs into these super-classes (logsumexp of the member logits)
+    class_ranges: Optional[ClassRanges] = None
+
+    @field_validator("class_ranges")
+    @classmethod
+    def _disjoint_ranges(cls, value: Optional[ClassRanges]) -> Optional[ClassRanges]:
+        return check_class_ranges(value)
 
     @field_validator("model")
     @classmethod
@@ -88,6 +122,13 @@ class ModelSpec(Frozen):
 class SourceConfig(Frozen):
     kind: str
     class_names: Optional[tuple[str, ...]] = None
+    #: keep only samples whose label falls in a range, relabelled to its super-class
+    class_ranges: Optional[ClassRanges] = None
+
+    @field_validator("class_ranges")
+    @classmethod
+    def _disjoint_ranges(cls, value: Optional[ClassRanges]) -> Optional[ClassRanges]:
+        return check_class_ranges(value)
 
 
 class GeneratorConfig(Frozen):

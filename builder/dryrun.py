@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from builder.checkpoints import ResolveContext, cached_download, resolve_location
+from builder.checkpoints import ResolveContext, cached_download, resolve_location, split_pin
 from builder.config import ModelSpec, Recipe
 from builder.errors import BuilderError
 from builder.recipes import LoadedRecipe
@@ -38,8 +38,10 @@ class DryRunReport:
 def peek_location(spec: str, ctx: ResolveContext) -> tuple[Optional[Path], str]:
     """(local path if available, how it will be obtained), with no network."""
     if spec.startswith(("http://", "https://")):
-        path = cached_download(spec, ctx.cache_dir)
-        return (path, "in the cache") if path.is_file() else (None, "downloaded on the first run")
+        address, pinned = split_pin(spec)
+        path = cached_download(address, ctx.cache_dir)
+        how = "downloaded on the first run" + (", sha256 checked" if pinned else " (not pinned: append #sha256=<hex> to check it)")
+        return (path, "in the cache") if path.is_file() else (None, how)
     if spec.startswith("hf-hub:"):
         from huggingface_hub import try_to_load_from_cache
 
@@ -104,12 +106,21 @@ def check_model(spec: ModelSpec, ctx: ResolveContext, what: str) -> tuple[list[C
         return [Check(what, spec.model, f"{what}: unknown model scheme '{scheme}'; use timm: or py:")], None
     if spec.checkpoint is not None:
         checks.append(_weights(spec.checkpoint, spec, ctx, f"{what} weights"))
+    if spec.class_ranges:
+        largest = max(last for ranges in spec.class_ranges.values() for _, last in ranges)
+        if classes is not None and largest >= classes:
+            checks.append(Check(what, spec.model, f"{what}: class_ranges reach index {largest} but the model has {classes} outputs; fix the ranges"))
+        else:
+            checks.append(Check(f"{what} classes", f"{classes or '?'} outputs pooled into {len(spec.class_ranges)} super-classes"))
+        classes = len(spec.class_ranges)
     return checks, classes
 
 
 def check_generator(config: Any, ctx: ResolveContext) -> list[Check]:
     from builder.components.vqgan import read_taming_config
 
+    if config.kind != "vqgan":
+        return [Check("generator", f"{config.kind}: nothing to load")]
     checks = []
     path, how = peek_location(config.config, ctx)
     if path is not None:
@@ -173,7 +184,7 @@ def _source(recipe: Recipe, ctx: ResolveContext) -> tuple[Check, Optional[int], 
 
     config = recipe.source
     local = config.kind != "huggingface" or Path(getattr(config, "path", "")).expanduser().exists()
-    declared = tuple(config.class_names) if config.class_names else None
+    declared = tuple(config.class_ranges or ()) or (tuple(config.class_names) if config.class_names else None)
     if not local:
         return Check("source", f"{config.kind} {getattr(config, 'path', '')}: samples and classes known at run time (not opened offline)"), None, declared
     try:

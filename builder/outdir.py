@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 STATS_DIR = "_stats"
 IDENTITY_FILE = "build.json"
-FINAL_FILES = ("manifest.json", "README.md", "preview.png", "rejects.jsonl")
+FINAL_FILES = ("manifest.json", "README.md", "preview.png", "rejects.jsonl", "gallery.html", "leaderboard.json")
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +94,15 @@ def _index(node: list[Any], key: str, where: str, assignment: str) -> int:
     return int(key)
 
 
+def _unshare(node: Any) -> Any:
+    """A copy in which no dict or list is reachable twice (YAML anchors become independent)."""
+    if isinstance(node, dict):
+        return {key: _unshare(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_unshare(value) for value in node]
+    return node
+
+
 def load_recipe(recipe: str, overrides: tuple[str, ...] = ()) -> LoadedRecipe:
     path = locate(recipe)
     try:
@@ -103,7 +111,7 @@ def load_recipe(recipe: str, overrides: tuple[str, ...] = ()) -> LoadedRecipe:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise RecipeError(f"recipe {path}{where}: not valid YAML ({getattr(error, 'problem', error)})") from None
-    data = copy.deepcopy(data) if isinstance(data, dict) else data
+    data = _unshare(data)  # a YAML alias (*name) must not let one --set change two places
     if isinstance(data, dict):
         for assignment in overrides:
             apply_override(data, assignment)

@@ -30,10 +30,11 @@ log = logging.getLogger(__name__)
 def load_training_data(ctx: ComponentContext, train: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """All readable images (uint8 N,3,H,W) and labels of the training split."""
     source = open_source(ctx.source, SourceContext(ctx.base_dir, ctx.cache_dir), split=train.split)
+    size = train.image_size or ctx.image_size
     pixels, labels = [], []
     for item in source.items(0, len(source)):
         try:
-            pixels.append(load_rgb(item.load, ctx.image_size))
+            pixels.append(load_rgb(item.load, size))
             labels.append(item.label)
         except SampleRejected:
             continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from pathlib import Path
@@ -39,7 +40,7 @@ def test_tiny_build_writes_everything(tiny_recipe: Path, tmp_path: Path) -> None
     result = invoke("run", str(tiny_recipe), "--out", str(out), "--device", "cpu", "--no-progress")
     assert result.exit_code == 0, result.output
     assert "13 source samples, 1 rejected" in result.output and "cnn" in result.output
-    assert {p.name for p in out.iterdir()} == {"README.md", "manifest.json", "preview.png", "rejects.jsonl", "cnn", "_stats"}
+    assert {p.name for p in out.iterdir()} == {"README.md", "manifest.json", "preview.png", "gallery.html", "rejects.jsonl", "cnn", "_stats"}
     assert sorted(p.name for p in (out / "cnn").iterdir()) == [
         f"test-0000{i}-of-00003.{ext}" for i in range(3) for ext in ("parquet", "tar")
     ]
@@ -139,3 +140,27 @@ def test_train_model_writes_a_loadable_checkpoint(tiny_recipe: Path, tmp_path: P
     out = tmp_path / "out"
     result = invoke("run", str(tiny_recipe), "--out", str(out), "--no-progress", "--set", f"reference_models.0.checkpoint={target}")
     assert result.exit_code == 0, result.output
+
+
+def test_pixel_generator_baseline_is_bounded_per_step(tiny_recipe: Path, tmp_path: Path) -> None:
+    """generator.kind pixel: the latent is the image; k accepted steps move a pixel by <= k * step."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "pixel"
+    result = invoke(
+        "run", str(tiny_recipe), "--out", str(out), "--no-progress",
+        "--set", "generator={kind: pixel}", "--set", "perturbation.step_size=0.02", "--set", "perturbation.budget=4",
+    )
+    assert result.exit_code == 0, result.output
+    rows = [r for p in sorted((out / "cnn").glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
+    assert len(rows) == 12 and any(r["steps"] > 0 for r in rows)
+    moved = 0
+    for row in rows:
+        image = np.asarray(Image.open(io.BytesIO(row["image"]["bytes"])), dtype=np.int16)
+        original = np.asarray(Image.open(io.BytesIO(row["original_image"]["bytes"])), dtype=np.int16)
+        change = np.abs(image - original).max()
+        assert change <= round(row["steps"] * 0.02 * 255) + 1, (row["key"], change, row["steps"])
+        moved += change > 0
+    assert moved > 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["recipe"]["generator"] == {"kind": "pixel", "mask": None}

@@ -333,3 +333,47 @@ def test_trained_checkpoints_are_addressed_by_what_shaped_them(tmp_path: Path, c
     pinned = spec.model_copy(update={"train": TrainConfig(epochs=2, seed=7)})
     assert context.train_seed(pinned) == replace(context, seed=1).train_seed(pinned) == 7
     assert context.train_seed(spec) != replace(context, seed=1).train_seed(spec)
+
+
+def test_pinned_download_is_checked(tmp_path: Path) -> None:
+    """``URL#sha256=`` downloads once and refuses bytes with another hash, keeping nothing."""
+    import hashlib
+    import http.server
+    import threading
+    from functools import partial
+
+    from builder.checkpoints import ResolveContext, resolve_location
+
+    (tmp_path / "served").mkdir()
+    (tmp_path / "served" / "weights.bin").write_bytes(b"tensor bytes")
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "served"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/weights.bin"
+        good = hashlib.sha256(b"tensor bytes").hexdigest()
+        ctx = ResolveContext(tmp_path, tmp_path / "cache")
+        with pytest.raises(CheckpointError, match="downloaded bytes have sha256 .* pins 0000"):
+            resolve_location(f"{url}#sha256={'0' * 64}", ctx)
+        assert not list((tmp_path / "cache").rglob("weights.bin"))
+        path = resolve_location(f"{url}#sha256={good}", ctx)
+        assert path.read_bytes() == b"tensor bytes"
+        with pytest.raises(CheckpointError, match="#sha256=<64 lowercase hex"):
+            resolve_location(f"{url}#md5=abc", ctx)
+    finally:
+        server.shutdown()
+
+
+def test_class_ranges_pool_a_model_into_super_classes(context: ComponentContext) -> None:
+    """A 6-output model pooled into 3 super-classes: logsumexp of the members, in order."""
+    ranges = {"zero": [[0, 1]], "one": [[2, 2], [5, 5]], "two": [[3, 4]]}
+    spec = ModelSpec(model=f"py:{TINY_MODELS}:tiny_cnn", num_classes=6, class_ranges=ranges)
+    pooled = load_classifier(spec, context)
+    assert pooled.num_classes == 3
+    images = torch.rand(4, 3, 16, 16)
+    inner = pooled.inner(images)
+    expected = torch.stack([inner[:, [0, 1]].logsumexp(1), inner[:, [2, 5]].logsumexp(1), inner[:, [3, 4]].logsumexp(1)], 1)
+    assert torch.allclose(pooled(images), expected, atol=1e-5)
+    too_far = ModelSpec(model=f"py:{TINY_MODELS}:tiny_cnn", num_classes=4, class_ranges=ranges)
+    with pytest.raises(ComponentError, match="class_ranges reach index 5 but the model has 4 outputs"):
+        load_classifier(too_far, context)

@@ -68,3 +68,10 @@ def test_plan_with_a_limit() -> None:
     assert result.exit_code == 0, result.output
     assert "plan 2500 samples -> 3 work units, 6 shards" in result.output
     assert "125000 gradient steps" in result.output
+
+
+def test_class_ranges_are_checked_against_the_model() -> None:
+    message = failure("imagenet9", "--set", "reference_models.0.class_ranges.dog=[[990, 1005]]")
+    assert "class_ranges reach index 1005 but the model has 1000 outputs" in message
+    message = failure("imagenet9", "--set", "reference_models.0.class_ranges={dog: [[151, 268]]}")
+    assert "reference model resnet50 1" in message and "source 9" in message

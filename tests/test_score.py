@@ -198,3 +198,24 @@ def test_python_api_is_builder_score(tmp_path: Path) -> None:
 
     result = builder.score(hand_built_benchmark(tmp_path / "b", ROWS), f"py:{TINY_MODELS}:color_net", bootstrap=0)
     assert type(result).__name__ == "ScoreResult" and result.fmr == pytest.approx(62.5)
+
+
+def test_card_leaderboard_from_results(tiny_build: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    scored = runner.invoke(main, ["-q", "score", "--benchmark", str(tiny_build), "--model", f"py:{TINY_MODELS}:color_net", "--workers", "0", "--bootstrap", "50", "--json", str(tmp_path / "a.json")])
+    assert scored.exit_code == 0, scored.output
+    result = json.loads((tmp_path / "a.json").read_text())["results"][0]
+    written = runner.invoke(main, ["-q", "card", str(tiny_build), "--results", str(tmp_path / "a.json"), "--repo-id", "org/tiny-fmr"])
+    assert written.exit_code == 0, written.output
+    card = (tiny_build / "README.md").read_text()
+    assert "## Leaderboard" in card and f"| {result['fmr']:.1f} [" in card and "color_net" in card
+    assert 'load_dataset("org/tiny-fmr", name="cnn"' in card
+    assert "https://huggingface.co/datasets/org/tiny-fmr/resolve/main/cnn/test-{00000..00002}-of-00003.tar" in card
+    assert json.loads((tiny_build / "leaderboard.json").read_text())[0]["fmr"] == result["fmr"]
+    again = runner.invoke(main, ["-q", "card", str(tiny_build)])  # the stored leaderboard stays
+    assert again.exit_code == 0 and "## Leaderboard" in (tiny_build / "README.md").read_text()
+
+    other = hand_built_benchmark(tmp_path / "other", ROWS)
+    assert runner.invoke(main, ["-q", "score", "--benchmark", str(other), "--model", f"py:{TINY_MODELS}:color_net", "--workers", "0", "--bootstrap", "0", "--json", str(tmp_path / "b.json")]).exit_code == 0
+    refused = runner.invoke(main, ["-q", "card", str(tiny_build), "--results", str(tmp_path / "b.json")])
+    assert refused.exit_code == 2 and "not this one" in refused.output and "re-score" in refused.output

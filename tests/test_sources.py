@@ -19,7 +19,7 @@ from PIL import Image
 
 from builder.build import read_unit
 from builder.config import parse_component
-from builder.errors import SourceError
+from builder.errors import RecipeError, SourceError
 from builder.plan import WorkUnit
 from builder.sources import decode
 from builder.sources.base import SourceContext, check_label, open_source
@@ -615,3 +615,23 @@ def test_check_label() -> None:
         check_label(3, names, "shard-0.tar/k7")
     with pytest.raises(SourceError, match=r"sample img/neg\.png: label -1 is outside the 3 classes"):
         check_label(-1, names, "img/neg.png")
+
+
+def test_class_ranges_keep_and_relabel_samples(tmp_path: Path) -> None:
+    """Restricted-ImageNet style super-classes over digits: 0-2 'low', 7-9 'high', the rest dropped."""
+    ranges = {"low": [[0, 2]], "high": [[7, 9]]}
+    full = make_source({"kind": "sklearn-digits"}, tmp_path)
+    source = make_source({"kind": "sklearn-digits", "class_ranges": ranges}, tmp_path)
+    assert source.class_names == ("low", "high")
+    expected = [(item.source_id, 0 if item.label <= 2 else 1) for item in full.items(0, len(full)) if item.label in (0, 1, 2, 7, 8, 9)]
+    items = list(source.items(0, len(source)))
+    assert len(source) == len(expected) and [(i.source_id, i.label) for i in items] == expected
+    assert [i.index for i in items] == list(range(len(items)))
+    assert [i.source_id for i in source.items(5, 9)] == [s for s, _ in expected[5:9]]
+
+
+def test_class_ranges_beyond_the_classes_or_overlapping(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="class_ranges reach index 12 but it has 10 classes"):
+        make_source({"kind": "sklearn-digits", "class_ranges": {"a": [[0, 12]]}}, tmp_path)
+    with pytest.raises(RecipeError, match="'b' overlaps 'a' in \\[2, 3\\]"):
+        make_source({"kind": "sklearn-digits", "class_ranges": {"a": [[0, 2]], "b": [[2, 3]]}}, tmp_path)

@@ -433,7 +433,7 @@ def test_render_card(tmp_path: Path) -> None:
     assert "# tiny-digits" in body
     assert f'load_dataset("<this repo or dir>", name="{CONFIG}", split="{SPLIT}")' in body
     # the webdataset brace pattern names exactly the two tar shards
-    assert f'wds.WebDataset("{CONFIG}/{SPLIT}-{{00000..00001}}-of-00002.tar")' in body
+    assert f'wds.WebDataset("{CONFIG}/{SPLIT}-{{00000..00001}}-of-00002.tar", shardshuffle=False)' in body
     assert sorted(p.name for p in (root / CONFIG).glob("*.tar")) == [
         f"{SPLIT}-00000-of-00002.tar",
         f"{SPLIT}-00001-of-00002.tar",

@@ -11,7 +11,7 @@ from builder.components.base import (
 )
 
 # importing the modules registers their kinds
-from builder.components import models, oracles, vqgan  # noqa: E402,F401
+from builder.components import models, oracles, pixel, vqgan  # noqa: E402,F401
 
 __all__ = [
     "GENERATORS",

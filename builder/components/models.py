@@ -14,7 +14,7 @@ from typing import Any
 
 from builder.checkpoints import load_state_dict, load_weights, resolve_location
 from builder.components.base import MODELS, ComponentContext
-from builder.components.preprocess import PreprocessedClassifier, Preprocessing
+from builder.components.preprocess import PooledClassifier, PreprocessedClassifier, Preprocessing
 from builder.config import ModelSpec
 from builder.errors import ComponentError
 from builder.registry import unknown_name_message
@@ -93,7 +93,23 @@ def build_python(target: str, spec: ModelSpec, ctx: ComponentContext, pretrained
 def build_classifier(spec: ModelSpec, ctx: ComponentContext, *, pretrained: bool) -> PreprocessedClassifier:
     """The network of ``spec`` with its preprocessing; pretrained weights only if asked."""
     scheme, _, target = spec.model.partition(":")
+    if spec.class_ranges and spec.num_classes is None and not pretrained:
+        last = max(last for ranges in spec.class_ranges.values() for _, last in ranges)
+        spec = spec.model_copy(update={"num_classes": last + 1})  # the outputs the ranges index
     return MODELS.get(scheme)(target, spec, ctx, pretrained)
+
+
+def pooled(classifier: PreprocessedClassifier, spec: ModelSpec) -> Any:
+    """The classifier over ``spec.class_ranges``' super-classes, when it has some."""
+    if not spec.class_ranges:
+        return classifier
+    groups = [[i for first, last in ranges for i in range(first, last + 1)] for ranges in spec.class_ranges.values()]
+    largest = max(max(group) for group in groups)
+    if largest >= classifier.num_classes:
+        raise ComponentError(
+            f"{spec.model}: class_ranges reach index {largest} but the model has {classifier.num_classes} outputs; fix the ranges"
+        )
+    return PooledClassifier(classifier, groups)
 
 
 def load_classifier(spec: ModelSpec, ctx: ComponentContext, *, classes_of: str = "the source") -> PreprocessedClassifier:
@@ -109,6 +125,7 @@ def load_classifier(spec: ModelSpec, ctx: ComponentContext, *, classes_of: str =
             train_classifier(spec, ctx, path)
         state = load_state_dict(path, cache_dir=ctx.cache_dir, what=f"{spec.model} checkpoint")
         load_weights(classifier.net, state, path=path, what=spec.model)
+    classifier = pooled(classifier, spec)
     if classifier.num_classes != len(ctx.class_names):
         raise ComponentError(
             f"{spec.model}: the model has {classifier.num_classes} classes but {classes_of} has "

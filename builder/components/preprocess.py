@@ -65,3 +65,30 @@ class PreprocessedClassifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(self.preprocess(images))
+
+
+class PooledClassifier(nn.Module):
+    """A classifier over super-classes: each one's logit is the logsumexp of its members' logits,
+    i.e. its probability is the sum of theirs (Restricted ImageNet from a 1000-class model)."""
+
+    def __init__(self, inner: PreprocessedClassifier, groups: list[list[int]]) -> None:
+        super().__init__()
+        self.inner = inner
+        self.num_classes = len(groups)
+        self.spec = inner.spec
+        members = torch.tensor([i for group in groups for i in group])
+        owners = torch.tensor([g for g, group in enumerate(groups) for _ in group])
+        self.register_buffer("members", members, persistent=False)
+        self.register_buffer("owners", owners, persistent=False)
+
+    @property
+    def net(self) -> nn.Module:
+        return self.inner.net
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self.inner(images)[:, self.members]
+        owners = self.owners.expand_as(logits)
+        empty = logits.new_full((logits.shape[0], self.num_classes), float("-inf"))
+        peak = empty.scatter_reduce(1, owners, logits, reduce="amax").detach()  # per-group shift
+        summed = torch.zeros_like(peak).scatter_add(1, owners, (logits - peak.gather(1, owners)).exp())
+        return summed.log() + peak

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Protocol, runtime_checkable
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
 
 from builder.checkpoints import ResolveContext
 from builder.config import SourceConfig
@@ -45,6 +45,8 @@ def open_source(config: SourceConfig, ctx: SourceContext, *, split: str | None =
     if split is not None and "split" in type(config).model_fields:
         config = config.model_copy(update={"split": split})
     source = SOURCES.get(config.kind)(config, ctx)
+    if config.class_ranges:
+        source = SuperclassSource(source, config.class_ranges, config.kind)
     if len(source) == 0:
         raise SourceError(f"source {config.kind} is empty; check its path and split")
     return source
@@ -70,3 +72,45 @@ def check_label(label: int, class_names: tuple[str, ...], source_id: str) -> int
             "fix the label column or source.class_names"
         )
     return label
+
+
+class SuperclassSource:
+    """The samples of ``inner`` whose label lies in a super-class range, relabelled and renumbered
+    0..n-1 (their source ids keep the original position). Sources may offer ``labels()`` to
+    avoid touching image bytes while the kept samples are found."""
+
+    def __init__(self, inner: Source, ranges: Mapping[str, Sequence[tuple[int, int]]], what: str) -> None:
+        largest = max(last for spans in ranges.values() for _, last in spans)
+        if largest >= len(inner.class_names):
+            raise SourceError(
+                f"{what} source: class_ranges reach index {largest} but it has {len(inner.class_names)} classes; fix source.class_ranges"
+            )
+        owner = {i: group for group, spans in enumerate(ranges.values()) for first, last in spans for i in range(first, last + 1)}
+        labels = inner.labels() if hasattr(inner, "labels") else [item.label for item in inner.items(0, len(inner))]
+        self._kept = [position for position, label in enumerate(labels) if label in owner]
+        self._owner = owner
+        self._inner = inner
+        self.class_names = tuple(ranges)
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def items(self, start: int, stop: int) -> Iterator[SourceItem]:
+        index = start
+        for first, last in _runs(self._kept[start : min(stop, len(self))]):
+            for item in self._inner.items(first, last + 1):
+                yield SourceItem(index, item.source_id, self._owner[item.label], item.load)
+                index += 1
+
+
+def _runs(positions: Sequence[int]) -> Iterator[tuple[int, int]]:
+    """Consecutive stretches of sorted positions, as inclusive (first, last) pairs."""
+    if not positions:
+        return
+    first = previous = positions[0]
+    for position in positions[1:]:
+        if position != previous + 1:
+            yield first, previous
+            first = position
+        previous = position
+    yield first, previous

@@ -61,6 +61,10 @@ class HuggingFaceSource:
     def __len__(self) -> int:
         return len(self._table)
 
+    def labels(self) -> list[int]:
+        """All labels, read from their column alone (no image bytes)."""
+        return [int(label) for label in self._table.select_columns([self._label_column])[self._label_column]]
+
     def items(self, start: int, stop: int) -> Iterator[SourceItem]:
         stop = min(stop, len(self))
         if start >= stop:

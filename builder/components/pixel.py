@@ -1,0 +1,44 @@
+"""The pixel-space baseline the paper contrasts with: the "latent" is the image itself.
+
+Each step moves every pixel by at most ``perturbation.step_size`` (in [0, 1] units, with the
+default ``sign`` direction), so after k accepted steps no pixel is further than k times the
+step from the original: a bounded, adversarial-attack-like perturbation, judged by the same
+oracle. No weights, no training; ``mask`` (a (3, H, W) fit-mask file) restricts it to pixels.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from builder.checkpoints import resolve_location
+from builder.components.base import GENERATORS, ComponentContext
+from builder.config import GeneratorConfig
+
+
+class PixelConfig(GeneratorConfig):
+    mask: Optional[str] = None  # a file from `build-benchmark fit-mask`: perturb only those pixels
+
+
+class PixelGenerator:
+    """g(x, b) = clamp(b, 0, 1) with b0 = x."""
+
+    def __init__(self, mask: Optional[torch.Tensor] = None) -> None:
+        self.mask = mask
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return images.clone()
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        return latent.clamp(0, 1)
+
+
+@GENERATORS.register("pixel", config=PixelConfig, description="no generator: steps move the pixels directly (baseline)")
+def load_pixel(config: PixelConfig, ctx: ComponentContext) -> PixelGenerator:
+    mask = None
+    if config.mask is not None:
+        from builder.sparse import load_mask
+
+        mask = load_mask(resolve_location(config.mask, ctx.locations), expected_channels=3).to(ctx.device)
+    return PixelGenerator(mask)

@@ -1,0 +1,676 @@
+"""``build-benchmark verify``: is a built benchmark dir whole, and does it say what it holds?
+
+Meant to run before a benchmark is published or after it was copied: every shard file
+against the manifest's bytes and sha256, every record's key and label against the counts,
+the class list and the other shards, the dataset card's ``configs`` against the files, and
+the manifest's id against its content. With ``oracle=True`` the recipe's oracle re-judges
+every perturbed image, which must all still get their label (the engine judged exactly the
+uint8 pixels that were written). Problems are collected, not raised, so one run lists all
+of them; only a missing or unreadable manifest stops early.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tarfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from builder.errors import BuilderError
+from builder.fileio import sha256_file, sha256_json
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+CARD = "README.md"
+REJECTS = "rejects.jsonl"
+STATS_DIR = "_stats"
+SHOWN_KEYS = 5  # keys listed in one failure line before "(+N more)"
+
+
+class VerifyError(BuilderError):
+    """DIR cannot be verified at all: missing, a file, not a benchmark dir, or no oracle."""
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    root: Path
+    failures: tuple[str, ...]
+    checked: dict[str, int]
+    oracle_rates: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def to_json(self) -> dict[str, Any]:
+        return {"root": str(self.root), "ok": self.ok, "failures": list(self.failures), "checked": dict(self.checked),
+                "oracle_rates": dict(self.oracle_rates)}
+
+
+# ----------------------------------------------------------------------------- manifest shape
+
+
+class _Strict(BaseModel):
+    """Types are checked strictly (a count written as "5" is a failure); extra keys are fine."""
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+
+
+class ManifestFile(_Strict):
+    path: str
+    sha256: str
+    bytes: int
+
+
+class ManifestShard(_Strict):
+    num_samples: int
+    num_perturbed: int
+    files: dict[str, ManifestFile]
+
+
+class ManifestConfig(_Strict):
+    num_samples: int
+    num_perturbed: int
+    shards: list[ManifestShard]
+
+
+class Manifest(_Strict):
+    format: str
+    id: str
+    recipe: dict[str, Any]
+    recipe_sha256: str
+    split: str
+    class_names: list[str]
+    source_samples: int
+    num_rejects: int
+    configs: dict[str, ManifestConfig]
+
+
+@dataclass(frozen=True)
+class Record:
+    """The columns of one sample that verify compares (values as read, not yet trusted)."""
+
+    key: Any
+    label: Any
+    class_name: Any
+    perturbed: Any
+
+
+class Unreadable(Exception):
+    """A shard file that its format's reader rejects; the message says why."""
+
+
+def few(keys: list[str]) -> str:
+    """First keys of a list, for one-line messages."""
+    shown = ", ".join(keys[:SHOWN_KEYS])
+    return shown + (f" (+{len(keys) - SHOWN_KEYS} more)" if len(keys) > SHOWN_KEYS else "")
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def verify_benchmark(
+    root: Path,
+    *,
+    oracle: bool = False,
+    device: str = "cpu",
+    cache_dir: Optional[Path] = None,
+    batch_size: Optional[int] = None,
+    recipe: Optional[str] = None,
+) -> VerifyReport:
+    """Check the benchmark dir ``root``; ``recipe`` (a file or bundled name) only sets the
+    base dir of the oracle's relative paths for ``oracle=True``."""
+    root = Path(root)
+    require_benchmark_dir(root)
+    raw, manifest, fatal = read_manifest(root)
+    if manifest is None:
+        return VerifyReport(root, (fatal,), {})
+    judge = load_manifest_oracle(manifest, device=device, cache_dir=cache_dir, recipe=recipe) if oracle else None
+    checker = Checker(root, raw, manifest)
+    checker.run()
+    rates: dict[str, float] = {}
+    if judge is not None:
+        size = batch_size or int(manifest.recipe.get("batch_size", 32))
+        rates = checker.check_oracle(judge, device=device, batch_size=size)
+    return VerifyReport(root, tuple(checker.failures), dict(checker.checked), rates)
+
+
+def require_benchmark_dir(root: Path) -> None:
+    """Bad DIR is a usage error, not a verify failure: nothing to compare against."""
+    if not root.exists():
+        raise VerifyError(f"verify {root}: no such directory; give a dir written by 'build-benchmark run'")
+    if not root.is_dir():
+        raise VerifyError(f"verify {root}: is a file; give the benchmark directory")
+    markers = [root / MANIFEST, root / CARD, root / STATS_DIR]
+    if not any(p.exists() for p in markers) and not any(root.glob("*/*.parquet")) and not any(root.glob("*/*.tar")):
+        raise VerifyError(f"verify {root}: not a benchmark dir (no {MANIFEST}, {CARD} or shards); give a dir written by 'build-benchmark run'")
+
+
+def read_manifest(root: Path) -> tuple[dict[str, Any], Optional[Manifest], str]:
+    """(raw JSON, parsed manifest or None, the fatal failure when None)."""
+    from builder.build import MANIFEST_FORMAT
+
+    path = root / MANIFEST
+    if not path.is_file():
+        return {}, None, f"{MANIFEST}: missing; rebuild with 'build-benchmark run' (its last step writes it)"
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return {}, None, f"{MANIFEST}: not valid JSON ({error}); rebuild it"
+    if not isinstance(raw, dict) or raw.get("format") != MANIFEST_FORMAT:
+        found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
+        return {}, None, f"{MANIFEST}: format is {found!r}, expected {MANIFEST_FORMAT!r}; rebuild with this version"
+    try:
+        return raw, Manifest.model_validate(raw), ""
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        return {}, None, f"{MANIFEST}: {where}: {first['msg']} ({error.error_count()} problem(s)); rebuild it"
+
+
+# ----------------------------------------------------------------------------- shard readers
+
+
+def read_parquet(path: Path) -> list[Record]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path, columns=["key", "label", "class_name", "perturbed"]).to_pydict()
+    except (pa.ArrowException, OSError, KeyError) as error:
+        raise Unreadable(f"not readable as Parquet ({str(error).splitlines()[0]})") from None
+    return [Record(*row) for row in zip(table["key"], table["label"], table["class_name"], table["perturbed"])]
+
+
+def read_tar(path: Path, parts_needed: tuple[str, ...]) -> tuple[list[Record], list[str]]:
+    """Records of a WebDataset tar, from its ``.json`` members (images are not read), and
+    its problems: samples lacking a part, a ``.cls`` or ``.json`` that disagrees."""
+    parts: dict[str, set[str]] = {}
+    payloads: dict[tuple[str, str], bytes] = {}
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for member in tar:
+                key, _, extension = member.name.partition(".")
+                parts.setdefault(key, set()).add(extension)
+                if extension in ("json", "cls") and member.isfile():
+                    payloads[(key, extension)] = tar.extractfile(member).read()  # type: ignore[union-attr]
+    except (tarfile.TarError, OSError, EOFError) as error:
+        raise Unreadable(f"not readable as a tar ({error})") from None
+    records, problems = [], []
+    for key, have in parts.items():
+        missing = [p for p in parts_needed if p not in have]
+        if missing:
+            problems.append(f"sample {key} lacks {', '.join('.' + p for p in missing)}")
+            continue
+        record = tar_record(key, payloads[(key, "json")], payloads[(key, "cls")], problems)
+        if record is not None:
+            records.append(record)
+    return records, problems
+
+
+def tar_record(key: str, payload: bytes, cls: bytes, problems: list[str]) -> Optional[Record]:
+    try:
+        data = json.loads(payload)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        problems.append(f"{key}.json is not valid JSON")
+        return None
+    if not isinstance(data, dict):
+        problems.append(f"{key}.json is not an object")
+        return None
+    if data.get("key") != key:
+        problems.append(f"{key}.json has key {data.get('key')!r}, expected {key!r} (its member name)")
+    if cls.decode("utf-8", "replace").strip() != str(data.get("label")):
+        problems.append(f"{key}.cls is {cls[:20]!r} but {key}.json has label {data.get('label')!r}")
+    return Record(key, data.get("label"), data.get("class_name"), data.get("perturbed"))
+
+
+# ----------------------------------------------------------------------------- the checks
+
+
+class Checker:
+    """Runs the offline checks over one manifest and collects one line per problem."""
+
+    def __init__(self, root: Path, raw: dict[str, Any], manifest: Manifest) -> None:
+        self.root, self.raw, self.manifest = root, raw, manifest
+        self.failures: list[str] = []
+        self.checked: Counter[str] = Counter()
+        self.listed: set[str] = set()
+        output = manifest.recipe.get("output", {})
+        self.image_format = str(output.get("image_encoding", "png"))
+        self.keep_originals = bool(output.get("keep_originals", True))
+
+    def fail(self, message: str) -> None:
+        """Record one problem; library messages folded so each problem stays one line."""
+        line = "; ".join(part.strip() for part in message.splitlines() if part.strip())
+        log.debug("verify: %s", line)
+        self.failures.append(line)
+
+    def run(self) -> None:
+        self.check_identity()
+        for name, config in self.manifest.configs.items():
+            log.info("verifying config %s (%d shards)", name, len(config.shards))
+            self.check_config(name, config)
+        self.check_unlisted()
+        self.check_card()
+        self.check_rejects()
+
+    def check_identity(self) -> None:
+        """The id is what makes two benchmarks comparable: it must follow from the content."""
+        recipe_sha = sha256_json(self.raw["recipe"])
+        if recipe_sha != self.manifest.recipe_sha256:
+            self.fail(f"{MANIFEST}: recipe_sha256 is {self.manifest.recipe_sha256}, but the recorded recipe hashes to {recipe_sha}; rebuild instead of editing the manifest")
+        expected = sha256_json({"recipe": self.manifest.recipe_sha256, "configs": self.raw["configs"]})
+        if expected != self.manifest.id:
+            self.fail(f"{MANIFEST}: id is {self.manifest.id}, but its recipe and configs hash to {expected}; rebuild instead of editing the manifest")
+
+    def check_config(self, name: str, config: ManifestConfig) -> None:
+        self.checked["configs"] += 1
+        shard_keys: list[tuple[str, list[str]]] = []
+        for shard in config.shards:
+            shard_keys.append(self.check_shard(name, shard))
+        self.check_duplicates(name, shard_keys)
+        self.checked["records"] += sum(len(set(keys)) for _, keys in shard_keys)
+        for what in ("num_samples", "num_perturbed"):
+            total = sum(getattr(shard, what) for shard in config.shards)
+            if getattr(config, what) != total:
+                self.fail(f"{MANIFEST}: config '{name}' has {what} {getattr(config, what)}, but its shards add up to {total}")
+        expected = self.manifest.source_samples - self.manifest.num_rejects
+        if config.num_samples != expected:
+            self.fail(f"{MANIFEST}: config '{name}' has num_samples {config.num_samples}, expected {expected} "
+                      f"(source_samples {self.manifest.source_samples} - num_rejects {self.manifest.num_rejects})")
+
+    def check_shard(self, name: str, shard: ManifestShard) -> tuple[str, list[str]]:
+        """One shard's files; returns (shard name, keys found in any of its files)."""
+        contents: dict[str, dict[str, Record]] = {}
+        keys: list[str] = []
+        for fmt, entry in shard.files.items():
+            self.checked["files"] += 1
+            records = self.check_file(name, fmt, entry)
+            if records is None:
+                continue
+            self.check_records(entry.path, records, shard)
+            contents[entry.path] = {str(r.key): r for r in records}
+            keys.extend(str(r.key) for r in records)
+        self.compare_formats(contents)
+        stem = next(iter(shard.files.values())).path.rsplit(".", 1)[0] if shard.files else f"{name}/?"
+        self.checked["shards"] += 1
+        return stem, sorted(set(keys))
+
+    def check_file(self, name: str, fmt: str, entry: ManifestFile) -> Optional[list[Record]]:
+        """Bytes and sha256 as recorded, then its records (None when it cannot be read)."""
+        relative = Path(entry.path)
+        if relative.is_absolute() or ".." in relative.parts or relative.parts[:1] != (name,):
+            self.fail(f"{MANIFEST}: config '{name}' lists {entry.path!r}, which is not inside its dir {name}/")
+            return None
+        self.listed.add(relative.as_posix())
+        path = self.root / relative
+        if not path.is_file():
+            self.fail(f"{entry.path}: missing, but {MANIFEST} lists it ({fmt}); restore it or rebuild")
+            return None
+        size = path.stat().st_size
+        if size != entry.bytes:
+            self.fail(f"{entry.path}: {size} bytes, but {MANIFEST} records {entry.bytes}; the file changed since the build")
+        digest = sha256_file(path)
+        if digest != entry.sha256:
+            self.fail(f"{entry.path}: sha256 is {digest}, but {MANIFEST} records {entry.sha256}; the file changed since the build")
+        return self.read_records(path, entry.path, fmt)
+
+    def read_records(self, path: Path, shown: str, fmt: str) -> Optional[list[Record]]:
+        try:
+            if fmt == "parquet":
+                return read_parquet(path)
+            if fmt == "webdataset":
+                needed = (self.image_format, "cls", "json") + ((f"original.{self.image_format}",) if self.keep_originals else ())
+                records, problems = read_tar(path, needed)
+                for problem in problems[:SHOWN_KEYS]:
+                    self.fail(f"{shown}: {problem}")
+                return records
+        except Unreadable as error:
+            self.fail(f"{shown}: {error}; restore it or rebuild")
+            return None
+        self.fail(f"{MANIFEST}: {shown} has format {fmt!r}, expected parquet or webdataset")
+        return None
+
+    def check_records(self, shown: str, records: list[Record], shard: ManifestShard) -> None:
+        perturbed = sum(r.perturbed is True for r in records)
+        if len(records) != shard.num_samples:
+            self.fail(f"{shown}: holds {len(records)} samples, but {MANIFEST} says num_samples {shard.num_samples}")
+        if perturbed != shard.num_perturbed:
+            self.fail(f"{shown}: holds {perturbed} perturbed samples, but {MANIFEST} says num_perturbed {shard.num_perturbed}")
+        names = self.manifest.class_names
+
+        def in_range(label: Any) -> bool:
+            return isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(names)
+
+        outside = [r for r in records if not in_range(r.label)]
+        if outside:
+            self.fail(f"{shown}: label {outside[0].label!r} of key {outside[0].key} is outside 0..{len(names) - 1} "
+                      f"(the {len(names)} class_names); {len(outside)} such sample(s): {few([str(r.key) for r in outside])}")
+        misnamed = [r for r in records if in_range(r.label) and r.class_name != names[r.label]]
+        if misnamed:
+            first = misnamed[0]
+            self.fail(f"{shown}: key {first.key} has class_name {first.class_name!r}, expected {names[first.label]!r} "
+                      f"(label {first.label}); {len(misnamed)} such sample(s): {few([str(r.key) for r in misnamed])}")
+        counts = Counter(str(r.key) for r in records)
+        repeated = sorted(k for k, n in counts.items() if n > 1)
+        if repeated:
+            self.fail(f"{shown}: key(s) {few(repeated)} appear more than once in the file; keys must be unique")
+
+    def compare_formats(self, contents: dict[str, dict[str, Record]]) -> None:
+        """The Parquet and tar of a shard are two views of the same samples."""
+        (first, base), *others = list(contents.items()) or [("", {})]
+        for other, records in others:
+            only_first, only_other = sorted(set(base) - set(records)), sorted(set(records) - set(base))
+            if only_first or only_other:
+                self.fail(f"{other}: its keys differ from {first}: only in {first}: {few(only_first) or 'none'}; "
+                          f"only in {other}: {few(only_other) or 'none'}")
+            differ = sorted(k for k in set(base) & set(records) if (base[k].label, base[k].perturbed) != (records[k].label, records[k].perturbed))
+            if differ:
+                key = differ[0]
+                self.fail(f"{other}: key {key} has label {records[key].label!r}, perturbed {records[key].perturbed!r}, but {first} "
+                          f"has {base[key].label!r}, {base[key].perturbed!r}; {len(differ)} such key(s): {few(differ)}")
+
+    def check_duplicates(self, name: str, shard_keys: list[tuple[str, list[str]]]) -> None:
+        """A key names one source sample: two shards of a config holding it means a sample twice."""
+        where: dict[str, list[str]] = {}
+        for stem, keys in shard_keys:
+            for key in dict.fromkeys(keys):
+                where.setdefault(key, []).append(stem)
+        by_shards: dict[tuple[str, ...], list[str]] = {}
+        for key, stems in where.items():
+            if len(stems) > 1:
+                by_shards.setdefault(tuple(stems), []).append(key)
+        for stems, keys in sorted(by_shards.items()):
+            self.fail(f"config '{name}': key(s) {few(sorted(keys))} are in shards {' and '.join(stems)}; "
+                      "keys must be unique within a config")
+
+    def check_unlisted(self) -> None:
+        """Files a publish would upload that the manifest does not account for."""
+        for name in self.manifest.configs:
+            directory = self.root / name
+            if not directory.is_dir():
+                continue
+            for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+                relative = path.relative_to(self.root).as_posix()
+                if relative not in self.listed:
+                    self.fail(f"{relative}: in config dir {name}/ but not listed in {MANIFEST}; delete it or rebuild")
+        for path in sorted(self.root.iterdir()):
+            if path.is_dir() and path.name not in self.manifest.configs and path.name != STATS_DIR and not path.name.startswith("."):
+                self.fail(f"{path.name}/: a directory that is not a config of {MANIFEST} ({', '.join(self.manifest.configs)}); delete it or rebuild")
+
+    def check_rejects(self) -> None:
+        path = self.root / REJECTS
+        if not path.is_file():
+            self.fail(f"{REJECTS}: missing; {MANIFEST} records {self.manifest.num_rejects} rejected sample(s)")
+            return
+        count = sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+        if count != self.manifest.num_rejects:
+            self.fail(f"{REJECTS}: {count} line(s), but {MANIFEST} records num_rejects {self.manifest.num_rejects}")
+
+    # ------------------------------------------------------------------------- the card
+
+    def check_card(self) -> None:
+        """The card's YAML is what the Hub and ``datasets.load_dataset`` read: it must parse and
+        its ``configs`` must load exactly the manifest's Parquet shards."""
+        header = self.card_header()
+        if header is None:
+            return
+        entries = header.get("configs")
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            self.fail(f"{CARD}: YAML 'configs' is {type(entries).__name__}, expected a list of mappings with config_name and data_files")
+            return
+        named = {str(e.get("config_name")): e for e in entries}
+        for name in self.manifest.configs:
+            if name not in named:
+                self.fail(f"{CARD}: YAML 'configs' has no config_name '{name}' (a config of {MANIFEST}); re-render the card by rebuilding")
+        for name, entry in named.items():
+            if name not in self.manifest.configs:
+                self.fail(f"{CARD}: YAML config_name '{name}' is not a config of {MANIFEST} ({', '.join(self.manifest.configs)})")
+            else:
+                self.check_card_config(name, entry.get("data_files"))
+                self.checked["card_configs"] += 1
+
+    def card_header(self) -> Optional[dict[str, Any]]:
+        import yaml
+        from huggingface_hub import metadata_load
+
+        path = self.root / CARD
+        if not path.is_file():
+            self.fail(f"{CARD}: missing; it is the dataset card the Hub reads, rebuild to write it")
+            return None
+        try:
+            header = metadata_load(path)
+        except (yaml.YAMLError, ValueError, UnicodeDecodeError) as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 2}" if mark is not None else ""
+            self.fail(f"{CARD}: the YAML front matter does not parse{where} ({str(error).splitlines()[0]}); fix it or rebuild")
+            return None
+        if header is None:
+            self.fail(f"{CARD}: no YAML front matter (a '---' block at the top); rebuild to re-render the card")
+        return header
+
+    def check_card_config(self, name: str, data_files: Any) -> None:
+        from datasets.data_files import sanitize_patterns
+
+        expected = {f.path for s in self.manifest.configs[name].shards for fmt, f in s.files.items()
+                    if fmt == "parquet" and (self.root / f.path).is_file()}
+        if not data_files:
+            self.fail(f"{CARD}: config '{name}' has no data_files; expected e.g. [{{split: {self.manifest.split}, path: '{name}/{self.manifest.split}-*.parquet'}}]")
+            return
+        try:
+            patterns = sanitize_patterns(data_files)
+        except ValueError as error:
+            self.fail(f"{CARD}: config '{name}' data_files is malformed ({str(error).splitlines()[0]})")
+            return
+        if set(patterns) != {self.manifest.split}:
+            self.fail(f"{CARD}: config '{name}' data_files has split(s) {sorted(patterns)}, expected ['{self.manifest.split}'] (the manifest's split)")
+        matched, complete = self.match_patterns(name, [p for values in patterns.values() for p in values])
+        for path in sorted(matched - expected):
+            self.fail(f"{CARD}: config '{name}' data_files also match {path}, which is not a Parquet shard of '{name}' in {MANIFEST}")
+        missing = sorted(expected - matched)
+        if missing and complete:
+            self.fail(f"{CARD}: config '{name}' data_files miss {len(missing)} Parquet shard(s) of {MANIFEST}: {few(missing)}")
+
+    def match_patterns(self, name: str, patterns: list[Any]) -> tuple[set[str], bool]:
+        """Files the globs resolve to, as ``datasets`` resolves them; and whether all matched."""
+        from datasets.data_files import resolve_pattern
+
+        matched: set[str] = set()
+        complete = True
+        root = self.root.resolve()
+        for pattern in patterns:
+            try:
+                found = resolve_pattern(str(pattern), str(root))
+            except FileNotFoundError:
+                complete = False
+                self.fail(f"{CARD}: config '{name}' data_files path '{pattern}' matches no file; expected a glob of the "
+                          f"config's Parquet shards such as '{name}/{self.manifest.split}-*.parquet'")
+                continue
+            for path in found:
+                resolved = Path(path).resolve()
+                matched.add(resolved.relative_to(root).as_posix() if resolved.is_relative_to(root) else str(path))
+        return matched, complete
+
+    # ------------------------------------------------------------------------- the oracle
+
+    def check_oracle(self, oracle: Any, *, device: str, batch_size: int) -> dict[str, float]:
+        """Share of perturbed images the oracle still gives their label, per config (must be 1)."""
+        rates: dict[str, float] = {}
+        built_on = self.raw.get("device")
+        for name, config in self.manifest.configs.items():
+            rejected: list[str] = []
+            count = 0
+            for keys, labels, pixels in perturbed_batches(self.root, config, self.image_format, batch_size):
+                accepted = judge_uint8(oracle, pixels, labels, device)
+                rejected += [key for key, ok in zip(keys, accepted) if not ok]
+                count += len(keys)
+            self.checked["oracle_images"] += count
+            rates[name] = (count - len(rejected)) / count if count else 1.0
+            log.info("oracle on config %s: %d of %d perturbed images keep their label", name, count - len(rejected), count)
+            if rejected:
+                hint = f" (built on {built_on}, verified on {device}: try --device {built_on})" if built_on and built_on != device else ""
+                self.fail(f"oracle: config '{name}': {len(rejected)} of {count} perturbed images ({rates[name]:.1%} valid, expected 100%) "
+                          f"no longer get their label: {few(sorted(rejected))}{hint}")
+        return rates
+
+
+# ----------------------------------------------------------------------------- oracle helpers
+
+
+def perturbed_batches(root: Path, config: ManifestConfig, image_format: str, batch_size: int) -> Iterator[tuple[list[str], list[int], list[Any]]]:
+    """(keys, labels, uint8 HWC images) of the perturbed samples, ``batch_size`` at a time."""
+    from builder.images import decode_image
+
+    keys: list[str] = []
+    labels: list[int] = []
+    pixels: list[Any] = []
+    for shard in config.shards:
+        for key, label, data in perturbed_images(root, shard, image_format):
+            keys.append(key)
+            labels.append(label)
+            pixels.append(decode_image(data))
+            if len(keys) == batch_size:
+                yield keys, labels, pixels
+                keys, labels, pixels = [], [], []
+    if keys:
+        yield keys, labels, pixels
+
+
+def perturbed_images(root: Path, shard: ManifestShard, image_format: str) -> Iterator[tuple[str, int, bytes]]:
+    """From the Parquet file if the shard has one, else its tar; unreadable files were
+    already reported, so they are skipped here."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    entry = shard.files.get("parquet")
+    if entry is not None:
+        try:
+            table = pq.read_table(root / entry.path, columns=["key", "label", "image"], filters=[("perturbed", "=", True)]).to_pydict()
+        except (pa.ArrowException, OSError):
+            return
+        yield from zip(table["key"], table["label"], (cell["bytes"] for cell in table["image"]))
+        return
+    entry = shard.files.get("webdataset")
+    if entry is not None:
+        yield from perturbed_from_tar(root / entry.path, image_format)
+
+
+def perturbed_from_tar(path: Path, image_format: str) -> Iterator[tuple[str, int, bytes]]:
+    members: dict[str, dict[str, bytes]] = {}
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for member in tar:
+                key, _, extension = member.name.partition(".")
+                handle = tar.extractfile(member) if extension in ("json", image_format) else None
+                if handle is not None:
+                    members.setdefault(key, {})[extension] = handle.read()
+    except (tarfile.TarError, OSError, EOFError):
+        return
+    for key, parts in sorted(members.items()):
+        try:
+            record = json.loads(parts.get("json", b"{}"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if record.get("perturbed") is True and image_format in parts:
+            yield key, int(record["label"]), parts[image_format]
+
+
+def judge_uint8(oracle: Any, pixels: list[Any], labels: list[int], device: str) -> list[bool]:
+    """The oracle's verdict on uint8 HWC images, laid out as the engine gives them (NCHW, [0, 1])."""
+    import numpy as np
+    import torch
+
+    images = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous().to(device).float() / 255
+    targets = torch.as_tensor(labels, dtype=torch.long, device=device)
+    accepted, _ = oracle.judge(images, targets)
+    return [bool(ok) for ok in accepted.cpu().tolist()]
+
+
+def recipe_base_dir(manifest: Manifest, recipe: Optional[str]) -> Path:
+    """Relative paths of the recorded recipe resolve against the dir of the recipe file it was
+    built from: ``--recipe``, else a bundled recipe of the same name, else the current dir."""
+    from builder.recipes import bundled_recipes, load_recipe
+
+    if recipe is not None:
+        loaded = load_recipe(recipe)
+        if loaded.recipe.oracle.model_dump(mode="json") != manifest.recipe.get("oracle"):
+            log.warning("the oracle of %s differs from the one recorded in the manifest; verifying with the recorded one", loaded.origin)
+        return loaded.base_dir
+    bundled = bundled_recipes().get(str(manifest.recipe.get("name")))
+    return bundled.resolve().parent if bundled is not None else Path.cwd()
+
+
+def load_manifest_oracle(manifest: Manifest, *, device: str, cache_dir: Optional[Path], recipe: Optional[str]) -> Any:
+    """The oracle recorded in the manifest, from existing weights only (never trained here)."""
+    import torch
+
+    from builder.components.base import ComponentContext
+    from builder.components.oracles import load_oracle
+    from builder.config import parse_recipe
+    from builder.errors import ComponentError, RecipeError
+    from builder.paths import default_cache_dir
+
+    base_dir = recipe_base_dir(manifest, recipe)
+    try:
+        parsed = parse_recipe(manifest.recipe)
+    except RecipeError as error:
+        raise VerifyError(f"--oracle: the recipe recorded in {MANIFEST} does not parse with this version ({error})") from None
+    context = ComponentContext(device, cache_dir or default_cache_dir(), base_dir, tuple(manifest.class_names),
+                               parsed.image_size, parsed.source, parsed.seed)
+    hint = f"relative paths resolve against {base_dir}; pass --recipe with the recipe file the benchmark was built from"
+    untrained = next(untrained_weights(parsed.oracle, context), None)
+    if untrained is not None:
+        raise VerifyError(f"--oracle: the oracle's weights {untrained} do not exist (a build would train them; verify does not); {hint}")
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(parsed.seed)
+            return load_oracle(parsed.oracle, context)
+    except ComponentError as error:
+        raise VerifyError(f"--oracle: cannot load the oracle: {error}; {hint}") from None
+
+
+def untrained_weights(config: Any, context: Any) -> Iterator[Path]:
+    """Weights a build trains on first use and that are not there: loading would train them,
+    and an oracle trained now is not the one that judged the benchmark."""
+    from builder.checkpoints import resolve_location
+    from builder.components.oracles import _LOCATION
+    from builder.config import ModelSpec
+
+    for member in getattr(config, "members", ()) or ():
+        yield from untrained_weights(member, context)
+    spec = getattr(config, "model", None)
+    location = None
+    if isinstance(spec, ModelSpec) and spec.checkpoint and spec.train is not None:
+        config, location = spec, spec.checkpoint
+    elif isinstance(getattr(config, "pretrained", None), str) and getattr(config, "train", None) is not None and _LOCATION.search(config.pretrained):
+        location = config.pretrained
+    if location is not None:
+        path = context.trained_location(resolve_location(location, context.locations), config)
+        if not path.is_file():
+            yield path
+
+
+# ----------------------------------------------------------------------------- report text
+
+
+def format_report(report: VerifyReport) -> str:
+    """One summary line when all is well, else a count then one line per problem."""
+    if not report.ok:
+        return "\n".join([f"verify: {len(report.failures)} problem(s) in {report.root}", *report.failures])
+    checked = report.checked
+    lines = [
+        f"verify: {report.root} is consistent: {checked.get('configs', 0)} config(s), {checked.get('shards', 0)} shard(s), "
+        f"{checked.get('files', 0)} shard file(s) (bytes, sha256), {checked.get('records', 0)} records (keys, labels), "
+        f"{checked.get('card_configs', 0)} card config(s) (YAML, data_files), manifest id recomputed"
+    ]
+    for name, rate in report.oracle_rates.items():
+        lines.append(f"oracle: config '{name}': {rate:.1%} of the perturbed images keep their label")
+    if report.oracle_rates:
+        lines[-1] += f" ({checked.get('oracle_images', 0)} image(s) judged in all)"
+    return "\n".join(lines)

@@ -1,0 +1,220 @@
+"""``build-benchmark verify`` on the tiny build: a fresh build passes, each kind of damage is named."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from builder.cli import main
+from builder.fileio import sha256_file, sha256_json
+from builder.verify import VerifyError, verify_benchmark
+
+SHARDS = [f"cnn/test-0000{i}-of-00003" for i in range(3)]
+
+
+def manifest_of(root: Path) -> dict:
+    return json.loads((root / "manifest.json").read_text())
+
+
+def rewrite_manifest(root: Path, manifest: dict) -> None:
+    """Record the shards' current bytes and sha256 and recompute the id, as a build would."""
+    for config in manifest["configs"].values():
+        for shard in config["shards"]:
+            for entry in shard["files"].values():
+                entry["sha256"], entry["bytes"] = sha256_file(root / entry["path"]), (root / entry["path"]).stat().st_size
+    manifest["id"] = sha256_json({"recipe": manifest["recipe_sha256"], "configs": manifest["configs"]})
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def edit_parquet(path: Path, column: str, row: int, value: object) -> None:
+    table = pq.read_table(path)
+    values = table.column(column).to_pylist()
+    values[row] = value
+    pq.write_table(table.set_column(table.schema.get_field_index(column), table.schema.field(column), [values]), path)
+
+
+def rename_in_tar(path: Path, old: str, new: str) -> None:
+    """Give sample ``old`` the key ``new`` (member names and its json), other bytes unchanged."""
+    members = []
+    with tarfile.open(path) as tar:
+        for member in tar:
+            data = tar.extractfile(member).read()
+            key, _, extension = member.name.partition(".")
+            if key == old:
+                member.name = f"{new}.{extension}"
+                if extension == "json":
+                    data = json.dumps({**json.loads(data), "key": new}, sort_keys=True).encode()
+            member.size = len(data)
+            members.append((member, data))
+    with tarfile.open(path, "w") as tar:
+        for member, data in members:
+            tar.addfile(member, io.BytesIO(data))
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, ["-q", "verify", *args], catch_exceptions=False)
+
+
+def test_fresh_build_passes_with_oracle(tiny_build: Path, tiny_recipe: Path) -> None:
+    report = verify_benchmark(tiny_build, oracle=True, recipe=str(tiny_recipe))
+    assert report.ok, report.failures
+    assert report.checked["configs"] == 1 and report.checked["shards"] == 3
+    assert report.checked["files"] == 6 and report.checked["records"] == 12
+    perturbed = manifest_of(tiny_build)["configs"]["cnn"]["num_perturbed"]
+    assert perturbed > 0 and report.checked["oracle_images"] == perturbed
+    assert report.oracle_rates == {"cnn": 1.0}
+    assert verify_benchmark(tiny_build).oracle_rates == {}
+
+
+def test_flipped_byte_in_a_tar_names_file_and_sha256(tiny_build: Path) -> None:
+    path = tiny_build / f"{SHARDS[1]}.tar"
+    with tarfile.open(path) as tar:
+        image = max(tar.getmembers(), key=lambda m: m.size)
+    data = bytearray(path.read_bytes())
+    data[image.offset_data + image.size // 2] ^= 0xFF  # inside an image, so the tar still reads
+    path.write_bytes(bytes(data))
+    report = verify_benchmark(tiny_build)
+    assert not report.ok
+    assert len(report.failures) == 1, report.failures
+    assert report.failures[0].startswith(f"{SHARDS[1]}.tar: sha256 is ")
+    assert manifest_of(tiny_build)["configs"]["cnn"]["shards"][1]["files"]["webdataset"]["sha256"] in report.failures[0]
+
+
+def test_deleted_parquet_shard(tiny_build: Path) -> None:
+    (tiny_build / f"{SHARDS[2]}.parquet").unlink()
+    report = verify_benchmark(tiny_build)
+    assert report.failures == (f"{SHARDS[2]}.parquet: missing, but manifest.json lists it (parquet); restore it or rebuild",)
+
+
+def test_renamed_data_files_path_in_the_card(tiny_build: Path) -> None:
+    card = (tiny_build / "README.md").read_text()
+    _, header, body = card.split("---\n", 2)
+    data = yaml.safe_load(header)
+    assert data["configs"][0]["data_files"][0]["path"] == "cnn/test-*.parquet"
+    data["configs"][0]["data_files"][0]["path"] = "cnn/train-*.parquet"
+    (tiny_build / "README.md").write_text(f"---\n{yaml.safe_dump(data, sort_keys=False)}---\n{body}")
+    report = verify_benchmark(tiny_build)
+    assert len(report.failures) == 1, report.failures
+    assert report.failures[0].startswith("README.md: config 'cnn' data_files path 'cnn/train-*.parquet' matches no file")
+
+
+def test_card_yaml_that_does_not_parse(tiny_build: Path) -> None:
+    card = (tiny_build / "README.md").read_text()
+    (tiny_build / "README.md").write_text(card.replace("configs:", "configs: [unclosed", 1))
+    report = verify_benchmark(tiny_build)
+    assert len(report.failures) == 1 and "README.md: the YAML front matter does not parse" in report.failures[0], report.failures
+
+
+def test_duplicated_key_names_the_key_and_both_shards(tiny_build: Path) -> None:
+    first_key = pq.read_table(tiny_build / f"{SHARDS[0]}.parquet", columns=["key"]).column("key")[0].as_py()
+    second = pq.read_table(tiny_build / f"{SHARDS[1]}.parquet", columns=["key"]).column("key")[0].as_py()
+    edit_parquet(tiny_build / f"{SHARDS[1]}.parquet", "key", 0, first_key)
+    rename_in_tar(tiny_build / f"{SHARDS[1]}.tar", second, first_key)
+    rewrite_manifest(tiny_build, manifest_of(tiny_build))
+    report = verify_benchmark(tiny_build)
+    assert report.failures == (
+        f"config 'cnn': key(s) {first_key} are in shards {SHARDS[0]} and {SHARDS[1]}; keys must be unique within a config",
+    )
+
+
+def test_label_out_of_range(tiny_build: Path) -> None:
+    edit_parquet(tiny_build / f"{SHARDS[0]}.parquet", "label", 2, 7)
+    key = pq.read_table(tiny_build / f"{SHARDS[0]}.parquet", columns=["key"]).column("key")[2].as_py()
+    rewrite_manifest(tiny_build, manifest_of(tiny_build))
+    report = verify_benchmark(tiny_build)
+    path = f"{SHARDS[0]}.parquet"
+    assert f"{path}: label 7 of key {key} is outside 0..2 (the 3 class_names); 1 such sample(s): {key}" in report.failures
+    assert f"{SHARDS[0]}.tar: key {key} has label 0, perturbed False, but {path} has 7, False; 1 such key(s): {key}" in report.failures
+    assert len(report.failures) == 2, report.failures
+
+
+def test_manifest_edits_are_caught(tiny_build: Path) -> None:
+    manifest = manifest_of(tiny_build)
+    manifest["configs"]["cnn"]["shards"][0]["num_samples"] = 6
+    (tiny_build / "manifest.json").write_text(json.dumps(manifest))
+    (tiny_build / "cnn" / "test-00009-of-00003.parquet").write_bytes(b"x")
+    failures = verify_benchmark(tiny_build).failures
+    assert f"{SHARDS[0]}.parquet: holds 5 samples, but manifest.json says num_samples 6" in failures
+    assert f"{SHARDS[0]}.tar: holds 5 samples, but manifest.json says num_samples 6" in failures
+    assert "manifest.json: config 'cnn' has num_samples 12, but its shards add up to 13" in failures
+    assert any(f.startswith("manifest.json: id is ") for f in failures)
+    assert "cnn/test-00009-of-00003.parquet: in config dir cnn/ but not listed in manifest.json; delete it or rebuild" in failures
+    assert "README.md: config 'cnn' data_files also match cnn/test-00009-of-00003.parquet, which is not a Parquet shard of 'cnn' in manifest.json" in failures
+    assert len(failures) == 6, failures
+
+
+def test_oracle_rejection_lists_the_keys(tiny_build: Path, tiny_recipe: Path) -> None:
+    """A perturbed image relabelled: the oracle (which accepted it under its true label) now disagrees."""
+    tables = {shard: pq.read_table(tiny_build / f"{shard}.parquet", columns=["key", "label", "perturbed"]).to_pylist() for shard in SHARDS}
+    path, table, row = next((tiny_build / f"{shard}.parquet", rows, i) for shard, rows in tables.items() for i, r in enumerate(rows) if r["perturbed"])
+    edit_parquet(path, "label", row, (table[row]["label"] + 1) % 3)
+    report = verify_benchmark(tiny_build, oracle=True, recipe=str(tiny_recipe))
+    assert report.oracle_rates["cnn"] < 1.0
+    count = manifest_of(tiny_build)["configs"]["cnn"]["num_perturbed"]
+    assert f"oracle: config 'cnn': 1 of {count} perturbed images" in "\n".join(report.failures)
+    assert any(f.startswith("oracle:") and f.endswith(f"no longer get their label: {table[row]['key']}") for f in report.failures)
+
+
+def test_missing_manifest_is_the_only_failure(tiny_build: Path) -> None:
+    (tiny_build / "manifest.json").unlink()
+    report = verify_benchmark(tiny_build)
+    assert report.failures == ("manifest.json: missing; rebuild with 'build-benchmark run' (its last step writes it)",)
+
+
+def test_not_a_benchmark_dir(tmp_path: Path) -> None:
+    with pytest.raises(VerifyError, match="no such directory"):
+        verify_benchmark(tmp_path / "nowhere")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(VerifyError, match="not a benchmark dir"):
+        verify_benchmark(tmp_path)
+
+
+def test_cli_exit_codes_and_output(tiny_build: Path, tmp_path: Path) -> None:
+    ok = invoke(str(tiny_build), "--json", str(tmp_path / "report.json"))
+    assert ok.exit_code == 0, ok.output
+    assert ok.output.startswith(f"verify: {tiny_build} is consistent: 1 config(s), 3 shard(s), 6 shard file(s)")
+    assert json.loads((tmp_path / "report.json").read_text())["ok"] is True
+
+    (tiny_build / f"{SHARDS[2]}.parquet").unlink()
+    (tiny_build / "rejects.jsonl").unlink()
+    bad = invoke(str(tiny_build))
+    assert bad.exit_code == 1
+    assert bad.output.splitlines() == [
+        f"verify: 2 problem(s) in {tiny_build}",
+        f"{SHARDS[2]}.parquet: missing, but manifest.json lists it (parquet); restore it or rebuild",
+        "rejects.jsonl: missing; manifest.json records 1 rejected sample(s)",
+    ]
+
+    missing = invoke(str(tmp_path / "nowhere"))
+    assert missing.exit_code == 2
+    assert missing.output.strip().splitlines() == [f"error: verify {tmp_path / 'nowhere'}: no such directory; give a dir written by 'build-benchmark run'"]
+
+
+def test_cli_oracle_without_its_weights_is_one_line(tiny_build: Path, tiny_recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # no --recipe: relative paths resolve against the current dir
+    result = invoke(str(tiny_build), "--oracle", "--device", "cpu")
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --oracle: cannot load the oracle:"), result.output
+    assert str(elsewhere / "oracle.pt") in lines[0] and "--recipe" in lines[0]
+    ok = invoke(str(tiny_build), "--oracle", "--device", "cpu", "--recipe", str(tiny_recipe), "--batch-size", "2")
+    assert ok.exit_code == 0, ok.output
+    assert "oracle: config 'cnn': 100.0% of the perturbed images keep their label" in ok.output
+
+
+def test_oracle_trained_on_first_use_is_never_trained_by_verify(tiny_build: Path, tiny_recipe: Path) -> None:
+    manifest = manifest_of(tiny_build)
+    manifest["recipe"]["oracle"]["model"]["train"] = {"epochs": 1}
+    (tiny_build / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(VerifyError, match=r"oracle-[0-9a-f]{12}\.pt do not exist \(a build would train them; verify does not\)"):
+        verify_benchmark(tiny_build, oracle=True, recipe=str(tiny_recipe))
+    assert not list(tiny_recipe.parent.glob("oracle-*.pt"))
