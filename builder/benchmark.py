@@ -83,9 +83,12 @@ def _read_manifest(root: Path, location: str) -> dict[str, Any]:
     if not manifest.is_file():
         raise BenchmarkError(f"{location} has no manifest.json; give a directory written by 'build-benchmark run'")
     try:
-        return json.loads(manifest.read_text())
+        payload = json.loads(manifest.read_text())
     except json.JSONDecodeError as error:
         raise BenchmarkError(f"{manifest}: not valid JSON ({error.msg} at line {error.lineno})") from None
+    if payload.get("complete") is False:
+        raise BenchmarkError(f"{location}: the build was interrupted and is incomplete; resume it with the same 'build-benchmark run' command")
+    return payload
 
 
 def _download(repo_id: str) -> Path:

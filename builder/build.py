@@ -213,12 +213,11 @@ class Builder:
                 tallies[name].add(stats["tally"])
                 rejects[stats["unit"]] = stats["rejects"]
                 bar.update(stats["num_samples"] + len(stats["rejects"]))
-            for unit in dict.fromkeys(unit for unit, _ in pending):
-                inputs = read_unit(self.source, unit, self.recipe.image_size, self.class_names)
-                rejects[unit.index] = inputs.rejects
-                for name in (n for u, n in pending if u == unit):
-                    records = self._run_unit(unit, name, self.models[name], inputs, tallies[name], bar)
-                    tallies[name].add(ConfigTally.counts_of(records))
+            try:
+                self._run_pending(pending, tallies, rejects, bar)
+            except KeyboardInterrupt:
+                self._write_partial_manifest()
+                raise
         manifest = self._finish(tallies, [r for unit in sorted(rejects) for r in rejects[unit]])
         return BuildSummary(
             self.options.out_dir,
@@ -228,6 +227,35 @@ class Builder:
             time.monotonic() - started,
             manifest["id"],
         )
+
+    def _run_pending(
+        self, pending: list[tuple[WorkUnit, str]], tallies: dict[str, ConfigTally], rejects: dict[int, list[dict[str, Any]]], bar: Any
+    ) -> None:
+        for unit in dict.fromkeys(unit for unit, _ in pending):
+            inputs = read_unit(self.source, unit, self.recipe.image_size, self.class_names)
+            rejects[unit.index] = inputs.rejects
+            for name in (n for u, n in pending if u == unit):
+                records = self._run_unit(unit, name, self.models[name], inputs, tallies[name], bar)
+                tallies[name].add(ConfigTally.counts_of(records))
+
+    def _write_partial_manifest(self) -> None:
+        """On an interrupt: a manifest of exactly the finished units, marked incomplete, so the dir
+        says what it holds (``verify``, ``score`` and ``publish`` refuse it until it is resumed)."""
+        out = self.options.out_dir
+        tallies = {spec.config_name: ConfigTally() for spec in self.recipe.reference_models}
+        rejects: dict[int, list[dict[str, Any]]] = {}
+        for path in sorted((out / STATS_DIR).glob("*/*.json")):
+            stats = json.loads(path.read_text())
+            tallies[stats["config"]].add(stats["tally"])
+            rejects[stats["unit"]] = stats["rejects"]
+        manifest = self._manifest(tallies, [r for unit in sorted(rejects) for r in rejects[unit]])
+        done = sum(len(config["shards"]) for config in manifest["configs"].values())
+        manifest["complete"] = False
+        manifest["progress"] = {"units_done": done, "units_total": len(self.units) * len(tallies)}
+        with contextlib.suppress(OSError):  # best effort: the stats files are what resume relies on
+            write_json_atomic(out / "manifest.json", manifest)
+            for stale in ("README.md", "gallery.html", "preview.png"):
+                (out / stale).unlink(missing_ok=True)
 
     def _check_same_weights(self, completed: dict[tuple[str, str], dict[str, Any]]) -> None:
         """A resumed build must use the weights its finished units were made with."""
@@ -392,6 +420,7 @@ class Builder:
             "configs": configs,
         }
         body["id"] = sha256_json({"recipe": body["recipe_sha256"], "configs": configs})
+        body["complete"] = True
         return body
 
 

@@ -166,6 +166,12 @@ def read_manifest(root: Path) -> tuple[dict[str, Any], Optional[Manifest], str]:
     if not isinstance(raw, dict) or raw.get("format") != MANIFEST_FORMAT:
         found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
         return {}, None, f"{MANIFEST}: format is {found!r}, expected {MANIFEST_FORMAT!r}; rebuild with this version"
+    if raw.get("complete") is False:
+        progress = raw.get("progress") or {}
+        return {}, None, (
+            f"{MANIFEST}: the build was interrupted ({progress.get('units_done', '?')} of "
+            f"{progress.get('units_total', '?')} work units done); resume it with the same 'build-benchmark run' command"
+        )
     try:
         return raw, Manifest.model_validate(raw), ""
     except ValidationError as error:

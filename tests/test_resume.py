@@ -112,7 +112,17 @@ def test_sigterm_stops_cleanly_and_says_how_to_resume(tiny_recipe: Path, tmp_pat
     assert process.returncode == 130
     assert "resume with the same command" in stderr and "Traceback" not in stderr
     assert not [p for p in out.rglob(".*") if p.is_file()]  # no temp file left
+    partial = json.loads((out / "manifest.json").read_text())  # says exactly what is there
+    finished = sorted((out / "_stats" / "cnn").glob("*.json"))
+    assert partial["complete"] is False and partial["progress"] == {"units_done": len(finished), "units_total": 13}
+    stats = [json.loads(path.read_text()) for path in finished]
+    assert [s["num_samples"] for s in partial["configs"]["cnn"]["shards"]] == [s["num_samples"] for s in stats]
+    assert partial["configs"]["cnn"]["num_samples"] == sum(s["num_samples"] for s in stats)
+    assert not (out / "README.md").exists()
+    refused = CliRunner().invoke(main, ["-q", "verify", str(out)])
+    assert refused.exit_code == 1 and "interrupted" in refused.output and "resume it" in refused.output
     assert build(recipe, out).exit_code == 0
+    assert json.loads((out / "manifest.json").read_text())["complete"] is True
 
 
 def test_changed_weights_are_refused_on_resume(tiny_recipe: Path, tmp_path: Path) -> None:

@@ -635,3 +635,19 @@ def test_class_ranges_beyond_the_classes_or_overlapping(tmp_path: Path) -> None:
         make_source({"kind": "sklearn-digits", "class_ranges": {"a": [[0, 12]]}}, tmp_path)
     with pytest.raises(RecipeError, match="'b' overlaps 'a' in \\[2, 3\\]"):
         make_source({"kind": "sklearn-digits", "class_ranges": {"a": [[0, 2]], "b": [[2, 3]]}}, tmp_path)
+
+
+def test_webdataset_duplicate_source_ids_are_rejected_not_merged(tmp_path: Path) -> None:
+    """A key written twice in a tar is two samples; the second is skipped with its reason, and
+    a read_unit over them puts it in the rejects. A shard listed twice is a one-line error."""
+    shard = tmp_path / "dup.tar"
+    write_shard(shard, [("k0", RED, 0), ("k1", GREEN, 1), ("k0", BLUE, 1)])
+    source = wds(tmp_path, str(shard))
+    assert [item.source_id for item in source.items(0, 10)] == ["dup.tar/k0", "dup.tar/k1", "dup.tar/k0"]
+    assert_solid(load_rgb(next(source.items(0, 1)).load, 4), RED, 4)  # the first copy is untouched
+    unit = read_unit(source, WorkUnit(0, 0, 3, 1), 4, source.class_names)
+    assert unit.source_ids == ["dup.tar/k0", "dup.tar/k1"]
+    assert unit.rejects == [{"index": 2, "source_id": "dup.tar/k0", "reason": unit.rejects[0]["reason"]}]
+    assert "duplicate source id dup.tar/k0" in unit.rejects[0]["reason"] and "sample 0 was kept" in unit.rejects[0]["reason"]
+    with pytest.raises(SourceError, match="dup.tar is listed twice in source.urls"):
+        wds(tmp_path, [str(shard), "dup.tar"])

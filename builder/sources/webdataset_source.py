@@ -11,12 +11,14 @@ import io
 import json
 import tarfile
 from pathlib import Path
-from typing import Iterator, Union
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional, Union
 
 from builder.checkpoints import resolve_location
 from builder.config import SourceConfig
 from builder.errors import SourceError
 from builder.sources.base import SOURCES, SourceContext, SourceItem
+from builder.sources.decode import SampleRejected
 
 
 class WebDatasetConfig(SourceConfig):
@@ -61,33 +63,57 @@ class WebDatasetSource:
         if not config.class_names:
             raise SourceError("webdataset source: set source.class_names (tar shards carry no class list)")
         self.class_names = tuple(config.class_names)
-        self._samples: list[tuple[str, Path, tarfile.TarInfo | None, bytes | None]] = []
-        for shard in _expand(config.urls, ctx):
+        self._samples: list[_Sample] = []
+        self._first_of: dict[str, int] = {}
+        shards = _expand(config.urls, ctx)
+        twice = next((shard for i, shard in enumerate(shards) if shard.resolve() in {s.resolve() for s in shards[:i]}), None)
+        if twice is not None:
+            raise SourceError(f"webdataset source: shard {twice} is listed twice in source.urls; list each shard once")
+        for shard in shards:
             self._index_shard(shard, config)
 
     def _index_shard(self, shard: Path, config: WebDatasetConfig) -> None:
-        groups: dict[str, dict[str, tarfile.TarInfo]] = {}
+        groups: list[tuple[str, dict[str, tarfile.TarInfo]]] = []
+        latest: dict[str, dict[str, tarfile.TarInfo]] = {}
         try:
             with tarfile.open(shard, "r:*") as tar:
                 for member in tar:
                     if member.isfile():
                         key, extension = _split_key(member.name)
-                        groups.setdefault(key, {})[extension] = member
-                labels = {key: tar.extractfile(m[config.label_key]).read() for key, m in groups.items() if config.label_key in m}
+                        if key not in latest or extension in latest[key]:  # a repeated member starts a new sample
+                            latest[key] = {}
+                            groups.append((key, latest[key]))
+                        latest[key][extension] = member
+                labels = [tar.extractfile(m[config.label_key]).read() if config.label_key in m else None for _, m in groups]
         except (tarfile.TarError, OSError) as error:
             raise SourceError(f"webdataset source: cannot read {shard}: {error}") from None
-        for key in groups:  # tar order: the order the shard was written in
-            members = groups[key]
+        for (key, members), label in zip(groups, labels):  # tar order: the order the shard was written in
+            source_id = f"{shard.name}/{key}"
             image = next((members[e] for e in config.image_keys if e in members), None)
-            self._samples.append((f"{shard.name}/{key}", shard, image, labels.get(key)))
+            self._samples.append(_Sample(source_id, shard, image, label, self._first_of.get(source_id)))
+            self._first_of.setdefault(source_id, len(self._samples) - 1)
 
     def __len__(self) -> int:
         return len(self._samples)
 
     def items(self, start: int, stop: int) -> Iterator[SourceItem]:
         for i in range(start, min(stop, len(self))):
-            source_id, shard, member, label_bytes = self._samples[i]
-            yield SourceItem(i, source_id, _parse_label(label_bytes, source_id), lambda s=shard, m=member: _open(s, m))
+            sample = self._samples[i]
+            load = (lambda s=sample: _open(s.shard, s.member)) if sample.duplicate_of is None else (lambda s=sample: _duplicate(s))
+            yield SourceItem(i, sample.source_id, _parse_label(sample.label, sample.source_id), load)
+
+
+@dataclass(frozen=True)
+class _Sample:
+    source_id: str
+    shard: Path
+    member: Optional[tarfile.TarInfo]
+    label: Optional[bytes]
+    duplicate_of: Optional[int]  # index of the first sample with this source id
+
+
+def _duplicate(sample: _Sample) -> Any:
+    raise SampleRejected(f"duplicate source id {sample.source_id} (the same key appears again in its tar; sample {sample.duplicate_of} was kept)")
 
 
 def _parse_label(raw: bytes | None, source_id: str) -> int:
