@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 from typing import Any, Optional, Sequence
+from urllib.parse import quote
 
 import yaml
 
@@ -70,8 +71,9 @@ def render_card(
     schema: ShardSchema,
     leaderboard: Sequence[dict[str, Any]] = (),
     repo_id: Optional[str] = None,
+    revision: str = "main",
 ) -> str:
-    """The card's text; ``repo_id`` makes the snippets point at the Hub repo instead of a dir."""
+    """The card's text; ``repo_id`` (and ``revision``) make the snippets point at the Hub repo."""
     import jinja2
 
     from builder.leaderboard import leaderboard_markdown
@@ -96,8 +98,9 @@ def render_card(
         keep_originals=schema.keep_originals,
         leaderboard=leaderboard_markdown(list(leaderboard)) if leaderboard else "",
         location=repo_id or "<this repo or dir>",
-        shard_prefix=f"{HUB_URL}/{repo_id}/resolve/main/" if repo_id else "",
-        files_prefix=f"hf://datasets/{repo_id}/" if repo_id else "",
+        revision_argument=f', revision="{revision}"' if repo_id and revision != "main" else "",
+        shard_prefix=f"{HUB_URL}/{repo_id}/resolve/{quote(revision, safe='')}/" if repo_id else "",
+        files_prefix=f"hf://datasets/{repo_id}{'' if revision == 'main' else '@' + quote(revision, safe='')}/" if repo_id else "",
     )
 
 
@@ -137,7 +140,7 @@ def _row_identity(row: dict[str, Any]) -> tuple[str, str, str]:
     return (row["name"], json.dumps(row.get("model_spec", row["model"]), sort_keys=True), row["config"])
 
 
-def write_card(root: Path, results: Sequence[Path] = (), repo_id: Optional[str] = None) -> Path:
+def write_card(root: Path, results: Sequence[Path] = (), repo_id: Optional[str] = None, revision: str = "main") -> Path:
     """(Re)write ``root/README.md`` from its manifest, with the leaderboard of ``results`` (kept)."""
     manifest_path = root / "manifest.json"
     try:
@@ -148,6 +151,6 @@ def write_card(root: Path, results: Sequence[Path] = (), repo_id: Optional[str] 
         leaderboard = add_results(root, manifest["id"], results)
     else:
         leaderboard = read_leaderboard(root, manifest["id"])
-    text = render_card(manifest, schema_of(manifest), leaderboard, repo_id)
+    text = render_card(manifest, schema_of(manifest), leaderboard, repo_id, revision)
     write_bytes_atomic(root / "README.md", text.encode("utf-8"))
     return root / "README.md"

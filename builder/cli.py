@@ -317,6 +317,25 @@ def gallery_command(directory: Path, per_class: int) -> None:
     click.echo(f"wrote {path} ({path.stat().st_size} bytes)")
 
 
+@main.command("publish")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--repo-id", required=True, metavar="ORG/NAME", help="Hub dataset repo to create or update.")
+@click.option("--private", is_flag=True, help="Create the repo private (an existing repo keeps its visibility).")
+@click.option("--revision", default=None, metavar="BRANCH", help="Branch to commit to, created from main if missing (default: main).")
+@click.option("--message", default=None, help="Commit message (default: the benchmark, its manifest id and the tool version).")
+@click.option("--results", multiple=True, type=click.Path(dir_okay=False, path_type=Path), help="RESULT.json of 'score --json' to add to the card's leaderboard first (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Re-render the card for ORG/NAME and verify, then print each file, its size, LFS or not, the total and the card's YAML header; no network.")
+def publish_command(directory: Path, repo_id: str, private: bool, revision: Optional[str], message: Optional[str],
+                    results: tuple[Path, ...], dry_run: bool) -> None:
+    """Verify DIR and upload it to a Hub dataset repo, the card last; re-run the same command to resume."""
+    from builder.publish import format_plan, format_result, prepare_upload, publish
+
+    if dry_run:
+        click.echo(format_plan(prepare_upload(directory, repo_id, results, revision), repo_id, revision))
+        return
+    click.echo(format_result(publish(directory, repo_id, private=private, revision=revision, message=message, results=results)))
+
+
 @main.group()
 def train() -> None:
     """Train a recipe's small components from scratch (for domains without pretrained weights)."""

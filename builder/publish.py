@@ -1,0 +1,491 @@
+"""``build-benchmark publish``: put a verified benchmark dir into a Hub dataset repo, resumably.
+
+What goes up is what a consumer needs (the manifest's shards, ``manifest.json``, the card,
+``preview.png``, ``gallery.html``, ``rejects.jsonl``, ``leaderboard.json``), never ``_stats/``
+(build state) nor dot or temp files. Data files go in commits of bounded size, and before
+committing we ask the Hub which paths it already holds with which content (sha256 of LFS
+files, git blob id of regular ones): equal files are not sent again, so re-running the same
+command after an interruption resumes where it stopped. ``upload_folder`` of huggingface_hub
+2.4.0 only resumes through its hf_xet pipeline; without hf_xet (or with HF_HUB_DISABLE_XET=1)
+it makes one all-or-nothing commit, and it would commit the card together with the data.
+The card (README.md) therefore goes last, in its own commit, once every data file landed:
+the repo never shows a card announcing files it does not hold yet.
+
+The token comes from huggingface_hub (``HF_TOKEN`` or the login cache). It is handed to the
+library only: never logged, echoed, nor written anywhere (error texts are scrubbed of it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+from builder import __version__
+from builder.errors import BuilderError
+from builder.fileio import sha256_file
+from builder.outdir import FINAL_FILES, STATS_DIR
+
+log = logging.getLogger(__name__)
+
+REPO_TYPE = "dataset"
+CARD = "README.md"
+MANIFEST = "manifest.json"
+DEFAULT_BRANCH = "main"
+#: bounds of one data commit: an interruption costs at most one commit's worth of work
+COMMIT_MAX_FILES = 50
+COMMIT_MAX_BYTES = 1 << 30
+#: huggingface_hub's shared HTTP client has no timeout at all; ours fail fast when offline
+CONNECT_TIMEOUT = 10.0
+IO_TIMEOUT = 300.0
+#: the Hub stores larger files with LFS whatever their name
+LFS_MIN_BYTES = 10_000_000
+#: the LFS patterns of the .gitattributes the Hub writes into a new dataset repo
+LFS_PATTERNS = (
+    "*.7z", "*.arrow", "*.bin", "*.bz2", "*.ckpt", "*.ftz", "*.gz", "*.h5", "*.joblib", "*.lfs.*", "*.lz4",
+    "*.mds", "*.mlmodel", "*.model", "*.msgpack", "*.npy", "*.npz", "*.onnx", "*.ot", "*.parquet", "*.pb",
+    "*.pickle", "*.pkl", "*.pt", "*.pth", "*.rar", "*.safetensors", "saved_model/**/*", "*.tar.*", "*.tar",
+    "*.tflite", "*.tgz", "*.wasm", "*.xz", "*.zip", "*.zst", "*tfevents*",
+    "*.pcm", "*.sam", "*.raw", "*.aac", "*.flac", "*.mp3", "*.ogg", "*.wav",
+    "*.bmp", "*.gif", "*.png", "*.tiff", "*.jpg", "*.jpeg", "*.webp", "*.mp4", "*.webm",
+)
+
+
+class PublishError(BuilderError):
+    """The benchmark could not be published; the message says what to do."""
+
+
+class TokenMissingError(PublishError):
+    """No Hub token in HF_TOKEN nor in the login cache."""
+
+
+class RepoIdError(PublishError):
+    """``--repo-id`` is not of the form ORG/NAME the Hub accepts."""
+
+
+class HubPermissionError(PublishError):
+    """The Hub refused the token (401) or its rights on the repo (403)."""
+
+
+class HubUnreachableError(PublishError):
+    """No connection to the Hub endpoint (offline, DNS, proxy, timeout)."""
+
+
+class UploadInterruptedError(PublishError):
+    """The upload stopped part-way; re-running the same command resumes it."""
+
+
+class VerifyFailedError(PublishError):
+    """``verify`` found problems: a broken dir is never published."""
+
+
+@dataclass(frozen=True)
+class PlannedFile:
+    path: str  # path in the repo (POSIX), relative to the benchmark dir
+    size: int
+    lfs: bool  # as the Hub would store it in a new dataset repo; its preupload answer decides
+
+
+@dataclass(frozen=True)
+class UploadPlan:
+    root: Path
+    name: str
+    manifest_id: str
+    files: tuple[PlannedFile, ...]  # in upload order: shards, then metadata, the card last
+    card_header: str  # the card's YAML header, between its '---' lines
+    left_out: tuple[str, ...]  # files in the dir that are not published (besides _stats/ and dot files)
+
+    @property
+    def data_files(self) -> tuple[PlannedFile, ...]:
+        return self.files[:-1]
+
+    @property
+    def card(self) -> PlannedFile:
+        return self.files[-1]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def lfs_bytes(self) -> int:
+        return sum(f.size for f in self.files if f.lfs)
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    repo_id: str
+    revision: str
+    url: str
+    sent: tuple[str, ...]  # paths committed by this run
+    unchanged: tuple[str, ...]  # already on the Hub with the same content
+    deleted: tuple[str, ...]  # stale shards of an earlier build, removed with the card
+    commits: int
+    sent_bytes: int
+
+
+# ----------------------------------------------------------------------------- the plan (offline)
+
+
+def is_lfs(path: str, size: int) -> bool:
+    """Would the Hub store ``path`` with LFS in a new dataset repo (default .gitattributes, size)?"""
+    name = path.rsplit("/", 1)[-1]
+    return size >= LFS_MIN_BYTES or any(
+        fnmatch.fnmatchcase(path if "/" in pattern else name, pattern) for pattern in LFS_PATTERNS
+    )
+
+
+def plan_upload(root: Path) -> UploadPlan:
+    """What ``publish`` would upload from ``root``, in order; reads local files only."""
+    root = Path(root)
+    manifest = _read_manifest(root)
+    shards = sorted(entry["path"] for config in manifest["configs"].values()
+                    for shard in config["shards"] for entry in shard["files"].values())
+    extras = [name for name in FINAL_FILES if name not in (CARD, MANIFEST) and (root / name).is_file()]
+    order = [*shards, MANIFEST, *extras, CARD]
+    missing = [path for path in order if not (root / path).is_file()]
+    if missing:
+        raise PublishError(f"{root}: {missing[0]} is missing ({len(missing)} file(s) in all); "
+                           f"run `build-benchmark verify {root}`")
+    sizes = {path: (root / path).stat().st_size for path in order}
+    files = tuple(PlannedFile(path, sizes[path], is_lfs(path, sizes[path])) for path in order)
+    return UploadPlan(root, str(manifest.get("recipe", {}).get("name", root.name)), str(manifest.get("id", "")),
+                      files, card_yaml_header((root / CARD).read_text(encoding="utf-8")),
+                      tuple(sorted(_left_out(root, set(order)))))
+
+
+def _read_manifest(root: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+        manifest["configs"].values()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise PublishError(f"{root}: cannot read {MANIFEST} ({error}); give a dir written by 'build-benchmark run'") from None
+    return manifest
+
+
+def _left_out(root: Path, planned: set[str]) -> Iterator[str]:
+    """Files nobody asked to publish: named in the plan so that nothing is left out silently."""
+    for path in root.rglob("*"):
+        relative = path.relative_to(root).as_posix()
+        parts = relative.split("/")
+        if path.is_file() and parts[0] != STATS_DIR and not any(p.startswith(".") for p in parts) and relative not in planned:
+            yield relative
+
+
+def card_yaml_header(text: str) -> str:
+    """The YAML between the card's leading '---' lines (empty if it has none)."""
+    lines = text.splitlines()
+    if not lines or lines[0].strip() != "---":
+        return ""
+    for index, line in enumerate(lines[1:], start=1):
+        if line.strip() == "---":
+            return "\n".join(lines[1:index]) + "\n"
+    return ""
+
+
+def commit_batches(files: Sequence[PlannedFile], max_files: int, max_bytes: int) -> list[list[PlannedFile]]:
+    """Consecutive groups of at most ``max_files`` files and ``max_bytes`` (a larger file goes alone)."""
+    batches: list[list[PlannedFile]] = []
+    current: list[PlannedFile] = []
+    for planned in files:
+        if current and (len(current) >= max_files or sum(f.size for f in current) + planned.size > max_bytes):
+            batches.append(current)
+            current = []
+        current.append(planned)
+    return batches + ([current] if current else [])
+
+
+def format_size(size: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"  # pragma: no cover
+
+
+def format_plan(plan: UploadPlan, repo_id: str, revision: Optional[str] = None) -> str:
+    """The dry run's report: every file with its size and storage, the total, the card's header."""
+    width = max(len(f.path) for f in plan.files)
+    lines = [f"publish plan: {plan.root} -> dataset {repo_id} (branch {revision or DEFAULT_BRANCH}), "
+             f"benchmark {plan.name}, manifest id {plan.manifest_id[:12]}"]
+    for planned in plan.files:
+        note = "  (last, in its own commit)" if planned is plan.card else ""
+        lines.append(f"  {planned.path:<{width}}  {format_size(planned.size):>9}  {'LFS' if planned.lfs else 'regular'}{note}")
+    batches = len(commit_batches(plan.data_files, COMMIT_MAX_FILES, COMMIT_MAX_BYTES))
+    lines.append(f"total: {len(plan.files)} files, {format_size(plan.total_bytes)} "
+                 f"({format_size(plan.lfs_bytes)} in LFS), at most {batches} data commit(s) + 1 card commit; "
+                 "files already on the Hub with the same content are skipped")
+    lines.append(f"not uploaded: {STATS_DIR}/ (build state), dot and temp files"
+                 + (f", {', '.join(plan.left_out)}" if plan.left_out else ""))
+    lines.append("card YAML header:")
+    lines.append("---\n" + plan.card_header + "---")
+    lines.append("dry run: nothing was sent (no network)")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- checks before any upload
+
+
+def check_repo_id(repo_id: str) -> None:
+    """ORG/NAME as the Hub wants it (huggingface_hub's rules, and a namespace is required)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise RepoIdError(f"--repo-id '{repo_id}' is not a valid Hub repo id: {error}") from None
+    if repo_id.count("/") != 1:
+        raise RepoIdError(f"--repo-id '{repo_id}' needs a namespace: give ORG/NAME (your user or organization name, a slash, the dataset name)")
+
+
+def hub_token() -> str:
+    """The token huggingface_hub would use (HF_TOKEN, then the `hf auth login` cache)."""
+    from huggingface_hub import get_token
+
+    token = get_token()
+    if not token:
+        raise TokenMissingError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (a token with write access)")
+    return token
+
+
+def prepare_upload(root: Path, repo_id: str, results: Sequence[Path] = (), revision: Optional[str] = None) -> UploadPlan:
+    """Re-render the card for ``repo_id`` (adding ``results``), verify the dir, plan; offline."""
+    from builder.card import write_card
+    from builder.verify import verify_benchmark
+
+    root = Path(root)
+    check_repo_id(repo_id)
+    _read_manifest(root)
+    write_card(root, list(results), repo_id=repo_id, revision=revision or DEFAULT_BRANCH)
+    report = verify_benchmark(root)
+    if not report.ok:
+        raise VerifyFailedError(f"{root} fails verify ({len(report.failures)} problem(s), first: {report.failures[0]}); "
+                                f"run `build-benchmark verify {root}` and fix or rebuild before publishing")
+    return plan_upload(root)
+
+
+# ----------------------------------------------------------------------------- the upload
+
+
+@dataclass
+class _Progress:
+    """Where the run is, so an error can say how far it got."""
+
+    endpoint: str
+    repo_id: str
+    token: str
+    step: str = "connecting"
+    uploading: bool = False
+    done: int = 0
+    total: int = 0
+
+
+def publish(root: Path, repo_id: str, *, private: bool = False, revision: Optional[str] = None,
+            message: Optional[str] = None, results: Sequence[Path] = (), token: Optional[str] = None,
+            endpoint: Optional[str] = None) -> PublishResult:
+    """Verify ``root`` and upload it to the dataset repo ``repo_id``; re-run to resume."""
+    from huggingface_hub import HfApi
+
+    check_repo_id(repo_id)
+    token = token or hub_token()
+    plan = prepare_upload(root, repo_id, results, revision)
+    progress = _Progress(hub_endpoint(endpoint), repo_id, token)
+    branch = revision or DEFAULT_BRANCH
+    message = message or f"Publish {plan.name} benchmark {plan.manifest_id[:12]} (fmr-builder {__version__})"
+    api = HfApi(endpoint=progress.endpoint, token=token, library_name="fmr-builder", library_version=__version__)
+    with hub_timeouts(), _translated(progress, api):
+        progress.step = "creating the repo"
+        api.create_repo(repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True)
+        if branch != DEFAULT_BRANCH:
+            progress.step = f"creating branch {branch}"
+            api.create_branch(repo_id, branch=branch, repo_type=REPO_TYPE, exist_ok=True)
+        result = _upload(api, plan, repo_id, branch, message, progress)
+    log.info("published %s to %s: %d file(s) sent in %d commit(s), %d unchanged",
+             plan.root, result.url, len(result.sent), result.commits, len(result.unchanged))
+    return result
+
+
+def hub_endpoint(endpoint: Optional[str] = None) -> str:
+    """HF_ENDPOINT as set now: huggingface_hub freezes its ENDPOINT constant at import."""
+    from huggingface_hub import constants
+
+    return (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def _upload(api: Any, plan: UploadPlan, repo_id: str, branch: str, message: str, progress: _Progress) -> PublishResult:
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+    progress.step = "listing the repo"
+    remote = _remote_files(api, repo_id, branch)
+    todo = [f for f in plan.data_files if not _unchanged(plan.root, f, remote.get(f.path))]
+    batches = commit_batches(todo, COMMIT_MAX_FILES, COMMIT_MAX_BYTES)
+    stale = _stale_shards(plan, remote)
+    card_todo = not _unchanged(plan.root, plan.card, remote.get(CARD)) or bool(stale)
+    progress.uploading, progress.total = True, len(batches) + int(card_todo)
+    for number, batch in enumerate(batches, start=1):
+        progress.step = f"commit {number} of {progress.total}"
+        log.info("%s: %d file(s), %s", progress.step, len(batch), format_size(sum(f.size for f in batch)))
+        api.create_commit(repo_id, [CommitOperationAdd(f.path, str(plan.root / f.path)) for f in batch],
+                          commit_message=f"{message} (data {number}/{len(batches)})", repo_type=REPO_TYPE, revision=branch)
+        progress.done += 1
+    if card_todo:
+        progress.step = "the card commit"
+        operations = [CommitOperationAdd(CARD, str(plan.root / CARD)), *(CommitOperationDelete(path) for path in stale)]
+        api.create_commit(repo_id, operations, commit_message=f"{message} (card)", repo_type=REPO_TYPE, revision=branch)
+        progress.done += 1
+    sent = [f for f in plan.data_files if f in todo] + ([plan.card] if card_todo else [])
+    return PublishResult(repo_id, branch, _repo_url(progress.endpoint, repo_id, branch), tuple(f.path for f in sent),
+                         tuple(f.path for f in plan.files if f not in sent), tuple(stale), progress.done,
+                         sum(f.size for f in sent))
+
+
+def _remote_files(api: Any, repo_id: str, branch: str) -> dict[str, Any]:
+    from huggingface_hub.hf_api import RepoFile
+
+    entries = api.list_repo_tree(repo_id, recursive=True, revision=branch, repo_type=REPO_TYPE)
+    return {entry.path: entry for entry in entries if isinstance(entry, RepoFile)}
+
+
+def _unchanged(root: Path, planned: PlannedFile, remote: Any) -> bool:
+    """Does the Hub hold this very content? (sha256 of an LFS file, git blob id of a regular one)."""
+    from huggingface_hub.utils.sha import git_hash
+
+    if remote is None:
+        return False
+    size = remote.lfs.size if remote.lfs is not None else remote.size
+    if size != planned.size:
+        return False
+    if remote.lfs is not None:
+        return remote.lfs.sha256 == sha256_file(root / planned.path)
+    return remote.blob_id == git_hash((root / planned.path).read_bytes())
+
+
+def _stale_shards(plan: UploadPlan, remote: dict[str, Any]) -> list[str]:
+    """Shards of an earlier build in a config dir: the card's globs would load them too."""
+    configs = {f.path.split("/", 1)[0] for f in plan.data_files if "/" in f.path}
+    planned = {f.path for f in plan.files}
+    return sorted(path for path in remote if "/" in path and path.split("/", 1)[0] in configs
+                  and path not in planned and path.endswith((".parquet", ".tar")))
+
+
+def _repo_url(endpoint: str, repo_id: str, branch: str) -> str:
+    return f"{endpoint}/datasets/{repo_id}" + ("" if branch == DEFAULT_BRANCH else f"/tree/{branch}")
+
+
+def format_result(result: PublishResult) -> str:
+    lines = [f"published to {result.url}: {len(result.sent)} file(s), {format_size(result.sent_bytes)} sent "
+             f"in {result.commits} commit(s); {len(result.unchanged)} already there with the same content"]
+    if result.deleted:
+        lines.append(f"removed {len(result.deleted)} stale shard(s) of an earlier build: {', '.join(result.deleted)}")
+    if not result.sent and not result.deleted:
+        lines.append("nothing to do: the repo already holds this benchmark")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- HTTP settings and errors
+
+
+@contextlib.contextmanager
+def hub_timeouts(connect: float = CONNECT_TIMEOUT, io: float = IO_TIMEOUT) -> Iterator[None]:
+    """Give huggingface_hub's shared client timeouts while we use it (its default has none,
+    so an offline machine could hang); the previous client factory is restored after."""
+    import httpx2
+    from huggingface_hub import set_client_factory
+    from huggingface_hub.utils import _http
+
+    previous = getattr(_http, "_GLOBAL_CLIENT_FACTORY", _http.default_client_factory)
+
+    def factory() -> Any:
+        client = previous()
+        client.timeout = httpx2.Timeout(io, connect=connect)
+        return client
+
+    set_client_factory(factory)
+    try:
+        yield
+    finally:
+        set_client_factory(previous)
+
+
+@contextlib.contextmanager
+def _translated(progress: _Progress, api: Any) -> Iterator[None]:
+    """Library and transport errors become one-line PublishErrors (never showing the token)."""
+    try:
+        yield
+    except PublishError:
+        raise
+    except Exception as error:
+        translated = _translate(error, progress, api)
+        if translated is None:
+            raise
+        raise translated from None
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: Optional[BaseException] = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _translate(error: Exception, progress: _Progress, api: Any) -> Optional[PublishError]:
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    http = next((e for e in _causes(error) if isinstance(e, HfHubHTTPError) and e.response is not None), None)
+    transport = next((e for e in _causes(error) if isinstance(e, (httpx2.TransportError, OfflineModeIsEnabled))), None)
+    status = http.response.status_code if http is not None else None
+    where = f"dataset {progress.repo_id} at {progress.endpoint}"
+    if isinstance(transport, OfflineModeIsEnabled):
+        found: PublishError = HubUnreachableError("HF_HUB_OFFLINE is set: huggingface_hub sends nothing; unset it to publish")
+    elif status == 401:
+        found = HubPermissionError(f"the Hub refused the token for {where} (HTTP 401: invalid or expired token, "
+                                   "or the repo is not visible to it); set HF_TOKEN or run `hf auth login`")
+    elif status == 403:
+        found = HubPermissionError(f"no permission to write to {where}{_as_user(api)} (HTTP 403); "
+                                   f"use a token with write access to '{progress.repo_id.split('/')[0]}'")
+    elif isinstance(error, ValueError) and "README.md" in str(error) and http is None:
+        found = PublishError(f"the Hub rejected the card's YAML header: {' '.join(str(error).split())}")
+    elif progress.uploading and (http is not None or transport is not None):
+        found = UploadInterruptedError(
+            f"upload to {where} interrupted at {progress.step} ({_cause(http or transport)}); {progress.done} of "
+            f"{progress.total} commit(s) landed; re-run the same command to resume: files already on the Hub are not sent again")
+    elif transport is not None:
+        found = HubUnreachableError(f"cannot reach the Hub at {progress.endpoint} while {progress.step} ({_cause(transport)}): "
+                                    "offline? check the network, a proxy, or HF_ENDPOINT")
+    elif http is not None:
+        found = PublishError(f"the Hub refused {progress.step} for {where} ({_cause(http)})")
+    else:
+        return None
+    return type(found)(_scrub(str(found), progress.token))
+
+
+def _cause(error: Optional[BaseException]) -> str:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(error, HfHubHTTPError) and error.response is not None:
+        detail = (error.server_message or "").strip().splitlines()
+        return f"HTTP {error.response.status_code}" + (f": {detail[0][:200]}" if detail else "")
+    text = " ".join(str(error).split())[:200]
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _as_user(api: Any) -> str:
+    """' as <user>' if the Hub says whose token this is; best effort, never fatal."""
+    try:
+        name = api.whoami().get("name")
+    except Exception as error:  # noqa: BLE001 - only decorates an error message
+        log.debug("whoami failed: %s", type(error).__name__)
+        return ""
+    return f" as user '{name}'" if name else ""
+
+
+def _scrub(text: str, token: str) -> str:
+    return text.replace(token, "<token>") if token else text

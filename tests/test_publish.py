@@ -1,0 +1,272 @@
+"""``build-benchmark publish`` against a local stand-in for the Hub (tests/hub_stub.py), never the network."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from click.testing import CliRunner
+
+import builder.publish as publish_module
+from builder.cli import main
+from builder.publish import CARD, plan_upload, publish
+from hub_stub import HubStub, closed_port
+
+REPO = "org/tiny"
+SHARDS = [f"cnn/test-0000{i}-of-00003.{ext}" for i in range(3) for ext in ("parquet", "tar")]
+
+
+@pytest.fixture(scope="module")
+def _build_cache() -> dict[str, Path]:
+    return {}
+
+
+@pytest.fixture
+def built(request: pytest.FixtureRequest, _build_cache: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Path:
+    """A private copy of the conftest tiny build (12 samples, 3 shards), built once per module."""
+    if "dir" not in _build_cache:
+        _build_cache["dir"] = tmp_path_factory.mktemp("publish-tiny") / "built"
+        shutil.copytree(request.getfixturevalue("tiny_build"), _build_cache["dir"])
+    target = tmp_path / "bench"
+    shutil.copytree(_build_cache["dir"], target)
+    return target
+
+
+@pytest.fixture
+def token(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A unique token value, so that finding it anywhere means it leaked."""
+    value = f"hf_{secrets.token_hex(20)}"
+    monkeypatch.setenv("HF_TOKEN", value)
+    return value
+
+
+@pytest.fixture
+def hub(token: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubStub]:
+    from huggingface_hub import constants
+
+    stub = HubStub(token).start()
+    monkeypatch.setenv("HF_ENDPOINT", stub.url)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # huggingface_hub reads it at import
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    yield stub
+    stub.stop()
+
+
+def invoke(*args: str) -> Any:
+    return CliRunner().invoke(main, ["-q", "publish", *args])
+
+
+def error_line(result: Any) -> str:
+    """The one line the CLI prints for a BuilderError (exit code 2), after any progress bars."""
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: ") and sum(line.startswith("error") for line in lines) == 1, result.output
+    return lines[-1]
+
+
+def no_network(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Record (and refuse) every outgoing connection."""
+    attempts: list[Any] = []
+
+    def refuse(self: socket.socket, address: Any) -> None:
+        attempts.append(address)
+        raise OSError("network disabled by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    return attempts
+
+
+def expected_files(root: Path) -> list[str]:
+    return [f.path for f in plan_upload(root).files]
+
+
+# ----------------------------------------------------------------------------- dry run
+
+
+def test_dry_run_prints_the_plan_offline(built: Path, token: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    attempts = no_network(monkeypatch)
+    result = invoke(str(built), "--repo-id", REPO, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert attempts == []
+    plan = plan_upload(built)
+    paths = [f.path for f in plan.files]
+    assert paths[:6] == sorted(SHARDS) and paths[-1] == CARD
+    assert set(paths[6:-1]) == {"manifest.json", "preview.png", "rejects.jsonl", "gallery.html"}
+    assert not any(path.startswith("_stats") for path in paths)
+    lfs = {f.path for f in plan.files if f.lfs}
+    assert lfs == {*SHARDS, "preview.png"}
+    assert plan.total_bytes == sum((built / p).stat().st_size for p in paths)
+    out = result.output
+    for planned in plan.files:
+        line = next(line for line in out.splitlines() if line.strip().startswith(planned.path + " "))
+        assert ("LFS" if planned.lfs else "regular") in line
+    assert "README.md" in out.splitlines()[len(paths)] and "last, in its own commit" in out
+    assert f"total: {len(paths)} files" in out and "not uploaded: _stats/" in out
+    assert "card YAML header:" in out and "config_name: cnn" in out and "path: cnn/test-*.parquet" in out
+    assert plan.card_header and plan.card_header in out
+    assert token not in out
+
+
+# ----------------------------------------------------------------------------- real upload to the stand-in
+
+
+def test_publish_uploads_every_file_and_the_card_last(built: Path, hub: HubStub) -> None:
+    result = invoke(str(built), "--repo-id", REPO, "--private")
+    assert result.exit_code == 0, result.output
+    assert f"published to {hub.url}/datasets/{REPO}" in result.output
+    repo = hub.repos[f"datasets/{REPO}"]
+    assert repo.kind == "datasets" and repo.private
+    remote = hub.files(REPO)
+    assert set(remote) == {*expected_files(built), ".gitattributes"}
+    for path in expected_files(built):
+        assert remote[path] == (built / path).read_bytes(), path
+    assert not any(path.startswith("_stats") for path in remote)
+    assert all(repo.branches["main"][path][1] for path in SHARDS)  # went through LFS
+    assert hub.commits[-1].added == [CARD]
+    assert all(CARD not in commit.added for commit in hub.commits[:-1])
+    assert sorted(path for commit in hub.commits for path in commit.added) == sorted(expected_files(built))
+    # the same command again: nothing to send
+    commits, puts = len(hub.commits), list(hub.lfs_puts)
+    again = invoke(str(built), "--repo-id", REPO, "--private")
+    assert again.exit_code == 0, again.output
+    assert "nothing to do" in again.output
+    assert len(hub.commits) == commits and hub.lfs_puts == puts
+
+
+def test_publish_to_a_new_branch_leaves_main_alone(built: Path, hub: HubStub) -> None:
+    result = invoke(str(built), "--repo-id", REPO, "--revision", "v1", "--message", "first release")
+    assert result.exit_code == 0, result.output
+    assert not hub.repos[f"datasets/{REPO}"].private
+    assert set(hub.files(REPO)) == {".gitattributes"}
+    assert set(hub.files(REPO, "v1")) == {*expected_files(built), ".gitattributes"}
+    assert {commit.branch for commit in hub.commits} == {"v1"}
+    assert all(commit.message.startswith("first release") for commit in hub.commits)
+    card = hub.files(REPO, "v1")["README.md"].decode()
+    assert f'load_dataset("{REPO}", name="cnn", split="test", revision="v1")' in card and "/resolve/v1/cnn/" in card
+
+
+def test_results_reach_the_card_and_stale_shards_go(built: Path, hub: HubStub, tmp_path: Path) -> None:
+    from conftest import TINY_MODELS
+
+    scored = CliRunner().invoke(main, ["-q", "score", "--benchmark", str(built), "--model", f"py:{TINY_MODELS}:color_net",
+                                       "--workers", "0", "--bootstrap", "0", "--json", str(tmp_path / "a.json")])
+    assert scored.exit_code == 0, scored.output
+    result = invoke(str(built), "--repo-id", REPO, "--results", str(tmp_path / "a.json"))
+    assert result.exit_code == 0, result.output
+    card = hub.files(REPO)[CARD].decode()
+    assert "## Leaderboard" in card and "color_net" in card and f'load_dataset("{REPO}", name="cnn"' in card
+    assert card.encode() == (built / CARD).read_bytes() and "leaderboard.json" in hub.files(REPO)
+    # a shard of an earlier, larger build would be picked up by the card's glob: it goes with the card
+    stale = "cnn/test-00003-of-00004.parquet"
+    hub.repos[f"datasets/{REPO}"].branches["main"][stale] = (b"old", True)
+    again = invoke(str(built), "--repo-id", REPO)
+    assert again.exit_code == 0, again.output
+    assert f"removed 1 stale shard(s) of an earlier build: {stale}" in again.output
+    assert stale not in hub.files(REPO) and hub.commits[-1].deleted == [stale]
+
+
+@pytest.mark.parametrize("mode", ["500", "drop"])
+def test_interrupted_upload_resumes_without_resending(built: Path, hub: HubStub, monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    monkeypatch.setattr(publish_module, "COMMIT_MAX_FILES", 3)
+    hub.fail_commit, hub.fail_mode = 2, mode
+    line = error_line(invoke(str(built), "--repo-id", REPO))
+    assert "interrupted" in line and "re-run the same command" in line
+    assert len(hub.commits) == 1 and CARD not in hub.files(REPO)
+    first = set(hub.commits[0].added)
+    puts_before = list(hub.lfs_puts)
+
+    hub.fail_commit = None
+    result = invoke(str(built), "--repo-id", REPO)
+    assert result.exit_code == 0, result.output
+    remote = hub.files(REPO)
+    for path in expected_files(built):
+        assert remote[path] == (built / path).read_bytes(), path
+    resent = [path for commit in hub.commits[1:] for path in commit.added]
+    assert not first & set(resent)
+    assert sorted(first | set(resent)) == sorted(expected_files(built))
+    assert hub.commits[-1].added == [CARD]
+    assert len(hub.lfs_puts) == len(set(hub.lfs_puts)), "an LFS object was sent twice"
+    assert hub.lfs_puts[: len(puts_before)] == puts_before
+
+
+# ----------------------------------------------------------------------------- refusals and errors
+
+
+def test_refuses_a_dir_that_fails_verify(built: Path, hub: HubStub) -> None:
+    shard = built / SHARDS[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    line = error_line(invoke(str(built), "--repo-id", REPO))
+    assert "fails verify" in line and SHARDS[0] in line and f"build-benchmark verify {built}" in line
+    assert hub.requests == []
+
+
+def test_missing_token(tmp_path: Path, hub: HubStub, monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    line = error_line(invoke(str(tmp_path), "--repo-id", REPO))
+    assert "set HF_TOKEN or run `hf auth login`" in line
+    assert hub.requests == []
+
+
+@pytest.mark.parametrize("repo_id", ["tiny", "org/sub/tiny", "org/bad..name", "org/-x-", "org/"])
+def test_malformed_repo_id(tmp_path: Path, hub: HubStub, repo_id: str) -> None:
+    line = error_line(invoke(str(tmp_path), "--repo-id", repo_id))
+    assert f"'{repo_id}'" in line
+    assert hub.requests == []
+
+
+def test_no_permission_names_the_user_not_the_token(built: Path, hub: HubStub, token: str) -> None:
+    hub.forbidden = True
+    line = error_line(invoke(str(built), "--repo-id", REPO))
+    assert "no permission" in line and "'tester'" in line and REPO in line
+    assert token not in line
+
+
+def test_wrong_token_is_refused(built: Path, hub: HubStub, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_TOKEN", "hf_not_the_right_one")
+    line = error_line(invoke(str(built), "--repo-id", REPO))
+    assert "401" in line and "hf auth login" in line and "hf_not_the_right_one" not in line
+
+
+def test_unreachable_endpoint_fails_fast(built: Path, token: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    started = time.monotonic()
+    line = error_line(invoke(str(built), "--repo-id", REPO))
+    assert time.monotonic() - started < 10
+    assert f"cannot reach the Hub at {endpoint}" in line and "offline?" in line
+
+
+# ----------------------------------------------------------------------------- the token stays secret
+
+
+def test_token_appears_nowhere(built: Path, hub: HubStub, token: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger("huggingface_hub").setLevel(logging.DEBUG)
+    outputs = [invoke(str(built), "--repo-id", REPO, "--dry-run").output]
+    publish(built, REPO)
+    rerun = CliRunner().invoke(main, ["-vv", "publish", str(built), "--repo-id", REPO])
+    assert rerun.exit_code == 0, rerun.output
+    outputs.append(rerun.output)
+    secret = token.encode()
+    for text in [*outputs, caplog.text]:
+        assert token not in text
+    for path in built.rglob("*"):
+        assert not path.is_file() or secret not in path.read_bytes(), path
+    for data in [*hub.files(REPO).values(), *hub.lfs_objects.values()]:
+        assert secret not in data
+    assert all(token not in commit.message for commit in hub.commits)
