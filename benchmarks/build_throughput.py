@@ -60,6 +60,50 @@ def components(model_name: str, device: str, seed: int) -> tuple[VQGANGenerator,
     return generator, AcceptingOracle(oracle), model
 
 
+def memory_estimate_mb(generator: VQGANGenerator, oracle: AcceptingOracle, model: PreprocessedClassifier, size: int, batch: int) -> dict[str, float]:
+    """GPU memory for a batch, estimated on any device: the weights, plus the tensors autograd
+    saves for one image's decode -> reference-model backward (the step's peak), times the batch."""
+    from torch.nn import functional as F
+
+    modules = [generator.model, oracle.clip.model, model]
+    weights = sum(t.numel() * t.element_size() for m in modules for t in [*m.parameters(), *m.buffers()])
+    weight_storages = {t.untyped_storage().data_ptr() for m in modules for t in [*m.parameters(), *m.buffers()]}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weight_storages:  # weights are counted once, above
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    device = next(generator.model.parameters()).device
+    latent = generator.encode(torch.rand(1, 3, size, size, device=device)).requires_grad_(True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = F.cross_entropy(model(generator.decode(latent)), torch.zeros(1, dtype=torch.long, device=device))
+    torch.autograd.grad(loss, latent)
+    per_image = sum(saved.values())
+    return {
+        "weights_mb": round(weights / 2**20),
+        "saved_activations_mb_per_image": round(per_image / 2**20),
+        "estimated_gpu_mb_at_batch": round((weights + batch * per_image) / 2**20),
+    }
+
+
+def step_flops(generator: VQGANGenerator, oracle: AcceptingOracle, model: PreprocessedClassifier, size: int) -> int:
+    """Floating-point operations of one image's step (decode, reference model forward and
+    backward to the latent, oracle forward): a device-independent cost to scale GPU time by."""
+    from torch.nn import functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = next(generator.model.parameters()).device
+    latent = generator.encode(torch.rand(1, 3, size, size, device=device)).detach().requires_grad_(True)
+    with FlopCounterMode(display=False) as counter:
+        images = generator.decode(latent)
+        oracle.judge(images.detach(), torch.zeros(1, dtype=torch.long, device=device))
+        F.cross_entropy(model(images), torch.zeros(1, dtype=torch.long, device=device)).backward()
+    return int(counter.get_total_flops())
+
+
 def peak_memory_mb(device: str) -> float:
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
@@ -92,6 +136,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     per_step = seconds / args.images / (args.budget + 1)  # budget steps + the reconstruction check
     return {
+        **memory_estimate_mb(generator, oracle, model, args.size, args.memory_batch),
+        "gflops_per_image_step": round(step_flops(generator, oracle, model, args.size) / 1e9, 1),
+        "memory_batch": args.memory_batch,
         "device": args.device,
         "model": args.model,
         "size": args.size,
@@ -118,6 +165,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--mask-keep", type=float, default=None, help="share of latent dims a random mask keeps, e.g. 0.007")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--memory-batch", type=int, default=32, help="batch size the GPU memory estimate is for")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     figures = run(args)

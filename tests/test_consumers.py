@@ -28,7 +28,7 @@ def expected_records(root: Path, config: str) -> dict[str, dict[str, Any]]:
     return records
 
 
-def check_rows(rows: list[dict[str, Any]], expected: dict[str, dict[str, Any]], class_names: list[str]) -> None:
+def check_rows(rows: list[dict[str, Any]], expected: dict[str, dict[str, Any]], class_names: list[str], size: int = 16) -> None:
     assert sorted(row["key"] for row in rows) == sorted(expected)
     for row in rows:
         record = expected[row["key"]]
@@ -37,7 +37,7 @@ def check_rows(rows: list[dict[str, Any]], expected: dict[str, dict[str, Any]], 
         assert row["oracle_prob"] == pytest.approx(record["oracle_prob"], abs=1e-6)
         assert class_names[row["label"]] == row["class_name"]
         image = row["image"]
-        assert isinstance(image, Image.Image) and image.size == (16, 16)
+        assert isinstance(image, Image.Image) and image.size == (size, size)
 
 
 @pytest.mark.parametrize("streaming", [False, True], ids=["map", "streaming"])
