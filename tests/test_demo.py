@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +17,13 @@ from builder.build import BuildOptions, Builder
 from builder.cli import main
 from builder.paths import default_cache_dir
 from builder.recipes import load_recipe
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def shard_hashes(out: Path) -> dict[str, str]:
+    manifest = json.loads((out / "manifest.json").read_text())
+    return {f["path"]: f["sha256"] for c in manifest["configs"].values() for s in c["shards"] for f in s["files"].values()}
 
 
 @pytest.mark.slow
@@ -51,6 +59,25 @@ def test_digits_demo_end_to_end(tmp_path: Path) -> None:
             predictions = builder.models[name](images.float() / 255).argmax(-1)
         assert predictions.tolist() == perturbed["pred_after"]
 
+    # what a consumer reads: datasets (streaming too) and the webdataset builder match the records
+    from test_consumers import check_rows, expected_records
+
+    for name in manifest["configs"]:
+        expected = expected_records(out, name)
+        check_rows(list(load_dataset(str(out), name=name, split="test", streaming=True)), expected, manifest["class_names"], size=16)
+        shards = sorted(str(out / s["files"]["webdataset"]["path"]) for s in manifest["configs"][name]["shards"])
+        tars = load_dataset("webdataset", data_files={"test": shards}, split="test")
+        assert sorted(tars["__key__"]) == sorted(expected) and all(row["json"] == expected[row["__key__"]] for row in tars)
+
+    # anyone can check it, and it is ready to publish: verify with the oracle, a dry-run plan
+    verified = CliRunner().invoke(main, ["-q", "verify", str(out), "--oracle"])
+    assert verified.exit_code == 0, verified.output
+    assert "100.0%" in verified.output
+    plan = CliRunner().invoke(main, ["-q", "publish", str(out), "--repo-id", "fmr/digits-demo", "--dry-run"], env={"HF_TOKEN": "hf_never_printed"})
+    assert plan.exit_code == 0, plan.output
+    assert "convnext/test-00000-of-00003.parquet" in plan.output and "README.md" in plan.output
+    assert "hf_never_printed" not in plan.output
+
     # a second run reuses the trained components from the cache
     cached = {p: p.stat().st_mtime for p in (default_cache_dir() / "digits-demo").rglob("*") if p.is_file()}
     started = time.monotonic()
@@ -59,6 +86,16 @@ def test_digits_demo_end_to_end(tmp_path: Path) -> None:
     assert time.monotonic() - started < first_run / 3
     assert {p: p.stat().st_mtime for p in cached} == cached
     assert os.environ["FMR_BUILDER_CACHE"] in str(default_cache_dir())
+
+    # determinism: the same seed gives the same bytes; another seed trains other components
+    # (their seeds derive from the recipe's) and so gives another, equally valid benchmark
+    same = CliRunner().invoke(main, ["run", "digits-demo", "--out", str(tmp_path / "same"), "--limit", "20", "--no-progress"])
+    other = CliRunner().invoke(main, ["run", "digits-demo", "--out", str(tmp_path / "other"), "--limit", "20", "--seed", "1", "--no-progress"])
+    assert same.exit_code == 0 and other.exit_code == 0, (same.output, other.output)
+    hashes = {name: shard_hashes(tmp_path / name) for name in ("again", "same", "other")}
+    assert hashes["again"] == hashes["same"]
+    assert set(hashes["other"]) == set(hashes["again"])
+    assert all(hashes["other"][path] != hashes["again"][path] for path in hashes["again"])
 
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "digits"
