@@ -32,6 +32,10 @@ class FriendlyGroup(click.Group):
 
 def configure_logging(verbosity: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbosity > 1 else logging.INFO)
+    if quiet:  # huggingface_hub's upload/download bars are progress output too
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("builder").setLevel(level)
     for noisy in ("httpx", "urllib3", "huggingface_hub", "timm", "root"):
