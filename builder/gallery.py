@@ -264,6 +264,7 @@ SCRIPT = """
       if(params.has(name)){controls[name].value=params.get(name);}
     });
     if(controls.config.selectedIndex<0){controls.config.selectedIndex=0;}
+    if(controls['class'].selectedIndex<0){controls['class'].selectedIndex=0;}  // an unknown class: all
   }
   function apply(){
     var config=controls.config.value, cls=controls['class'].value;

@@ -185,6 +185,8 @@ def test_chromium_renders_and_filters(tiny_build: Path, tmp_path: Path) -> None:
     low = sorted(r["steps"] for r in rows)[len(rows) // 2]
     dom = parse(run_chromium(tmp_path / "p3", f"{url}#config=cnn&min_steps={low}&max_steps={low}", "--dump-dom", "--virtual-time-budget=2000"))
     assert len(dom.visible()) == sum(r["steps"] == low for r in rows) > 0
+    dom = parse(run_chromium(tmp_path / "p4", f"{url}#class=purple", "--dump-dom", "--virtual-time-budget=2000"))
+    assert dom.count == f"showing {len(rows)} of {len(rows)}"  # an unknown class falls back to all
 
 
 def test_cli_regenerates_and_rejects_other_dirs(tiny_build: Path, tmp_path: Path) -> None:
