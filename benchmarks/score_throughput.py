@@ -56,7 +56,7 @@ def synthetic_benchmark(root: Path, count: int, size: int) -> Path:
         WRITERS.get("parquet")().write(path, part, schema)
         shards.append({"num_samples": len(part), "files": {"parquet": {"path": f"cfg/{path.name}", "sha256": sha256_file(path)}}})
     write_json_atomic(root / "manifest.json", {
-        "id": "synthetic", "class_names": list(names),
+        "format": "fmr-benchmark/1", "id": "synthetic", "class_names": list(names),
         "recipe": {"image_size": size, "source": {"kind": "sklearn-digits"}, "output": {"keep_originals": True}},
         "configs": {"cfg": {"reference_model": {"model": "none"}, "shards": shards}},
     })

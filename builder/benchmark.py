@@ -69,23 +69,30 @@ def open_benchmark(location: str | Path) -> Benchmark:
     text = str(location)
     path = Path(text).expanduser()
     if path.is_dir():
-        return Benchmark(text, path, _read_manifest(path, text))
+        return Benchmark(text, path, read_manifest(path, text))
     if path.exists():
         raise BenchmarkError(f"--benchmark {text} is a file; give the benchmark directory")
     if HUB_ID.match(text) and not text.startswith((".", "/")):
         root = _download(text)
-        return Benchmark(text, root, _read_manifest(root, text))
+        return Benchmark(text, root, read_manifest(root, text))
     raise BenchmarkError(f"--benchmark {text}: no such directory, and not a Hub dataset id (org/name)")
 
 
-def _read_manifest(root: Path, location: str) -> dict[str, Any]:
-    manifest = root / "manifest.json"
+def read_manifest(root: Path, location: str | None = None) -> dict[str, Any]:
+    """The manifest of a finished benchmark dir (``location`` names it in errors); a one-line
+    error for anything else: no dir, no or unreadable manifest, another format, an interrupted build."""
+    location = location or str(root)
+    manifest = Path(root) / "manifest.json"
+    if not Path(root).is_dir():
+        raise BenchmarkError(f"{location} is not a directory; give a benchmark dir written by 'build-benchmark run'")
     if not manifest.is_file():
-        raise BenchmarkError(f"{location} has no manifest.json; give a directory written by 'build-benchmark run'")
+        raise BenchmarkError(f"{location} is not a built benchmark: it has no manifest.json; give a directory written by 'build-benchmark run'")
     try:
-        payload = json.loads(manifest.read_text())
-    except json.JSONDecodeError as error:
-        raise BenchmarkError(f"{manifest}: not valid JSON ({error.msg} at line {error.lineno})") from None
+        payload = json.loads(manifest.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise BenchmarkError(f"{manifest}: not valid JSON ({error}); rebuild the benchmark") from None
+    if not isinstance(payload, dict) or not str(payload.get("format", "")).startswith("fmr-benchmark/"):
+        raise BenchmarkError(f"{manifest} is not a benchmark manifest (no 'format: fmr-benchmark/...'); give a dir written by 'build-benchmark run'")
     if payload.get("complete") is False:
         raise BenchmarkError(f"{location}: the build was interrupted and is incomplete; resume it with the same 'build-benchmark run' command")
     return payload

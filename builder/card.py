@@ -142,11 +142,9 @@ def _row_identity(row: dict[str, Any]) -> tuple[str, str, str]:
 
 def write_card(root: Path, results: Sequence[Path] = (), repo_id: Optional[str] = None, revision: str = "main") -> Path:
     """(Re)write ``root/README.md`` from its manifest, with the leaderboard of ``results`` (kept)."""
-    manifest_path = root / "manifest.json"
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise BuilderError(f"{root}: cannot read manifest.json ({error}); give a dir written by 'build-benchmark run'") from None
+    from builder.benchmark import read_manifest
+
+    manifest = read_manifest(root)
     if results:
         leaderboard = add_results(root, manifest["id"], results)
     else:

@@ -315,9 +315,10 @@ def list_recipes() -> None:
 @click.option("--per-class", default=24, show_default=True, type=click.IntRange(min=1), help="At most N samples per class and config.")
 def gallery_command(directory: Path, per_class: int) -> None:
     """Regenerate DIRECTORY/gallery.html: originals beside perturbed images, for auditing labels."""
-    from builder.gallery import load_built, write_gallery
+    from builder.benchmark import read_manifest
+    from builder.gallery import write_gallery
 
-    path = write_gallery(directory, load_built(directory), per_class=per_class)
+    path = write_gallery(directory, read_manifest(directory), per_class=per_class)
     click.echo(f"wrote {path} ({path.stat().st_size} bytes)")
 
 

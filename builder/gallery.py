@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,22 +49,6 @@ class ConfigCards:
     total: int  # samples of the config, of which ``cards`` were picked
     has_originals: bool
     note: str = ""
-
-
-def load_built(root: Path) -> dict[str, Any]:
-    """The manifest of a built benchmark dir; a one-line error for anything else."""
-    path = root / "manifest.json"
-    if not root.is_dir():
-        raise GalleryError(f"{root} is not a directory; give a benchmark dir written by 'build-benchmark run'")
-    if not path.is_file():
-        raise GalleryError(f"{root} is not a built benchmark (no manifest.json); give a dir written by 'build-benchmark run'")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise GalleryError(f"{path} is not valid JSON ({error}); rebuild the benchmark") from None
-    if not isinstance(manifest, dict) or not str(manifest.get("format", "")).startswith("fmr-benchmark/"):
-        raise GalleryError(f"{path} is not a benchmark manifest (no 'format: fmr-benchmark/...'); give a dir written by 'build-benchmark run'")
-    return manifest
 
 
 def write_gallery(root: Path, manifest: dict[str, Any], *, per_class: int = 24) -> Path:

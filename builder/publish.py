@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 from builder import __version__
+from builder.benchmark import read_manifest
 from builder.errors import BuilderError
 from builder.fileio import sha256_file
 from builder.outdir import FINAL_FILES, STATS_DIR
@@ -143,7 +143,7 @@ def is_lfs(path: str, size: int) -> bool:
 def plan_upload(root: Path) -> UploadPlan:
     """What ``publish`` would upload from ``root``, in order; reads local files only."""
     root = Path(root)
-    manifest = _read_manifest(root)
+    manifest = read_manifest(root)
     shards = sorted(entry["path"] for config in manifest["configs"].values()
                     for shard in config["shards"] for entry in shard["files"].values())
     extras = [name for name in FINAL_FILES if name not in (CARD, MANIFEST) and (root / name).is_file()]
@@ -157,15 +157,6 @@ def plan_upload(root: Path) -> UploadPlan:
     return UploadPlan(root, str(manifest.get("recipe", {}).get("name", root.name)), str(manifest.get("id", "")),
                       files, card_yaml_header((root / CARD).read_text(encoding="utf-8")),
                       tuple(sorted(_left_out(root, set(order)))))
-
-
-def _read_manifest(root: Path) -> dict[str, Any]:
-    try:
-        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
-        manifest["configs"].values()
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise PublishError(f"{root}: cannot read {MANIFEST} ({error}); give a dir written by 'build-benchmark run'") from None
-    return manifest
 
 
 def _left_out(root: Path, planned: set[str]) -> Iterator[str]:
@@ -260,7 +251,7 @@ def prepare_upload(root: Path, repo_id: str, results: Sequence[Path] = (), revis
 
     root = Path(root)
     check_repo_id(repo_id)
-    _read_manifest(root)
+    read_manifest(root)
     write_card(root, list(results), repo_id=repo_id, revision=revision or DEFAULT_BRANCH)
     report = verify_benchmark(root)
     if not report.ok:

@@ -18,7 +18,8 @@ from PIL import Image
 
 from builder import gallery
 from builder.cli import main
-from builder.gallery import load_built, spread, write_gallery
+from builder.benchmark import read_manifest
+from builder.gallery import spread, write_gallery
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = (
@@ -100,14 +101,14 @@ def test_cards_match_the_shards(tiny_build: Path) -> None:
     assert "http://" not in page and "https://" not in page and "<link" not in page and "@import" not in page
     assert "image-rendering:pixelated" in page
     assert "showing" in page and "min_steps" in page
-    manifest = load_built(tiny_build)
+    manifest = read_manifest(tiny_build)
     again = write_gallery(tiny_build, manifest).read_bytes()
     assert again == page.encode("utf-8") == write_gallery(tiny_build, manifest).read_bytes()  # no timestamps
 
 
 def test_per_class_keeps_the_ends_of_the_steps(tiny_build: Path) -> None:
     rows = records(tiny_build)
-    cards = parse(write_gallery(tiny_build, load_built(tiny_build), per_class=2).read_text(encoding="utf-8")).cards
+    cards = parse(write_gallery(tiny_build, read_manifest(tiny_build), per_class=2).read_text(encoding="utf-8")).cards
     for name in ("blue", "green", "red"):
         steps = sorted((r["steps"], r["key"]) for r in rows.values() if r["class_name"] == name)
         shown = sorted((int(c["data-steps"]), c["data-key"]) for c in cards if c["data-class"] == name)
@@ -141,7 +142,7 @@ def test_no_originals_large_images_and_the_page_budget(tmp_path: Path, monkeypat
     names = ["cat", '<b>&"dog', "eel"]
     fake_benchmark(tmp_path, names, ["a", "b"], per_class=4, size=200)
     monkeypatch.setattr(gallery, "MAX_CARDS", 12)  # 3 classes x 2 configs -> 2 per class
-    page = write_gallery(tmp_path, load_built(tmp_path)).read_text(encoding="utf-8")
+    page = write_gallery(tmp_path, read_manifest(tmp_path)).read_text(encoding="utf-8")
     cards = parse(page).cards
     assert len(cards) == 12 and {c["data-class"] for c in cards} == set(names)
     assert '<b>&"dog' not in page and "&lt;b&gt;&amp;&quot;dog" in page

@@ -56,6 +56,7 @@ def hand_built_benchmark(root: Path, rows: list[tuple[int, int, int, bool, int]]
 
     reference = PreprocessedClassifier(color_net(3), Preprocessing(input_size=8), 3, spec["model"])
     manifest = {
+        "format": "fmr-benchmark/1",
         "id": sha256_json(shards),
         "class_names": list(CLASSES),
         "recipe": {"image_size": 8, "source": {"kind": "sklearn-digits"}, "output": {"keep_originals": keep_originals}},
