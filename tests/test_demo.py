@@ -19,11 +19,7 @@ from builder.paths import default_cache_dir
 from builder.recipes import load_recipe
 
 sys.path.insert(0, str(Path(__file__).parent))
-
-
-def shard_hashes(out: Path) -> dict[str, str]:
-    manifest = json.loads((out / "manifest.json").read_text())
-    return {f["path"]: f["sha256"] for c in manifest["configs"].values() for s in c["shards"] for f in s["files"].values()}
+from test_cli import shard_hashes  # noqa: E402
 
 
 @pytest.mark.slow
