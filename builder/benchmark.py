@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from builder.errors import BuilderError
+from builder.manifest import MANIFEST, load_json_bounded, parse_manifest
 from builder.registry import unknown_name_message
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -79,23 +79,20 @@ def open_benchmark(location: str | Path) -> Benchmark:
 
 
 def read_manifest(root: Path, location: str | None = None) -> dict[str, Any]:
-    """The manifest of a finished benchmark dir (``location`` names it in errors); a one-line
-    error for anything else: no dir, no or unreadable manifest, another format, an interrupted build."""
+    """The manifest of a finished benchmark dir (``location`` names it in errors), checked
+    against :class:`builder.manifest.Manifest`; a one-line error for anything else: no dir, no
+    or unreadable manifest, another format, a path leading outside, an interrupted build."""
     location = location or str(root)
-    manifest = Path(root) / "manifest.json"
+    manifest = Path(root) / MANIFEST
     if not Path(root).is_dir():
         raise BenchmarkError(f"{location} is not a directory; give a benchmark dir written by 'build-benchmark run'")
     if not manifest.is_file():
         raise BenchmarkError(f"{location} is not a built benchmark: it has no manifest.json; give a directory written by 'build-benchmark run'")
-    try:
-        payload = json.loads(manifest.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise BenchmarkError(f"{manifest}: not valid JSON ({error}); rebuild the benchmark") from None
-    if not isinstance(payload, dict) or not str(payload.get("format", "")).startswith("fmr-benchmark/"):
-        raise BenchmarkError(f"{manifest} is not a benchmark manifest (no 'format: fmr-benchmark/...'); give a dir written by 'build-benchmark run'")
-    if payload.get("complete") is False:
+    payload = load_json_bounded(manifest, str(manifest))
+    if isinstance(payload, dict) and payload.get("complete") is False:
         raise BenchmarkError(f"{location}: the build was interrupted and is incomplete; resume it with the same 'build-benchmark run' command")
-    return payload
+    # the checked form: every field readers use is there (defaults filled in), extra keys kept
+    return parse_manifest(payload, str(manifest)).model_dump(mode="json")
 
 
 def _download(repo_id: str) -> Path:

@@ -17,14 +17,15 @@ from typing import Any, Iterator, Optional
 import numpy as np
 
 from builder import __version__
-from builder.components.base import ComponentContext
+from builder.components.base import ComponentContext, check_image_size
 from builder.config import Recipe, recipe_to_dict
 from builder.checkpoints import weights_fingerprint
 from builder.engine import STOP_NON_FINITE
 from builder.errors import OutputError
-from builder.fileio import sha256_file, sha256_json, write_bytes_atomic, write_json_atomic
+from builder.fileio import inside, sha256_file, sha256_json, write_bytes_atomic, write_json_atomic
 from builder.images import encode_image
-from builder.outdir import STATS_DIR, open_output
+from builder.manifest import MANIFEST, MANIFEST_FORMAT, PREVIEW, REJECTS, STATS_DIR
+from builder.outdir import claim_output, inspect_output
 from builder.plan import WorkUnit, plan_units
 from builder.recipes import LoadedRecipe
 from builder.sources.base import SourceContext, check_label, open_source
@@ -33,7 +34,6 @@ from builder.writers import WRITERS, OutputSample, ShardSchema
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FORMAT = "fmr-benchmark/1"
 PREVIEW_SAMPLES = 8
 
 
@@ -45,6 +45,8 @@ class BuildOptions:
     batch_size: Optional[int] = None
     limit: Optional[int] = None
     overwrite: bool = False
+    #: with ``overwrite`` or a resume: also delete files in the dir that the build did not write
+    force_clean: bool = False
     progress: bool = True
 
 
@@ -157,6 +159,7 @@ class Builder:
         self.recipe: Recipe = loaded.recipe
         self.options = options
         self.batch_size = options.batch_size or self.recipe.batch_size
+        check_image_size(self.recipe.generator, self.recipe.image_size, loaded.base_dir, options.cache_dir)
         self.source = open_source(self.recipe.source, SourceContext(loaded.base_dir, options.cache_dir))
         self.class_names = tuple(self.source.class_names)
         total = len(self.source) if options.limit is None else min(len(self.source), options.limit)
@@ -189,23 +192,29 @@ class Builder:
         self.fingerprints = {name: weights_fingerprint(model) for name, model in self.models.items()}
 
     def identity(self) -> dict[str, Any]:
-        """What this build is: a resumed run must match it exactly."""
+        """What this build is: a resumed run must match it exactly, the source's resolved
+        location and listing included (the same recipe text elsewhere reads other images)."""
         return {
             "format": MANIFEST_FORMAT,
             "tool_version": __version__,
             "recipe": recipe_to_dict(self.recipe),
             "limit": self.options.limit,
             "source_samples": self.total,
+            "configs": [spec.config_name for spec in self.recipe.reference_models],
+            "source": source_fingerprint(self.source, self.recipe.source, self.loaded.base_dir),
         }
 
     def run(self) -> BuildSummary:
         started = time.monotonic()
-        completed = open_output(self.options.out_dir, self.identity(), self.options.overwrite)
+        identity = self.identity()
+        state = inspect_output(self.options.out_dir, identity, overwrite=self.options.overwrite, force_clean=self.options.force_clean)
+        completed = state.completed
         names = [spec.config_name for spec in self.recipe.reference_models]
         pending = [(unit, name) for unit in self.units for name in names if (name, unit.shard_stem(self.recipe.output.split)) not in completed]
-        if pending:
+        if pending:  # before the dir is touched: a component that fails to load changes nothing
             self.load_components()
             self._check_same_weights(completed)
+        claim_output(state, identity)
         tallies = {name: ConfigTally() for name in names}
         rejects: dict[int, list[dict[str, Any]]] = {}
         with self._progress() as bar:
@@ -253,7 +262,7 @@ class Builder:
         manifest["complete"] = False
         manifest["progress"] = {"units_done": done, "units_total": len(self.units) * len(tallies)}
         with contextlib.suppress(OSError):  # best effort: the stats files are what resume relies on
-            write_json_atomic(out / "manifest.json", manifest)
+            write_json_atomic(out / MANIFEST, manifest)
             for stale in ("README.md", "gallery.html", "preview.png"):
                 (out / stale).unlink(missing_ok=True)
 
@@ -331,7 +340,7 @@ class Builder:
         stem = unit.shard_stem(self.recipe.output.split)
         files = {}
         for fmt, writer in self.writers.items():
-            path = out / name / f"{stem}{writer.suffix}"
+            path = inside(out, name, f"{stem}{writer.suffix}")
             with _output_errors(path):
                 writer.write(path, samples, self.schema)
             files[fmt] = {"path": path.relative_to(out).as_posix(), "sha256": sha256_file(path), "bytes": path.stat().st_size}
@@ -348,8 +357,9 @@ class Builder:
             "files": files,
             "rejects": rejects,
         }
-        with _output_errors(out / STATS_DIR / name / f"{stem}.json"):
-            write_json_atomic(out / STATS_DIR / name / f"{stem}.json", stats)
+        stats_path = inside(out, STATS_DIR, name, f"{stem}.json")
+        with _output_errors(stats_path):
+            write_json_atomic(stats_path, stats)
 
     def _finish(self, tallies: dict[str, ConfigTally], rejects: list[dict[str, Any]]) -> dict[str, Any]:
         from builder.card import write_card
@@ -358,11 +368,12 @@ class Builder:
 
         out = self.options.out_dir
         manifest = self._manifest(tallies, rejects)
-        write_bytes_atomic(out / "rejects.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects).encode())
-        render_preview(out / "preview.png", {name: self._preview_rows(name) for name in tallies}, self.class_names)
-        write_gallery(out, manifest)
-        write_json_atomic(out / "manifest.json", manifest)
-        write_card(out)
+        with _output_errors(out):
+            write_bytes_atomic(out / REJECTS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects).encode())
+            render_preview(out / PREVIEW, {name: self._preview_rows(name) for name in tallies}, self.class_names)
+            write_gallery(out, manifest)
+            write_json_atomic(out / MANIFEST, manifest)
+            write_card(out)
         return manifest
 
     def _preview_rows(self, name: str) -> list[tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
@@ -422,6 +433,19 @@ class Builder:
         body["id"] = sha256_json({"recipe": body["recipe_sha256"], "configs": configs})
         body["complete"] = True
         return body
+
+
+def source_fingerprint(source: Any, config: Any, base_dir: Path) -> dict[str, Any]:
+    """Where the source's files are and what it lists: its path-like settings resolved against
+    the recipe's dir, its class names, its length and its first and last sample ids."""
+    locations = {}
+    for key, value in config.model_dump(mode="json").items():
+        for text in [value] if isinstance(value, str) else (value if isinstance(value, list) else []):
+            if isinstance(text, str) and key != "kind" and text and (base_dir / text).exists():
+                locations[f"{key}:{text}"] = str((base_dir / text).resolve())
+    count = len(source)
+    ends = [next(iter(source.items(i, i + 1))).source_id for i in sorted({0, count - 1}) if count]
+    return {"locations": locations, "class_names": list(source.class_names), "count": count, "ends": ends}
 
 
 def package_versions() -> dict[str, str]:

@@ -87,7 +87,8 @@ def render_card(
     header = yaml.safe_dump(card_header(manifest, schema), sort_keys=False, allow_unicode=True)
     rows = []
     for name, config in manifest["configs"].items():
-        rows.append({"name": name, "spec": config["reference_model"]["model"], "num_non_finite": 0, **config})
+        spec = " ".join(str(config["reference_model"]["model"]).split()).replace("`", "'")  # stays inside its code span
+        rows.append({"name": name, "num_non_finite": 0, **config, "spec": spec})
     return environment.get_template(CARD_TEMPLATE).render(
         header=header,
         manifest=manifest,
@@ -109,7 +110,10 @@ def read_leaderboard(root: Path, benchmark_id: str) -> list[dict[str, Any]]:
     path = root / LEADERBOARD_FILE
     if not path.is_file():
         return []
-    rows = json.loads(path.read_text())
+    from builder.leaderboard import checked_rows
+    from builder.manifest import load_json_bounded
+
+    rows = checked_rows(load_json_bounded(path, str(path), max_bytes=64 << 20), str(path))
     kept = [row for row in rows if row.get("benchmark_id") == benchmark_id]
     if len(kept) < len(rows):
         log.warning("%s: dropped %d result(s) of another build of this benchmark", path, len(rows) - len(kept))

@@ -150,24 +150,61 @@ ALLOWED_GLOBALS: list[tuple[Any, str]] = [
 ]
 
 
+REREAD = "re-download it or save it again"
+
+
+def _reason(error: BaseException) -> str:
+    """The first sentence of an exception's first line, short enough for a one-line message."""
+    lines = str(error).strip().splitlines()
+    if not lines:
+        return type(error).__name__
+    text = lines[0].split(". ")[0].rstrip(".:")
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _unsafe_globals(path: Path, error: BaseException) -> list[str] | None:
+    """The pickled globals a checkpoint needs, when ``error`` is torch refusing them; None when
+    the file is not a torch checkpoint at all."""
+    import torch
+
+    try:
+        needed = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - not a zip checkpoint: read the refusal's own message
+        needed = re.findall(r"GLOBAL ([\w.]+)", str(error))
+    return list(needed) or None
+
+
 def _torch_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` of a user's file: any way it fails to parse is one line."""
     import torch
 
     try:
         with torch.serialization.safe_globals(ALLOWED_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        try:
-            needed = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        except Exception:  # noqa: BLE001 - only used to enrich the message
-            needed = []
-        names = ", ".join(needed[:3]) or "pickled code"
+    except pickle.UnpicklingError as error:
+        needed = _unsafe_globals(path, error)
+        if needed is None:
+            raise CheckpointError(
+                f"cannot read checkpoint {path}: not a torch checkpoint (its pickle is malformed); {REREAD} with torch.save"
+            ) from None
         raise CheckpointError(
-            f"refusing to load {path}: it needs {names}, which weights_only=True does not allow; "
+            f"refusing to load {path}: it needs {', '.join(needed[:3])}, which weights_only=True does not allow; "
             "convert it to .safetensors from a trusted copy"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise CheckpointError(f"cannot read checkpoint {path}: {str(error).splitlines()[0]}") from None
+    except EOFError:
+        raise CheckpointError(f"cannot read checkpoint {path}: it ends too early (truncated?); {REREAD}") from None
+    except MemoryError:
+        raise CheckpointError(f"cannot read checkpoint {path}: it claims more memory than there is (corrupt?); {REREAD}") from None
+    except Exception as error:  # noqa: BLE001 - a corrupt file can make torch's parser raise anything
+        raise CheckpointError(f"cannot read checkpoint {path}: {_reason(error)}; {REREAD}") from None
+
+
+def _tensor_kind(tensor: Any) -> str:
+    if tensor.is_complex():
+        return "complex"
+    if tensor.is_floating_point():
+        return "float"
+    return "bool" if str(tensor.dtype) == "torch.bool" else "integer"
 
 
 def _tensor_dict(payload: Any, path: Path) -> dict[str, Any]:
@@ -177,21 +214,38 @@ def _tensor_dict(payload: Any, path: Path) -> dict[str, Any]:
         if isinstance(payload, Mapping) and isinstance(payload.get(key), Mapping):
             payload = payload[key]
             break
-    if not isinstance(payload, Mapping) or not payload:
-        raise CheckpointError(f"checkpoint {path} holds no state dict")
+    fix = "save model.state_dict() (a dict of named tensors)"
+    if not isinstance(payload, Mapping):
+        raise CheckpointError(f"checkpoint {path} holds a {type(payload).__name__}, not a state dict; {fix}")
+    if not payload:
+        raise CheckpointError(f"checkpoint {path} holds an empty dict, no weights; {fix}")
     tensors = {k: v for k, v in payload.items() if isinstance(v, torch.Tensor)}
     if not tensors:
-        raise CheckpointError(f"checkpoint {path} holds no tensors")
+        raise CheckpointError(f"checkpoint {path} holds no tensors; {fix}")
+    for key, tensor in tensors.items():
+        if not isinstance(key, str):
+            raise CheckpointError(f"checkpoint {path} has a tensor under the key {key!r}, not a name; {fix}")
+        if tensor.layout != torch.strided:
+            raise CheckpointError(f"checkpoint {path}: '{key}' is a {tensor.layout} tensor, not a dense one; {fix}")
     return {k.removeprefix("module."): v for k, v in tensors.items()}
 
 
 def load_state_dict(path: Path, *, cache_dir: Path | None = None, what: str = "checkpoint") -> dict[str, Any]:
     """Tensors of a ``.safetensors`` or torch checkpoint; pickles get a safetensors copy cached."""
+    if path.is_dir():
+        raise CheckpointError(f"{what} {path} is a directory, not a file; name the checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"{what} not found: {path}; check the path or train it first")
+    try:
+        empty = path.stat().st_size == 0
+        digest = sha256_file(path) if cache_dir and path.suffix != ".safetensors" else None
+    except OSError as error:
+        raise CheckpointError(f"cannot read checkpoint {path}: {error.strerror or _reason(error)}; check its permissions") from None
+    if empty:
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is empty (0 bytes); {REREAD}")
     if path.suffix == ".safetensors":
         return _load_safetensors(path)
-    cached = cache_dir / "safetensors" / f"{sha256_file(path)}.safetensors" if cache_dir else None
+    cached = cache_dir / "safetensors" / f"{digest}.safetensors" if cache_dir else None
     if cached is not None and cached.is_file():
         return _load_safetensors(cached)
     state = _tensor_dict(_torch_load(path), path)
@@ -201,13 +255,15 @@ def load_state_dict(path: Path, *, cache_dir: Path | None = None, what: str = "c
 
 
 def _load_safetensors(path: Path) -> dict[str, Any]:
-    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(path))
-    except (SafetensorError, OSError) as error:
-        raise CheckpointError(f"cannot read {path}: {error}") from None
+        state = load_file(str(path))
+    except Exception as error:  # noqa: BLE001 - SafetensorError, or whatever a corrupt header makes it raise
+        raise CheckpointError(f"cannot read checkpoint {path}: {_reason(error)}; {REREAD}") from None
+    if not state:
+        raise CheckpointError(f"checkpoint {path} holds no tensors; save model.state_dict() (a dict of named tensors)")
+    return state
 
 
 def _save_safetensors(state: Mapping[str, Any], path: Path) -> None:
@@ -255,6 +311,12 @@ def load_weights(
                 f"{what} checkpoint {path} does not fit the model: '{key}' is "
                 f"{tuple(state[key].shape)} in the file but {tuple(tensor.shape)} in the model; "
                 "check the model config and num_classes"
+            )
+        if key in state and _tensor_kind(state[key]) != _tensor_kind(tensor):  # float16 for float32 is fine
+            raise CheckpointError(
+                f"{what} checkpoint {path} does not fit the model: '{key}' is "
+                f"{str(state[key].dtype).removeprefix('torch.')} in the file but {str(tensor.dtype).removeprefix('torch.')} "
+                "in the model; save the model's own state_dict()"
             )
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

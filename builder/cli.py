@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -17,13 +18,21 @@ log = logging.getLogger("builder")
 
 
 class FriendlyGroup(click.Group):
-    """Turns :class:`BuilderError` into a one-line message and exit code 2, no traceback."""
+    """Turns :class:`BuilderError` (every bad input) into one line, ``error: <what>: <why>; <fix>``,
+    and exit code 2; ``-v`` adds the traceback. Anything else is a bug and keeps its traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except BuilderError as error:
-            click.echo(f"error: {error}", err=True)
+            if log.isEnabledFor(logging.DEBUG) or ctx.meta.get("fmr.verbose"):
+                traceback.print_exception(error, file=sys.stderr)
+            message = " ".join(str(error).split()) or type(error).__name__
+            click.echo(f"error: {message}", err=True)
+            sys.exit(2)
+        except click.UsageError as error:  # a bad flag or argument: one line too, pointing at --help
+            where = f"; see '{error.ctx.command_path} --help'" if error.ctx else ""
+            click.echo(f"error: {' '.join(error.format_message().split()).rstrip('.')}{where}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted: finished work units are kept; resume with the same command", err=True)
@@ -69,8 +78,10 @@ def cache_option(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 @click.version_option(__version__, prog_name="build-benchmark")
-def main(verbose: int, quiet: bool) -> None:
+@click.pass_context
+def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """Build static robustness benchmarks with a foundation-model oracle (FMR, Zhang et al.)."""
+    ctx.meta["fmr.verbose"] = verbose > 0
     configure_logging(verbose, quiet)
 
 
@@ -83,11 +94,12 @@ def main(verbose: int, quiet: bool) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per engine batch (default: the recipe's).")
 @click.option("--seed", type=int, help="Override the recipe's seed.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key, e.g. perturbation.budget=10 (repeatable).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing benchmark dir.")
+@click.option("--overwrite", is_flag=True, help="Replace the build in --out (only the files a build writes are deleted).")
+@click.option("--force-clean", is_flag=True, help="Also delete files in --out that the build did not write (with --overwrite, or when they block a resume).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @cache_option
 def run(recipe: str, out_dir: Optional[Path], limit: Optional[int], dry_run: bool, device: Optional[str], batch_size: Optional[int],
-        seed: Optional[int], overrides: tuple[str, ...], overwrite: bool, no_progress: bool, cache_dir: Optional[Path]) -> None:
+        seed: Optional[int], overrides: tuple[str, ...], overwrite: bool, force_clean: bool, no_progress: bool, cache_dir: Optional[Path]) -> None:
     """Build the benchmark of RECIPE (a YAML path or a bundled recipe name) into --out."""
     from builder.build import BuildOptions, build_benchmark
     from builder.paths import default_cache_dir
@@ -108,6 +120,7 @@ def run(recipe: str, out_dir: Optional[Path], limit: Optional[int], dry_run: boo
         batch_size=batch_size,
         limit=limit,
         overwrite=overwrite,
+        force_clean=force_clean,
         progress=not no_progress,
     )
     signal.signal(signal.SIGTERM, _interrupt)  # a preempted node: stop like Ctrl-C, keep finished units
@@ -163,7 +176,7 @@ def format_summary(name: str, summary: Any) -> str:
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0), help="Image-decoding worker processes.")
 @click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(min=0), help="Bootstrap resamples for the 95% intervals.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1), help="Seed of the bootstrap.")
 @click.option("--per-class", is_flag=True, help="Also print a per-class table.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write every figure to this JSON file.")
 @click.option("--source", "source_recipe", default=None, metavar="RECIPE", help="Recipe whose source gives the originals, for benchmarks built without them.")
@@ -172,11 +185,13 @@ def format_summary(name: str, summary: Any) -> str:
 @click.option("--limit", type=click.IntRange(min=1), help="With --dynamic: only the first N source samples.")
 @click.option("--save", type=click.Path(file_okay=False, path_type=Path), help="With --dynamic: keep the generated benchmark here.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="With --dynamic: override a recipe key.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow model specs read from a benchmark's manifest (ref:) or a download to import and run code (py:).")
 @cache_option
 def score_command(benchmarks: tuple[str, ...], config_name: Optional[str], models: tuple[str, ...], checkpoints: tuple[str, ...],
                   batch_size: int, device: Optional[str], workers: int, bootstrap: int, seed: int, per_class: bool,
                   json_out: Optional[Path], source_recipe: Optional[str], dynamic: bool, recipe: Optional[str],
-                  limit: Optional[int], save: Optional[Path], overrides: tuple[str, ...], cache_dir: Optional[Path]) -> None:
+                  limit: Optional[int], save: Optional[Path], overrides: tuple[str, ...], trust_remote_code: bool,
+                  cache_dir: Optional[Path]) -> None:
     """Score models on benchmarks: SA, PA, FMR = PA / SA x 100, with 95% bootstrap intervals."""
     from builder.benchmark import open_benchmark
     from builder.fileio import write_json_atomic
@@ -202,10 +217,10 @@ def score_command(benchmarks: tuple[str, ...], config_name: Optional[str], model
             for model, checkpoint in paired:
                 static.append(score(bench, model, config=config, checkpoint=checkpoint, device=device, batch_size=batch_size,
                                     workers=workers, bootstrap=bootstrap, seed=seed, with_per_class=per_class,
-                                    source_recipe=source_recipe, cache_dir=cache))
+                                    source_recipe=source_recipe, cache_dir=cache, trust_remote_code=trust_remote_code))
     live = [
         score_dynamic(recipe, model, checkpoint=checkpoint, overrides=overrides, limit=limit, save=save, device=device,
-                      bootstrap=bootstrap, seed=seed, cache_dir=cache, progress=True)
+                      bootstrap=bootstrap, seed=seed, cache_dir=cache, progress=True, trust_remote_code=trust_remote_code)
         for model, checkpoint in paired
     ] if dynamic else []
     results = static + live
@@ -254,15 +269,16 @@ def card_command(benchmark_dir: Path, results: tuple[Path, ...], repo_id: Option
 @click.option("--device", default=None, help="With --oracle: torch device (default: cuda if available, else cpu).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="With --oracle: images per oracle batch (default: the recipe's).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the report to this JSON file.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow model specs read from a benchmark's manifest (--oracle) or a download to import and run code (py:).")
 @cache_option
 def verify_command(directory: Path, with_oracle: bool, recipe: Optional[str], device: Optional[str], batch_size: Optional[int],
-                   json_out: Optional[Path], cache_dir: Optional[Path]) -> None:
+                   json_out: Optional[Path], trust_remote_code: bool, cache_dir: Optional[Path]) -> None:
     """Check a built benchmark DIR against its manifest and card; exit 1 listing every problem."""
     from builder.fileio import write_json_atomic
     from builder.verify import format_report, verify_benchmark
 
     report = verify_benchmark(directory, oracle=with_oracle, device=resolve_device(device) if with_oracle else "cpu",
-                              cache_dir=cache_dir, batch_size=batch_size, recipe=recipe)
+                              cache_dir=cache_dir, batch_size=batch_size, recipe=recipe, trust_remote_code=trust_remote_code)
     if json_out is not None:
         write_json_atomic(json_out, report.to_json())
     click.echo(format_report(report))

@@ -10,14 +10,36 @@ from __future__ import annotations
 
 import re
 import typing
-from typing import Any, ClassVar, Literal, Optional
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from builder.errors import RecipeError
 from builder.registry import Registry, closest, unknown_name_message
+from builder.safeyaml import one_line
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+#: a name that becomes a directory or file name: one path component, never '..'
+PATH_COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MAX_NAME = 64
+MAX_SEED = 2**63  # exclusive: torch and numpy take 64-bit seeds
+MAX_IMAGE_SIZE = 4096
+MAX_BATCH = 65536
+MAX_CLASSES = 100_000
+MAX_CLASS_NAME = 256
+
+
+def invalid(message: str, fix: str) -> PydanticCustomError:
+    """A validation error whose ``fix`` is shown after the offending value."""
+    return PydanticCustomError("recipe_value", message, {"fix": fix})
 
 
 class Frozen(BaseModel):
@@ -33,7 +55,7 @@ class Frozen(BaseModel):
 ClassRanges = dict[str, tuple[tuple[int, int], ...]]
 
 
-def check_class_ranges(value: Optional[ClassRanges]) -> Optional[ClassRanges]:
+def check_class_ranges(value: ClassRanges | None) -> ClassRanges | None:
     """Ranges are ordered pairs, non-empty, and no index belongs to two super-classes."""
     if value is None:
         return None
@@ -58,42 +80,43 @@ class TrainConfig(Frozen):
 
     split: str = "train"
     epochs: int = Field(10, gt=0)
-    batch_size: int = Field(64, gt=0)
-    lr: float = Field(1e-3, gt=0)
-    seed: Optional[int] = None  # default: derived from the recipe's seed and the component
+    batch_size: int = Field(64, gt=0, le=MAX_BATCH)
+    lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
+    #: default: derived from the recipe's seed and the component
+    seed: int | None = Field(None, ge=0, lt=MAX_SEED)
     #: resolution training images are kept at (default: the recipe's image_size); a classifier
     #: for 32 px CIFAR need not train on 256 px upsamplings
-    image_size: Optional[int] = Field(None, gt=0)
+    image_size: int | None = Field(None, gt=0, le=MAX_IMAGE_SIZE)
     augment: bool = False
 
 
 class PreprocessConfig(Frozen):
     """Overrides of a model's own preprocessing (normally read from its pretrained config)."""
 
-    input_size: Optional[int] = Field(None, gt=0)
-    interpolation: Optional[Literal["bilinear", "bicubic", "nearest"]] = None
-    crop_pct: Optional[float] = Field(None, gt=0, le=1)
-    mean: Optional[tuple[float, float, float]] = None
-    std: Optional[tuple[float, float, float]] = None
+    input_size: int | None = Field(None, gt=0, le=MAX_IMAGE_SIZE)
+    interpolation: Literal["bilinear", "bicubic", "nearest"] | None = None
+    crop_pct: float | None = Field(None, gt=0, le=1)
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
 
 
 class ModelSpec(Frozen):
     """A classifier: ``timm:<name[.tag]>`` or ``py:<module>:<callable>``, optional checkpoint."""
 
     model: str
-    name: Optional[str] = None
+    name: str | None = None
     pretrained: bool = True
-    checkpoint: Optional[str] = None
-    num_classes: Optional[int] = Field(None, gt=0)
+    checkpoint: str | None = None
+    num_classes: int | None = Field(None, gt=0)
     kwargs: dict[str, Any] = Field(default_factory=dict)
     preprocess: PreprocessConfig = PreprocessConfig()
-    train: Optional[TrainConfig] = None
+    train: TrainConfig | None = None
     #: pool the model's outputs into these super-classes (logsumexp of the member logits)
-    class_ranges: Optional[ClassRanges] = None
+    class_ranges: ClassRanges | None = None
 
     @field_validator("class_ranges")
     @classmethod
-    def _disjoint_ranges(cls, value: Optional[ClassRanges]) -> Optional[ClassRanges]:
+    def _disjoint_ranges(cls, value: ClassRanges | None) -> ClassRanges | None:
         return check_class_ranges(value)
 
     @field_validator("model")
@@ -105,9 +128,9 @@ class ModelSpec(Frozen):
 
     @field_validator("name")
     @classmethod
-    def _slug(cls, value: Optional[str]) -> Optional[str]:
-        if value is not None and not SLUG.match(value):
-            raise ValueError(f"'{value}' must be lowercase letters, digits, '-' or '_'")
+    def _slug(cls, value: str | None) -> str | None:
+        if value is not None and not (SLUG.match(value) and len(value) <= MAX_NAME):
+            raise ValueError(f"'{value}' must be lowercase letters, digits, '-' or '_' (at most {MAX_NAME})")
         return value
 
     @property
@@ -121,13 +144,31 @@ class ModelSpec(Frozen):
 
 class SourceConfig(Frozen):
     kind: str
-    class_names: Optional[tuple[str, ...]] = None
+    class_names: tuple[str, ...] | None = None
     #: keep only samples whose label falls in a range, relabelled to its super-class
-    class_ranges: Optional[ClassRanges] = None
+    class_ranges: ClassRanges | None = None
+
+    @field_validator("class_names", mode="before")
+    @classmethod
+    def _not_too_many(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)) and len(value) > MAX_CLASSES:
+            raise invalid(f"at most {MAX_CLASSES} class names (got {len(value)})", "list fewer or remove class_names")
+        return value
+
+    @field_validator("class_names")
+    @classmethod
+    def _one_line_names(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        """Class names end up in prompts, cards and one-line messages."""
+        for index, name in enumerate(value or ()):
+            if not name.strip() or len(name) > MAX_CLASS_NAME or name.splitlines() != [name]:
+                shown = one_line(repr(name), 60)
+                raise invalid(f"class name [{index}] must be 1 to {MAX_CLASS_NAME} characters on one line (got {shown})",
+                              "fix that name")
+        return value
 
     @field_validator("class_ranges")
     @classmethod
-    def _disjoint_ranges(cls, value: Optional[ClassRanges]) -> Optional[ClassRanges]:
+    def _disjoint_ranges(cls, value: ClassRanges | None) -> ClassRanges | None:
         return check_class_ranges(value)
 
 
@@ -142,17 +183,25 @@ class OracleConfig(Frozen):
 class PerturbationConfig(Frozen):
     """Algorithm 1's knobs; defaults are the paper's (step 0.001, budget 50)."""
 
-    step_size: float = Field(0.001, gt=0)
-    budget: int = Field(50, ge=0)
+    step_size: float = Field(0.001, gt=0, allow_inf_nan=False)
+    budget: int = Field(50, ge=0, le=100_000)
     direction: Literal["sign", "gradient", "l2"] = "sign"
 
 
 class OutputConfig(Frozen):
     formats: tuple[str, ...] = ("webdataset", "parquet")
-    samples_per_shard: int = Field(1000, gt=0)
+    samples_per_shard: int = Field(1000, gt=0, le=1_000_000)
     image_encoding: Literal["png", "webp"] = "png"
     keep_originals: bool = True
     split: str = "test"
+
+    @field_validator("split")
+    @classmethod
+    def _one_component(cls, value: str) -> str:
+        """Shard files are named after the split; it must not lead out of the output dir."""
+        if not PATH_COMPONENT.match(value) or ".." in value:
+            raise invalid("must be one path component of letters, digits, '-', '_' or '.'", "e.g. test")
+        return value
 
     @field_validator("formats")
     @classmethod
@@ -175,9 +224,9 @@ class Recipe(Frozen):
     generator: SerializeAsAny[GeneratorConfig]
     oracle: SerializeAsAny[OracleConfig]
     perturbation: PerturbationConfig = PerturbationConfig()
-    image_size: int = Field(256, gt=0)
-    seed: int = 0
-    batch_size: int = Field(32, gt=0)
+    image_size: int = Field(256, gt=0, le=MAX_IMAGE_SIZE)
+    seed: int = Field(0, ge=0, lt=MAX_SEED)
+    batch_size: int = Field(32, gt=0, le=MAX_BATCH)
     output: OutputConfig = OutputConfig()
     license: str = "unknown"
     source_citation: str = ""
@@ -188,6 +237,13 @@ class Recipe(Frozen):
         if not value:
             raise ValueError("at least one reference model is needed")
         names = [spec.config_name for spec in value]
+        for index, (spec, name) in enumerate(zip(value, names)):
+            if not (SLUG.match(name) and len(name) <= MAX_NAME):  # it names the config's directory
+                raise invalid(
+                    f"[{index}]: model {one_line(repr(spec.model), 100)} gives no usable config name "
+                    f"(got {one_line(repr(name), 100)})",
+                    f"set reference_models[{index}].name to at most {MAX_NAME} lowercase letters, digits, '-' or '_'",
+                )
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"config names must be unique, '{dupes[0]}' repeats; set 'name'")
@@ -252,15 +308,16 @@ def format_validation_error(
         allowed = sorted(parent.model_fields) if parent else []
         hint = closest(str(loc[-1]), allowed)
         did_you_mean = f"did you mean '{hint}'? " if hint else ""
-        return RecipeError(
+        return RecipeError(one_line(
             f"recipe error at {where}: unknown key; {did_you_mean}allowed: {', '.join(allowed)}"
-        )
+        ))
     if first["type"] == "missing":
-        return RecipeError(f"recipe error at {where}: required key is missing")
+        return RecipeError(one_line(f"recipe error at {where}: required key is missing"))
     got = first.get("input")
-    shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+    shown = "" if isinstance(got, (dict, list, tuple)) else f" (got {one_line(repr(got), 100)})"
     message = str(first["msg"]).removeprefix("Value error, ")
-    return RecipeError(f"recipe error at {where}: {message}{shown}")
+    fix = (first.get("ctx") or {}).get("fix")
+    return RecipeError(one_line(f"recipe error at {where}: {message}{shown}" + (f"; {fix}" if fix else "")))
 
 
 def parse_component(family: str, data: Any, path: tuple[Any, ...]) -> BaseModel:
@@ -274,13 +331,13 @@ def parse_component(family: str, data: Any, path: tuple[Any, ...]) -> BaseModel:
             f"recipe error at {_path_text(path + ('kind',))}: required key is missing; "
             f"choices: {', '.join(registry.names())}"
         )
-    if kind not in registry:
+    if not isinstance(kind, str) or kind not in registry:
         hint = closest(str(kind), registry.names())
         did_you_mean = f"did you mean '{hint}'? " if hint else ""
-        raise RecipeError(
+        raise RecipeError(one_line(
             f"recipe error at {_path_text(path + ('kind',))}: unknown {registry.family} "
-            f"'{kind}'; {did_you_mean}choices: {', '.join(registry.names())}"
-        )
+            f"'{one_line(str(kind), 100)}'; {did_you_mean}choices: {', '.join(registry.names())}"
+        ))
     config_cls: type[Frozen] = registry.entry(kind).config
     values = dict(data)
     for field_name, nested_family in config_cls.nested_components.items():
@@ -298,7 +355,11 @@ def parse_component(family: str, data: Any, path: tuple[Any, ...]) -> BaseModel:
 def parse_recipe(data: Any) -> Recipe:
     """Validate a recipe mapping (already loaded from YAML, overrides applied)."""
     if not isinstance(data, dict):
-        raise RecipeError("recipe error at <recipe>: expected a mapping at the top level")
+        got = "an empty file" if data is None else f"{type(data).__name__} {one_line(repr(data), 60)}"
+        raise RecipeError(
+            f"recipe error at <recipe>: expected a mapping at the top level (got {got}); "
+            "start from a bundled recipe (build-benchmark recipes lists them)"
+        )
     values = dict(data)
     for section, family in PLUGGABLE_SECTIONS.items():
         if section in values:

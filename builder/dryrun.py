@@ -95,12 +95,15 @@ def check_model(spec: ModelSpec, ctx: ResolveContext, what: str) -> tuple[list[C
             classes = classes or get_pretrained_cfg(target).num_classes
         checks.append(Check(what, f"{spec.model} ({'pretrained' if spec.pretrained and not spec.checkpoint else 'own weights'})"))
     elif scheme == "py":
-        from builder.components.models import _import_callable
+        from builder.components.models import _import_callable, signature_problem
 
         try:
-            _import_callable(target, ctx.base_dir)
+            factory = _import_callable(target, ctx.base_dir)
         except BuilderError as error:
             return [Check(what, spec.model, f"{what}: {error}")], None
+        problem = signature_problem(target, factory, {"num_classes": spec.num_classes or _ClassCount(), **spec.kwargs})
+        if problem:
+            return [Check(what, spec.model, f"{what}: {problem}")], None
         checks.append(Check(what, spec.model))
     else:
         return [Check(what, spec.model, f"{what}: unknown model scheme '{scheme}'; use timm: or py:")], None
@@ -116,26 +119,60 @@ def check_model(spec: ModelSpec, ctx: ResolveContext, what: str) -> tuple[list[C
     return checks, classes
 
 
-def check_generator(config: Any, ctx: ResolveContext) -> list[Check]:
-    from builder.components.vqgan import read_taming_config
+class _ClassCount:
+    """Stands for num_classes in a dry run's signature message, before the count is known."""
 
+    def __repr__(self) -> str:
+        return "<classes>"
+
+
+def check_generator(config: Any, ctx: ResolveContext, image_size: int | None = None) -> list[Check]:
+    """The generator's config file and weights, and whether it takes ``image_size`` px images
+    (and its ``train.image_size``, when it trains at another size); nothing is fetched."""
+    from builder.components import base, vqgan
+
+    sizes = {"image size": image_size, "generator train.image_size": getattr(getattr(config, "train", None), "image_size", None)}
+    sizes = {label: size for label, size in sizes.items() if size is not None}
     if config.kind != "vqgan":
-        return [Check("generator", f"{config.kind}: nothing to load")]
+        try:
+            problems = {label: base.generator_image_size_problem(config, size, ctx) for label, size in sizes.items()}
+        except BuilderError as error:
+            return [Check("generator", config.kind, f"generator: {error}")]
+        return [Check("generator", f"{config.kind}: nothing to load"), *_size_checks(sizes, problems, "any size")]
     checks = []
     path, how = peek_location(config.config, ctx)
     if path is not None:
         try:
-            params = read_taming_config(path)
-            dd = params["ddconfig"]
-            factor = 2 ** (len(dd["ch_mult"]) - 1)
-            checks.append(Check("generator config", f"{config.config}: n_embed {params['n_embed']}, embed_dim {params['embed_dim']}, f{factor}"))
+            params = vqgan.read_taming_config(path)
         except BuilderError as error:
-            checks.append(Check("generator config", config.config, f"generator config: {error}"))
+            checks.append(Check("generator config", config.config, str(error)))
+        else:
+            factor = vqgan.downsampling_factor(params)
+            checks.append(Check("generator config", f"{config.config}: n_embed {params['n_embed']}, embed_dim {params['embed_dim']}, f{factor}"))
+            problems = {
+                label: base.image_size_cap_problem(size) or vqgan.downsampling_problem(params, size, path)
+                for label, size in sizes.items()
+            }
+            checks += _size_checks(sizes, problems, f"a multiple of f{factor}")
     elif how == "missing":
-        checks.append(Check("generator config", config.config, f"generator config: {config.config} does not exist"))
+        resolved = resolve_location(config.config, ctx)
+        shown = "is a directory, not a YAML file" if resolved.is_dir() else "does not exist"
+        checks.append(Check("generator config", config.config, f"generator config: {config.config} {shown}; check generator.config"))
     else:
         checks.append(Check("generator config", f"{config.config}: {how}"))
+        problems = {label: base.image_size_cap_problem(size) for label, size in sizes.items()}
+        checks += _size_checks(sizes, problems, "the downsampling factor is checked once the config is fetched")
     checks.append(_weights(config.checkpoint, config, ctx, "generator weights"))
+    return checks
+
+
+def _size_checks(sizes: dict[str, int], problems: dict[str, str | None], fine: str) -> list[Check]:
+    checks = []
+    for label, size in sizes.items():
+        problem = problems[label]
+        if problem and label.startswith("generator train."):
+            problem = f"generator train.{problem}"
+        checks.append(Check(label, f"{size} px: {fine}", problem))
     return checks
 
 
@@ -206,7 +243,7 @@ def dry_run(loaded: LoadedRecipe, cache_dir: Path, limit: Optional[int] = None) 
         model_checks, count = check_model(spec, ctx, f"reference model {spec.config_name}")
         checks += model_checks
         counts[f"reference model {spec.config_name}"] = count
-    checks += check_generator(recipe.generator, ctx)
+    checks += check_generator(recipe.generator, ctx, recipe.image_size)
     oracle_checks, prompts = check_oracle(recipe.oracle, ctx, source_classes)
     checks += oracle_checks
     counts["oracle prompts"] = prompts

@@ -6,15 +6,19 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
+import socket
 from pathlib import Path
 from typing import IO, Any, Iterator
+
+from builder.errors import OutputError
 
 
 @contextlib.contextmanager
 def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
     """Write to a temp name beside ``path``, fsync, then rename over it; discard on error."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temp = path.with_name(f".{path.name}.tmp-{socket.gethostname()[:32]}-{os.getpid()}-{secrets.token_hex(4)}")
     try:
         with open(temp, mode) as handle:
             yield handle
@@ -48,3 +52,14 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 def sha256_json(payload: Any) -> str:
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def inside(root: Path, *parts: str) -> Path:
+    """``root/part/...``, refusing any result outside ``root`` (the second guard behind the
+    recipe's own checks: a name that becomes a path never leads out of the output dir)."""
+    path = root.joinpath(*parts)
+    base = root.resolve()
+    resolved = path.resolve()
+    if resolved != base and base not in resolved.parents:
+        raise OutputError(f"refusing to write {path}: it resolves to {resolved}, outside {root}; use plain names without '..' or '/'")
+    return path

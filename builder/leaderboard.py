@@ -2,25 +2,52 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from builder.errors import BuilderError
 from builder.fileio import atomic_write, write_bytes_atomic
+from builder.manifest import load_json_bounded, validation_problem
+
+
+class ResultRow(BaseModel):
+    """The fields of one ``score --json`` result that leaderboards and cards read. Result files
+    are shared and downloaded: they are checked, and nothing in them is ever run."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    name: str = Field(max_length=200)
+    model: str = Field(max_length=2000)
+    benchmark: str = Field(max_length=2000)
+    benchmark_id: str = Field(max_length=200)
+    config: str = Field(max_length=200)
+    sa: float = Field(ge=0, le=1)
+    pa_all: float = Field(ge=0, le=1)
+    fmr: float = Field(ge=0, le=1e6)
+    fmr_ci: Optional[list[float]] = Field(None, min_length=2, max_length=2)
+    white_box: bool = False
+    mode: str = "static"
+
+
+def checked_rows(rows: Any, what: str) -> list[dict[str, Any]]:
+    """``rows`` as result dicts, each checked against :class:`ResultRow`; one line otherwise."""
+    if not isinstance(rows, list):
+        raise BuilderError(f"{what}: not written by 'build-benchmark score --json' (no list of results)")
+    for index, row in enumerate(rows):
+        try:
+            ResultRow.model_validate(row)
+        except ValidationError as error:
+            raise BuilderError(f"{what}: result {index}: {validation_problem(error)}; give a file written by 'build-benchmark score --json'") from None
+    return list(rows)
 
 
 def load_results(paths: list[Path]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for path in paths:
-        try:
-            payload = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise BuilderError(f"result file {path}: cannot read it ({error})") from None
-        results = payload.get("results") if isinstance(payload, dict) else None
-        if not isinstance(results, list) or not all(isinstance(r, dict) and "fmr" in r for r in results):
-            raise BuilderError(f"result file {path}: not written by 'build-benchmark score --json'")
-        rows.extend(results)
+        payload = load_json_bounded(Path(path), f"result file {path}", max_bytes=64 << 20)
+        rows.extend(checked_rows(payload.get("results") if isinstance(payload, dict) else None, f"result file {path}"))
     return rows
 
 

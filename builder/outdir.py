@@ -1,27 +1,49 @@
 """The output directory's life cycle: fresh, replaced (--overwrite) or resumed.
 
-A build writes ``_stats/build.json`` (what is being built) before any shard, and one
-``_stats/<config>/<shard>.json`` after each finished work unit. Re-running the same command
-keeps every unit whose stats file lists files that still exist with the recorded sha256,
-deletes everything else the build wrote, and does only the missing units.
+A build owns only what it writes: ``_stats/`` (``build.json``, what is being built, and one
+``<config>/<shard>.json`` per finished work unit), the shard files in its config dirs (named
+``<split>-NNNNN-of-NNNNN.<suffix>``), the final files at the top (manifest, card, preview,
+rejects, gallery, leaderboard) and the temp files of its atomic writes. Anything else in the
+dir belongs to the user: it is never deleted without ``--force-clean``.
+
+Preparing the dir happens in two steps so that a build that fails before its first shard
+(a component that does not load) changes nothing: :func:`inspect_output` only reads and
+decides, :func:`claim_output` deletes and writes ``build.json``.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
-import shutil
+import os
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Literal
 
 from builder.errors import OutputError
 from builder.fileio import sha256_file, write_json_atomic
+from builder.manifest import CONFIG_NAME, FINAL_FILES, MANIFEST, STATS_DIR, ManifestError, load_json_bounded
 
 log = logging.getLogger(__name__)
 
-STATS_DIR = "_stats"
 IDENTITY_FILE = "build.json"
-FINAL_FILES = ("manifest.json", "README.md", "preview.png", "rejects.jsonl", "gallery.html", "leaderboard.json")
+SHARD_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*-\d{5}-of-\d{5}\.(tar|parquet)$")
+TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.tmp-[A-Za-z0-9_.-]+$")
+SHOWN = 3  # foreign files named in one refusal
+
+
+@dataclass(frozen=True)
+class OutputState:
+    """What :func:`inspect_output` found and decided; :func:`claim_output` carries it out."""
+
+    out_dir: Path
+    mode: Literal["fresh", "overwrite", "resume"]
+    completed: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    remove: tuple[Path, ...] = ()
+    kept_foreign: tuple[str, ...] = ()
+    #: directories to drop once the deletions leave them empty
+    dirs: tuple[Path, ...] = ()
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -41,68 +63,180 @@ def first_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
     return "nothing"
 
 
-def _is_ours(out_dir: Path) -> bool:
-    return (out_dir / STATS_DIR).is_dir() or (out_dir / "manifest.json").is_file()
-
-
-def _start_fresh(out_dir: Path, identity: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+def _read_json(path: Path) -> Any:
+    """A JSON file of a previous build, or None when it is absent or not readable as ours."""
+    if not path.is_file():
+        return None
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise OutputError(f"cannot create --out {out_dir}: {error.strerror}") from None
-    write_json_atomic(out_dir / STATS_DIR / IDENTITY_FILE, identity)
-    return {}
+        return load_json_bounded(path, str(path))
+    except ManifestError:
+        return None
 
 
-def open_output(out_dir: Path, identity: dict[str, Any], overwrite: bool) -> dict[tuple[str, str], dict[str, Any]]:
-    """Prepare ``out_dir``; returns the stats of work units already complete, by (config, shard stem)."""
+def _is_format(payload: Any) -> bool:
+    return isinstance(payload, dict) and str(payload.get("format", "")).startswith("fmr-benchmark/")
+
+
+def previous_build(out_dir: Path) -> tuple[Any, Any]:
+    """(build.json, manifest.json) of the build in ``out_dir``, each None unless it parses as
+    ours: a directory is a build only if one of them says so."""
+    identity = _read_json(out_dir / STATS_DIR / IDENTITY_FILE)
+    manifest = _read_json(out_dir / MANIFEST)
+    return (identity if _is_format(identity) else None), (manifest if _is_format(manifest) else None)
+
+
+def config_dirs(out_dir: Path, *payloads: Any) -> set[str]:
+    """Config dir names a build there may have written: from build.json, the manifest, ``_stats/``."""
+    names: set[str] = set()
+    for payload in payloads:
+        if isinstance(payload, dict):
+            for key in ("configs",):
+                value = payload.get(key)
+                names.update(str(n) for n in (value if isinstance(value, (list, dict)) else []))
+    stats = out_dir / STATS_DIR
+    if stats.is_dir() and not stats.is_symlink():
+        names.update(p.name for p in stats.iterdir() if p.is_dir() and not p.is_symlink())
+    return {name for name in names if CONFIG_NAME.match(name)}
+
+
+def is_owned(relative: str, configs: set[str]) -> bool:
+    """Whether the file at ``relative`` (POSIX, inside the output dir) is one a build writes."""
+    parts = relative.split("/")
+    if parts[0] == STATS_DIR:
+        return True
+    temp = TEMP_FILE.match(parts[-1])
+    if len(parts) == 1:
+        return (temp.group("name") if temp else parts[0]) in FINAL_FILES
+    # in a config dir: its shards, and any temp file of an atomic write (left by a crash)
+    return len(parts) == 2 and parts[0] in configs and bool(temp or SHARD_FILE.match(parts[1]))
+
+
+def walk_files(out_dir: Path) -> Iterator[str]:
+    """Every file, link or other non-directory below ``out_dir``, as a relative POSIX path;
+    symlinked directories are listed as entries, never followed."""
+    for directory, subdirs, files in os.walk(out_dir, followlinks=False):
+        base = Path(directory).relative_to(out_dir)
+        for name in sorted(files) + sorted(d for d in subdirs if (Path(directory) / d).is_symlink()):
+            yield (base / name).as_posix()
+
+
+def _few(paths: list[str]) -> str:
+    shown = ", ".join(paths[:SHOWN])
+    return shown + (f" and {len(paths) - SHOWN} more" if len(paths) > SHOWN else "")
+
+
+def inspect_output(out_dir: Path, identity: dict[str, Any], *, overwrite: bool, force_clean: bool = False) -> OutputState:
+    """Decide what a build into ``out_dir`` keeps, resumes and deletes; writes nothing."""
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"--out {out_dir} is a file; give a directory")
     if not out_dir.is_dir() or not any(out_dir.iterdir()):
-        return _start_fresh(out_dir, identity)
-    if not _is_ours(out_dir):
+        return OutputState(out_dir, "fresh")
+    previous, manifest = previous_build(out_dir)
+    if previous is None and manifest is None:
         verb = "overwrite" if overwrite else "write into"
-        raise OutputError(f"refusing to {verb} {out_dir}: it is not empty and does not look like a benchmark dir")
+        raise OutputError(
+            f"refusing to {verb} {out_dir}: it is not empty and holds no build of this tool "
+            "(no readable _stats/build.json or manifest.json); give an empty or new directory"
+        )
+    configs = config_dirs(out_dir, previous, manifest, identity)
+    files = list(walk_files(out_dir))
+    foreign = [f for f in files if not is_owned(f, configs)]
     if overwrite:
-        shutil.rmtree(out_dir)
-        return _start_fresh(out_dir, identity)
-    identity_path = out_dir / STATS_DIR / IDENTITY_FILE
-    if not identity_path.is_file():
+        return _overwrite(out_dir, files, foreign, configs, force_clean)
+    if previous is None:
         raise OutputError(f"--out {out_dir} holds a benchmark from an older version; pass --overwrite or pick a new dir")
-    previous = json.loads(identity_path.read_text())
     if previous != identity:
         raise OutputError(
             f"--out {out_dir} was built with different settings ({first_difference(previous, identity)}); "
             "pass --overwrite to start over or pick a new dir"
         )
-    return _keep_complete_units(out_dir)
+    return _resume(out_dir, files, foreign, configs, force_clean)
 
 
-def _unit_is_intact(out_dir: Path, stats: dict[str, Any]) -> bool:
-    for file in stats.get("files", {}).values():
-        path = out_dir / file["path"]
-        if not path.is_file() or path.stat().st_size != file["bytes"] or sha256_file(path) != file["sha256"]:
+def _overwrite(out_dir: Path, files: list[str], foreign: list[str], configs: set[str], force_clean: bool) -> OutputState:
+    if foreign and not force_clean:
+        raise OutputError(
+            f"refusing to overwrite {out_dir}: it holds {len(foreign)} file(s) the build did not write "
+            f"({_few(foreign)}); move them out, or add --force-clean to delete them too"
+        )
+    doomed = files if force_clean else [f for f in files if f not in set(foreign)]
+    dirs = _all_dirs(out_dir) if force_clean else _owned_dirs(out_dir, configs)
+    return OutputState(out_dir, "overwrite", remove=tuple(out_dir / f for f in doomed), dirs=dirs)
+
+
+def _owned_dirs(out_dir: Path, configs: set[str]) -> tuple[Path, ...]:
+    return tuple(out_dir / name for name in sorted(configs)) + tuple(out_dir / STATS_DIR / name for name in sorted(configs))
+
+
+def _all_dirs(out_dir: Path) -> tuple[Path, ...]:
+    return tuple(Path(d) for d, _, _ in os.walk(out_dir, followlinks=False) if Path(d) != out_dir)
+
+
+def _resume(out_dir: Path, files: list[str], foreign: list[str], configs: set[str], force_clean: bool) -> OutputState:
+    """Keep every intact unit; remove the build's own partial or stale files; leave the user's.
+    Foreign files inside a config dir would be picked up by the card's data_files globs."""
+    in_the_way = [f for f in foreign if f.split("/")[0] in configs]
+    if in_the_way and not force_clean:
+        raise OutputError(
+            f"refusing to resume into {out_dir}: {len(in_the_way)} file(s) the build did not write are in its config dirs "
+            f"({_few(in_the_way)}), where loaders would read them; move them out, or add --force-clean to delete them"
+        )
+    completed, keep = _complete_units(out_dir, configs)
+    foreign_set = set(foreign)
+    stale = [f for f in files if f not in keep and (f not in foreign_set or f in in_the_way)]
+    final = set(FINAL_FILES)  # replaced atomically at the end, never half-written
+    remove = tuple(out_dir / f for f in stale if f not in final and f != f"{STATS_DIR}/{IDENTITY_FILE}")
+    kept = tuple(f for f in foreign if f not in in_the_way)
+    return OutputState(out_dir, "resume", completed, remove, kept, _owned_dirs(out_dir, configs))
+
+
+def _unit_is_intact(out_dir: Path, stats: dict[str, Any], configs: set[str]) -> bool:
+    entries = stats.get("files")
+    if not isinstance(entries, dict):
+        return False
+    for file in entries.values():
+        relative = file.get("path") if isinstance(file, dict) else None
+        if not isinstance(relative, str) or not is_owned(relative, configs) or relative.startswith(STATS_DIR):
+            return False
+        path = out_dir / relative
+        if path.is_symlink() or not path.is_file() or path.stat().st_size != file.get("bytes") or sha256_file(path) != file.get("sha256"):
             return False
     return True
 
 
-def _keep_complete_units(out_dir: Path) -> dict[tuple[str, str], dict[str, Any]]:
+def _complete_units(out_dir: Path, configs: set[str]) -> tuple[dict[tuple[str, str], dict[str, Any]], set[str]]:
+    """(stats of each intact unit by (config, shard stem), relative paths those units own)."""
     completed: dict[tuple[str, str], dict[str, Any]] = {}
-    keep: set[Path] = {out_dir / STATS_DIR / IDENTITY_FILE}
+    keep: set[str] = set()
     for stats_path in sorted((out_dir / STATS_DIR).glob("*/*.json")):
-        try:
-            stats = json.loads(stats_path.read_text())
-        except json.JSONDecodeError:
+        stats = _read_json(stats_path)
+        if not isinstance(stats, dict) or stats.get("config") != stats_path.parent.name:
             continue
-        if _unit_is_intact(out_dir, stats):
+        if _unit_is_intact(out_dir, stats, configs):
             completed[(stats["config"], stats_path.stem)] = stats
-            keep.add(stats_path)
-            keep.update(out_dir / f["path"] for f in stats["files"].values())
-    removed = 0
-    for path in sorted(out_dir.rglob("*"), reverse=True):
-        final = path.parent == out_dir and path.name in FINAL_FILES  # replaced atomically at the end
-        if path.is_file() and path not in keep and not final:
-            path.unlink()
-            removed += 1
-    log.info("resuming %s: %d work units complete, %d partial or stale files removed", out_dir, len(completed), removed)
-    return completed
+            keep.add(stats_path.relative_to(out_dir).as_posix())
+            keep.update(f["path"] for f in stats["files"].values())
+    return completed, keep
+
+
+def claim_output(state: OutputState, identity: dict[str, Any]) -> None:
+    """Carry out ``state``: delete what it names, drop emptied dirs, record the identity."""
+    out_dir = state.out_dir
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for path in sorted(state.remove, reverse=True):
+            path.unlink(missing_ok=True)
+        for directory in sorted(state.dirs, key=lambda d: -len(d.parts)):  # deepest first
+            if directory.is_dir() and not directory.is_symlink():
+                with contextlib.suppress(OSError):
+                    directory.rmdir()  # fails, harmlessly, unless empty
+        if state.mode != "resume":
+            write_json_atomic(out_dir / STATS_DIR / IDENTITY_FILE, identity)
+    except OSError as error:
+        raise OutputError(f"cannot prepare --out {out_dir}: {error.strerror or error}; check its permissions and free space") from None
+    if state.mode == "resume":
+        log.info("resuming %s: %d work units complete, %d partial or stale files removed", out_dir, len(state.completed), len(state.remove))
+    elif state.remove:
+        log.info("replacing the build in %s: %d files removed", out_dir, len(state.remove))
+    if state.kept_foreign:
+        log.info("kept %d file(s) in %s that the build did not write: %s", len(state.kept_foreign), out_dir, _few(list(state.kept_foreign)))

@@ -6,12 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from builder.config import Recipe, parse_recipe
 from builder.errors import RecipeError
 from builder.paths import bundled_dir
 from builder.registry import unknown_name_message
+from builder.safeyaml import MAX_DEPTH, load_yaml_text, one_line, read_recipe_text
 
 
 @dataclass(frozen=True)
@@ -32,36 +31,42 @@ def describe_bundled() -> list[tuple[str, str]]:
     """(name, one-line description) of each bundled recipe."""
     rows = []
     for name, path in bundled_recipes().items():
-        data = yaml.safe_load(path.read_text()) or {}
-        lines = str(data.get("description", "")).strip().splitlines()
+        data = load_yaml_text(read_recipe_text(path), what=f"recipe {path}")
+        description = data.get("description", "") if isinstance(data, dict) else ""
+        lines = str(description).strip().splitlines()
         rows.append((name, lines[0] if lines else ""))
     return rows
 
 
 def locate(recipe: str) -> Path:
+    """The recipe file: a path as given, else a bundled recipe of that name."""
     path = Path(recipe)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise RecipeError(f"recipe file not found: {recipe}")
-        return path
+    shown = one_line(recipe, 200)
+    try:
+        if path.suffix in (".yaml", ".yml") or path.exists():
+            if not path.is_file():
+                raise RecipeError(f"recipe file not found: {shown}")
+            return path
+    except OSError as error:  # e.g. a name too long for the file system
+        raise RecipeError(f"recipe {shown}: cannot be opened ({error.strerror}); check the path") from None
     known = bundled_recipes()
     if recipe in known:
         return known[recipe]
-    raise RecipeError(unknown_name_message("recipe", recipe, list(known)) + " (or give a .yaml path)")
+    raise RecipeError(unknown_name_message("recipe", shown, list(known)) + " (or give a .yaml path)")
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:
     """Apply one ``dotted.key=value`` override in place; the value is parsed as YAML."""
+    what = f"--set '{one_line(assignment, 200)}'"
     if "=" not in assignment:
-        raise RecipeError(f"--set '{assignment}': expected dotted.key=value")
+        raise RecipeError(f"{what}: expected dotted.key=value")
     dotted, raw = assignment.split("=", 1)
     keys = dotted.strip().split(".")
     if not all(keys):
-        raise RecipeError(f"--set '{assignment}': empty key in '{dotted}'")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        raise RecipeError(f"--set '{assignment}': the value is not valid YAML; quote it") from None
+        raise RecipeError(f"{what}: empty key in '{one_line(dotted, 200)}'; write dotted.key=value, e.g. seed=1")
+    if len(keys) > MAX_DEPTH:
+        raise RecipeError(f"{what}: more than {MAX_DEPTH} keys in '{one_line(dotted, 200)}'; set a shallower key")
+    value = load_yaml_text(raw, what=what, fix="quote it") if raw.strip() else ""
     node: Any = data
     for depth, key in enumerate(keys[:-1]):
         node = _child(node, key, ".".join(keys[: depth + 1]), assignment)
@@ -76,7 +81,7 @@ def _child(node: Any, key: str, where: str, assignment: str) -> Any:
         if not isinstance(node.get(key), (dict, list)):
             node[key] = {}
         return node[key]
-    raise RecipeError(f"--set '{assignment}': '{where}' is not a mapping or list")
+    raise RecipeError(f"--set '{one_line(assignment, 200)}': '{one_line(where, 200)}' is not a mapping or list")
 
 
 def _assign(node: Any, key: str, value: Any, assignment: str) -> None:
@@ -85,33 +90,20 @@ def _assign(node: Any, key: str, value: Any, assignment: str) -> None:
     elif isinstance(node, dict):
         node[key] = value
     else:
-        raise RecipeError(f"--set '{assignment}': cannot set '{key}' inside a scalar")
+        raise RecipeError(f"--set '{one_line(assignment, 200)}': cannot set '{one_line(key, 200)}' inside a scalar")
 
 
 def _index(node: list[Any], key: str, where: str, assignment: str) -> int:
-    if not key.isdigit() or int(key) >= len(node):
-        raise RecipeError(f"--set '{assignment}': '{where}' needs an index below {len(node)}")
+    if not (key.isascii() and key.isdigit()) or int(key) >= len(node):  # '²'.isdigit() but int('²') fails
+        raise RecipeError(f"--set '{one_line(assignment, 200)}': '{one_line(where, 200)}' needs an index below {len(node)}")
     return int(key)
 
 
-def _unshare(node: Any) -> Any:
-    """A copy in which no dict or list is reachable twice (YAML anchors become independent)."""
-    if isinstance(node, dict):
-        return {key: _unshare(value) for key, value in node.items()}
-    if isinstance(node, list):
-        return [_unshare(value) for value in node]
-    return node
-
-
 def load_recipe(recipe: str, overrides: tuple[str, ...] = ()) -> LoadedRecipe:
+    """Read, bound-check and validate a recipe; the ``--set`` overrides apply before validation."""
     path = locate(recipe)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise RecipeError(f"recipe {path}{where}: not valid YAML ({getattr(error, 'problem', error)})") from None
-    data = _unshare(data)  # a YAML alias (*name) must not let one --set change two places
+    # a tree without shared nodes: a YAML alias (*name) must not let one --set change two places
+    data = load_yaml_text(read_recipe_text(path), what=f"recipe {one_line(str(path), 200)}")
     if isinstance(data, dict):
         for assignment in overrides:
             apply_override(data, assignment)

@@ -33,6 +33,9 @@ class Entry(Generic[T]):
     factory: T
     config: Any | None
     description: str
+    #: building this kind imports or calls code named in its spec: a spec read from data (a
+    #: manifest, a download) may only use it with the user's explicit trust
+    runs_code: bool = False
 
 
 class Registry(Generic[T]):
@@ -43,13 +46,13 @@ class Registry(Generic[T]):
         self._entries: dict[str, Entry[T]] = {}
 
     def register(
-        self, name: str, *, config: Any | None = None, description: str = ""
+        self, name: str, *, config: Any | None = None, description: str = "", runs_code: bool = False
     ) -> Callable[[T], T]:
         def decorate(factory: T) -> T:
             if name in self._entries:
                 raise ValueError(f"{self.family} '{name}' is registered twice")
             docstring = (getattr(factory, "__doc__", None) or "").strip().splitlines()
-            self._entries[name] = Entry(name, factory, config, description or next(iter(docstring), ""))
+            self._entries[name] = Entry(name, factory, config, description or next(iter(docstring), ""), runs_code)
             return factory
 
         return decorate

@@ -82,12 +82,27 @@ def as_model_spec(model: ModelLike, checkpoint: Optional[str] = None) -> ModelSp
         raise format_validation_error(error, ModelSpec, ("--model",)) from None
 
 
-def reference_spec(bench: Benchmark, model: ModelLike) -> ModelLike:
-    """``ref:<config>`` is the reference model that config of the benchmark was built against."""
+def reference_spec(bench: Benchmark, model: ModelLike, *, trust_remote_code: bool = False) -> ModelLike:
+    """``ref:<config>`` is the reference model that config of the benchmark was built against.
+    It is read from the manifest, which is data: a spec that would run code is refused unless
+    ``trust_remote_code``."""
+    from pydantic import ValidationError
+
+    from builder.trust import require_trusted
+
     if not (isinstance(model, str) and model.startswith("ref:")):
         return model
     config = bench.config(model[4:])
-    return ModelSpec.model_validate(bench.manifest["configs"][config]["reference_model"])
+    recorded = bench.manifest["configs"][config].get("reference_model")
+    origin = f"the manifest of {bench.location} (config {config})"
+    try:
+        spec = ModelSpec.model_validate(recorded)
+    except ValidationError as error:
+        from builder.manifest import validation_problem
+
+        raise BenchmarkError(f"{origin}: its reference_model is not a model spec ({validation_problem(error)}); rebuild it") from None
+    require_trusted([spec], origin, trust_remote_code)
+    return spec
 
 
 def load_model_for(bench: Benchmark, spec: ModelSpec, device: str, cache_dir: Path, base_dir: Path) -> Any:
@@ -193,13 +208,18 @@ def score(
     source_recipe: Optional[str] = None,
     cache_dir: Optional[Path] = None,
     base_dir: Optional[Path] = None,
+    trust_remote_code: bool = False,
 ) -> ScoreResult:
-    """Score ``model`` on one config of ``benchmark`` (default: its first config)."""
+    """Score ``model`` on one config of ``benchmark`` (default: its first config). A model
+    spec taken from the benchmark (``ref:``) or a ``py:`` file inside a download runs only
+    with ``trust_remote_code``."""
     from builder.checkpoints import weights_fingerprint
+    from builder.trust import downloaded_roots, require_trusted_file
 
     bench = benchmark if isinstance(benchmark, Benchmark) else open_benchmark(benchmark)
     config = bench.config(config)
-    spec = as_model_spec(reference_spec(bench, model), checkpoint)
+    spec = as_model_spec(reference_spec(bench, model, trust_remote_code=trust_remote_code), checkpoint)
+    require_trusted_file(spec, base_dir or Path.cwd(), downloaded_roots(), trust_remote_code)
     classifier = load_model_for(bench, spec, device, cache_dir or default_cache_dir(), base_dir or Path.cwd())
     records = {"label": [], "perturbed": [], "steps": []}
     for part in bench.read_columns(config, list(records)):
@@ -244,20 +264,24 @@ def score_dynamic(
     seed: int = 0,
     cache_dir: Optional[Path] = None,
     progress: bool = True,
+    trust_remote_code: bool = False,
 ) -> ScoreResult:
     """Regenerate the recipe's benchmark against ``model`` (it becomes theta), then score it."""
     from builder.build import BuildOptions, build_benchmark
     from builder.recipes import LoadedRecipe, load_recipe
+    from builder.trust import downloaded_roots, require_trusted_file
 
     loaded = load_recipe(recipe, overrides)
     original = as_model_spec(model, checkpoint)
+    require_trusted_file(original, Path.cwd(), downloaded_roots(), trust_remote_code)
     spec = original.model_copy(update={"name": "evaluated"})
     evaluated = LoadedRecipe(loaded.recipe.model_copy(update={"reference_models": (spec,)}), loaded.origin, loaded.base_dir)
     with tempfile.TemporaryDirectory(prefix="fmr-dynamic-") as scratch:
         out = save or Path(scratch) / "benchmark"
         options = BuildOptions(out_dir=out, device=device, cache_dir=cache_dir or default_cache_dir(), batch_size=batch_size, limit=limit, progress=progress)
         build_benchmark(evaluated, options)
-        result = score(out, spec, device=device, bootstrap=bootstrap, seed=seed, cache_dir=options.cache_dir, base_dir=loaded.base_dir)
+        result = score(out, spec, device=device, bootstrap=bootstrap, seed=seed, cache_dir=options.cache_dir, base_dir=loaded.base_dir,
+                       trust_remote_code=True)  # the user's own recipe and model
     location = str(save) if save else f"dynamic:{loaded.recipe.name}"
     identity = {"name": original.config_name, "model_spec": original.model_dump(mode="json")}
     return ScoreResult(**{**asdict(result), **identity, "benchmark": location, "mode": "dynamic"})

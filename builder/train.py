@@ -17,7 +17,7 @@ import torch
 from torch.nn import functional as F
 
 from builder.checkpoints import resolve_location, save_state_dict
-from builder.components.base import ComponentContext
+from builder.components.base import ComponentContext, image_size_cap_problem
 from builder.config import ModelSpec, TrainConfig
 from builder.errors import ComponentError
 from builder.fileio import atomic_write
@@ -29,8 +29,11 @@ log = logging.getLogger(__name__)
 
 def load_training_data(ctx: ComponentContext, train: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """All readable images (uint8 N,3,H,W) and labels of the training split."""
-    source = open_source(ctx.source, SourceContext(ctx.base_dir, ctx.cache_dir), split=train.split)
     size = train.image_size or ctx.image_size
+    problem = image_size_cap_problem(size)
+    if problem:
+        raise ComponentError(f"{'train.' if train.image_size else ''}{problem}")
+    source = open_source(ctx.source, SourceContext(ctx.base_dir, ctx.cache_dir), split=train.split)
     pixels, labels = [], []
     for item in source.items(0, len(source)):
         try:
@@ -102,12 +105,17 @@ def _seeded(seed: int, build: Callable[[], Any]) -> Any:
 
 def train_generator(config: Any, ctx: ComponentContext, out: Path) -> None:
     """Train a taming-format VQGAN (L1 + L2 reconstruction + codebook loss; no GAN, no LPIPS)."""
-    from builder.components.vqgan import TamingVQGAN, read_taming_config
+    from builder.components import vqgan
 
     train = config.train or TrainConfig()
-    params = read_taming_config(resolve_location(config.config, ctx.locations))
+    config_path = resolve_location(config.config, ctx.locations)
+    params = vqgan.read_taming_config(config_path)
+    size = train.image_size or ctx.image_size
+    problem = image_size_cap_problem(size) or vqgan.downsampling_problem(params, size, config_path)
+    if problem:  # checked before reading a single training image
+        raise ComponentError(f"{'generator train.' if train.image_size else ''}{problem}")
     seed = ctx.train_seed(config)
-    model = _seeded(seed, lambda: TamingVQGAN(params)).to(ctx.device).train()
+    model = _seeded(seed, lambda: vqgan.TamingVQGAN(params)).to(ctx.device).train()
 
     def loss_fn(batch: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
         x = batch * 2 - 1

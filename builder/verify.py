@@ -19,17 +19,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-
 from builder.errors import BuilderError
 from builder.fileio import sha256_file, sha256_json
+from builder.manifest import (
+    CARD,
+    MANIFEST,
+    MANIFEST_FORMAT,
+    REJECTS,
+    STATS_DIR,
+    Manifest,
+    ManifestConfig,
+    ManifestError,
+    ManifestFile,
+    ManifestShard,
+    load_json_bounded,
+    parse_manifest,
+)
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-CARD = "README.md"
-REJECTS = "rejects.jsonl"
-STATS_DIR = "_stats"
 SHOWN_KEYS = 5  # keys listed in one failure line before "(+N more)"
 
 
@@ -51,45 +59,6 @@ class VerifyReport:
     def to_json(self) -> dict[str, Any]:
         return {"root": str(self.root), "ok": self.ok, "failures": list(self.failures), "checked": dict(self.checked),
                 "oracle_rates": dict(self.oracle_rates)}
-
-
-# ----------------------------------------------------------------------------- manifest shape
-
-
-class _Strict(BaseModel):
-    """Types are checked strictly (a count written as "5" is a failure); extra keys are fine."""
-
-    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
-
-
-class ManifestFile(_Strict):
-    path: str
-    sha256: str
-    bytes: int
-
-
-class ManifestShard(_Strict):
-    num_samples: int
-    num_perturbed: int
-    files: dict[str, ManifestFile]
-
-
-class ManifestConfig(_Strict):
-    num_samples: int
-    num_perturbed: int
-    shards: list[ManifestShard]
-
-
-class Manifest(_Strict):
-    format: str
-    id: str
-    recipe: dict[str, Any]
-    recipe_sha256: str
-    split: str
-    class_names: list[str]
-    source_samples: int
-    num_rejects: int
-    configs: dict[str, ManifestConfig]
 
 
 @dataclass(frozen=True)
@@ -123,6 +92,7 @@ def verify_benchmark(
     cache_dir: Optional[Path] = None,
     batch_size: Optional[int] = None,
     recipe: Optional[str] = None,
+    trust_remote_code: bool = False,
 ) -> VerifyReport:
     """Check the benchmark dir ``root``; ``recipe`` (a file or bundled name) only sets the
     base dir of the oracle's relative paths for ``oracle=True``."""
@@ -131,12 +101,12 @@ def verify_benchmark(
     raw, manifest, fatal = read_manifest(root)
     if manifest is None:
         return VerifyReport(root, (fatal,), {})
-    judge = load_manifest_oracle(manifest, device=device, cache_dir=cache_dir, recipe=recipe) if oracle else None
+    judge = load_manifest_oracle(manifest, device=device, cache_dir=cache_dir, recipe=recipe, trust_remote_code=trust_remote_code) if oracle else None
     checker = Checker(root, raw, manifest)
     checker.run()
     rates: dict[str, float] = {}
     if judge is not None:
-        size = batch_size or int(manifest.recipe.get("batch_size", 32))
+        size = batch_size or int(raw["recipe"].get("batch_size", 32))
         rates = checker.check_oracle(judge, device=device, batch_size=size)
     return VerifyReport(root, tuple(checker.failures), dict(checker.checked), rates)
 
@@ -154,15 +124,13 @@ def require_benchmark_dir(root: Path) -> None:
 
 def read_manifest(root: Path) -> tuple[dict[str, Any], Optional[Manifest], str]:
     """(raw JSON, parsed manifest or None, the fatal failure when None)."""
-    from builder.build import MANIFEST_FORMAT
-
     path = root / MANIFEST
     if not path.is_file():
         return {}, None, f"{MANIFEST}: missing; rebuild with 'build-benchmark run' (its last step writes it)"
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        return {}, None, f"{MANIFEST}: not valid JSON ({error}); rebuild it"
+        raw = load_json_bounded(path, MANIFEST)
+    except ManifestError as error:
+        return {}, None, str(error)
     if not isinstance(raw, dict) or raw.get("format") != MANIFEST_FORMAT:
         found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
         return {}, None, f"{MANIFEST}: format is {found!r}, expected {MANIFEST_FORMAT!r}; rebuild with this version"
@@ -173,11 +141,9 @@ def read_manifest(root: Path) -> tuple[dict[str, Any], Optional[Manifest], str]:
             f"{progress.get('units_total', '?')} work units done); resume it with the same 'build-benchmark run' command"
         )
     try:
-        return raw, Manifest.model_validate(raw), ""
-    except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        return {}, None, f"{MANIFEST}: {where}: {first['msg']} ({error.error_count()} problem(s)); rebuild it"
+        return raw, parse_manifest(raw, MANIFEST), ""
+    except ManifestError as error:
+        return {}, None, str(error)
 
 
 # ----------------------------------------------------------------------------- shard readers
@@ -247,7 +213,7 @@ class Checker:
         self.failures: list[str] = []
         self.checked: Counter[str] = Counter()
         self.listed: set[str] = set()
-        output = manifest.recipe.get("output", {})
+        output = raw["recipe"].get("output", {})
         self.image_format = str(output.get("image_encoding", "png"))
         self.keep_originals = bool(output.get("keep_originals", True))
 
@@ -598,22 +564,30 @@ def judge_uint8(oracle: Any, pixels: list[Any], labels: list[int], device: str) 
     return [bool(ok) for ok in accepted.cpu().tolist()]
 
 
-def recipe_base_dir(manifest: Manifest, recipe: Optional[str]) -> Path:
+def recipe_base_dir(manifest: Manifest, recipe: Optional[str]) -> tuple[Path, bool]:
     """Relative paths of the recorded recipe resolve against the dir of the recipe file it was
-    built from: ``--recipe``, else a bundled recipe of the same name, else the current dir."""
+    built from: ``--recipe``, else a bundled recipe of the same name, else the current dir.
+    Also whether that recipe (the user's own, or bundled) has exactly the recorded oracle."""
     from builder.recipes import bundled_recipes, load_recipe
 
+    recorded = manifest.recipe.model_dump(mode="json")["oracle"]
     if recipe is not None:
         loaded = load_recipe(recipe)
-        if loaded.recipe.oracle.model_dump(mode="json") != manifest.recipe.get("oracle"):
+        same = loaded.recipe.oracle.model_dump(mode="json") == recorded
+        if not same:
             log.warning("the oracle of %s differs from the one recorded in the manifest; verifying with the recorded one", loaded.origin)
-        return loaded.base_dir
-    bundled = bundled_recipes().get(str(manifest.recipe.get("name")))
-    return bundled.resolve().parent if bundled is not None else Path.cwd()
+        return loaded.base_dir, same
+    bundled = bundled_recipes().get(manifest.recipe.name)
+    if bundled is None:
+        return Path.cwd(), False
+    loaded = load_recipe(str(bundled))
+    return loaded.base_dir, loaded.recipe.oracle.model_dump(mode="json") == recorded
 
 
-def load_manifest_oracle(manifest: Manifest, *, device: str, cache_dir: Optional[Path], recipe: Optional[str]) -> Any:
-    """The oracle recorded in the manifest, from existing weights only (never trained here)."""
+def load_manifest_oracle(manifest: Manifest, *, device: str, cache_dir: Optional[Path], recipe: Optional[str],
+                         trust_remote_code: bool = False) -> Any:
+    """The oracle recorded in the manifest, from existing weights only (never trained here);
+    the manifest is data, so an oracle whose models would run code needs ``trust_remote_code``."""
     import torch
 
     from builder.components.base import ComponentContext
@@ -622,11 +596,15 @@ def load_manifest_oracle(manifest: Manifest, *, device: str, cache_dir: Optional
     from builder.errors import ComponentError, RecipeError
     from builder.paths import default_cache_dir
 
-    base_dir = recipe_base_dir(manifest, recipe)
+    base_dir, vouched = recipe_base_dir(manifest, recipe)
     try:
-        parsed = parse_recipe(manifest.recipe)
+        parsed = parse_recipe(manifest.recipe.model_dump(mode="json"))
     except RecipeError as error:
         raise VerifyError(f"--oracle: the recipe recorded in {MANIFEST} does not parse with this version ({error})") from None
+    from builder.trust import model_specs, require_trusted
+
+    # the recorded oracle is data; the same oracle in the user's own (or a bundled) recipe is theirs
+    require_trusted(model_specs(parsed.oracle), f"the oracle recorded in {MANIFEST}", trust_remote_code or vouched)
     context = ComponentContext(device, cache_dir or default_cache_dir(), base_dir, tuple(manifest.class_names),
                                parsed.image_size, parsed.source, parsed.seed)
     hint = f"relative paths resolve against {base_dir}; pass --recipe with the recipe file the benchmark was built from"

@@ -1,12 +1,30 @@
-"""A local stand-in for the Hugging Face Hub API, only what ``builder.publish`` needs.
+"""A local stand-in for the Hugging Face Hub API: what ``builder.publish`` and downloads need.
 
-A threaded ``http.server`` on 127.0.0.1 serving what huggingface_hub 2.4.0 calls while
-publishing with HF_HUB_DISABLE_XET=1: repo and branch creation, YAML validation, the repo
-tree, preupload (``.parquet``/``.tar``/``.png`` and files over 10 MB as LFS, the rest
-regular), the LFS batch API with a basic PUT transfer, the NDJSON commit, and whoami.
-Committed files are kept in memory per repo and branch. It checks the bearer token (401),
-can refuse writes (403), and can fail the Nth commit with a 500 or by dropping the
-connection, to test interruptions.
+A threaded ``http.server`` on 127.0.0.1 serving what huggingface_hub 2.4.0 calls with
+HF_HUB_DISABLE_XET=1 (no Xet, plain HTTP):
+
+* publishing: repo and branch creation, YAML validation, preupload (``.parquet``/``.tar``/
+  ``.png`` and files over 10 MB as LFS, the rest regular), the LFS batch API with a basic PUT
+  transfer, the NDJSON commit, and whoami;
+* reading: repo info (``GET /api/{kind}/{repo}`` and ``.../revision/{rev}``, with ``sha`` and
+  ``siblings``), the repo tree (``GET /api/{kind}/{repo}/tree/{rev}[/{path}]``, flat or
+  ``?recursive=true``, folders included), and file downloads (``HEAD``/``GET``
+  ``[/datasets|/spaces]/{repo}/resolve/{rev}/{path}`` with ``X-Repo-Commit``, ``ETag`` (the
+  git blob id, or the sha256 plus ``X-Linked-Etag``/``X-Linked-Size`` for LFS files) and
+  ``Range``), so ``snapshot_download``, ``hf_hub_download``, ``list_repo_files`` and
+  ``list_repo_tree`` work against it.
+
+Committed files are kept in memory per repo and branch; ``HubStub.add_files`` seeds a repo
+directly. A revision is a branch name or the commit sha of a branch state: a sha1 of the repo
+and its sorted paths and content hashes, so the same files always give the same sha (every state
+served is remembered, so an older sha stays readable). Writes and whoami need the bearer token
+(401). Reads of a public repo work without a token; a wrong token is a 401, a private repo without
+one a 401 with ``X-Error-Code: RepoNotFound`` (as on the Hub). A missing repo, revision or file is
+a 404 with ``RepoNotFound``, ``RevisionNotFound`` or ``EntryNotFound``. It can refuse writes (403)
+and fail the Nth commit with a 500 or by dropping the connection, to test interruptions.
+
+``use_hub_stub(monkeypatch, stub, home)`` points huggingface_hub in this process at a stub,
+with its caches under ``home``.
 """
 
 from __future__ import annotations
@@ -14,13 +32,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Optional
-from urllib.parse import unquote, urlsplit
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 
@@ -28,11 +48,20 @@ LFS_SUFFIXES = (".parquet", ".tar", ".png")
 LFS_MIN_BYTES = 10_000_000
 GITATTRIBUTES = b"*.parquet filter=lfs diff=lfs merge=lfs -text\n*.tar filter=lfs diff=lfs merge=lfs -text\n*.png filter=lfs diff=lfs merge=lfs -text\n"
 REPO_ROUTE = re.compile(r"^/api/(models|datasets|spaces)/([^/]+/[^/]+)/(preupload|commit|tree|branch)/([^/]+)(/.*)?$")
+INFO_ROUTE = re.compile(r"^/api/(models|datasets|spaces)/([^/]+/[^/]+)(?:/revision/([^/]+))?/?$")
+RESOLVE_ROUTE = re.compile(r"^/(?:(datasets|spaces)/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
 LFS_BATCH_ROUTE = re.compile(r"^/(?:datasets/|spaces/)?([^/]+/[^/]+)\.git/info/lfs/objects/batch$")
+RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+Files = dict[str, tuple[bytes, bool]]  # path -> (bytes, is_lfs)
 
 
 def git_blob_id(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
 
 
 @dataclass
@@ -48,7 +77,10 @@ class Commit:
 class Repo:
     kind: str
     private: bool
-    branches: dict[str, dict[str, tuple[bytes, bool]]] = field(default_factory=dict)  # path -> (bytes, is_lfs)
+    branches: dict[str, Files] = field(default_factory=dict)
+    history: dict[str, Files] = field(default_factory=dict)  # commit sha -> the files of every state served
+    created: str = field(default_factory=_now)
+    modified: str = field(default_factory=_now)
 
 
 class HubStub:
@@ -62,16 +94,16 @@ class HubStub:
         self.commits: list[Commit] = []  # successful commits sent by the client (not the initial one)
         self.requests: list[tuple[str, str]] = []
         self.commit_attempts = 0
-        self.fail_commit: Optional[int] = None  # fail the Nth commit attempt (1-based)
+        self.fail_commit: int | None = None  # fail the Nth commit attempt (1-based)
         self.fail_mode = "500"  # or "drop": close the connection without an answer
         self.forbidden = False  # 403 on every write
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
-    def start(self) -> "HubStub":
+    def start(self) -> HubStub:
         self.thread.start()
         return self
 
@@ -84,6 +116,85 @@ class HubStub:
 
     def is_lfs(self, path: str, size: int) -> bool:
         return path.endswith(LFS_SUFFIXES) or size >= LFS_MIN_BYTES
+
+    def new_repo(self, key: str, private: bool) -> Repo:
+        """An empty repo as the Hub creates it: a main branch holding only .gitattributes."""
+        repo = Repo(key.split("/", 1)[0], private)
+        repo.branches["main"] = {".gitattributes": (GITATTRIBUTES, False)}
+        self.repos[key] = repo
+        return repo
+
+    def add_files(self, repo_id: str, files: dict[str, bytes], kind: str = "datasets", branch: str = "main",
+                  private: bool = False) -> str:
+        """Store ``files`` on ``branch`` as one commit, without going through the API; returns its sha.
+
+        Creates the repo (with ``private``) if needed, and the branch from main if needed; an
+        existing repo keeps its visibility. A file is LFS by the same rule as preupload.
+        """
+        kind = kind if kind.endswith("s") else f"{kind}s"
+        key = f"{kind}/{repo_id}"
+        with self.lock:
+            repo = self.repos.get(key) or self.new_repo(key, private)
+            target = repo.branches.setdefault(branch, dict(repo.branches["main"]))
+            for path, data in files.items():
+                is_lfs = self.is_lfs(path, len(data))
+                target[path] = (bytes(data), is_lfs)
+                if is_lfs:
+                    self.lfs_objects[hashlib.sha256(data).hexdigest()] = bytes(data)
+            repo.modified = _now()
+            return self.commit_sha(repo_id, branch, kind)
+
+    def commit_sha(self, repo_id: str, branch: str = "main", kind: str = "datasets") -> str:
+        """The commit sha the stub serves for ``branch`` as it is now."""
+        resolved = self.resolve(f"{kind}/{repo_id}", branch)
+        assert resolved is not None, f"no branch {branch} in {kind}/{repo_id}"
+        return resolved[0]
+
+    def resolve(self, key: str, revision: str) -> tuple[str, Files] | None:
+        """(commit sha, files) of a branch name or of a commit sha served before; None if unknown."""
+        with self.lock:
+            repo = self.repos[key]
+            if revision in repo.branches:
+                files = dict(repo.branches[revision])
+                digest = hashlib.sha1(key.encode())
+                for path, (data, is_lfs) in sorted(files.items()):
+                    content = hashlib.sha256(data).hexdigest() if is_lfs else git_blob_id(data)
+                    digest.update(f"\0{path}\0{content}".encode())
+                sha = digest.hexdigest()
+                repo.history[sha] = files
+                return sha, files
+            if revision in repo.history:
+                return revision, repo.history[revision]
+            return None
+
+
+def use_hub_stub(monkeypatch: Any, stub: HubStub, home: os.PathLike[str] | str, token: str | None = None) -> None:
+    """Point huggingface_hub (already imported or not) at ``stub``, with HF_HOME and the caches under ``home``.
+
+    huggingface_hub copies its environment into ``huggingface_hub.constants`` at import, so both
+    the environment (for subprocesses) and the constants (for this process) are set: the endpoint,
+    HF_HOME, HF_HUB_CACHE, HF_ASSETS_CACHE, HF_XET_CACHE, the token file (so a real login is never
+    read), HF_HUB_DISABLE_XET=1 and HF_HUB_OFFLINE=0. ``token``, if given, becomes HF_TOKEN.
+    """
+    from huggingface_hub import constants
+
+    home = os.fspath(home)
+    paths = {"HF_HOME": home, "HF_HUB_CACHE": os.path.join(home, "hub"), "HF_ASSETS_CACHE": os.path.join(home, "assets"),
+             "HF_XET_CACHE": os.path.join(home, "xet"), "HF_TOKEN_PATH": os.path.join(home, "token")}
+    for name, value in {"HF_ENDPOINT": stub.url, **paths, "HF_HUB_DISABLE_XET": "1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
+    if token is not None:
+        monkeypatch.setenv("HF_TOKEN", token)
+    monkeypatch.setattr(constants, "ENDPOINT", stub.url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", stub.url + "/{repo_id}/resolve/{revision}/{filename}")
+    for name, value in paths.items():
+        if hasattr(constants, name):
+            monkeypatch.setattr(constants, name, value)
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", os.path.join(home, "stored_tokens"))
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
 
 
 def _handler_for(hub: HubStub) -> type[BaseHTTPRequestHandler]:
@@ -105,18 +216,22 @@ class _Handler(BaseHTTPRequestHandler):
     def _body(self) -> bytes:
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
-    def _send(self, status: int, payload: Any = None, headers: Optional[dict[str, str]] = None) -> None:
+    def _send(self, status: int, payload: Any = None, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(payload if payload is not None else {}).encode()
+        self._send_bytes(status, data, {"Content-Type": "application/json", **(headers or {})})
+
+    def _send_bytes(self, status: int, data: bytes, headers: dict[str, str]) -> None:
+        """Answer with ``data`` (only its headers to a HEAD)."""
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
-        for key, value in (headers or {}).items():
+        for key, value in headers.items():
             self.send_header(key, value)
         self.end_headers()
-        self.wfile.write(data)
+        if self.command != "HEAD":
+            self.wfile.write(data)
 
-    def _error(self, status: int, message: str, code: Optional[str] = None) -> None:
-        headers = {"X-Error-Message": message, **({"X-Error-Code": code} if code else {})}
+    def _error(self, status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None) -> None:
+        headers = {"X-Error-Message": message, **({"X-Error-Code": code} if code else {}), **(headers or {})}
         self._send(status, {"error": message}, headers)
 
     def _authorized(self) -> bool:
@@ -131,19 +246,50 @@ class _Handler(BaseHTTPRequestHandler):
             return True
         return False
 
+    def _readable(self, key: str, revision: str) -> tuple[Repo, str, Files] | None:
+        """The repo, commit sha and files of a read, or None once the error is sent (as the Hub answers)."""
+        auth = self.headers.get("Authorization")
+        if auth is not None and auth != f"Bearer {self.hub.token}":
+            self._error(401, "Invalid credentials in Authorization header")
+            return None
+        repo = self.hub.repos.get(key)
+        if repo is None or (repo.private and auth is None):
+            self._error(404 if auth else 401, "Repository not found", "RepoNotFound")
+            return None
+        resolved = self.hub.resolve(key, revision)
+        if resolved is None:
+            self._error(404, f"Invalid rev id: {revision}", "RevisionNotFound")
+            return None
+        return repo, *resolved
+
     # ------------------------------------------------------------------ routes
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)
         self.hub.requests.append(("GET", url.path))
-        if not self._authorized():
-            return
+        query = parse_qs(url.query)
         if url.path == "/api/whoami-v2":
-            return self._send(200, {"type": "user", "name": self.hub.user})
+            if self._authorized():
+                self._send(200, {"type": "user", "name": self.hub.user})
+            return
         match = REPO_ROUTE.match(url.path)
         if match and match.group(3) == "tree":
-            return self._tree(f"{match.group(1)}/{match.group(2)}", unquote(match.group(4)))
-        self._error(404, "Not found", "RepoNotFound" if url.path.startswith("/api/datasets/") else None)
+            path = unquote(match.group(5) or "").strip("/")
+            return self._tree(f"{match.group(1)}/{match.group(2)}", unquote(match.group(4)), path, query)
+        info = INFO_ROUTE.match(url.path)
+        if info:
+            return self._info(info.group(1), info.group(2), unquote(info.group(3) or "main"), query)
+        if RESOLVE_ROUTE.match(url.path):
+            return self._resolve(url.path)
+        if self._authorized():
+            self._error(404, "Not found", "RepoNotFound" if url.path.startswith("/api/datasets/") else None)
+
+    def do_HEAD(self) -> None:
+        url = urlsplit(self.path)
+        self.hub.requests.append(("HEAD", url.path))
+        if RESOLVE_ROUTE.match(url.path):
+            return self._resolve(url.path)
+        self._error(404, "Not found")
 
     def do_PUT(self) -> None:
         """The LFS 'basic' transfer: like a pre-signed storage URL, no Authorization header."""
@@ -183,16 +329,94 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, "Not found")
         handler(key, rev, body)
 
+    # ------------------------------------------------------------------ reads
+
+    def _info(self, kind: str, repo_id: str, revision: str, query: dict[str, list[str]]) -> None:
+        read = self._readable(f"{kind}/{repo_id}", revision)
+        if read is None:
+            return
+        repo, sha, files = read
+        blobs = query.get("blobs", ["false"])[0].lower() in ("true", "1")
+        siblings = []
+        for path, (data, is_lfs) in sorted(files.items()):
+            sibling: dict[str, Any] = {"rfilename": path}
+            if blobs:
+                sibling.update(size=len(data), blobId=git_blob_id(data))
+                if is_lfs:
+                    sibling["lfs"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "pointerSize": 134}
+            siblings.append(sibling)
+        payload: dict[str, Any] = {
+            "_id": hashlib.sha1(repo_id.encode()).hexdigest()[:24], "id": repo_id, "author": repo_id.split("/")[0],
+            "sha": sha, "createdAt": repo.created, "lastModified": repo.modified, "private": repo.private,
+            "gated": False, "disabled": False, "downloads": 0, "likes": 0, "tags": [], "siblings": siblings,
+        }
+        card = _card_data(files.get("README.md", (b"", False))[0])
+        if card is not None:
+            payload["cardData"] = card
+        self._send(200, payload)
+
+    def _tree(self, key: str, rev: str, path: str, query: dict[str, list[str]]) -> None:
+        read = self._readable(key, rev)
+        if read is None:
+            return
+        files = read[2]
+        recursive = query.get("recursive", ["false"])[0].lower() in ("true", "1")
+        prefix = f"{path}/" if path else ""
+        inside = {name: value for name, value in files.items() if name.startswith(prefix)}
+        if path and not inside:
+            return self._error(404, f"{path} does not exist on {rev}", "EntryNotFound")
+        entries: dict[str, dict[str, Any]] = {}
+        for name, (data, is_lfs) in sorted(inside.items()):
+            parts = name[len(prefix):].split("/")
+            for depth in range(1, len(parts) if recursive else min(2, len(parts))):
+                folder = prefix + "/".join(parts[:depth])
+                entries[folder] = {"type": "directory", "path": folder, "size": 0,
+                                   "oid": hashlib.sha1(f"tree {folder}".encode()).hexdigest()}
+            if recursive or len(parts) == 1:
+                entry: dict[str, Any] = {"type": "file", "path": name, "size": len(data), "oid": git_blob_id(data)}
+                if is_lfs:
+                    entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+                entries[name] = entry
+        self._send(200, [entries[name] for name in sorted(entries)])
+
+    def _resolve(self, url_path: str) -> None:
+        match = RESOLVE_ROUTE.match(url_path)
+        assert match is not None
+        kind, repo_id, rev, path = match.group(1) or "models", match.group(2), unquote(match.group(3)), unquote(match.group(4))
+        read = self._readable(f"{kind}/{repo_id}", rev)
+        if read is None:
+            return
+        _, sha, files = read
+        if path not in files:
+            return self._error(404, f"Entry not found: {path}", "EntryNotFound", {"X-Repo-Commit": sha})
+        data, is_lfs = files[path]
+        etag = hashlib.sha256(data).hexdigest() if is_lfs else git_blob_id(data)
+        headers = {"Content-Type": "application/octet-stream", "X-Repo-Commit": sha, "ETag": f'"{etag}"', "Accept-Ranges": "bytes"}
+        if is_lfs:
+            headers.update({"X-Linked-Etag": f'"{etag}"', "X-Linked-Size": str(len(data))})
+        wanted = RANGE.match(self.headers.get("Range") or "") if self.command == "GET" else None
+        if wanted and (wanted.group(1) or wanted.group(2)):
+            if wanted.group(1):
+                start = int(wanted.group(1))
+                end = min(int(wanted.group(2)), len(data) - 1) if wanted.group(2) else len(data) - 1
+            else:  # a suffix: the last N bytes
+                start, end = max(len(data) - int(wanted.group(2)), 0), len(data) - 1
+            if start >= len(data) or start > end:
+                return self._send_bytes(416, b"", {**headers, "Content-Range": f"bytes */{len(data)}"})
+            return self._send_bytes(206, data[start:end + 1], {**headers, "Content-Range": f"bytes {start}-{end}/{len(data)}"})
+        self._send_bytes(200, data, headers)
+
+    # ------------------------------------------------------------------ writes
+
     def _create(self, payload: dict[str, Any]) -> None:
         kind = f"{payload.get('type') or 'model'}s"
         repo_id = f"{payload['organization']}/{payload['name']}" if payload.get("organization") else f"{self.hub.user}/{payload['name']}"
         key = f"{kind}/{repo_id}"
         url = f"{self.hub.url}/{kind}/{repo_id}" if kind != "models" else f"{self.hub.url}/{repo_id}"
-        if key in self.hub.repos:
-            return self._send(409, {"error": "You already created this repo", "url": url}, {"X-Error-Message": "You already created this repo"})
-        repo = Repo(kind, payload.get("visibility") == "private")
-        repo.branches["main"] = {".gitattributes": (GITATTRIBUTES, False)}
-        self.hub.repos[key] = repo
+        with self.hub.lock:
+            if key in self.hub.repos:
+                return self._send(409, {"error": "You already created this repo", "url": url}, {"X-Error-Message": "You already created this repo"})
+            self.hub.new_repo(key, payload.get("visibility") == "private")
         self._send(200, {"url": url, "name": repo_id})
 
     def _validate_yaml(self, payload: dict[str, Any]) -> None:
@@ -205,25 +429,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, {"errors": [], "warnings": []})
 
     def _branch(self, key: str, branch: str, body: bytes) -> None:
-        branches = self.hub.repos[key].branches
-        if branch in branches:
-            return self._error(409, "Branch already exists")
-        branches[branch] = dict(branches["main"])
+        with self.hub.lock:
+            branches = self.hub.repos[key].branches
+            if branch in branches:
+                return self._error(409, "Branch already exists")
+            branches[branch] = dict(branches["main"])
         self._send(200, {})
-
-    def _tree(self, key: str, rev: str) -> None:
-        repo = self.hub.repos.get(key)
-        if repo is None:
-            return self._error(404, "Repository not found", "RepoNotFound")
-        if rev not in repo.branches:
-            return self._error(404, "Revision not found", "RevisionNotFound")
-        entries = []
-        for path, (data, is_lfs) in sorted(repo.branches[rev].items()):
-            entry: dict[str, Any] = {"type": "file", "path": path, "size": len(data), "oid": git_blob_id(data)}
-            if is_lfs:
-                entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
-            entries.append(entry)
-        self._send(200, entries)
 
     def _preupload(self, key: str, rev: str, body: bytes) -> None:
         current = self.hub.repos[key].branches.get(rev, {})
@@ -268,13 +479,30 @@ class _Handler(BaseHTTPRequestHandler):
                 staged[value["path"]] = (self.hub.lfs_objects[value["oid"]], True)
             elif line["key"] == "deletedFile":
                 deleted.append(value["path"])
-        files = self.hub.repos[key].branches.setdefault(branch, {})
-        files.update(staged)
-        for path in deleted:
-            files.pop(path, None)
-        self.hub.commits.append(Commit(key, branch, header["summary"], sorted(staged), deleted))
-        oid = hashlib.sha1(f"{key}{len(self.hub.commits)}".encode()).hexdigest()
+        with self.hub.lock:
+            repo = self.hub.repos[key]
+            files = repo.branches.setdefault(branch, {})
+            files.update(staged)
+            for path in deleted:
+                files.pop(path, None)
+            repo.modified = _now()
+            self.hub.commits.append(Commit(key, branch, header["summary"], sorted(staged), deleted))
+            resolved = self.hub.resolve(key, branch)
+        assert resolved is not None
+        oid = resolved[0]
         self._send(200, {"commitUrl": f"{self.hub.url}/{key}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None})
+
+
+def _card_data(readme: bytes) -> dict[str, Any] | None:
+    """The YAML header of a README, as the Hub returns it in ``cardData`` (None if absent or not a mapping)."""
+    text = readme.decode("utf-8", "replace")
+    if not text.startswith("---"):
+        return None
+    try:
+        data = yaml.safe_load(text.split("---", 2)[1])
+    except (yaml.YAMLError, IndexError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def closed_port() -> int:

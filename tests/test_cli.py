@@ -83,8 +83,8 @@ def test_existing_output_needs_overwrite(tiny_recipe: Path, tmp_path: Path) -> N
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("precious")
-    assert_one_line_error(invoke("run", str(tiny_recipe), "--out", str(foreign), "--overwrite"), "does not look like a benchmark dir")
-    assert_one_line_error(invoke("run", str(tiny_recipe), "--out", str(foreign)), "does not look like a benchmark dir")
+    assert_one_line_error(invoke("run", str(tiny_recipe), "--out", str(foreign), "--overwrite"), "holds no build of this tool")
+    assert_one_line_error(invoke("run", str(tiny_recipe), "--out", str(foreign)), "holds no build of this tool")
     assert (foreign / "thesis.tex").exists()
 
 

@@ -122,7 +122,10 @@ def fake_benchmark(root: Path, class_names: list[str], configs: list[str], per_c
     import pyarrow.parquet as pq
 
     rng = np.random.default_rng(0)
-    manifest: dict[str, Any] = {"format": "fmr-benchmark/1", "id": "x", "recipe": {"name": "fake"}, "class_names": class_names, "configs": {}}
+    recipe = {"name": "fake", "image_size": size, "source": {"kind": "imagefolder", "path": "."}, "output": {"keep_originals": False}}
+    count = per_class * len(class_names)
+    manifest: dict[str, Any] = {"format": "fmr-benchmark/1", "id": "x", "recipe": recipe, "recipe_sha256": "x", "split": "test",
+                                "class_names": class_names, "source_samples": count, "num_rejects": 0, "configs": {}}
     for name in configs:
         rows = []
         for index in range(per_class * len(class_names)):
@@ -134,7 +137,9 @@ def fake_benchmark(root: Path, class_names: list[str], configs: list[str], per_c
                          "oracle_prob": 0.5, "pred_before": label, "pred_after": 0, "reference_model": name})
         (root / name).mkdir(parents=True)
         pq.write_table(pa.Table.from_pylist(rows), root / name / "test.parquet")
-        manifest["configs"][name] = {"shards": [{"files": {"parquet": {"path": f"{name}/test.parquet"}}}]}
+        entry = {"path": f"{name}/test.parquet", "sha256": "x", "bytes": (root / name / "test.parquet").stat().st_size}
+        shard = {"num_samples": count, "num_perturbed": 0, "files": {"parquet": entry}}
+        manifest["configs"][name] = {"num_samples": count, "num_perturbed": 0, "reference_model": {"model": f"timm:{name}"}, "shards": [shard]}
     (root / "manifest.json").write_text(json.dumps(manifest))
 
 

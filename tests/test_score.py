@@ -18,6 +18,7 @@ from builder.fileio import sha256_file, sha256_json, write_json_atomic
 from builder.images import encode_image
 from builder.metrics import Outcomes, compute_metrics
 from builder.score import score
+from builder.trust import UntrustedCodeError
 from builder.writers import WRITERS, OutputSample, ShardSchema
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -50,17 +51,23 @@ def hand_built_benchmark(root: Path, rows: list[tuple[int, int, int, bool, int]]
     for unit, part in enumerate((samples[:half], samples[half:])):
         path = root / "ref" / f"test-{unit:05d}-of-00002.parquet"
         WRITERS.get("parquet")().write(path, part, schema)
-        shards.append({"unit": unit, "num_samples": len(part), "files": {"parquet": {"path": path.relative_to(root).as_posix(), "sha256": sha256_file(path), "bytes": path.stat().st_size}}})
+        shards.append({"unit": unit, "num_samples": len(part), "num_perturbed": sum(s.record["perturbed"] for s in part), "files": {"parquet": {"path": path.relative_to(root).as_posix(), "sha256": sha256_file(path), "bytes": path.stat().st_size}}})
     spec = {"model": f"py:{TINY_MODELS}:color_net", "name": "ref"}
     from builder.components.preprocess import PreprocessedClassifier, Preprocessing
 
     reference = PreprocessedClassifier(color_net(3), Preprocessing(input_size=8), 3, spec["model"])
+    recipe = {"image_size": 8, "source": {"kind": "sklearn-digits"}, "output": {"keep_originals": keep_originals}}
     manifest = {
         "format": "fmr-benchmark/1",
         "id": sha256_json(shards),
         "class_names": list(CLASSES),
-        "recipe": {"image_size": 8, "source": {"kind": "sklearn-digits"}, "output": {"keep_originals": keep_originals}},
-        "configs": {"ref": {"reference_model": spec, "reference_weights_sha256": weights_fingerprint(reference), "shards": shards}},
+        "recipe": recipe,
+        "recipe_sha256": sha256_json(recipe),
+        "split": "test",
+        "source_samples": len(samples),
+        "num_rejects": 0,
+        "configs": {"ref": {"reference_model": spec, "reference_weights_sha256": weights_fingerprint(reference), "shards": shards,
+                            "num_samples": len(samples), "num_perturbed": sum(s.record["perturbed"] for s in samples)}},
     }
     write_json_atomic(root / "manifest.json", manifest)
     return root
@@ -125,13 +132,15 @@ def test_reference_model_agrees_with_the_build_records(tiny_recipe: Path, tmp_pa
     out = tmp_path / "out"
     assert CliRunner().invoke(main, ["-q", "run", str(tiny_recipe), "--out", str(out), "--no-progress"]).exit_code == 0
     bench = open_benchmark(out)
-    model = load_model_for(bench, reference_spec(bench, "ref:cnn"), "cpu", tmp_path / "cache", tiny_recipe.parent)
+    with pytest.raises(UntrustedCodeError, match="trust-remote-code"):  # its spec is py: code, named by the manifest
+        reference_spec(bench, "ref:cnn")
+    model = load_model_for(bench, reference_spec(bench, "ref:cnn", trust_remote_code=True), "cpu", tmp_path / "cache", tiny_recipe.parent)
     on_images, on_originals = predict(model, bench, "cnn", device="cpu", batch_size=5, workers=2)
     for shard, path in enumerate(bench.parquet_files("cnn")):
         records = pq.read_table(path, columns=["pred_after", "pred_before"]).to_pydict()
         assert on_images[shard].tolist() == records["pred_after"]
         assert on_originals[shard].tolist() == records["pred_before"]
-    result = score(bench, "ref:cnn", bootstrap=0, base_dir=tiny_recipe.parent)
+    result = score(bench, "ref:cnn", bootstrap=0, base_dir=tiny_recipe.parent, trust_remote_code=True)
     figures = json.loads((out / "manifest.json").read_text())["configs"]["cnn"]
     assert result.white_box
     assert (result.sa, result.pa_all, result.fmr) == pytest.approx((figures["sa"], figures["pa_all"], figures["fmr"]), abs=1e-5)

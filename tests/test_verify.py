@@ -201,7 +201,9 @@ def test_cli_oracle_without_its_weights_is_one_line(tiny_build: Path, tiny_recip
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # no --recipe: relative paths resolve against the current dir
-    result = invoke(str(tiny_build), "--oracle", "--device", "cpu")
+    refused = invoke(str(tiny_build), "--oracle", "--device", "cpu")  # the recorded oracle is py: code
+    assert refused.exit_code == 2 and "--trust-remote-code" in refused.output, refused.output
+    result = invoke(str(tiny_build), "--oracle", "--device", "cpu", "--trust-remote-code")
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --oracle: cannot load the oracle:"), result.output
@@ -216,5 +218,5 @@ def test_oracle_trained_on_first_use_is_never_trained_by_verify(tiny_build: Path
     manifest["recipe"]["oracle"]["model"]["train"] = {"epochs": 1}
     (tiny_build / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(VerifyError, match=r"oracle-[0-9a-f]{12}\.pt do not exist \(a build would train them; verify does not\)"):
-        verify_benchmark(tiny_build, oracle=True, recipe=str(tiny_recipe))
+        verify_benchmark(tiny_build, oracle=True, recipe=str(tiny_recipe), trust_remote_code=True)
     assert not list(tiny_recipe.parent.glob("oracle-*.pt"))

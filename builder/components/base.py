@@ -12,6 +12,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 from builder.checkpoints import ResolveContext
 from builder.config import SourceConfig
+from builder.errors import ComponentError
 from builder.fileio import sha256_json
 from builder.registry import Registry
 
@@ -92,3 +93,43 @@ ModelLoader = Callable[[str, Any, ComponentContext], Any]
 GENERATORS: Registry[GeneratorFactory] = Registry("generator kind")
 ORACLES: Registry[OracleFactory] = Registry("oracle kind")
 MODELS: Registry[ModelLoader] = Registry("model scheme")
+
+
+#: the largest image side any generator is asked for (an image is image_size**2 * 3 values, and
+#: the generator's activations many times that)
+MAX_IMAGE_SIZE = 4096
+
+
+def image_size_cap_problem(image_size: int) -> str | None:
+    """Why no generator takes ``image_size`` px images (None if within bounds)."""
+    if image_size < 1:
+        return f"image_size {image_size}: must be at least 1 px; use a positive image_size"
+    if image_size > MAX_IMAGE_SIZE:
+        return (
+            f"image_size {image_size}: must be at most {MAX_IMAGE_SIZE} px (one image alone would be "
+            f"{3 * image_size**2:.2g} values, the generator's activations many times that); use a smaller image_size"
+        )
+    return None
+
+
+def generator_image_size_problem(generator_config: Any, image_size: int, locations: ResolveContext) -> str | None:
+    """Why the generator of ``generator_config`` cannot take ``image_size`` px images (None if it
+    can): the common bound, then the kind's own ``image_size_problem(image_size, locations)`` when
+    its config class has one. May read (or, for remote locations, fetch) the generator's config
+    file, and raises the ComponentError of a malformed one."""
+    problem = image_size_cap_problem(image_size)
+    if problem is None and hasattr(generator_config, "image_size_problem"):
+        problem = generator_config.image_size_problem(image_size, locations)
+    return problem
+
+
+def check_image_size(generator_config: Any, image_size: int, base_dir: Path, cache_dir: Path | None = None) -> None:
+    """Raise a one-line ComponentError if the generator cannot take ``image_size`` px images;
+    call it before loading anything. Relative locations are against ``base_dir``."""
+    if cache_dir is None:
+        from builder.paths import default_cache_dir
+
+        cache_dir = default_cache_dir()
+    problem = generator_image_size_problem(generator_config, image_size, ResolveContext(base_dir, cache_dir))
+    if problem:
+        raise ComponentError(problem)

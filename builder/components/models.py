@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import logging
 from pathlib import Path
 from typing import Any
+
+from torch import nn
 
 from builder.checkpoints import load_state_dict, load_weights, resolve_location
 from builder.components.base import MODELS, ComponentContext
@@ -42,6 +45,8 @@ def build_timm(target: str, spec: ModelSpec, ctx: ComponentContext, pretrained: 
         kwargs["num_classes"] = count
     try:
         net = timm.create_model(target, pretrained=pretrained, **kwargs)
+    except TypeError as error:  # kwargs the architecture does not take
+        raise ComponentError(f"timm:{target}: kwargs ({_arguments(kwargs)}) rejected: {_first_line(error)}; fix the spec's kwargs") from error
     except RuntimeError as error:  # unknown pretrained tag
         raise ComponentError(f"timm:{target}: {str(error).splitlines()[0]}") from None
     except OSError as error:  # not in the HF cache and no network
@@ -56,37 +61,117 @@ def build_timm(target: str, spec: ModelSpec, ctx: ComponentContext, pretrained: 
         crop_pct=float(data.get("crop_pct", 1.0)),
         mean=tuple(data["mean"]),
         std=tuple(data["std"]),
-    ).overridden(spec.preprocess)
+    ).overridden(spec.preprocess, spec.model)
     return PreprocessedClassifier(net, preprocessing, int(net.num_classes), spec.model)
 
 
+def _first_line(error: BaseException) -> str:
+    """``ExcType: first line of its message`` (just the type when the message is empty)."""
+    lines = str(error).strip().splitlines()
+    if not lines:
+        return type(error).__name__
+    text = lines[0] if len(lines[0]) <= 200 else lines[0][:197] + "..."
+    return f"{type(error).__name__}: {text}"
+
+
 def _import_callable(target: str, base_dir: Path) -> Any:
+    """The callable ``py:<module or file.py>:<attribute>`` names. Importing runs the user's module,
+    so whatever it raises (even ``SystemExit``) becomes one ComponentError line, the cause kept."""
     module_name, _, attribute = target.rpartition(":")
     if not module_name or not attribute:
-        raise ComponentError(f"py:{target}: expected py:<module or file.py>:<callable>")
-    try:
-        if module_name.endswith(".py"):
-            path = Path(module_name) if Path(module_name).is_absolute() else base_dir / module_name
-            module_spec = importlib.util.spec_from_file_location(path.stem, path)
-            if module_spec is None or module_spec.loader is None or not path.is_file():
-                raise ComponentError(f"py:{target}: no file {path}")
-            module = importlib.util.module_from_spec(module_spec)
-            module_spec.loader.exec_module(module)
-        else:
+        raise ComponentError(f"py:{target}: expected py:<module or file.py>:<callable>; fix the model spec")
+    if module_name.endswith(".py"):
+        module = _import_file(target, module_name, base_dir)
+    else:
+        try:
             module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ComponentError(f"py:{target}: cannot import '{module_name}' ({error})") from None
+        except ModuleNotFoundError as error:
+            if error.name is None or not (module_name + ".").startswith(error.name + "."):
+                raise ComponentError(f"py:{target}: importing {module_name} failed: {_first_line(error)}; fix the module") from error
+            raise ComponentError(
+                f"py:{target}: cannot import '{module_name}' ({error}); install it, fix the name, "
+                "or give a file: py:path/to/file.py:<callable>"
+            ) from None
+        except (Exception, SystemExit) as error:  # the user's module failed while importing
+            raise ComponentError(f"py:{target}: importing {module_name} failed: {_first_line(error)}; fix the module") from error
     if not hasattr(module, attribute):
-        raise ComponentError(f"py:{target}: '{module_name}' has no attribute '{attribute}'")
-    return getattr(module, attribute)
+        raise ComponentError(f"py:{target}: '{module_name}' has no attribute '{attribute}'; fix the name after the last ':'")
+    factory = getattr(module, attribute)
+    if not callable(factory):
+        raise ComponentError(
+            f"py:{target}: '{attribute}' is {type(factory).__name__}, not a callable; "
+            "name a function or class that returns a torch.nn.Module"
+        )
+    return factory
 
 
-@MODELS.register("py", description="your own callable(num_classes=..., **kwargs) -> nn.Module")
+def _import_file(target: str, module_name: str, base_dir: Path) -> Any:
+    path = Path(module_name).expanduser()
+    path = path if path.is_absolute() else base_dir / path
+    if path.is_dir():
+        raise ComponentError(f"py:{target}: {path} is a directory, not a Python file; name the .py file")
+    if not path.is_file():
+        raise ComponentError(f"py:{target}: no such file {path}; fix the path (relative paths start at the recipe's folder)")
+    module_spec = importlib.util.spec_from_file_location(path.stem, path)
+    if module_spec is None or module_spec.loader is None:
+        raise ComponentError(f"py:{target}: Python cannot load {path} as a module; name a .py file")
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except (Exception, SystemExit) as error:  # the user's module failed while importing
+        raise ComponentError(f"py:{target}: importing {path} failed: {_first_line(error)}; fix the module") from error
+    return module
+
+
+def _arguments(kwargs: dict[str, Any]) -> str:
+    """``k=v, ...`` for a message: each value's repr cut to one short line."""
+    shown = []
+    for key, value in kwargs.items():
+        text = repr(value)
+        shown.append(f"{key}={text if len(text) <= 40 else text[:37] + '...'}")
+    return ", ".join(shown)
+
+
+def signature_problem(target: str, factory: Any, kwargs: dict[str, Any]) -> str | None:
+    """Why ``factory(**kwargs)`` cannot be called, judged from its signature without calling it."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # builtins and some C types have none: find out when called
+        return None
+    try:
+        signature.bind(**kwargs)
+    except TypeError as error:
+        attribute = target.rpartition(":")[2]
+        return (
+            f"py:{target}: {attribute}{signature} cannot be called with ({_arguments(kwargs)}): "
+            f"TypeError: {error}; it must accept num_classes and the spec's kwargs"
+        )
+    return None
+
+
+def call_factory(target: str, factory: Any, kwargs: dict[str, Any]) -> nn.Module:
+    """``factory(**kwargs)``, the user's code: any failure (even ``SystemExit``) is one line."""
+    problem = signature_problem(target, factory, kwargs)
+    if problem:
+        raise ComponentError(problem)
+    call = f"{target.rpartition(':')[2]}({_arguments(kwargs)})"
+    try:
+        net = factory(**kwargs)
+    except (Exception, SystemExit) as error:
+        raise ComponentError(f"py:{target}: {call} raised {_first_line(error)}; fix the factory") from error
+    if not isinstance(net, nn.Module):
+        raise ComponentError(
+            f"py:{target}: {call} returned {type(net).__name__}, not a torch.nn.Module; return the network"
+        )
+    return net
+
+
+@MODELS.register("py", description="your own callable(num_classes=..., **kwargs) -> nn.Module", runs_code=True)
 def build_python(target: str, spec: ModelSpec, ctx: ComponentContext, pretrained: bool) -> PreprocessedClassifier:
     factory = _import_callable(target, ctx.base_dir)
     count = spec.num_classes or len(ctx.class_names)
-    net = factory(num_classes=count, **spec.kwargs)
-    preprocessing = Preprocessing(input_size=ctx.image_size).overridden(spec.preprocess)
+    net = call_factory(target, factory, {"num_classes": count, **spec.kwargs})
+    preprocessing = Preprocessing(input_size=ctx.image_size).overridden(spec.preprocess, spec.model)
     return PreprocessedClassifier(net, preprocessing, count, spec.model)
 
 

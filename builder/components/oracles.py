@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import string
 from typing import Any, ClassVar, Iterator, Optional, Union
 
 import torch
@@ -44,8 +45,15 @@ class ClipOracleConfig(OracleConfig):
     @field_validator("template")
     @classmethod
     def _has_slot(cls, value: str) -> str:
+        """``template.format(name)`` makes each prompt: exactly one ``{}`` and no other fields."""
         if "{}" not in value:
             raise ValueError(f"'{value}' needs a '{{}}' where the class name goes")
+        try:
+            fields = [field for _, field, _, _ in string.Formatter().parse(value) if field is not None]
+        except ValueError as error:  # a lone '{' or '}'
+            raise ValueError(f"'{value}' must have exactly one '{{}}' and no other braces ({error}); write a literal brace as '{{{{' or '}}}}'") from None
+        if fields != [""]:
+            raise ValueError(f"'{value}' must have exactly one '{{}}' and no other braces; write a literal brace as '{{{{' or '}}}}'")
         return value
 
 

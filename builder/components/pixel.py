@@ -12,13 +12,18 @@ from typing import Optional
 
 import torch
 
-from builder.checkpoints import resolve_location
-from builder.components.base import GENERATORS, ComponentContext
+from builder.checkpoints import ResolveContext, resolve_location
+from builder.components.base import GENERATORS, ComponentContext, image_size_cap_problem
 from builder.config import GeneratorConfig
+from builder.errors import ComponentError
 
 
 class PixelConfig(GeneratorConfig):
     mask: Optional[str] = None  # a file from `build-benchmark fit-mask`: perturb only those pixels
+
+    def image_size_problem(self, image_size: int, locations: ResolveContext) -> str | None:
+        """Pixels take any size (the common MAX_IMAGE_SIZE bound aside)."""
+        return None
 
 
 class PixelGenerator:
@@ -36,6 +41,9 @@ class PixelGenerator:
 
 @GENERATORS.register("pixel", config=PixelConfig, description="no generator: steps move the pixels directly (baseline)")
 def load_pixel(config: PixelConfig, ctx: ComponentContext) -> PixelGenerator:
+    problem = image_size_cap_problem(ctx.image_size)
+    if problem:
+        raise ComponentError(problem)
     mask = None
     if config.mask is not None:
         from builder.sparse import load_mask

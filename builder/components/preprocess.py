@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from builder.config import PreprocessConfig
+from builder.errors import ComponentError
 
 
 @dataclass(frozen=True)
@@ -20,9 +21,15 @@ class Preprocessing:
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
-    def overridden(self, spec: PreprocessConfig) -> "Preprocessing":
+    def overridden(self, spec: PreprocessConfig, owner: str = "model") -> "Preprocessing":
+        """These settings with the spec's overrides; ``owner`` names the model in errors."""
         values = {k: v for k, v in spec.model_dump().items() if v is not None}
-        return Preprocessing(**{**self.__dict__, **values})
+        result = Preprocessing(**{**self.__dict__, **values})
+        if not all(math.isfinite(s) and s > 0 for s in result.std):  # normalising would divide by it
+            raise ComponentError(f"{owner}: preprocess.std {list(result.std)} must be positive numbers; fix preprocess.std")
+        if not all(math.isfinite(m) for m in result.mean):
+            raise ComponentError(f"{owner}: preprocess.mean {list(result.mean)} must be finite numbers; fix preprocess.mean")
+        return result
 
 
 class Preprocess(nn.Module):

@@ -19,14 +19,23 @@ import torch
 import yaml
 from torch import nn
 
-from builder.checkpoints import load_state_dict, load_weights, resolve_location
-from builder.components.base import GENERATORS, ComponentContext
+from builder.checkpoints import (
+    ResolveContext,
+    load_state_dict,
+    load_weights,
+    resolve_location,
+)
+from builder.components.base import GENERATORS, ComponentContext, image_size_cap_problem
 from builder.config import GeneratorConfig, TrainConfig
 from builder.errors import ComponentError
 
 log = logging.getLogger(__name__)
 
 REQUIRED_DDCONFIG = ("ch", "out_ch", "ch_mult", "num_res_blocks", "attn_resolutions", "in_channels", "resolution", "z_channels")
+#: the largest generator this tool builds; counted on the meta device before anything is allocated
+MAX_PARAMETERS = 2_000_000_000
+MAX_LEVELS = 12  # len(ch_mult): a downsampling factor of at most 2**11
+MAX_CHANNELS = 65536
 
 
 class VQGANConfig(GeneratorConfig):
@@ -36,22 +45,159 @@ class VQGANConfig(GeneratorConfig):
     mask: Optional[str] = None  # a file from `build-benchmark fit-mask`: perturb only those latent dims
     train: Optional[TrainConfig] = None
 
+    def image_size_problem(self, image_size: int, locations: ResolveContext) -> str | None:
+        """Why this VQGAN cannot take ``image_size`` px images (None if it can); reads the config
+        file, so a malformed one raises its ComponentError."""
+        path = resolve_location(self.config, locations)
+        return downsampling_problem(read_taming_config(path), image_size, path)
 
-def read_taming_config(path: Path) -> dict[str, Any]:
-    """``model.params`` of a taming config, checked for the fields the modules need."""
+
+def downsampling_factor(params: dict[str, Any]) -> int:
+    """How much the encoder shrinks each side: 2**(len(ch_mult) - 1)."""
+    return int(2 ** (len(params["ddconfig"]["ch_mult"]) - 1))
+
+
+def downsampling_problem(params: dict[str, Any], image_size: int, path: Path) -> str | None:
+    """Why the VQGAN of ``params`` (read from ``path``) cannot take ``image_size`` px images."""
+    factor = downsampling_factor(params)
+    why = f"image_size {image_size}: the VQGAN of {path} downsamples by {factor} (2**(len(ch_mult)-1)), so the size must be"
+    if image_size < factor:
+        return f"{why} at least {factor}; use {factor} or a multiple of it"
+    if image_size % factor:
+        lower, upper = image_size // factor * factor, (image_size // factor + 1) * factor
+        return f"{why} a multiple of {factor}; use {lower} or {upper}"
+    return None
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+class _ConfigCheck:
+    """Checks of one taming config file, each failing as one line naming the file and key."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, why: str, fix: str = "fix the config (compare taming's model.yaml)") -> ComponentError:
+        return ComponentError(f"generator config {self.path}: {why}; {fix}")
+
+    def mapping(self, value: Any, key: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(f"{key} must be a mapping (got {type(value).__name__} {_shown(value)})")
+        return value
+
+    def integer(self, value: Any, key: str, low: int, high: int, multiple: int = 1) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high or value % multiple:
+            kind = f"a multiple of {multiple} from {low}" if multiple > 1 else f"an integer from {low}"
+            raise self.fail(f"{key} must be {kind} to {high} (got {_shown(value)})")
+        return value
+
+    def integers(self, value: Any, key: str, low: int, high: int, count: tuple[int, int]) -> list[int]:
+        if not isinstance(value, (list, tuple)) or not count[0] <= len(value) <= count[1] or not all(
+            isinstance(v, int) and not isinstance(v, bool) and low <= v <= high for v in value
+        ):
+            raise self.fail(f"{key} must be a list of {count[0]} to {count[1]} integers from {low} to {high} (got {_shown(value)})")
+        return list(value)
+
+    def flag(self, value: Any, key: str, required: bool | None = None) -> None:
+        if not isinstance(value, bool) or (required is not None and value != required):
+            expected = str(required).lower() if required is not None else "true or false"
+            raise self.fail(f"{key} must be {expected} (got {_shown(value)})")
+
+
+def _load_yaml(check: _ConfigCheck) -> Any:
+    path = check.path
+    if path.is_dir():
+        raise ComponentError(f"generator config {path} is a directory, not a YAML file; check generator.config")
     if not path.is_file():
         raise ComponentError(f"generator config not found: {path}; check generator.config")
     try:
-        data = yaml.safe_load(path.read_text())
-        params = data["model"]["params"]
-        ddconfig = params["ddconfig"]
-        missing = [k for k in ("n_embed", "embed_dim") if k not in params]
-        missing += [f"ddconfig.{k}" for k in REQUIRED_DDCONFIG if k not in ddconfig]
-    except (yaml.YAMLError, KeyError, TypeError) as error:
-        raise ComponentError(f"generator config {path}: not a taming model config (no {error})") from None
+        raw = path.read_bytes()
+    except OSError as error:
+        raise check.fail(f"cannot read it ({error.strerror or type(error).__name__})", "check its permissions") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise check.fail(f"not UTF-8 text (byte 0x{raw[error.start]:02x} at offset {error.start})", "save it as UTF-8 YAML") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise check.fail(f"not valid YAML ({where}{problem})", "fix the YAML syntax") from None
+    except RecursionError:
+        raise check.fail("not valid YAML (nested too deeply)", "fix the YAML") from None
+    if data is None:
+        raise check.fail("the file is empty", "give taming's model.yaml (model.params: ddconfig, n_embed, embed_dim)")
+    return data
+
+
+def read_taming_config(path: Path) -> dict[str, Any]:
+    """``model.params`` of a taming config, every field the modules use checked (type, range, a
+    parameter count within MAX_PARAMETERS), so building it cannot fail or exhaust memory."""
+    check = _ConfigCheck(path)
+    data = _load_yaml(check)
+    if not isinstance(data, dict):
+        raise check.fail(f"holds a {type(data).__name__}, not a mapping", "give taming's model.yaml (model.params: ddconfig, n_embed, embed_dim)")
+    if "model" not in data:
+        raise check.fail("model is missing", "give taming's model.yaml (model.params: ddconfig, n_embed, embed_dim)")
+    model = check.mapping(data["model"], "model")
+    if "params" not in model:
+        raise check.fail("model.params is missing", "give taming's model.yaml (model.params: ddconfig, n_embed, embed_dim)")
+    params = check.mapping(model["params"], "model.params")
+    if "ddconfig" not in params:
+        raise check.fail("model.params.ddconfig is missing", "give taming's model.yaml (model.params: ddconfig, n_embed, embed_dim)")
+    ddconfig = check.mapping(params["ddconfig"], "model.params.ddconfig")
+    missing = [k for k in ("n_embed", "embed_dim") if k not in params]
+    missing += [f"ddconfig.{k}" for k in REQUIRED_DDCONFIG if k not in ddconfig]
     if missing:
-        raise ComponentError(f"generator config {path}: model.params lacks {', '.join(missing)}")
+        raise check.fail(f"model.params lacks {', '.join(missing)}", "add them (compare taming's model.yaml)")
+    key = "model.params.ddconfig."
+    ch = check.integer(ddconfig["ch"], key + "ch", 32, 8192, multiple=32)  # taming's GroupNorm(32)
+    check.integers(ddconfig["ch_mult"], key + "ch_mult", 1, 64, (1, MAX_LEVELS))
+    check.integer(ddconfig["num_res_blocks"], key + "num_res_blocks", 1, 64)
+    check.integers(ddconfig["attn_resolutions"], key + "attn_resolutions", 1, 1 << 20, (0, 64))
+    check.integer(ddconfig["resolution"], key + "resolution", 1, 1 << 20)
+    check.integer(ddconfig["z_channels"], key + "z_channels", 1, MAX_CHANNELS)
+    for name in ("in_channels", "out_ch"):
+        if ddconfig[name] != 3 or isinstance(ddconfig[name], bool):
+            raise check.fail(f"{key}{name} must be 3, for RGB images (got {_shown(ddconfig[name])})")
+    if "double_z" not in ddconfig:
+        raise check.fail(f"{key}double_z is missing (taming's default, true, is for KL autoencoders)", "add double_z: false")
+    check.flag(ddconfig["double_z"], key + "double_z", required=False)
+    if "give_pre_end" in ddconfig:
+        check.flag(ddconfig["give_pre_end"], key + "give_pre_end", required=False)
+    if "resamp_with_conv" in ddconfig:
+        check.flag(ddconfig["resamp_with_conv"], key + "resamp_with_conv")
+    dropout = ddconfig.get("dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise check.fail(f"{key}dropout must be a number from 0 to below 1 (got {_shown(dropout)})")
+    check.integer(params["n_embed"], "model.params.n_embed", 1, 1 << 24)
+    check.integer(params["embed_dim"], "model.params.embed_dim", 1, MAX_CHANNELS)
+    if "sane_index_shape" in params:
+        check.flag(params["sane_index_shape"], "model.params.sane_index_shape")
+    remap = params.get("remap")
+    if remap is not None and not (isinstance(remap, str) and Path(remap).is_file()):
+        raise check.fail(f"model.params.remap {_shown(remap)} is not an existing .npy file (taming reads it from the working directory)",
+                         "fix the path or remove remap")
+    count = count_parameters(params)
+    if count > MAX_PARAMETERS:
+        raise check.fail(
+            f"it describes a VQGAN with {count:.3g} parameters (ch {ch}, ch_mult {ddconfig['ch_mult']}, embed_dim "
+            f"{params['embed_dim']}), more than the {MAX_PARAMETERS:.0e} this tool builds",
+            "use a smaller ch, ch_mult, n_embed or embed_dim",
+        )
     return params
+
+
+def count_parameters(params: dict[str, Any]) -> int:
+    """Parameters of the VQGAN ``params`` describes, built on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        model = TamingVQGAN({**params, "remap": None})  # remap only adds a buffer (and reads a file)
+    return sum(p.numel() for p in model.parameters())
 
 
 class TamingVQGAN(nn.Module):
@@ -112,7 +258,11 @@ class VQGANGenerator:
 
 @GENERATORS.register("vqgan", config=VQGANConfig, description="taming-transformers VQGAN (config YAML + .ckpt)")
 def load_vqgan(config: VQGANConfig, ctx: ComponentContext) -> VQGANGenerator:
-    params = read_taming_config(resolve_location(config.config, ctx.locations))
+    config_path = resolve_location(config.config, ctx.locations)
+    params = read_taming_config(config_path)
+    problem = image_size_cap_problem(ctx.image_size) or downsampling_problem(params, ctx.image_size, config_path)
+    if problem:
+        raise ComponentError(problem)
     model = TamingVQGAN(params)
     if config.checkpoint is None:
         log.warning("generator has no checkpoint: random weights (only useful for timing)")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import unicodedata
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from builder.checkpoints import ResolveContext
 from builder.config import SourceConfig
@@ -68,10 +70,34 @@ def check_class_names(declared: tuple[str, ...] | None, found: tuple[str, ...], 
 def check_label(label: int, class_names: tuple[str, ...], source_id: str) -> int:
     if not 0 <= label < len(class_names):
         raise SourceError(
-            f"sample {source_id}: label {label} is outside the {len(class_names)} classes; "
+            f"sample {source_id}: label {shown_label(label)} is outside the {len(class_names)} classes; "
             "fix the label column or source.class_names"
         )
     return label
+
+
+def shown_label(label: int) -> str:
+    """A label short enough for a one-line message (a hostile one may have thousands of digits)."""
+    if -(10**30) < label < 10**30:
+        return str(label)
+    return f"{'-' if label < 0 else ''}10^{int(abs(label).bit_length() * 0.30103)} or so"
+
+
+def printable_id(name: str) -> str:
+    """``name`` fit for a sample id or a message: bytes that are not UTF-8 (a file system's
+    surrogate escapes) and line breaks or other control characters become backslash escapes,
+    so ids stay one line and every writer can encode them; ordinary names are unchanged."""
+    if name.isprintable():
+        return name
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = name.encode("utf-8", "backslashreplace")
+    text = raw.decode("utf-8", "backslashreplace")
+    return "".join(c.encode("unicode_escape").decode("ascii") if unicodedata.category(c) in _BREAKING else c for c in text)
+
+
+_BREAKING = ("Cc", "Zl", "Zp")  # controls (newline, NUL, ESC...) and the Unicode line/paragraph separators
 
 
 class SuperclassSource:
@@ -87,6 +113,8 @@ class SuperclassSource:
             )
         owner = {i: group for group, spans in enumerate(ranges.values()) for first, last in spans for i in range(first, last + 1)}
         labels = inner.labels() if hasattr(inner, "labels") else [item.label for item in inner.items(0, len(inner))]
+        for position, label in enumerate(labels):  # an out-of-range label would otherwise just be dropped
+            check_label(label, inner.class_names, f"{what} #{position}")
         self._kept = [position for position, label in enumerate(labels) if label in owner]
         self._owner = owner
         self._inner = inner

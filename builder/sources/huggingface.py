@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import io
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 from builder.config import SourceConfig
 from builder.errors import SourceError
-from builder.sources.base import SOURCES, SourceContext, SourceItem, check_class_names
+from builder.sources.base import (
+    SOURCES,
+    SourceContext,
+    SourceItem,
+    check_class_names,
+    check_label,
+)
+from builder.sources.imagefolder import open_image
+
+#: the integer dtypes a label column may have (a float or a string is not a class index)
+INT_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
 
 
 class HuggingFaceConfig(SourceConfig):
     path: str
-    name: Optional[str] = None
+    name: str | None = None
     split: str = "test"
-    revision: Optional[str] = None
+    revision: str | None = None
     image_column: str = "image"
     label_column: str = "label"
 
@@ -25,8 +36,13 @@ def _open_encoded(value: Any):  # -> PIL.Image.Image
     if isinstance(value, dict) and value.get("bytes"):
         return Image.open(io.BytesIO(value["bytes"]))
     if isinstance(value, dict) and value.get("path"):
-        return Image.open(value["path"])
+        return open_image(value["path"])  # a path cell could name a FIFO or a device: never opened
     raise ValueError("empty image cell")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 @SOURCES.register("huggingface", config=HuggingFaceConfig, description="datasets.load_dataset(path, name, split)")
@@ -36,9 +52,8 @@ class HuggingFaceSource:
 
         try:
             table = datasets.load_dataset(config.path, config.name, split=config.split, revision=config.revision)
-        except (FileNotFoundError, ValueError, ConnectionError, OSError) as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise SourceError(f"huggingface source '{config.path}' split '{config.split}': {first}") from None
+        except (FileNotFoundError, ValueError, ConnectionError, OSError, datasets.exceptions.DatasetsError) as error:
+            raise SourceError(f"huggingface source '{config.path}' split '{config.split}': {_first_line(error)}") from None
         for column in (config.image_column, config.label_column):
             if column not in table.column_names:
                 raise SourceError(
@@ -46,6 +61,12 @@ class HuggingFaceSource:
                     f"columns: {', '.join(table.column_names)}"
                 )
         feature = table.features[config.label_column]
+        if not isinstance(feature, datasets.ClassLabel) and not (isinstance(feature, datasets.Value) and feature.dtype in INT_DTYPES):
+            held = feature.dtype if isinstance(feature, datasets.Value) else type(feature).__name__
+            raise SourceError(
+                f"huggingface source '{config.path}': column '{config.label_column}' holds {held} values, not class indices; "
+                "set source.label_column to an integer or ClassLabel column"
+            )
         found = tuple(feature.names) if isinstance(feature, datasets.ClassLabel) else ()
         if not found and config.class_names is None:
             raise SourceError(
@@ -53,7 +74,14 @@ class HuggingFaceSource:
                 "set source.class_names"
             )
         self.class_names = check_class_names(config.class_names, found, f"huggingface {config.path}")
-        self._table = table.cast_column(config.image_column, datasets.Image(decode=False))
+        try:
+            self._table = table.cast_column(config.image_column, datasets.Image(decode=False))
+        except (ValueError, TypeError, NotImplementedError) as error:  # pyarrow's ArrowInvalid is a ValueError
+            held = getattr(table.features[config.image_column], "dtype", type(table.features[config.image_column]).__name__)
+            raise SourceError(
+                f"huggingface source '{config.path}': column '{config.image_column}' holds {held} values, not images "
+                f"({_first_line(error)}); set source.image_column to an image column"
+            ) from None
         self._image_column = config.image_column
         self._label_column = config.label_column
         self._name = config.path
@@ -63,7 +91,19 @@ class HuggingFaceSource:
 
     def labels(self) -> list[int]:
         """All labels, read from their column alone (no image bytes)."""
-        return [int(label) for label in self._table.select_columns([self._label_column])[self._label_column]]
+        column = self._table.select_columns([self._label_column])[self._label_column]
+        return [self._label(label, index) for index, label in enumerate(column)]
+
+    def _label(self, value: Any, index: int) -> int:
+        """A missing label (None, or ClassLabel's -1 for "unlabelled") is the data set's gap, not a
+        sample to guess: a test split without labels is the usual cause."""
+        source_id = f"{self._name}/{index}"
+        if value is None or value == -1:
+            raise SourceError(
+                f"huggingface sample {source_id} has no label ({value}: unlabelled); "
+                "pick a labelled split or set source.label_column"
+            )
+        return check_label(int(value), self.class_names, source_id)
 
     def items(self, start: int, stop: int) -> Iterator[SourceItem]:
         stop = min(stop, len(self))
@@ -72,4 +112,4 @@ class HuggingFaceSource:
         rows = self._table[start:stop]
         for offset, (image, label) in enumerate(zip(rows[self._image_column], rows[self._label_column])):
             index = start + offset
-            yield SourceItem(index, f"{self._name}/{index}", int(label), lambda v=image: _open_encoded(v))
+            yield SourceItem(index, f"{self._name}/{index}", self._label(label, index), lambda v=image: _open_encoded(v))

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import stat
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Iterator
 
 from builder.config import SourceConfig
-from builder.sources.base import SOURCES, SourceContext, SourceItem, check_class_names
 from builder.errors import SourceError
+from builder.sources.base import (
+    SOURCES,
+    SourceContext,
+    SourceItem,
+    check_class_names,
+    printable_id,
+)
+from builder.sources.decode import SampleRejected
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm")
 
@@ -19,9 +28,74 @@ class ImageFolderConfig(SourceConfig):
 
 
 def open_image(path: Path):  # -> PIL.Image.Image
-    from PIL import Image
+    """The image at ``path``, lazily (the decoder checks the size before reading pixels).
+    Anything but a regular file is rejected before it is opened: opening a FIFO named
+    ``x.png`` would block forever, and a device could be read without end."""
+    from PIL import Image, UnidentifiedImageError
 
-    return Image.open(path)  # lazy: the decoder checks the size before reading pixels
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        what = "a broken symbolic link" if os.path.islink(path) else "unreadable"
+        raise SampleRejected(f"{what} ({error.strerror or type(error).__name__})") from None
+    if not stat.S_ISREG(mode):
+        raise SampleRejected(f"not a regular file but {_file_kind(mode)}; only image files are read")
+    try:
+        return Image.open(path)
+    except UnidentifiedImageError:
+        raise
+    except OSError as error:
+        if error.errno is None:  # the decoder's own complaint: a corrupt image, said by load_rgb
+            raise
+        raise SampleRejected(f"cannot read the file ({error.strerror or type(error).__name__})") from None
+
+
+def _file_kind(mode: int) -> str:
+    kinds = {stat.S_ISDIR: "a directory", stat.S_ISFIFO: "a FIFO", stat.S_ISSOCK: "a socket", stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device"}
+    return next((name for test, name in kinds.items() if test(mode)), "a special file")
+
+
+def _class_folders(root: Path) -> tuple[str, ...]:
+    """The sub-folders of ``root``, sorted; a name that cannot be a class name (not UTF-8, a
+    line break) and a broken link where a class may be meant are errors, never skipped, since
+    a skipped class would silently shift every later class's label."""
+    try:
+        entries = sorted(root.iterdir())
+    except OSError as error:
+        raise SourceError(f"imagefolder: cannot list {root}: {error.strerror or error}; fix its permissions") from None
+    classes = []
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        if entry.is_symlink() and not entry.exists():
+            raise SourceError(f"imagefolder: {printable_id(str(entry))} is a broken symbolic link; fix its target or remove it")
+        if not entry.is_dir():
+            continue
+        if printable_id(entry.name) != entry.name:
+            what = "has a line break or control character" if _is_utf8(entry.name) else "is not valid UTF-8"
+            raise SourceError(f"imagefolder: class folder {printable_id(entry.name)!r} in {root} {what}; rename it")
+        classes.append(entry.name)
+    return tuple(classes)
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # the file system's surrogate escapes of undecodable bytes
+        return False
+    return True
+
+
+def _files_below(folder: Path) -> list[Path]:
+    """Every non-directory entry below ``folder`` (symbolic links to folders are not followed,
+    as ``Path.rglob`` does not), sorted like ``sorted(folder.rglob("*"))``. A folder that cannot
+    be listed is an error: ``rglob`` would skip its images without a word."""
+
+    def fail(error: OSError) -> None:
+        where = printable_id(str(error.filename)) if error.filename else str(folder)
+        raise SourceError(f"imagefolder: cannot list {where}: {error.strerror or error}; fix its permissions")
+
+    return sorted(Path(top, name) for top, _, files in os.walk(folder, onerror=fail) for name in files)
 
 
 @SOURCES.register("imagefolder", config=ImageFolderConfig, description="root/<class>/<image>, classes sorted by name")
@@ -31,15 +105,15 @@ class ImageFolderSource:
         root = root if root.is_absolute() else ctx.base_dir / root
         if not root.is_dir():
             raise SourceError(f"imagefolder: {root} is not a directory; check source.path")
-        classes = tuple(sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")))
+        classes = _class_folders(root)
         if not classes:
             raise SourceError(f"imagefolder: {root} has no class sub-folders")
         self.class_names = check_class_names(config.class_names, classes, f"imagefolder {root}")
         suffixes = tuple(s.lower() for s in config.extensions)
         self._files: list[tuple[Path, int]] = []
         for label, name in enumerate(classes):
-            for file in sorted((root / name).rglob("*")):
-                if file.is_file() and not file.name.startswith(".") and file.suffix.lower() in suffixes:
+            for file in _files_below(root / name):  # FIFOs, broken links...: listed, and rejected when read
+                if not file.name.startswith(".") and file.suffix.lower() in suffixes:
                     self._files.append((file, label))
         self._root = root
 
@@ -49,4 +123,4 @@ class ImageFolderSource:
     def items(self, start: int, stop: int) -> Iterator[SourceItem]:
         for i in range(start, min(stop, len(self))):
             path, label = self._files[i]
-            yield SourceItem(i, path.relative_to(self._root).as_posix(), label, partial(open_image, path))
+            yield SourceItem(i, printable_id(path.relative_to(self._root).as_posix()), label, partial(open_image, path))

@@ -9,38 +9,151 @@ from __future__ import annotations
 import glob
 import io
 import json
+import lzma
 import tarfile
-from pathlib import Path
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Union
+from pathlib import Path
+from typing import Any
 
 from builder.checkpoints import resolve_location
 from builder.config import SourceConfig
 from builder.errors import SourceError
-from builder.sources.base import SOURCES, SourceContext, SourceItem
+from builder.sources.base import (
+    SOURCES,
+    SourceContext,
+    SourceItem,
+    printable_id,
+    shown_label,
+)
 from builder.sources.decode import SampleRejected
+
+#: a label member is a class index (``3``, ``{"label": 3}``): anything longer is not one, and is
+#: never parsed (a deeply nested or many-digit JSON text would blow the parser's limits)
+LABEL_LIMIT = 4096
+#: more shards than this in ``source.urls`` is a runaway brace pattern, not a data set
+MAX_SHARDS = 100_000
+#: braces nested deeper than this are rejected before counting (each level is scanned again)
+MAX_BRACE_DEPTH = 16
+#: what a damaged plain, gzip, bzip2 or xz stream raises (``gzip.BadGzipFile`` and bzip2's
+#: "Invalid data stream" are OSErrors, a cut compressed stream is an EOFError)
+_STREAM_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
 
 
 class WebDatasetConfig(SourceConfig):
-    urls: Union[str, tuple[str, ...]]
+    urls: str | tuple[str, ...]
     image_keys: tuple[str, ...] = ("png", "jpg", "jpeg", "webp")
     label_key: str = "cls"
 
 
-def _expand(urls: Union[str, tuple[str, ...]], ctx: SourceContext) -> list[Path]:
+def _expand(urls: str | tuple[str, ...], ctx: SourceContext) -> list[Path]:
     import braceexpand
 
     patterns = [urls] if isinstance(urls, str) else list(urls)
+    total = 0
+    for pattern in patterns:  # counted first: braceexpand builds a whole range before yielding one name
+        total += _expansion_count(pattern)
+        if total > MAX_SHARDS:
+            shown = pattern if len(pattern) <= 80 else pattern[:77] + "..."
+            raise SourceError(
+                f"webdataset source: source.urls {shown!r} expands to more than {MAX_SHARDS} shards; "
+                "check its {a..b} ranges"
+            )
     paths: list[Path] = []
     for pattern in patterns:
         for url in braceexpand.braceexpand(pattern):
             local = resolve_location(url, ctx)
             matches = sorted(glob.glob(str(local))) if any(c in str(local) for c in "*?[") else [str(local)]
             paths.extend(Path(m) for m in matches)
+            if len(paths) > MAX_SHARDS:
+                raise SourceError(f"webdataset source: source.urls match more than {MAX_SHARDS} shards; narrow its globs")
     missing = [p for p in paths if not p.is_file()]
     if not paths or missing:
         raise SourceError(f"webdataset source: no shard at {missing[0] if missing else patterns[0]}; check source.urls")
     return paths
+
+
+def _expansion_count(pattern: str) -> int:
+    """How many names ``braceexpand(pattern)`` yields, without making them; raises a
+    :class:`SourceError` for unbalanced braces, like braceexpand would (as a ValueError)."""
+    shown = pattern if len(pattern) <= 80 else pattern[:77] + "..."
+    depth = deepest = 0
+    for char in pattern:
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        deepest = max(deepest, depth)
+    if deepest > MAX_BRACE_DEPTH:  # a hostile nesting would take minutes to count
+        raise SourceError(f"webdataset source: source.urls {shown!r} nests braces {deepest} deep (at most {MAX_BRACE_DEPTH}); simplify the pattern")
+    try:
+        return _count_pattern(pattern)
+    except ValueError:
+        raise SourceError(f"webdataset source: source.urls {shown!r} has unbalanced or malformed braces; fix the pattern") from None
+
+
+def _count_pattern(pattern: str) -> int:
+    """braceexpand's ``parse_pattern``, counting instead of expanding."""
+    count, start, depth, pos = 1, 0, 0, 0
+    while pos < len(pattern):
+        if pattern[pos] == "\\":
+            pos += 2
+            continue
+        if pattern[pos] == "{":
+            if depth == 0:
+                start = pos
+            depth += 1
+        elif pattern[pos] == "}":
+            depth -= 1
+            if depth == 0:
+                count *= _count_expression(pattern[start + 1 : pos])
+        pos += 1
+    if depth != 0:
+        raise ValueError("unbalanced braces")
+    return count
+
+
+def _count_expression(expr: str) -> int:
+    """braceexpand's ``parse_expression``: an int range, a letter range, a sequence or a literal."""
+    import braceexpand
+
+    numbers = braceexpand.int_range_re.match(expr)
+    letters = braceexpand.char_range_re.match(expr)
+    if numbers or letters:
+        first, last, step_text = (numbers or letters).groups()  # type: ignore[union-attr]
+        step = (int(step_text) or 1) if step_text else 1
+        if numbers:
+            low, high = int(first), int(last)
+            return len(range(low, high + 1, step) if low < high else range(low, high - 1, -step))
+        low, high = braceexpand.alphabet.index(first), braceexpand.alphabet.index(last)
+        return len(braceexpand.alphabet[low : high + 1 : step] if low < high else braceexpand.alphabet[low : (high or -len(braceexpand.alphabet)) - 1 : -step])
+    parts, start, depth, pos = [], 0, 0, 0
+    while pos < len(expr):
+        if expr[pos] == "\\":
+            pos += 2
+            continue
+        if expr[pos] == "{":
+            depth += 1
+        elif expr[pos] == "}":
+            depth -= 1
+        elif expr[pos] == "," and depth == 0:
+            parts.append(expr[start:pos])
+            start = pos + 1
+        pos += 1
+    if depth != 0 or not parts:  # not a sequence: "{x}" stays literal around its inner pattern
+        return _count_pattern(expr)
+    return sum(_count_pattern(part) for part in [*parts, expr[start:]])
+
+
+#: how each compression a shard may have starts, and the tarfile mode that reads it
+_MAGIC = ((b"\x1f\x8b", "r:gz"), (b"BZh", "r:bz2"), (b"\xfd7zXZ\x00", "r:xz"))
+
+
+def _open_tar(shard: Path) -> tarfile.TarFile:
+    """The shard opened in the mode its first bytes call for: ``r:*`` would try every
+    compression and, on a damaged file, report all of their failures instead of the one."""
+    with open(shard, "rb") as handle:
+        start = handle.read(6)
+    mode = next((mode for magic, mode in _MAGIC if start.startswith(magic)), "r:")
+    return tarfile.open(shard, mode)
 
 
 def _split_key(name: str) -> tuple[str, str]:
@@ -50,11 +163,20 @@ def _split_key(name: str) -> tuple[str, str]:
 
 
 def _read_member(shard: Path, member: tarfile.TarInfo) -> bytes:
-    with tarfile.open(shard, "r:*") as tar:
-        handle = tar.extractfile(member)
-        if handle is None:
-            raise ValueError(f"{member.name} is not a regular file")
-        return handle.read()
+    """The member's bytes; a shard that was whole when indexed but cannot be read now changed
+    on disk (or broke), which is a problem of the whole source, not of this one sample."""
+    try:
+        with _open_tar(shard) as tar:
+            handle = tar.extractfile(member)
+            if handle is None:
+                raise SampleRejected(f"{printable_id(member.name)} is not a regular file")
+            data = handle.read()
+    except _STREAM_ERRORS as error:
+        raise SourceError(
+            f"webdataset source: shard {shard} can no longer be read at member {printable_id(member.name)} "
+            f"({_reason(error)}); it changed since it was indexed: re-download it and resume"
+        ) from None
+    return data
 
 
 @SOURCES.register("webdataset", config=WebDatasetConfig, description="tar shards: <key>.png|jpg + <key>.cls")
@@ -74,23 +196,27 @@ class WebDatasetSource:
 
     def _index_shard(self, shard: Path, config: WebDatasetConfig) -> None:
         groups: list[tuple[str, dict[str, tarfile.TarInfo]]] = []
-        latest: dict[str, dict[str, tarfile.TarInfo]] = {}
+        labels: dict[int, bytes] = {}  # group position -> the label member's first bytes
+        latest: dict[str, int] = {}  # key -> position of its newest group
         try:
-            with tarfile.open(shard, "r:*") as tar:
+            with _open_tar(shard) as tar:
                 for member in tar:
                     if member.isfile():
                         key, extension = _split_key(member.name)
-                        if key not in latest or extension in latest[key]:  # a repeated member starts a new sample
-                            latest[key] = {}
-                            groups.append((key, latest[key]))
-                        latest[key][extension] = member
-                labels = [tar.extractfile(m[config.label_key]).read() if config.label_key in m else None for _, m in groups]
-        except (tarfile.TarError, OSError) as error:
-            raise SourceError(f"webdataset source: cannot read {shard}: {error}") from None
-        for (key, members), label in zip(groups, labels):  # tar order: the order the shard was written in
-            source_id = f"{shard.name}/{key}"
+                        if key not in latest or extension in groups[latest[key]][1]:  # a repeated member starts a new sample
+                            latest[key] = len(groups)
+                            groups.append((key, {}))
+                        groups[latest[key]][1][extension] = member
+                        if extension == config.label_key:  # read now: a later backward seek re-inflates a compressed shard
+                            labels[latest[key]] = _extracted(tar, member).read(LABEL_LIMIT + 1)
+                _check_end(tar, shard)
+        except _STREAM_ERRORS as error:
+            raise SourceError(_unreadable(shard, error)) from None
+        for position, (key, members) in enumerate(groups):  # tar order: the order the shard was written in
+            source_id = printable_id(f"{shard.name}/{key}")
             image = next((members[e] for e in config.image_keys if e in members), None)
-            self._samples.append(_Sample(source_id, shard, image, label, self._first_of.get(source_id)))
+            label, problem = _parse_label(labels.get(position), members.get(config.label_key), source_id, len(self.class_names))
+            self._samples.append(_Sample(source_id, shard, image, label, problem, self._first_of.get(source_id)))
             self._first_of.setdefault(source_id, len(self._samples) - 1)
 
     def __len__(self) -> int:
@@ -99,36 +225,100 @@ class WebDatasetSource:
     def items(self, start: int, stop: int) -> Iterator[SourceItem]:
         for i in range(start, min(stop, len(self))):
             sample = self._samples[i]
+            if sample.problem is not None:
+                raise SourceError(sample.problem)
             load = (lambda s=sample: _open(s.shard, s.member)) if sample.duplicate_of is None else (lambda s=sample: _duplicate(s))
-            yield SourceItem(i, sample.source_id, _parse_label(sample.label, sample.source_id), load)
+            yield SourceItem(i, sample.source_id, sample.label, load)
 
 
 @dataclass(frozen=True)
 class _Sample:
     source_id: str
     shard: Path
-    member: Optional[tarfile.TarInfo]
-    label: Optional[bytes]
-    duplicate_of: Optional[int]  # index of the first sample with this source id
+    member: tarfile.TarInfo | None
+    label: int
+    problem: str | None  # why the label is unusable: raised when the sample is reached
+    duplicate_of: int | None  # index of the first sample with this source id
+
+
+def _extracted(tar: tarfile.TarFile, member: tarfile.TarInfo) -> Any:
+    handle = tar.extractfile(member)
+    if handle is None:  # isfile() members always have one
+        raise tarfile.ReadError(f"{member.name} has no data")
+    return handle
+
+
+def _check_end(tar: tarfile.TarFile, shard: Path) -> None:
+    """``tarfile`` stops quietly at a header cut short or garbled, which loses every later
+    sample without a word: after the last member there may only be the zero blocks that end
+    a tar. Reading to the end also makes a cut compressed stream raise its EOFError."""
+    handle = tar.fileobj
+    if handle is None:  # never after tarfile.open; keeps the type checker content
+        return
+    handle.seek(tar.offset)
+    head = handle.read(tarfile.BLOCKSIZE)
+    if head.strip(b"\0"):
+        if len(head) < tarfile.BLOCKSIZE:
+            raise SourceError(f"webdataset source: shard {shard} is truncated at byte {shard.stat().st_size} (inside a member header); re-download it")
+        raise SourceError(f"webdataset source: shard {shard} has an unreadable tar header at byte {tar.offset}; re-download or repack it")
+    position = tar.offset + len(head)
+    while chunk := handle.read(1 << 16):
+        rest = chunk.lstrip(b"\0")
+        if rest:
+            raise SourceError(
+                f"webdataset source: shard {shard} has data after its end-of-archive marker, at byte "
+                f"{position + len(chunk) - len(rest)} (two tars joined?); repack it as one tar"
+            )
+        position += len(chunk)
+
+
+def _unreadable(shard: Path, error: BaseException) -> str:
+    """One line for a shard that cannot be indexed: truncated, corrupt or not a tar at all."""
+    causes = [error, *([error.__cause__] if error.__cause__ else [])]  # tarfile wraps a cut stream's EOFError
+    if any(isinstance(e, EOFError) or "unexpected end of data" in str(e) for e in causes):
+        return f"webdataset source: shard {shard} is truncated at byte {shard.stat().st_size}; re-download it"
+    reason = "; ".join(dict.fromkeys(_reason(e) for e in causes))
+    return f"webdataset source: cannot read {shard}: {reason}; re-download it or check that it is a tar file"
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    text = str(error).strip()
+    return text.splitlines()[0].rstrip(":") if text else type(error).__name__
 
 
 def _duplicate(sample: _Sample) -> Any:
     raise SampleRejected(f"duplicate source id {sample.source_id} (the same key appears again in its tar; sample {sample.duplicate_of} was kept)")
 
 
-def _parse_label(raw: bytes | None, source_id: str) -> int:
-    if raw is None:
-        raise SourceError(f"webdataset sample {source_id} has no label member; check source.label_key")
+def _parse_label(raw: bytes | None, member: tarfile.TarInfo | None, source_id: str, num_classes: int) -> tuple[int, str | None]:
+    """(label, None), or (0, the one-line reason it is unusable)."""
+    if raw is None or member is None:
+        return 0, f"webdataset sample {source_id} has no label member; check source.label_key"
+    if member.size > LABEL_LIMIT:
+        return 0, (
+            f"webdataset sample {source_id}: label member {printable_id(member.name)} is {member.size} bytes, "
+            f"not a class index (at most {LABEL_LIMIT}); fix the label member"
+        )
     text = raw.decode("utf-8", "replace").strip()
     try:
         value = json.loads(text)
-    except json.JSONDecodeError:
-        raise SourceError(f"webdataset sample {source_id}: label {text[:20]!r} is not an integer") from None
+    except (ValueError, RecursionError):  # not JSON, over the int-digit limit, or nested too deep
+        value = None
     if isinstance(value, dict):
         value = value.get("label")
-    if not isinstance(value, int):
-        raise SourceError(f"webdataset sample {source_id}: label {text[:20]!r} is not an integer")
-    return value
+    if isinstance(value, bool) or not isinstance(value, int):  # true/false are ints to Python, not to us
+        return 0, (
+            f"webdataset sample {source_id}: label {text[:20]!r} is not an integer; "
+            'a label member holds a class index such as 3 or {"label": 3}'
+        )
+    if not 0 <= value < num_classes:
+        return 0, (
+            f"sample {source_id}: label {shown_label(value)} is outside the {num_classes} classes; "
+            "fix the label column or source.class_names"
+        )
+    return value, None
 
 
 def _open(shard: Path, member: tarfile.TarInfo | None):  # -> PIL.Image.Image

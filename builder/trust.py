@@ -1,0 +1,93 @@
+"""Data never names code to run: which specs would run code, and the check that refuses them.
+
+A recipe the user runs is theirs and trusted. A model spec read from a manifest, a result
+file or anything downloaded is data: if building it would import or call code (``py:``, or
+any later model scheme registered with ``runs_code=True``), it is refused unless the user
+passes ``--trust-remote-code``, as ``datasets`` and ``transformers`` do.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Optional
+
+from pydantic import BaseModel
+
+from builder.config import ModelSpec
+from builder.errors import BuilderError
+
+TRUST_FLAG = "--trust-remote-code"
+
+
+class UntrustedCodeError(BuilderError):
+    """A spec from data would run code and the user did not say to trust it."""
+
+
+def runs_code(spec: ModelSpec) -> bool:
+    """Whether building ``spec`` imports or calls code its text names (unknown schemes: yes).
+    The tool's own architectures (``py:builder.zoo:<name>``) are part of the tool, not data."""
+    from builder import zoo
+    from builder.components.base import MODELS
+    import builder.components.models  # noqa: F401 - registers the schemes
+
+    scheme, _, target = spec.model.partition(":")
+    if scheme == "py" and target.rpartition(":")[0] == zoo.__name__ and target.rpartition(":")[2] in zoo.__all__:
+        return False
+    return MODELS.entry(scheme).runs_code if scheme in MODELS else True
+
+
+def model_specs(config: Any) -> Iterator[ModelSpec]:
+    """Every model spec inside a (possibly nested) component config."""
+    if isinstance(config, ModelSpec):
+        yield config
+    elif isinstance(config, BaseModel):
+        for name in type(config).model_fields:
+            yield from model_specs(getattr(config, name))
+    elif isinstance(config, (list, tuple)):
+        for item in config:
+            yield from model_specs(item)
+
+
+def require_trusted(specs: Iterable[ModelSpec], origin: str, trust_remote_code: bool) -> None:
+    """Refuse the first spec from ``origin`` (data, not the user) that would run code."""
+    if trust_remote_code:
+        return
+    for spec in specs:
+        if runs_code(spec):
+            raise UntrustedCodeError(
+                f"{origin} names model '{spec.model[:120]}', which would import and run code; "
+                f"nothing was run: pass {TRUST_FLAG} only if you trust where it came from"
+            )
+
+
+def downloaded_roots() -> list[Path]:
+    """Where downloaded snapshots live: the Hugging Face cache."""
+    from huggingface_hub import constants
+
+    return [Path(constants.HF_HUB_CACHE).expanduser().resolve()]
+
+
+def code_file(spec: ModelSpec, base_dir: Path) -> Optional[Path]:
+    """The file a ``py:<file.py>:<callable>`` spec would execute, resolved (None for modules)."""
+    if spec.model.partition(":")[0] != "py":
+        return None
+    module = spec.model.partition(":")[2].rpartition(":")[0]
+    if not module.endswith(".py"):
+        return None
+    path = Path(os.path.expanduser(module))
+    return (path if path.is_absolute() else base_dir / path).resolve()
+
+
+def require_trusted_file(spec: ModelSpec, base_dir: Path, untrusted_roots: Iterable[Path], trust_remote_code: bool) -> None:
+    """A ``py:`` file inside a download (a Hub snapshot, a benchmark dir) is data, not the user's code."""
+    path = code_file(spec, base_dir)
+    if trust_remote_code or path is None:
+        return
+    for root in untrusted_roots:
+        root = Path(root).resolve()
+        if path == root or root in path.parents:
+            raise UntrustedCodeError(
+                f"--model {spec.model[:120]}: {path} lies inside downloaded data ({root}); nothing was run: "
+                f"copy the file somewhere you control after reading it, or pass {TRUST_FLAG}"
+            )

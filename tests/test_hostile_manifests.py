@@ -1,0 +1,206 @@
+"""A benchmark dir is often downloaded or unpacked by hand: every command that reads its
+manifest or a result file meets a broken or hostile one with one line, never a traceback,
+and never follows a path out of the dir. Property-based: arbitrary manifests and result
+files give a valid result or a one-line error, nothing else."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from builder.benchmark import read_manifest
+from builder.cli import main
+from builder.errors import BuilderError
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_cli import assert_one_line_error  # noqa: E402
+
+TINY_MODELS = Path(__file__).parent / "tiny_models.py"
+
+
+@pytest.fixture(scope="module")
+def _build_cache() -> dict[str, Path]:
+    return {}
+
+
+@pytest.fixture
+def built(request: pytest.FixtureRequest, _build_cache: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Path:
+    """A private copy of the conftest tiny build, built once per module."""
+    if "dir" not in _build_cache:
+        _build_cache["dir"] = tmp_path_factory.mktemp("hostile-manifests") / "built"
+        shutil.copytree(request.getfixturevalue("tiny_build"), _build_cache["dir"])
+    target = tmp_path / "bench"
+    shutil.copytree(_build_cache["dir"], target)
+    return target
+
+
+def edit(change: Callable[[dict[str, Any]], None]) -> Callable[[Path], None]:
+    def apply(root: Path) -> None:
+        manifest = json.loads((root / "manifest.json").read_text())
+        change(manifest)
+        (root / "manifest.json").write_text(json.dumps(manifest))
+
+    return apply
+
+
+def raw(data: bytes) -> Callable[[Path], None]:
+    return lambda root: (root / "manifest.json").write_bytes(data)
+
+
+def first_file(manifest: dict[str, Any], fmt: str = "parquet") -> dict[str, Any]:
+    return manifest["configs"]["cnn"]["shards"][0]["files"][fmt]
+
+
+def rename_config(manifest: dict[str, Any], name: str) -> None:
+    manifest["configs"][name] = manifest["configs"].pop("cnn")
+
+
+BROKEN: dict[str, tuple[Callable[[Path], None], str]] = {
+    "missing configs": (edit(lambda m: m.pop("configs")), "configs"),
+    "configs is a list": (edit(lambda m: m.update(configs=[])), "configs"),
+    "shard path with ..": (edit(lambda m: first_file(m).update(path="../../../etc/passwd")), "outside the benchmark dir"),
+    "absolute shard path": (edit(lambda m: first_file(m).update(path="/etc/passwd")), "outside the benchmark dir"),
+    "backslash shard path": (edit(lambda m: first_file(m).update(path="cnn\\..\\..\\x.parquet")), "outside the benchmark dir"),
+    "parquet entry naming a tar": (edit(lambda m: first_file(m).update(path=first_file(m, "webdataset")["path"])), "does not end with .parquet"),
+    "shard of another config dir": (edit(lambda m: first_file(m).update(path="other/test-00000-of-00003.parquet")), "config dir"),
+    "config name that climbs": (edit(lambda m: rename_config(m, "../evil")), "safe path component"),
+    "count as a string": (edit(lambda m: m["configs"]["cnn"].update(num_samples="11")), "num_samples"),
+    "missing class_names": (edit(lambda m: m.pop("class_names")), "class_names"),
+    "a million-deep JSON": (raw(b"[" * 1_000_000 + b"]" * 1_000_000), "nested deeper"),
+    "5000-digit integer": (raw(b'{"format": "fmr-benchmark/1", "source_samples": ' + b"7" * 5000 + b"}"), "not valid JSON"),
+    "not UTF-8": (raw(b"\xff\xfe{\x00}\x00"), "UTF-8"),
+    "a JSON list": (raw(b"[1, 2, 3]"), "not a benchmark manifest"),
+    "empty file": (raw(b""), "not valid JSON"),
+    "another format": (edit(lambda m: m.update(format="something/2")), "not a benchmark manifest"),
+}
+
+
+def commands(root: Path) -> dict[str, list[str]]:
+    return {
+        "score": ["score", "--benchmark", str(root), "--model", f"py:{TINY_MODELS}:tiny_cnn", "--workers", "0", "--bootstrap", "0"],
+        "publish --dry-run": ["publish", str(root), "--repo-id", "org/x", "--dry-run"],
+        "gallery": ["gallery", str(root)],
+        "card": ["card", str(root)],
+    }
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_broken_manifests_are_one_line_for_every_reader(built: Path, case: str) -> None:
+    breaks, fragment = BROKEN[case]
+    breaks(built)
+    before = (built / "manifest.json").read_bytes()
+    for name, args in commands(built).items():
+        result = CliRunner().invoke(main, ["-q", *args])
+        assert_one_line_error(result, fragment) if name != "publish --dry-run" else assert_one_line_error(result)
+        assert (built / "manifest.json").read_bytes() == before, name
+    verified = CliRunner().invoke(main, ["-q", "verify", str(built)])
+    assert verified.exit_code == 1 and "Traceback" not in verified.output, verified.output
+    assert "manifest.json" in verified.output
+
+
+def test_publish_never_reads_a_file_outside_the_dir(built: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.parquet"
+    secret.write_bytes(b"secret")
+    edit(lambda m: first_file(m).update(path=f"cnn/../../{secret.name}"))(built)
+    result = CliRunner().invoke(main, ["-q", "publish", str(built), "--repo-id", "org/x", "--dry-run"])
+    assert_one_line_error(result, "outside the benchmark dir")
+    assert "secret" not in result.output.replace(secret.name, "")
+
+
+def test_a_missing_reference_model_is_one_line_for_ref(built: Path) -> None:
+    edit(lambda m: m["configs"]["cnn"].pop("reference_model"))(built)
+    result = CliRunner().invoke(main, ["-q", "score", "--benchmark", str(built), "--model", "ref:cnn", "--workers", "0"])
+    assert_one_line_error(result, "reference_model")
+
+
+RESULTS: dict[str, tuple[bytes, str]] = {
+    "not JSON": (b"{", "not valid JSON"),
+    "deeply nested": (b"[" * 100_000 + b"]" * 100_000, "nested deeper"),
+    "no results list": (b'{"results": 3}', "no list of results"),
+    "fmr as a string": (b'{"results": [{"name": "m", "model": "timm:x", "benchmark": "b", "benchmark_id": "i", "config": "c", "sa": 0.5, "pa_all": 0.4, "fmr": "80"}]}', "fmr"),
+    "missing name": (b'{"results": [{"model": "timm:x", "benchmark": "b", "benchmark_id": "i", "config": "c", "sa": 0.5, "pa_all": 0.4, "fmr": 80}]}', "name"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RESULTS))
+def test_broken_result_files_are_one_line(built: Path, tmp_path: Path, case: str) -> None:
+    data, fragment = RESULTS[case]
+    path = tmp_path / "results.json"
+    path.write_bytes(data)
+    assert_one_line_error(CliRunner().invoke(main, ["-q", "leaderboard", str(path), "--out", str(tmp_path / "lb")]), fragment)
+    assert_one_line_error(CliRunner().invoke(main, ["-q", "card", str(built), "--results", str(path)]), fragment)
+    (built / "leaderboard.json").write_bytes(data if case != "no results list" else b"3")
+    assert_one_line_error(CliRunner().invoke(main, ["-q", "card", str(built)]))
+
+
+# ----------------------------------------------------------------------------- properties
+
+JSON_LEAVES = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=20))
+JSON_VALUES = st.recursive(JSON_LEAVES, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)), max_leaves=20)
+MANIFEST_KEYS = ("format", "id", "recipe", "recipe_sha256", "split", "class_names", "source_samples", "num_rejects", "configs", "complete")
+
+
+@st.composite
+def manifest_like(draw: st.DrawFn) -> Any:
+    """Mostly manifest-shaped JSON with random holes and random values in random places."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(JSON_VALUES)
+    manifest: dict[str, Any] = {"format": "fmr-benchmark/1"}
+    for key in draw(st.lists(st.sampled_from(MANIFEST_KEYS), max_size=len(MANIFEST_KEYS), unique=True)):
+        manifest[key] = draw(JSON_VALUES)
+    if draw(st.booleans()):
+        path = draw(st.sampled_from(["cnn/a.parquet", "../x.parquet", "/abs.parquet", "cnn/../../x", "cnn\\x.parquet", "a/b/c.parquet", "cnn/x.tar"]))
+        shard = {"num_samples": draw(st.integers(-2, 5)), "num_perturbed": 0, "files": {"parquet": {"path": path, "sha256": "0", "bytes": 1}}}
+        manifest["configs"] = {draw(st.sampled_from(["cnn", "../up", "", "Ok", "x" * 80])): {"num_samples": 1, "num_perturbed": 0, "shards": [shard]}}
+    return manifest
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(payload=manifest_like())
+def test_reading_any_manifest_is_a_result_or_one_line(tmp_path_factory: pytest.TempPathFactory, payload: Any) -> None:
+    root = tmp_path_factory.mktemp("m")
+    (root / "manifest.json").write_text(json.dumps(payload))
+    try:
+        manifest = read_manifest(root)
+    except BuilderError as error:
+        assert "\n" not in str(error) and str(error)
+        return
+    for config in manifest["configs"].values():  # what was accepted is safe to use as paths
+        for shard in config["shards"]:
+            for entry in shard["files"].values():
+                target = (root / entry["path"]).resolve()
+                assert root.resolve() in target.parents
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.one_of(st.binary(max_size=200), JSON_VALUES.map(lambda v: json.dumps(v).encode())))
+def test_reading_any_bytes_as_a_manifest_is_a_result_or_one_line(tmp_path_factory: pytest.TempPathFactory, data: bytes) -> None:
+    root = tmp_path_factory.mktemp("b")
+    (root / "manifest.json").write_bytes(data)
+    try:
+        read_manifest(root)
+    except BuilderError as error:
+        assert "\n" not in str(error) and str(error)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(payload=st.one_of(JSON_VALUES, st.fixed_dictionaries({"results": st.lists(JSON_VALUES, max_size=3)})))
+def test_reading_any_result_file_is_a_result_or_one_line(tmp_path_factory: pytest.TempPathFactory, payload: Any) -> None:
+    from builder.leaderboard import leaderboard_markdown, load_results
+
+    path = tmp_path_factory.mktemp("r") / "results.json"
+    path.write_text(json.dumps(payload))
+    try:
+        rows = load_results([path])
+    except BuilderError as error:
+        assert "\n" not in str(error) and str(error)
+        return
+    leaderboard_markdown(rows)  # what was accepted renders

@@ -1,0 +1,226 @@
+"""The output dir owns only what a build wrote; no name leads out of it; bad outputs are one line.
+
+Each test is a careless or hostile use of ``run --out``: the user's files must survive it
+byte for byte, and every refusal is one ``error:`` line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from builder.cli import main
+from builder.errors import OutputError
+from builder.fileio import inside
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_cli import assert_one_line_error, shard_hashes  # noqa: E402
+
+
+def run(recipe: Path, out: Path, *extra: str):
+    return CliRunner().invoke(main, ["-q", "run", str(recipe), "--out", str(out), "--device", "cpu", "--no-progress", *extra])
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def user_project(tmp_path: Path) -> Path:
+    """The issue's example: a project dir holding a ``manifest.json`` that is not ours, and code."""
+    project = tmp_path / "P"
+    (project / "src").mkdir(parents=True)
+    (project / "manifest.json").write_text("{}")
+    (project / "src" / "main.js").write_text("console.log('precious')")
+    return project
+
+
+def test_overwrite_refuses_a_dir_whose_manifest_is_not_ours(tiny_recipe: Path, user_project: Path) -> None:
+    before = snapshot(user_project)
+    assert_one_line_error(run(tiny_recipe, user_project, "--overwrite"), "refusing to overwrite", "holds no build of this tool")
+    assert snapshot(user_project) == before
+
+
+def test_write_into_a_foreign_dir_does_not_suggest_overwrite(tiny_recipe: Path, user_project: Path) -> None:
+    result = run(tiny_recipe, user_project)
+    assert_one_line_error(result, "refusing to write into")
+    assert "--overwrite" not in result.output
+
+
+def test_rerunning_a_finished_build_keeps_the_users_files(tiny_build: Path, tiny_recipe: Path) -> None:
+    (tiny_build / "results.json").write_text('{"mine": 1}')
+    (tiny_build / "notes").mkdir()
+    (tiny_build / "notes" / "todo.md").write_text("look at class 3")
+    hashes = shard_hashes(tiny_build)
+    result = run(tiny_recipe, tiny_build)
+    assert result.exit_code == 0, result.output
+    assert (tiny_build / "results.json").read_text() == '{"mine": 1}'
+    assert (tiny_build / "notes" / "todo.md").read_text() == "look at class 3"
+    assert shard_hashes(tiny_build) == hashes
+
+
+def test_overwrite_of_a_build_with_user_files_is_refused_naming_them(tiny_build: Path, tiny_recipe: Path) -> None:
+    (tiny_build / "results.json").write_text("{}")
+    (tiny_build / "notes").mkdir()
+    (tiny_build / "notes" / "todo.md").write_text("x")
+    before = snapshot(tiny_build)
+    assert_one_line_error(run(tiny_recipe, tiny_build, "--overwrite", "--limit", "4"), "did not write", "results.json", "notes/todo.md", "--force-clean")
+    assert snapshot(tiny_build) == before
+
+
+def test_overwrite_with_force_clean_deletes_them_too(tiny_build: Path, tiny_recipe: Path) -> None:
+    (tiny_build / "results.json").write_text("{}")
+    (tiny_build / "notes").mkdir()
+    (tiny_build / "notes" / "todo.md").write_text("x")
+    result = run(tiny_recipe, tiny_build, "--overwrite", "--force-clean", "--limit", "4")
+    assert result.exit_code == 0, result.output
+    assert not (tiny_build / "results.json").exists() and not (tiny_build / "notes").exists()
+    assert json.loads((tiny_build / "manifest.json").read_text())["source_samples"] == 4
+
+
+def test_overwrite_of_a_plain_build_replaces_only_its_files(tiny_build: Path, tiny_recipe: Path) -> None:
+    result = run(tiny_recipe, tiny_build, "--overwrite", "--limit", "4")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tiny_build / "manifest.json").read_text())
+    listed = {f for c in manifest["configs"].values() for s in c["shards"] for f in (e["path"] for e in s["files"].values())}
+    on_disk = {p for p in snapshot(tiny_build) if p.startswith("cnn/")}
+    assert on_disk == listed  # the 3-shard build's extra shards are gone, nothing else was added
+
+
+def test_a_user_file_inside_a_config_dir_blocks_resume(tiny_build: Path, tiny_recipe: Path) -> None:
+    (tiny_build / "cnn" / "extra.parquet").write_bytes(b"mine")
+    assert_one_line_error(run(tiny_recipe, tiny_build), "refusing to resume", "cnn/extra.parquet", "--force-clean")
+    assert (tiny_build / "cnn" / "extra.parquet").read_bytes() == b"mine"
+
+
+def test_a_hostile_build_json_cannot_claim_user_files(tiny_recipe: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / "_stats").mkdir(parents=True)
+    (out / "_stats" / "build.json").write_text(json.dumps({"format": "fmr-benchmark/1", "configs": ["src", "../x"]}))
+    (out / "src").mkdir()
+    (out / "src" / "main.js").write_text("precious")
+    assert_one_line_error(run(tiny_recipe, out, "--overwrite"), "did not write", "src/main.js")
+    assert (out / "src" / "main.js").read_text() == "precious"
+
+
+def test_a_symlink_in_the_dir_is_removed_not_its_target(tiny_build: Path, tiny_recipe: Path, tmp_path: Path) -> None:
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    (tiny_build / "cnn" / ".test-00000-of-00003.tar.tmp-h-1-ab").symlink_to(target)  # a crash leftover name
+    result = run(tiny_recipe, tiny_build, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert target.read_text() == "keep me"
+
+
+def test_garbage_build_json_is_not_a_build(tiny_recipe: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / "_stats").mkdir(parents=True)
+    (out / "_stats" / "build.json").write_text("[[[[")
+    assert_one_line_error(run(tiny_recipe, out, "--overwrite"), "holds no build of this tool")
+    assert (out / "_stats" / "build.json").read_text() == "[[[["
+
+
+@pytest.mark.parametrize("split", ["../../escape", "/tmp/fmr-abs-split", "..", "a/b", ""])
+def test_split_cannot_lead_out_of_the_output(tiny_recipe: Path, tmp_path: Path, split: str) -> None:
+    out = tmp_path / "deep" / "out"
+    result = run(tiny_recipe, out, "--set", f"output.split={split}")
+    assert_one_line_error(result, "output.split")
+    assert not out.exists() and not (tmp_path / "escape").exists() and not Path("/tmp/fmr-abs-split").exists()
+
+
+def test_the_writer_refuses_a_path_outside_the_output_as_a_second_guard(tmp_path: Path) -> None:
+    root, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    root.mkdir()
+    elsewhere.mkdir()
+    (root / "cfg").symlink_to(elsewhere)
+    with pytest.raises(OutputError, match="outside"):
+        inside(root, "cfg", "test-00000-of-00001.tar")
+    with pytest.raises(OutputError, match="outside"):
+        inside(root, "..", "x")
+    assert inside(root, "ok", "test.tar") == root / "ok" / "test.tar"
+
+
+def test_resume_refuses_the_same_recipe_over_another_source(tiny_recipe: Path, tmp_path: Path) -> None:
+    """The same recipe text in another dir reads other images: not a resume."""
+    out = tmp_path / "out"
+    assert run(tiny_recipe, out).exit_code == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(tiny_recipe, elsewhere / "tiny.yaml")
+    for name in ("vqgan.yaml", "vqgan.ckpt", "theta.pt", "oracle.pt"):
+        shutil.copy(tmp_path / name, elsewhere / name)
+    shutil.copytree(tmp_path / "images", elsewhere / "images")
+    shutil.rmtree(elsewhere / "images" / "blue")  # another listing: two classes only
+    (elsewhere / "images" / "purple").mkdir()
+    shutil.copy(tmp_path / "images" / "red" / "0.png", elsewhere / "images" / "purple" / "0.png")
+    before = snapshot(out)
+    assert_one_line_error(run(elsewhere / "tiny.yaml", out), "different settings", "source.")
+    assert snapshot(out) == before
+
+
+def test_the_same_images_in_another_place_are_another_source(tiny_recipe: Path, tmp_path: Path) -> None:
+    """Same recipe text, same file names, same classes: only the resolved location differs."""
+    out = tmp_path / "out"
+    assert run(tiny_recipe, out, "--limit", "4").exit_code == 0
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.copytree(tmp_path / "images", moved / "images")
+    for name in ("tiny.yaml", "vqgan.yaml", "vqgan.ckpt", "theta.pt", "oracle.pt"):
+        shutil.copy(tmp_path / name, moved / name)
+    assert_one_line_error(run(moved / "tiny.yaml", out, "--limit", "4"), "different settings", "source.locations")
+
+
+def test_a_component_that_fails_to_load_leaves_nothing(tiny_recipe: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (tmp_path / "theta.pt").rename(tmp_path / "theta.bak")
+    assert_one_line_error(run(tiny_recipe, out), "theta.pt")
+    assert not out.exists()
+    (tmp_path / "theta.bak").rename(tmp_path / "theta.pt")
+    result = run(tiny_recipe, out)  # the corrected re-run needs no --overwrite
+    assert result.exit_code == 0, result.output
+
+
+def test_a_failed_load_into_an_existing_build_changes_nothing(tiny_build: Path, tiny_recipe: Path, tmp_path: Path) -> None:
+    before = snapshot(tiny_build)
+    (tmp_path / "theta.pt").write_bytes(b"not a checkpoint")
+    assert_one_line_error(run(tiny_recipe, tiny_build, "--overwrite", "--limit", "4"))
+    assert snapshot(tiny_build) == before
+
+
+def test_out_is_a_file(tiny_recipe: Path, tmp_path: Path) -> None:
+    target = tmp_path / "file.txt"
+    target.write_text("x")
+    assert_one_line_error(run(tiny_recipe, target), "is a file")
+    assert target.read_text() == "x"
+
+
+def test_out_below_a_file_is_one_line(tiny_recipe: Path, tmp_path: Path) -> None:
+    (tmp_path / "file.txt").write_text("x")
+    assert_one_line_error(run(tiny_recipe, tmp_path / "file.txt" / "out"), "file.txt")
+
+
+def test_out_on_a_read_only_filesystem_is_one_line(tiny_recipe: Path) -> None:
+    assert_one_line_error(run(tiny_recipe, Path("/proc/fmr-builder-out")), "/proc/fmr-builder-out")
+
+
+def test_seed_beyond_64_bits_is_one_line(tiny_recipe: Path, tmp_path: Path) -> None:
+    assert_one_line_error(run(tiny_recipe, tmp_path / "out", "--seed", "9" * 30), "seed")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flag", [["--limit", "0"], ["--batch-size", "-1"], ["--limit", "abc"], ["--device", "tpu:9"], ["--nonsense"]])
+def test_bad_flags_are_one_line(tiny_recipe: Path, tmp_path: Path, flag: list[str]) -> None:
+    assert_one_line_error(run(tiny_recipe, tmp_path / "out", *flag), "--help" if flag[0] != "--device" else "--device")
+    assert not (tmp_path / "out").exists()
+
+
+def test_verbose_shows_the_traceback_behind_the_line(tiny_recipe: Path, tmp_path: Path) -> None:
+    (tmp_path / "theta.pt").unlink()
+    result = CliRunner().invoke(main, ["-v", "run", str(tiny_recipe), "--out", str(tmp_path / "out"), "--no-progress"])
+    assert result.exit_code == 2
+    assert "Traceback" in result.output and result.output.strip().splitlines()[-1].startswith("error: ")

@@ -1,0 +1,144 @@
+"""Manifests and downloads are data: a model spec they name never runs without --trust-remote-code.
+
+A canary module writes a file when it is imported and another when its factory is called;
+a refused command must leave both absent.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from builder.cli import main
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_cli import assert_one_line_error  # noqa: E402
+
+CANARY = '''
+from pathlib import Path
+Path({imported!r}).write_text("imported")
+
+def net(num_classes=3, **kwargs):
+    Path({called!r}).write_text("called")
+    import torch
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(num_classes))
+'''
+
+
+@pytest.fixture
+def canary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """``fmr_canary`` on sys.path and ``canary.py`` files; both report import and call."""
+    marks = {"imported": tmp_path / "imported.flag", "called": tmp_path / "called.flag"}
+    code = CANARY.format(imported=str(marks["imported"]), called=str(marks["called"]))
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    (modules / "fmr_canary.py").write_text(code)
+    monkeypatch.syspath_prepend(str(modules))
+    monkeypatch.delitem(sys.modules, "fmr_canary", raising=False)
+    return {**marks, "code": code}  # type: ignore[dict-item]
+
+
+def set_reference(bench: Path, spec: dict[str, Any]) -> None:
+    manifest = json.loads((bench / "manifest.json").read_text())
+    manifest["configs"]["cnn"]["reference_model"] = spec
+    (bench / "manifest.json").write_text(json.dumps(manifest))
+
+
+def score(bench: str, *extra: str):
+    return CliRunner().invoke(main, ["-q", "score", "--benchmark", bench, "--model", "ref:cnn", "--workers", "0", "--bootstrap", "0", *extra])
+
+
+def untouched(canary: dict[str, Any]) -> bool:
+    return not canary["imported"].exists() and not canary["called"].exists() and "fmr_canary" not in sys.modules
+
+
+@pytest.mark.parametrize("spec", ["py:fmr_canary:net", "py:os:system", "py:subprocess:call", "zzz:unknown-scheme"])
+def test_a_manifest_spec_that_runs_code_is_refused(tiny_build: Path, canary: dict[str, Any], spec: str) -> None:
+    set_reference(tiny_build, {"model": spec, "name": "cnn"})
+    assert_one_line_error(score(str(tiny_build)), "manifest of", "trust-remote-code", "nothing was run")
+    assert untouched(canary)
+
+
+def test_an_in_benchmark_file_is_refused_then_runs_when_trusted(tiny_build: Path, canary: dict[str, Any]) -> None:
+    (tiny_build / "canary.py").write_text(canary["code"])
+    set_reference(tiny_build, {"model": f"py:{tiny_build / 'canary.py'}:net", "name": "cnn", "pretrained": False})
+    assert_one_line_error(score(str(tiny_build)), "trust-remote-code")
+    assert untouched(canary)
+    trusted = score(str(tiny_build), "--trust-remote-code")
+    assert canary["imported"].exists() and canary["called"].exists(), trusted.output  # the flag really lets it run
+
+
+def test_a_timm_reference_needs_no_trust(tiny_build: Path) -> None:
+    """Only schemes that run code are gated: a timm spec goes on to load (and fails here
+    for its own reason, one line, without mentioning trust)."""
+    set_reference(tiny_build, {"model": "timm:no_such_model_xyz", "name": "cnn"})
+    result = score(str(tiny_build))
+    assert_one_line_error(result, "timm")
+    assert "trust" not in result.output
+
+
+def test_verify_oracle_refuses_a_recorded_oracle_that_runs_code(tiny_build: Path, canary: dict[str, Any]) -> None:
+    manifest = json.loads((tiny_build / "manifest.json").read_text())
+    manifest["recipe"]["oracle"]["model"]["model"] = "py:fmr_canary:net"
+    (tiny_build / "manifest.json").write_text(json.dumps(manifest))
+    result = CliRunner().invoke(main, ["-q", "verify", str(tiny_build), "--oracle", "--device", "cpu"])
+    assert_one_line_error(result, "oracle recorded in manifest.json", "trust-remote-code")
+    assert untouched(canary)
+
+
+def test_verify_oracle_trusts_the_users_own_recipe(tiny_build: Path, tiny_recipe: Path) -> None:
+    result = CliRunner().invoke(main, ["-q", "verify", str(tiny_build), "--oracle", "--recipe", str(tiny_recipe), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+
+
+def test_a_py_file_inside_the_hf_cache_is_refused(tiny_build: Path, canary: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    snapshot = cache / "datasets--org--bench" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    (snapshot / "net.py").write_text(canary["code"])
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    result = CliRunner().invoke(main, ["-q", "score", "--benchmark", str(tiny_build), "--model", f"py:{snapshot / 'net.py'}:net",
+                                       "--workers", "0", "--bootstrap", "0"])
+    assert_one_line_error(result, "inside downloaded data", "trust-remote-code")
+    assert untouched(canary)
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from hub_stub import HubStub, use_hub_stub
+
+    stub = HubStub("hf_trust_test_token").start()
+    use_hub_stub(monkeypatch, stub, tmp_path / "hf-home", token="hf_trust_test_token")
+    yield stub
+    stub.stop()
+
+
+@pytest.mark.parametrize("spec", ["py:fmr_canary:net", "py:os:system", "in-benchmark"])
+def test_a_downloaded_manifest_spec_is_refused(tiny_build: Path, canary: dict[str, Any], hub: Any, spec: str) -> None:
+    """The same benchmark served by the local Hub stand-in: downloaded, then refused, nothing run."""
+    if spec == "in-benchmark":
+        (tiny_build / "cnn" / "canary.py").write_text(canary["code"])
+        spec = "py:cnn/canary.py:net"
+    set_reference(tiny_build, {"model": spec, "name": "cnn"})
+    files = {p.relative_to(tiny_build).as_posix(): p.read_bytes() for p in tiny_build.rglob("*") if p.is_file() and "_stats" not in p.parts}
+    hub.add_files("org/bench", files)
+    assert_one_line_error(score("org/bench"), "manifest of org/bench", "trust-remote-code")
+    assert untouched(canary)
+    assert any(path.endswith("/resolve/" + hub.commit_sha("org/bench") + "/manifest.json") or "manifest.json" in path
+               for _, path in hub.requests)  # it really was downloaded
+
+
+def test_the_tools_own_architectures_need_no_trust(tiny_build: Path) -> None:
+    """``py:builder.zoo:<name>`` is part of the tool: it goes on to load (and here fails for its
+    own reason, the class count, in one line that does not mention trust)."""
+    set_reference(tiny_build, {"model": "py:builder.zoo:lenet5", "name": "cnn", "num_classes": 10})
+    result = score(str(tiny_build))
+    assert_one_line_error(result, "10 classes")
+    assert "trust" not in result.output
