@@ -159,6 +159,13 @@ def load_yaml_text(text: str, *, what: str, fix: str = "check the indentation an
     return unshare(data, what=what)
 
 
+def parse_bounded(text: str) -> Any:
+    """Parse YAML written by someone else within the bounds above; raises ``yaml.YAMLError``
+    (a bound hit is one too, with ``problem`` and ``problem_mark``) or ValueError/TypeError for
+    values that cannot be constructed. Shared nodes are left shared: see :func:`unshare`."""
+    return _parse(text)
+
+
 def _parse(text: str) -> Any:
     loader = BoundedLoader(text)  # the reader checks every character here already
     try:

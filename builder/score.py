@@ -65,11 +65,13 @@ def as_model_spec(model: ModelLike, checkpoint: Optional[str] = None) -> ModelSp
         return model if checkpoint is None else model.model_copy(update={"checkpoint": checkpoint})
     data: dict[str, Any] = {"model": model}
     if Path(model).suffix in (".yaml", ".yml"):
-        import yaml
+        from builder.safeyaml import load_yaml_text, read_recipe_text
 
         if not Path(model).is_file():
             raise RecipeError(f"--model {model}: no such file")
-        data = yaml.safe_load(Path(model).read_text()) or {}
+        data = load_yaml_text(read_recipe_text(Path(model)), what=f"--model {model}") or {}
+        if not isinstance(data, dict):
+            raise RecipeError(f"--model {model}: expected a mapping of model fields (model: timm:<name>, ...); fix the file")
     if checkpoint is not None:
         data["checkpoint"] = checkpoint
     from pydantic import ValidationError

@@ -32,12 +32,15 @@ from builder.manifest import (
     ManifestError,
     ManifestFile,
     ManifestShard,
+    json_depth_ok,
     load_json_bounded,
     parse_manifest,
 )
+from builder.safeyaml import parse_bounded
 
 log = logging.getLogger(__name__)
 
+MAX_RECORD_BYTES = 1 << 20  # a sample's .json member; the build writes a few hundred bytes
 SHOWN_KEYS = 5  # keys listed in one failure line before "(+N more)"
 
 
@@ -186,10 +189,21 @@ def read_tar(path: Path, parts_needed: tuple[str, ...]) -> tuple[list[Record], l
     return records, problems
 
 
+def front_matter(text: str) -> str:
+    """The YAML between a card's leading '---' lines ('' if it has none)."""
+    lines = text.splitlines()
+    if not lines or lines[0].strip() != "---":
+        return ""
+    end = next((i for i, line in enumerate(lines[1:], 1) if line.strip() == "---"), len(lines))
+    return "\n".join(lines[1:end])
+
+
 def tar_record(key: str, payload: bytes, cls: bytes, problems: list[str]) -> Optional[Record]:
     try:
+        if len(payload) > MAX_RECORD_BYTES or not json_depth_ok(payload.decode("utf-8")):
+            raise ValueError("too large or too deeply nested")
         data = json.loads(payload)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError):  # JSONDecodeError is a ValueError
         problems.append(f"{key}.json is not valid JSON")
         return None
     if not isinstance(data, dict):
@@ -417,8 +431,9 @@ class Checker:
             self.fail(f"{CARD}: missing; it is the dataset card the Hub reads, rebuild to write it")
             return None
         try:
+            parse_bounded(front_matter(path.read_text(encoding="utf-8")))  # a downloaded card: bounded first
             header = metadata_load(path)
-        except (yaml.YAMLError, ValueError, UnicodeDecodeError) as error:
+        except (yaml.YAMLError, ValueError, TypeError, UnicodeDecodeError) as error:
             mark = getattr(error, "problem_mark", None)
             where = f" at line {mark.line + 2}" if mark is not None else ""
             self.fail(f"{CARD}: the YAML front matter does not parse{where} ({str(error).splitlines()[0]}); fix it or rebuild")
@@ -546,8 +561,13 @@ def perturbed_from_tar(path: Path, image_format: str) -> Iterator[tuple[str, int
         return
     for key, parts in sorted(members.items()):
         try:
-            record = json.loads(parts.get("json", b"{}"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            payload = parts.get("json", b"{}")
+            if len(payload) > MAX_RECORD_BYTES or not json_depth_ok(payload.decode("utf-8")):
+                continue  # verify's record checks report it
+            record = json.loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("label"), int):
             continue
         if record.get("perturbed") is True and image_format in parts:
             yield key, int(record["label"]), parts[image_format]

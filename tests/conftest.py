@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -89,3 +90,19 @@ def tiny_build(tiny_recipe: Path, tmp_path: Path) -> Path:
     result = CliRunner().invoke(main, ["-q", "run", str(tiny_recipe), "--out", str(out), "--device", "cpu", "--no-progress"])
     assert result.exit_code == 0, result.output
     return out
+
+
+@pytest.fixture(scope="module")
+def _build_cache() -> dict[str, Path]:
+    return {}
+
+
+@pytest.fixture
+def built(request: pytest.FixtureRequest, _build_cache: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Path:
+    """A private copy of the tiny build (12 samples, 3 shards), built once per test module."""
+    if "dir" not in _build_cache:
+        _build_cache["dir"] = tmp_path_factory.mktemp("tiny-once") / "built"
+        shutil.copytree(request.getfixturevalue("tiny_build"), _build_cache["dir"])
+    target = tmp_path / "bench"
+    shutil.copytree(_build_cache["dir"], target)
+    return target

@@ -21,13 +21,15 @@ def invoke(*args: str):
     return CliRunner().invoke(main, ["-q", *args], catch_exceptions=False)
 
 
-def assert_one_line_error(result, *fragments: str) -> None:
+def assert_one_line_error(result, *fragments: str) -> str:
+    """Exit 2, exactly one ``error:`` line holding every fragment, no traceback; returns the line."""
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output
     assert "Traceback" not in result.output
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+    return lines[0]
 
 
 def shard_hashes(out: Path) -> dict[str, str]:

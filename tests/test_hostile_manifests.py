@@ -6,7 +6,6 @@ files give a valid result or a one-line error, nothing else."""
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -24,22 +23,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_cli import assert_one_line_error  # noqa: E402
 
 TINY_MODELS = Path(__file__).parent / "tiny_models.py"
-
-
-@pytest.fixture(scope="module")
-def _build_cache() -> dict[str, Path]:
-    return {}
-
-
-@pytest.fixture
-def built(request: pytest.FixtureRequest, _build_cache: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Path:
-    """A private copy of the conftest tiny build, built once per module."""
-    if "dir" not in _build_cache:
-        _build_cache["dir"] = tmp_path_factory.mktemp("hostile-manifests") / "built"
-        shutil.copytree(request.getfixturevalue("tiny_build"), _build_cache["dir"])
-    target = tmp_path / "bench"
-    shutil.copytree(_build_cache["dir"], target)
-    return target
 
 
 def edit(change: Callable[[dict[str, Any]], None]) -> Callable[[Path], None]:
@@ -204,3 +187,49 @@ def test_reading_any_result_file_is_a_result_or_one_line(tmp_path_factory: pytes
         assert "\n" not in str(error) and str(error)
         return
     leaderboard_markdown(rows)  # what was accepted renders
+
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8))
+
+
+@pytest.mark.timeout(60)
+def test_a_card_header_bomb_is_a_verify_failure_not_a_hang(built: Path) -> None:
+    card = (built / "README.md").read_text()
+    (built / "README.md").write_text("---\n" + BOMB + card.split("---", 2)[2])
+    result = CliRunner().invoke(main, ["-q", "verify", str(built)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "README.md: the YAML front matter does not parse" in result.output
+
+
+def test_a_deeply_nested_record_in_a_tar_is_a_verify_failure(built: Path) -> None:
+    import io
+    import tarfile
+
+    shard = built / "cnn" / "test-00000-of-00003.tar"
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]  # type: ignore[union-attr]
+    with tarfile.open(shard, "w") as tar:
+        for member, data in members:
+            if member.name.endswith(".json"):
+                data = b"[" * 200_000 + b"]" * 200_000
+                member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    result = CliRunner().invoke(main, ["-q", "verify", str(built)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "is not valid JSON" in result.output
+
+
+@pytest.mark.timeout(60)
+def test_a_model_yaml_bomb_is_one_line(built: Path, tmp_path: Path) -> None:
+    spec = tmp_path / "model.yaml"
+    spec.write_text(BOMB + "model: timm:resnet18\n")
+    result = CliRunner().invoke(main, ["-q", "score", "--benchmark", str(built), "--model", str(spec)])
+    assert_one_line_error(result, "model.yaml", "aliases")
+
+
+@pytest.mark.timeout(60)
+def test_a_generator_config_bomb_is_one_line(tiny_recipe: Path) -> None:
+    (tiny_recipe.parent / "vqgan.yaml").write_text(BOMB)
+    result = CliRunner().invoke(main, ["-q", "run", str(tiny_recipe), "--dry-run"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "vqgan.yaml" in result.output and "aliases" in result.output

@@ -224,3 +224,18 @@ def test_verbose_shows_the_traceback_behind_the_line(tiny_recipe: Path, tmp_path
     result = CliRunner().invoke(main, ["-v", "run", str(tiny_recipe), "--out", str(tmp_path / "out"), "--no-progress"])
     assert result.exit_code == 2
     assert "Traceback" in result.output and result.output.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_a_read_only_output_dir_is_one_line(tiny_recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An existing, empty dir the build may not write to (tests run as root, where chmod does
+    not stop writes, so the refusal the OS would give is injected at the first write)."""
+    import builder.outdir
+
+    def refuse(path: Path, payload: object) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    out = tmp_path / "read-only"
+    out.mkdir()
+    monkeypatch.setattr(builder.outdir, "write_json_atomic", refuse)
+    assert_one_line_error(run(tiny_recipe, out), "cannot prepare --out", "Permission denied")
+    assert list(out.iterdir()) == []

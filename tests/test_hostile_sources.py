@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner
+from test_cli import assert_one_line_error
 from test_sources import BLUE, GREEN, RED, make_source, png_bytes, solid, write_shard
 
 from builder.build import read_unit
@@ -82,20 +83,15 @@ def build(recipe: Path, out: Path) -> Any:
     return CliRunner().invoke(main, ["-q", "run", str(recipe), "--out", str(out), "--device", "cpu", "--no-progress"], catch_exceptions=False)
 
 
-def assert_one_line_error(result: Any, out: Path, *fragments: str, untouched: bool = True) -> str:
-    """Exit 2, one ``error:`` line holding every fragment, no traceback, and no output dir
-    (``untouched``) or at least no shard and no temp file in it."""
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+def assert_refused(result: Any, out: Path, *fragments: str, untouched: bool = True) -> str:
+    """One ``error:`` line holding every fragment, and no output dir (``untouched``) or at
+    least no shard and no temp file in it."""
+    line = assert_one_line_error(result, *fragments)
     if untouched:
         assert not out.exists(), "an error found when the source is opened must stop the build before it writes anything"
     elif out.exists():
         assert not [p for p in out.rglob("*") if p.suffix in (".parquet", ".tar") or p.name.startswith(".")]
-    return lines[0]
+    return line
 
 
 def assert_built(result: Any, out: Path) -> list[dict[str, Any]]:
@@ -122,7 +118,7 @@ def test_tar_cut_inside_a_member_header_is_reported_not_dropped(tiny_recipe: Pat
     (tmp_path / "cut.tar").write_bytes(data[:cut])
     recipe = recipe_with(tiny_recipe, {"kind": "webdataset", "urls": "cut.tar", "class_names": CLASSES})
     out = tmp_path / "out"
-    assert_one_line_error(build(recipe, out), out, "cut.tar", f"truncated at byte {cut}", "re-download")
+    assert_refused(build(recipe, out), out, "cut.tar", f"truncated at byte {cut}", "re-download")
 
 
 def test_tar_cut_inside_member_data(tmp_path: Path) -> None:
@@ -168,7 +164,7 @@ def test_truncated_tar_gz_is_one_line_not_aborted(tiny_recipe: Path, tmp_path: P
     (tmp_path / "cut.tar.gz").write_bytes(data[: len(data) // 2])
     recipe = recipe_with(tiny_recipe, {"kind": "webdataset", "urls": "cut.tar.gz", "class_names": CLASSES})
     out = tmp_path / "out"
-    assert_one_line_error(build(recipe, out), out, "cut.tar.gz", "truncated", "re-download")
+    assert_refused(build(recipe, out), out, "cut.tar.gz", "truncated", "re-download")
 
 
 def test_tar_gz_cut_in_its_end_padding(tmp_path: Path) -> None:
@@ -275,7 +271,7 @@ def test_negative_or_huge_label_stops_the_build(tiny_recipe: Path, tmp_path: Pat
     (tmp_path / "labels.tar").write_bytes(tar_bytes(members))
     recipe = recipe_with(tiny_recipe, {"kind": "webdataset", "urls": "labels.tar", "class_names": CLASSES})
     out = tmp_path / "out"
-    assert_one_line_error(build(recipe, out), out, f"labels.tar/s{position}", "is outside the 3 classes", untouched=position == 2)
+    assert_refused(build(recipe, out), out, f"labels.tar/s{position}", "is outside the 3 classes", untouched=position == 2)
 
 
 def test_out_of_range_label_is_not_dropped_by_class_ranges(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import shutil
 import socket
 import time
 from pathlib import Path
@@ -20,22 +19,6 @@ from hub_stub import HubStub, closed_port
 
 REPO = "org/tiny"
 SHARDS = [f"cnn/test-0000{i}-of-00003.{ext}" for i in range(3) for ext in ("parquet", "tar")]
-
-
-@pytest.fixture(scope="module")
-def _build_cache() -> dict[str, Path]:
-    return {}
-
-
-@pytest.fixture
-def built(request: pytest.FixtureRequest, _build_cache: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Path:
-    """A private copy of the conftest tiny build (12 samples, 3 shards), built once per module."""
-    if "dir" not in _build_cache:
-        _build_cache["dir"] = tmp_path_factory.mktemp("publish-tiny") / "built"
-        shutil.copytree(request.getfixturevalue("tiny_build"), _build_cache["dir"])
-    target = tmp_path / "bench"
-    shutil.copytree(_build_cache["dir"], target)
-    return target
 
 
 @pytest.fixture

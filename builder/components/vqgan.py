@@ -27,6 +27,7 @@ from builder.checkpoints import (
 )
 from builder.components.base import GENERATORS, ComponentContext, image_size_cap_problem
 from builder.config import GeneratorConfig, TrainConfig
+from builder.safeyaml import parse_bounded
 from builder.errors import ComponentError
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,9 @@ def _load_yaml(check: _ConfigCheck) -> Any:
     except UnicodeDecodeError as error:
         raise check.fail(f"not UTF-8 text (byte 0x{raw[error.start]:02x} at offset {error.start})", "save it as UTF-8 YAML") from None
     try:
-        data = yaml.safe_load(text)
+        data = parse_bounded(text)  # a config may be downloaded: no alias bombs, no deep nesting
+    except (ValueError, TypeError, OverflowError) as error:
+        raise check.fail(f"a value cannot be read ({str(error).splitlines()[0][:120]})", "fix the YAML") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
