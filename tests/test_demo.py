@@ -13,7 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from builder.build import BuildOptions, Builder
+from builder.build import BuildOptions, UnitRunner, plan_build
 from builder.cli import main
 from builder.paths import default_cache_dir
 from builder.recipes import load_recipe
@@ -35,8 +35,8 @@ def test_digits_demo_end_to_end(tmp_path: Path) -> None:
 
     from datasets import load_dataset
 
-    builder = Builder(load_recipe("digits-demo"), BuildOptions(out_dir=tmp_path / "unused", device="cpu", cache_dir=default_cache_dir()))
-    builder.load_components()
+    plan = plan_build(load_recipe("digits-demo"), BuildOptions(out_dir=tmp_path / "unused", device="cpu", cache_dir=default_cache_dir()))
+    components = UnitRunner(plan.settings).components  # the build's own components, loaded the build's way
     for name, figures in manifest["configs"].items():
         dataset = load_dataset(str(out), name=name, split="test")
         assert len(dataset) == 450 == figures["num_samples"]
@@ -47,12 +47,12 @@ def test_digits_demo_end_to_end(tmp_path: Path) -> None:
         images = torch.from_numpy(np.stack([np.asarray(image) for image in perturbed["image"]])).permute(0, 3, 1, 2)
         labels = torch.tensor(perturbed["label"])
         # every perturbed image, re-read from the written PNG, is still accepted by the oracle
-        accepted, probability = builder.oracle.judge(images.float() / 255, labels)
+        accepted, probability = components.oracle.judge(images.float() / 255, labels)
         assert accepted.all(), f"{name}: {int((~accepted).sum())} perturbed samples rejected on re-check"
         assert np.allclose(probability.numpy(), perturbed["oracle_prob"], atol=1e-4)
         # and the records hold the reference model's real predictions on them
         with torch.no_grad():
-            predictions = builder.models[name](images.float() / 255).argmax(-1)
+            predictions = components.models[name](images.float() / 255).argmax(-1)
         assert predictions.tolist() == perturbed["pred_after"]
 
     # what a consumer reads: datasets (streaming too) and the webdataset builder match the records

@@ -28,7 +28,7 @@ from test_sources import BLUE, GREEN, RED, make_source, png_bytes, solid, write_
 from builder.build import read_unit
 from builder.cli import main
 from builder.errors import SourceError
-from builder.plan import WorkUnit
+from builder.build.units import WorkUnit
 from builder.sources.base import SourceItem, SuperclassSource
 from builder.sources.decode import SampleRejected, load_rgb
 

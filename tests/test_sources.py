@@ -20,7 +20,7 @@ from PIL import Image
 from builder.build import read_unit
 from builder.config import parse_component
 from builder.errors import RecipeError, SourceError
-from builder.plan import WorkUnit
+from builder.build.units import WorkUnit
 from builder.sources import decode
 from builder.sources.base import SourceContext, check_label, open_source
 from builder.sources.decode import SampleRejected, load_rgb

@@ -26,3 +26,8 @@ def plan_units(num_samples: int, samples_per_shard: int) -> list[WorkUnit]:
         for i in range(count)
         if i * samples_per_shard < num_samples
     ]
+
+
+def sample_key(index: int) -> str:
+    """Stable, dot-free key from the source index."""
+    return f"{index:08d}"

@@ -1,0 +1,189 @@
+"""The finalizer (driver side): ``_stats/`` -> manifest, rejects, preview, gallery, card.
+
+It reads only the stats files the unit runners wrote, whichever process or machine wrote
+them, so the same stats give the same manifest. On an interrupt it writes a manifest of
+exactly the finished units, marked incomplete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from builder import __version__
+from builder.build.plan import BuildPlan
+from builder.build.runner import output_errors
+from builder.build.tally import ConfigTally
+from builder.config import recipe_to_dict
+from builder.fileio import sha256_json, write_bytes_atomic, write_json_atomic
+from builder.manifest import CARD, GALLERY, MANIFEST, MANIFEST_FORMAT, PREVIEW, REJECTS, STATS_DIR
+
+log = logging.getLogger(__name__)
+
+PREVIEW_SAMPLES = 8
+
+
+@dataclass(frozen=True)
+class BuildSummary:
+    out_dir: Path
+    source_samples: int
+    rejects: int
+    configs: dict[str, dict[str, Any]]
+    seconds: float
+    manifest_id: str
+
+
+@dataclass(frozen=True)
+class UnitRecords:
+    """What the finished units of a build say, read back from ``_stats/``."""
+
+    tallies: dict[str, ConfigTally]
+    shards: dict[str, list[dict[str, Any]]]
+    rejects: list[dict[str, Any]]
+
+
+def read_unit_stats(plan: BuildPlan) -> UnitRecords:
+    out = plan.options.out_dir
+    tallies = {name: ConfigTally() for name in plan.config_names}
+    shards: dict[str, list[dict[str, Any]]] = {name: [] for name in plan.config_names}
+    rejects: dict[int, list[dict[str, Any]]] = {}
+    for name in plan.config_names:
+        for path in sorted((out / STATS_DIR / name).glob("*.json")):
+            stats = json.loads(path.read_text())
+            tallies[name].add(stats["tally"])
+            shards[name].append(stats)
+            rejects[stats["unit"]] = stats["rejects"]
+    return UnitRecords(tallies, shards, [r for unit in sorted(rejects) for r in rejects[unit]])
+
+
+def manifest_of(plan: BuildPlan, records: UnitRecords) -> dict[str, Any]:
+    configs = {}
+    for spec in plan.recipe.reference_models:
+        name, shards = spec.config_name, records.shards[spec.config_name]
+        configs[name] = {
+            "reference_model": spec.model_dump(mode="json"),
+            "reference_weights_sha256": shards[0]["reference_weights_sha256"] if shards else None,
+            **records.tallies[name].summary(),
+            "shards": [{k: s[k] for k in ("unit", "start", "stop", "num_samples", "num_perturbed", "files")} for s in shards],
+        }
+    recipe = recipe_to_dict(plan.recipe)
+    body = {
+        "format": MANIFEST_FORMAT,
+        "tool": {"name": "fmr-builder", "version": __version__},
+        "recipe": recipe,
+        "recipe_sha256": sha256_json(recipe),
+        "seed": plan.recipe.seed,
+        "device": plan.options.device,
+        "versions": package_versions(),
+        "split": plan.recipe.output.split,
+        "class_names": list(plan.settings.class_names),
+        "source_samples": plan.total,
+        "limit": plan.options.limit,
+        "num_rejects": len(records.rejects),
+        "configs": configs,
+    }
+    body["id"] = sha256_json({"recipe": body["recipe_sha256"], "configs": configs})
+    body["complete"] = True
+    return body
+
+
+def finalize(plan: BuildPlan, seconds: float) -> BuildSummary:
+    """Write the manifest and everything rendered from the finished units; the summary."""
+    from builder.card import write_card
+    from builder.gallery import write_gallery
+    from builder.preview import render_preview
+
+    out = plan.options.out_dir
+    records = read_unit_stats(plan)
+    manifest = manifest_of(plan, records)
+    with output_errors(out):
+        write_bytes_atomic(out / REJECTS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records.rejects).encode())
+        previews = {name: preview_rows(out, shards, plan.recipe.output.image_encoding) for name, shards in records.shards.items()}
+        render_preview(out / PREVIEW, previews, plan.settings.class_names)
+        write_gallery(out, manifest)
+        write_json_atomic(out / MANIFEST, manifest)
+        write_card(out)
+    return BuildSummary(out, plan.total, manifest["num_rejects"], {n: t.summary() for n, t in records.tallies.items()},
+                        seconds, manifest["id"])
+
+
+def write_partial_manifest(plan: BuildPlan) -> None:
+    """On an interrupt: a manifest of exactly the finished units, marked incomplete, so the dir
+    says what it holds (``verify``, ``score`` and ``publish`` refuse it until it is resumed)."""
+    out = plan.options.out_dir
+    manifest = manifest_of(plan, read_unit_stats(plan))
+    done = sum(len(config["shards"]) for config in manifest["configs"].values())
+    manifest["complete"] = False
+    manifest["progress"] = {"units_done": done, "units_total": len(plan.units) * len(plan.config_names)}
+    with contextlib.suppress(OSError):  # best effort: the stats files are what resume relies on
+        write_json_atomic(out / MANIFEST, manifest)
+        for stale in (CARD, GALLERY, PREVIEW):
+            (out / stale).unlink(missing_ok=True)
+
+
+def preview_rows(out: Path, shards: list[dict[str, Any]], image_format: str) -> list[tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
+    """The first samples of a config's first shard, read back from what was written (its tar,
+    else its Parquet file)."""
+    if not shards:
+        return []
+    files = min(shards, key=lambda s: s["unit"])["files"]
+    if "webdataset" in files:
+        return _tar_rows(out / files["webdataset"]["path"], image_format)
+    if "parquet" in files:
+        return _parquet_rows(out / files["parquet"]["path"])
+    return []
+
+
+def _tar_rows(shard: Path, image_format: str) -> list[tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
+    import tarfile
+
+    from builder.images import decode_image
+
+    members: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(shard) as tar:
+        for member in tar:
+            key, _, extension = member.name.partition(".")
+            handle = tar.extractfile(member)
+            if handle is not None and len(members) <= PREVIEW_SAMPLES:
+                members.setdefault(key, {})[extension] = handle.read()
+    rows = []
+    for key in sorted(members)[:PREVIEW_SAMPLES]:
+        parts = members[key]
+        if image_format in parts and "json" in parts:
+            image = decode_image(parts[image_format])
+            original = decode_image(parts[f"original.{image_format}"]) if f"original.{image_format}" in parts else image
+            rows.append((original, image, json.loads(parts["json"])))
+    return rows
+
+
+def _parquet_rows(shard: Path) -> list[tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
+    import pyarrow.parquet as pq
+
+    from builder.images import decode_image
+
+    table = pq.read_table(shard).slice(0, PREVIEW_SAMPLES).to_pylist()
+    rows = []
+    for row in table:
+        image = decode_image(row.pop("image")["bytes"])
+        original_cell = row.pop("original_image", None)
+        original = decode_image(original_cell["bytes"]) if original_cell else image
+        rows.append((original, image, row))
+    return rows
+
+
+def package_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {}
+    for name in ("torch", "timm", "open_clip_torch", "taming-transformers-rom1504", "datasets", "webdataset", "numpy", "pillow", "pyarrow"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions

@@ -1,0 +1,124 @@
+"""The planner (driver side): what a build is, what its output dir holds, which units remain.
+
+Planning reads the source's listing and the output dir but writes nothing: the dir is only
+claimed (:func:`builder.outdir.claim_output`) once the components have loaded, so a build
+that cannot start leaves everything as it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from builder import __version__
+from builder.build.units import WorkUnit, plan_units
+from builder.components.base import check_image_size
+from builder.config import Recipe, recipe_to_dict
+from builder.errors import OutputError
+from builder.manifest import MANIFEST_FORMAT
+from builder.outdir import OutputState, inspect_output
+from builder.recipes import LoadedRecipe
+from builder.sources.base import SourceContext, open_source
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    out_dir: Path
+    device: str
+    cache_dir: Path
+    batch_size: Optional[int] = None
+    limit: Optional[int] = None
+    overwrite: bool = False
+    #: with ``overwrite`` or a resume: also delete files in the dir that the build did not write
+    force_clean: bool = False
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    """Everything a unit runner needs to rebuild its state anywhere (picklable, no tensors)."""
+
+    recipe: Recipe
+    base_dir: Path
+    cache_dir: Path
+    out_dir: Path
+    device: str
+    batch_size: int
+    class_names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """A planned build: its identity, the output dir's state, and the (unit, config) pairs to do."""
+
+    loaded: LoadedRecipe
+    options: BuildOptions
+    settings: RunnerSettings
+    units: tuple[WorkUnit, ...]
+    total: int
+    identity: dict[str, Any]
+    state: OutputState
+    pending: tuple[tuple[WorkUnit, str], ...]
+
+    @property
+    def recipe(self) -> Recipe:
+        return self.loaded.recipe
+
+    @property
+    def config_names(self) -> list[str]:
+        return [spec.config_name for spec in self.recipe.reference_models]
+
+    def pending_units(self) -> dict[WorkUnit, list[str]]:
+        """Each unit with work left, and its configs still to build, in order."""
+        grouped: dict[WorkUnit, list[str]] = {}
+        for unit, name in self.pending:
+            grouped.setdefault(unit, []).append(name)
+        return grouped
+
+    def check_same_weights(self, fingerprints: dict[str, str]) -> None:
+        """A resumed build must use the weights its finished units were made with."""
+        for (name, stem), stats in self.state.completed.items():
+            if stats.get("reference_weights_sha256") != fingerprints.get(name):
+                raise OutputError(
+                    f"reference model '{name}' has other weights than when {stem} was built "
+                    f"(its checkpoint changed); pass --overwrite to rebuild everything"
+                )
+
+
+def plan_build(loaded: LoadedRecipe, options: BuildOptions) -> BuildPlan:
+    """Plan the build of ``loaded`` into ``options.out_dir``; reads, never writes."""
+    recipe = loaded.recipe
+    check_image_size(recipe.generator, recipe.image_size, loaded.base_dir, options.cache_dir)
+    source = open_source(recipe.source, SourceContext(loaded.base_dir, options.cache_dir))
+    total = len(source) if options.limit is None else min(len(source), options.limit)
+    units = tuple(plan_units(total, recipe.output.samples_per_shard))
+    identity = {
+        "format": MANIFEST_FORMAT,
+        "tool_version": __version__,
+        "recipe": recipe_to_dict(recipe),
+        "limit": options.limit,
+        "source_samples": total,
+        "configs": [spec.config_name for spec in recipe.reference_models],
+        "source": source_fingerprint(source, recipe.source, loaded.base_dir),
+    }
+    state = inspect_output(options.out_dir, identity, overwrite=options.overwrite, force_clean=options.force_clean)
+    names = [spec.config_name for spec in recipe.reference_models]
+    split = recipe.output.split
+    pending = tuple((unit, name) for unit in units for name in names if (name, unit.shard_stem(split)) not in state.completed)
+    settings = RunnerSettings(recipe, loaded.base_dir, options.cache_dir, options.out_dir, options.device,
+                              options.batch_size or recipe.batch_size, tuple(source.class_names))
+    return BuildPlan(loaded, options, settings, units, total, identity, state, pending)
+
+
+def source_fingerprint(source: Any, config: Any, base_dir: Path) -> dict[str, Any]:
+    """Where the source's files are and what it lists: its path-like settings resolved against
+    the recipe's dir, its class names, its length and its first and last sample ids."""
+    locations = {}
+    for key, value in config.model_dump(mode="json").items():
+        for text in [value] if isinstance(value, str) else (value if isinstance(value, list) else []):
+            if isinstance(text, str) and key != "kind" and text and (base_dir / text).exists():
+                locations[f"{key}:{text}"] = str((base_dir / text).resolve())
+    count = len(source)
+    ends = [next(iter(source.items(i, i + 1))).source_id for i in sorted({0, count - 1}) if count]
+    return {"locations": locations, "class_names": list(source.class_names), "count": count, "ends": ends}

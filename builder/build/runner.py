@@ -1,0 +1,196 @@
+"""The unit runner (worker side): components loaded once; one work unit in, its shards out.
+
+A runner owns its source reader and its loaded components, so it can live in-process, in a
+spawned process or in a Ray actor alike. For each config it writes the unit's shard files
+atomically and then the unit's ``_stats`` file: the stats file is written last, so it marks
+the unit complete and is the record a resume and the finalizer read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+
+from builder.build.plan import RunnerSettings
+from builder.build.tally import ConfigTally
+from builder.build.units import WorkUnit, sample_key
+from builder.checkpoints import weights_fingerprint
+from builder.components.base import ComponentContext
+from builder.config import Recipe
+from builder.errors import OutputError
+from builder.fileio import inside, sha256_file, write_json_atomic
+from builder.images import encode_image
+from builder.manifest import STATS_DIR
+from builder.sources.base import SourceContext, check_label, open_source
+from builder.sources.decode import SampleRejected, load_rgb
+from builder.writers import WRITERS, OutputSample, ShardSchema
+
+log = logging.getLogger(__name__)
+
+#: called with the number of source samples just finished (perturbed or rejected)
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class UnitInput:
+    """Decoded images of one work unit (rejected samples already set aside)."""
+
+    pixels: np.ndarray  # uint8 (N, H, W, 3)
+    labels: np.ndarray
+    indices: list[int]
+    source_ids: list[str]
+    rejects: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Components:
+    """The loaded generator, oracle and reference models of a recipe, with weight fingerprints."""
+
+    generator: Any
+    oracle: Any
+    models: dict[str, Any]
+    fingerprints: dict[str, str]
+
+
+def read_unit(source: Any, unit: WorkUnit, image_size: int, class_names: tuple[str, ...]) -> UnitInput:
+    pixels, labels, indices, ids, rejects = [], [], [], [], []
+    for item in source.items(unit.start, unit.stop):
+        check_label(item.label, class_names, item.source_id)
+        try:
+            pixels.append(load_rgb(item.load, image_size))
+        except SampleRejected as rejected:
+            log.warning("skipping %s: %s", item.source_id, rejected)
+            rejects.append({"index": item.index, "source_id": item.source_id, "reason": str(rejected)})
+            continue
+        labels.append(item.label)
+        indices.append(item.index)
+        ids.append(item.source_id)
+    empty = np.zeros((0, image_size, image_size, 3), dtype=np.uint8)
+    return UnitInput(np.stack(pixels) if pixels else empty, np.asarray(labels, dtype=np.int64), indices, ids, rejects)
+
+
+def load_components(recipe: Recipe, context: ComponentContext) -> Components:
+    """Generator, oracle and every reference model, seeded by the recipe (for weightless parts)."""
+    import torch
+
+    from builder.components import GENERATORS
+    from builder.components.models import load_classifier
+    from builder.components.oracles import load_oracle
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed)  # only matters for components without weights
+        generator = GENERATORS.get(recipe.generator.kind)(recipe.generator, context)
+        oracle = load_oracle(recipe.oracle, context)
+        models = {spec.config_name: load_classifier(spec, context) for spec in recipe.reference_models}
+    return Components(generator, oracle, models, {name: weights_fingerprint(model) for name, model in models.items()})
+
+
+@contextlib.contextmanager
+def output_errors(path: Path) -> Iterator[None]:
+    """A full disk or an unwritable dir: one line; the finished units stay for a resume."""
+    try:
+        yield
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise OutputError(f"cannot write {path}: {reason}; finished work units are kept, fix this and resume with the same command") from None
+
+
+class UnitRunner:
+    """Turns work units into shard files and stats files; loads everything once, at creation."""
+
+    def __init__(self, settings: RunnerSettings) -> None:
+        self.settings = settings
+        recipe = settings.recipe
+        self.source = open_source(recipe.source, SourceContext(settings.base_dir, settings.cache_dir))
+        self.context = ComponentContext(settings.device, settings.cache_dir, settings.base_dir, settings.class_names,
+                                        recipe.image_size, recipe.source, recipe.seed)
+        self.schema = ShardSchema(settings.class_names, recipe.output.image_encoding, recipe.output.keep_originals)
+        self.writers = {name: WRITERS.get(name)() for name in recipe.output.formats}
+        self.components = load_components(recipe, self.context)
+
+    @property
+    def fingerprints(self) -> dict[str, str]:
+        return dict(self.components.fingerprints)
+
+    def run(self, unit: WorkUnit, configs: list[str], progress: Optional[Progress] = None) -> list[dict[str, Any]]:
+        """Build ``unit`` for each of ``configs``; returns the stats written, one per config."""
+        recipe = self.settings.recipe
+        inputs = read_unit(self.source, unit, recipe.image_size, self.settings.class_names)
+        written = []
+        for name in configs:
+            samples: list[OutputSample] = []
+            for start in range(0, len(inputs.labels), self.settings.batch_size):
+                chunk = slice(start, start + self.settings.batch_size)
+                samples.extend(self._perturb_chunk(name, inputs, chunk))
+                if progress is not None:
+                    progress(len(inputs.labels[chunk]))
+            if progress is not None and inputs.rejects:
+                progress(len(inputs.rejects))
+            written.append(self._write_unit(unit, name, samples, inputs.rejects))
+        return written
+
+    def _perturb_chunk(self, name: str, inputs: UnitInput, chunk: slice) -> Iterator[OutputSample]:
+        import torch
+
+        from builder.engine import perturb_batch
+
+        parts = self.components
+        device = self.settings.device
+        images = torch.from_numpy(inputs.pixels[chunk]).permute(0, 3, 1, 2).contiguous().to(device)
+        labels = torch.from_numpy(inputs.labels[chunk]).to(device)
+        mask = getattr(parts.generator, "mask", None)
+        result = perturb_batch(parts.generator, parts.oracle, parts.models[name], images, labels, self.settings.recipe.perturbation, mask=mask)
+        finals = result.images.permute(0, 2, 3, 1).cpu().numpy()
+        fmt = self.schema.image_format
+        for row, original in enumerate(inputs.pixels[chunk]):
+            position = chunk.start + row
+            record = {
+                "key": sample_key(inputs.indices[position]),
+                "label": int(labels[row]),
+                "class_name": self.settings.class_names[int(labels[row])],
+                "source_id": inputs.source_ids[position],
+                "reference_model": name,
+                "perturbed": bool(result.perturbed[row]),
+                "steps": int(result.steps[row]),
+                "stop_reason": result.stop_reason[row],
+                "oracle_prob": round(float(result.oracle_prob[row]), 6),
+                "pred_before": int(result.pred_before[row]),
+                "loss_before": round(float(result.loss_before[row]), 6),
+                "pred_after": int(result.pred_after[row]),
+                "loss_after": round(float(result.loss_after[row]), 6),
+            }
+            original_bytes = encode_image(original, fmt) if self.schema.keep_originals else None
+            yield OutputSample(record["key"], encode_image(finals[row], fmt), original_bytes, record)
+
+    def _write_unit(self, unit: WorkUnit, name: str, samples: list[OutputSample], rejects: list[dict[str, Any]]) -> dict[str, Any]:
+        """The unit's shard of ``name`` in every format, then its stats file (last: it marks completion)."""
+        out = self.settings.out_dir
+        stem = unit.shard_stem(self.settings.recipe.output.split)
+        files = {}
+        for fmt, writer in self.writers.items():
+            path = inside(out, name, f"{stem}{writer.suffix}")
+            with output_errors(path):
+                writer.write(path, samples, self.schema)
+            files[fmt] = {"path": path.relative_to(out).as_posix(), "sha256": sha256_file(path), "bytes": path.stat().st_size}
+        stats = {
+            "config": name,
+            "unit": unit.index,
+            "start": unit.start,
+            "stop": unit.stop,
+            "num_samples": len(samples),
+            "num_perturbed": sum(s.record["perturbed"] for s in samples),
+            "keys": [s.key for s in sorted(samples, key=lambda s: s.key)],
+            "tally": ConfigTally.counts_of([s.record for s in samples]),
+            "reference_weights_sha256": self.components.fingerprints[name],
+            "files": files,
+            "rejects": rejects,
+        }
+        stats_path = inside(out, STATS_DIR, name, f"{stem}.json")
+        with output_errors(stats_path):
+            write_json_atomic(stats_path, stats)
+        return stats
