@@ -65,6 +65,18 @@ def resolve_device(device: Optional[str]) -> str:
     return device
 
 
+def resolve_ray_device(device: Optional[str]) -> str:
+    """On Ray the driver needs no GPU: ``cuda`` means each actor's GPU (Ray sets
+    CUDA_VISIBLE_DEVICES for it), so a numbered device cannot be honoured there."""
+    if device is None:
+        return "cpu"
+    if device.startswith("cuda:"):
+        raise click.BadParameter(f"'{device}': with --executor ray give --device cuda (Ray assigns each actor its GPU)", param_hint="--device")
+    if device not in ("cpu", "cuda"):
+        raise click.BadParameter(f"'{device}' is not cpu or cuda", param_hint="--device")
+    return device
+
+
 def cache_option(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--cache-dir",
@@ -97,11 +109,18 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace the build in --out (only the files a build writes are deleted).")
 @click.option("--force-clean", is_flag=True, help="Also delete files in --out that the build did not write (with --overwrite, or when they block a resume).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True, help="Where work units run: local processes or Ray actors.")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Unit runners (local default: one per visible GPU, else 1 in this process; ray default: 1).")
+@click.option("--ray-address", default=None, metavar="ADDR", help="With --executor ray: the cluster to join (e.g. auto); default: start a local one.")
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=None, help="With --executor ray: GPUs per actor (default: 1 with --device cuda, else 0).")
+@click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=None, help="With --executor ray: CPUs per actor (default: 1).")
 @cache_option
 def run(recipe: str, out_dir: Optional[Path], limit: Optional[int], dry_run: bool, device: Optional[str], batch_size: Optional[int],
-        seed: Optional[int], overrides: tuple[str, ...], overwrite: bool, force_clean: bool, no_progress: bool, cache_dir: Optional[Path]) -> None:
+        seed: Optional[int], overrides: tuple[str, ...], overwrite: bool, force_clean: bool, no_progress: bool, executor: str,
+        workers: Optional[int], ray_address: Optional[str], gpus_per_worker: Optional[float], cpus_per_worker: Optional[float],
+        cache_dir: Optional[Path]) -> None:
     """Build the benchmark of RECIPE (a YAML path or a bundled recipe name) into --out."""
-    from builder.build import BuildOptions, build_benchmark
+    from builder.build import BuildOptions, Execution, build_benchmark
     from builder.paths import default_cache_dir
     from builder.recipes import load_recipe
 
@@ -115,7 +134,7 @@ def run(recipe: str, out_dir: Optional[Path], limit: Optional[int], dry_run: boo
         raise click.UsageError("Missing option '--out' (needed unless --dry-run).")
     options = BuildOptions(
         out_dir=out_dir,
-        device=resolve_device(device),
+        device=resolve_device(device) if executor == "local" else resolve_ray_device(device),
         cache_dir=cache_dir or default_cache_dir(),
         batch_size=batch_size,
         limit=limit,
@@ -123,8 +142,13 @@ def run(recipe: str, out_dir: Optional[Path], limit: Optional[int], dry_run: boo
         force_clean=force_clean,
         progress=not no_progress,
     )
+    ray_only = {"--ray-address": ray_address, "--gpus-per-worker": gpus_per_worker, "--cpus-per-worker": cpus_per_worker}
+    given = [flag for flag, value in ray_only.items() if value is not None]
+    if given and executor != "ray":
+        raise click.UsageError(f"{given[0]} goes with --executor ray")
+    execution = Execution(executor, workers, ray_address, gpus_per_worker, cpus_per_worker)
     signal.signal(signal.SIGTERM, _interrupt)  # a preempted node: stop like Ctrl-C, keep finished units
-    summary = build_benchmark(loaded, options)
+    summary = build_benchmark(loaded, options, execution)
     click.echo(format_summary(loaded.recipe.name, summary))
 
 

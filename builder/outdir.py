@@ -219,6 +219,46 @@ def _complete_units(out_dir: Path, configs: set[str]) -> tuple[dict[tuple[str, s
     return completed, keep
 
 
+@contextlib.contextmanager
+def output_lock(out_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``out_dir`` (created if needed) while a build writes into it:
+    two builds into one dir would delete each other's work. The OS drops the lock when the
+    process ends, however it ends."""
+    import fcntl
+
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        handle = os.open(out_dir, os.O_RDONLY)
+    except OSError as error:
+        raise OutputError(f"cannot prepare --out {out_dir}: {error.strerror or error}; check its permissions and free space") from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputError(f"another build is writing into {out_dir} right now; wait for it to finish or pick another dir") from None
+        yield
+    finally:
+        os.close(handle)
+
+
+def check_unlocked(out_dir: Path) -> None:
+    """Fail fast, before any component loads, when another build holds ``out_dir``."""
+    if out_dir.is_dir():
+        with output_lock(out_dir):
+            pass
+
+
+def remove_temp_files(out_dir: Path, configs: list[str]) -> int:
+    """Temp files of atomic writes left by killed workers (call when no worker is writing)."""
+    removed = 0
+    for directory in [out_dir, *(out_dir / name for name in configs), *(out_dir / STATS_DIR / name for name in configs)]:
+        for path in directory.glob(".*.tmp-*") if directory.is_dir() else []:
+            if TEMP_FILE.match(path.name) and (path.is_file() or path.is_symlink()):
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
 def claim_output(state: OutputState, identity: dict[str, Any]) -> None:
     """Carry out ``state``: delete what it names, drop emptied dirs, record the identity."""
     out_dir = state.out_dir

@@ -15,49 +15,70 @@ import logging
 import time
 from typing import Any
 
+from builder.build.executors.base import WorkerPool
 from builder.build.finalize import BuildSummary, finalize, write_partial_manifest
-from builder.build.plan import BuildOptions, BuildPlan, plan_build
+from builder.build.plan import BuildOptions, BuildPlan, Execution, plan_build
 from builder.build.runner import UnitRunner, read_unit
 from builder.build.tally import ConfigTally
-from builder.outdir import claim_output
+from builder.errors import BuilderError
+from builder.outdir import claim_output, output_lock, remove_temp_files
 from builder.recipes import LoadedRecipe
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BuildOptions", "BuildPlan", "BuildSummary", "ConfigTally", "UnitRunner", "build_benchmark", "plan_build", "read_unit"]
+__all__ = ["BuildOptions", "BuildPlan", "BuildSummary", "ConfigTally", "Execution", "UnitRunner", "build_benchmark", "plan_build", "read_unit"]
 
 
-def build_benchmark(loaded: LoadedRecipe, options: BuildOptions) -> BuildSummary:
-    """Build the benchmark of ``loaded`` into ``options.out_dir`` in this process."""
+def build_benchmark(loaded: LoadedRecipe, options: BuildOptions, execution: Execution = Execution()) -> BuildSummary:
+    """Build the benchmark of ``loaded`` into ``options.out_dir``, on the workers ``execution`` names."""
+    from builder.build.driver import dispatch
+
     started = time.monotonic()
     plan = plan_build(loaded, options)
-    runner = None
-    if plan.pending:  # before the dir is touched: a component that fails to load changes nothing
-        runner = UnitRunner(plan.settings)
-        plan.check_same_weights(runner.fingerprints)
-    claim_output(plan.state, plan.identity)
     with _progress(plan) as bar:
-        tallies = {name: ConfigTally() for name in plan.config_names}
-        for (name, _), stats in sorted(plan.state.completed.items()):
-            tallies[name].add(stats["tally"])
-            bar.update(stats["num_samples"] + len(stats["rejects"]))
+        pool = make_pool(plan, execution, bar.update) if plan.pending else None
         try:
-            for unit, configs in plan.pending_units().items():
-                for stats in runner.run(unit, configs, progress=bar.update):  # type: ignore[union-attr]
-                    tallies[stats["config"]].add(stats["tally"])
-                    _show(bar, stats["config"], tallies[stats["config"]])
-        except KeyboardInterrupt:
-            write_partial_manifest(plan)
-            raise
-    return finalize(plan, time.monotonic() - started)
+            reference = pool.probe() if pool else None  # components load now, before the dir is touched
+            if reference is not None:
+                plan.check_same_weights(reference.fingerprints)
+            with output_lock(options.out_dir):
+                claim_output(plan.state, plan.identity)
+                tallies = {name: ConfigTally() for name in plan.config_names}
+                for (name, _), stats in sorted(plan.state.completed.items()):
+                    tallies[name].add(stats["tally"])
+                    bar.update(stats["num_samples"] + len(stats["rejects"]))
+                try:
+                    if pool is not None and reference is not None:
+                        dispatch(plan, pool, reference, bar, tallies)
+                except KeyboardInterrupt:
+                    write_partial_manifest(plan)
+                    raise
+                finally:
+                    if pool is not None:
+                        pool.close()
+                        pool = None
+                remove_temp_files(options.out_dir, plan.config_names)
+                return finalize(plan, time.monotonic() - started)
+        finally:
+            if pool is not None:
+                pool.close()
+
+
+def make_pool(plan: BuildPlan, execution: Execution, progress: Any) -> WorkerPool:
+    """The executor's pool of unit runners for ``plan``."""
+    from builder.build.executors.local import InProcessPool, ProcessPool
+
+    if execution.executor == "ray":
+        from builder.build.executors.ray import RayPool
+
+        return RayPool(plan.settings, execution)
+    if execution.executor != "local":
+        raise BuilderError(f"unknown executor '{execution.executor}'; choices: local, ray")
+    workers = execution.local_workers(plan.settings.device)
+    return InProcessPool(plan.settings, progress) if workers == 1 else ProcessPool(plan.settings, workers)
 
 
 def _progress(plan: BuildPlan) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=plan.total * len(plan.config_names), unit="img", disable=not plan.options.progress or None, dynamic_ncols=True)
-
-
-def _show(bar: Any, config: str, tally: ConfigTally) -> None:
-    summary = tally.summary()
-    bar.set_postfix(config=config, perturbed=f"{summary['perturbed_share']:.0%}", mean_steps=f"{summary['mean_steps']:.1f}")

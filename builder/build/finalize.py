@@ -21,6 +21,7 @@ from builder.build.plan import BuildPlan
 from builder.build.runner import output_errors
 from builder.build.tally import ConfigTally
 from builder.config import recipe_to_dict
+from builder.errors import OutputError
 from builder.fileio import sha256_json, write_bytes_atomic, write_json_atomic
 from builder.manifest import CARD, GALLERY, MANIFEST, MANIFEST_FORMAT, PREVIEW, REJECTS, STATS_DIR
 
@@ -101,6 +102,7 @@ def finalize(plan: BuildPlan, seconds: float) -> BuildSummary:
 
     out = plan.options.out_dir
     records = read_unit_stats(plan)
+    check_one_kind_of_device(records)
     manifest = manifest_of(plan, records)
     with output_errors(out):
         write_bytes_atomic(out / REJECTS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records.rejects).encode())
@@ -111,6 +113,21 @@ def finalize(plan: BuildPlan, seconds: float) -> BuildSummary:
         write_card(out)
     return BuildSummary(out, plan.total, manifest["num_rejects"], {n: t.summary() for n, t in records.tallies.items()},
                         seconds, manifest["id"])
+
+
+def check_one_kind_of_device(records: UnitRecords) -> None:
+    """Units built on different kinds of device or torch versions need not give the same bytes:
+    a benchmark is never stitched together from them."""
+    kinds: dict[tuple[str, str], str] = {}
+    for shards in records.shards.values():
+        for stats in shards:
+            built = stats.get("built_with")
+            if isinstance(built, dict):
+                kinds.setdefault((str(built.get("device")), str(built.get("torch"))), f"{stats['config']} unit {stats['unit']}")
+    if len(kinds) > 1:
+        shown = "; ".join(f"{where}: torch {torch} on {device}" for (device, torch), where in sorted(kinds.items()))
+        raise OutputError(f"the finished units were built on different kinds of device ({shown}); "
+                          "rebuild with --overwrite on one kind, or resume on the kind that built the first units")
 
 
 def write_partial_manifest(plan: BuildPlan) -> None:

@@ -17,7 +17,7 @@ from builder.components.base import check_image_size
 from builder.config import Recipe, recipe_to_dict
 from builder.errors import OutputError
 from builder.manifest import MANIFEST_FORMAT
-from builder.outdir import OutputState, inspect_output
+from builder.outdir import OutputState, check_unlocked, inspect_output
 from builder.recipes import LoadedRecipe
 from builder.sources.base import SourceContext, open_source
 
@@ -33,6 +33,27 @@ class BuildOptions:
     #: with ``overwrite`` or a resume: also delete files in the dir that the build did not write
     force_clean: bool = False
     progress: bool = True
+
+
+@dataclass(frozen=True)
+class Execution:
+    """Where the unit runners run: ``local`` (this process, or ``workers`` spawned processes;
+    default one per visible GPU) or ``ray`` (actors on a Ray cluster)."""
+
+    executor: str = "local"
+    workers: Optional[int] = None
+    ray_address: Optional[str] = None
+    gpus_per_worker: Optional[float] = None
+    cpus_per_worker: Optional[float] = None
+
+    def local_workers(self, device: str) -> int:
+        if self.workers is not None:
+            return self.workers
+        if device == "cuda":
+            import torch
+
+            return max(1, torch.cuda.device_count())
+        return 1
 
 
 @dataclass(frozen=True)
@@ -102,6 +123,7 @@ def plan_build(loaded: LoadedRecipe, options: BuildOptions) -> BuildPlan:
         "configs": [spec.config_name for spec in recipe.reference_models],
         "source": source_fingerprint(source, recipe.source, loaded.base_dir),
     }
+    check_unlocked(options.out_dir)
     state = inspect_output(options.out_dir, identity, overwrite=options.overwrite, force_clean=options.force_clean)
     names = [spec.config_name for spec in recipe.reference_models]
     split = recipe.output.split

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
+from builder.build.executors.base import current_worker_info
 from builder.build.plan import RunnerSettings
 from builder.build.tally import ConfigTally
 from builder.build.units import WorkUnit, sample_key
@@ -112,6 +113,7 @@ class UnitRunner:
         self.schema = ShardSchema(settings.class_names, recipe.output.image_encoding, recipe.output.keep_originals)
         self.writers = {name: WRITERS.get(name)() for name in recipe.output.formats}
         self.components = load_components(recipe, self.context)
+        self.info = current_worker_info(self.components.fingerprints, settings.device)
 
     @property
     def fingerprints(self) -> dict[str, str]:
@@ -187,6 +189,7 @@ class UnitRunner:
             "keys": [s.key for s in sorted(samples, key=lambda s: s.key)],
             "tally": ConfigTally.counts_of([s.record for s in samples]),
             "reference_weights_sha256": self.components.fingerprints[name],
+            "built_with": self.info.to_json(),
             "files": files,
             "rejects": rejects,
         }

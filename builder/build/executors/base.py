@@ -1,0 +1,79 @@
+"""What every executor gives the driver: a pool of unit runners behind one small interface.
+
+The driver (:mod:`builder.build.driver`) only schedules: it hands out work units, collects
+their stats, re-queues a unit whose worker died, and never touches pixels. An executor owns
+the workers and their loaded components: in this process, in spawned local processes, or in
+Ray actors. Every worker reports the fingerprints of the weights it loaded and the device and
+torch version it runs, so the driver can refuse a worker that would write other bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable, Optional, Protocol
+
+from builder.build.units import WorkUnit
+from builder.errors import BuilderError
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """What shapes a worker's bytes besides the recipe: its weights, device kind and torch."""
+
+    fingerprints: dict[str, str]
+    device: str  # "cpu" or the GPU's name
+    torch: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"device": self.device, "torch": self.torch}
+
+
+@dataclass(frozen=True)
+class UnitResult:
+    """A finished unit: the stats files its runner wrote (one per config) and who wrote them."""
+
+    unit: WorkUnit
+    stats: list[dict[str, Any]]
+    worker: WorkerInfo
+
+
+class WorkerDied(BuilderError):
+    """A worker process or actor died while it held a unit (killed, out of memory, a lost node)."""
+
+
+class WorkerPool(Protocol):
+    """Unit runners that the driver hands units to; ``capacity`` units can be in flight."""
+
+    capacity: int
+
+    def probe(self) -> WorkerInfo:
+        """Start the workers (components load now: a load error is raised here, before the
+        output dir is touched) and return what the first of them loaded."""
+        ...
+
+    def submit(self, unit: WorkUnit, configs: list[str]) -> Hashable:
+        """Start ``unit``; returns a handle for :meth:`wait`."""
+        ...
+
+    def wait(self, handles: list[Hashable]) -> list[tuple[Hashable, Any]]:
+        """Block until at least one handle is done: (handle, UnitResult or the exception)."""
+        ...
+
+    def restart(self) -> bool:
+        """Replace dead workers (the driver calls it after a :class:`WorkerDied`); True when
+        that also lost the other units in flight (they are then submitted again)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+#: builds a pool for a plan's runner settings; ``progress`` gets sample counts as they finish
+PoolFactory = Callable[[Any, Optional[Callable[[int], None]]], WorkerPool]
+
+
+def current_worker_info(fingerprints: dict[str, str], device: str) -> WorkerInfo:
+    """This process's :class:`WorkerInfo` (the GPU's name stands for the device kind)."""
+    import torch
+
+    kind = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else device.split(":")[0]
+    return WorkerInfo(dict(fingerprints), kind, torch.__version__)

@@ -1,0 +1,161 @@
+"""Local executors: the unit runner in this process, or in N spawned processes.
+
+``ProcessPool`` uses ``concurrent.futures.ProcessPoolExecutor`` with the spawn context (CUDA
+cannot be forked) and an initializer that loads the components once per process. A worker
+that dies breaks the pool: the driver gets :class:`WorkerDied` for every unit in flight and
+asks for a fresh pool (``multiprocessing.Pool`` would hang instead). With several visible
+GPUs each process takes its own; on CPU the threads are split between the processes.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import logging
+import multiprocessing
+import os
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
+from typing import Any, Callable, Hashable, Optional
+
+from builder.build.executors.base import UnitResult, WorkerDied, WorkerInfo
+from builder.build.plan import RunnerSettings
+from builder.build.units import WorkUnit
+
+log = logging.getLogger(__name__)
+
+
+class InProcessPool:
+    """One runner in this process; units run when submitted, with progress per batch."""
+
+    capacity = 1
+    streams_progress = True
+
+    def __init__(self, settings: RunnerSettings, progress: Optional[Callable[[int], None]] = None) -> None:
+        self.settings, self.progress = settings, progress
+        self.runner: Any = None
+        self.done: dict[int, Any] = {}
+        self.handles = itertools.count()
+
+    def probe(self) -> WorkerInfo:
+        from builder.build.runner import UnitRunner
+
+        if self.runner is None:
+            self.runner = UnitRunner(self.settings)
+        return self.runner.info
+
+    def submit(self, unit: WorkUnit, configs: list[str]) -> Hashable:
+        self.probe()
+        handle = next(self.handles)  # runs now: its errors (and Ctrl-C) reach the driver directly
+        self.done[handle] = UnitResult(unit, self.runner.run(unit, configs, self.progress), self.runner.info)
+        return handle
+
+    def wait(self, handles: list[Hashable]) -> list[tuple[Hashable, Any]]:
+        return [(handle, self.done.pop(handle)) for handle in handles if handle in self.done]  # type: ignore[call-overload]
+
+    def restart(self) -> bool:
+        """Nothing to replace: a failure here stops this process."""
+        return False
+
+    def close(self) -> None:
+        self.runner = None
+
+
+# --------------------------------------------------------------------- worker process state
+# Each spawned worker process holds its own runner, set once by the initializer; these two
+# names live only in worker processes (the driver never sets them).
+_RUNNER: Any = None
+_FAILURE: Optional[BaseException] = None
+
+
+def _init_worker(settings: RunnerSettings, counter: Any, threads: Optional[int]) -> None:
+    """Load this process's runner once; a load error is kept and raised by its first task, so
+    the driver sees the one-line error instead of a broken pool."""
+    global _RUNNER, _FAILURE
+    import torch
+
+    with counter.get_lock():
+        index = counter.value
+        counter.value += 1
+    if threads:
+        torch.set_num_threads(threads)
+    if settings.device == "cuda" and torch.cuda.device_count() > 1:
+        settings = replace(settings, device=f"cuda:{index % torch.cuda.device_count()}")
+    try:
+        from builder.build.runner import UnitRunner
+
+        _RUNNER = UnitRunner(settings)
+    except Exception as error:  # noqa: BLE001 - raised again, whole, by this worker's tasks
+        _FAILURE = error
+
+
+def _worker_runner() -> Any:
+    if _FAILURE is not None:
+        raise _FAILURE
+    return _RUNNER
+
+
+def _probe() -> WorkerInfo:
+    return _worker_runner().info
+
+
+def _run(unit: WorkUnit, configs: list[str]) -> UnitResult:
+    runner = _worker_runner()
+    return UnitResult(unit, runner.run(unit, configs), runner.info)
+
+
+class ProcessPool:
+    """``workers`` spawned processes, each with its own runner (see the module docstring)."""
+
+    streams_progress = False
+
+    def __init__(self, settings: RunnerSettings, workers: int) -> None:
+        import torch
+
+        self.settings, self.capacity = settings, workers
+        on_gpu = settings.device.startswith("cuda")
+        self.threads = None if on_gpu else max(1, torch.get_num_threads() // workers)
+        self.context = multiprocessing.get_context("spawn")
+        self.executor: Optional[concurrent.futures.ProcessPoolExecutor] = None
+
+    def _start(self) -> concurrent.futures.ProcessPoolExecutor:
+        if self.executor is None:
+            counter = self.context.Value("i", 0)
+            self.executor = concurrent.futures.ProcessPoolExecutor(
+                self.capacity, mp_context=self.context, initializer=_init_worker, initargs=(self.settings, counter, self.threads)
+            )
+        return self.executor
+
+    def probe(self) -> WorkerInfo:
+        return _outcome(self._start().submit(_probe), raise_it=True)
+
+    def submit(self, unit: WorkUnit, configs: list[str]) -> Hashable:
+        return self._start().submit(_run, unit, configs)
+
+    def wait(self, handles: list[Hashable]) -> list[tuple[Hashable, Any]]:
+        done, _ = concurrent.futures.wait(handles, return_when=concurrent.futures.FIRST_COMPLETED)  # type: ignore[arg-type]
+        return [(future, _outcome(future)) for future in done]  # type: ignore[misc]
+
+    def restart(self) -> bool:
+        """A dead process breaks the whole executor: every unit in flight is lost with it."""
+        log.warning("a worker process died; starting a fresh pool of %d", self.capacity)
+        self.close()
+        return True
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+            self.executor = None
+
+
+def _outcome(future: Any, raise_it: bool = False) -> Any:
+    """A future's result, or the exception it ended with (a dead worker as WorkerDied)."""
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        error: BaseException = WorkerDied(f"a worker process (pid unknown, on {os.uname().nodename}) died")
+    except Exception as failure:  # noqa: BLE001 - handed to the driver, which decides
+        error = failure
+    if raise_it:
+        raise error
+    return error

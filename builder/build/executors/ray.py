@@ -1,0 +1,133 @@
+"""The Ray executor: unit runners as Ray Core actors, on one machine or a cluster.
+
+Each actor loads the components once and owns them; the driver only hands out units and
+waits with ``ray.wait``. Workers read their own source items and write their shards and
+stats straight into the output dir (a path every node sees), so no pixels or shard bytes go
+through the object store: a task returns only the unit's stats. An actor that dies (a node
+lost, out of memory) is restarted by Ray (``max_restarts``); its unit goes back to the
+driver's queue (``max_task_retries=0``: the driver knows which configs still lack stats). Not
+``ray.util.ActorPool`` (it can wedge on a dead actor) and not Ray Data (its file names
+cannot match a local build's).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Hashable
+
+from builder.build.executors.base import UnitResult, WorkerDied, WorkerInfo
+from builder.build.plan import Execution, RunnerSettings
+from builder.build.units import WorkUnit
+from builder.errors import BuilderError
+
+log = logging.getLogger(__name__)
+
+ACTOR_RESTARTS = 3
+INSTALL_HINT = "pip install 'fmr-builder[ray]' (or: pip install 'ray[default]')"
+
+
+class RayUnitRunner:
+    """The actor: one :class:`UnitRunner`, loaded when the actor starts (again after a restart).
+    A load error is kept and raised by every call, so the driver gets its one-line message."""
+
+    def __init__(self, settings: RunnerSettings) -> None:
+        from builder.build.runner import UnitRunner
+
+        self.runner: Any = None
+        self.failure: BaseException | None = None
+        try:
+            self.runner = UnitRunner(settings)
+        except Exception as error:  # noqa: BLE001 - raised again, whole, by info() and run()
+            self.failure = error
+
+    def _ready(self) -> Any:
+        if self.failure is not None:
+            raise self.failure
+        return self.runner
+
+    def info(self) -> WorkerInfo:
+        return self._ready().info
+
+    def run(self, unit: WorkUnit, configs: list[str]) -> UnitResult:
+        runner = self._ready()
+        return UnitResult(unit, runner.run(unit, configs), runner.info)
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise BuilderError(f"--executor ray needs Ray, which is not installed; {INSTALL_HINT}") from None
+    return ray
+
+
+class RayPool:
+    """``execution.workers`` actors (default 1), each with ``gpus_per_worker`` GPUs (default 1
+    with ``--device cuda``, else 0) and ``cpus_per_worker`` CPUs (default 1)."""
+
+    streams_progress = False
+
+    def __init__(self, settings: RunnerSettings, execution: Execution) -> None:
+        self.ray = import_ray()
+        self.started_ray = False
+        if not self.ray.is_initialized():
+            try:
+                self.ray.init(address=execution.ray_address, log_to_driver=False, configure_logging=False)
+            except (ConnectionError, RuntimeError, ValueError) as error:
+                where = execution.ray_address or "a new local cluster"
+                raise BuilderError(f"--executor ray: cannot start or join {where} ({str(error).splitlines()[0]}); "
+                                   "start one with 'ray start --head' and pass --ray-address auto") from None
+            self.started_ray = True
+        gpus = execution.gpus_per_worker if execution.gpus_per_worker is not None else (1.0 if settings.device == "cuda" else 0.0)
+        self.capacity = execution.workers or 1
+        actor = self.ray.remote(num_cpus=execution.cpus_per_worker or 1, num_gpus=gpus,
+                                max_restarts=ACTOR_RESTARTS, max_task_retries=0)(RayUnitRunner)
+        self.actors = [actor.remote(settings) for _ in range(self.capacity)]
+        self.idle = list(self.actors)
+        self.owner: dict[Hashable, Any] = {}
+
+    def probe(self) -> WorkerInfo:
+        """Every actor's info: all must load, and the first one's is the reference."""
+        infos = [self._get(ref) for ref in [actor.info.remote() for actor in self.actors]]
+        for info in infos:
+            if isinstance(info, BaseException):
+                raise info
+        return infos[0]
+
+    def submit(self, unit: WorkUnit, configs: list[str]) -> Hashable:
+        actor = self.idle.pop()
+        ref = actor.run.remote(unit, configs)
+        self.owner[ref] = actor
+        return ref
+
+    def wait(self, handles: list[Hashable]) -> list[tuple[Hashable, Any]]:
+        ready, _ = self.ray.wait(list(handles), num_returns=1)
+        outcomes = []
+        for ref in ready:
+            self.idle.append(self.owner.pop(ref))
+            outcomes.append((ref, self._get(ref)))
+        return outcomes
+
+    def _get(self, ref: Any) -> Any:
+        """The task's result, or the exception it ended with: a dead actor as WorkerDied, an
+        error raised in the actor as itself (Ray wraps it; the cause is what the user needs)."""
+        exceptions = self.ray.exceptions
+        try:
+            return self.ray.get(ref)
+        except (exceptions.ActorDiedError, exceptions.ActorUnavailableError, exceptions.WorkerCrashedError) as error:
+            return WorkerDied(f"a Ray actor died ({type(error).__name__})")
+        except exceptions.RayTaskError as error:
+            cause = getattr(error, "cause", None)
+            return cause if isinstance(cause, BaseException) else error
+
+    def restart(self) -> bool:
+        """Ray restarts a dead actor itself; the other actors' units are still running."""
+        return False
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor, no_restart=True)
+        self.actors, self.idle = [], []
+        if self.started_ray:
+            self.ray.shutdown()
+            self.started_ray = False

@@ -1,0 +1,114 @@
+"""Scale-out: the same build on spawned local processes (and on Ray, see test_ray.py) gives the
+same bytes as a single-process build, and survives a worker killed between shard and stats."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from builder.cli import main
+from test_cli import assert_one_line_error, shard_hashes
+
+FAULTS = Path(__file__).parent / "faults"
+
+
+def build(recipe: Path, out: Path, *extra: str):
+    return CliRunner().invoke(main, ["-q", "run", str(recipe), "--out", str(out), "--device", "cpu", "--no-progress", *extra])
+
+
+def every_file(root: Path) -> dict[str, bytes]:
+    """Everything a build leaves but its own bookkeeping (``_stats`` records who built what)."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and "_stats" not in p.parts}
+
+
+def temp_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if ".tmp-" in p.name]
+
+
+@pytest.fixture
+def single(tiny_recipe: Path, tmp_path: Path) -> dict[str, bytes]:
+    out = tmp_path / "single"
+    result = build(tiny_recipe, out)
+    assert result.exit_code == 0, result.output
+    return every_file(out)
+
+
+@pytest.mark.slow
+def test_local_workers_give_the_same_bytes(tiny_recipe: Path, tmp_path: Path, single: dict[str, bytes]) -> None:
+    out = tmp_path / "two"
+    result = build(tiny_recipe, out, "--executor", "local", "--workers", "2")
+    assert result.exit_code == 0, result.output
+    assert every_file(out) == single
+    assert "manifest id" in result.output
+
+
+@pytest.mark.slow
+def test_a_worker_killed_between_shard_and_stats_is_replaced(tiny_recipe: Path, tmp_path: Path, single: dict[str, bytes],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    mark = tmp_path / "killed"
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(FAULTS), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("FMR_KILL_MARK", str(mark))
+    out = tmp_path / "faulty"
+    result = build(tiny_recipe, out, "--workers", "2")
+    assert result.exit_code == 0, result.output
+    assert mark.is_file(), "the fault was never injected"
+    assert every_file(out) == single
+    assert temp_files(out) == []
+
+
+@pytest.mark.slow
+def test_a_component_error_in_a_worker_is_one_line_and_leaves_nothing(tiny_recipe: Path, tmp_path: Path) -> None:
+    (tmp_path / "theta.pt").write_bytes(b"broken")
+    out = tmp_path / "out"
+    assert_one_line_error(build(tiny_recipe, out, "--workers", "2"), "theta.pt")
+    assert not out.exists()
+
+
+def test_two_builds_cannot_write_into_one_dir(tiny_recipe: Path, tmp_path: Path) -> None:
+    from builder.outdir import output_lock
+
+    out = tmp_path / "locked"
+    with output_lock(out):
+        assert_one_line_error(build(tiny_recipe, out), "another build is writing into")
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--ray-address", "auto"], "--executor ray"),
+    (["--executor", "ray", "--device", "cuda:1"], "Ray assigns each actor its GPU"),
+    (["--workers", "0"], "--workers"),
+])
+def test_executor_flags_that_do_not_fit_are_one_line(tiny_recipe: Path, tmp_path: Path, flags: list[str], fragment: str) -> None:
+    result = CliRunner().invoke(main, ["-q", "run", str(tiny_recipe), "--out", str(tmp_path / "o"), "--no-progress", *flags])
+    assert_one_line_error(result, fragment)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_kill_minus_nine_of_the_driver_then_resume_with_workers(tiny_recipe: Path, tmp_path: Path, single: dict[str, bytes]) -> None:
+    """The driver dies mid-build (its worker processes are orphaned); the same command again
+    finishes with the same bytes as an uninterrupted single-process build."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "builder.cli", "-q", "run", str(tiny_recipe), "--out", str(out), "--no-progress",
+               "--device", "cpu", "--workers", "2"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list((out / "_stats" / "cnn").glob("*.json")) if (out / "_stats" / "cnn").is_dir() else True:
+        if process.poll() is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out / "manifest.json").exists(), "the build finished before the kill"
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert every_file(out) == single
+    assert temp_files(out) == []

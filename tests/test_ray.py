@@ -1,0 +1,70 @@
+"""``--executor ray`` on a real local Ray cluster (``ray.init(num_cpus=2)``): the same bytes as a
+single-process build, and a worker killed between shard and stats is replaced."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from test_executors import FAULTS, build, every_file, temp_files
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install '.[ray]')")
+pytestmark = pytest.mark.slow  # a Ray cluster takes a while to start on 2 cores
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A 2-CPU local cluster whose workers carry the fault hook (tests/faults/sitecustomize.py);
+    the hook fires only when the returned mark file is absent."""
+    mark = tmp_path_factory.mktemp("ray") / "killed"
+    mark.write_text("armed later")
+    saved = {key: os.environ.get(key) for key in ("PYTHONPATH", "FMR_KILL_MARK")}
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(FAULTS), saved["PYTHONPATH"] or ""])
+    os.environ["FMR_KILL_MARK"] = str(mark)
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024 * 1024, log_to_driver=False)
+        yield mark
+    finally:
+        ray.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture
+def single(tiny_recipe: Path, tmp_path: Path) -> dict[str, bytes]:
+    out = tmp_path / "single"
+    assert build(tiny_recipe, out).exit_code == 0
+    return every_file(out)
+
+
+def test_ray_workers_give_the_same_bytes(cluster: Path, tiny_recipe: Path, tmp_path: Path, single: dict[str, bytes]) -> None:
+    out = tmp_path / "ray"
+    result = build(tiny_recipe, out, "--executor", "ray", "--workers", "2")
+    assert result.exit_code == 0, result.output
+    assert every_file(out) == single
+
+
+def test_a_ray_actor_killed_between_shard_and_stats_is_replaced(cluster: Path, tiny_recipe: Path, tmp_path: Path,
+                                                                 single: dict[str, bytes]) -> None:
+    cluster.unlink()  # arm the hook: the next actor to finish a unit's shards dies before its stats
+    out = tmp_path / "ray-faulty"
+    result = build(tiny_recipe, out, "--executor", "ray", "--workers", "2")
+    assert result.exit_code == 0, result.output
+    assert cluster.is_file(), "the fault was never injected"
+    assert every_file(out) == single
+    assert temp_files(out) == []
+
+
+def test_a_component_error_in_an_actor_is_one_line(cluster: Path, tiny_recipe: Path, tmp_path: Path) -> None:
+    from test_cli import assert_one_line_error
+
+    (tmp_path / "theta.pt").write_bytes(b"broken")
+    out = tmp_path / "out"
+    assert_one_line_error(build(tiny_recipe, out, "--executor", "ray", "--workers", "2"), "theta.pt")
+    assert not out.exists()
