@@ -325,7 +325,8 @@ def fit_mask_command(recipe: str, out: Path, strength: float, samples: int, conf
     """Fit the sparse-VQGAN mask: the latent dimensions that tell perturbed from original latents."""
     from builder.paths import default_cache_dir
     from builder.recipes import load_recipe
-    from builder.sparse import fit_mask_from_recipe, save_mask
+    from builder.fit_mask import fit_mask_from_recipe
+    from builder.sparse import save_mask
 
     loaded = load_recipe(recipe, overrides)
     fit, provenance = fit_mask_from_recipe(loaded, strength=strength, samples=samples, config_name=config_name,

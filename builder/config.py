@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import typing
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Iterator, Literal
 
 from pydantic import (
     BaseModel,
@@ -133,6 +133,10 @@ class ModelSpec(Frozen):
             raise ValueError(f"'{value}' must be lowercase letters, digits, '-' or '_' (at most {MAX_NAME})")
         return value
 
+    def trainable_location(self) -> str | None:
+        """Where weights trained from its ``train`` block go (None: nothing to train)."""
+        return self.checkpoint if self.train is not None else None
+
     @property
     def config_name(self) -> str:
         """Output config name: the explicit name, else a slug of the model name."""
@@ -206,7 +210,7 @@ class OutputConfig(Frozen):
     @field_validator("formats")
     @classmethod
     def _known_formats(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        from builder.writers import WRITERS
+        from builder.registry import WRITERS
 
         if not value:
             raise ValueError("at least one output format is needed")
@@ -256,13 +260,9 @@ PLUGGABLE_SECTIONS = {"source": "sources", "generator": "generators", "oracle": 
 
 
 def _registry(family: str) -> Registry[Any]:
-    from builder import components, sources  # registration happens on import
+    from builder.registry import GENERATORS, ORACLES, SOURCES
 
-    return {
-        "sources": sources.SOURCES,
-        "generators": components.GENERATORS,
-        "oracles": components.ORACLES,
-    }[family]
+    return {"sources": SOURCES, "generators": GENERATORS, "oracles": ORACLES}[family]
 
 
 def _path_text(path: tuple[Any, ...]) -> str:
@@ -368,6 +368,17 @@ def parse_recipe(data: Any) -> Recipe:
         return Recipe.model_validate(values)
     except ValidationError as error:
         raise format_validation_error(error, Recipe, ()) from None
+
+
+def walk_configs(config: Any) -> Iterator[BaseModel]:
+    """Every config object inside ``config`` (itself included), depth first, in field order."""
+    if isinstance(config, BaseModel):
+        yield config
+        for name in type(config).model_fields:
+            yield from walk_configs(getattr(config, name))
+    elif isinstance(config, (list, tuple)):
+        for item in config:
+            yield from walk_configs(item)
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:

@@ -7,6 +7,8 @@ up by name, so adding one never touches them.
 from __future__ import annotations
 
 import difflib
+import importlib
+import pkgutil
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
@@ -39,11 +41,18 @@ class Entry(Generic[T]):
 
 
 class Registry(Generic[T]):
-    """Name -> factory (and, optionally, the pydantic config class its recipe section uses)."""
+    """Name -> factory (and, optionally, the pydantic config class its recipe section uses).
 
-    def __init__(self, family: str) -> None:
+    ``discover`` names the package whose modules register the built-in kinds: they are imported
+    on the first lookup, so a family is complete whoever asks first (the recipe parser, the
+    CLI, a test) and nothing has to import every kind module up front. A kind defined
+    elsewhere registers itself when its module is imported.
+    """
+
+    def __init__(self, family: str, *, discover: str | None = None) -> None:
         self.family = family
         self._entries: dict[str, Entry[T]] = {}
+        self._discover = discover
 
     def register(
         self, name: str, *, config: Any | None = None, description: str = "", runs_code: bool = False
@@ -57,7 +66,15 @@ class Registry(Generic[T]):
 
         return decorate
 
+    def _load(self) -> None:
+        package, self._discover = self._discover, None  # once; lookups during the imports see what is there
+        if package is not None:
+            module = importlib.import_module(package)
+            for info in pkgutil.iter_modules(module.__path__):
+                importlib.import_module(f"{package}.{info.name}")
+
     def entry(self, name: str) -> Entry[T]:
+        self._load()
         try:
             return self._entries[name]
         except KeyError:
@@ -67,10 +84,20 @@ class Registry(Generic[T]):
         return self.entry(name).factory
 
     def names(self) -> list[str]:
+        self._load()
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
+        self._load()
         return name in self._entries
 
     def __iter__(self) -> Iterator[Entry[T]]:
         return iter(self._entries[n] for n in self.names())
+
+
+#: the pluggable families; each finds its built-in kinds in the modules of its package
+SOURCES: Registry[Any] = Registry("source kind", discover="builder.sources")
+GENERATORS: Registry[Any] = Registry("generator kind", discover="builder.components")
+ORACLES: Registry[Any] = Registry("oracle kind", discover="builder.components")
+MODELS: Registry[Any] = Registry("model scheme", discover="builder.components")
+WRITERS: Registry[Any] = Registry("output format", discover="builder.writers")

@@ -121,6 +121,9 @@ def load_model_for(bench: Benchmark, spec: ModelSpec, device: str, cache_dir: Pa
         source=parse_component("sources", recipe["source"], ("source",)),
         seed=int(recipe.get("seed", 0)),
     )
+    from builder.train import ensure_weights
+
+    ensure_weights([spec], context)  # a scored model with a train block is trained on first use
     return load_classifier(spec, context, classes_of=f"the benchmark {bench.location}")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 from builder.checkpoints import resolve_location, save_state_dict
 from builder.components.base import ComponentContext, image_size_cap_problem
-from builder.config import ModelSpec, TrainConfig
+from builder.config import ModelSpec, TrainConfig, walk_configs
 from builder.errors import ComponentError
 from builder.fileio import atomic_write
 from builder.sources.base import SourceContext, open_source
@@ -163,3 +163,41 @@ def train_classifier(spec: ModelSpec, ctx: ComponentContext, out: Path) -> None:
 
     fit(classifier.parameters(), loss_fn, load_training_data(ctx, train), train, seed, ctx.device, spec.model)
     save_state_dict({k: v.cpu() for k, v in classifier.net.state_dict().items()}, out)
+
+
+def trainer_for(component: Any) -> Callable[[Any, ComponentContext, Path], None]:
+    """The training function for a trainable component config."""
+    from builder.components.oracles import ClipOracleConfig
+    from builder.components.vqgan import VQGANConfig
+
+    if isinstance(component, ModelSpec):
+        return train_classifier
+    if isinstance(component, VQGANConfig):
+        return train_generator
+    if isinstance(component, ClipOracleConfig):
+        return train_clip
+    raise ComponentError(f"{type(component).__name__} has a train block but nothing here can train it; give its weights instead")
+
+
+def missing_weights(configs: Iterable[Any], ctx: ComponentContext) -> Iterator[tuple[Any, Path]]:
+    """(component, path) of every component inside ``configs`` that a ``train`` block makes and
+    whose weights are not there yet (trained weights live under a hashed name, see
+    :meth:`ComponentContext.trained_location`)."""
+    for config in configs:
+        for component in walk_configs(config):
+            location = getattr(component, "trainable_location", lambda: None)()
+            if location is not None:
+                path = ctx.trained_location(resolve_location(location, ctx.locations), component)
+                if not path.is_file():
+                    yield component, path
+
+
+def ensure_weights(configs: Iterable[Any], ctx: ComponentContext) -> list[Path]:
+    """Train, now, every component of ``configs`` whose trained weights are missing: an explicit
+    step before loading (the loaders never train). Returns the checkpoints written."""
+    written = []
+    for component, path in missing_weights(configs, ctx):
+        log.info("no trained weights at %s yet, training them", path)
+        trainer_for(component)(component, ctx, path)
+        written.append(path)
+    return written

@@ -28,8 +28,7 @@ def runs_code(spec: ModelSpec) -> bool:
     """Whether building ``spec`` imports or calls code its text names (unknown schemes: yes).
     The tool's own architectures (``py:builder.zoo:<name>``) are part of the tool, not data."""
     from builder import zoo
-    from builder.components.base import MODELS
-    import builder.components.models  # noqa: F401 - registers the schemes
+    from builder.registry import MODELS
 
     scheme, _, target = spec.model.partition(":")
     if scheme == "py" and target.rpartition(":")[0] == zoo.__name__ and target.rpartition(":")[2] in zoo.__all__:

@@ -76,13 +76,16 @@ def read_unit(source: Any, unit: WorkUnit, image_size: int, class_names: tuple[s
 
 
 def load_components(recipe: Recipe, context: ComponentContext) -> Components:
-    """Generator, oracle and every reference model, seeded by the recipe (for weightless parts)."""
+    """Generator, oracle and every reference model, seeded by the recipe (for weightless parts);
+    components a ``train`` block makes are trained first if their weights are missing."""
     import torch
 
     from builder.components import GENERATORS
     from builder.components.models import load_classifier
     from builder.components.oracles import load_oracle
+    from builder.train import ensure_weights
 
+    ensure_weights([recipe.generator, recipe.oracle, *recipe.reference_models], context)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)  # only matters for components without weights
         generator = GENERATORS.get(recipe.generator.kind)(recipe.generator, context)

@@ -14,6 +14,7 @@ from builder.checkpoints import ResolveContext
 from builder.config import SourceConfig
 from builder.errors import ComponentError
 from builder.fileio import sha256_json
+from builder import registry
 from builder.registry import Registry
 
 
@@ -90,9 +91,9 @@ GeneratorFactory = Callable[[Any, ComponentContext], Generator]
 OracleFactory = Callable[[Any, ComponentContext], Oracle]
 ModelLoader = Callable[[str, Any, ComponentContext], Any]
 
-GENERATORS: Registry[GeneratorFactory] = Registry("generator kind")
-ORACLES: Registry[OracleFactory] = Registry("oracle kind")
-MODELS: Registry[ModelLoader] = Registry("model scheme")
+GENERATORS: Registry[GeneratorFactory] = registry.GENERATORS
+ORACLES: Registry[OracleFactory] = registry.ORACLES
+MODELS: Registry[ModelLoader] = registry.MODELS
 
 
 #: the largest image side any generator is asked for (an image is image_size**2 * 3 values, and

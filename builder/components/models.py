@@ -198,16 +198,12 @@ def pooled(classifier: PreprocessedClassifier, spec: ModelSpec) -> Any:
 
 
 def load_classifier(spec: ModelSpec, ctx: ComponentContext, *, classes_of: str = "the source") -> PreprocessedClassifier:
-    """Build, load weights (training them first if the spec says how), check classes, eval mode.
-    ``classes_of`` names where ``ctx.class_names`` come from, for the mismatch message."""
+    """Build, load weights, check classes, eval mode (weights a ``train`` block makes must exist:
+    :func:`builder.train.ensure_weights` trains them first). ``classes_of`` names where
+    ``ctx.class_names`` come from, for the mismatch message."""
     classifier = build_classifier(spec, ctx, pretrained=spec.pretrained and spec.checkpoint is None)
     if spec.checkpoint:
         path = ctx.trained_location(resolve_location(spec.checkpoint, ctx.locations), spec)
-        if not path.is_file() and spec.train is not None:
-            from builder.train import train_classifier
-
-            log.info("%s: no checkpoint at %s yet, training it", spec.model, path)
-            train_classifier(spec, ctx, path)
         state = load_state_dict(path, cache_dir=ctx.cache_dir, what=f"{spec.model} checkpoint")
         load_weights(classifier.net, state, path=path, what=spec.model)
     classifier = pooled(classifier, spec)

@@ -35,6 +35,10 @@ class ClipOracleConfig(OracleConfig):
     prompt_names: Optional[Union[str, tuple[str, ...]]] = None  # a list, or a named list such as open_clip:imagenet
     train: Optional[TrainConfig] = None
 
+    def trainable_location(self) -> str | None:
+        """Where weights trained from its ``train`` block go (None: nothing to train)."""
+        return self.pretrained if self.train is not None and _LOCATION.search(self.pretrained) else None
+
     @field_validator("prompt_names")
     @classmethod
     def _known_list(cls, value: Optional[Union[str, tuple[str, ...]]]) -> Optional[Union[str, tuple[str, ...]]]:
@@ -130,11 +134,6 @@ def _without_root_warning(text: str) -> Iterator[None]:
 
 def _load_clip_weights(model: Any, config: ClipOracleConfig, ctx: ComponentContext) -> None:
     path = ctx.trained_location(resolve_location(config.pretrained, ctx.locations), config)
-    if not path.is_file() and config.train is not None:
-        from builder.train import train_clip
-
-        log.info("no CLIP checkpoint at %s yet, training it", path)
-        train_clip(config, ctx, path)
     state = load_state_dict(path, cache_dir=ctx.cache_dir, what="oracle checkpoint")
     load_weights(model, state, path=path, what=f"open_clip {config.model}")
 

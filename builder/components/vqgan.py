@@ -46,6 +46,10 @@ class VQGANConfig(GeneratorConfig):
     mask: Optional[str] = None  # a file from `build-benchmark fit-mask`: perturb only those latent dims
     train: Optional[TrainConfig] = None
 
+    def trainable_location(self) -> str | None:
+        """Where weights trained from its ``train`` block go (None: nothing to train)."""
+        return self.checkpoint if self.train is not None else None
+
     def image_size_problem(self, image_size: int, locations: ResolveContext) -> str | None:
         """Why this VQGAN cannot take ``image_size`` px images (None if it can); reads the config
         file, so a malformed one raises its ComponentError."""
@@ -271,11 +275,6 @@ def load_vqgan(config: VQGANConfig, ctx: ComponentContext) -> VQGANGenerator:
         log.warning("generator has no checkpoint: random weights (only useful for timing)")
     else:
         path = ctx.trained_location(resolve_location(config.checkpoint, ctx.locations), config)
-        if not path.is_file() and config.train is not None:
-            from builder.train import train_generator
-
-            log.info("no VQGAN checkpoint at %s yet, training it", path)
-            train_generator(config, ctx, path)
         state = load_state_dict(path, cache_dir=ctx.cache_dir, what="generator checkpoint")
         load_weights(model, state, path=path, what="generator", ignore_prefixes=("loss.",))
     mask = None

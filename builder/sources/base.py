@@ -10,6 +10,7 @@ from typing import Any, Protocol, runtime_checkable
 from builder.checkpoints import ResolveContext
 from builder.config import SourceConfig
 from builder.errors import SourceError
+from builder import registry
 from builder.registry import Registry
 
 
@@ -39,7 +40,7 @@ SourceContext = ResolveContext
 
 
 SourceFactory = Callable[[Any, SourceContext], Source]
-SOURCES: Registry[SourceFactory] = Registry("source kind")
+SOURCES: Registry[SourceFactory] = registry.SOURCES
 
 
 def open_source(config: SourceConfig, ctx: SourceContext, *, split: str | None = None) -> Source:

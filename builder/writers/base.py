@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Sequence
 
+from builder import registry
 from builder.registry import Registry
 
 #: record columns beside the images: name -> datasets Value dtype ("class_label" for labels)
@@ -76,4 +77,4 @@ class ShardWriter(Protocol):
         ...
 
 
-WRITERS: Registry[Callable[[], ShardWriter]] = Registry("output format")
+WRITERS: Registry[Callable[[], ShardWriter]] = registry.WRITERS

@@ -1,0 +1,67 @@
+"""``build-benchmark fit-mask``: perturb a recipe's first images without a mask and fit the
+sparse-VQGAN mask on their latents (:mod:`builder.sparse` holds the fit itself)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from builder.errors import BuilderError
+from builder.sparse import MaskFit, fit_l1_mask
+
+
+def fit_mask_from_recipe(
+    loaded: Any,
+    *,
+    strength: float,
+    samples: int,
+    config_name: Optional[str],
+    device: str,
+    cache_dir: Path,
+    batch_size: Optional[int] = None,
+) -> tuple[MaskFit, dict[str, Any]]:
+    """Perturb the recipe's first ``samples`` images (no mask) and fit the mask on their latents."""
+    from builder.build.runner import load_components, read_unit
+    from builder.build.units import WorkUnit
+    from builder.components.base import ComponentContext
+    from builder.config import recipe_to_dict
+    from builder.engine import perturb_batch
+    from builder.fileio import sha256_json
+    from builder.registry import unknown_name_message
+    from builder.sources.base import SourceContext, open_source
+
+    recipe = loaded.recipe
+    source = open_source(recipe.source, SourceContext(loaded.base_dir, cache_dir))
+    class_names = tuple(source.class_names)
+    context = ComponentContext(device, cache_dir, loaded.base_dir, class_names, recipe.image_size, recipe.source, recipe.seed)
+    parts = load_components(recipe, context)
+    name = config_name or next(iter(parts.models))
+    if name not in parts.models:
+        raise BuilderError(unknown_name_message("reference model", name, list(parts.models)))
+    total = min(len(source), samples)
+    inputs = read_unit(source, WorkUnit(0, 0, total, 1), recipe.image_size, class_names)
+    step = batch_size or recipe.batch_size
+    starts, finals = [], []
+    for begin in range(0, len(inputs.labels), step):
+        chunk = slice(begin, begin + step)
+        images = torch.from_numpy(inputs.pixels[chunk]).permute(0, 3, 1, 2).contiguous().to(device)
+        labels = torch.from_numpy(inputs.labels[chunk]).to(device)
+        result = perturb_batch(parts.generator, parts.oracle, parts.models[name], images, labels, recipe.perturbation)
+        moved = result.steps > 0
+        starts.append(result.latent_start[moved].cpu().numpy())
+        finals.append(result.latent_final[moved].cpu().numpy())
+    fit = fit_l1_mask(np.concatenate(starts), np.concatenate(finals), strength=strength, seed=loaded.recipe.seed)
+    recorded = recipe_to_dict(recipe)
+    provenance = {
+        "recipe": recipe.name,
+        "recipe_sha256": sha256_json(recorded),
+        "generator": recorded["generator"],
+        "reference_model": name,
+        "samples": total,
+        "lambda": strength,
+        "seed": loaded.recipe.seed,
+    }
+    return fit, provenance
