@@ -89,56 +89,54 @@ def spread(ranked: list[int], limit: int) -> list[int]:
     return [ranked[round(i * last / (limit - 1))] for i in range(limit)]
 
 
-def _shard_paths(root: Path, name: str, config: dict[str, Any]) -> list[Path]:
+#: formats the gallery can read, in order of preference (Parquet reads only the columns it needs)
+READ_ORDER = ("parquet", "webdataset")
+
+
+def _shards(root: Path, name: str, config: dict[str, Any]) -> tuple[Any, list[Path]]:
+    """The reader of the first format every shard of the config has, and those shard files."""
+    from builder.registry import WRITERS
+
+    shards = config.get("shards", [])
+    formats = [fmt for fmt in READ_ORDER if shards and all(fmt in shard.get("files", {}) for shard in shards)]
+    formats += sorted(fmt for fmt in (shards[0].get("files", {}) if shards else {}) if fmt not in formats and fmt in WRITERS)
+    if not formats:
+        return None, []
     paths = []
-    for shard in config.get("shards", []):
-        entry = shard.get("files", {}).get("parquet")
-        if entry is None:
-            continue
-        path = root / entry["path"]
+    for shard in shards:
+        path = root / shard["files"][formats[0]]["path"]
         if not path.is_file():
             raise GalleryError(f"shard {path} of config '{name}' is listed in manifest.json but missing; rebuild or resume the build")
         paths.append(path)
-    return paths
+    return WRITERS.get(formats[0])(), paths
 
 
 def read_config(root: Path, name: str, config: dict[str, Any], limit: int) -> ConfigCards:
     """Pick up to ``limit`` samples per class (spread over steps, ties by key) and read their images."""
-    import pyarrow.parquet as pq
-
-    paths = _shard_paths(root, name, config)
-    if not paths:
-        return ConfigCards(name, [], 0, False, "this config has no Parquet shards (the gallery reads Parquet)")
-    has_originals = "original_image" in pq.read_schema(paths[0]).names
+    reader, paths = _shards(root, name, config)
+    if reader is None:
+        return ConfigCards(name, [], 0, False, "this config has no shards in a format the gallery reads")
     rows: list[tuple[int, int, dict[str, Any]]] = []
     for shard, path in enumerate(paths):
-        table = pq.read_table(path, columns=list(META_COLUMNS))
-        rows.extend((shard, row, record) for row, record in enumerate(table.to_pylist()))
+        rows.extend((shard, row, record) for row, record in enumerate(reader.read_records(path, META_COLUMNS)))
     by_class: dict[int, list[int]] = {}
     for position in sorted(range(len(rows)), key=lambda p: (rows[p][2]["steps"], rows[p][2]["key"])):
         by_class.setdefault(int(rows[position][2]["label"]), []).append(position)
     chosen = sorted((p for label in sorted(by_class) for p in spread(by_class[label], limit)),
                     key=lambda p: (rows[p][2]["label"], rows[p][2]["key"]))
-    images = _read_images(paths, [(rows[p][0], rows[p][1]) for p in chosen], has_originals)
+    images = _read_images(reader, paths, [(rows[p][0], rows[p][1]) for p in chosen])
     cards = [Card(rows[p][2], *images[(rows[p][0], rows[p][1])]) for p in chosen]
+    has_originals = any(original is not None for _, original in images.values()) if images else False
     return ConfigCards(name, cards, len(rows), has_originals)
 
 
-def _read_images(paths: list[Path], wanted: list[tuple[int, int]], has_originals: bool) -> dict[tuple[int, int], tuple[bytes, Optional[bytes]]]:
+def _read_images(reader: Any, paths: list[Path], wanted: list[tuple[int, int]]) -> dict[tuple[int, int], tuple[bytes, Optional[bytes]]]:
     """(perturbed, original) bytes of the wanted (shard, row) pairs, one shard in memory at a time."""
-    import pyarrow.parquet as pq
-
-    columns = ["image", "original_image"] if has_originals else ["image"]
     found: dict[tuple[int, int], tuple[bytes, Optional[bytes]]] = {}
     for shard, path in enumerate(paths):
         rows = sorted(row for s, row in wanted if s == shard)
-        if not rows:
-            continue
-        table = pq.read_table(path, columns=columns).take(rows)
-        perturbed = table.column("image").to_pylist()
-        originals = table.column("original_image").to_pylist() if has_originals else [None] * len(rows)
-        for row, image, original in zip(rows, perturbed, originals):
-            found[(shard, row)] = (image["bytes"], original["bytes"] if original else None)
+        if rows:
+            found.update(((shard, row), pair) for row, pair in zip(rows, reader.read_images(path, rows)))
     return found
 
 

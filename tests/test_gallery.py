@@ -213,3 +213,20 @@ def test_cli_regenerates_and_rejects_other_dirs(tiny_build: Path, tmp_path: Path
         assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.output
         assert "not" in lines[0] and "build-benchmark run" in lines[0] and "Traceback" not in result.output
     assert not (other / "gallery.html").exists()
+
+
+@pytest.mark.parametrize("formats", ["[parquet]", "[webdataset]"])
+def test_a_single_format_build_has_a_preview_and_a_gallery(tiny_recipe: Path, tmp_path: Path, formats: str) -> None:
+    """Each output format carries its own reader, so what a build writes is what renders."""
+    from click.testing import CliRunner
+
+    from builder.cli import main
+    from builder.preview import TILE
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["-q", "run", str(tiny_recipe), "--out", str(out), "--no-progress", "--set", f"output.formats={formats}"])
+    assert result.exit_code == 0, result.output
+    cards = parse((out / "gallery.html").read_text(encoding="utf-8")).cards
+    assert len(cards) == 12 and all([alt for alt, _ in c["images"]] == ["original", "perturbed"] for c in cards)
+    with Image.open(out / "preview.png") as preview:
+        assert preview.width == 5 * TILE  # the first shard's 5 samples, read back from that format

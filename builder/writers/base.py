@@ -70,10 +70,21 @@ class ShardSchema:
 
 
 class ShardWriter(Protocol):
+    """An output format: its writer and, beside it, its reader (what the gallery, the preview
+    and other readers of a built benchmark use, whatever formats a build chose)."""
+
     suffix: str
 
     def write(self, path: Path, samples: Sequence[OutputSample], schema: ShardSchema) -> None:
         """Write all ``samples`` to ``path`` atomically (temp name, fsync, rename)."""
+        ...
+
+    def read_records(self, path: Path, columns: Sequence[str]) -> list[dict[str, Any]]:
+        """The record ``columns`` of every sample, in key order (row i is the i-th key)."""
+        ...
+
+    def read_images(self, path: Path, rows: Sequence[int]) -> list[tuple[bytes, Optional[bytes]]]:
+        """(image, original or None) encoded bytes of the samples at ``rows``, in that order."""
         ...
 
 

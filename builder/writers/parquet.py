@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from builder.fileio import atomic_write
 from builder.writers.base import RECORD_FIELDS, WRITERS, OutputSample, ShardSchema
@@ -51,3 +51,17 @@ class ParquetWriter:
         table = pa.Table.from_pydict(columns, schema=arrow_schema(schema))
         with atomic_write(path) as handle:
             pq.write_table(table, handle, compression="zstd", row_group_size=100)
+
+    def read_records(self, path: Path, columns: Sequence[str]) -> list[dict[str, Any]]:
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path, columns=list(columns)).to_pylist()
+
+    def read_images(self, path: Path, rows: Sequence[int]) -> list[tuple[bytes, Optional[bytes]]]:
+        import pyarrow.parquet as pq
+
+        with_originals = "original_image" in pq.read_schema(path).names
+        table = pq.read_table(path, columns=["image", "original_image"] if with_originals else ["image"]).take(list(rows))
+        images = table.column("image").to_pylist()
+        originals = table.column("original_image").to_pylist() if with_originals else [None] * len(images)
+        return [(image["bytes"], original["bytes"] if original else None) for image, original in zip(images, originals)]
