@@ -5,13 +5,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 from builder.errors import BuilderError
 from builder.manifest import MANIFEST, load_json_bounded, parse_manifest
 from builder.registry import unknown_name_message
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+SCORE_FILES = ("manifest.json", "*/*.parquet", "README.md")  # what scoring reads of a Hub benchmark
 
 
 class BenchmarkError(BuilderError):
@@ -64,18 +65,24 @@ class Benchmark:
             yield pq.read_table(path, columns=columns).to_pydict()
 
 
-def open_benchmark(location: str | Path) -> Benchmark:
-    """A benchmark dir, or ``org/name`` on the Hub (manifest and Parquet shards, via the HF cache)."""
+def open_benchmark(location: str | Path, revision: Optional[str] = None) -> Benchmark:
+    """A benchmark dir, or ``org/name`` on the Hub at ``revision`` (manifest and Parquet shards,
+    via the HF cache)."""
     text = str(location)
     path = Path(text).expanduser()
     if path.is_dir():
         return Benchmark(text, path, read_manifest(path, text))
     if path.exists():
         raise BenchmarkError(f"--benchmark {text} is a file; give the benchmark directory")
-    if HUB_ID.match(text) and not text.startswith((".", "/")):
-        root = _download(text)
+    if is_hub_id(text):
+        root = _download(text, revision)
         return Benchmark(text, root, read_manifest(root, text))
     raise BenchmarkError(f"--benchmark {text}: no such directory, and not a Hub dataset id (org/name)")
+
+
+def is_hub_id(text: str) -> bool:
+    """Whether ``text`` reads as a Hub dataset id ``org/name`` (a path such as ``./x`` or ``/x`` does not)."""
+    return bool(HUB_ID.match(text)) and not text.startswith((".", "/"))
 
 
 def read_manifest(root: Path, location: str | None = None) -> dict[str, Any]:
@@ -95,13 +102,43 @@ def read_manifest(root: Path, location: str | None = None) -> dict[str, Any]:
     return parse_manifest(payload, str(manifest)).model_dump(mode="json")
 
 
-def _download(repo_id: str) -> Path:
+def _download(repo_id: str, revision: Optional[str] = None, allow_patterns: Sequence[str] = SCORE_FILES,
+              label: Optional[str] = None) -> Path:
+    """The snapshot dir of ``repo_id`` at ``revision`` holding the files matching ``allow_patterns``.
+
+    Through the HF cache: a second call (after an interruption, say) fetches only what is
+    missing. ``label`` starts the one-line error (default ``--benchmark <repo_id>``).
+    """
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id, repo_type="dataset", allow_patterns=["manifest.json", "*/*.parquet", "README.md"]))
+        return Path(snapshot_download(repo_id, repo_type="dataset", revision=revision, allow_patterns=list(allow_patterns)))
     except Exception as error:  # noqa: BLE001 - any hub/network failure becomes one line
-        raise BenchmarkError(
-            f"--benchmark {repo_id}: cannot reach the Hub and it is not in the HF cache "
-            f"({type(error).__name__}); download it where there is network, or pass a local dir"
-        ) from None
+        raise BenchmarkError(hub_failure(label or f"--benchmark {repo_id}", repo_id, revision, error)) from None
+
+
+def hub_failure(label: str, repo_id: str, revision: Optional[str], error: Exception) -> str:
+    """One line for a failed download: what went wrong and what to do (never the token)."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    name = type(error).__name__
+    if isinstance(error, GatedRepoError):
+        return f"{label}: the dataset repo is gated and this token has no access ({name}); accept its conditions on the Hub"
+    if isinstance(error, RepositoryNotFoundError):
+        return (f"{label}: no dataset repo {repo_id} on the Hub, or it is private and no valid token was given "
+                f"({name}); check the id, or set HF_TOKEN (or run 'hf auth login')")
+    if isinstance(error, RevisionNotFoundError):
+        return f"{label}: the dataset repo has no revision '{revision}' ({name}); give an existing branch, tag or commit"
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if isinstance(error, HfHubHTTPError) and status in (401, 403):
+        return f"{label}: the Hub refused the token (HTTP {status}); set HF_TOKEN to a valid token with read access"
+    if isinstance(error, HfHubHTTPError) and status:
+        return (f"{label}: the Hub answered HTTP {status} while downloading ({name}); run the same command again, "
+                f"the files already downloaded stay in the HF cache")
+    return (f"{label}: cannot reach the Hub and it is not in the HF cache "
+            f"({name}); download it where there is network, or pass a local dir")

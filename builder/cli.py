@@ -287,7 +287,8 @@ def card_command(benchmark_dir: Path, results: tuple[Path, ...], repo_id: Option
 
 
 @main.command("verify")
-@click.argument("directory", type=click.Path(path_type=Path))
+@click.argument("directory", metavar="DIR_OR_HUB_ID")
+@click.option("--revision", default=None, help="With a Hub dataset id (org/name): the branch, tag or commit to check (default: main).")
 @click.option("--oracle", "with_oracle", is_flag=True, help="Also re-run the recipe's oracle on every perturbed image (all must keep their label).")
 @click.option("--recipe", default=None, metavar="PATH", help="With --oracle: the recipe file DIR was built from; its dir is where relative paths resolve (default: the bundled recipe of that name, else the current dir).")
 @click.option("--device", default=None, help="With --oracle: torch device (default: cuda if available, else cpu).")
@@ -295,16 +296,24 @@ def card_command(benchmark_dir: Path, results: tuple[Path, ...], repo_id: Option
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the report to this JSON file.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model specs read from a benchmark's manifest (--oracle) or a download to import and run code (py:).")
 @cache_option
-def verify_command(directory: Path, with_oracle: bool, recipe: Optional[str], device: Optional[str], batch_size: Optional[int],
-                   json_out: Optional[Path], trust_remote_code: bool, cache_dir: Optional[Path]) -> None:
-    """Check a built benchmark DIR against its manifest and card; exit 1 listing every problem."""
+def verify_command(directory: str, revision: Optional[str], with_oracle: bool, recipe: Optional[str], device: Optional[str],
+                   batch_size: Optional[int], json_out: Optional[Path], trust_remote_code: bool, cache_dir: Optional[Path]) -> None:
+    """Check a built benchmark DIR against its manifest and card; exit 1 listing every problem.
+
+    A Hub dataset id (org/name) that is not a local dir checks what is on the Hub: the files
+    are downloaded to the HF cache (only what is missing there) and checked like a dir.
+    """
+    from builder.benchmark import is_hub_id
     from builder.fileio import write_json_atomic
     from builder.verify import format_report, verify_benchmark
 
-    report = verify_benchmark(directory, oracle=with_oracle, device=resolve_device(device) if with_oracle else "cpu",
+    from_hub = not Path(directory).exists() and is_hub_id(directory)
+    report = verify_benchmark(directory, revision=revision, oracle=with_oracle, device=resolve_device(device) if with_oracle else "cpu",
                               cache_dir=cache_dir, batch_size=batch_size, recipe=recipe, trust_remote_code=trust_remote_code)
     if json_out is not None:
         write_json_atomic(json_out, report.to_json())
+    if from_hub:
+        click.echo(f"verify: {directory} (Hub dataset, revision {revision or 'main'}) is commit {report.root.name}, in {report.root}")
     click.echo(format_report(report))
     if not report.ok:
         sys.exit(1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -88,8 +89,9 @@ def few(keys: list[str]) -> str:
 
 
 def verify_benchmark(
-    root: Path,
+    root: Path | str,
     *,
+    revision: Optional[str] = None,
     oracle: bool = False,
     device: str = "cpu",
     cache_dir: Optional[Path] = None,
@@ -97,9 +99,11 @@ def verify_benchmark(
     recipe: Optional[str] = None,
     trust_remote_code: bool = False,
 ) -> VerifyReport:
-    """Check the benchmark dir ``root``; ``recipe`` (a file or bundled name) only sets the
-    base dir of the oracle's relative paths for ``oracle=True``."""
-    root = Path(root)
+    """Check the benchmark dir ``root``, or the Hub dataset ``org/name`` at ``revision`` (what a
+    consumer gets: it is downloaded to the HF cache first, so the sha256s checked are of the
+    Hub's bytes); ``recipe`` (a file or bundled name) only sets the base dir of the oracle's
+    relative paths for ``oracle=True``."""
+    root = locate_benchmark(root, revision)
     require_benchmark_dir(root)
     raw, manifest, fatal = read_manifest(root)
     if manifest is None:
@@ -112,6 +116,41 @@ def verify_benchmark(
         size = batch_size or int(raw["recipe"].get("batch_size", 32))
         rates = checker.check_oracle(judge, device=device, batch_size=size)
     return VerifyReport(root, tuple(checker.failures), dict(checker.checked), rates)
+
+
+def locate_benchmark(target: Path | str, revision: Optional[str] = None) -> Path:
+    """A path that exists, or one that is not a Hub id, as is; else the Hub snapshot of ``target``."""
+    from builder.benchmark import is_hub_id
+
+    path = Path(target)
+    if path.exists() or not is_hub_id(str(target)):
+        if revision is not None:
+            raise VerifyError(f"verify {target}: --revision applies to a Hub dataset id (org/name), not a local dir; drop it")
+        return path
+    return download_benchmark(str(target), revision)
+
+
+def download_benchmark(repo_id: str, revision: Optional[str] = None) -> Path:
+    """The manifest at ``revision``, then, at that same commit, the card, the rejects, every file
+    the manifest lists and the rest of its config dirs (files there it does not list are failures)."""
+    from builder.benchmark import BenchmarkError, _download
+
+    label = f"verify {repo_id} (not a local dir, so a Hub dataset id)"
+    try:
+        first = _download(repo_id, revision, [MANIFEST], label)
+        if not (first / MANIFEST).is_file():
+            raise VerifyError(f"verify {repo_id}: the dataset repo has no {MANIFEST} at revision {revision or 'main'}; "
+                              f"it is not a benchmark published by 'build-benchmark publish'")
+        _, manifest, _ = read_manifest(first)
+        patterns = [MANIFEST, CARD, REJECTS]
+        for name, config in (manifest.configs if manifest is not None else {}).items():
+            patterns.append(f"{name}/*")
+            patterns.extend(entry.path for shard in config.shards for entry in shard.files.values())
+        root = _download(repo_id, first.name, list(dict.fromkeys(patterns)), label)  # the commit, not a moving branch
+    except BenchmarkError as error:
+        raise VerifyError(str(error)) from None
+    log.info("verify: %s at revision %s is commit %s, downloaded to %s", repo_id, revision or "main", root.name, root)
+    return root
 
 
 def require_benchmark_dir(root: Path) -> None:
@@ -479,9 +518,9 @@ class Checker:
                 self.fail(f"{CARD}: config '{name}' data_files path '{pattern}' matches no file; expected a glob of the "
                           f"config's Parquet shards such as '{name}/{self.manifest.split}-*.parquet'")
                 continue
-            for path in found:
-                resolved = Path(path).resolve()
-                matched.add(resolved.relative_to(root).as_posix() if resolved.is_relative_to(root) else str(path))
+            for path in found:  # not resolve(): the files of a Hub snapshot are symlinks into its blob store
+                absolute = Path(os.path.abspath(path))
+                matched.add(absolute.relative_to(root).as_posix() if absolute.is_relative_to(root) else str(path))
         return matched, complete
 
     # ------------------------------------------------------------------------- the oracle

@@ -1,18 +1,29 @@
 """A local stand-in for the Hugging Face Hub API: what ``builder.publish`` and downloads need.
 
-A threaded ``http.server`` on 127.0.0.1 serving what huggingface_hub 2.4.0 calls with
-HF_HUB_DISABLE_XET=1 (no Xet, plain HTTP):
+A threaded ``http.server`` on 127.0.0.1 serving what huggingface_hub 2.4.0 and datasets 5.2
+call with HF_HUB_DISABLE_XET=1 (no Xet, plain HTTP), as recorded from their requests:
 
 * publishing: repo and branch creation, YAML validation, preupload (``.parquet``/``.tar``/
   ``.png`` and files over 10 MB as LFS, the rest regular), the LFS batch API with a basic PUT
   transfer, the NDJSON commit, and whoami;
 * reading: repo info (``GET /api/{kind}/{repo}`` and ``.../revision/{rev}``, with ``sha`` and
   ``siblings``), the repo tree (``GET /api/{kind}/{repo}/tree/{rev}[/{path}]``, flat or
-  ``?recursive=true``, folders included), and file downloads (``HEAD``/``GET``
-  ``[/datasets|/spaces]/{repo}/resolve/{rev}/{path}`` with ``X-Repo-Commit``, ``ETag`` (the
-  git blob id, or the sha256 plus ``X-Linked-Etag``/``X-Linked-Size`` for LFS files) and
-  ``Range``), so ``snapshot_download``, ``hf_hub_download``, ``list_repo_files`` and
-  ``list_repo_tree`` work against it.
+  ``?recursive=true``, folders included, ``?expand=true`` adding ``lastCommit`` and
+  ``securityFileStatus``), paths info (``POST /api/{kind}/{repo}/paths-info/{rev}``, form
+  fields ``paths`` (repeated) and ``expand``; unknown paths left out), and file downloads
+  (``HEAD``/``GET`` ``[/datasets|/spaces]/{repo}/resolve/{rev}/{path}`` with ``X-Repo-Commit``,
+  ``ETag`` (the git blob id, or the sha256 plus ``X-Linked-Etag``/``X-Linked-Size`` for LFS
+  files) and ``Range``), so ``snapshot_download``, ``hf_hub_download``, ``list_repo_files``,
+  ``list_repo_tree``, ``get_paths_info``, ``HfFileSystem`` (``hf://``), ``datasets.load_dataset``
+  (also streaming) and ``curl`` (webdataset's http and ``hf://`` opener) work against it.
+
+Recorded: ``datasets.load_dataset("org/name", config)`` asks HEAD/GET ``README.md`` at main,
+HEAD ``name.py``, ``.huggingface.yaml`` and ``dataset_infos.json`` (404s), the revision info and
+tree at the resolved commit, then HEAD+GET of each Parquet shard (streaming: GETs through
+``HfFileSystem``, ranged); ``HfFileSystem.info`` asks ``paths-info`` when its listing cache misses.
+
+Not served: commit history (``/commits``), refs, tags, Xet, pagination (listings are small), and
+the CDN redirect of LFS files (their bytes come directly, with the headers the client checks).
 
 Committed files are kept in memory per repo and branch; ``HubStub.add_files`` seeds a repo
 directly. A revision is a branch name or the commit sha of a branch state: a sha1 of the repo
@@ -20,11 +31,13 @@ and its sorted paths and content hashes, so the same files always give the same 
 served is remembered, so an older sha stays readable). Writes and whoami need the bearer token
 (401). Reads of a public repo work without a token; a wrong token is a 401, a private repo without
 one a 401 with ``X-Error-Code: RepoNotFound`` (as on the Hub). A missing repo, revision or file is
-a 404 with ``RepoNotFound``, ``RevisionNotFound`` or ``EntryNotFound``. It can refuse writes (403)
-and fail the Nth commit with a 500 or by dropping the connection, to test interruptions.
+a 404 with ``RepoNotFound``, ``RevisionNotFound`` or ``EntryNotFound``. It can refuse writes (403),
+fail the Nth commit with a 500 or by dropping the connection, and fail the first GET of a file
+(``fail_resolve_once[path] = "500"``, or ``"truncate"``: half the bytes, then the connection
+closes), to test interruptions.
 
-``use_hub_stub(monkeypatch, stub, home)`` points huggingface_hub in this process at a stub,
-with its caches under ``home``.
+``use_hub_stub(monkeypatch, stub, home)`` points huggingface_hub and datasets in this process
+at a stub, with their caches under ``home``.
 """
 
 from __future__ import annotations
@@ -47,7 +60,7 @@ import yaml
 LFS_SUFFIXES = (".parquet", ".tar", ".png")
 LFS_MIN_BYTES = 10_000_000
 GITATTRIBUTES = b"*.parquet filter=lfs diff=lfs merge=lfs -text\n*.tar filter=lfs diff=lfs merge=lfs -text\n*.png filter=lfs diff=lfs merge=lfs -text\n"
-REPO_ROUTE = re.compile(r"^/api/(models|datasets|spaces)/([^/]+/[^/]+)/(preupload|commit|tree|branch)/([^/]+)(/.*)?$")
+REPO_ROUTE = re.compile(r"^/api/(models|datasets|spaces)/([^/]+/[^/]+)/(preupload|commit|tree|branch|paths-info)/([^/]+)(/.*)?$")
 INFO_ROUTE = re.compile(r"^/api/(models|datasets|spaces)/([^/]+/[^/]+)(?:/revision/([^/]+))?/?$")
 RESOLVE_ROUTE = re.compile(r"^/(?:(datasets|spaces)/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
 LFS_BATCH_ROUTE = re.compile(r"^/(?:datasets/|spaces/)?([^/]+/[^/]+)\.git/info/lfs/objects/batch$")
@@ -79,6 +92,7 @@ class Repo:
     private: bool
     branches: dict[str, Files] = field(default_factory=dict)
     history: dict[str, Files] = field(default_factory=dict)  # commit sha -> the files of every state served
+    titles: dict[str, str] = field(default_factory=dict)  # commit sha -> its message, for ``lastCommit``
     created: str = field(default_factory=_now)
     modified: str = field(default_factory=_now)
 
@@ -97,6 +111,7 @@ class HubStub:
         self.fail_commit: int | None = None  # fail the Nth commit attempt (1-based)
         self.fail_mode = "500"  # or "drop": close the connection without an answer
         self.forbidden = False  # 403 on every write
+        self.fail_resolve_once: dict[str, str] = {}  # path in repo -> "500" or "truncate", for its next GET
         self.lock = threading.RLock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self.server.daemon_threads = True
@@ -142,7 +157,9 @@ class HubStub:
                 if is_lfs:
                     self.lfs_objects[hashlib.sha256(data).hexdigest()] = bytes(data)
             repo.modified = _now()
-            return self.commit_sha(repo_id, branch, kind)
+            sha = self.commit_sha(repo_id, branch, kind)
+            repo.titles.setdefault(sha, f"Add {len(files)} file(s)")
+            return sha
 
     def commit_sha(self, repo_id: str, branch: str = "main", kind: str = "datasets") -> str:
         """The commit sha the stub serves for ``branch`` as it is now."""
@@ -169,22 +186,28 @@ class HubStub:
 
 
 def use_hub_stub(monkeypatch: Any, stub: HubStub, home: os.PathLike[str] | str, token: str | None = None) -> None:
-    """Point huggingface_hub (already imported or not) at ``stub``, with HF_HOME and the caches under ``home``.
+    """Point huggingface_hub and datasets (already imported or not) at ``stub``, with HF_HOME and the caches under ``home``.
 
-    huggingface_hub copies its environment into ``huggingface_hub.constants`` at import, so both
-    the environment (for subprocesses) and the constants (for this process) are set: the endpoint,
+    Both libraries copy their environment into module constants at import, so both the
+    environment (for subprocesses) and the constants (for this process) are set: the endpoint,
     HF_HOME, HF_HUB_CACHE, HF_ASSETS_CACHE, HF_XET_CACHE, the token file (so a real login is never
-    read), HF_HUB_DISABLE_XET=1 and HF_HUB_OFFLINE=0. ``token``, if given, becomes HF_TOKEN.
+    read), HF_HUB_DISABLE_XET=1 and HF_HUB_OFFLINE=0; for datasets its endpoint and resolve URL,
+    HF_DATASETS_CACHE (downloads, extracted), HF_MODULES_CACHE, offline off and no download-count
+    request (a HEAD to S3). ``token``, if given, becomes HF_TOKEN. Cached ``HfFileSystem``
+    instances (fsspec keeps one per endpoint and token, with its listings) are dropped.
     """
-    from huggingface_hub import constants
+    from huggingface_hub import HfFileSystem, constants
 
     home = os.fspath(home)
     paths = {"HF_HOME": home, "HF_HUB_CACHE": os.path.join(home, "hub"), "HF_ASSETS_CACHE": os.path.join(home, "assets"),
              "HF_XET_CACHE": os.path.join(home, "xet"), "HF_TOKEN_PATH": os.path.join(home, "token")}
-    for name, value in {"HF_ENDPOINT": stub.url, **paths, "HF_HUB_DISABLE_XET": "1"}.items():
+    datasets_paths = {"HF_DATASETS_CACHE": os.path.join(home, "datasets"), "HF_MODULES_CACHE": os.path.join(home, "modules")}
+    flags = {"HF_HUB_DISABLE_XET": "1", "HF_UPDATE_DOWNLOAD_COUNTS": "0"}
+    for name, value in {"HF_ENDPOINT": stub.url, **paths, **datasets_paths, **flags}.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_DOWNLOADED_DATASETS_PATH",
+                 "HF_DATASETS_EXTRACTED_DATASETS_PATH"):
+        monkeypatch.delenv(name, raising=False)
     if token is not None:
         monkeypatch.setenv("HF_TOKEN", token)
     monkeypatch.setattr(constants, "ENDPOINT", stub.url)
@@ -195,6 +218,28 @@ def use_hub_stub(monkeypatch: Any, stub: HubStub, home: os.PathLike[str] | str, 
     monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", os.path.join(home, "stored_tokens"))
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    _use_for_datasets(monkeypatch, stub.url, datasets_paths)
+    HfFileSystem.clear_instance_cache()
+
+
+def _use_for_datasets(monkeypatch: Any, url: str, paths: dict[str, str]) -> None:
+    """The same for ``datasets.config``, when datasets is installed."""
+    try:
+        from datasets import config
+    except ImportError:
+        return
+    from pathlib import Path
+
+    downloads = Path(paths["HF_DATASETS_CACHE"]) / config.DOWNLOADED_DATASETS_DIR
+    values = {
+        "HF_CACHE_HOME": str(Path(paths["HF_DATASETS_CACHE"]).parent), "HF_ENDPOINT": url, "HUB_DATASETS_URL": url + "/datasets/{repo_id}/resolve/{revision}/{path}",
+        "HF_DATASETS_CACHE": Path(paths["HF_DATASETS_CACHE"]), "HF_MODULES_CACHE": Path(paths["HF_MODULES_CACHE"]),
+        "DOWNLOADED_DATASETS_PATH": downloads, "EXTRACTED_DATASETS_PATH": downloads / config.EXTRACTED_DATASETS_DIR,
+        "HF_HUB_OFFLINE": False, "HF_DATASETS_OFFLINE": False, "HF_UPDATE_DOWNLOAD_COUNTS": False,
+    }
+    for name, value in values.items():
+        if hasattr(config, name):
+            monkeypatch.setattr(config, name, value)
 
 
 def _handler_for(hub: HubStub) -> type[BaseHTTPRequestHandler]:
@@ -307,6 +352,9 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         self.hub.requests.append(("POST", url.path))
         body = self._body()
+        match = REPO_ROUTE.match(url.path)
+        if match and match.group(3) == "paths-info":  # a read: no token needed for a public repo
+            return self._paths_info(f"{match.group(1)}/{match.group(2)}", unquote(match.group(4)), body)
         if not self._authorized():
             return
         if url.path == "/api/validate-yaml":
@@ -318,7 +366,6 @@ class _Handler(BaseHTTPRequestHandler):
         lfs = LFS_BATCH_ROUTE.match(url.path)
         if lfs:
             return self._lfs_batch(json.loads(body))
-        match = REPO_ROUTE.match(url.path)
         if not match:
             return self._error(404, "Not found")
         key, action, rev = f"{match.group(1)}/{match.group(2)}", match.group(3), unquote(match.group(4))
@@ -359,8 +406,9 @@ class _Handler(BaseHTTPRequestHandler):
         read = self._readable(key, rev)
         if read is None:
             return
-        files = read[2]
+        repo, sha, files = read
         recursive = query.get("recursive", ["false"])[0].lower() in ("true", "1")
+        last = self._last_commit(repo, sha) if query.get("expand", ["false"])[0].lower() in ("true", "1") else None
         prefix = f"{path}/" if path else ""
         inside = {name: value for name, value in files.items() if name.startswith(prefix)}
         if path and not inside:
@@ -370,14 +418,33 @@ class _Handler(BaseHTTPRequestHandler):
             parts = name[len(prefix):].split("/")
             for depth in range(1, len(parts) if recursive else min(2, len(parts))):
                 folder = prefix + "/".join(parts[:depth])
-                entries[folder] = {"type": "directory", "path": folder, "size": 0,
-                                   "oid": hashlib.sha1(f"tree {folder}".encode()).hexdigest()}
+                entries[folder] = _folder_entry(folder, last)
             if recursive or len(parts) == 1:
-                entry: dict[str, Any] = {"type": "file", "path": name, "size": len(data), "oid": git_blob_id(data)}
-                if is_lfs:
-                    entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
-                entries[name] = entry
+                entries[name] = _file_entry(name, data, is_lfs, last)
         self._send(200, [entries[name] for name in sorted(entries)])
+
+    def _paths_info(self, key: str, rev: str, body: bytes) -> None:
+        """One entry per asked path that exists (a file, or a folder holding files), as the Hub answers."""
+        read = self._readable(key, rev)
+        if read is None:
+            return
+        repo, sha, files = read
+        if (self.headers.get("Content-Type") or "").startswith("application/json"):
+            form = {name: value if isinstance(value, list) else [str(value)] for name, value in json.loads(body or b"{}").items()}
+        else:
+            form = parse_qs(body.decode())
+        last = self._last_commit(repo, sha) if form.get("expand", ["false"])[0].lower() in ("true", "1") else None
+        entries = []
+        for path in dict.fromkeys(p.strip("/") for p in form.get("paths", [])):
+            if path in files:
+                entries.append(_file_entry(path, *files[path], last))
+            elif path and any(name.startswith(f"{path}/") for name in files):
+                entries.append(_folder_entry(path, last))
+        self._send(200, entries)
+
+    def _last_commit(self, repo: Repo, sha: str) -> dict[str, str]:
+        """``lastCommit`` of ``expand``: the state served (the stub keeps no per-file history)."""
+        return {"id": sha, "title": repo.titles.get(sha, "Update files"), "date": repo.modified}
 
     def _resolve(self, url_path: str) -> None:
         match = RESOLVE_ROUTE.match(url_path)
@@ -390,10 +457,15 @@ class _Handler(BaseHTTPRequestHandler):
         if path not in files:
             return self._error(404, f"Entry not found: {path}", "EntryNotFound", {"X-Repo-Commit": sha})
         data, is_lfs = files[path]
+        with self.hub.lock:
+            failure = self.hub.fail_resolve_once.pop(path, None) if self.command == "GET" else None
+        if failure == "500":
+            return self._error(500, "Internal Error - simulated", headers={"X-Repo-Commit": sha})
         etag = hashlib.sha256(data).hexdigest() if is_lfs else git_blob_id(data)
         headers = {"Content-Type": "application/octet-stream", "X-Repo-Commit": sha, "ETag": f'"{etag}"', "Accept-Ranges": "bytes"}
         if is_lfs:
             headers.update({"X-Linked-Etag": f'"{etag}"', "X-Linked-Size": str(len(data))})
+        status, body = 200, data
         wanted = RANGE.match(self.headers.get("Range") or "") if self.command == "GET" else None
         if wanted and (wanted.group(1) or wanted.group(2)):
             if wanted.group(1):
@@ -403,8 +475,23 @@ class _Handler(BaseHTTPRequestHandler):
                 start, end = max(len(data) - int(wanted.group(2)), 0), len(data) - 1
             if start >= len(data) or start > end:
                 return self._send_bytes(416, b"", {**headers, "Content-Range": f"bytes */{len(data)}"})
-            return self._send_bytes(206, data[start:end + 1], {**headers, "Content-Range": f"bytes {start}-{end}/{len(data)}"})
-        self._send_bytes(200, data, headers)
+            status, body = 206, data[start:end + 1]
+            headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+        if failure == "truncate":
+            return self._send_truncated(status, body, headers)
+        self._send_bytes(status, body, headers)
+
+    def _send_truncated(self, status: int, data: bytes, headers: dict[str, str]) -> None:
+        """The full length announced, half the bytes sent, then the connection drops."""
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data[: len(data) // 2])
+        self.wfile.flush()
+        self.close_connection = True
+        self.connection.shutdown(socket.SHUT_RDWR)
 
     # ------------------------------------------------------------------ writes
 
@@ -488,9 +575,29 @@ class _Handler(BaseHTTPRequestHandler):
             repo.modified = _now()
             self.hub.commits.append(Commit(key, branch, header["summary"], sorted(staged), deleted))
             resolved = self.hub.resolve(key, branch)
-        assert resolved is not None
-        oid = resolved[0]
+            assert resolved is not None
+            oid = resolved[0]
+            repo.titles[oid] = header["summary"]
         self._send(200, {"commitUrl": f"{self.hub.url}/{key}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None})
+
+
+def _file_entry(path: str, data: bytes, is_lfs: bool, last: dict[str, str] | None) -> dict[str, Any]:
+    """A file as ``tree`` and ``paths-info`` list it; ``last`` (with ``expand``) adds commit and scan fields."""
+    entry: dict[str, Any] = {"type": "file", "path": path, "size": len(data), "oid": git_blob_id(data)}
+    if is_lfs:
+        entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+    if last is not None:
+        entry["lastCommit"] = last
+        entry["securityFileStatus"] = {"status": "safe", "avScan": {"virusFound": False, "virusNames": None},
+                                       "pickleImportScan": None}
+    return entry
+
+
+def _folder_entry(path: str, last: dict[str, str] | None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"type": "directory", "path": path, "size": 0, "oid": hashlib.sha1(f"tree {path}".encode()).hexdigest()}
+    if last is not None:
+        entry["lastCommit"] = last
+    return entry
 
 
 def _card_data(readme: bytes) -> dict[str, Any] | None:
