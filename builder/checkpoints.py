@@ -121,10 +121,15 @@ def _download(url: str, ctx: ResolveContext) -> Path:
     return target
 
 
+def _downloader(scheme: str) -> Resolver:
+    def resolve(rest: str, ctx: ResolveContext) -> Path:
+        return _download(f"{scheme}:{rest}", ctx)
+
+    return resolve
+
+
 for _scheme in ("http", "https"):
-    LOCATIONS.register(_scheme, description="downloaded once into the cache")(
-        lambda rest, ctx, _s=_scheme: _download(f"{_s}:{rest}", ctx)
-    )
+    LOCATIONS.register(_scheme, description="downloaded once into the cache")(_downloader(_scheme))
 
 
 def resolve_location(spec: str, ctx: ResolveContext) -> Path:
@@ -179,7 +184,7 @@ def _torch_load(path: Path) -> Any:
     import torch
 
     try:
-        with torch.serialization.safe_globals(ALLOWED_GLOBALS):
+        with torch.serialization.safe_globals(list(ALLOWED_GLOBALS)):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         needed = _unsafe_globals(path, error)

@@ -194,7 +194,8 @@ def format_summary(name: str, summary: Any) -> str:
 @main.command("score")
 @click.option("--benchmark", "benchmarks", multiple=True, metavar="DIR_OR_HUB_ID", help="A built benchmark (repeatable: a transfer matrix).")
 @click.option("--config", "config_name", default=None, help="One config (reference model) of the benchmark; default: all.")
-@click.option("--model", "models", multiple=True, required=True, metavar="SPEC", help="timm:<name>, py:<module>:<callable>, ref:<config> (the benchmark's own reference model), or a YAML file of model fields (repeatable).")
+@click.option("--model", "models", multiple=True, required=True, metavar="SPEC",
+              help="timm:<name>, py:<module>:<callable>, ref:<config> (the benchmark's own reference model), or a YAML file of model fields (repeatable).")
 @click.option("--checkpoint", "checkpoints", multiple=True, metavar="PATH", help="Weights for the --model in the same position (repeatable).")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
@@ -220,7 +221,7 @@ def score_command(benchmarks: tuple[str, ...], config_name: Optional[str], model
     from builder.benchmark import open_benchmark
     from builder.fileio import write_json_atomic
     from builder.paths import default_cache_dir
-    from builder.reporting import format_results, format_side_by_side, format_transfer_matrix, format_per_class
+    from builder.reporting import format_per_class, format_results, format_side_by_side, format_transfer_matrix
     from builder.score import score, score_dynamic
 
     if checkpoints and len(checkpoints) != len(models):
@@ -231,7 +232,7 @@ def score_command(benchmarks: tuple[str, ...], config_name: Optional[str], model
         raise BuilderError("give --benchmark DIR_OR_HUB_ID, or --dynamic --recipe RECIPE")
     if save is not None and len(models) > 1:
         raise BuilderError("--save keeps one generated benchmark; give a single --model with it")
-    paired = list(zip(models, checkpoints or [None] * len(models)))
+    paired = list(zip(models, checkpoints or [None] * len(models), strict=False))
     device = resolve_device(device)
     cache = cache_dir or default_cache_dir()
     static = []
@@ -246,7 +247,7 @@ def score_command(benchmarks: tuple[str, ...], config_name: Optional[str], model
         score_dynamic(recipe, model, checkpoint=checkpoint, overrides=overrides, limit=limit, save=save, device=device,
                       bootstrap=bootstrap, seed=seed, cache_dir=cache, progress=True, trust_remote_code=trust_remote_code)
         for model, checkpoint in paired
-    ] if dynamic else []
+    ] if dynamic and recipe else []  # --dynamic without --recipe was refused above
     results = static + live
     click.echo(format_results(results))
     if per_class:
@@ -276,7 +277,8 @@ def leaderboard_command(results: tuple[Path, ...], out_dir: Path) -> None:
 
 @main.command("card")
 @click.argument("benchmark_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--results", multiple=True, type=click.Path(dir_okay=False, path_type=Path), help="RESULT.json of 'score --json' on this benchmark; repeatable, kept in leaderboard.json.")
+@click.option("--results", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="RESULT.json of 'score --json' on this benchmark; repeatable, kept in leaderboard.json.")
 @click.option("--repo-id", default=None, help="Hub dataset id the snippets should load from (default: a placeholder).")
 def card_command(benchmark_dir: Path, results: tuple[Path, ...], repo_id: Optional[str]) -> None:
     """Rewrite a built benchmark's card (README.md), adding a leaderboard of score results."""
@@ -290,7 +292,8 @@ def card_command(benchmark_dir: Path, results: tuple[Path, ...], repo_id: Option
 @click.argument("directory", metavar="DIR_OR_HUB_ID")
 @click.option("--revision", default=None, help="With a Hub dataset id (org/name): the branch, tag or commit to check (default: main).")
 @click.option("--oracle", "with_oracle", is_flag=True, help="Also re-run the recipe's oracle on every perturbed image (all must keep their label).")
-@click.option("--recipe", default=None, metavar="PATH", help="With --oracle: the recipe file DIR was built from; its dir is where relative paths resolve (default: the bundled recipe of that name, else the current dir).")
+@click.option("--recipe", default=None, metavar="PATH",
+              help="With --oracle: the recipe file DIR was built from; its dir is where relative paths resolve (default: the bundled recipe of that name, else the current dir).")
 @click.option("--device", default=None, help="With --oracle: torch device (default: cuda if available, else cpu).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="With --oracle: images per oracle batch (default: the recipe's).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the report to this JSON file.")
@@ -322,7 +325,8 @@ def verify_command(directory: str, revision: Optional[str], with_oracle: bool, r
 @main.command("fit-mask")
 @click.argument("recipe")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Mask file to write (.safetensors).")
-@click.option("--lambda", "strength", default=3.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="L1 strength (C = 1 / lambda); larger keeps fewer dimensions.")
+@click.option("--lambda", "strength", default=3.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="L1 strength (C = 1 / lambda); larger keeps fewer dimensions.")
 @click.option("--samples", default=500, show_default=True, type=click.IntRange(min=4), help="Source samples to perturb for the fit.")
 @click.option("--config", "config_name", default=None, help="Reference model to perturb against (default: the first).")
 @click.option("--device", default=None, help="torch device.")
@@ -332,9 +336,9 @@ def verify_command(directory: str, revision: Optional[str], with_oracle: bool, r
 def fit_mask_command(recipe: str, out: Path, strength: float, samples: int, config_name: Optional[str], device: Optional[str],
                      batch_size: Optional[int], overrides: tuple[str, ...], cache_dir: Optional[Path]) -> None:
     """Fit the sparse-VQGAN mask: the latent dimensions that tell perturbed from original latents."""
+    from builder.fit_mask import fit_mask_from_recipe
     from builder.paths import default_cache_dir
     from builder.recipes import load_recipe
-    from builder.fit_mask import fit_mask_from_recipe
     from builder.sparse import save_mask
 
     loaded = load_recipe(recipe, overrides)
@@ -378,8 +382,10 @@ def gallery_command(directory: Path, per_class: int) -> None:
 @click.option("--private", is_flag=True, help="Create the repo private (an existing repo keeps its visibility).")
 @click.option("--revision", default=None, metavar="BRANCH", help="Branch to commit to, created from main if missing (default: main).")
 @click.option("--message", default=None, help="Commit message (default: the benchmark, its manifest id and the tool version).")
-@click.option("--results", multiple=True, type=click.Path(dir_okay=False, path_type=Path), help="RESULT.json of 'score --json' to add to the card's leaderboard first (repeatable).")
-@click.option("--dry-run", is_flag=True, help="Re-render the card for ORG/NAME and verify, then print each file, its size, LFS or not, the total and the card's YAML header; no network.")
+@click.option("--results", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="RESULT.json of 'score --json' to add to the card's leaderboard first (repeatable).")
+@click.option("--dry-run", is_flag=True,
+              help="Re-render the card for ORG/NAME and verify, then print each file, its size, LFS or not, the total and the card's YAML header; no network.")
 def publish_command(directory: Path, repo_id: str, private: bool, revision: Optional[str], message: Optional[str],
                     results: tuple[Path, ...], dry_run: bool) -> None:
     """Verify DIR and upload it to a Hub dataset repo, the card last; re-run the same command to resume."""

@@ -241,7 +241,7 @@ class Recipe(Frozen):
         if not value:
             raise ValueError("at least one reference model is needed")
         names = [spec.config_name for spec in value]
-        for index, (spec, name) in enumerate(zip(value, names)):
+        for index, (spec, name) in enumerate(zip(value, names, strict=False)):
             if not (SLUG.match(name) and len(name) <= MAX_NAME):  # it names the config's directory
                 raise invalid(
                     f"[{index}]: model {one_line(repr(spec.model), 100)} gives no usable config name "

@@ -92,7 +92,8 @@ def check_model(spec: ModelSpec, ctx: ResolveContext, what: str) -> tuple[list[C
                 hint = closest(target, tags)
                 suggestion = f"did you mean '{hint}'? " if hint else ""
                 return [Check(what, spec.model, f"{what}: timm has no pretrained '{target}'; {suggestion}{len(tags)} tags: timm.list_pretrained('{architecture}.*')")], None
-            classes = classes or get_pretrained_cfg(target).num_classes
+            pretrained_cfg = get_pretrained_cfg(target)
+            classes = classes or (pretrained_cfg.num_classes if pretrained_cfg is not None else None)
         checks.append(Check(what, f"{spec.model} ({'pretrained' if spec.pretrained and not spec.checkpoint else 'own weights'})"))
     elif scheme == "py":
         from builder.components.models import _import_callable, signature_problem
@@ -131,8 +132,8 @@ def check_generator(config: Any, ctx: ResolveContext, image_size: int | None = N
     (and its ``train.image_size``, when it trains at another size); nothing is fetched."""
     from builder.components import base, vqgan
 
-    sizes = {"image size": image_size, "generator train.image_size": getattr(getattr(config, "train", None), "image_size", None)}
-    sizes = {label: size for label, size in sizes.items() if size is not None}
+    candidates = {"image size": image_size, "generator train.image_size": getattr(getattr(config, "train", None), "image_size", None)}
+    sizes: dict[str, int] = {label: int(size) for label, size in candidates.items() if size is not None}
     if config.kind != "vqgan":
         try:
             problems = {label: base.generator_image_size_problem(config, size, ctx) for label, size in sizes.items()}

@@ -136,7 +136,7 @@ def _read_images(reader: Any, paths: list[Path], wanted: list[tuple[int, int]]) 
     for shard, path in enumerate(paths):
         rows = sorted(row for s, row in wanted if s == shard)
         if rows:
-            found.update(((shard, row), pair) for row, pair in zip(rows, reader.read_images(path, rows)))
+            found.update(((shard, row), pair) for row, pair in zip(rows, reader.read_images(path, rows), strict=False))
     return found
 
 

@@ -33,7 +33,7 @@ def unknown_name_message(family: str, name: str, choices: list[str]) -> str:
 class Entry(Generic[T]):
     name: str
     factory: T
-    config: Any | None
+    config: Any  # the pydantic config class of the kind's recipe section, or None
     description: str
     #: building this kind imports or calls code named in its spec: a spec read from data (a
     #: manifest, a download) may only use it with the user's explicit trust

@@ -13,13 +13,13 @@ import tempfile
 import types
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterator, Optional, Union, cast
 
 import numpy as np
 import torch
 
 from builder.benchmark import Benchmark, BenchmarkError, open_benchmark
-from builder.config import ModelSpec, parse_component
+from builder.config import ModelSpec, SourceConfig, parse_component
 from builder.errors import RecipeError
 from builder.metrics import Outcomes, compute_metrics, per_class
 from builder.paths import default_cache_dir
@@ -118,7 +118,7 @@ def load_model_for(bench: Benchmark, spec: ModelSpec, device: str, cache_dir: Pa
         base_dir=base_dir,
         class_names=bench.class_names,
         image_size=int(recipe["image_size"]),
-        source=parse_component("sources", recipe["source"], ("source",)),
+        source=cast(SourceConfig, parse_component("sources", recipe["source"], ("source",))),
         seed=int(recipe.get("seed", 0)),
     )
     from builder.train import ensure_weights
@@ -167,7 +167,7 @@ def predict(classifier: Any, bench: Benchmark, config: str, *, device: str, batc
         for shards, rows, images, originals in loader:
             batch = torch.cat([images, originals]) if with_originals else images
             predictions = classifier(batch.to(device).float() / 255).argmax(-1).cpu().numpy()
-            for position, (shard, row) in enumerate(zip(shards.tolist(), rows.tolist())):
+            for position, (shard, row) in enumerate(zip(shards.tolist(), rows.tolist(), strict=False)):
                 on_images[shard][row] = predictions[position]
                 if with_originals:
                     on_originals[shard][row] = predictions[len(images) + position]
@@ -226,7 +226,7 @@ def score(
     spec = as_model_spec(reference_spec(bench, model, trust_remote_code=trust_remote_code), checkpoint)
     require_trusted_file(spec, base_dir or Path.cwd(), downloaded_roots(), trust_remote_code)
     classifier = load_model_for(bench, spec, device, cache_dir or default_cache_dir(), base_dir or Path.cwd())
-    records = {"label": [], "perturbed": [], "steps": []}
+    records: dict[str, list[Any]] = {"label": [], "perturbed": [], "steps": []}
     for part in bench.read_columns(config, list(records)):
         for key in records:
             records[key].extend(part[key])

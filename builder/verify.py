@@ -199,7 +199,7 @@ def read_parquet(path: Path) -> list[Record]:
         table = pq.read_table(path, columns=["key", "label", "class_name", "perturbed"]).to_pydict()
     except (pa.ArrowException, OSError, KeyError) as error:
         raise Unreadable(f"not readable as Parquet ({str(error).splitlines()[0]})") from None
-    return [Record(*row) for row in zip(table["key"], table["label"], table["class_name"], table["perturbed"])]
+    return [Record(*row) for row in zip(table["key"], table["label"], table["class_name"], table["perturbed"], strict=False)]
 
 
 def read_tar(path: Path, parts_needed: tuple[str, ...]) -> tuple[list[Record], list[str]]:
@@ -411,8 +411,8 @@ class Checker:
         for key, stems in where.items():
             if len(stems) > 1:
                 by_shards.setdefault(tuple(stems), []).append(key)
-        for stems, keys in sorted(by_shards.items()):
-            self.fail(f"config '{name}': key(s) {few(sorted(keys))} are in shards {' and '.join(stems)}; "
+        for shard_stems, keys in sorted(by_shards.items()):
+            self.fail(f"config '{name}': key(s) {few(sorted(keys))} are in shards {' and '.join(shard_stems)}; "
                       "keys must be unique within a config")
 
     def check_unlisted(self) -> None:
@@ -534,7 +534,7 @@ class Checker:
             count = 0
             for keys, labels, pixels in perturbed_batches(self.root, config, self.image_format, batch_size):
                 accepted = judge_uint8(oracle, pixels, labels, device)
-                rejected += [key for key, ok in zip(keys, accepted) if not ok]
+                rejected += [key for key, ok in zip(keys, accepted, strict=False) if not ok]
                 count += len(keys)
             self.checked["oracle_images"] += count
             rates[name] = (count - len(rejected)) / count if count else 1.0
@@ -580,7 +580,7 @@ def perturbed_images(root: Path, shard: ManifestShard, image_format: str) -> Ite
             table = pq.read_table(root / entry.path, columns=["key", "label", "image"], filters=[("perturbed", "=", True)]).to_pydict()
         except (pa.ArrowException, OSError):
             return
-        yield from zip(table["key"], table["label"], (cell["bytes"] for cell in table["image"]))
+        yield from zip(table["key"], table["label"], (cell["bytes"] for cell in table["image"]), strict=False)
         return
     entry = shard.files.get("webdataset")
     if entry is not None:

@@ -61,7 +61,7 @@ def hub_records(ds: Any) -> list[dict[str, Any]]:
 def first_difference(expected: list[dict[str, Any]], got: list[dict[str, Any]]) -> str | None:
     if len(expected) != len(got):
         return f"{len(got)} records, expected {len(expected)}"
-    for index, (want, have) in enumerate(zip(expected, got)):
+    for index, (want, have) in enumerate(zip(expected, got, strict=False)):
         for column in want:
             if want[column] != have.get(column):
                 return f"record {index} (key {want.get('key')}): column '{column}' differs"

@@ -17,6 +17,7 @@ from builder.cli import main
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import tiny_cnn  # noqa: E402
 
+
 def invoke(*args: str):
     return CliRunner().invoke(main, ["-q", *args], catch_exceptions=False)
 

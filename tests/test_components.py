@@ -16,9 +16,9 @@ from builder.checkpoints import load_state_dict
 from builder.components.base import ComponentContext
 from builder.components.models import load_classifier
 from builder.components.oracles import (
+    ClassifierOracle,
     ClipOracleConfig,
     EnsembleOracle,
-    ClassifierOracle,
     create_clip,
     load_clip_oracle,
     load_oracle,

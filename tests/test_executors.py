@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from builder.cli import main
+
 from test_cli import assert_one_line_error
 
 FAULTS = Path(__file__).parent / "faults"

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from builder import gallery
-from builder.cli import main
 from builder.benchmark import read_manifest
+from builder.cli import main
 from builder.gallery import spread, write_gallery
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -94,7 +94,7 @@ def test_cards_match_the_shards(tiny_build: Path) -> None:
         assert card["data-class"] == row["class_name"] and int(card["data-steps"]) == row["steps"]
         assert [alt for alt, _ in card["images"]] == ["original", "perturbed"]
         stored = (row["original_image"]["bytes"], row["image"]["bytes"])
-        for (_, uri), expected in zip(card["images"], stored):
+        for (_, uri), expected in zip(card["images"], stored, strict=False):
             assert decode_uri(uri) == expected
             with Image.open(io.BytesIO(decode_uri(uri))) as image:
                 assert image.size == (16, 16)

@@ -22,15 +22,16 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner
-from test_cli import assert_one_line_error
-from test_sources import BLUE, GREEN, RED, make_source, png_bytes, solid, write_shard
 
 from builder.build import read_unit
+from builder.build.units import WorkUnit
 from builder.cli import main
 from builder.errors import SourceError
-from builder.build.units import WorkUnit
 from builder.sources.base import SourceItem, SuperclassSource
 from builder.sources.decode import SampleRejected, load_rgb
+
+from test_cli import assert_one_line_error
+from test_sources import BLUE, GREEN, RED, make_source, png_bytes, solid, write_shard
 
 CLASSES = ["blue", "green", "red"]  # the tiny recipe's model has three classes
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -347,7 +348,7 @@ def test_unbalanced_brace_pattern(tmp_path: Path) -> None:
 def hostile_folder(tmp_path: Path) -> Path:
     """Three classes of good images plus, inside them, things that are not image files."""
     root = tmp_path / "hostile"
-    for name, color in zip(CLASSES, [BLUE, GREEN, RED]):
+    for name, color in zip(CLASSES, [BLUE, GREEN, RED], strict=False):
         (root / name).mkdir(parents=True)
         for i in range(3):
             solid(color, (12, 12)).save(root / name / f"{i}.png")

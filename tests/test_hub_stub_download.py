@@ -15,6 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from hub_stub import HubStub, use_hub_stub
 
 REPO = "org/bench"

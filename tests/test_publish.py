@@ -15,6 +15,7 @@ from click.testing import CliRunner
 import builder.publish as publish_module
 from builder.cli import main
 from builder.publish import CARD, plan_upload, publish
+
 from hub_stub import HubStub, closed_port
 
 REPO = "org/tiny"

@@ -51,7 +51,8 @@ def hand_built_benchmark(root: Path, rows: list[tuple[int, int, int, bool, int]]
     for unit, part in enumerate((samples[:half], samples[half:])):
         path = root / "ref" / f"test-{unit:05d}-of-00002.parquet"
         WRITERS.get("parquet")().write(path, part, schema)
-        shards.append({"unit": unit, "num_samples": len(part), "num_perturbed": sum(s.record["perturbed"] for s in part), "files": {"parquet": {"path": path.relative_to(root).as_posix(), "sha256": sha256_file(path), "bytes": path.stat().st_size}}})
+        entry = {"path": path.relative_to(root).as_posix(), "sha256": sha256_file(path), "bytes": path.stat().st_size}
+        shards.append({"unit": unit, "num_samples": len(part), "num_perturbed": sum(s.record["perturbed"] for s in part), "files": {"parquet": entry}})
     spec = {"model": f"py:{TINY_MODELS}:color_net", "name": "ref"}
     from builder.components.preprocess import PreprocessedClassifier, Preprocessing
 
@@ -151,7 +152,8 @@ def test_reference_model_agrees_with_the_build_records(tiny_recipe: Path, tmp_pa
 def test_score_cli_json_and_leaderboard(tmp_path: Path) -> None:
     bench = hand_built_benchmark(tmp_path / "b", ROWS)
     runner = CliRunner()
-    first = runner.invoke(main, ["-q", "score", "--benchmark", str(bench), "--model", f"py:{TINY_MODELS}:color_net", "--workers", "0", "--bootstrap", "100", "--json", str(tmp_path / "a.json"), "--per-class"])
+    first = runner.invoke(main, ["-q", "score", "--benchmark", str(bench), "--model", f"py:{TINY_MODELS}:color_net", "--workers", "0",
+                                 "--bootstrap", "100", "--json", str(tmp_path / "a.json"), "--per-class"])
     assert first.exit_code == 0, first.output
     assert "white-box" in first.output and "62.5" in first.output and "per class" in first.output
     spec = tmp_path / "flipped.yaml"
@@ -212,7 +214,8 @@ def test_python_api_is_builder_score(tmp_path: Path) -> None:
 
 def test_card_leaderboard_from_results(tiny_build: Path, tmp_path: Path) -> None:
     runner = CliRunner()
-    scored = runner.invoke(main, ["-q", "score", "--benchmark", str(tiny_build), "--model", f"py:{TINY_MODELS}:color_net", "--workers", "0", "--bootstrap", "50", "--json", str(tmp_path / "a.json")])
+    scored = runner.invoke(main, ["-q", "score", "--benchmark", str(tiny_build), "--model", f"py:{TINY_MODELS}:color_net", "--workers", "0",
+                                  "--bootstrap", "50", "--json", str(tmp_path / "a.json")])
     assert scored.exit_code == 0, scored.output
     result = json.loads((tmp_path / "a.json").read_text())["results"][0]
     written = runner.invoke(main, ["-q", "card", str(tiny_build), "--results", str(tmp_path / "a.json"), "--repo-id", "org/tiny-fmr"])
@@ -226,6 +229,8 @@ def test_card_leaderboard_from_results(tiny_build: Path, tmp_path: Path) -> None
     assert again.exit_code == 0 and "## Leaderboard" in (tiny_build / "README.md").read_text()
 
     other = hand_built_benchmark(tmp_path / "other", ROWS)
-    assert runner.invoke(main, ["-q", "score", "--benchmark", str(other), "--model", f"py:{TINY_MODELS}:color_net", "--workers", "0", "--bootstrap", "0", "--json", str(tmp_path / "b.json")]).exit_code == 0
+    rescored = runner.invoke(main, ["-q", "score", "--benchmark", str(other), "--model", f"py:{TINY_MODELS}:color_net", "--workers", "0",
+                                    "--bootstrap", "0", "--json", str(tmp_path / "b.json")])
+    assert rescored.exit_code == 0
     refused = runner.invoke(main, ["-q", "card", str(tiny_build), "--results", str(tmp_path / "b.json")])
     assert refused.exit_code == 2 and "not this one" in refused.output and "re-score" in refused.output

@@ -18,9 +18,9 @@ import pytest
 from PIL import Image
 
 from builder.build import read_unit
+from builder.build.units import WorkUnit
 from builder.config import parse_component
 from builder.errors import RecipeError, SourceError
-from builder.build.units import WorkUnit
 from builder.sources import decode
 from builder.sources.base import SourceContext, check_label, open_source
 from builder.sources.decode import SampleRejected, load_rgb
@@ -274,7 +274,7 @@ def test_huggingface_local_parquet(hf_dir: Path, tmp_path: Path) -> None:
     assert [item.index for item in items] == [0, 1, 2, 3]
     assert [item.label for item in items] == [2, 0, 1, 2]
     assert [item.source_id for item in items] == [f"{hf_dir}/{i}" for i in range(4)]
-    for item, color in zip(items, [RED, GREEN, BLUE, (128, 128, 128)]):
+    for item, color in zip(items, [RED, GREEN, BLUE, (128, 128, 128)], strict=False):
         assert_solid(load_rgb(item.load, 4), color, 4)
     assert [item.index for item in source.items(1, 3)] == [1, 2]
     assert list(source.items(4, 9)) == []
@@ -341,7 +341,7 @@ def test_webdataset_single_shard(tmp_path: Path) -> None:
     items = list(source.items(0, 10))
     assert [item.source_id for item in items] == ["shard.tar/s2", "shard.tar/s0", "shard.tar/s1"]  # tar order
     assert [item.label for item in items] == [1, 0, 1]
-    for item, color in zip(items, [RED, GREEN, BLUE]):
+    for item, color in zip(items, [RED, GREEN, BLUE], strict=False):
         assert_solid(load_rgb(item.load, 4), color, 4)
     assert [item.source_id for item in source.items(1, 2)] == ["shard.tar/s0"]
     # a relative url is relative to base_dir
@@ -356,7 +356,7 @@ def test_webdataset_glob_over_two_shards(tmp_path: Path) -> None:
     items = list(source.items(0, 10))
     assert [item.source_id for item in items] == ["shard-0.tar/k0", "shard-0.tar/k1", "shard-1.tar/k0"]
     assert [item.label for item in items] == [0, 1, 1]
-    for item, color in zip(items, [RED, GREEN, BLUE]):
+    for item, color in zip(items, [RED, GREEN, BLUE], strict=False):
         assert_solid(load_rgb(item.load, 4), color, 4)
 
 

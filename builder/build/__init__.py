@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Optional
 
 from builder.build.executors.base import WorkerPool
 from builder.build.finalize import BuildSummary, finalize, write_partial_manifest
@@ -29,10 +29,12 @@ log = logging.getLogger(__name__)
 __all__ = ["BuildOptions", "BuildPlan", "BuildSummary", "ConfigTally", "Execution", "UnitRunner", "build_benchmark", "plan_build", "read_unit"]
 
 
-def build_benchmark(loaded: LoadedRecipe, options: BuildOptions, execution: Execution = Execution()) -> BuildSummary:
-    """Build the benchmark of ``loaded`` into ``options.out_dir``, on the workers ``execution`` names."""
+def build_benchmark(loaded: LoadedRecipe, options: BuildOptions, execution: Optional[Execution] = None) -> BuildSummary:
+    """Build the benchmark of ``loaded`` into ``options.out_dir``, on the workers ``execution``
+    names (default: this process, or one process per visible GPU)."""
     from builder.build.driver import dispatch
 
+    execution = execution or Execution()
     started = time.monotonic()
     plan = plan_build(loaded, options)
     with _progress(plan) as bar:

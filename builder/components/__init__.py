@@ -1,5 +1,7 @@
 """Generators, oracles and classifiers, each family behind a small Protocol and a Registry."""
 
+# importing the modules registers their kinds
+from builder.components import models, oracles, pixel, vqgan  # noqa: E402,F401
 from builder.components.base import (
     GENERATORS,
     MODELS,
@@ -9,9 +11,6 @@ from builder.components.base import (
     Generator,
     Oracle,
 )
-
-# importing the modules registers their kinds
-from builder.components import models, oracles, pixel, vqgan  # noqa: E402,F401
 
 __all__ = [
     "GENERATORS",

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, runtime_checkable
 
+from builder import registry
 from builder.checkpoints import ResolveContext
 from builder.config import SourceConfig
 from builder.errors import ComponentError
 from builder.fileio import sha256_json
-from builder import registry
 from builder.registry import Registry
 
 
@@ -89,7 +89,7 @@ class ComponentContext:
 
 GeneratorFactory = Callable[[Any, ComponentContext], Generator]
 OracleFactory = Callable[[Any, ComponentContext], Oracle]
-ModelLoader = Callable[[str, Any, ComponentContext], Any]
+ModelLoader = Callable[[str, Any, ComponentContext, bool], Any]  # (target, spec, context, pretrained)
 
 GENERATORS: Registry[GeneratorFactory] = registry.GENERATORS
 ORACLES: Registry[OracleFactory] = registry.ORACLES

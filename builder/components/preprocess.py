@@ -33,6 +33,9 @@ class Preprocessing:
 
 
 class Preprocess(nn.Module):
+    mean: torch.Tensor  # buffers, declared for the type checker
+    std: torch.Tensor
+
     """Resize the shorter side to input_size / crop_pct, centre-crop, normalise (timm's eval transform)."""
 
     def __init__(self, config: Preprocessing) -> None:
@@ -75,6 +78,9 @@ class PreprocessedClassifier(nn.Module):
 
 
 class PooledClassifier(nn.Module):
+    members: torch.Tensor  # buffers, declared for the type checker
+    owners: torch.Tensor
+
     """A classifier over super-classes: each one's logit is the logsumexp of its members' logits,
     i.e. its probability is the sum of theirs (Restricted ImageNet from a 1000-class model)."""
 

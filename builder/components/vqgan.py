@@ -27,8 +27,8 @@ from builder.checkpoints import (
 )
 from builder.components.base import GENERATORS, ComponentContext, image_size_cap_problem
 from builder.config import GeneratorConfig, TrainConfig
-from builder.safeyaml import parse_bounded
 from builder.errors import ComponentError
+from builder.safeyaml import parse_bounded
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from builder import registry
 from builder.checkpoints import ResolveContext
 from builder.config import SourceConfig
 from builder.errors import SourceError
-from builder import registry
 from builder.registry import Registry
 
 
@@ -60,7 +60,7 @@ def check_class_names(declared: tuple[str, ...] | None, found: tuple[str, ...], 
     if declared is None:
         return found
     if found and tuple(declared) != tuple(found):
-        diff = next((i for i, (a, b) in enumerate(zip(declared, found)) if a != b), min(len(declared), len(found)))
+        diff = next((i for i, (a, b) in enumerate(zip(declared, found, strict=False)) if a != b), min(len(declared), len(found)))
         raise SourceError(
             f"{what}: source.class_names disagree with the data set's at index {diff} "
             f"({len(declared)} declared vs {len(found)} found); fix source.class_names or remove it"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Iterator
 from typing import Any
@@ -110,6 +111,6 @@ class HuggingFaceSource:
         if start >= stop:
             return
         rows = self._table[start:stop]
-        for offset, (image, label) in enumerate(zip(rows[self._image_column], rows[self._label_column])):
+        for offset, (image, label) in enumerate(zip(rows[self._image_column], rows[self._label_column], strict=False)):
             index = start + offset
-            yield SourceItem(index, f"{self._name}/{index}", self._label(label, index), lambda v=image: _open_encoded(v))
+            yield SourceItem(index, f"{self._name}/{index}", self._label(label, index), functools.partial(_open_encoded, image))

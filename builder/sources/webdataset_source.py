@@ -15,7 +15,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from builder.checkpoints import resolve_location
 from builder.config import SourceConfig
@@ -115,10 +115,10 @@ def _count_expression(expr: str) -> int:
     """braceexpand's ``parse_expression``: an int range, a letter range, a sequence or a literal."""
     import braceexpand
 
-    numbers = braceexpand.int_range_re.match(expr)
-    letters = braceexpand.char_range_re.match(expr)
+    numbers = getattr(braceexpand, "int_range_re").match(expr)  # not in its public API (no stubs either)
+    letters = getattr(braceexpand, "char_range_re").match(expr)
     if numbers or letters:
-        first, last, step_text = (numbers or letters).groups()  # type: ignore[union-attr]
+        first, last, step_text = (numbers or letters).groups()
         step = (int(step_text) or 1) if step_text else 1
         if numbers:
             low, high = int(first), int(last)
@@ -153,7 +153,7 @@ def _open_tar(shard: Path) -> tarfile.TarFile:
     with open(shard, "rb") as handle:
         start = handle.read(6)
     mode = next((mode for magic, mode in _MAGIC if start.startswith(magic)), "r:")
-    return tarfile.open(shard, mode)
+    return tarfile.open(shard, cast(Any, mode))  # one of the read modes above
 
 
 def _split_key(name: str) -> tuple[str, str]:

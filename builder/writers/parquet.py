@@ -64,4 +64,4 @@ class ParquetWriter:
         table = pq.read_table(path, columns=["image", "original_image"] if with_originals else ["image"]).take(list(rows))
         images = table.column("image").to_pylist()
         originals = table.column("original_image").to_pylist() if with_originals else [None] * len(images)
-        return [(image["bytes"], original["bytes"] if original else None) for image, original in zip(images, originals)]
+        return [(image["bytes"], original["bytes"] if original else None) for image, original in zip(images, originals, strict=False)]

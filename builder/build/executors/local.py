@@ -51,7 +51,7 @@ class InProcessPool:
         return handle
 
     def wait(self, handles: list[Hashable]) -> list[tuple[Hashable, Any]]:
-        return [(handle, self.done.pop(handle)) for handle in handles if handle in self.done]  # type: ignore[call-overload]
+        return [(handle, self.done.pop(handle)) for handle in handles if handle in self.done]
 
     def restart(self) -> bool:
         """Nothing to replace: a failure here stops this process."""
@@ -134,7 +134,7 @@ class ProcessPool:
 
     def wait(self, handles: list[Hashable]) -> list[tuple[Hashable, Any]]:
         done, _ = concurrent.futures.wait(handles, return_when=concurrent.futures.FIRST_COMPLETED)  # type: ignore[arg-type]
-        return [(future, _outcome(future)) for future in done]  # type: ignore[misc]
+        return [(future, _outcome(future)) for future in done]
 
     def restart(self) -> bool:
         """A dead process breaks the whole executor: every unit in flight is lost with it."""
