@@ -100,7 +100,8 @@ def test_kill_minus_nine_of_the_driver_then_resume_with_workers(tiny_recipe: Pat
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "builder.cli", "-q", "run", str(tiny_recipe), "--out", str(out), "--no-progress",
                "--device", "cpu", "--workers", "2"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tag = f"fmr-test-{os.getpid()}-{time.monotonic_ns()}"  # marks the driver's processes, workers included
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "FMR_TEST_TAG": tag})
     deadline = time.monotonic() + 120
     while not list((out / "_stats" / "cnn").glob("*.json")) if (out / "_stats" / "cnn").is_dir() else True:
         if process.poll() is not None or time.monotonic() > deadline:
@@ -109,7 +110,24 @@ def test_kill_minus_nine_of_the_driver_then_resume_with_workers(tiny_recipe: Pat
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert not (out / "manifest.json").exists(), "the build finished before the kill"
+    deadline = time.monotonic() + 30
+    while tagged_processes(tag) and time.monotonic() < deadline:  # orphaned workers leave with their driver
+        time.sleep(0.2)
+    assert not tagged_processes(tag), "worker processes outlived their killed driver"
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert every_file(out) == single
     assert temp_files(out) == []
+
+
+def tagged_processes(tag: str) -> list[int]:
+    """Live processes whose environment carries ``FMR_TEST_TAG=tag`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if f"FMR_TEST_TAG={tag}".encode() in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found

@@ -68,12 +68,13 @@ _RUNNER: Any = None
 _FAILURE: Optional[BaseException] = None
 
 
-def _init_worker(settings: RunnerSettings, counter: Any, threads: Optional[int]) -> None:
+def _init_worker(settings: RunnerSettings, counter: Any, threads: Optional[int], driver: int) -> None:
     """Load this process's runner once; a load error is kept and raised by its first task, so
     the driver sees the one-line error instead of a broken pool."""
     global _RUNNER, _FAILURE
     import torch
 
+    _exit_with_parent(driver)
     with counter.get_lock():
         index = counter.value
         counter.value += 1
@@ -87,6 +88,20 @@ def _init_worker(settings: RunnerSettings, counter: Any, threads: Optional[int])
         _RUNNER = UnitRunner(settings)
     except Exception as error:  # noqa: BLE001 - raised again, whole, by this worker's tasks
         _FAILURE = error
+
+
+def _exit_with_parent(parent: int, every: float = 1.0) -> None:
+    """A worker whose driver (pid ``parent``) died (``kill -9``, a lost session) exits within
+    ``every`` seconds instead of lingering with its loaded models: nothing would send it work."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _worker_runner() -> Any:
@@ -122,7 +137,8 @@ class ProcessPool:
         if self.executor is None:
             counter = self.context.Value("i", 0)
             self.executor = concurrent.futures.ProcessPoolExecutor(
-                self.capacity, mp_context=self.context, initializer=_init_worker, initargs=(self.settings, counter, self.threads)
+                self.capacity, mp_context=self.context, initializer=_init_worker,
+                initargs=(self.settings, counter, self.threads, os.getpid()),
             )
         return self.executor
 
