@@ -11,7 +11,7 @@ import importlib.util
 import inspect
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
@@ -62,7 +62,7 @@ def build_timm(target: str, spec: ModelSpec, ctx: ComponentContext, pretrained: 
         mean=tuple(data["mean"]),
         std=tuple(data["std"]),
     ).overridden(spec.preprocess, spec.model)
-    return PreprocessedClassifier(net, preprocessing, int(getattr(net, "num_classes")), spec.model)
+    return PreprocessedClassifier(net, preprocessing, int(cast(Any, net).num_classes), spec.model)
 
 
 def _first_line(error: BaseException) -> str:

@@ -115,8 +115,9 @@ def _count_expression(expr: str) -> int:
     """braceexpand's ``parse_expression``: an int range, a letter range, a sequence or a literal."""
     import braceexpand
 
-    numbers = getattr(braceexpand, "int_range_re").match(expr)  # not in its public API (no stubs either)
-    letters = getattr(braceexpand, "char_range_re").match(expr)
+    patterns = cast(Any, braceexpand)  # its range patterns are not in its public API (no stubs either)
+    numbers = patterns.int_range_re.match(expr)
+    letters = patterns.char_range_re.match(expr)
     if numbers or letters:
         first, last, step_text = (numbers or letters).groups()
         step = (int(step_text) or 1) if step_text else 1
