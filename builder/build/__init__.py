@@ -18,7 +18,7 @@ from typing import Any, Optional
 from builder.build.executors.base import WorkerPool
 from builder.build.finalize import BuildSummary, finalize, write_partial_manifest
 from builder.build.plan import BuildOptions, BuildPlan, Execution, plan_build
-from builder.build.runner import UnitRunner, read_unit
+from builder.build.runner import UnitRunner, read_unit, train_missing_weights
 from builder.build.tally import ConfigTally
 from builder.errors import BuilderError
 from builder.outdir import claim_output, output_lock, remove_temp_files
@@ -37,6 +37,8 @@ def build_benchmark(loaded: LoadedRecipe, options: BuildOptions, execution: Opti
     execution = execution or Execution()
     started = time.monotonic()
     plan = plan_build(loaded, options)
+    if plan.pending and execution.executor == "local":
+        train_missing_weights(plan.settings)  # once, in this process, before any worker loads them
     with _progress(plan) as bar:
         pool = make_pool(plan, execution, bar.update) if plan.pending else None
         try:

@@ -85,13 +85,30 @@ def load_components(recipe: Recipe, context: ComponentContext) -> Components:
     from builder.components.oracles import load_oracle
     from builder.train import ensure_weights
 
-    ensure_weights([recipe.generator, recipe.oracle, *recipe.reference_models], context)
+    ensure_weights(trainable_parts(recipe), context)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)  # only matters for components without weights
         generator = GENERATORS.get(recipe.generator.kind)(recipe.generator, context)
         oracle = load_oracle(recipe.oracle, context)
         models = {spec.config_name: load_classifier(spec, context) for spec in recipe.reference_models}
     return Components(generator, oracle, models, {name: weights_fingerprint(model) for name, model in models.items()})
+
+
+def trainable_parts(recipe: Recipe) -> list[Any]:
+    """The recipe's components in load order: generator, oracle, reference models."""
+    return [recipe.generator, recipe.oracle, *recipe.reference_models]
+
+
+def train_missing_weights(settings: RunnerSettings) -> None:
+    """Train, here and once, the components whose weights a ``train`` block makes and that are
+    missing, before any worker starts: workers then all load the same file instead of each
+    training its own copy at once."""
+    from builder.train import ensure_weights
+
+    recipe = settings.recipe
+    context = ComponentContext(settings.device, settings.cache_dir, settings.base_dir, settings.class_names,
+                               recipe.image_size, recipe.source, recipe.seed)
+    ensure_weights(trainable_parts(recipe), context)
 
 
 @contextlib.contextmanager

@@ -82,17 +82,27 @@ class RayPool:
         self.capacity = execution.workers or 1
         actor = self.ray.remote(num_cpus=execution.cpus_per_worker or 1, num_gpus=gpus,
                                 max_restarts=ACTOR_RESTARTS, max_task_retries=0)(RayUnitRunner)
-        self.actors = [actor.remote(settings) for _ in range(self.capacity)]
-        self.idle = list(self.actors)
+        self.settings, self.actor = settings, actor
+        self.actors: list[Any] = []
+        self.idle: list[Any] = []
         self.owner: dict[Hashable, Any] = {}
 
     def probe(self) -> WorkerInfo:
-        """Every actor's info: all must load, and the first one's is the reference."""
-        infos = [self._get(ref) for ref in [actor.info.remote() for actor in self.actors]]
-        for info in infos:
-            if isinstance(info, BaseException):
-                raise info
-        return infos[0]
+        """Start one actor first (it trains any missing weights, once), then the others; all must
+        load, and the first one's info is the reference."""
+        self.actors = [self.actor.remote(self.settings)]
+        first = self._ready(self.actors[0])
+        self.actors += [self.actor.remote(self.settings) for _ in range(self.capacity - 1)]
+        for actor in self.actors[1:]:
+            self._ready(actor)
+        self.idle = list(self.actors)
+        return first
+
+    def _ready(self, actor: Any) -> WorkerInfo:
+        info = self._get(actor.info.remote())
+        if isinstance(info, BaseException):
+            raise info
+        return info
 
     def submit(self, unit: WorkUnit, configs: list[str]) -> Hashable:
         actor = self.idle.pop()
