@@ -237,12 +237,18 @@ def front_matter(text: str) -> str:
     return "\n".join(lines[1:end])
 
 
+def record_json(payload: bytes) -> Any:
+    """A sample's ``.json`` member, parsed within bounds; ValueError (UnicodeDecodeError and
+    JSONDecodeError are ones) when it is not small, shallow, valid JSON."""
+    if len(payload) > MAX_RECORD_BYTES or not json_depth_ok(payload.decode("utf-8")):
+        raise ValueError("too large or too deeply nested")
+    return json.loads(payload)
+
+
 def tar_record(key: str, payload: bytes, cls: bytes, problems: list[str]) -> Optional[Record]:
     try:
-        if len(payload) > MAX_RECORD_BYTES or not json_depth_ok(payload.decode("utf-8")):
-            raise ValueError("too large or too deeply nested")
-        data = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):  # JSONDecodeError is a ValueError
+        data = record_json(payload)
+    except ValueError:
         problems.append(f"{key}.json is not valid JSON")
         return None
     if not isinstance(data, dict):
@@ -600,11 +606,8 @@ def perturbed_from_tar(path: Path, image_format: str) -> Iterator[tuple[str, int
         return
     for key, parts in sorted(members.items()):
         try:
-            payload = parts.get("json", b"{}")
-            if len(payload) > MAX_RECORD_BYTES or not json_depth_ok(payload.decode("utf-8")):
-                continue  # verify's record checks report it
-            record = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
+            record = record_json(parts.get("json", b"{}"))
+        except ValueError:  # verify's record checks report it
             continue
         if not isinstance(record, dict) or not isinstance(record.get("label"), int):
             continue

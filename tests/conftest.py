@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
@@ -90,6 +91,20 @@ def tiny_build(tiny_recipe: Path, tmp_path: Path) -> Path:
     result = CliRunner().invoke(main, ["-q", "run", str(tiny_recipe), "--out", str(out), "--device", "cpu", "--no-progress"])
     assert result.exit_code == 0, result.output
     return out
+
+
+@pytest.fixture
+def reading_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The local Hub stand-in (tests/hub_stub.py) with huggingface_hub and datasets pointed at it
+    and a fresh token in HF_TOKEN; its ``token`` attribute holds the token."""
+    import secrets
+
+    from hub_stub import HubStub, use_hub_stub
+
+    stub = HubStub(f"hf_{secrets.token_hex(20)}").start()
+    use_hub_stub(monkeypatch, stub, tmp_path / "hf-home", token=stub.token)
+    yield stub
+    stub.stop()
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import secrets
 import tarfile
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from hub_stub import HubStub, use_hub_stub
+from hub_stub import HubStub
 
 REPO = "org/bench"
 PARQUET = "cfg/test-00000-of-00001.parquet"
@@ -54,16 +52,8 @@ def tree(root: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture
-def token() -> str:
-    return f"hf_{secrets.token_hex(20)}"
-
-
-@pytest.fixture
-def hub(token: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubStub]:
-    stub = HubStub(token).start()
-    use_hub_stub(monkeypatch, stub, tmp_path / "hf-home", token=token)
-    yield stub
-    stub.stop()
+def hub(reading_hub: HubStub) -> HubStub:
+    return reading_hub
 
 
 def download(repo_id: str = REPO, allow_patterns: list[str] = ALLOW, **kwargs: Any) -> Path:

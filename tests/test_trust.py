@@ -111,13 +111,8 @@ def test_a_py_file_inside_the_hf_cache_is_refused(tiny_build: Path, canary: dict
 
 
 @pytest.fixture
-def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from hub_stub import HubStub, use_hub_stub
-
-    stub = HubStub("hf_trust_test_token").start()
-    use_hub_stub(monkeypatch, stub, tmp_path / "hf-home", token="hf_trust_test_token")
-    yield stub
-    stub.stop()
+def hub(reading_hub: Any) -> Any:
+    return reading_hub
 
 
 @pytest.mark.parametrize("spec", ["py:fmr_canary:net", "py:os:system", "in-benchmark"])
