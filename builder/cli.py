@@ -104,6 +104,9 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Check the recipe and every name offline, print the plan, build nothing.")
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per engine batch (default: the recipe's).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
+              help="Override the recipe's perturbation.precision (bf16: decoder, oracle and reference model in bfloat16 autocast).")
+@click.option("--compile", "compile_decoder", is_flag=True, help="torch.compile the generator's decoder (worth it on a GPU for long builds).")
 @click.option("--seed", type=int, help="Override the recipe's seed.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key, e.g. perturbation.budget=10 (repeatable).")
 @click.option("--overwrite", is_flag=True, help="Replace the build in --out (only the files a build writes are deleted).")
@@ -116,7 +119,7 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
 @click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=None, help="With --executor ray: CPUs per actor (default: 1).")
 @cache_option
 def run(recipe: str, out_dir: Optional[Path], limit: Optional[int], dry_run: bool, device: Optional[str], batch_size: Optional[int],
-        seed: Optional[int], overrides: tuple[str, ...], overwrite: bool, force_clean: bool, no_progress: bool, executor: str,
+        precision: Optional[str], compile_decoder: bool, seed: Optional[int], overrides: tuple[str, ...], overwrite: bool, force_clean: bool, no_progress: bool, executor: str,
         workers: Optional[int], ray_address: Optional[str], gpus_per_worker: Optional[float], cpus_per_worker: Optional[float],
         cache_dir: Optional[Path]) -> None:
     """Build the benchmark of RECIPE (a YAML path or a bundled recipe name) into --out."""
@@ -126,6 +129,8 @@ def run(recipe: str, out_dir: Optional[Path], limit: Optional[int], dry_run: boo
 
     if seed is not None:
         overrides = (*overrides, f"seed={seed}")
+    if precision is not None:
+        overrides = (*overrides, f"perturbation.precision={precision}")
     loaded = load_recipe(recipe, overrides)
     if dry_run:
         _print_dry_run(loaded, cache_dir or default_cache_dir(), limit)
@@ -141,6 +146,7 @@ def run(recipe: str, out_dir: Optional[Path], limit: Optional[int], dry_run: boo
         overwrite=overwrite,
         force_clean=force_clean,
         progress=not no_progress,
+        compile=compile_decoder,
     )
     ray_only = {"--ray-address": ray_address, "--gpus-per-worker": gpus_per_worker, "--cpus-per-worker": cpus_per_worker}
     given = [flag for flag, value in ray_only.items() if value is not None]
@@ -438,11 +444,11 @@ def _train_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @_train_options
 def train_generator_command(recipe: str, out: Optional[Path], device: Optional[str], overrides: tuple[str, ...], cache_dir: Optional[Path]) -> None:
     """Train RECIPE's VQGAN on its source (taming format: {"state_dict": ...})."""
-    from builder.train import train_generator
+    from builder.train import train_component
 
     config, context = _train_context(recipe, overrides, device, cache_dir)
     target = _target(getattr(config.generator, "checkpoint", None), out, context, config.generator, "generator")
-    train_generator(config.generator, context, target)
+    train_component(config.generator, context, target)
     click.echo(f"wrote {target}")
 
 
@@ -450,13 +456,13 @@ def train_generator_command(recipe: str, out: Optional[Path], device: Optional[s
 @_train_options
 def train_oracle_command(recipe: str, out: Optional[Path], device: Optional[str], overrides: tuple[str, ...], cache_dir: Optional[Path]) -> None:
     """Train RECIPE's CLIP oracle from scratch on its class prompts."""
-    from builder.train import train_clip
+    from builder.train import train_component
 
     config, context = _train_context(recipe, overrides, device, cache_dir)
     if config.oracle.kind != "clip":
         raise BuilderError(f"train oracle trains CLIP oracles; this recipe's oracle is '{config.oracle.kind}'")
     target = _target(config.oracle.pretrained, out, context, config.oracle, "oracle")
-    train_clip(config.oracle, context, target)
+    train_component(config.oracle, context, target)
     click.echo(f"wrote {target}")
 
 
@@ -466,7 +472,7 @@ def train_oracle_command(recipe: str, out: Optional[Path], device: Optional[str]
 def train_model_command(recipe: str, out: Optional[Path], device: Optional[str], overrides: tuple[str, ...], cache_dir: Optional[Path], config_name: Optional[str]) -> None:
     """Train one of RECIPE's reference models from scratch."""
     from builder.registry import unknown_name_message
-    from builder.train import train_classifier
+    from builder.train import train_component
 
     config, context = _train_context(recipe, overrides, device, cache_dir)
     specs = {spec.config_name: spec for spec in config.reference_models}
@@ -474,7 +480,7 @@ def train_model_command(recipe: str, out: Optional[Path], device: Optional[str],
     if name not in specs:
         raise BuilderError(unknown_name_message("reference model", name, list(specs)))
     target = _target(specs[name].checkpoint, out, context, specs[name], f"reference model {name}")
-    train_classifier(specs[name], context, target)
+    train_component(specs[name], context, target)
     click.echo(f"wrote {target}")
 
 

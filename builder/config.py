@@ -190,6 +190,10 @@ class PerturbationConfig(Frozen):
     step_size: float = Field(0.001, gt=0, allow_inf_nan=False)
     budget: int = Field(50, ge=0, le=100_000)
     direction: Literal["sign", "gradient", "l2"] = "sign"
+    #: bf16 runs decoder, oracle and reference model in bfloat16 autocast (latent, loss and step
+    #: stay float32); it changes which steps the oracle accepts for a few samples, so it is part
+    #: of what a benchmark is (its manifest id), off by default
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 class OutputConfig(Frozen):

@@ -4,15 +4,25 @@ For each image x with label y: b0 = encode(x), x0 = g(b0). If the oracle h rejec
 sample keeps x and is flagged not perturbed. Otherwise, up to ``budget`` times, move b by
 ``step_size`` in the direction that raises theta's loss on y, decode, and keep the new
 image only while h still says y; the first rejection ends the sample at its last accepted
-image. Samples that have stopped leave the batch; each step decodes once, and that decode
-serves both the oracle check and the next gradient. Every image the oracle judges is on
-the 8-bit grid that gets written, so a re-check of the saved file gives the same verdict.
+image. Each step decodes once, and that decode serves both the oracle check and the next
+gradient. Every image the oracle judges is on the 8-bit grid that gets written, so a re-check
+of the saved file gives the same verdict.
+
+The batch is a set of slots kept full (continuous batching): a sample that stops frees its
+slot and the next waiting sample takes it, its reconstruction decoded in the same call as the
+others' next step. Every sample's loss is its own (summed, never averaged over the batch), so
+its result does not depend on which samples share its batch; only the tail of a call, when
+no sample is left waiting, runs on a smaller batch.
+
+Precision: under ``bf16`` the decoder, the oracle and the reference model run in bfloat16
+autocast; the latent, the loss, the gradient and the step stay in float32.
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch.nn import functional as F
@@ -58,25 +68,148 @@ def step_direction(gradient: torch.Tensor, kind: str) -> torch.Tensor:
     return gradient
 
 
+def autocast_for(precision: str, device: torch.device) -> AbstractContextManager[object]:
+    """Autocast for the components' forward passes: bfloat16 for ``bf16``, none for ``fp32``
+    (never float16: VAE decoders overflow in it)."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+class CompiledDecoder:
+    """A generator whose decode runs through ``torch.compile``. The slots keep the decode's batch
+    shape fixed until a call's tail, where one recompile with a dynamic batch size serves every
+    shorter batch. Encode (once per image) stays eager."""
+
+    def __init__(self, generator: Generator) -> None:
+        self.generator = generator
+        self.mask = getattr(generator, "mask", None)
+        self._decode = torch.compile(generator.decode)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.generator.encode(images)
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        return self._decode(latent)
+
+
+class _OracleIn:
+    """An oracle that judges under a build's precision."""
+
+    def __init__(self, oracle: Oracle, precision: str) -> None:
+        self.oracle, self.precision = oracle, precision
+
+    def judge(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with autocast_for(self.precision, images.device):
+            accepted, probability = self.oracle.judge(images, labels)
+        return accepted, at_least_fp32(probability)
+
+
+def judging_in(precision: str, oracle: Oracle) -> Oracle:
+    """``oracle`` judging as a build of ``precision`` did, so a re-check of a bf16 build's images
+    gives the verdicts the build acted on."""
+    return oracle if precision == "fp32" else _OracleIn(oracle, precision)
+
+
+def at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
+    """bfloat16 results up to float32; float32 and float64 kept as they are."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 def _decode_judge_grad(
-    generator: Generator, oracle: Oracle, model: Classifier, latent: torch.Tensor, labels: torch.Tensor
+    generator: Generator, oracle: Oracle, model: Classifier, latent: torch.Tensor, labels: torch.Tensor, precision: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One decode: (images on the pixel grid, oracle verdict, d loss / d latent for accepted rows)."""
     latent = latent.detach().requires_grad_(True)
     with torch.enable_grad():
-        images = to_pixel_grid(generator.decode(latent))
-        accepted, _ = oracle.judge(images.detach(), labels)
+        with autocast_for(precision, latent.device):
+            decoded = generator.decode(latent)
+        images = to_pixel_grid(decoded.to(latent.dtype))
+        with autocast_for(precision, latent.device):
+            accepted, _ = oracle.judge(images.detach(), labels)
         gradient = torch.zeros_like(latent)
         if accepted.any():
-            loss = F.cross_entropy(model(images[accepted]), labels[accepted], reduction="sum")
-            gradient = torch.autograd.grad(loss, latent)[0]
+            with autocast_for(precision, latent.device):
+                logits = model(images[accepted])
+            loss = F.cross_entropy(at_least_fp32(logits), labels[accepted], reduction="sum")
+            gradient = torch.autograd.grad(loss, latent)[0].to(latent.dtype)
     return images.detach(), accepted, gradient
 
 
-def _score(model: Classifier, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    with torch.no_grad():
+def _score(model: Classifier, images: torch.Tensor, labels: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.no_grad(), autocast_for(precision, images.device):
         logits = model(images)
-        return logits.argmax(dim=-1), F.cross_entropy(logits, labels, reduction="none")
+    logits = at_least_fp32(logits)
+    return logits.argmax(dim=-1), F.cross_entropy(logits, labels, reduction="none")
+
+
+class _Slots:
+    """Per-sample state of one call: the results so far and which samples hold a slot."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype, keep_latents: bool) -> None:
+        n, device = len(labels), labels.device
+        self.images, self.labels, self.dtype, self.keep_latents = images, labels, dtype, keep_latents
+        self.final = images.to(device, copy=True)  # uint8: every judged image is on the 8-bit grid
+        self.steps = torch.zeros(n, dtype=torch.long, device=device)
+        self.perturbed = torch.zeros(n, dtype=torch.bool, device=device)
+        self.pred_before = torch.zeros(n, dtype=torch.long, device=device)
+        self.loss_before = torch.zeros(n, dtype=dtype, device=device)
+        self.reasons = [STOP_NOT_ACCEPTED] * n
+        self.latent_start: Optional[torch.Tensor] = None
+        self.latent_final: Optional[torch.Tensor] = None
+        self.waiting = 0  # samples [waiting, n) have not had a slot yet
+        self.active = torch.zeros(0, dtype=torch.long, device=device)  # samples holding a slot
+        self.latent: Optional[torch.Tensor] = None  # their current (accepted) latents
+        self.gradient: Optional[torch.Tensor] = None
+
+    def originals(self, index: torch.Tensor) -> torch.Tensor:
+        return self.images[index.to(self.images.device)].to(self.labels.device).to(self.dtype) / 255
+
+    def record_latents(self, index: torch.Tensor, latent: torch.Tensor, start: bool) -> None:
+        if not self.keep_latents:
+            return
+        if self.latent_start is None or self.latent_final is None:
+            shape = (len(self.labels), *latent.shape[1:])
+            self.latent_start = latent.new_zeros(shape)
+            self.latent_final = latent.new_zeros(shape)
+        if start:
+            self.latent_start[index] = latent
+        self.latent_final[index] = latent
+
+
+def _admit(
+    slots: _Slots, generator: Generator, model: Classifier, count: int, mask: Optional[torch.Tensor], precision: str
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Encode the next ``count`` waiting samples: (their indices, their starting latents)."""
+    index = torch.arange(slots.waiting, slots.waiting + count, device=slots.labels.device)
+    if count == 0:
+        return index, None
+    slots.waiting += count
+    originals = slots.originals(index)
+    slots.pred_before[index], loss = _score(model, originals, slots.labels[index], precision)
+    slots.loss_before[index] = loss.to(slots.dtype)
+    with torch.no_grad():
+        latent = generator.encode(originals).to(slots.dtype)
+    if mask is not None and tuple(mask.shape) != tuple(latent.shape[1:]):
+        raise ComponentError(
+            f"the generator mask has shape {tuple(mask.shape)} but the latent is {tuple(latent.shape[1:])}; "
+            "fit the mask with this recipe's generator and image_size"
+        )
+    slots.record_latents(index, latent, start=True)
+    return index, latent
+
+
+def _candidates(slots: _Slots, config: PerturbationConfig, mask: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next latent of every sample holding a slot whose gradient is finite; the others stop."""
+    if slots.latent is None or slots.gradient is None or len(slots.active) == 0:
+        return torch.zeros(0, dtype=torch.long, device=slots.labels.device), torch.zeros(0, device=slots.labels.device)
+    finite = torch.isfinite(slots.gradient.flatten(1)).all(dim=1)
+    for index in slots.active[~finite].tolist():
+        slots.reasons[index] = STOP_NON_FINITE
+    direction = step_direction(slots.gradient[finite], config.direction)
+    if mask is not None:
+        direction = direction * mask
+    return slots.active[finite], slots.latent[finite] + config.step_size * direction
 
 
 def perturb_batch(
@@ -88,66 +221,77 @@ def perturb_batch(
     config: PerturbationConfig,
     mask: Optional[torch.Tensor] = None,
     dtype: torch.dtype = torch.float32,
+    batch_size: Optional[int] = None,
+    keep_latents: bool = True,
+    on_done: Optional[Callable[[int], None]] = None,
 ) -> PerturbationResult:
-    """Run Algorithm 1 on a batch of uint8 images (N, 3, H, W) with integer labels.
+    """Run Algorithm 1 on uint8 images (N, 3, H, W) with integer labels, ``batch_size`` slots at
+    a time (default: all N at once); ``on_done(k)`` is called as k more samples finish.
 
     ``mask`` (broadcastable to the latent, 1 = may move) restricts the steps to those latent
-    dimensions: the paper's sparse VQGAN."""
-    originals = images.to(dtype) / 255
-    pred_before, loss_before = _score(model, originals, labels)
-    with torch.no_grad():
-        latent = generator.encode(originals)
-    if mask is not None and tuple(mask.shape) != tuple(latent.shape[1:]):
-        raise ComponentError(
-            f"the generator mask has shape {tuple(mask.shape)} but the latent is {tuple(latent.shape[1:])}; "
-            "fit the mask with this recipe's generator and image_size"
-        )
-    latent_start, latent_final = latent.clone(), latent.clone()
-    final = originals.clone()
-    steps = torch.zeros(len(labels), dtype=torch.long, device=labels.device)
-    reasons = [STOP_NOT_ACCEPTED] * len(labels)
+    dimensions: the paper's sparse VQGAN. ``keep_latents=False`` leaves ``latent_start`` and
+    ``latent_final`` empty (they cost memory a build does not need)."""
+    slots = _Slots(images, labels, dtype, keep_latents)
+    width = max(1, batch_size or len(labels))
+    precision = config.precision
+    while slots.waiting < len(labels) or len(slots.active):
+        held = len(slots.active)
+        old, moved = _candidates(slots, config, mask)
+        new, fresh = _admit(slots, generator, model, min(width - len(old), len(labels) - slots.waiting), mask, precision)
+        index = torch.cat([old, new])
+        if len(index):
+            latent = moved if fresh is None else torch.cat([moved.to(fresh.dtype), fresh]) if len(old) else fresh
+            decoded, accepted, gradient = _decode_judge_grad(generator, oracle, model, latent, labels[index], precision)
+            is_new = torch.arange(len(index), device=index.device) >= len(old)
+            _settle(slots, index, is_new, accepted, decoded, latent, gradient, config.budget)
+        else:
+            slots.active, slots.latent, slots.gradient = old, None, None
+        if on_done is not None and held + len(new) > len(slots.active):
+            on_done(held + len(new) - len(slots.active))
+    return _finish(slots, oracle, model, width, precision)
 
-    decoded, accepted, gradient = _decode_judge_grad(generator, oracle, model, latent, labels)
-    perturbed = accepted.clone()
-    final[accepted] = decoded[accepted]
-    active = accepted.nonzero().squeeze(1)
-    latent, gradient = latent[active], gradient[active]
-    for index in active.tolist():
-        reasons[index] = STOP_BUDGET
 
-    for _ in range(config.budget):
-        finite = torch.isfinite(gradient.flatten(1)).all(dim=1)
-        for index in active[~finite].tolist():
-            reasons[index] = STOP_NON_FINITE
-        active, latent, gradient = active[finite], latent[finite], gradient[finite]
-        if len(active) == 0:
-            break
-        direction = step_direction(gradient, config.direction)
-        if mask is not None:
-            direction = direction * mask
-        candidate = latent + config.step_size * direction
-        decoded, accepted, next_gradient = _decode_judge_grad(generator, oracle, model, candidate, labels[active])
-        for index in active[~accepted].tolist():
-            reasons[index] = STOP_REJECTED
-        active, latent, gradient = active[accepted], candidate[accepted], next_gradient[accepted]
-        final[active] = decoded[accepted]
-        latent_final[active] = latent
-        steps[active] += 1
+def _settle(slots: _Slots, index: torch.Tensor, is_new: torch.Tensor, accepted: torch.Tensor, decoded: torch.Tensor,
+            latent: torch.Tensor, gradient: torch.Tensor, budget: int) -> None:
+    """Apply one decode's verdicts: who moved, who stopped, who holds a slot for the next step."""
+    accepted_new, accepted_old = accepted & is_new, accepted & ~is_new
+    slots.perturbed[index[accepted_new]] = True
+    slots.steps[index[accepted_old]] += 1
+    for position in torch.nonzero(~accepted & ~is_new).squeeze(1).tolist():
+        slots.reasons[int(index[position])] = STOP_REJECTED
+    for position in torch.nonzero(accepted).squeeze(1).tolist():
+        slots.reasons[int(index[position])] = STOP_BUDGET
+    kept = index[accepted]
+    slots.final[kept] = torch.round(decoded[accepted] * 255).to(torch.uint8)
+    slots.record_latents(kept, latent[accepted], start=False)
+    going_on = slots.steps[kept] < budget
+    slots.active, slots.latent, slots.gradient = kept[going_on], latent[accepted][going_on], gradient[accepted][going_on]
 
-    pred_after, loss_after = _score(model, final, labels)
-    _, oracle_prob = oracle.judge(final, labels)
+
+def _finish(slots: _Slots, oracle: Oracle, model: Classifier, width: int, precision: str) -> PerturbationResult:
+    """Scores after, and the oracle's verdict on each final image, ``width`` at a time."""
+    n = len(slots.labels)
+    preds, losses, probs = [], [], []
+    for start in range(0, n, width):
+        part = slice(start, start + width)
+        final = slots.final[part].to(slots.dtype) / 255
+        pred, loss = _score(model, final, slots.labels[part], precision)
+        with torch.no_grad(), autocast_for(precision, final.device):
+            _, prob = oracle.judge(final, slots.labels[part])
+        preds.append(pred)
+        losses.append(loss.to(slots.dtype))
+        probs.append(at_least_fp32(prob))
+    empty = torch.zeros(0, dtype=slots.dtype, device=slots.labels.device)
     return PerturbationResult(
-        images=torch.round(final * 255).to(torch.uint8),
-        steps=steps,
-        perturbed=perturbed,
-        oracle_prob=oracle_prob,
-        pred_before=pred_before,
-        loss_before=loss_before,
-        pred_after=pred_after,
-        loss_after=loss_after,
-        stop_reason=reasons,
-        latent_start=latent_start,
-        latent_final=latent_final,
+        images=slots.final,
+        steps=slots.steps,
+        perturbed=slots.perturbed,
+        oracle_prob=torch.cat(probs) if probs else empty,
+        pred_before=slots.pred_before,
+        loss_before=slots.loss_before,
+        pred_after=torch.cat(preds) if preds else slots.pred_before.clone(),
+        loss_after=torch.cat(losses) if losses else empty,
+        stop_reason=slots.reasons,
+        latent_start=slots.latent_start if slots.latent_start is not None else empty,
+        latent_final=slots.latent_final if slots.latent_final is not None else empty,
     )
-
-

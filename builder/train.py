@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -97,9 +98,19 @@ def fit(
         log.info("train %s: epoch %d/%d loss %.4f", what, epoch + 1, train.epochs, total / len(labels))
 
 
-def _seeded(seed: int, build: Callable[[], Any]) -> Any:
-    with torch.random.fork_rng(devices=[]):
+@contextmanager
+def seeded_rng(seed: int, device: str = "cpu") -> Iterator[None]:
+    """Torch's global random state seeded for the block and restored after it: dropout, drop-path
+    and initialisation inside a trainer then depend on the component's seed alone, not on what
+    ran before in the same process."""
+    devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
+        yield
+
+
+def _seeded(seed: int, build: Callable[[], Any]) -> Any:
+    with seeded_rng(seed):
         return build()
 
 
@@ -179,6 +190,14 @@ def trainer_for(component: Any) -> Callable[[Any, ComponentContext, Path], None]
     raise ComponentError(f"{type(component).__name__} has a train block but nothing here can train it; give its weights instead")
 
 
+def train_component(component: Any, ctx: ComponentContext, out: Path) -> None:
+    """Train ``component`` into ``out`` with torch's global random state seeded by its train seed,
+    so the same recipe gives the same weights whichever command trains them and whatever ran
+    before in the process."""
+    with seeded_rng(ctx.train_seed(component), ctx.device):
+        trainer_for(component)(component, ctx, out)
+
+
 def missing_weights(configs: Iterable[Any], ctx: ComponentContext) -> Iterator[tuple[Any, Path]]:
     """(component, path) of every component inside ``configs`` that a ``train`` block makes and
     whose weights are not there yet (trained weights live under a hashed name, see
@@ -198,6 +217,6 @@ def ensure_weights(configs: Iterable[Any], ctx: ComponentContext) -> list[Path]:
     written = []
     for component, path in missing_weights(configs, ctx):
         log.info("no trained weights at %s yet, training them", path)
-        trainer_for(component)(component, ctx, path)
+        train_component(component, ctx, path)
         written.append(path)
     return written

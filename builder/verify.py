@@ -655,6 +655,7 @@ def load_manifest_oracle(manifest: Manifest, *, device: str, cache_dir: Optional
     from builder.components.base import ComponentContext
     from builder.components.oracles import load_oracle
     from builder.config import parse_recipe
+    from builder.engine import judging_in
     from builder.errors import ComponentError, RecipeError
     from builder.paths import default_cache_dir
 
@@ -676,7 +677,8 @@ def load_manifest_oracle(manifest: Manifest, *, device: str, cache_dir: Optional
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(parsed.seed)
-            return load_oracle(parsed.oracle, context)
+            # judged as the build judged: in the recorded precision
+            return judging_in(parsed.perturbation.precision, load_oracle(parsed.oracle, context))
     except ComponentError as error:
         raise VerifyError(f"--oracle: cannot load the oracle: {error}; {hint}") from None
 

@@ -84,8 +84,9 @@ class ConfidenceOracle:
         return probability >= self.threshold, probability
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_batched_engine_equals_per_image_algorithm(seed: int) -> None:
+@pytest.mark.parametrize("seed, batch_size", [(0, None), (1, None), (0, 3), (1, 5)])
+def test_batched_engine_equals_per_image_algorithm(seed: int, batch_size) -> None:
+    """All samples in one batch, and fewer slots than samples (slots refilled as samples stop)."""
     generator, _, model = make_components(seed)
     images, labels = batch_inputs(generator, ClassifierOracle(model), seed, n=16)
     with torch.no_grad():
@@ -93,7 +94,9 @@ def test_batched_engine_equals_per_image_algorithm(seed: int) -> None:
         start = model(recon).softmax(-1).gather(1, labels[:, None]).squeeze(1)
     oracle = ConfidenceOracle(model, float(start[1:].quantile(0.2)))
     config = PerturbationConfig(step_size=0.0003, budget=8)
-    result = perturb_batch(generator, oracle, model, images, labels, config, dtype=torch.float64)
+    finished: list[int] = []
+    result = perturb_batch(generator, oracle, model, images, labels, config, dtype=torch.float64, batch_size=batch_size, on_done=finished.append)
+    assert sum(finished) == len(labels)
     for i in range(len(labels)):
         expected_image, expected_steps, expected_perturbed = algorithm1(generator, oracle, model, images[i], int(labels[i]), config)
         assert int(result.steps[i]) == expected_steps, f"sample {i}"
@@ -160,3 +163,56 @@ def test_requantized_latents_still_get_gradients() -> None:
     images, labels = batch_inputs(generator, oracle, 8, n=6)
     result = perturb_batch(generator, oracle, model, images, labels, PerturbationConfig(step_size=0.5, budget=4), dtype=torch.float64)
     assert result.perturbed.any()
+
+
+class RecordingGenerator:
+    """Wraps a generator and records the batch size of every decode."""
+
+    def __init__(self, generator) -> None:
+        self.generator, self.sizes = generator, []
+
+    def encode(self, images):
+        return self.generator.encode(images)
+
+    def decode(self, latent):
+        self.sizes.append(len(latent))
+        return self.generator.decode(latent)
+
+
+def test_slots_stay_full_while_samples_wait_and_results_match_one_big_batch() -> None:
+    """Samples stopping at very different steps: a refilled batch of 4 decodes 4 at a time until
+    no sample waits, and every output equals the one-batch run's."""
+    generator, _, model = make_components(11)
+    images, labels = batch_inputs(generator, ClassifierOracle(model), 11, n=16)
+    with torch.no_grad():
+        recon = to_grid(generator.decode(generator.encode(images.double() / 255)))
+        start = model(recon).softmax(-1).gather(1, labels[:, None]).squeeze(1)
+    oracle = ConfidenceOracle(model, float(start[1:].quantile(0.3)))
+    config = PerturbationConfig(step_size=0.0003, budget=10)
+    whole = perturb_batch(generator, oracle, model, images, labels, config, dtype=torch.float64)
+    recording = RecordingGenerator(generator)
+    refilled = perturb_batch(recording, oracle, model, images, labels, config, dtype=torch.float64, batch_size=4)
+    assert len(set(whole.steps.tolist())) >= 3  # samples do stop at very different steps
+    for field in ("images", "steps", "perturbed", "pred_after", "latent_final"):
+        assert torch.equal(getattr(whole, field), getattr(refilled, field)), field
+    assert refilled.stop_reason == whole.stop_reason
+    first_short = next(i for i, size in enumerate(recording.sizes) if size < 4)
+    assert set(recording.sizes[:first_short]) == {4}  # full while samples wait ...
+    assert all(size < 4 for size in recording.sizes[first_short:])  # ... short only in the tail
+    assert first_short > len(recording.sizes) / 2
+
+
+def test_bf16_precision_keeps_outputs_on_the_grid_and_accepted() -> None:
+    """bfloat16 autocast: the step and latent stay float32, the images the oracle accepted are
+    those written, and most samples take the same number of steps as in float32."""
+    generator, oracle, model = make_components(12, dtype=torch.float32)
+    images, labels = batch_inputs(generator, oracle, 12, n=16)
+    config = PerturbationConfig(step_size=0.05, budget=6)
+    fp32 = perturb_batch(generator, oracle, model, images, labels, config)
+    bf16 = perturb_batch(generator, oracle, model, images, labels, config.model_copy(update={"precision": "bf16"}), batch_size=5)
+    assert bf16.images.dtype == torch.uint8 and bf16.latent_final.dtype == torch.float32
+    assert bf16.loss_after.dtype == torch.float32 and torch.isfinite(bf16.loss_after).all()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        accepted, _ = oracle.judge(bf16.images.float() / 255, labels)
+    assert accepted[bf16.perturbed].all()
+    assert (bf16.steps == fp32.steps).float().mean() >= 0.5

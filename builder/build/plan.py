@@ -33,6 +33,8 @@ class BuildOptions:
     #: with ``overwrite`` or a resume: also delete files in the dir that the build did not write
     force_clean: bool = False
     progress: bool = True
+    #: torch.compile the generator's decoder (the slots keep its batch shape fixed)
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class RunnerSettings:
     device: str
     batch_size: int
     class_names: tuple[str, ...]
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,7 @@ def plan_build(loaded: LoadedRecipe, options: BuildOptions) -> BuildPlan:
     split = recipe.output.split
     pending = tuple((unit, name) for unit in units for name in names if (name, unit.shard_stem(split)) not in state.completed)
     settings = RunnerSettings(recipe, loaded.base_dir, options.cache_dir, options.out_dir, options.device,
-                              options.batch_size or recipe.batch_size, tuple(source.class_names))
+                              options.batch_size or recipe.batch_size, tuple(source.class_names), options.compile)
     return BuildPlan(loaded, options, settings, units, total, identity, state, pending)
 
 

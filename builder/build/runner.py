@@ -75,9 +75,10 @@ def read_unit(source: Any, unit: WorkUnit, image_size: int, class_names: tuple[s
     return UnitInput(np.stack(pixels) if pixels else empty, np.asarray(labels, dtype=np.int64), indices, ids, rejects)
 
 
-def load_components(recipe: Recipe, context: ComponentContext) -> Components:
+def load_components(recipe: Recipe, context: ComponentContext, compile_decoder: bool = False) -> Components:
     """Generator, oracle and every reference model, seeded by the recipe (for weightless parts);
-    components a ``train`` block makes are trained first if their weights are missing."""
+    components a ``train`` block makes are trained first if their weights are missing.
+    ``compile_decoder`` wraps the generator so its decode runs through ``torch.compile``."""
     import torch
 
     from builder.components import GENERATORS
@@ -91,6 +92,10 @@ def load_components(recipe: Recipe, context: ComponentContext) -> Components:
         generator = GENERATORS.get(recipe.generator.kind)(recipe.generator, context)
         oracle = load_oracle(recipe.oracle, context)
         models = {spec.config_name: load_classifier(spec, context) for spec in recipe.reference_models}
+    if compile_decoder:
+        from builder.engine import CompiledDecoder
+
+        generator = CompiledDecoder(generator)
     return Components(generator, oracle, models, {name: weights_fingerprint(model) for name, model in models.items()})
 
 
@@ -132,7 +137,7 @@ class UnitRunner:
                                         recipe.image_size, recipe.source, recipe.seed)
         self.schema = ShardSchema(settings.class_names, recipe.output.image_encoding, recipe.output.keep_originals)
         self.writers = {name: WRITERS.get(name)() for name in recipe.output.formats}
-        self.components = load_components(recipe, self.context)
+        self.components = load_components(recipe, self.context, compile_decoder=settings.compile)
         self.info = current_worker_info(self.components.fingerprints, settings.device)
 
     @property
@@ -145,46 +150,44 @@ class UnitRunner:
         inputs = read_unit(self.source, unit, recipe.image_size, self.settings.class_names)
         written = []
         for name in configs:
-            samples: list[OutputSample] = []
-            for start in range(0, len(inputs.labels), self.settings.batch_size):
-                chunk = slice(start, start + self.settings.batch_size)
-                samples.extend(self._perturb_chunk(name, inputs, chunk))
-                if progress is not None:
-                    progress(len(inputs.labels[chunk]))
+            samples = list(self._perturb_unit(name, inputs, progress))
             if progress is not None and inputs.rejects:
                 progress(len(inputs.rejects))
             written.append(self._write_unit(unit, name, samples, inputs.rejects))
         return written
 
-    def _perturb_chunk(self, name: str, inputs: UnitInput, chunk: slice) -> Iterator[OutputSample]:
+    def _perturb_unit(self, name: str, inputs: UnitInput, progress: Optional[Progress]) -> Iterator[OutputSample]:
+        """Every sample of the unit through the engine, ``batch_size`` slots kept full."""
         import torch
 
         from builder.engine import perturb_batch
 
         parts = self.components
         device = self.settings.device
-        images = torch.from_numpy(inputs.pixels[chunk]).permute(0, 3, 1, 2).contiguous().to(device)
-        labels = torch.from_numpy(inputs.labels[chunk]).to(device)
+        images = torch.from_numpy(inputs.pixels).permute(0, 3, 1, 2).contiguous()
+        labels = torch.from_numpy(inputs.labels).to(device)
         mask = getattr(parts.generator, "mask", None)
-        result = perturb_batch(parts.generator, parts.oracle, parts.models[name], images, labels, self.settings.recipe.perturbation, mask=mask)
+        result = perturb_batch(parts.generator, parts.oracle, parts.models[name], images, labels, self.settings.recipe.perturbation,
+                               mask=mask, batch_size=self.settings.batch_size, keep_latents=False, on_done=progress)
         finals = result.images.permute(0, 2, 3, 1).cpu().numpy()
+        columns = {field: getattr(result, field).cpu().tolist() for field in
+                   ("perturbed", "steps", "oracle_prob", "pred_before", "loss_before", "pred_after", "loss_after")}
         fmt = self.schema.image_format
-        for row, original in enumerate(inputs.pixels[chunk]):
-            position = chunk.start + row
-            record = {
-                "key": sample_key(inputs.indices[position]),
-                "label": int(labels[row]),
-                "class_name": self.settings.class_names[int(labels[row])],
-                "source_id": inputs.source_ids[position],
+        for row, original in enumerate(inputs.pixels):
+            record: dict[str, Any] = {
+                "key": sample_key(inputs.indices[row]),
+                "label": int(inputs.labels[row]),
+                "class_name": self.settings.class_names[int(inputs.labels[row])],
+                "source_id": inputs.source_ids[row],
                 "reference_model": name,
-                "perturbed": bool(result.perturbed[row]),
-                "steps": int(result.steps[row]),
+                "perturbed": bool(columns["perturbed"][row]),
+                "steps": int(columns["steps"][row]),
                 "stop_reason": result.stop_reason[row],
-                "oracle_prob": round(float(result.oracle_prob[row]), 6),
-                "pred_before": int(result.pred_before[row]),
-                "loss_before": round(float(result.loss_before[row]), 6),
-                "pred_after": int(result.pred_after[row]),
-                "loss_after": round(float(result.loss_after[row]), 6),
+                "oracle_prob": round(float(columns["oracle_prob"][row]), 6),
+                "pred_before": int(columns["pred_before"][row]),
+                "loss_before": round(float(columns["loss_before"][row]), 6),
+                "pred_after": int(columns["pred_after"][row]),
+                "loss_after": round(float(columns["loss_after"][row]), 6),
             }
             original_bytes = encode_image(original, fmt) if self.schema.keep_originals else None
             yield OutputSample(record["key"], encode_image(finals[row], fmt), original_bytes, record)
