@@ -416,15 +416,20 @@ def _train_context(recipe: str, overrides: tuple[str, ...], device: Optional[str
     return loaded.recipe, context
 
 
-def _target(location: Optional[str], out: Optional[Path], context: Any, component: Any, what: str) -> Path:
-    """--out, else where a build will look for this component's trained weights."""
-    from builder.checkpoints import resolve_location
+def _train_one(config: Any, what: str, out: Optional[Path], context: Any) -> Path:
+    """Train the component of ``config`` that reads a weights file (as its kind lists them) into
+    --out, else where a build will look for its trained weights; returns where it went."""
+    from builder.checkpoints import fetch_location
+    from builder.preflight import component_weights
+    from builder.train import trainer_for
 
-    if out is not None:
-        return out
-    if location is None:
-        raise BuilderError(f"the recipe's {what} names no checkpoint location; pass --out")
-    return context.trained_location(resolve_location(location, context.locations), component)
+    files = [(found.component, found.location) for found in component_weights(config, what) if found.location is not None]
+    component = files[0][0] if files else config
+    if out is None and not files:
+        raise BuilderError(f"the recipe's {what} names no weights location to train into; pass --out")
+    target = out or context.trained_location(fetch_location(files[0][1], context.locations), component)
+    trainer_for(component)(component, context, target)
+    return target
 
 
 def _train_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -437,27 +442,17 @@ def _train_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @train.command("generator")
 @_train_options
 def train_generator_command(recipe: str, out: Optional[Path], device: Optional[str], overrides: tuple[str, ...], cache_dir: Optional[Path]) -> None:
-    """Train RECIPE's VQGAN on its source (taming format: {"state_dict": ...})."""
-    from builder.train import train_generator
-
+    """Train RECIPE's generator on its source (a VQGAN: taming format, {"state_dict": ...})."""
     config, context = _train_context(recipe, overrides, device, cache_dir)
-    target = _target(getattr(config.generator, "checkpoint", None), out, context, config.generator, "generator")
-    train_generator(config.generator, context, target)
-    click.echo(f"wrote {target}")
+    click.echo(f"wrote {_train_one(config.generator, 'generator', out, context)}")
 
 
 @train.command("oracle")
 @_train_options
 def train_oracle_command(recipe: str, out: Optional[Path], device: Optional[str], overrides: tuple[str, ...], cache_dir: Optional[Path]) -> None:
-    """Train RECIPE's CLIP oracle from scratch on its class prompts."""
-    from builder.train import train_clip
-
+    """Train RECIPE's oracle from scratch (a CLIP oracle on its class prompts)."""
     config, context = _train_context(recipe, overrides, device, cache_dir)
-    if config.oracle.kind != "clip":
-        raise BuilderError(f"train oracle trains CLIP oracles; this recipe's oracle is '{config.oracle.kind}'")
-    target = _target(config.oracle.pretrained, out, context, config.oracle, "oracle")
-    train_clip(config.oracle, context, target)
-    click.echo(f"wrote {target}")
+    click.echo(f"wrote {_train_one(config.oracle, 'oracle', out, context)}")
 
 
 @train.command("model")
@@ -466,16 +461,13 @@ def train_oracle_command(recipe: str, out: Optional[Path], device: Optional[str]
 def train_model_command(recipe: str, out: Optional[Path], device: Optional[str], overrides: tuple[str, ...], cache_dir: Optional[Path], config_name: Optional[str]) -> None:
     """Train one of RECIPE's reference models from scratch."""
     from builder.registry import unknown_name_message
-    from builder.train import train_classifier
 
     config, context = _train_context(recipe, overrides, device, cache_dir)
     specs = {spec.config_name: spec for spec in config.reference_models}
     name = config_name or next(iter(specs))
     if name not in specs:
         raise BuilderError(unknown_name_message("reference model", name, list(specs)))
-    target = _target(specs[name].checkpoint, out, context, specs[name], f"reference model {name}")
-    train_classifier(specs[name], context, target)
-    click.echo(f"wrote {target}")
+    click.echo(f"wrote {_train_one(specs[name], f'reference model {name}', out, context)}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,7 +10,7 @@ import difflib
 import importlib
 import pkgutil
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterator, Optional, TypeVar
 
 from builder.errors import BuilderError
 
@@ -38,6 +38,11 @@ class Entry(Generic[T]):
     #: building this kind imports or calls code named in its spec: a spec read from data (a
     #: manifest, a download) may only use it with the user's explicit trust
     runs_code: bool = False
+    #: (config, PreflightContext, where) -> the offline checks ``run --dry-run`` prints
+    #: (:mod:`builder.preflight`); None: the kind has none
+    preflight: Optional[Callable[..., list[Any]]] = None
+    #: (config, where) -> the weight files it reads (:class:`builder.preflight.Weights`)
+    weights: Optional[Callable[..., list[Any]]] = None
 
 
 class Registry(Generic[T]):
@@ -55,13 +60,23 @@ class Registry(Generic[T]):
         self._discover = discover
 
     def register(
-        self, name: str, *, config: Any | None = None, description: str = "", runs_code: bool = False
+        self,
+        name: str,
+        *,
+        config: Any | None = None,
+        description: str = "",
+        runs_code: bool = False,
+        preflight: Optional[Callable[..., list[Any]]] = None,
+        weights: Optional[Callable[..., list[Any]]] = None,
     ) -> Callable[[T], T]:
+        """Register the decorated factory as kind ``name``, with what it answers about itself."""
+
         def decorate(factory: T) -> T:
             if name in self._entries:
                 raise ValueError(f"{self.family} '{name}' is registered twice")
             docstring = (getattr(factory, "__doc__", None) or "").strip().splitlines()
-            self._entries[name] = Entry(name, factory, config, description or next(iter(docstring), ""), runs_code)
+            summary = description or next(iter(docstring), "")
+            self._entries[name] = Entry(name, factory, config, summary, runs_code, preflight, weights)
             return factory
 
         return decorate

@@ -10,17 +10,18 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from builder.checkpoints import resolve_location, save_state_dict
+from builder.checkpoints import fetch_location, save_state_dict
 from builder.components.base import ComponentContext, image_size_cap_problem
-from builder.config import ModelSpec, TrainConfig, walk_configs
+from builder.config import ModelSpec, TrainConfig
 from builder.errors import ComponentError
 from builder.fileio import atomic_write
+from builder.preflight import missing_weights
 from builder.sources.base import SourceContext, open_source
 from builder.sources.decode import SampleRejected, load_rgb
 
@@ -108,7 +109,7 @@ def train_generator(config: Any, ctx: ComponentContext, out: Path) -> None:
     from builder.components import vqgan
 
     train = config.train or TrainConfig()
-    config_path = resolve_location(config.config, ctx.locations)
+    config_path = fetch_location(config.config, ctx.locations)
     params = vqgan.read_taming_config(config_path)
     size = train.image_size or ctx.image_size
     problem = image_size_cap_problem(size) or vqgan.downsampling_problem(params, size, config_path)
@@ -177,19 +178,6 @@ def trainer_for(component: Any) -> Callable[[Any, ComponentContext, Path], None]
     if isinstance(component, ClipOracleConfig):
         return train_clip
     raise ComponentError(f"{type(component).__name__} has a train block but nothing here can train it; give its weights instead")
-
-
-def missing_weights(configs: Iterable[Any], ctx: ComponentContext) -> Iterator[tuple[Any, Path]]:
-    """(component, path) of every component inside ``configs`` that a ``train`` block makes and
-    whose weights are not there yet (trained weights live under a hashed name, see
-    :meth:`ComponentContext.trained_location`)."""
-    for config in configs:
-        for component in walk_configs(config):
-            location = getattr(component, "trainable_location", lambda: None)()
-            if location is not None:
-                path = ctx.trained_location(resolve_location(location, ctx.locations), component)
-                if not path.is_file():
-                    yield component, path
 
 
 def ensure_weights(configs: Iterable[Any], ctx: ComponentContext) -> list[Path]:

@@ -684,22 +684,9 @@ def load_manifest_oracle(manifest: Manifest, *, device: str, cache_dir: Optional
 def untrained_weights(config: Any, context: Any) -> Iterator[Path]:
     """Weights a build trains on first use and that are not there: loading would train them,
     and an oracle trained now is not the one that judged the benchmark."""
-    from builder.checkpoints import resolve_location
-    from builder.components.oracles import _LOCATION
-    from builder.config import ModelSpec
+    from builder.preflight import missing_weights
 
-    for member in getattr(config, "members", ()) or ():
-        yield from untrained_weights(member, context)
-    spec = getattr(config, "model", None)
-    location = None
-    if isinstance(spec, ModelSpec) and spec.checkpoint and spec.train is not None:
-        config, location = spec, spec.checkpoint
-    elif isinstance(getattr(config, "pretrained", None), str) and getattr(config, "train", None) is not None and _LOCATION.search(config.pretrained):
-        location = config.pretrained
-    if location is not None:
-        path = context.trained_location(resolve_location(location, context.locations), config)
-        if not path.is_file():
-            yield path
+    return (path for _, path in missing_weights([config], context))
 
 
 # ----------------------------------------------------------------------------- report text
