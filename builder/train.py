@@ -21,6 +21,7 @@ from builder.components.base import ComponentContext, image_size_cap_problem
 from builder.config import ModelSpec, TrainConfig
 from builder.errors import ComponentError
 from builder.fileio import atomic_write
+from builder.images import to_nchw
 from builder.preflight import missing_weights
 from builder.sources.base import SourceContext, open_source
 from builder.sources.decode import SampleRejected, load_rgb
@@ -44,7 +45,7 @@ def load_training_data(ctx: ComponentContext, train: TrainConfig) -> tuple[torch
             continue
     if not pixels:
         raise ComponentError(f"no readable training images in split '{train.split}'")
-    images = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous()
+    images = to_nchw(np.stack(pixels))
     return images, torch.tensor(labels, dtype=torch.long)
 
 
