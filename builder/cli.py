@@ -89,12 +89,19 @@ def cache_option(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.group(cls=FriendlyGroup)
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
+              help="Import MODULE first: it registers its own source, generator, oracle, model or output kinds (repeatable; "
+                   "installed packages can use the 'builder.plugins' entry point group instead).")
 @click.version_option(__version__, prog_name="build-benchmark")
 @click.pass_context
-def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
+def main(ctx: click.Context, verbose: int, quiet: bool, plugins: tuple[str, ...]) -> None:
     """Build static robustness benchmarks with a foundation-model oracle (FMR, Zhang et al.)."""
+    from builder.registry import load_plugins
+
     ctx.meta["fmr.verbose"] = verbose > 0
     configure_logging(verbose, quiet)
+    for module in load_plugins(plugins):
+        log.debug("plugin %s loaded", module)
 
 
 @main.command()

@@ -10,7 +10,7 @@ import difflib
 import importlib
 import pkgutil
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Iterator, Optional, TypeVar
+from typing import Any, Callable, Generic, Iterable, Iterator, Optional, TypeVar
 
 from builder.errors import BuilderError
 
@@ -87,6 +87,7 @@ class Registry(Generic[T]):
             module = importlib.import_module(package)
             for info in pkgutil.iter_modules(module.__path__):
                 importlib.import_module(f"{package}.{info.name}")
+            load_plugins()
 
     def entry(self, name: str) -> Entry[T]:
         self._load()
@@ -108,6 +109,42 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[Entry[T]]:
         return iter(self._entries[n] for n in self.names())
+
+
+#: the entry point group of installed packages whose modules register kinds of their own
+PLUGIN_GROUP = "builder.plugins"
+_loaded_plugins: set[str] = set()
+
+
+def load_plugins(modules: Iterable[str] = ()) -> list[str]:
+    """Import the modules that register kinds beyond the built-in ones: every ``builder.plugins``
+    entry point installed, then ``modules`` (``--plugin``); each once. Only the user names
+    plugins (by installing them or on the command line): a recipe never does, since a recipe
+    may be a download. Returns the modules imported now."""
+    from importlib.metadata import entry_points
+
+    named = [(point.value.partition(":")[0], f"entry point '{point.name}' ({PLUGIN_GROUP})") for point in entry_points(group=PLUGIN_GROUP)]
+    named += [(module, f"--plugin {module}") for module in modules]
+    imported = []
+    for module, origin in named:
+        if module in _loaded_plugins:
+            continue
+        _loaded_plugins.add(module)  # first: a plugin that looks kinds up while importing sees no loop
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as error:
+            if error.name is None or not (module + ".").startswith(error.name + "."):
+                raise BuilderError(f"{origin}: importing {module} failed: {type(error).__name__}: {error}; fix the plugin") from error
+            raise BuilderError(f"{origin}: no module named '{module}'; install it or put its directory on PYTHONPATH") from None
+        except Exception as error:  # noqa: BLE001 - the plugin's own code failed while importing
+            raise BuilderError(f"{origin}: importing {module} failed: {type(error).__name__}: {error}; fix the plugin") from error
+        imported.append(module)
+    return imported
+
+
+def loaded_plugins() -> tuple[str, ...]:
+    """The plugin modules imported so far, for worker processes to import too."""
+    return tuple(sorted(_loaded_plugins))
 
 
 #: the pluggable families; each finds its built-in kinds in the modules of its package

@@ -19,6 +19,7 @@ from builder.errors import OutputError
 from builder.manifest import MANIFEST_FORMAT
 from builder.outdir import OutputState, check_unlocked, inspect_output
 from builder.recipes import LoadedRecipe
+from builder.registry import loaded_plugins
 from builder.sources.base import SourceContext, open_source
 
 
@@ -67,6 +68,8 @@ class RunnerSettings:
     device: str
     batch_size: int
     class_names: tuple[str, ...]
+    #: plugin modules the driver imported (--plugin, entry points): workers import them too
+    plugins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,7 @@ def plan_build(loaded: LoadedRecipe, options: BuildOptions) -> BuildPlan:
     split = recipe.output.split
     pending = tuple((unit, name) for unit in units for name in names if (name, unit.shard_stem(split)) not in state.completed)
     settings = RunnerSettings(recipe, loaded.base_dir, options.cache_dir, options.out_dir, options.device,
-                              options.batch_size or recipe.batch_size, tuple(source.class_names))
+                              options.batch_size or recipe.batch_size, tuple(source.class_names), loaded_plugins())
     return BuildPlan(loaded, options, settings, units, total, identity, state, pending)
 
 
