@@ -149,7 +149,7 @@ def _img(data: bytes, what: str) -> str:
     return f'<div class="pic"><img src="{uri}" alt="{what}"{css}><span>{what}</span></div>'
 
 
-def render_card(config: str, card: Card, class_names: list[str]) -> str:
+def render_sample_card(config: str, card: Card, class_names: list[str]) -> str:
     """One card: original | perturbed, and what the oracle and the reference model said."""
     record, esc = card.record, html.escape
     before, after = _class_name(class_names, record["pred_before"]), _class_name(class_names, record["pred_after"])
@@ -176,7 +176,7 @@ def render_section(section: ConfigCards, class_names: list[str], limit: int) -> 
         notes.append("This build has no original images (output.keep_originals: false): only perturbed images are shown.")
     if section.note:
         notes.append(section.note)
-    cards = "\n".join(render_card(section.name, card, class_names) for card in section.cards)
+    cards = "\n".join(render_sample_card(section.name, card, class_names) for card in section.cards)
     return (
         f'<section class="config" data-config="{esc(section.name)}">\n'
         f'<h2>reference model: {esc(section.name)}</h2>\n'

@@ -142,16 +142,21 @@ def class_count(checks: list[Check]) -> Optional[int]:
     return next((check.classes for check in checks if check.classes is not None), None)
 
 
-def component_weights(config: Any, where: str) -> list[Weights]:
-    """The weight files of any recipe component: a classifier spec, or a kind of the family its
-    config class belongs to."""
+def family_of(config: Any) -> Optional[Registry[Any]]:
+    """The registry of the pluggable section ``config`` is a kind of (None: not one)."""
     from builder.config import GeneratorConfig, OracleConfig, SourceConfig
     from builder.registry import GENERATORS, ORACLES, SOURCES
 
+    families = ((GeneratorConfig, GENERATORS), (OracleConfig, ORACLES), (SourceConfig, SOURCES))
+    return next((family for base, family in families if isinstance(config, base)), None)
+
+
+def component_weights(config: Any, where: str) -> list[Weights]:
+    """The weight files of any recipe component: a classifier spec, or a kind of the family its
+    config class belongs to."""
     if isinstance(config, ModelSpec):
         return model_weights(config, where)
-    families = ((GeneratorConfig, GENERATORS), (OracleConfig, ORACLES), (SourceConfig, SOURCES))
-    registry = next((family for base, family in families if isinstance(config, base)), None)
+    registry = family_of(config)
     return weights(registry, config.kind, config, where) if registry is not None else []
 
 

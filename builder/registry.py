@@ -43,6 +43,8 @@ class Entry(Generic[T]):
     preflight: Optional[Callable[..., list[Any]]] = None
     #: (config, where) -> the weight files it reads (:class:`builder.preflight.Weights`)
     weights: Optional[Callable[..., list[Any]]] = None
+    #: (config, ComponentContext, out path) -> None: trains the weights its ``train`` block makes
+    trainer: Optional[Callable[..., None]] = None
 
 
 class Registry(Generic[T]):
@@ -68,6 +70,7 @@ class Registry(Generic[T]):
         runs_code: bool = False,
         preflight: Optional[Callable[..., list[Any]]] = None,
         weights: Optional[Callable[..., list[Any]]] = None,
+        trainer: Optional[Callable[..., None]] = None,
     ) -> Callable[[T], T]:
         """Register the decorated factory as kind ``name``, with what it answers about itself."""
 
@@ -76,7 +79,7 @@ class Registry(Generic[T]):
                 raise ValueError(f"{self.family} '{name}' is registered twice")
             docstring = (getattr(factory, "__doc__", None) or "").strip().splitlines()
             summary = description or next(iter(docstring), "")
-            self._entries[name] = Entry(name, factory, config, summary, runs_code, preflight, weights)
+            self._entries[name] = Entry(name, factory, config, summary, runs_code, preflight, weights, trainer)
             return factory
 
         return decorate

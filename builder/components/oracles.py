@@ -6,6 +6,7 @@ import contextlib
 import logging
 import re
 import string
+from pathlib import Path
 from typing import Any, ClassVar, Iterator, Optional, Union
 
 import torch
@@ -224,7 +225,30 @@ def clip_weights(config: ClipOracleConfig, where: str) -> list[Weights]:
     return [Weights(f"{where} weights", config.pretrained, config, config.train is not None)]
 
 
-@ORACLES.register("clip", config=ClipOracleConfig, description="CLIP zero-shot through open_clip", preflight=clip_preflight, weights=clip_weights)
+def train_clip(config: ClipOracleConfig, ctx: ComponentContext, out: Path) -> None:
+    """Train an open_clip model on "template.format(class)" captions (CLIP loss over classes)."""
+    import open_clip
+
+    from builder.checkpoints import save_state_dict
+    from builder.train import fit, load_training_data, seeded
+
+    train = config.train or TrainConfig()
+    seed = ctx.train_seed(config)
+    model = seeded(seed, lambda: create_clip(config, ctx, load_weights_=False)).to(ctx.device).train()
+    preprocess = Preprocess(clip_preprocessing(model)).to(ctx.device)
+    tokens = open_clip.get_tokenizer(config.model)(prompts(config, ctx.class_names)).to(ctx.device)
+
+    def loss_fn(batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        image = F.normalize(model.encode_image(preprocess(batch)), dim=-1)
+        text = F.normalize(model.encode_text(tokens), dim=-1)
+        return F.cross_entropy(model.logit_scale.exp() * image @ text.T, labels)
+
+    fit(model.parameters(), loss_fn, load_training_data(ctx, train), train, seed, ctx.device, f"oracle {config.model}")
+    save_state_dict({k: v.cpu() for k, v in model.state_dict().items()}, out)
+
+
+@ORACLES.register("clip", config=ClipOracleConfig, description="CLIP zero-shot through open_clip", preflight=clip_preflight,
+                  weights=clip_weights, trainer=train_clip)
 def load_clip_oracle(config: ClipOracleConfig, ctx: ComponentContext) -> ClipZeroShotOracle:
     import open_clip
 
