@@ -27,8 +27,7 @@ from builder.components.vqgan import TamingVQGAN, VQGANConfig, load_vqgan
 from builder.config import ModelSpec, parse_component
 from builder.errors import CheckpointError, ComponentError
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_models import TINY_VQGAN_YAML  # noqa: E402
+from tiny_models import TINY_VQGAN_YAML
 
 TINY_MODELS = Path(__file__).parent / "tiny_models.py"
 

@@ -14,11 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from helpers import shard_hashes
 
 from builder.cli import main
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_cli import shard_hashes  # noqa: E402
 
 
 def build(recipe: Path, out: Path, *extra: str):

@@ -4,7 +4,6 @@ white-box detection, leaderboard, and clear errors."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +20,7 @@ from builder.score import score
 from builder.trust import UntrustedCodeError
 from builder.writers import WRITERS, OutputSample, ShardSchema
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from tiny_models import color_net  # noqa: E402
+from tiny_models import color_net
 
 TINY_MODELS = Path(__file__).parent / "tiny_models.py"
 CLASSES = ("red", "green", "blue")
