@@ -46,6 +46,7 @@ class Found:
     path: Optional[Path]  # the local file or where it would be; None until a download
     how: str  # for a dry run: "local file", "in the cache", "downloaded on the first run", ...
     fetchable: bool = False  # not here yet, but the first run downloads it
+    local: bool = False  # a file of the user's (a path, builtin:, cache:), not a download's copy
 
     @property
     def ready(self) -> bool:
@@ -74,7 +75,7 @@ _SCHEME = re.compile(r"^([a-z][a-z0-9+-]*):(?!\\)")
 
 
 def _found_locally(path: Path) -> Found:
-    return Found(path, "local file" if path.is_file() else "missing")
+    return Found(path, "local file" if path.is_file() else "missing", local=True)
 
 
 def _local_scheme(name: str, description: str, place: Resolver) -> None:

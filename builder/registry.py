@@ -1,7 +1,10 @@
 """One registry class for every pluggable family (sources, generators, oracles, models, writers).
 
-A new kind registers itself with a decorator; the engine and the CLI only ever look kinds
-up by name, so adding one never touches them.
+A new kind registers itself with a decorator, and its entry answers what the rest of the
+program asks about it without building it (its config class, its offline checks, the weight
+files it reads, how to train them); the engine and the CLI only ever look kinds up by name, so
+adding one never touches them. Kinds outside this package come from plugins (``--plugin``,
+the ``builder.plugins`` entry point group), never from a recipe.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ def unknown_name_message(family: str, name: str, choices: list[str]) -> str:
 
 @dataclass(frozen=True)
 class Entry(Generic[T]):
+    """One registered kind, queryable as data (like timm's pretrained configs)."""
+
     name: str
     factory: T
     config: Any  # the pydantic config class of the kind's recipe section, or None

@@ -435,8 +435,10 @@ class Checker:
     def check_card_config(self, name: str, data_files: Any) -> None:
         from datasets.data_files import sanitize_patterns
 
+        from builder.card import HUB_FORMAT
+
         expected = {f.path for s in self.manifest.configs[name].shards for fmt, f in s.files.items()
-                    if fmt == "parquet" and (self.root / f.path).is_file()}
+                    if fmt == HUB_FORMAT and (self.root / f.path).is_file()}
         if not data_files:
             self.fail(f"{CARD}: config '{name}' has no data_files; expected e.g. [{{split: {self.manifest.split}, path: '{name}/{self.manifest.split}-*.parquet'}}]")
             return
