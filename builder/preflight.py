@@ -54,6 +54,7 @@ class Weights:
     trained: bool = False
 
 
+#: the signatures a kind registers as ``preflight=`` and ``weights=`` (for plugin authors' hints)
 Preflight = Callable[[Any, PreflightContext, str], list[Check]]
 WeightsOf = Callable[[Any, str], list[Weights]]
 

@@ -140,14 +140,18 @@ def load_plugins(modules: Iterable[str] = ()) -> list[str]:
         _loaded_plugins.add(module)  # first: a plugin that looks kinds up while importing sees no loop
         try:
             importlib.import_module(module)
-        except ModuleNotFoundError as error:
-            if error.name is None or not (module + ".").startswith(error.name + "."):
-                raise BuilderError(f"{origin}: importing {module} failed: {type(error).__name__}: {error}; fix the plugin") from error
-            raise BuilderError(f"{origin}: no module named '{module}'; install it or put its directory on PYTHONPATH") from None
         except Exception as error:  # noqa: BLE001 - the plugin's own code failed while importing
-            raise BuilderError(f"{origin}: importing {module} failed: {type(error).__name__}: {error}; fix the plugin") from error
+            _loaded_plugins.discard(module)  # never handed on to workers
+            raise BuilderError(_plugin_failure(module, origin, error)) from error
         imported.append(module)
     return imported
+
+
+def _plugin_failure(module: str, origin: str, error: Exception) -> str:
+    """One line for a plugin that cannot be imported: not there, or its own code failed."""
+    if isinstance(error, ModuleNotFoundError) and error.name is not None and (module + ".").startswith(error.name + "."):
+        return f"{origin}: no module named '{module}'; install it or put its directory on PYTHONPATH"
+    return f"{origin}: importing {module} failed: {type(error).__name__}: {error}; fix the plugin"
 
 
 def loaded_plugins() -> tuple[str, ...]:

@@ -31,7 +31,7 @@ from builder.components.preprocess import PreprocessedClassifier, Preprocessing
 from builder.config import GeneratorConfig, ModelSpec, OracleConfig, SourceConfig
 from builder.fileio import atomic_write
 from builder.preflight import Check, PreflightContext, Weights, size_checks
-from builder.registry import GENERATORS, MODELS, ORACLES, SOURCES, WRITERS
+from builder.registry import GENERATORS, MODELS, ORACLES, SOURCES, WRITERS, loaded_plugins
 from builder.sources.base import SourceContext, SourceItem
 from builder.writers.base import OutputSample, ShardSchema, ShardWriter
 
@@ -260,6 +260,17 @@ def test_run_verify_and_score_with_plugin_kinds(plugged_recipe: Path, tmp_path: 
     assert (scored["sa"], scored["pa_all"]) == pytest.approx((figures["sa"], figures["pa_all"]), abs=1e-6)
 
 
+@pytest.mark.slow
+def test_worker_processes_know_the_plugin_kinds(plugged_recipe: Path, tmp_path: Path) -> None:
+    """Spawned workers import the driver's plugins: the same bytes as a build in this process."""
+    single, spread = tmp_path / "single", tmp_path / "spread"
+    assert cli("run", str(plugged_recipe), "--out", str(single), "--device", "cpu", "--no-progress").exit_code == 0
+    result = cli("run", str(plugged_recipe), "--out", str(spread), "--device", "cpu", "--no-progress", "--workers", "2")
+    assert result.exit_code == 0, result.output
+    shards = sorted(p.relative_to(single) for p in single.glob("mean/*.zip"))
+    assert shards and all((single / p).read_bytes() == (spread / p).read_bytes() for p in shards)
+
+
 def test_verify_reads_a_plugin_format_and_reports_its_damage(plugged_recipe: Path, tmp_path: Path) -> None:
     out = tmp_path / "built"
     assert cli("run", str(plugged_recipe), "--out", str(out), "--device", "cpu", "--no-progress").exit_code == 0
@@ -286,6 +297,7 @@ def test_a_missing_plugin_is_one_line() -> None:
     assert result.output.strip() == (
         "error: --plugin no_such_plugin_module: no module named 'no_such_plugin_module'; install it or put its directory on PYTHONPATH"
     )
+    assert "no_such_plugin_module" not in loaded_plugins()  # never handed on to worker processes
 
 
 def test_installed_entry_points_are_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
