@@ -5,14 +5,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 from builder.errors import BuilderError
 from builder.manifest import MANIFEST, load_json_bounded, parse_manifest
-from builder.registry import unknown_name_message
+from builder.registry import WRITERS, unknown_name_message
+from builder.writers.base import ShardWriter
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-SCORE_FILES = ("manifest.json", "*/*.parquet", "README.md")  # what scoring reads of a Hub benchmark
+SCORE_FILES = ("manifest.json", "README.md")  # what scoring reads of a Hub benchmark, besides the shards of one format
+#: output formats read back in this order of preference (Parquet reads only the columns asked for)
+READ_ORDER = ("parquet", "webdataset")
 
 
 class BenchmarkError(BuilderError):
@@ -44,25 +47,46 @@ class Benchmark:
             raise BenchmarkError(unknown_name_message(f"config of {self.location}", name, self.configs))
         return name
 
-    def parquet_files(self, config: str) -> list[Path]:
-        shards = self.manifest["configs"][config]["shards"]
-        files = [self.root / shard["files"]["parquet"]["path"] for shard in shards if "parquet" in shard["files"]]
-        if not files:
-            raise BenchmarkError(f"{self.location}: config '{config}' has no Parquet shards to score")
-        missing = [f for f in files if not f.is_file()]
-        if missing:
-            raise BenchmarkError(f"{self.location}: shard {missing[0]} listed in manifest.json is missing")
-        return files
+    def shards(self, config: str) -> tuple[ShardWriter, list[Path]]:
+        """The reader of a format every shard of ``config`` has, and those shard files."""
+        reader, files = shard_reader(self.root, self.manifest["configs"][config], self.location)
+        if reader is None:
+            raise BenchmarkError(f"{self.location}: config '{config}' has no shards in a format this tool reads ({', '.join(WRITERS.names())})")
+        return reader, files
 
     def has_originals(self) -> bool:
         return bool(self.manifest["recipe"]["output"].get("keep_originals", True))
 
     def read_columns(self, config: str, columns: list[str]) -> Iterator[dict[str, list[Any]]]:
-        """One dict of column lists per shard, in shard and key order."""
-        import pyarrow.parquet as pq
+        """One dict of column lists per shard, in shard and key order, through the format's reader."""
+        reader, files = self.shards(config)
+        for path in files:
+            rows = reader.read_records(path, columns)
+            yield {name: [row[name] for row in rows] for name in columns}
 
-        for path in self.parquet_files(config):
-            yield pq.read_table(path, columns=columns).to_pydict()
+
+def readable_format(shard_formats: Sequence[Iterable[str]]) -> Optional[str]:
+    """The output format to read shards back from, given the formats each shard was written in:
+    the first of READ_ORDER, else of the registered formats, that every shard has (None: none)."""
+    if not shard_formats:
+        return None
+    have = [set(formats) for formats in shard_formats]
+    candidates = [*READ_ORDER, *sorted(set(WRITERS.names()) - set(READ_ORDER))]
+    return next((fmt for fmt in candidates if fmt in WRITERS and all(fmt in formats for formats in have)), None)
+
+
+def shard_reader(root: Path, config: dict[str, Any], location: str) -> tuple[Optional[ShardWriter], list[Path]]:
+    """The reader of :func:`readable_format` and the config's shard files in it ((None, []) when
+    no format is readable); a listed file that is missing is an error."""
+    fmt = readable_format([shard["files"] for shard in config["shards"]])
+    if fmt is None:
+        return None, []
+    paths = [root / shard["files"][fmt]["path"] for shard in config["shards"]]
+    missing = next((path for path in paths if not path.is_file()), None)
+    if missing is not None:
+        raise BenchmarkError(f"{location}: shard {missing} is listed in manifest.json but missing; rebuild or resume the build")
+    reader: ShardWriter = WRITERS.get(fmt)()
+    return reader, paths
 
 
 def open_benchmark(location: str | Path, revision: Optional[str] = None) -> Benchmark:
@@ -75,9 +99,21 @@ def open_benchmark(location: str | Path, revision: Optional[str] = None) -> Benc
     if path.exists():
         raise BenchmarkError(f"--benchmark {text} is a file; give the benchmark directory")
     if is_hub_id(text):
-        root = _download(text, revision)
-        return Benchmark(text, root, read_manifest(root, text))
+        return _download_benchmark(text, revision)
     raise BenchmarkError(f"--benchmark {text}: no such directory, and not a Hub dataset id (org/name)")
+
+
+def _download_benchmark(repo_id: str, revision: Optional[str]) -> Benchmark:
+    """The manifest and card, then, at that same commit, the shards of the format each config
+    is read from (not every format: a tar copy of Parquet shards is not fetched to score)."""
+    first = _download(repo_id, revision)
+    manifest = read_manifest(first, repo_id)
+    wanted = list(SCORE_FILES)
+    for config in manifest["configs"].values():
+        fmt = readable_format([shard["files"] for shard in config["shards"]])
+        wanted += [shard["files"][fmt]["path"] for shard in config["shards"]] if fmt else []
+    root = _download(repo_id, first.name, wanted)  # the commit, not a moving branch
+    return Benchmark(repo_id, root, manifest)
 
 
 def is_hub_id(text: str) -> bool:

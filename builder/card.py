@@ -31,11 +31,21 @@ METHOD_CITATION = """@inproceedings{zhang2024foundation,
 }"""
 
 
+#: the output format the card's ``configs`` point ``datasets.load_dataset`` at; a build without
+#: it has a card without ``configs`` (the Hub then detects the files it knows by itself)
+HUB_FORMAT = "parquet"
+
+
+def has_hub_format(manifest: dict[str, Any]) -> bool:
+    """Whether the build wrote the format the card's ``configs`` describe."""
+    return HUB_FORMAT in manifest["recipe"].get("output", {}).get("formats", (HUB_FORMAT,))
+
+
 def card_header(manifest: dict[str, Any], schema: ShardSchema) -> dict[str, Any]:
     split = manifest["split"]
     configs, infos = [], []
     for position, (name, config) in enumerate(manifest["configs"].items()):
-        entry: dict[str, Any] = {"config_name": name, "data_files": [{"split": split, "path": f"{name}/{split}-*.parquet"}]}
+        entry: dict[str, Any] = {"config_name": name, "data_files": [{"split": split, "path": f"{name}/{split}-*.{HUB_FORMAT}"}]}
         if position == 0:
             entry["default"] = True
         configs.append(entry)
@@ -46,18 +56,17 @@ def card_header(manifest: dict[str, Any], schema: ShardSchema) -> dict[str, Any]
                 "splits": [{"name": split, "num_bytes": _parquet_bytes(config), "num_examples": config["num_samples"]}],
             }
         )
-    return {
+    header = {
         "pretty_name": f"{manifest['recipe']['name']} — FMR robustness benchmark",
         "license": manifest["recipe"]["license"],
         "task_categories": ["image-classification"],
         "tags": ["robustness", "benchmark", "fmr", "vqgan", "clip", "counterfactual"],
-        "configs": configs,
-        "dataset_info": infos,
     }
+    return {**header, "configs": configs, "dataset_info": infos} if has_hub_format(manifest) else header
 
 
 def _parquet_bytes(config: dict[str, Any]) -> int:
-    return sum(shard["files"].get("parquet", {}).get("bytes", 0) for shard in config["shards"])
+    return sum(shard["files"].get(HUB_FORMAT, {}).get("bytes", 0) for shard in config["shards"])
 
 
 def schema_of(manifest: dict[str, Any]) -> ShardSchema:

@@ -37,38 +37,92 @@ class ResolveContext:
 
 
 Resolver = Callable[[str, ResolveContext], Path]
-LOCATIONS: Registry[Resolver] = Registry("location scheme")
+
+
+@dataclass(frozen=True)
+class Found:
+    """Where a location's file is, or would come from, found offline (nothing fetched)."""
+
+    path: Optional[Path]  # the local file or where it would be; None until a download
+    how: str  # for a dry run: "local file", "in the cache", "downloaded on the first run", ...
+    fetchable: bool = False  # not here yet, but the first run downloads it
+    local: bool = False  # a file of the user's (a path, builtin:, cache:), not a download's copy
+
+    @property
+    def ready(self) -> bool:
+        return self.path is not None and self.path.is_file()
+
+    @property
+    def missing(self) -> bool:
+        """Neither here nor obtainable: a local path that does not exist."""
+        return not self.ready and not self.fetchable
+
+
+Finder = Callable[[str, ResolveContext], Found]
+
+
+@dataclass(frozen=True)
+class LocationScheme:
+    """One location prefix: ``fetch`` returns a local path (downloading if need be), ``find``
+    says offline what is there and what a fetch would do."""
+
+    fetch: Resolver
+    find: Finder
+
+
+LOCATIONS: Registry[LocationScheme] = Registry("location scheme")
 _SCHEME = re.compile(r"^([a-z][a-z0-9+-]*):(?!\\)")
 
 
-@LOCATIONS.register("builtin", description="a file shipped inside this package")
-def _builtin(rest: str, ctx: ResolveContext) -> Path:
-    return BUILTIN_DIR / rest
+def _found_locally(path: Path) -> Found:
+    return Found(path, "local file" if path.is_file() else "missing", local=True)
 
 
-@LOCATIONS.register("cache", description="a path inside this tool's cache dir")
-def _cache(rest: str, ctx: ResolveContext) -> Path:
-    return ctx.cache_dir / rest
+def _local_scheme(name: str, description: str, place: Resolver) -> None:
+    """A scheme whose files are local paths: fetching is placing, finding is looking."""
+    LOCATIONS.register(name, description=description)(LocationScheme(place, lambda rest, ctx: _found_locally(place(rest, ctx))))
 
 
-@LOCATIONS.register("hf-hub", description="org/repo/path/in/repo[@revision] on the Hugging Face Hub")
-def _hf_hub(rest: str, ctx: ResolveContext) -> Path:
+_local_scheme("builtin", "a file shipped inside this package", lambda rest, ctx: BUILTIN_DIR / rest)
+_local_scheme("cache", "a path inside this tool's cache dir", lambda rest, ctx: ctx.cache_dir / rest)
+
+
+def _hub_parts(rest: str) -> tuple[str, str, Optional[str]]:
+    """``org/repo/path/in/repo[@revision]`` -> (repo id, file path, revision)."""
     spec, _, revision = rest.partition("@")
     parts = spec.split("/")
     if len(parts) < 3:
         raise CheckpointError(f"hf-hub:{rest}: expected hf-hub:org/repo/path/to/file[@revision]")
+    return "/".join(parts[:2]), "/".join(parts[2:]), revision or None
+
+
+def _fetch_hf_hub(rest: str, ctx: ResolveContext) -> Path:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    repo_id, filename, revision = _hub_parts(rest)
     try:
-        return Path(
-            hf_hub_download("/".join(parts[:2]), "/".join(parts[2:]), revision=revision or None)
-        )
+        return Path(hf_hub_download(repo_id, filename, revision=revision))
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
         raise CheckpointError(
             f"hf-hub:{rest}: not in the HF cache and the Hub cannot be reached "
             f"({type(error).__name__}); download it where there is network or give a local path"
         ) from None
+
+
+def _find_hf_hub(rest: str, ctx: ResolveContext) -> Found:
+    from huggingface_hub import try_to_load_from_cache
+
+    repo_id, filename, revision = _hub_parts(rest)
+    cached = try_to_load_from_cache(repo_id, filename, revision=revision)
+    if isinstance(cached, str):
+        return Found(Path(cached), "in the HF cache")
+    return Found(None, "downloaded from the Hub on the first run", fetchable=True)
+
+
+LOCATIONS.register("hf-hub", description="org/repo/path/in/repo[@revision] on the Hugging Face Hub")(
+    LocationScheme(_fetch_hf_hub, _find_hf_hub)
+)
 
 
 def _download_name(url: str) -> str:
@@ -121,25 +175,50 @@ def _download(url: str, ctx: ResolveContext) -> Path:
     return target
 
 
-def _downloader(scheme: str) -> Resolver:
-    def resolve(rest: str, ctx: ResolveContext) -> Path:
-        return _download(f"{scheme}:{rest}", ctx)
+def _find_download(url: str, ctx: ResolveContext) -> Found:
+    address, pinned = split_pin(url)
+    target = cached_download(address, ctx.cache_dir)
+    if target.is_file():
+        return Found(target, "in the cache")
+    how = "downloaded on the first run" + (", sha256 checked" if pinned else " (not pinned: append #sha256=<hex> to check it)")
+    return Found(None, how, fetchable=True)
 
-    return resolve
+
+def _url_scheme(scheme: str) -> LocationScheme:
+    return LocationScheme(
+        lambda rest, ctx: _download(f"{scheme}:{rest}", ctx), lambda rest, ctx: _find_download(f"{scheme}:{rest}", ctx)
+    )
 
 
 for _scheme in ("http", "https"):
-    LOCATIONS.register(_scheme, description="downloaded once into the cache")(_downloader(_scheme))
+    LOCATIONS.register(_scheme, description="downloaded once into the cache")(_url_scheme(_scheme))
 
 
-def resolve_location(spec: str, ctx: ResolveContext) -> Path:
-    """A location string -> local path (which may not exist yet for ``cache:`` targets)."""
+def _split(spec: str) -> tuple[Optional[LocationScheme], str]:
+    """(the scheme of ``spec``, the rest), or (None, spec) for a plain path."""
     match = _SCHEME.match(spec)
     if match and len(match.group(1)) > 1:  # one letter is a Windows drive
         scheme = match.group(1)
-        return LOCATIONS.get(scheme)(spec[len(scheme) + 1 :], ctx)
+        return LOCATIONS.get(scheme), spec[len(scheme) + 1 :]
+    return None, spec
+
+
+def _plain(spec: str, ctx: ResolveContext) -> Path:
     path = Path(spec).expanduser()
     return path if path.is_absolute() else ctx.base_dir / path
+
+
+def fetch_location(spec: str, ctx: ResolveContext) -> Path:
+    """A location string -> local path, downloading what is not cached (a ``cache:`` target
+    may not exist yet: trainers write there)."""
+    scheme, rest = _split(spec)
+    return scheme.fetch(rest, ctx) if scheme is not None else _plain(spec, ctx)
+
+
+def find_location(spec: str, ctx: ResolveContext) -> Found:
+    """What :func:`fetch_location` would give, found offline: nothing is downloaded."""
+    scheme, rest = _split(spec)
+    return scheme.find(rest, ctx) if scheme is not None else _found_locally(_plain(spec, ctx))
 
 
 # ----------------------------------------------------------------------------- loading

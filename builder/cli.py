@@ -89,12 +89,19 @@ def cache_option(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.group(cls=FriendlyGroup)
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
+              help="Import MODULE first: it registers its own source, generator, oracle, model or output kinds (repeatable; "
+                   "installed packages can use the 'builder.plugins' entry point group instead).")
 @click.version_option(__version__, prog_name="build-benchmark")
 @click.pass_context
-def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
+def main(ctx: click.Context, verbose: int, quiet: bool, plugins: tuple[str, ...]) -> None:
     """Build static robustness benchmarks with a foundation-model oracle (FMR, Zhang et al.)."""
+    from builder.registry import load_plugins
+
     ctx.meta["fmr.verbose"] = verbose > 0
     configure_logging(verbose, quiet)
+    for module in load_plugins(plugins):
+        log.debug("plugin %s loaded", module)
 
 
 @main.command()
@@ -104,9 +111,6 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Check the recipe and every name offline, print the plan, build nothing.")
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per engine batch (default: the recipe's).")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
-              help="Override the recipe's perturbation.precision (bf16: decoder, oracle and reference model in bfloat16 autocast).")
-@click.option("--compile", "compile_decoder", is_flag=True, help="torch.compile the generator's decoder (worth it on a GPU for long builds).")
 @click.option("--seed", type=int, help="Override the recipe's seed.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key, e.g. perturbation.budget=10 (repeatable).")
 @click.option("--overwrite", is_flag=True, help="Replace the build in --out (only the files a build writes are deleted).")
@@ -119,7 +123,7 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
 @click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=None, help="With --executor ray: CPUs per actor (default: 1).")
 @cache_option
 def run(recipe: str, out_dir: Optional[Path], limit: Optional[int], dry_run: bool, device: Optional[str], batch_size: Optional[int],
-        precision: Optional[str], compile_decoder: bool, seed: Optional[int], overrides: tuple[str, ...], overwrite: bool, force_clean: bool, no_progress: bool, executor: str,
+        seed: Optional[int], overrides: tuple[str, ...], overwrite: bool, force_clean: bool, no_progress: bool, executor: str,
         workers: Optional[int], ray_address: Optional[str], gpus_per_worker: Optional[float], cpus_per_worker: Optional[float],
         cache_dir: Optional[Path]) -> None:
     """Build the benchmark of RECIPE (a YAML path or a bundled recipe name) into --out."""
@@ -129,8 +133,6 @@ def run(recipe: str, out_dir: Optional[Path], limit: Optional[int], dry_run: boo
 
     if seed is not None:
         overrides = (*overrides, f"seed={seed}")
-    if precision is not None:
-        overrides = (*overrides, f"perturbation.precision={precision}")
     loaded = load_recipe(recipe, overrides)
     if dry_run:
         _print_dry_run(loaded, cache_dir or default_cache_dir(), limit)
@@ -146,7 +148,6 @@ def run(recipe: str, out_dir: Optional[Path], limit: Optional[int], dry_run: boo
         overwrite=overwrite,
         force_clean=force_clean,
         progress=not no_progress,
-        compile=compile_decoder,
     )
     ray_only = {"--ray-address": ray_address, "--gpus-per-worker": gpus_per_worker, "--cpus-per-worker": cpus_per_worker}
     given = [flag for flag, value in ray_only.items() if value is not None]
@@ -422,15 +423,20 @@ def _train_context(recipe: str, overrides: tuple[str, ...], device: Optional[str
     return loaded.recipe, context
 
 
-def _target(location: Optional[str], out: Optional[Path], context: Any, component: Any, what: str) -> Path:
-    """--out, else where a build will look for this component's trained weights."""
-    from builder.checkpoints import resolve_location
+def _train_one(config: Any, what: str, out: Optional[Path], context: Any) -> Path:
+    """Train the component of ``config`` that reads a weights file (as its kind lists them) into
+    --out, else where a build will look for its trained weights; returns where it went."""
+    from builder.checkpoints import fetch_location
+    from builder.preflight import component_weights
+    from builder.train import train_component
 
-    if out is not None:
-        return out
-    if location is None:
-        raise BuilderError(f"the recipe's {what} names no checkpoint location; pass --out")
-    return context.trained_location(resolve_location(location, context.locations), component)
+    files = [(found.component, found.location) for found in component_weights(config, what) if found.location is not None]
+    component = files[0][0] if files else config
+    if out is None and not files:
+        raise BuilderError(f"the recipe's {what} names no weights location to train into; pass --out")
+    target = out or context.trained_location(fetch_location(files[0][1], context.locations), component)
+    train_component(component, context, target)
+    return target
 
 
 def _train_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -443,27 +449,17 @@ def _train_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @train.command("generator")
 @_train_options
 def train_generator_command(recipe: str, out: Optional[Path], device: Optional[str], overrides: tuple[str, ...], cache_dir: Optional[Path]) -> None:
-    """Train RECIPE's VQGAN on its source (taming format: {"state_dict": ...})."""
-    from builder.train import train_component
-
+    """Train RECIPE's generator on its source (a VQGAN: taming format, {"state_dict": ...})."""
     config, context = _train_context(recipe, overrides, device, cache_dir)
-    target = _target(getattr(config.generator, "checkpoint", None), out, context, config.generator, "generator")
-    train_component(config.generator, context, target)
-    click.echo(f"wrote {target}")
+    click.echo(f"wrote {_train_one(config.generator, 'generator', out, context)}")
 
 
 @train.command("oracle")
 @_train_options
 def train_oracle_command(recipe: str, out: Optional[Path], device: Optional[str], overrides: tuple[str, ...], cache_dir: Optional[Path]) -> None:
-    """Train RECIPE's CLIP oracle from scratch on its class prompts."""
-    from builder.train import train_component
-
+    """Train RECIPE's oracle from scratch (a CLIP oracle on its class prompts)."""
     config, context = _train_context(recipe, overrides, device, cache_dir)
-    if config.oracle.kind != "clip":
-        raise BuilderError(f"train oracle trains CLIP oracles; this recipe's oracle is '{config.oracle.kind}'")
-    target = _target(config.oracle.pretrained, out, context, config.oracle, "oracle")
-    train_component(config.oracle, context, target)
-    click.echo(f"wrote {target}")
+    click.echo(f"wrote {_train_one(config.oracle, 'oracle', out, context)}")
 
 
 @train.command("model")
@@ -472,16 +468,13 @@ def train_oracle_command(recipe: str, out: Optional[Path], device: Optional[str]
 def train_model_command(recipe: str, out: Optional[Path], device: Optional[str], overrides: tuple[str, ...], cache_dir: Optional[Path], config_name: Optional[str]) -> None:
     """Train one of RECIPE's reference models from scratch."""
     from builder.registry import unknown_name_message
-    from builder.train import train_component
 
     config, context = _train_context(recipe, overrides, device, cache_dir)
     specs = {spec.config_name: spec for spec in config.reference_models}
     name = config_name or next(iter(specs))
     if name not in specs:
         raise BuilderError(unknown_name_message("reference model", name, list(specs)))
-    target = _target(specs[name].checkpoint, out, context, specs[name], f"reference model {name}")
-    train_component(specs[name], context, target)
-    click.echo(f"wrote {target}")
+    click.echo(f"wrote {_train_one(specs[name], f'reference model {name}', out, context)}")
 
 
 if __name__ == "__main__":  # pragma: no cover

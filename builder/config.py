@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import typing
-from typing import Any, ClassVar, Iterator, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -132,10 +132,6 @@ class ModelSpec(Frozen):
         if value is not None and not (SLUG.match(value) and len(value) <= MAX_NAME):
             raise ValueError(f"'{value}' must be lowercase letters, digits, '-' or '_' (at most {MAX_NAME})")
         return value
-
-    def trainable_location(self) -> str | None:
-        """Where weights trained from its ``train`` block go (None: nothing to train)."""
-        return self.checkpoint if self.train is not None else None
 
     @property
     def config_name(self) -> str:
@@ -372,17 +368,6 @@ def parse_recipe(data: Any) -> Recipe:
         return Recipe.model_validate(values)
     except ValidationError as error:
         raise format_validation_error(error, Recipe, ()) from None
-
-
-def walk_configs(config: Any) -> Iterator[BaseModel]:
-    """Every config object inside ``config`` (itself included), depth first, in field order."""
-    if isinstance(config, BaseModel):
-        yield config
-        for name in type(config).model_fields:
-            yield from walk_configs(getattr(config, name))
-    elif isinstance(config, (list, tuple)):
-        for item in config:
-            yield from walk_configs(item)
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:

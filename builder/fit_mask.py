@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from builder.errors import BuilderError
+from builder.images import to_nchw
 from builder.sparse import MaskFit, fit_l1_mask
 
 
@@ -47,7 +48,7 @@ def fit_mask_from_recipe(
     starts, finals = [], []
     for begin in range(0, len(inputs.labels), step):
         chunk = slice(begin, begin + step)
-        images = torch.from_numpy(inputs.pixels[chunk]).permute(0, 3, 1, 2).contiguous().to(device)
+        images = to_nchw(inputs.pixels[chunk]).to(device)
         labels = torch.from_numpy(inputs.labels[chunk]).to(device)
         result = perturb_batch(parts.generator, parts.oracle, parts.models[name], images, labels, recipe.perturbation)
         moved = result.steps > 0

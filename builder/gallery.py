@@ -89,31 +89,14 @@ def spread(ranked: list[int], limit: int) -> list[int]:
     return [ranked[round(i * last / (limit - 1))] for i in range(limit)]
 
 
-#: formats the gallery can read, in order of preference (Parquet reads only the columns it needs)
-READ_ORDER = ("parquet", "webdataset")
-
-
-def _shards(root: Path, name: str, config: dict[str, Any]) -> tuple[Any, list[Path]]:
-    """The reader of the first format every shard of the config has, and those shard files."""
-    from builder.registry import WRITERS
-
-    shards = config.get("shards", [])
-    formats = [fmt for fmt in READ_ORDER if shards and all(fmt in shard.get("files", {}) for shard in shards)]
-    formats += sorted(fmt for fmt in (shards[0].get("files", {}) if shards else {}) if fmt not in formats and fmt in WRITERS)
-    if not formats:
-        return None, []
-    paths = []
-    for shard in shards:
-        path = root / shard["files"][formats[0]]["path"]
-        if not path.is_file():
-            raise GalleryError(f"shard {path} of config '{name}' is listed in manifest.json but missing; rebuild or resume the build")
-        paths.append(path)
-    return WRITERS.get(formats[0])(), paths
-
-
 def read_config(root: Path, name: str, config: dict[str, Any], limit: int) -> ConfigCards:
     """Pick up to ``limit`` samples per class (spread over steps, ties by key) and read their images."""
-    reader, paths = _shards(root, name, config)
+    from builder.benchmark import BenchmarkError, shard_reader
+
+    try:
+        reader, paths = shard_reader(root, config, f"config '{name}'")
+    except BenchmarkError as error:
+        raise GalleryError(str(error)) from None
     if reader is None:
         return ConfigCards(name, [], 0, False, "this config has no shards in a format the gallery reads")
     rows: list[tuple[int, int, dict[str, Any]]] = []
@@ -166,7 +149,7 @@ def _img(data: bytes, what: str) -> str:
     return f'<div class="pic"><img src="{uri}" alt="{what}"{css}><span>{what}</span></div>'
 
 
-def render_card(config: str, card: Card, class_names: list[str]) -> str:
+def render_sample_card(config: str, card: Card, class_names: list[str]) -> str:
     """One card: original | perturbed, and what the oracle and the reference model said."""
     record, esc = card.record, html.escape
     before, after = _class_name(class_names, record["pred_before"]), _class_name(class_names, record["pred_after"])
@@ -193,7 +176,7 @@ def render_section(section: ConfigCards, class_names: list[str], limit: int) -> 
         notes.append("This build has no original images (output.keep_originals: false): only perturbed images are shown.")
     if section.note:
         notes.append(section.note)
-    cards = "\n".join(render_card(section.name, card, class_names) for card in section.cards)
+    cards = "\n".join(render_sample_card(section.name, card, class_names) for card in section.cards)
     return (
         f'<section class="config" data-config="{esc(section.name)}">\n'
         f'<h2>reference model: {esc(section.name)}</h2>\n'

@@ -15,6 +15,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from builder.errors import BuilderError
+from builder.registry import WRITERS
 
 MANIFEST = "manifest.json"
 CARD = "README.md"
@@ -31,8 +32,6 @@ MAX_MANIFEST_BYTES = 256 << 20
 MAX_JSON_DEPTH = 64
 #: a config name is also a directory name: one safe path component
 CONFIG_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-#: what each output format's shard files end with
-FORMAT_SUFFIX = {"parquet": ".parquet", "webdataset": ".tar"}
 
 
 class ManifestError(BuilderError):
@@ -148,7 +147,7 @@ def shard_path_problem(path: str, config: str, fmt: str) -> Optional[str]:
         return f"file path {path[:80]!r} leads outside the benchmark dir"
     if len(pure.parts) != 2 or pure.parts[0] != config:
         return f"file path {path[:80]!r} is not a file directly inside the config dir {config}/"
-    suffix = FORMAT_SUFFIX.get(fmt)
+    suffix = WRITERS.get(fmt).suffix if fmt in WRITERS else None  # what the format's shard files end with
     if suffix is not None and pure.suffix != suffix:
         return f"the {fmt} file {path[:80]!r} does not end with {suffix}"
     return None

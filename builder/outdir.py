@@ -28,7 +28,7 @@ from builder.manifest import CONFIG_NAME, FINAL_FILES, MANIFEST, STATS_DIR, Mani
 log = logging.getLogger(__name__)
 
 IDENTITY_FILE = "build.json"
-SHARD_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*-\d{5}-of-\d{5}\.(tar|parquet)$")
+SHARD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*-\d{5}-of-\d{5}(?P<suffix>\.[A-Za-z0-9]+)$")
 TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.tmp-[A-Za-z0-9_.-]+$")
 SHOWN = 3  # foreign files named in one refusal
 
@@ -108,7 +108,15 @@ def is_owned(relative: str, configs: set[str]) -> bool:
     if len(parts) == 1:
         return (temp.group("name") if temp else parts[0]) in FINAL_FILES
     # in a config dir: its shards, and any temp file of an atomic write (left by a crash)
-    return len(parts) == 2 and parts[0] in configs and bool(temp or SHARD_FILE.match(parts[1]))
+    return len(parts) == 2 and parts[0] in configs and bool(temp or is_shard_name(parts[1]))
+
+
+def is_shard_name(name: str) -> bool:
+    """``<split>-NNNNN-of-NNNNN<suffix>`` with the suffix of a registered output format."""
+    from builder.registry import WRITERS
+
+    match = SHARD_NAME.match(name)
+    return match is not None and match.group("suffix") in {entry.factory.suffix for entry in WRITERS}
 
 
 def walk_files(out_dir: Path) -> Iterator[str]:

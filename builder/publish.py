@@ -29,7 +29,7 @@ from builder import __version__
 from builder.benchmark import read_manifest
 from builder.errors import BuilderError
 from builder.fileio import sha256_file
-from builder.outdir import FINAL_FILES, STATS_DIR
+from builder.outdir import FINAL_FILES, STATS_DIR, is_shard_name
 
 log = logging.getLogger(__name__)
 
@@ -361,7 +361,7 @@ def _stale_shards(plan: UploadPlan, remote: dict[str, Any]) -> list[str]:
     configs = {f.path.split("/", 1)[0] for f in plan.data_files if "/" in f.path}
     planned = {f.path for f in plan.files}
     return sorted(path for path in remote if "/" in path and path.split("/", 1)[0] in configs
-                  and path not in planned and path.endswith((".parquet", ".tar")))
+                  and path not in planned and is_shard_name(path.split("/", 1)[1]))
 
 
 def _repo_url(endpoint: str, repo_id: str, branch: str) -> str:

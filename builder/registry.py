@@ -1,7 +1,10 @@
 """One registry class for every pluggable family (sources, generators, oracles, models, writers).
 
-A new kind registers itself with a decorator; the engine and the CLI only ever look kinds
-up by name, so adding one never touches them.
+A new kind registers itself with a decorator, and its entry answers what the rest of the
+program asks about it without building it (its config class, its offline checks, the weight
+files it reads, how to train them); the engine and the CLI only ever look kinds up by name, so
+adding one never touches them. Kinds outside this package come from plugins (``--plugin``,
+the ``builder.plugins`` entry point group), never from a recipe.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import difflib
 import importlib
 import pkgutil
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterable, Iterator, Optional, TypeVar
 
 from builder.errors import BuilderError
 
@@ -31,6 +34,8 @@ def unknown_name_message(family: str, name: str, choices: list[str]) -> str:
 
 @dataclass(frozen=True)
 class Entry(Generic[T]):
+    """One registered kind, queryable as data (like timm's pretrained configs)."""
+
     name: str
     factory: T
     config: Any  # the pydantic config class of the kind's recipe section, or None
@@ -38,6 +43,13 @@ class Entry(Generic[T]):
     #: building this kind imports or calls code named in its spec: a spec read from data (a
     #: manifest, a download) may only use it with the user's explicit trust
     runs_code: bool = False
+    #: (config, PreflightContext, where) -> the offline checks ``run --dry-run`` prints
+    #: (:mod:`builder.preflight`); None: the kind has none
+    preflight: Optional[Callable[..., list[Any]]] = None
+    #: (config, where) -> the weight files it reads (:class:`builder.preflight.Weights`)
+    weights: Optional[Callable[..., list[Any]]] = None
+    #: (config, ComponentContext, out path) -> None: trains the weights its ``train`` block makes
+    trainer: Optional[Callable[..., None]] = None
 
 
 class Registry(Generic[T]):
@@ -55,13 +67,24 @@ class Registry(Generic[T]):
         self._discover = discover
 
     def register(
-        self, name: str, *, config: Any | None = None, description: str = "", runs_code: bool = False
+        self,
+        name: str,
+        *,
+        config: Any | None = None,
+        description: str = "",
+        runs_code: bool = False,
+        preflight: Optional[Callable[..., list[Any]]] = None,
+        weights: Optional[Callable[..., list[Any]]] = None,
+        trainer: Optional[Callable[..., None]] = None,
     ) -> Callable[[T], T]:
+        """Register the decorated factory as kind ``name``, with what it answers about itself."""
+
         def decorate(factory: T) -> T:
             if name in self._entries:
                 raise ValueError(f"{self.family} '{name}' is registered twice")
             docstring = (getattr(factory, "__doc__", None) or "").strip().splitlines()
-            self._entries[name] = Entry(name, factory, config, description or next(iter(docstring), ""), runs_code)
+            summary = description or next(iter(docstring), "")
+            self._entries[name] = Entry(name, factory, config, summary, runs_code, preflight, weights, trainer)
             return factory
 
         return decorate
@@ -72,6 +95,7 @@ class Registry(Generic[T]):
             module = importlib.import_module(package)
             for info in pkgutil.iter_modules(module.__path__):
                 importlib.import_module(f"{package}.{info.name}")
+            load_plugins()
 
     def entry(self, name: str) -> Entry[T]:
         self._load()
@@ -93,6 +117,46 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[Entry[T]]:
         return iter(self._entries[n] for n in self.names())
+
+
+#: the entry point group of installed packages whose modules register kinds of their own
+PLUGIN_GROUP = "builder.plugins"
+_loaded_plugins: set[str] = set()
+
+
+def load_plugins(modules: Iterable[str] = ()) -> list[str]:
+    """Import the modules that register kinds beyond the built-in ones: every ``builder.plugins``
+    entry point installed, then ``modules`` (``--plugin``); each once. Only the user names
+    plugins (by installing them or on the command line): a recipe never does, since a recipe
+    may be a download. Returns the modules imported now."""
+    from importlib.metadata import entry_points
+
+    named = [(point.value.partition(":")[0], f"entry point '{point.name}' ({PLUGIN_GROUP})") for point in entry_points(group=PLUGIN_GROUP)]
+    named += [(module, f"--plugin {module}") for module in modules]
+    imported = []
+    for module, origin in named:
+        if module in _loaded_plugins:
+            continue
+        _loaded_plugins.add(module)  # first: a plugin that looks kinds up while importing sees no loop
+        try:
+            importlib.import_module(module)
+        except Exception as error:  # noqa: BLE001 - the plugin's own code failed while importing
+            _loaded_plugins.discard(module)  # never handed on to workers
+            raise BuilderError(_plugin_failure(module, origin, error)) from error
+        imported.append(module)
+    return imported
+
+
+def _plugin_failure(module: str, origin: str, error: Exception) -> str:
+    """One line for a plugin that cannot be imported: not there, or its own code failed."""
+    if isinstance(error, ModuleNotFoundError) and error.name is not None and (module + ".").startswith(error.name + "."):
+        return f"{origin}: no module named '{module}'; install it or put its directory on PYTHONPATH"
+    return f"{origin}: importing {module} failed: {type(error).__name__}: {error}; fix the plugin"
+
+
+def loaded_plugins() -> tuple[str, ...]:
+    """The plugin modules imported so far, for worker processes to import too."""
+    return tuple(sorted(_loaded_plugins))
 
 
 #: the pluggable families; each finds its built-in kinds in the modules of its package

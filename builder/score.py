@@ -23,6 +23,7 @@ from builder.config import ModelSpec, SourceConfig, parse_component
 from builder.errors import RecipeError
 from builder.metrics import Outcomes, compute_metrics, per_class
 from builder.paths import default_cache_dir
+from builder.writers.base import ShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -128,39 +129,38 @@ def load_model_for(bench: Benchmark, spec: ModelSpec, device: str, cache_dir: Pa
 
 
 class ShardImages(torch.utils.data.IterableDataset):
-    """Decodes (image, original) pairs of the shards assigned to this worker."""
+    """Decodes (image, original) pairs of the shards assigned to this worker, through the
+    reader of the format the shards are read from."""
 
-    def __init__(self, files: list[Path], with_originals: bool) -> None:
+    def __init__(self, reader: ShardWriter, files: list[Path], counts: list[int], with_originals: bool) -> None:
         super().__init__()
-        self.files, self.with_originals = files, with_originals
+        self.reader, self.files, self.counts, self.with_originals = reader, files, counts, with_originals
 
     def __iter__(self) -> Iterator[tuple[int, int, Any, Any]]:
-        import pyarrow.parquet as pq
-
-        from builder.images import decode_image
+        from builder.images import decode_image, to_chw
 
         info = torch.utils.data.get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
-        columns = ["image", "original_image"] if self.with_originals else ["image"]
         for shard, path in enumerate(self.files):
             if shard % workers != worker:
                 continue
-            table = pq.read_table(path, columns=columns).to_pydict()
-            for row, cell in enumerate(table["image"]):
-                image = torch.from_numpy(decode_image(cell["bytes"])).permute(2, 0, 1)
-                original = torch.from_numpy(decode_image(table["original_image"][row]["bytes"])).permute(2, 0, 1) if self.with_originals else image
+            pairs = self.reader.read_images(path, range(self.counts[shard]))
+            for row, (encoded, encoded_original) in enumerate(pairs):
+                image = to_chw(decode_image(encoded))
+                original = to_chw(decode_image(encoded_original)) if self.with_originals and encoded_original is not None else image
                 yield shard, row, image, original
 
 
 def predict(classifier: Any, bench: Benchmark, config: str, *, device: str, batch_size: int, workers: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per shard: predictions on the perturbed images and on the originals (left at -1 when the
     benchmark has no originals: the model then sees each image once)."""
-    files = bench.parquet_files(config)
+    reader, files = bench.shards(config)
     with_originals = bench.has_originals()
+    counts = [int(s["num_samples"]) for s in bench.manifest["configs"][config]["shards"]]
     loader = torch.utils.data.DataLoader(
-        ShardImages(files, with_originals), batch_size=batch_size, num_workers=workers, prefetch_factor=4 if workers else None, persistent_workers=False
+        ShardImages(reader, files, counts, with_originals), batch_size=batch_size, num_workers=workers,
+        prefetch_factor=4 if workers else None, persistent_workers=False
     )
-    counts = [int(s["num_samples"]) for s in bench.manifest["configs"][config]["shards"] if "parquet" in s["files"]]
     on_images = [np.full(c, -1, dtype=np.int64) for c in counts]
     on_originals = [np.full(c, -1, dtype=np.int64) for c in counts]
     with torch.no_grad():
@@ -176,6 +176,7 @@ def predict(classifier: Any, bench: Benchmark, config: str, *, device: str, batc
 
 def _originals_from_source(bench: Benchmark, config: str, source_recipe: Optional[str], classifier: Any, device: str, batch_size: int) -> np.ndarray:
     """SA needs the originals; a benchmark built without them gets them from the recipe's source."""
+    from builder.images import to_nchw
     from builder.recipes import load_recipe
     from builder.sources.base import SourceContext, open_source
     from builder.sources.decode import load_rgb
@@ -192,7 +193,7 @@ def _originals_from_source(bench: Benchmark, config: str, source_recipe: Optiona
         for key in keys[start : start + batch_size]:
             item = next(source.items(int(key), int(key) + 1))
             pixels.append(load_rgb(item.load, size))
-        batch = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).to(device).float() / 255
+        batch = to_nchw(np.stack(pixels)).to(device).float() / 255
         with torch.no_grad():
             predictions.append(classifier(batch).argmax(-1).cpu().numpy())
     return np.concatenate(predictions)

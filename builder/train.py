@@ -17,11 +17,12 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from builder.checkpoints import resolve_location, save_state_dict
+from builder.checkpoints import save_state_dict
 from builder.components.base import ComponentContext, image_size_cap_problem
-from builder.config import ModelSpec, TrainConfig, walk_configs
+from builder.config import ModelSpec, TrainConfig
 from builder.errors import ComponentError
-from builder.fileio import atomic_write
+from builder.images import to_nchw
+from builder.preflight import missing_weights
 from builder.sources.base import SourceContext, open_source
 from builder.sources.decode import SampleRejected, load_rgb
 
@@ -44,7 +45,7 @@ def load_training_data(ctx: ComponentContext, train: TrainConfig) -> tuple[torch
             continue
     if not pixels:
         raise ComponentError(f"no readable training images in split '{train.split}'")
-    images = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous()
+    images = to_nchw(np.stack(pixels))
     return images, torch.tensor(labels, dtype=torch.long)
 
 
@@ -109,56 +110,10 @@ def seeded_rng(seed: int, device: str = "cpu") -> Iterator[None]:
         yield
 
 
-def _seeded(seed: int, build: Callable[[], Any]) -> Any:
+def seeded(seed: int, build: Callable[[], Any]) -> Any:
+    """``build()`` with torch seeded by ``seed``, the global generator left as it was."""
     with seeded_rng(seed):
         return build()
-
-
-def train_generator(config: Any, ctx: ComponentContext, out: Path) -> None:
-    """Train a taming-format VQGAN (L1 + L2 reconstruction + codebook loss; no GAN, no LPIPS)."""
-    from builder.components import vqgan
-
-    train = config.train or TrainConfig()
-    config_path = resolve_location(config.config, ctx.locations)
-    params = vqgan.read_taming_config(config_path)
-    size = train.image_size or ctx.image_size
-    problem = image_size_cap_problem(size) or vqgan.downsampling_problem(params, size, config_path)
-    if problem:  # checked before reading a single training image
-        raise ComponentError(f"{'generator train.' if train.image_size else ''}{problem}")
-    seed = ctx.train_seed(config)
-    model = _seeded(seed, lambda: vqgan.TamingVQGAN(params)).to(ctx.device).train()
-
-    def loss_fn(batch: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
-        x = batch * 2 - 1
-        reconstruction, codebook_loss = model(x)
-        return (x - reconstruction).abs().mean() + F.mse_loss(reconstruction, x) + codebook_loss
-
-    fit(model.parameters(), loss_fn, load_training_data(ctx, train), train, seed, ctx.device, "generator")
-    state = {k: v.cpu() for k, v in model.state_dict().items()}
-    with atomic_write(out) as handle:  # the taming / Lightning layout: {"state_dict": ...}
-        torch.save({"state_dict": state, "epoch": train.epochs, "global_step": 0}, handle)
-
-
-def train_clip(config: Any, ctx: ComponentContext, out: Path) -> None:
-    """Train an open_clip model on "template.format(class)" captions (CLIP loss over classes)."""
-    import open_clip
-
-    from builder.components.oracles import clip_preprocessing, create_clip, prompts
-    from builder.components.preprocess import Preprocess
-
-    train = config.train or TrainConfig()
-    seed = ctx.train_seed(config)
-    model = _seeded(seed, lambda: create_clip(config, ctx, load_weights_=False)).to(ctx.device).train()
-    preprocess = Preprocess(clip_preprocessing(model)).to(ctx.device)
-    tokens = open_clip.get_tokenizer(config.model)(prompts(config, ctx.class_names)).to(ctx.device)
-
-    def loss_fn(batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        image = F.normalize(model.encode_image(preprocess(batch)), dim=-1)
-        text = F.normalize(model.encode_text(tokens), dim=-1)
-        return F.cross_entropy(model.logit_scale.exp() * image @ text.T, labels)
-
-    fit(model.parameters(), loss_fn, load_training_data(ctx, train), train, seed, ctx.device, f"oracle {config.model}")
-    save_state_dict({k: v.cpu() for k, v in model.state_dict().items()}, out)
 
 
 def train_classifier(spec: ModelSpec, ctx: ComponentContext, out: Path) -> None:
@@ -167,7 +122,7 @@ def train_classifier(spec: ModelSpec, ctx: ComponentContext, out: Path) -> None:
 
     train = spec.train or TrainConfig()
     seed = ctx.train_seed(spec)
-    classifier = _seeded(seed, lambda: build_classifier(spec, ctx, pretrained=False)).to(ctx.device).train()
+    classifier = seeded(seed, lambda: build_classifier(spec, ctx, pretrained=False)).to(ctx.device).train()
 
     def loss_fn(batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(classifier(batch), labels)
@@ -177,17 +132,17 @@ def train_classifier(spec: ModelSpec, ctx: ComponentContext, out: Path) -> None:
 
 
 def trainer_for(component: Any) -> Callable[[Any, ComponentContext, Path], None]:
-    """The training function for a trainable component config."""
-    from builder.components.oracles import ClipOracleConfig
-    from builder.components.vqgan import VQGANConfig
+    """The training function for a trainable component config: a classifier spec's is here,
+    every other kind's is the ``trainer`` its registry entry carries."""
+    from builder.preflight import family_of
 
     if isinstance(component, ModelSpec):
         return train_classifier
-    if isinstance(component, VQGANConfig):
-        return train_generator
-    if isinstance(component, ClipOracleConfig):
-        return train_clip
-    raise ComponentError(f"{type(component).__name__} has a train block but nothing here can train it; give its weights instead")
+    registry = family_of(component)
+    trainer = registry.entry(component.kind).trainer if registry is not None else None
+    if trainer is None:
+        raise ComponentError(f"{type(component).__name__} has a train block but nothing here can train it; give its weights instead")
+    return trainer
 
 
 def train_component(component: Any, ctx: ComponentContext, out: Path) -> None:
@@ -196,19 +151,6 @@ def train_component(component: Any, ctx: ComponentContext, out: Path) -> None:
     before in the process."""
     with seeded_rng(ctx.train_seed(component), ctx.device):
         trainer_for(component)(component, ctx, out)
-
-
-def missing_weights(configs: Iterable[Any], ctx: ComponentContext) -> Iterator[tuple[Any, Path]]:
-    """(component, path) of every component inside ``configs`` that a ``train`` block makes and
-    whose weights are not there yet (trained weights live under a hashed name, see
-    :meth:`ComponentContext.trained_location`)."""
-    for config in configs:
-        for component in walk_configs(config):
-            location = getattr(component, "trainable_location", lambda: None)()
-            if location is not None:
-                path = ctx.trained_location(resolve_location(location, ctx.locations), component)
-                if not path.is_file():
-                    yield component, path
 
 
 def ensure_weights(configs: Iterable[Any], ctx: ComponentContext) -> list[Path]:

@@ -11,10 +11,8 @@ of them; only a missing or unreadable manifest stops early.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,11 +31,11 @@ from builder.manifest import (
     ManifestError,
     ManifestFile,
     ManifestShard,
-    json_depth_ok,
     load_json_bounded,
     parse_manifest,
 )
 from builder.safeyaml import parse_bounded
+from builder.writers.base import ShardSchema
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +73,10 @@ class Record:
     perturbed: Any
 
 
-class Unreadable(Exception):
-    """A shard file that its format's reader rejects; the message says why."""
+def _reason(error: BaseException) -> str:
+    """The first line of an exception's message (its type when there is none)."""
+    lines = str(error).strip().splitlines()
+    return lines[0][:200] if lines else type(error).__name__
 
 
 def few(keys: list[str]) -> str:
@@ -160,7 +160,10 @@ def require_benchmark_dir(root: Path) -> None:
     if not root.is_dir():
         raise VerifyError(f"verify {root}: is a file; give the benchmark directory")
     markers = [root / MANIFEST, root / CARD, root / STATS_DIR]
-    if not any(p.exists() for p in markers) and not any(root.glob("*/*.parquet")) and not any(root.glob("*/*.tar")):
+    from builder.registry import WRITERS
+
+    suffixes = {entry.factory.suffix for entry in WRITERS}
+    if not any(p.exists() for p in markers) and not any(path.suffix in suffixes for path in root.glob("*/*")):
         raise VerifyError(f"verify {root}: not a benchmark dir (no {MANIFEST}, {CARD} or shards); give a dir written by 'build-benchmark run'")
 
 
@@ -191,43 +194,6 @@ def read_manifest(root: Path) -> tuple[dict[str, Any], Optional[Manifest], str]:
 # ----------------------------------------------------------------------------- shard readers
 
 
-def read_parquet(path: Path) -> list[Record]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path, columns=["key", "label", "class_name", "perturbed"]).to_pydict()
-    except (pa.ArrowException, OSError, KeyError) as error:
-        raise Unreadable(f"not readable as Parquet ({str(error).splitlines()[0]})") from None
-    return [Record(*row) for row in zip(table["key"], table["label"], table["class_name"], table["perturbed"], strict=False)]
-
-
-def read_tar(path: Path, parts_needed: tuple[str, ...]) -> tuple[list[Record], list[str]]:
-    """Records of a WebDataset tar, from its ``.json`` members (images are not read), and
-    its problems: samples lacking a part, a ``.cls`` or ``.json`` that disagrees."""
-    parts: dict[str, set[str]] = {}
-    payloads: dict[tuple[str, str], bytes] = {}
-    try:
-        with tarfile.open(path, "r:") as tar:
-            for member in tar:
-                key, _, extension = member.name.partition(".")
-                parts.setdefault(key, set()).add(extension)
-                if extension in ("json", "cls") and member.isfile():
-                    payloads[(key, extension)] = tar.extractfile(member).read()  # type: ignore[union-attr]
-    except (tarfile.TarError, OSError, EOFError) as error:
-        raise Unreadable(f"not readable as a tar ({error})") from None
-    records, problems = [], []
-    for key, have in parts.items():
-        missing = [p for p in parts_needed if p not in have]
-        if missing:
-            problems.append(f"sample {key} lacks {', '.join('.' + p for p in missing)}")
-            continue
-        record = tar_record(key, payloads[(key, "json")], payloads[(key, "cls")], problems)
-        if record is not None:
-            records.append(record)
-    return records, problems
-
-
 def front_matter(text: str) -> str:
     """The YAML between a card's leading '---' lines ('' if it has none)."""
     lines = text.splitlines()
@@ -235,30 +201,6 @@ def front_matter(text: str) -> str:
         return ""
     end = next((i for i, line in enumerate(lines[1:], 1) if line.strip() == "---"), len(lines))
     return "\n".join(lines[1:end])
-
-
-def record_json(payload: bytes) -> Any:
-    """A sample's ``.json`` member, parsed within bounds; ValueError (UnicodeDecodeError and
-    JSONDecodeError are ones) when it is not small, shallow, valid JSON."""
-    if len(payload) > MAX_RECORD_BYTES or not json_depth_ok(payload.decode("utf-8")):
-        raise ValueError("too large or too deeply nested")
-    return json.loads(payload)
-
-
-def tar_record(key: str, payload: bytes, cls: bytes, problems: list[str]) -> Optional[Record]:
-    try:
-        data = record_json(payload)
-    except ValueError:
-        problems.append(f"{key}.json is not valid JSON")
-        return None
-    if not isinstance(data, dict):
-        problems.append(f"{key}.json is not an object")
-        return None
-    if data.get("key") != key:
-        problems.append(f"{key}.json has key {data.get('key')!r}, expected {key!r} (its member name)")
-    if cls.decode("utf-8", "replace").strip() != str(data.get("label")):
-        problems.append(f"{key}.cls is {cls[:20]!r} but {key}.json has label {data.get('label')!r}")
-    return Record(key, data.get("label"), data.get("class_name"), data.get("perturbed"))
 
 
 # ----------------------------------------------------------------------------- the checks
@@ -273,8 +215,7 @@ class Checker:
         self.checked: Counter[str] = Counter()
         self.listed: set[str] = set()
         output = raw["recipe"].get("output", {})
-        self.image_format = str(output.get("image_encoding", "png"))
-        self.keep_originals = bool(output.get("keep_originals", True))
+        self.schema = ShardSchema(tuple(manifest.class_names), str(output.get("image_encoding", "png")), bool(output.get("keep_originals", True)))
 
     def fail(self, message: str) -> None:
         """Record one problem; library messages folded so each problem stays one line."""
@@ -353,20 +294,20 @@ class Checker:
         return self.read_records(path, entry.path, fmt)
 
     def read_records(self, path: Path, shown: str, fmt: str) -> Optional[list[Record]]:
-        try:
-            if fmt == "parquet":
-                return read_parquet(path)
-            if fmt == "webdataset":
-                needed = (self.image_format, "cls", "json") + ((f"original.{self.image_format}",) if self.keep_originals else ())
-                records, problems = read_tar(path, needed)
-                for problem in problems[:SHOWN_KEYS]:
-                    self.fail(f"{shown}: {problem}")
-                return records
-        except Unreadable as error:
-            self.fail(f"{shown}: {error}; restore it or rebuild")
+        """The file's records through its format's reader, its structural problems reported."""
+        from builder.registry import WRITERS
+
+        if fmt not in WRITERS:
+            self.fail(f"{MANIFEST}: {shown} has format {fmt!r}, expected one of {', '.join(WRITERS.names())}")
             return None
-        self.fail(f"{MANIFEST}: {shown} has format {fmt!r}, expected parquet or webdataset")
-        return None
+        try:
+            rows, problems = WRITERS.get(fmt)().audit(path, self.schema)
+        except Exception as error:  # noqa: BLE001 - a damaged file can make a format's reader raise anything
+            self.fail(f"{shown}: not readable as {fmt} ({_reason(error)}); restore it or rebuild")
+            return None
+        for problem in problems[:SHOWN_KEYS]:
+            self.fail(f"{shown}: {problem}")
+        return [Record(row.get("key"), row.get("label"), row.get("class_name"), row.get("perturbed")) for row in rows]
 
     def check_records(self, shown: str, records: list[Record], shard: ManifestShard) -> None:
         perturbed = sum(r.perturbed is True for r in records)
@@ -449,10 +390,14 @@ class Checker:
     def check_card(self) -> None:
         """The card's YAML is what the Hub and ``datasets.load_dataset`` read: it must parse and
         its ``configs`` must load exactly the manifest's Parquet shards."""
+        from builder.card import has_hub_format
+
         header = self.card_header()
         if header is None:
             return
         entries = header.get("configs")
+        if entries is None and not has_hub_format(self.raw):
+            return  # no Parquet shards: nothing for load_dataset's configs to point at
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
             self.fail(f"{CARD}: YAML 'configs' is {type(entries).__name__}, expected a list of mappings with config_name and data_files")
             return
@@ -490,8 +435,10 @@ class Checker:
     def check_card_config(self, name: str, data_files: Any) -> None:
         from datasets.data_files import sanitize_patterns
 
+        from builder.card import HUB_FORMAT
+
         expected = {f.path for s in self.manifest.configs[name].shards for fmt, f in s.files.items()
-                    if fmt == "parquet" and (self.root / f.path).is_file()}
+                    if fmt == HUB_FORMAT and (self.root / f.path).is_file()}
         if not data_files:
             self.fail(f"{CARD}: config '{name}' has no data_files; expected e.g. [{{split: {self.manifest.split}, path: '{name}/{self.manifest.split}-*.parquet'}}]")
             return
@@ -538,7 +485,7 @@ class Checker:
         for name, config in self.manifest.configs.items():
             rejected: list[str] = []
             count = 0
-            for keys, labels, pixels in perturbed_batches(self.root, config, self.image_format, batch_size):
+            for keys, labels, pixels in perturbed_batches(self.root, config, batch_size):
                 accepted = judge_uint8(oracle, pixels, labels, device)
                 rejected += [key for key, ok in zip(keys, accepted, strict=False) if not ok]
                 count += len(keys)
@@ -555,7 +502,7 @@ class Checker:
 # ----------------------------------------------------------------------------- oracle helpers
 
 
-def perturbed_batches(root: Path, config: ManifestConfig, image_format: str, batch_size: int) -> Iterator[tuple[list[str], list[int], list[Any]]]:
+def perturbed_batches(root: Path, config: ManifestConfig, batch_size: int) -> Iterator[tuple[list[str], list[int], list[Any]]]:
     """(keys, labels, uint8 HWC images) of the perturbed samples, ``batch_size`` at a time."""
     from builder.images import decode_image
 
@@ -563,7 +510,7 @@ def perturbed_batches(root: Path, config: ManifestConfig, image_format: str, bat
     labels: list[int] = []
     pixels: list[Any] = []
     for shard in config.shards:
-        for key, label, data in perturbed_images(root, shard, image_format):
+        for key, label, data in perturbed_images(root, shard):
             keys.append(key)
             labels.append(label)
             pixels.append(decode_image(data))
@@ -574,45 +521,29 @@ def perturbed_batches(root: Path, config: ManifestConfig, image_format: str, bat
         yield keys, labels, pixels
 
 
-def perturbed_images(root: Path, shard: ManifestShard, image_format: str) -> Iterator[tuple[str, int, bytes]]:
-    """From the Parquet file if the shard has one, else its tar; unreadable files were
-    already reported, so they are skipped here."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def perturbed_images(root: Path, shard: ManifestShard) -> Iterator[tuple[str, int, bytes]]:
+    """(key, label, encoded image) of the shard's perturbed samples, through the reader of the
+    format it is read from; unreadable files were already reported, so they are skipped here."""
+    from builder.benchmark import readable_format
+    from builder.registry import WRITERS
 
-    entry = shard.files.get("parquet")
-    if entry is not None:
-        try:
-            table = pq.read_table(root / entry.path, columns=["key", "label", "image"], filters=[("perturbed", "=", True)]).to_pydict()
-        except (pa.ArrowException, OSError):
-            return
-        yield from zip(table["key"], table["label"], (cell["bytes"] for cell in table["image"]), strict=False)
+    fmt = readable_format([shard.files])
+    if fmt is None:
         return
-    entry = shard.files.get("webdataset")
-    if entry is not None:
-        yield from perturbed_from_tar(root / entry.path, image_format)
-
-
-def perturbed_from_tar(path: Path, image_format: str) -> Iterator[tuple[str, int, bytes]]:
-    members: dict[str, dict[str, bytes]] = {}
+    reader = WRITERS.get(fmt)()
+    path = root / shard.files[fmt].path
     try:
-        with tarfile.open(path, "r:") as tar:
-            for member in tar:
-                key, _, extension = member.name.partition(".")
-                handle = tar.extractfile(member) if extension in ("json", image_format) else None
-                if handle is not None:
-                    members.setdefault(key, {})[extension] = handle.read()
-    except (tarfile.TarError, OSError, EOFError):
+        records = reader.read_records(path, ["key", "label", "perturbed"])
+        rows = [row for row, record in enumerate(records) if record["perturbed"] is True and _is_label(record["label"])]
+        images = reader.read_images(path, rows)
+    except Exception:  # noqa: BLE001 - a damaged file can make a format's reader raise anything; reported by the checks
         return
-    for key, parts in sorted(members.items()):
-        try:
-            record = record_json(parts.get("json", b"{}"))
-        except ValueError:  # verify's record checks report it
-            continue
-        if not isinstance(record, dict) or not isinstance(record.get("label"), int):
-            continue
-        if record.get("perturbed") is True and image_format in parts:
-            yield key, int(record["label"]), parts[image_format]
+    for row, (image, _) in zip(rows, images, strict=True):
+        yield str(records[row]["key"]), int(records[row]["label"]), image
+
+
+def _is_label(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def judge_uint8(oracle: Any, pixels: list[Any], labels: list[int], device: str) -> list[bool]:
@@ -620,7 +551,9 @@ def judge_uint8(oracle: Any, pixels: list[Any], labels: list[int], device: str) 
     import numpy as np
     import torch
 
-    images = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous().to(device).float() / 255
+    from builder.images import to_nchw
+
+    images = to_nchw(np.stack(pixels)).to(device).float() / 255
     targets = torch.as_tensor(labels, dtype=torch.long, device=device)
     accepted, _ = oracle.judge(images, targets)
     return [bool(ok) for ok in accepted.cpu().tolist()]
@@ -686,22 +619,9 @@ def load_manifest_oracle(manifest: Manifest, *, device: str, cache_dir: Optional
 def untrained_weights(config: Any, context: Any) -> Iterator[Path]:
     """Weights a build trains on first use and that are not there: loading would train them,
     and an oracle trained now is not the one that judged the benchmark."""
-    from builder.checkpoints import resolve_location
-    from builder.components.oracles import _LOCATION
-    from builder.config import ModelSpec
+    from builder.preflight import missing_weights
 
-    for member in getattr(config, "members", ()) or ():
-        yield from untrained_weights(member, context)
-    spec = getattr(config, "model", None)
-    location = None
-    if isinstance(spec, ModelSpec) and spec.checkpoint and spec.train is not None:
-        config, location = spec, spec.checkpoint
-    elif isinstance(getattr(config, "pretrained", None), str) and getattr(config, "train", None) is not None and _LOCATION.search(config.pretrained):
-        location = config.pretrained
-    if location is not None:
-        path = context.trained_location(resolve_location(location, context.locations), config)
-        if not path.is_file():
-            yield path
+    return (path for _, path in missing_weights([config], context))
 
 
 # ----------------------------------------------------------------------------- report text

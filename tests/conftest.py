@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -17,8 +16,7 @@ from PIL import Image
 from builder.components.base import ComponentContext
 from builder.config import parse_component
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_models import TINY_VQGAN_YAML, tiny_cnn  # noqa: E402
+from tiny_models import TINY_VQGAN_YAML, tiny_cnn
 
 CLASS_NAMES = ("zero", "one", "two")
 

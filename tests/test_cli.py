@@ -4,38 +4,21 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from click.testing import CliRunner
+from helpers import assert_one_line_error, shard_hashes
 from PIL import Image
 
 from builder.cli import main
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_models import tiny_cnn  # noqa: E402
+from tiny_models import tiny_cnn
 
 
 def invoke(*args: str):
     return CliRunner().invoke(main, ["-q", *args], catch_exceptions=False)
-
-
-def assert_one_line_error(result, *fragments: str) -> str:
-    """Exit 2, exactly one ``error:`` line holding every fragment, no traceback; returns the line."""
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
-
-
-def shard_hashes(out: Path) -> dict[str, str]:
-    manifest = json.loads((out / "manifest.json").read_text())
-    return {f["path"]: f["sha256"] for c in manifest["configs"].values() for s in c["shards"] for f in s["files"].values()}
 
 
 def test_tiny_build_writes_everything(tiny_recipe: Path, tmp_path: Path) -> None:

@@ -27,8 +27,7 @@ from builder.components.vqgan import TamingVQGAN, VQGANConfig, load_vqgan
 from builder.config import ModelSpec, parse_component
 from builder.errors import CheckpointError, ComponentError
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_models import TINY_VQGAN_YAML  # noqa: E402
+from tiny_models import TINY_VQGAN_YAML
 
 TINY_MODELS = Path(__file__).parent / "tiny_models.py"
 
@@ -342,7 +341,7 @@ def test_pinned_download_is_checked(tmp_path: Path) -> None:
     import threading
     from functools import partial
 
-    from builder.checkpoints import ResolveContext, resolve_location
+    from builder.checkpoints import ResolveContext, fetch_location
 
     (tmp_path / "served").mkdir()
     (tmp_path / "served" / "weights.bin").write_bytes(b"tensor bytes")
@@ -354,12 +353,12 @@ def test_pinned_download_is_checked(tmp_path: Path) -> None:
         good = hashlib.sha256(b"tensor bytes").hexdigest()
         ctx = ResolveContext(tmp_path, tmp_path / "cache")
         with pytest.raises(CheckpointError, match="downloaded bytes have sha256 .* pins 0000"):
-            resolve_location(f"{url}#sha256={'0' * 64}", ctx)
+            fetch_location(f"{url}#sha256={'0' * 64}", ctx)
         assert not list((tmp_path / "cache").rglob("weights.bin"))
-        path = resolve_location(f"{url}#sha256={good}", ctx)
+        path = fetch_location(f"{url}#sha256={good}", ctx)
         assert path.read_bytes() == b"tensor bytes"
         with pytest.raises(CheckpointError, match="#sha256=<64 lowercase hex"):
-            resolve_location(f"{url}#md5=abc", ctx)
+            fetch_location(f"{url}#md5=abc", ctx)
     finally:
         server.shutdown()
 

@@ -5,39 +5,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
+from helpers import check_rows, expected_records
 from PIL import Image
-
-
-def expected_records(root: Path, config: str) -> dict[str, dict[str, Any]]:
-    """Every record of a config as the build wrote it, read from the tar members' JSON."""
-    import tarfile
-
-    manifest = json.loads((root / "manifest.json").read_text())
-    records: dict[str, dict[str, Any]] = {}
-    for shard in manifest["configs"][config]["shards"]:
-        with tarfile.open(root / shard["files"]["webdataset"]["path"]) as tar:
-            for member in tar:
-                if member.name.endswith(".json"):
-                    record = json.loads(tar.extractfile(member).read())  # type: ignore[union-attr]
-                    records[record["key"]] = record
-    assert len(records) == manifest["configs"][config]["num_samples"]
-    assert sum(r["perturbed"] for r in records.values()) == manifest["configs"][config]["num_perturbed"]
-    return records
-
-
-def check_rows(rows: list[dict[str, Any]], expected: dict[str, dict[str, Any]], class_names: list[str], size: int = 16) -> None:
-    assert sorted(row["key"] for row in rows) == sorted(expected)
-    for row in rows:
-        record = expected[row["key"]]
-        for field in ("label", "class_name", "source_id", "perturbed", "steps", "stop_reason", "pred_before", "pred_after"):
-            assert row[field] == record[field], (row["key"], field)
-        assert row["oracle_prob"] == pytest.approx(record["oracle_prob"], abs=1e-6)
-        assert class_names[row["label"]] == row["class_name"]
-        image = row["image"]
-        assert isinstance(image, Image.Image) and image.size == (size, size)
 
 
 @pytest.mark.parametrize("streaming", [False, True], ids=["map", "streaming"])

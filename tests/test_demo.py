@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -12,14 +11,12 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import shard_hashes
 
 from builder.build import BuildOptions, UnitRunner, plan_build
 from builder.cli import main
 from builder.paths import default_cache_dir
 from builder.recipes import load_recipe
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_cli import shard_hashes  # noqa: E402
 
 
 @pytest.mark.slow
@@ -56,7 +53,7 @@ def test_digits_demo_end_to_end(tmp_path: Path) -> None:
         assert predictions.tolist() == perturbed["pred_after"]
 
     # what a consumer reads: datasets (streaming too) and the webdataset builder match the records
-    from test_consumers import check_rows, expected_records
+    from helpers import check_rows, expected_records
 
     for name in manifest["configs"]:
         expected = expected_records(out, name)

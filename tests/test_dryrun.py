@@ -75,3 +75,29 @@ def test_class_ranges_are_checked_against_the_model() -> None:
     assert "class_ranges reach index 1005 but the model has 1000 outputs" in message
     message = failure("imagenet9", "--set", "reference_models.0.class_ranges={dog: [[151, 268]]}")
     assert "reference model resnet50 1" in message and "source 9" in message
+
+
+def test_find_location_never_downloads(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding says where a file is or would come from; only fetching downloads."""
+    import urllib.request
+
+    from builder.checkpoints import ResolveContext, cached_download, fetch_location, find_location
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("find_location opened the network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    ctx = ResolveContext(tmp_path, tmp_path / "cache")
+    url = "https://example.org/weights/model.ckpt"
+    found = find_location(url, ctx)
+    assert (found.path, found.fetchable, found.missing) == (None, True, False) and "downloaded on the first run" in found.how
+    cached = cached_download(url, ctx.cache_dir)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"weights")
+    found = find_location(url, ctx)
+    assert (found.path, found.how, found.ready) == (cached, "in the cache", True)
+    assert fetch_location(url, ctx) == cached  # cached: fetching needs no network either
+    hub = find_location("hf-hub:org/repo/model.safetensors@v1", ctx)
+    assert (hub.path, hub.fetchable) == (None, True) and "from the Hub" in hub.how
+    local = find_location("weights/theta.pt", ctx)
+    assert (local.path, local.local, local.missing) == (tmp_path / "weights" / "theta.pt", True, True)

@@ -2,35 +2,14 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-import yaml
+from helpers import batch_inputs, make_components, to_grid
 from torch.nn import functional as F
 
 from builder.components.oracles import ClassifierOracle
-from builder.components.preprocess import PreprocessedClassifier, Preprocessing
-from builder.components.vqgan import TamingVQGAN, VQGANGenerator
 from builder.config import PerturbationConfig
 from builder.engine import STOP_BUDGET, STOP_NON_FINITE, STOP_NOT_ACCEPTED, STOP_REJECTED, perturb_batch
-
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_models import TINY_VQGAN_YAML, tiny_cnn  # noqa: E402
-
-
-def make_components(seed: int, dtype: torch.dtype = torch.float64, requantize: bool = False):
-    torch.manual_seed(seed)
-    params = yaml.safe_load(TINY_VQGAN_YAML)["model"]["params"]
-    generator = VQGANGenerator(TamingVQGAN(params).eval().to(dtype), requantize=requantize)
-    model = PreprocessedClassifier(tiny_cnn(3), Preprocessing(input_size=16), 3, "py:tiny").eval().to(dtype)
-    oracle_net = PreprocessedClassifier(tiny_cnn(3, width=4), Preprocessing(input_size=16), 3, "py:oracle").eval().to(dtype)
-    return generator, ClassifierOracle(oracle_net), model
-
-
-def to_grid(x: torch.Tensor) -> torch.Tensor:
-    return torch.round(x * 255) / 255
 
 
 def algorithm1(generator, oracle, model, image: torch.Tensor, label: int, config: PerturbationConfig):
@@ -58,17 +37,6 @@ def algorithm1(generator, oracle, model, image: torch.Tensor, label: int, config
             break
         latent, current, steps = candidate, decoded, steps + 1
     return current[0], steps, True
-
-
-def batch_inputs(generator, oracle, seed: int, n: int = 12):
-    generator_rng = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (n, 3, 16, 16), generator=generator_rng, dtype=torch.uint8)
-    dtype = next(generator.model.parameters()).dtype
-    with torch.no_grad():
-        recon = to_grid(generator.decode(generator.encode(images.to(dtype) / 255)))
-        labels = oracle.classifier(recon).argmax(dim=1)
-    labels[0] = (labels[0] + 1) % 3  # one sample the oracle rejects at the start
-    return images, labels
 
 
 class ConfidenceOracle:

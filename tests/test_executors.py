@@ -8,25 +8,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import FAULTS, assert_one_line_error, build, every_file, temp_files
 
 from builder.cli import main
-
-from test_cli import assert_one_line_error
-
-FAULTS = Path(__file__).parent / "faults"
-
-
-def build(recipe: Path, out: Path, *extra: str):
-    return CliRunner().invoke(main, ["-q", "run", str(recipe), "--out", str(out), "--device", "cpu", "--no-progress", *extra])
-
-
-def every_file(root: Path) -> dict[str, bytes]:
-    """Everything a build leaves but its own bookkeeping (``_stats`` records who built what)."""
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and "_stats" not in p.parts}
-
-
-def temp_files(root: Path) -> list[Path]:
-    return [p for p in root.rglob("*") if ".tmp-" in p.name]
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ would meet them.
 from __future__ import annotations
 
 import random
-import sys
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +21,6 @@ from click.testing import CliRunner
 from builder.cli import main
 from builder.errors import CheckpointError, ComponentError
 
-sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import TINY_VQGAN_YAML, tiny_cnn
 
 # ----------------------------------------------------------------------------- helpers

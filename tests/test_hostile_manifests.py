@@ -6,21 +6,18 @@ files give a valid result or a one-line error, nothing else."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 from click.testing import CliRunner
+from helpers import assert_one_line_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from builder.benchmark import read_manifest
 from builder.cli import main
 from builder.errors import BuilderError
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_cli import assert_one_line_error  # noqa: E402
 
 TINY_MODELS = Path(__file__).parent / "tiny_models.py"
 

@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import assert_one_line_error, shard_hashes
 
 from builder.cli import main
 from builder.errors import OutputError
 from builder.fileio import inside
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_cli import assert_one_line_error, shard_hashes  # noqa: E402
 
 
 def run(recipe: Path, out: Path, *extra: str):

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner
+from helpers import BLUE, GREEN, RED, assert_one_line_error, make_source, png_bytes, solid, write_shard
 
 from builder.build import read_unit
 from builder.build.units import WorkUnit
@@ -29,9 +30,6 @@ from builder.cli import main
 from builder.errors import SourceError
 from builder.sources.base import SourceItem, SuperclassSource
 from builder.sources.decode import SampleRejected, load_rgb
-
-from test_cli import assert_one_line_error
-from test_sources import BLUE, GREEN, RED, make_source, png_bytes, solid, write_shard
 
 CLASSES = ["blue", "green", "red"]  # the tiny recipe's model has three classes
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0

@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-
-from test_executors import FAULTS, build, every_file, temp_files
+from helpers import FAULTS, build, every_file, temp_files
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install '.[ray]')")
 pytestmark = pytest.mark.slow  # a Ray cluster takes a while to start on 2 cores
@@ -62,7 +61,7 @@ def test_a_ray_actor_killed_between_shard_and_stats_is_replaced(cluster: Path, t
 
 
 def test_a_component_error_in_an_actor_is_one_line(cluster: Path, tiny_recipe: Path, tmp_path: Path) -> None:
-    from test_cli import assert_one_line_error
+    from helpers import assert_one_line_error
 
     (tmp_path / "theta.pt").write_bytes(b"broken")
     out = tmp_path / "out"

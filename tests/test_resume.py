@@ -14,11 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from helpers import assert_one_line_error, shard_hashes
 
 from builder.cli import main
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_cli import shard_hashes  # noqa: E402
 
 
 def build(recipe: Path, out: Path, *extra: str):
@@ -137,6 +135,16 @@ def test_changed_weights_are_refused_on_resume(tiny_recipe: Path, tmp_path: Path
     torch.save(tiny_cnn(3).state_dict(), tiny_recipe.parent / "theta.pt")  # retrained in place
     result = build(tiny_recipe, out)
     assert result.exit_code == 2 and "reference model 'cnn' has other weights" in result.output
+
+
+def test_a_generator_checkpoint_replaced_in_place_is_refused_on_resume(tiny_recipe: Path, tmp_path: Path) -> None:
+    """The generator's and oracle's weight files are part of what a build is (their kinds list them)."""
+    out = tmp_path / "out"
+    assert build(tiny_recipe, out).exit_code == 0
+    (out / "_stats" / "cnn" / "test-00002-of-00003.json").unlink()
+    checkpoint = tiny_recipe.parent / "vqgan.ckpt"
+    checkpoint.write_bytes(checkpoint.read_bytes() + b"\0")  # other bytes, same name
+    assert_one_line_error(build(tiny_recipe, out), "different settings", "weights.generator weights.sha256")
 
 
 def test_disk_full_keeps_finished_units_and_resumes(tiny_recipe: Path, tmp_path: Path, clean_build, monkeypatch: pytest.MonkeyPatch) -> None:

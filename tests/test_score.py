@@ -4,7 +4,6 @@ white-box detection, leaderboard, and clear errors."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +20,7 @@ from builder.score import score
 from builder.trust import UntrustedCodeError
 from builder.writers import WRITERS, OutputSample, ShardSchema
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from tiny_models import color_net  # noqa: E402
+from tiny_models import color_net
 
 TINY_MODELS = Path(__file__).parent / "tiny_models.py"
 CLASSES = ("red", "green", "blue")
@@ -34,9 +31,10 @@ def patch(label: int) -> np.ndarray:
     return np.tile(np.array(COLOR[label], dtype=np.uint8), (8, 8, 1))
 
 
-def hand_built_benchmark(root: Path, rows: list[tuple[int, int, int, bool, int]], keep_originals: bool = True) -> Path:
+def hand_built_benchmark(root: Path, rows: list[tuple[int, int, int, bool, int]], keep_originals: bool = True, fmt: str = "parquet") -> Path:
     """rows: (label, colour of the original, colour of the perturbed image, perturbed, steps).
-    The colour decides what ColorNet predicts, so SA and PA are known exactly."""
+    The colour decides what ColorNet predicts, so SA and PA are known exactly. ``fmt``: the one
+    output format its shards are written in."""
     schema = ShardSchema(CLASSES, "png", keep_originals)
     samples = []
     for index, (label, original, shown, perturbed, steps) in enumerate(rows):
@@ -49,10 +47,11 @@ def hand_built_benchmark(root: Path, rows: list[tuple[int, int, int, bool, int]]
     half = len(samples) // 2
     shards = []
     for unit, part in enumerate((samples[:half], samples[half:])):
-        path = root / "ref" / f"test-{unit:05d}-of-00002.parquet"
-        WRITERS.get("parquet")().write(path, part, schema)
+        writer = WRITERS.get(fmt)()
+        path = root / "ref" / f"test-{unit:05d}-of-00002{writer.suffix}"
+        writer.write(path, part, schema)
         entry = {"path": path.relative_to(root).as_posix(), "sha256": sha256_file(path), "bytes": path.stat().st_size}
-        shards.append({"unit": unit, "num_samples": len(part), "num_perturbed": sum(s.record["perturbed"] for s in part), "files": {"parquet": entry}})
+        shards.append({"unit": unit, "num_samples": len(part), "num_perturbed": sum(s.record["perturbed"] for s in part), "files": {fmt: entry}})
     spec = {"model": f"py:{TINY_MODELS}:color_net", "name": "ref"}
     from builder.components.preprocess import PreprocessedClassifier, Preprocessing
 
@@ -99,6 +98,16 @@ def test_fmr_arithmetic_on_a_hand_built_benchmark(tmp_path: Path) -> None:
     assert {"n", "sa", "pa", "pa_all", "fmr", "vr", "mean_steps", "white_box", "fmr_ci", "sa_ci", "benchmark_id"} <= set(payload)
 
 
+def test_a_webdataset_only_benchmark_scores_like_parquet(tmp_path: Path) -> None:
+    """Scoring reads through the format's reader: a tar-only build needs no Parquet."""
+    parquet, tar = (score(hand_built_benchmark(tmp_path / fmt, ROWS, fmt=fmt), f"py:{TINY_MODELS}:color_net", bootstrap=0)
+                    for fmt in ("parquet", "webdataset"))
+    assert (tar.n, tar.sa, tar.pa, tar.pa_all, tar.fmr, tar.white_box) == (parquet.n, parquet.sa, parquet.pa, parquet.pa_all, parquet.fmr, parquet.white_box)
+    assert tar.fmr == pytest.approx(100 * 0.5 / 0.8)
+    with pytest.raises(BenchmarkError, match="built without original images"):
+        score(hand_built_benchmark(tmp_path / "bare", ROWS, keep_originals=False, fmt="webdataset"), f"py:{TINY_MODELS}:color_net", bootstrap=0)
+
+
 def test_bootstrap_is_seeded() -> None:
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 200)
@@ -137,7 +146,7 @@ def test_reference_model_agrees_with_the_build_records(tiny_recipe: Path, tmp_pa
         reference_spec(bench, "ref:cnn")
     model = load_model_for(bench, reference_spec(bench, "ref:cnn", trust_remote_code=True), "cpu", tmp_path / "cache", tiny_recipe.parent)
     on_images, on_originals = predict(model, bench, "cnn", device="cpu", batch_size=5, workers=2)
-    for shard, path in enumerate(bench.parquet_files("cnn")):
+    for shard, path in enumerate(bench.shards("cnn")[1]):
         records = pq.read_table(path, columns=["pred_after", "pred_before"]).to_pydict()
         assert on_images[shard].tolist() == records["pred_after"]
         assert on_originals[shard].tolist() == records["pred_before"]

@@ -15,39 +15,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import BLUE, GREEN, RED, make_source, png_bytes, solid, write_shard
 from PIL import Image
 
 from builder.build import read_unit
 from builder.build.units import WorkUnit
-from builder.config import parse_component
 from builder.errors import RecipeError, SourceError
 from builder.sources import decode
-from builder.sources.base import SourceContext, check_label, open_source
+from builder.sources.base import check_label
 from builder.sources.decode import SampleRejected, load_rgb
 
-RED = (255, 0, 0)
-GREEN = (0, 255, 0)
-BLUE = (0, 0, 255)
 YELLOW = (255, 255, 0)
 WHITE = (255, 255, 255)
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def make_source(data: dict, tmp_path: Path, **kwargs):
-    config = parse_component("sources", data, ("source",))
-    return open_source(config, SourceContext(base_dir=tmp_path, cache_dir=tmp_path / "cache"), **kwargs)
-
-
-def png_bytes(image: Image.Image, fmt: str = "PNG", **save_kwargs) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **save_kwargs)
-    return buffer.getvalue()
-
-
-def solid(color, size=(6, 4), mode="RGB") -> Image.Image:
-    return Image.new(mode, size, color)
 
 
 def from_bytes(data: bytes):
@@ -316,16 +298,6 @@ def test_huggingface_plain_int_labels_need_class_names(tmp_path: Path, monkeypat
 
 
 # ----------------------------------------------------------------------------- 4. webdataset
-
-
-def write_shard(path: Path, samples: list[tuple[str, tuple[int, int, int], int]]) -> None:
-    import webdataset
-
-    with open(path, "wb") as stream:
-        writer = webdataset.TarWriter(stream)
-        for key, color, label in samples:
-            writer.write({"__key__": key, "png": png_bytes(solid(color)), "cls": label})
-        writer.close()
 
 
 def wds(tmp_path: Path, urls, **extra):

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import batch_inputs, make_components
 
 from builder.config import PerturbationConfig
 from builder.engine import perturb_batch
 from builder.errors import CheckpointError, ComponentError
 from builder.sparse import fit_l1_mask, load_mask, mask_metadata, save_mask
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_engine import batch_inputs, make_components  # noqa: E402
 
 
 def test_the_fit_finds_the_dimensions_that_move() -> None:

@@ -13,11 +13,9 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from helpers import assert_one_line_error
 
 from builder.cli import main
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_cli import assert_one_line_error  # noqa: E402
 
 CANARY = '''
 from pathlib import Path

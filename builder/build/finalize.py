@@ -106,7 +106,7 @@ def finalize(plan: BuildPlan, seconds: float) -> BuildSummary:
     manifest = manifest_of(plan, records)
     with output_errors(out):
         write_bytes_atomic(out / REJECTS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records.rejects).encode())
-        previews = {name: preview_rows(out, shards, plan.recipe.output.image_encoding) for name, shards in records.shards.items()}
+        previews = {name: preview_rows(out, shards) for name, shards in records.shards.items()}
         render_preview(out / PREVIEW, previews, plan.settings.class_names)
         write_gallery(out, manifest)
         write_json_atomic(out / MANIFEST, manifest)
@@ -144,53 +144,25 @@ def write_partial_manifest(plan: BuildPlan) -> None:
             (out / stale).unlink(missing_ok=True)
 
 
-def preview_rows(out: Path, shards: list[dict[str, Any]], image_format: str) -> list[tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
-    """The first samples of a config's first shard, read back from what was written (its tar,
-    else its Parquet file)."""
+def preview_rows(out: Path, shards: list[dict[str, Any]]) -> list[tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
+    """The first samples of a config's first shard, read back from what was written through the
+    reader of a format that shard has."""
+    from builder.benchmark import readable_format
+    from builder.images import decode_image
+    from builder.writers.base import RECORD_FIELDS, WRITERS
+
     if not shards:
         return []
     files = min(shards, key=lambda s: s["unit"])["files"]
-    if "webdataset" in files:
-        return _tar_rows(out / files["webdataset"]["path"], image_format)
-    if "parquet" in files:
-        return _parquet_rows(out / files["parquet"]["path"])
-    return []
-
-
-def _tar_rows(shard: Path, image_format: str) -> list[tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
-    import tarfile
-
-    from builder.images import decode_image
-
-    members: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(shard) as tar:
-        for member in tar:
-            key, _, extension = member.name.partition(".")
-            handle = tar.extractfile(member)
-            if handle is not None and len(members) <= PREVIEW_SAMPLES:
-                members.setdefault(key, {})[extension] = handle.read()
+    fmt = readable_format([files])
+    if fmt is None:
+        return []
+    reader, path = WRITERS.get(fmt)(), out / files[fmt]["path"]
+    records = reader.read_records(path, [name for name, _ in RECORD_FIELDS])[:PREVIEW_SAMPLES]
     rows = []
-    for key in sorted(members)[:PREVIEW_SAMPLES]:
-        parts = members[key]
-        if image_format in parts and "json" in parts:
-            image = decode_image(parts[image_format])
-            original = decode_image(parts[f"original.{image_format}"]) if f"original.{image_format}" in parts else image
-            rows.append((original, image, json.loads(parts["json"])))
-    return rows
-
-
-def _parquet_rows(shard: Path) -> list[tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
-    import pyarrow.parquet as pq
-
-    from builder.images import decode_image
-
-    table = pq.read_table(shard).slice(0, PREVIEW_SAMPLES).to_pylist()
-    rows = []
-    for row in table:
-        image = decode_image(row.pop("image")["bytes"])
-        original_cell = row.pop("original_image", None)
-        original = decode_image(original_cell["bytes"]) if original_cell else image
-        rows.append((original, image, row))
+    for record, (image, original) in zip(records, reader.read_images(path, range(len(records))), strict=True):
+        perturbed = decode_image(image)
+        rows.append((decode_image(original) if original is not None else perturbed, perturbed, record))
     return rows
 
 

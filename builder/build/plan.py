@@ -13,12 +13,16 @@ from typing import Any, Optional
 
 from builder import __version__
 from builder.build.units import WorkUnit, plan_units
+from builder.checkpoints import ResolveContext, find_location
 from builder.components.base import check_image_size
 from builder.config import Recipe, recipe_to_dict
 from builder.errors import OutputError
+from builder.fileio import sha256_file
 from builder.manifest import MANIFEST_FORMAT
 from builder.outdir import OutputState, check_unlocked, inspect_output
+from builder.preflight import component_weights
 from builder.recipes import LoadedRecipe
+from builder.registry import loaded_plugins
 from builder.sources.base import SourceContext, open_source
 
 
@@ -69,6 +73,8 @@ class RunnerSettings:
     device: str
     batch_size: int
     class_names: tuple[str, ...]
+    #: plugin modules the driver imported (--plugin, entry points): workers import them too
+    plugins: tuple[str, ...] = ()
     compile: bool = False
 
 
@@ -125,6 +131,7 @@ def plan_build(loaded: LoadedRecipe, options: BuildOptions) -> BuildPlan:
         "source_samples": total,
         "configs": [spec.config_name for spec in recipe.reference_models],
         "source": source_fingerprint(source, recipe.source, loaded.base_dir),
+        "weights": weights_fingerprint(recipe, ResolveContext(loaded.base_dir, options.cache_dir)),
     }
     check_unlocked(options.out_dir)
     state = inspect_output(options.out_dir, identity, overwrite=options.overwrite, force_clean=options.force_clean)
@@ -132,8 +139,27 @@ def plan_build(loaded: LoadedRecipe, options: BuildOptions) -> BuildPlan:
     split = recipe.output.split
     pending = tuple((unit, name) for unit in units for name in names if (name, unit.shard_stem(split)) not in state.completed)
     settings = RunnerSettings(recipe, loaded.base_dir, options.cache_dir, options.out_dir, options.device,
-                              options.batch_size or recipe.batch_size, tuple(source.class_names), options.compile)
+                              options.batch_size or recipe.batch_size, tuple(source.class_names), loaded_plugins(), options.compile)
     return BuildPlan(loaded, options, settings, units, total, identity, state, pending)
+
+
+def weights_fingerprint(recipe: Recipe, locations: ResolveContext) -> dict[str, dict[str, str]]:
+    """The generator's and oracle's weight files (their registered kinds say which): the location,
+    and the sha256 of a local file, so a resume notices a checkpoint replaced in place. Trained
+    weights live under a name hashed from what shaped them, downloads under their URL (pinned or
+    not) or Hub revision: their location is their identity. Reference models are compared by the
+    weights they loaded (:meth:`BuildPlan.check_same_weights`)."""
+    fingerprint = {}
+    for where, config in (("generator", recipe.generator), ("oracle", recipe.oracle)):
+        for found in component_weights(config, where):
+            if found.location is None:
+                continue
+            entry = {"location": found.location}
+            place = find_location(found.location, locations)
+            if not found.trained and place.local and place.ready and place.path is not None:
+                entry["sha256"] = sha256_file(place.path)
+            fingerprint[found.what] = entry
+    return fingerprint
 
 
 def source_fingerprint(source: Any, config: Any, base_dir: Path) -> dict[str, Any]:

@@ -25,8 +25,9 @@ from builder.components.base import ComponentContext
 from builder.config import Recipe
 from builder.errors import OutputError
 from builder.fileio import inside, sha256_file, write_json_atomic
-from builder.images import encode_image
+from builder.images import encode_image, to_nchw
 from builder.manifest import STATS_DIR
+from builder.registry import load_plugins
 from builder.sources.base import SourceContext, check_label, open_source
 from builder.sources.decode import SampleRejected, load_rgb
 from builder.writers import WRITERS, OutputSample, ShardSchema
@@ -130,6 +131,7 @@ class UnitRunner:
     """Turns work units into shard files and stats files; loads everything once, at creation."""
 
     def __init__(self, settings: RunnerSettings) -> None:
+        load_plugins(settings.plugins)  # in a worker process: the kinds the driver knew
         self.settings = settings
         recipe = settings.recipe
         self.source = open_source(recipe.source, SourceContext(settings.base_dir, settings.cache_dir))
@@ -164,7 +166,7 @@ class UnitRunner:
 
         parts = self.components
         device = self.settings.device
-        images = torch.from_numpy(inputs.pixels).permute(0, 3, 1, 2).contiguous()
+        images = to_nchw(inputs.pixels)
         labels = torch.from_numpy(inputs.labels).to(device)
         mask = getattr(parts.generator, "mask", None)
         result = perturb_batch(parts.generator, parts.oracle, parts.models[name], images, labels, self.settings.recipe.perturbation,

@@ -13,8 +13,9 @@ from typing import Any, Callable, Protocol, runtime_checkable
 from builder import registry
 from builder.checkpoints import ResolveContext
 from builder.config import SourceConfig
-from builder.errors import ComponentError
+from builder.errors import BuilderError, ComponentError
 from builder.fileio import sha256_json
+from builder.preflight import Check, PreflightContext, size_checks
 from builder.registry import Registry
 
 
@@ -122,6 +123,20 @@ def generator_image_size_problem(generator_config: Any, image_size: int, locatio
     if problem is None and hasattr(generator_config, "image_size_problem"):
         problem = generator_config.image_size_problem(image_size, locations)
     return problem
+
+
+def image_size_preflight(config: Any, ctx: PreflightContext, where: str) -> list[Check]:
+    """A dry run's checks for a generator that reads no files: the image sizes it is asked for,
+    judged by its config's ``image_size_problem``."""
+
+    def problem(size: int) -> str | None:
+        return generator_image_size_problem(config, size, ctx)
+
+    try:
+        checks = size_checks(config, ctx.image_size, problem, "accepted")
+    except BuilderError as error:
+        return [Check(where, config.kind, f"{where}: {error}")]
+    return [Check(where, f"{config.kind}: nothing to load"), *checks]
 
 
 def check_image_size(generator_config: Any, image_size: int, base_dir: Path, cache_dir: Path | None = None) -> None:

@@ -15,12 +15,13 @@ from typing import Any, cast
 
 from torch import nn
 
-from builder.checkpoints import load_state_dict, load_weights, resolve_location
+from builder.checkpoints import fetch_location, load_state_dict, load_weights
 from builder.components.base import MODELS, ComponentContext
 from builder.components.preprocess import PooledClassifier, PreprocessedClassifier, Preprocessing
 from builder.config import ModelSpec
 from builder.errors import ComponentError
-from builder.registry import unknown_name_message
+from builder.preflight import Check, PreflightContext
+from builder.registry import closest, unknown_name_message
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,30 @@ def _class_count(spec: ModelSpec, ctx: ComponentContext, pretrained: bool) -> in
     return None if pretrained else len(ctx.class_names)
 
 
-@MODELS.register("timm", description="timm.create_model(name), preprocessing from its pretrained config")
+def timm_preflight(spec: ModelSpec, ctx: PreflightContext, where: str) -> list[Check]:
+    """The architecture and pretrained tag exist in timm (its class count from the tag's config)."""
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    target = spec.model.partition(":")[2]
+    architecture = target.split(".")[0]
+    if not timm.is_model(architecture):
+        return [Check(where, spec.model, f"{where}: {unknown_name_message('timm model', architecture, timm.list_models())}")]
+    classes = None
+    if spec.pretrained and spec.checkpoint is None:
+        tags = timm.list_pretrained(f"{architecture}.*")
+        if "." not in target:
+            return [Check(where, spec.model, f"{where}: name the full pretrained tag (preprocessing follows it): one of {', '.join(tags[:6])}")]
+        if target not in tags:
+            hint = closest(target, tags)
+            suggestion = f"did you mean '{hint}'? " if hint else ""
+            return [Check(where, spec.model, f"{where}: timm has no pretrained '{target}'; {suggestion}{len(tags)} tags: timm.list_pretrained('{architecture}.*')")]
+        pretrained_cfg = get_pretrained_cfg(target)
+        classes = pretrained_cfg.num_classes if pretrained_cfg is not None else None
+    return [Check(where, f"{spec.model} ({'pretrained' if spec.pretrained and not spec.checkpoint else 'own weights'})", classes=classes)]
+
+
+@MODELS.register("timm", description="timm.create_model(name), preprocessing from its pretrained config", preflight=timm_preflight)
 def build_timm(target: str, spec: ModelSpec, ctx: ComponentContext, pretrained: bool) -> PreprocessedClassifier:
     import timm
     from timm.data import resolve_model_data_config
@@ -166,7 +190,25 @@ def call_factory(target: str, factory: Any, kwargs: dict[str, Any]) -> nn.Module
     return net
 
 
-@MODELS.register("py", description="your own callable(num_classes=..., **kwargs) -> nn.Module", runs_code=True)
+class _ClassCount:
+    """Stands for num_classes in a dry run's signature message, before the count is known."""
+
+    def __repr__(self) -> str:
+        return "<classes>"
+
+
+def python_preflight(spec: ModelSpec, ctx: PreflightContext, where: str) -> list[Check]:
+    """The callable imports and takes ``num_classes`` and the spec's kwargs (it is not called)."""
+    target = spec.model.partition(":")[2]
+    try:
+        factory = _import_callable(target, ctx.base_dir)
+    except ComponentError as error:
+        return [Check(where, spec.model, f"{where}: {error}")]
+    problem = signature_problem(target, factory, {"num_classes": spec.num_classes or _ClassCount(), **spec.kwargs})
+    return [Check(where, spec.model, f"{where}: {problem}" if problem else None)]
+
+
+@MODELS.register("py", description="your own callable(num_classes=..., **kwargs) -> nn.Module", runs_code=True, preflight=python_preflight)
 def build_python(target: str, spec: ModelSpec, ctx: ComponentContext, pretrained: bool) -> PreprocessedClassifier:
     factory = _import_callable(target, ctx.base_dir)
     count = spec.num_classes or len(ctx.class_names)
@@ -203,7 +245,7 @@ def load_classifier(spec: ModelSpec, ctx: ComponentContext, *, classes_of: str =
     ``ctx.class_names`` come from, for the mismatch message."""
     classifier = build_classifier(spec, ctx, pretrained=spec.pretrained and spec.checkpoint is None)
     if spec.checkpoint:
-        path = ctx.trained_location(resolve_location(spec.checkpoint, ctx.locations), spec)
+        path = ctx.trained_location(fetch_location(spec.checkpoint, ctx.locations), spec)
         state = load_state_dict(path, cache_dir=ctx.cache_dir, what=f"{spec.model} checkpoint")
         load_weights(classifier.net, state, path=path, what=spec.model)
     classifier = pooled(classifier, spec)

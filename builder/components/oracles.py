@@ -6,24 +6,27 @@ import contextlib
 import logging
 import re
 import string
+from pathlib import Path
 from typing import Any, ClassVar, Iterator, Optional, Union
 
 import torch
 from pydantic import SerializeAsAny, field_validator
 from torch.nn import functional as F
 
-from builder.checkpoints import BUILTIN_DIR, load_state_dict, load_weights, resolve_location
+from builder.checkpoints import BUILTIN_DIR, fetch_location, load_state_dict, load_weights
 from builder.components.base import ORACLES, ComponentContext, Oracle
 from builder.components.models import load_classifier
 from builder.components.preprocess import Preprocess, Preprocessing
 from builder.config import ModelSpec, OracleConfig, TrainConfig
 from builder.errors import ComponentError
+from builder.preflight import Check, PreflightContext, Weights, check_model, model_weights, preflight, weights
 from builder.registry import unknown_name_message
 
 log = logging.getLogger(__name__)
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+#: a ``pretrained`` value that names a weights file rather than an open_clip tag
 _LOCATION = re.compile(r"^[a-z][a-z0-9+-]+:|[/\\]|\.(pt|pth|bin|safetensors|ckpt)$")
 
 
@@ -34,10 +37,6 @@ class ClipOracleConfig(OracleConfig):
     template: str = "an image of {}"
     prompt_names: Optional[Union[str, tuple[str, ...]]] = None  # a list, or a named list such as open_clip:imagenet
     train: Optional[TrainConfig] = None
-
-    def trainable_location(self) -> str | None:
-        """Where weights trained from its ``train`` block go (None: nothing to train)."""
-        return self.pretrained if self.train is not None and _LOCATION.search(self.pretrained) else None
 
     @field_validator("prompt_names")
     @classmethod
@@ -133,7 +132,7 @@ def _without_root_warning(text: str) -> Iterator[None]:
 
 
 def _load_clip_weights(model: Any, config: ClipOracleConfig, ctx: ComponentContext) -> None:
-    path = ctx.trained_location(resolve_location(config.pretrained, ctx.locations), config)
+    path = ctx.trained_location(fetch_location(config.pretrained, ctx.locations), config)
     state = load_state_dict(path, cache_dir=ctx.cache_dir, what="oracle checkpoint")
     load_weights(model, state, path=path, what=f"open_clip {config.model}")
 
@@ -202,7 +201,54 @@ def _judge(probabilities: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Ten
     return accepted, probabilities.gather(1, labels[:, None]).squeeze(1)
 
 
-@ORACLES.register("clip", config=ClipOracleConfig, description="CLIP zero-shot through open_clip")
+def clip_preflight(config: ClipOracleConfig, ctx: PreflightContext, where: str) -> list[Check]:
+    """The open_clip model and pretrained tag exist (or the tag is a weights location); the
+    first check carries the prompt count."""
+    import open_clip
+
+    register_builtin_clip_configs()
+    if config.model not in open_clip.list_models():
+        return [Check(where, config.model, f"{where}: {unknown_name_message('open_clip model', config.model, open_clip.list_models())}")]
+    tags = open_clip.list_pretrained_tags_by_model(config.model)
+    if config.pretrained not in tags and not _LOCATION.search(config.pretrained):
+        return [Check(where, config.model, f"{where}: open_clip has no pretrained '{config.pretrained}' for {config.model}; tags: {', '.join(tags) or 'none'}")]
+    names = config.prompt_names
+    count = len(PROMPT_LISTS[names]()) if isinstance(names, str) else (len(names) if names else ctx.class_count)
+    shown = f"open_clip {config.model}" + ("" if _LOCATION.search(config.pretrained) else f" / {config.pretrained}")
+    return [Check(where, shown, classes=count)]
+
+
+def clip_weights(config: ClipOracleConfig, where: str) -> list[Weights]:
+    """A ``pretrained`` that names a file (an open_clip tag is open_clip's own download)."""
+    if not _LOCATION.search(config.pretrained):
+        return []
+    return [Weights(f"{where} weights", config.pretrained, config, config.train is not None)]
+
+
+def train_clip(config: ClipOracleConfig, ctx: ComponentContext, out: Path) -> None:
+    """Train an open_clip model on "template.format(class)" captions (CLIP loss over classes)."""
+    import open_clip
+
+    from builder.checkpoints import save_state_dict
+    from builder.train import fit, load_training_data, seeded
+
+    train = config.train or TrainConfig()
+    seed = ctx.train_seed(config)
+    model = seeded(seed, lambda: create_clip(config, ctx, load_weights_=False)).to(ctx.device).train()
+    preprocess = Preprocess(clip_preprocessing(model)).to(ctx.device)
+    tokens = open_clip.get_tokenizer(config.model)(prompts(config, ctx.class_names)).to(ctx.device)
+
+    def loss_fn(batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        image = F.normalize(model.encode_image(preprocess(batch)), dim=-1)
+        text = F.normalize(model.encode_text(tokens), dim=-1)
+        return F.cross_entropy(model.logit_scale.exp() * image @ text.T, labels)
+
+    fit(model.parameters(), loss_fn, load_training_data(ctx, train), train, seed, ctx.device, f"oracle {config.model}")
+    save_state_dict({k: v.cpu() for k, v in model.state_dict().items()}, out)
+
+
+@ORACLES.register("clip", config=ClipOracleConfig, description="CLIP zero-shot through open_clip", preflight=clip_preflight,
+                  weights=clip_weights, trainer=train_clip)
 def load_clip_oracle(config: ClipOracleConfig, ctx: ComponentContext) -> ClipZeroShotOracle:
     import open_clip
 
@@ -222,7 +268,16 @@ class ClassifierOracle:
             return _judge(self.classifier(images).softmax(dim=-1), labels)
 
 
-@ORACLES.register("classifier", config=ClassifierOracleConfig, description="any classifier spec as the oracle")
+def classifier_preflight(config: ClassifierOracleConfig, ctx: PreflightContext, where: str) -> list[Check]:
+    return check_model(config.model, ctx, where)
+
+
+def classifier_weights(config: ClassifierOracleConfig, where: str) -> list[Weights]:
+    return model_weights(config.model, where)
+
+
+@ORACLES.register("classifier", config=ClassifierOracleConfig, description="any classifier spec as the oracle",
+                  preflight=classifier_preflight, weights=classifier_weights)
 def load_classifier_oracle(config: ClassifierOracleConfig, ctx: ComponentContext) -> ClassifierOracle:
     return ClassifierOracle(load_classifier(config.model, ctx))
 
@@ -240,7 +295,16 @@ class EnsembleOracle:
         return accepted, probability
 
 
-@ORACLES.register("ensemble", config=EnsembleOracleConfig, description="all members must accept")
+def ensemble_preflight(config: EnsembleOracleConfig, ctx: PreflightContext, where: str) -> list[Check]:
+    return [check for i, member in enumerate(config.members) for check in preflight(ORACLES, member.kind, member, ctx, f"{where}.members[{i}]")]
+
+
+def ensemble_weights(config: EnsembleOracleConfig, where: str) -> list[Weights]:
+    return [found for i, member in enumerate(config.members) for found in weights(ORACLES, member.kind, member, f"{where}.members[{i}]")]
+
+
+@ORACLES.register("ensemble", config=EnsembleOracleConfig, description="all members must accept",
+                  preflight=ensemble_preflight, weights=ensemble_weights)
 def load_ensemble_oracle(config: EnsembleOracleConfig, ctx: ComponentContext) -> EnsembleOracle:
     return EnsembleOracle([load_oracle(member, ctx) for member in config.members])
 

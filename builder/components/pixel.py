@@ -12,8 +12,8 @@ from typing import Optional
 
 import torch
 
-from builder.checkpoints import ResolveContext, resolve_location
-from builder.components.base import GENERATORS, ComponentContext, image_size_cap_problem
+from builder.checkpoints import ResolveContext, fetch_location
+from builder.components.base import GENERATORS, ComponentContext, image_size_cap_problem, image_size_preflight
 from builder.config import GeneratorConfig
 from builder.errors import ComponentError
 
@@ -39,7 +39,8 @@ class PixelGenerator:
         return latent.clamp(0, 1)
 
 
-@GENERATORS.register("pixel", config=PixelConfig, description="no generator: steps move the pixels directly (baseline)")
+@GENERATORS.register("pixel", config=PixelConfig, description="no generator: steps move the pixels directly (baseline)",
+                     preflight=image_size_preflight)
 def load_pixel(config: PixelConfig, ctx: ComponentContext) -> PixelGenerator:
     problem = image_size_cap_problem(ctx.image_size)
     if problem:
@@ -48,5 +49,5 @@ def load_pixel(config: PixelConfig, ctx: ComponentContext) -> PixelGenerator:
     if config.mask is not None:
         from builder.sparse import load_mask
 
-        mask = load_mask(resolve_location(config.mask, ctx.locations), expected_channels=3).to(ctx.device)
+        mask = load_mask(fetch_location(config.mask, ctx.locations), expected_channels=3).to(ctx.device)
     return PixelGenerator(mask)

@@ -21,13 +21,16 @@ from torch import nn
 
 from builder.checkpoints import (
     ResolveContext,
+    fetch_location,
+    find_location,
     load_state_dict,
     load_weights,
-    resolve_location,
 )
 from builder.components.base import GENERATORS, ComponentContext, image_size_cap_problem
 from builder.config import GeneratorConfig, TrainConfig
-from builder.errors import ComponentError
+from builder.errors import BuilderError, ComponentError
+from builder.fileio import atomic_write
+from builder.preflight import Check, PreflightContext, Weights, size_checks
 from builder.safeyaml import parse_bounded
 
 log = logging.getLogger(__name__)
@@ -46,14 +49,10 @@ class VQGANConfig(GeneratorConfig):
     mask: Optional[str] = None  # a file from `build-benchmark fit-mask`: perturb only those latent dims
     train: Optional[TrainConfig] = None
 
-    def trainable_location(self) -> str | None:
-        """Where weights trained from its ``train`` block go (None: nothing to train)."""
-        return self.checkpoint if self.train is not None else None
-
     def image_size_problem(self, image_size: int, locations: ResolveContext) -> str | None:
         """Why this VQGAN cannot take ``image_size`` px images (None if it can); reads the config
         file, so a malformed one raises its ComponentError."""
-        path = resolve_location(self.config, locations)
+        path = fetch_location(self.config, locations)
         return downsampling_problem(read_taming_config(path), image_size, path)
 
 
@@ -263,23 +262,82 @@ class VQGANGenerator:
         return ((self.model.decode_latent(latent) + 1) / 2).clamp(0, 1)
 
 
-@GENERATORS.register("vqgan", config=VQGANConfig, description="taming-transformers VQGAN (config YAML + .ckpt)")
-def load_vqgan(config: VQGANConfig, ctx: ComponentContext) -> VQGANGenerator:
-    config_path = resolve_location(config.config, ctx.locations)
+def vqgan_preflight(generator: VQGANConfig, ctx: PreflightContext, where: str) -> list[Check]:
+    """The taming config file (read when it is local or cached) and the image sizes it takes."""
+    item = f"{where} config"
+    try:
+        found = find_location(generator.config, ctx)
+    except BuilderError as error:
+        return [Check(item, generator.config, f"{item}: {error}")]
+    if found.missing:
+        shown = "is a directory, not a YAML file" if found.path is not None and found.path.is_dir() else "does not exist"
+        return [Check(item, generator.config, f"{item}: {generator.config} {shown}; check {where}.config")]
+    if found.path is None or not found.ready:
+        checks = [Check(item, f"{generator.config}: {found.how}")]
+        return checks + size_checks(generator, ctx.image_size, image_size_cap_problem, "the downsampling factor is checked once the config is fetched")
+    try:
+        params = read_taming_config(found.path)
+    except BuilderError as error:
+        return [Check(item, generator.config, str(error))]
+    factor = downsampling_factor(params)
+    checks = [Check(item, f"{generator.config}: n_embed {params['n_embed']}, embed_dim {params['embed_dim']}, f{factor}")]
+    path = found.path
+
+    def problem(size: int) -> str | None:
+        return image_size_cap_problem(size) or downsampling_problem(params, size, path)
+
+    return checks + size_checks(generator, ctx.image_size, problem, f"a multiple of f{factor}")
+
+
+def vqgan_weights(generator: VQGANConfig, where: str) -> list[Weights]:
+    return [Weights(f"{where} weights", generator.checkpoint, generator, generator.train is not None and generator.checkpoint is not None)]
+
+
+def train_vqgan(generator: VQGANConfig, ctx: ComponentContext, out: Path) -> None:
+    """Train a taming-format VQGAN (L1 + L2 reconstruction + codebook loss; no GAN, no LPIPS)."""
+    from torch.nn import functional as F
+
+    from builder.train import fit, load_training_data, seeded
+
+    train = generator.train or TrainConfig()
+    config_path = fetch_location(generator.config, ctx.locations)
+    params = read_taming_config(config_path)
+    size = train.image_size or ctx.image_size
+    problem = image_size_cap_problem(size) or downsampling_problem(params, size, config_path)
+    if problem:  # checked before reading a single training image
+        raise ComponentError(f"{'generator train.' if train.image_size else ''}{problem}")
+    seed = ctx.train_seed(generator)
+    model = seeded(seed, lambda: TamingVQGAN(params)).to(ctx.device).train()
+
+    def loss_fn(batch: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
+        x = batch * 2 - 1
+        reconstruction, codebook_loss = model(x)
+        return (x - reconstruction).abs().mean() + F.mse_loss(reconstruction, x) + codebook_loss
+
+    fit(model.parameters(), loss_fn, load_training_data(ctx, train), train, seed, ctx.device, "generator")
+    state = {k: v.cpu() for k, v in model.state_dict().items()}
+    with atomic_write(out) as handle:  # the taming / Lightning layout: {"state_dict": ...}
+        torch.save({"state_dict": state, "epoch": train.epochs, "global_step": 0}, handle)
+
+
+@GENERATORS.register("vqgan", config=VQGANConfig, description="taming-transformers VQGAN (config YAML + .ckpt)",
+                     preflight=vqgan_preflight, weights=vqgan_weights, trainer=train_vqgan)
+def load_vqgan(generator: VQGANConfig, ctx: ComponentContext) -> VQGANGenerator:
+    config_path = fetch_location(generator.config, ctx.locations)
     params = read_taming_config(config_path)
     problem = image_size_cap_problem(ctx.image_size) or downsampling_problem(params, ctx.image_size, config_path)
     if problem:
         raise ComponentError(problem)
     model = TamingVQGAN(params)
-    if config.checkpoint is None:
+    if generator.checkpoint is None:
         log.warning("generator has no checkpoint: random weights (only useful for timing)")
     else:
-        path = ctx.trained_location(resolve_location(config.checkpoint, ctx.locations), config)
+        path = ctx.trained_location(fetch_location(generator.checkpoint, ctx.locations), generator)
         state = load_state_dict(path, cache_dir=ctx.cache_dir, what="generator checkpoint")
         load_weights(model, state, path=path, what="generator", ignore_prefixes=("loss.",))
     mask = None
-    if config.mask is not None:
+    if generator.mask is not None:
         from builder.sparse import load_mask
 
-        mask = load_mask(resolve_location(config.mask, ctx.locations), expected_channels=params["embed_dim"]).to(ctx.device)
-    return VQGANGenerator(model.eval().requires_grad_(False).to(ctx.device), config.requantize, mask)
+        mask = load_mask(fetch_location(generator.mask, ctx.locations), expected_channels=params["embed_dim"]).to(ctx.device)
+    return VQGANGenerator(model.eval().requires_grad_(False).to(ctx.device), generator.requantize, mask)

@@ -10,7 +10,8 @@ from typing import Any, Protocol, runtime_checkable
 from builder import registry
 from builder.checkpoints import ResolveContext
 from builder.config import SourceConfig
-from builder.errors import SourceError
+from builder.errors import BuilderError, SourceError
+from builder.preflight import Check
 from builder.registry import Registry
 
 
@@ -53,6 +54,22 @@ def open_source(config: SourceConfig, ctx: SourceContext, *, split: str | None =
     if len(source) == 0:
         raise SourceError(f"source {config.kind} is empty; check its path and split")
     return source
+
+
+def open_preflight(config: SourceConfig, ctx: SourceContext, where: str) -> list[Check]:
+    """A dry run's check of a source readable offline: open it and count its samples and classes."""
+    try:
+        source = open_source(config, ctx)
+    except BuilderError as error:
+        declared = declared_classes(config)
+        return [Check(where, config.kind, f"{where}: {error}", classes=len(declared) if declared else None, class_names=declared)]
+    names = tuple(source.class_names)
+    return [Check(where, f"{config.kind}: {len(source)} samples, {len(names)} classes", classes=len(names), class_names=names, samples=len(source))]
+
+
+def declared_classes(config: SourceConfig) -> tuple[str, ...] | None:
+    """The class names a recipe declares for its source (super-class names first), if any."""
+    return tuple(config.class_ranges or ()) or (tuple(config.class_names) if config.class_names else None)
 
 
 def check_class_names(declared: tuple[str, ...] | None, found: tuple[str, ...], what: str) -> tuple[str, ...]:

@@ -9,7 +9,7 @@ from typing import Literal
 import numpy as np
 
 from builder.config import SourceConfig
-from builder.sources.base import SOURCES, SourceContext, SourceItem, check_class_names
+from builder.sources.base import SOURCES, SourceContext, SourceItem, check_class_names, open_preflight
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -24,7 +24,7 @@ def _to_image(pixels: np.ndarray):  # -> PIL.Image.Image
     return Image.fromarray(np.round(pixels * (255.0 / 16.0)).astype(np.uint8), mode="L")
 
 
-@SOURCES.register("sklearn-digits", config=DigitsConfig, description="scikit-learn's 8x8 digits; every 4th sample is test")
+@SOURCES.register("sklearn-digits", config=DigitsConfig, description="scikit-learn's 8x8 digits; every 4th sample is test", preflight=open_preflight)
 class DigitsSource:
     def __init__(self, config: DigitsConfig, ctx: SourceContext) -> None:
         from sklearn.datasets import load_digits

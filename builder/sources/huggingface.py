@@ -5,16 +5,20 @@ from __future__ import annotations
 import functools
 import io
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from builder.config import SourceConfig
 from builder.errors import SourceError
+from builder.preflight import Check
 from builder.sources.base import (
     SOURCES,
     SourceContext,
     SourceItem,
     check_class_names,
     check_label,
+    declared_classes,
+    open_preflight,
 )
 from builder.sources.imagefolder import open_image
 
@@ -46,7 +50,17 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-@SOURCES.register("huggingface", config=HuggingFaceConfig, description="datasets.load_dataset(path, name, split)")
+def huggingface_preflight(config: HuggingFaceConfig, ctx: SourceContext, where: str) -> list[Check]:
+    """A local data set dir is opened and counted; a Hub one is not fetched for a dry run."""
+    if Path(config.path).expanduser().exists():
+        return open_preflight(config, ctx, where)
+    names = declared_classes(config)
+    detail = f"{config.kind} {config.path}: samples and classes known at run time (not opened offline)"
+    return [Check(where, detail, classes=len(names) if names else None, class_names=names)]
+
+
+@SOURCES.register("huggingface", config=HuggingFaceConfig, description="datasets.load_dataset(path, name, split)",
+                  preflight=huggingface_preflight)
 class HuggingFaceSource:
     def __init__(self, config: HuggingFaceConfig, ctx: SourceContext) -> None:
         import datasets

@@ -15,6 +15,7 @@ from builder.sources.base import (
     SourceContext,
     SourceItem,
     check_class_names,
+    open_preflight,
     printable_id,
 )
 from builder.sources.decode import SampleRejected
@@ -98,7 +99,7 @@ def _files_below(folder: Path) -> list[Path]:
     return sorted(Path(top, name) for top, _, files in os.walk(folder, onerror=fail) for name in files)
 
 
-@SOURCES.register("imagefolder", config=ImageFolderConfig, description="root/<class>/<image>, classes sorted by name")
+@SOURCES.register("imagefolder", config=ImageFolderConfig, description="root/<class>/<image>, classes sorted by name", preflight=open_preflight)
 class ImageFolderSource:
     def __init__(self, config: ImageFolderConfig, ctx: SourceContext) -> None:
         root = Path(config.path).expanduser()

@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from builder.checkpoints import resolve_location
+from builder.checkpoints import fetch_location
 from builder.config import SourceConfig
 from builder.errors import SourceError
 from builder.sources.base import (
     SOURCES,
     SourceContext,
     SourceItem,
+    open_preflight,
     printable_id,
     shown_label,
 )
@@ -63,7 +64,7 @@ def _expand(urls: str | tuple[str, ...], ctx: SourceContext) -> list[Path]:
     paths: list[Path] = []
     for pattern in patterns:
         for url in braceexpand.braceexpand(pattern):
-            local = resolve_location(url, ctx)
+            local = fetch_location(url, ctx)
             matches = sorted(glob.glob(str(local))) if any(c in str(local) for c in "*?[") else [str(local)]
             paths.extend(Path(m) for m in matches)
             if len(paths) > MAX_SHARDS:
@@ -180,7 +181,7 @@ def _read_member(shard: Path, member: tarfile.TarInfo) -> bytes:
     return data
 
 
-@SOURCES.register("webdataset", config=WebDatasetConfig, description="tar shards: <key>.png|jpg + <key>.cls")
+@SOURCES.register("webdataset", config=WebDatasetConfig, description="tar shards: <key>.png|jpg + <key>.cls", preflight=open_preflight)
 class WebDatasetSource:
     def __init__(self, config: WebDatasetConfig, ctx: SourceContext) -> None:
         if not config.class_names:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from builder import registry
 from builder.registry import Registry
@@ -69,23 +69,33 @@ class ShardSchema:
         return rows
 
 
-class ShardWriter(Protocol):
-    """An output format: its writer and, beside it, its reader (what the gallery, the preview
-    and other readers of a built benchmark use, whatever formats a build chose)."""
+#: the record columns ``verify`` compares across a shard's files
+AUDIT_COLUMNS = ("key", "label", "class_name", "perturbed")
 
-    suffix: str
+
+class ShardWriter:
+    """An output format: its writer and, beside it, its reader (what verify, score, the gallery,
+    the preview and other readers of a built benchmark use, whatever formats a build chose).
+    Subclass it and register the class in ``WRITERS``; ``audit`` has a default."""
+
+    suffix: str = ""
 
     def write(self, path: Path, samples: Sequence[OutputSample], schema: ShardSchema) -> None:
         """Write all ``samples`` to ``path`` atomically (temp name, fsync, rename)."""
-        ...
+        raise NotImplementedError
 
     def read_records(self, path: Path, columns: Sequence[str]) -> list[dict[str, Any]]:
         """The record ``columns`` of every sample, in key order (row i is the i-th key)."""
-        ...
+        raise NotImplementedError
 
     def read_images(self, path: Path, rows: Sequence[int]) -> list[tuple[bytes, Optional[bytes]]]:
         """(image, original or None) encoded bytes of the samples at ``rows``, in that order."""
-        ...
+        raise NotImplementedError
+
+    def audit(self, path: Path, schema: ShardSchema) -> tuple[list[dict[str, Any]], list[str]]:
+        """For verify: the AUDIT_COLUMNS of every sample, and the problems of the file's own
+        structure (a sample lacking a part, say); raises whatever reading a damaged file raises."""
+        return self.read_records(path, AUDIT_COLUMNS), []
 
 
 WRITERS: Registry[Callable[[], ShardWriter]] = registry.WRITERS

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from builder.fileio import atomic_write
-from builder.writers.base import RECORD_FIELDS, WRITERS, OutputSample, ShardSchema
+from builder.writers.base import RECORD_FIELDS, WRITERS, OutputSample, ShardSchema, ShardWriter
 
 ARROW_TYPES = {"string": "string", "bool": "bool_", "int32": "int32", "float32": "float32", "class_label": "int64"}
 
@@ -29,7 +29,7 @@ def arrow_schema(schema: ShardSchema) -> Any:
 
 
 @WRITERS.register("parquet", description="Parquet shards for datasets.load_dataset")
-class ParquetWriter:
+class ParquetWriter(ShardWriter):
     suffix = ".parquet"
 
     def write(self, path: Path, samples: Sequence[OutputSample], schema: ShardSchema) -> None:

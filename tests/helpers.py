@@ -1,0 +1,156 @@
+"""Helpers several test modules share (tests never import one another)."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from PIL import Image
+
+from builder.cli import main
+from builder.components.oracles import ClassifierOracle
+from builder.components.preprocess import PreprocessedClassifier, Preprocessing
+from builder.components.vqgan import TamingVQGAN, VQGANGenerator
+from builder.config import parse_component
+from builder.sources.base import SourceContext, open_source
+
+from tiny_models import TINY_VQGAN_YAML, tiny_cnn
+
+# ----------------------------------------------------------------------------- from test_cli
+
+
+def assert_one_line_error(result, *fragments: str) -> str:
+    """Exit 2, exactly one ``error:`` line holding every fragment, no traceback; returns the line."""
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def shard_hashes(out: Path) -> dict[str, str]:
+    manifest = json.loads((out / "manifest.json").read_text())
+    return {f["path"]: f["sha256"] for c in manifest["configs"].values() for s in c["shards"] for f in s["files"].values()}
+
+
+# ----------------------------------------------------------------------------- from test_consumers
+
+
+def expected_records(root: Path, config: str) -> dict[str, dict[str, Any]]:
+    """Every record of a config as the build wrote it, read from the tar members' JSON."""
+
+    manifest = json.loads((root / "manifest.json").read_text())
+    records: dict[str, dict[str, Any]] = {}
+    for shard in manifest["configs"][config]["shards"]:
+        with tarfile.open(root / shard["files"]["webdataset"]["path"]) as tar:
+            for member in tar:
+                if member.name.endswith(".json"):
+                    record = json.loads(tar.extractfile(member).read())  # type: ignore[union-attr]
+                    records[record["key"]] = record
+    assert len(records) == manifest["configs"][config]["num_samples"]
+    assert sum(r["perturbed"] for r in records.values()) == manifest["configs"][config]["num_perturbed"]
+    return records
+
+
+def check_rows(rows: list[dict[str, Any]], expected: dict[str, dict[str, Any]], class_names: list[str], size: int = 16) -> None:
+    assert sorted(row["key"] for row in rows) == sorted(expected)
+    for row in rows:
+        record = expected[row["key"]]
+        for field in ("label", "class_name", "source_id", "perturbed", "steps", "stop_reason", "pred_before", "pred_after"):
+            assert row[field] == record[field], (row["key"], field)
+        assert row["oracle_prob"] == pytest.approx(record["oracle_prob"], abs=1e-6)
+        assert class_names[row["label"]] == row["class_name"]
+        image = row["image"]
+        assert isinstance(image, Image.Image) and image.size == (size, size)
+
+
+# ----------------------------------------------------------------------------- from test_executors
+
+
+FAULTS = Path(__file__).parent / "faults"
+
+
+def build(recipe: Path, out: Path, *extra: str):
+    return CliRunner().invoke(main, ["-q", "run", str(recipe), "--out", str(out), "--device", "cpu", "--no-progress", *extra])
+
+
+def every_file(root: Path) -> dict[str, bytes]:
+    """Everything a build leaves but its own bookkeeping (``_stats`` records who built what)."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and "_stats" not in p.parts}
+
+
+def temp_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if ".tmp-" in p.name]
+
+
+# ----------------------------------------------------------------------------- from test_sources
+
+
+RED = (255, 0, 0)
+
+
+GREEN = (0, 255, 0)
+
+
+BLUE = (0, 0, 255)
+
+
+def make_source(data: dict, tmp_path: Path, **kwargs):
+    config = parse_component("sources", data, ("source",))
+    return open_source(config, SourceContext(base_dir=tmp_path, cache_dir=tmp_path / "cache"), **kwargs)
+
+
+def png_bytes(image: Image.Image, fmt: str = "PNG", **save_kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **save_kwargs)
+    return buffer.getvalue()
+
+
+def solid(color, size=(6, 4), mode="RGB") -> Image.Image:
+    return Image.new(mode, size, color)
+
+
+def write_shard(path: Path, samples: list[tuple[str, tuple[int, int, int], int]]) -> None:
+    import webdataset
+
+    with open(path, "wb") as stream:
+        writer = webdataset.TarWriter(stream)
+        for key, color, label in samples:
+            writer.write({"__key__": key, "png": png_bytes(solid(color)), "cls": label})
+        writer.close()
+
+
+# ----------------------------------------------------------------------------- from test_engine
+
+
+def make_components(seed: int, dtype: torch.dtype = torch.float64, requantize: bool = False):
+    torch.manual_seed(seed)
+    params = yaml.safe_load(TINY_VQGAN_YAML)["model"]["params"]
+    generator = VQGANGenerator(TamingVQGAN(params).eval().to(dtype), requantize=requantize)
+    model = PreprocessedClassifier(tiny_cnn(3), Preprocessing(input_size=16), 3, "py:tiny").eval().to(dtype)
+    oracle_net = PreprocessedClassifier(tiny_cnn(3, width=4), Preprocessing(input_size=16), 3, "py:oracle").eval().to(dtype)
+    return generator, ClassifierOracle(oracle_net), model
+
+
+def to_grid(x: torch.Tensor) -> torch.Tensor:
+    return torch.round(x * 255) / 255
+
+
+def batch_inputs(generator, oracle, seed: int, n: int = 12):
+    generator_rng = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, 16, 16), generator=generator_rng, dtype=torch.uint8)
+    dtype = next(generator.model.parameters()).dtype
+    with torch.no_grad():
+        recon = to_grid(generator.decode(generator.encode(images.to(dtype) / 255)))
+        labels = oracle.classifier(recon).argmax(dim=1)
+    labels[0] = (labels[0] + 1) % 3  # one sample the oracle rejects at the start
+    return images, labels
