@@ -20,11 +20,13 @@ from builder.manifest import MANIFEST_FORMAT
 from builder.outdir import OutputState, check_unlocked, inspect_output
 from builder.recipes import LoadedRecipe
 from builder.sources.base import SourceContext, open_source
+from builder.storage import Location, Storage, open_storage
 
 
 @dataclass(frozen=True)
 class BuildOptions:
-    out_dir: Path
+    #: a local dir, or an fsspec URL (``s3://bucket/prefix``) of an object store
+    out_dir: Location
     device: str
     cache_dir: Path
     batch_size: Optional[int] = None
@@ -33,6 +35,11 @@ class BuildOptions:
     #: with ``overwrite`` or a resume: also delete files in the dir that the build did not write
     force_clean: bool = False
     progress: bool = True
+    #: ``key=value`` options of the fsspec filesystem of a URL ``out_dir`` (endpoint, profile...)
+    storage_options: tuple[tuple[str, str], ...] = ()
+
+    def storage(self) -> Storage:
+        return open_storage(self.out_dir, self.storage_options)
 
 
 @dataclass(frozen=True)
@@ -63,10 +70,11 @@ class RunnerSettings:
     recipe: Recipe
     base_dir: Path
     cache_dir: Path
-    out_dir: Path
+    out_dir: Location
     device: str
     batch_size: int
     class_names: tuple[str, ...]
+    storage_options: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,10 @@ class BuildPlan:
     identity: dict[str, Any]
     state: OutputState
     pending: tuple[tuple[WorkUnit, str], ...]
+
+    @property
+    def storage(self) -> Storage:
+        return self.state.storage
 
     @property
     def recipe(self) -> Recipe:
@@ -123,13 +135,14 @@ def plan_build(loaded: LoadedRecipe, options: BuildOptions) -> BuildPlan:
         "configs": [spec.config_name for spec in recipe.reference_models],
         "source": source_fingerprint(source, recipe.source, loaded.base_dir),
     }
-    check_unlocked(options.out_dir)
-    state = inspect_output(options.out_dir, identity, overwrite=options.overwrite, force_clean=options.force_clean)
+    storage = options.storage()
+    check_unlocked(storage)
+    state = inspect_output(storage, identity, overwrite=options.overwrite, force_clean=options.force_clean)
     names = [spec.config_name for spec in recipe.reference_models]
     split = recipe.output.split
     pending = tuple((unit, name) for unit in units for name in names if (name, unit.shard_stem(split)) not in state.completed)
     settings = RunnerSettings(recipe, loaded.base_dir, options.cache_dir, options.out_dir, options.device,
-                              options.batch_size or recipe.batch_size, tuple(source.class_names))
+                              options.batch_size or recipe.batch_size, tuple(source.class_names), options.storage_options)
     return BuildPlan(loaded, options, settings, units, total, identity, state, pending)
 
 
