@@ -264,6 +264,7 @@ class RemoteStorage:
     def size(self, relative: str) -> Optional[int]:
         with self.errors("read", relative):
             try:
+                self.fs.invalidate_cache(self.key(relative))  # another process may have put it since
                 entry = self.fs.info(self.key(relative))
             except FileNotFoundError:
                 return None
@@ -356,9 +357,10 @@ def mirror(storage: RemoteStorage, cache_dir: Path) -> Path:
     """A local copy of everything under ``storage`` but ``_stats/``, for the readers of a built
     benchmark (``verify``, ``score``, ``publish``) and the finalizer's preview and gallery.
 
-    Only objects that changed since the last mirror (by size and ETag, or modification time) are
-    downloaded again; files gone from the store are removed from the copy, so the copy is what
-    the store holds.
+    An object is downloaded again only when it changed in the store (its size and ETag, or
+    modification time) or its copy changed here (its size and mtime: ``publish`` re-renders the
+    card in the copy, the finalizer writes the final files there); files gone from the store are
+    removed from the copy. So the copy is what the store holds, and ``verify`` checks its bytes.
     """
     from builder.manifest import STATS_DIR
 
@@ -370,23 +372,32 @@ def mirror(storage: RemoteStorage, cache_dir: Path) -> Path:
     except ValueError:
         previous = {}
     listing = {name: _identity(entry) for name, entry in storage.info().items() if name.split("/")[0] != STATS_DIR}
-    fetched = 0
+    index, fetched = {}, 0
     for name, identity in listing.items():
         target = inside(dest, *check_relative(name).split("/"))
-        if target.is_file() and previous.get(name) == identity:
-            continue
-        _download(storage, name, target)
-        fetched += 1
+        if previous.get(name) != [identity, _local_identity(target)]:
+            _download(storage, name, target)
+            fetched += 1
+        index[name] = [identity, _local_identity(target)]
     for stale in [name for name in walk_files(dest) if name != MIRROR_INDEX and name not in listing]:
         (dest / stale).unlink(missing_ok=True)
-    write_bytes_atomic(index_path, json_bytes(listing))
+    write_bytes_atomic(index_path, json_bytes(index))
     log.info("mirrored %s to %s: %d of %d file(s) downloaded", storage.location, dest, fetched, len(listing))
     return dest
 
 
 def _identity(entry: dict[str, Any]) -> list[Any]:
+    """An object's size and version tag, as the store lists it."""
     tag = entry.get("ETag") or entry.get("etag") or entry.get("md5Hash") or entry.get("LastModified") or entry.get("mtime")
     return [int(entry.get("size", -1)), str(tag)]
+
+
+def _local_identity(path: Path) -> Optional[list[int]]:
+    """A mirrored file's size and mtime (None when absent or not a regular file)."""
+    if path.is_symlink() or not path.is_file():
+        return None
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns]
 
 
 def _download(storage: RemoteStorage, name: str, target: Path) -> None:

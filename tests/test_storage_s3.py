@@ -121,6 +121,24 @@ def test_a_build_to_s3_equals_a_local_build_and_verify_and_score_read_it(s3_serv
     assert scores[0] == scores[1]  # the URL scores exactly as the local dir
 
 
+def test_verify_on_a_url_checks_the_stores_bytes_not_a_stale_copy(s3_server: str, tiny_recipe: Path, tmp_path: Path) -> None:
+    from builder.storage import mirror_dir
+
+    url, cache = f"s3://{BUCKET}/checked", tmp_path / "cache"
+    assert run(tiny_recipe, url, "--limit", "5").exit_code == 0
+    verify = ["-q", "verify", url, "--cache-dir", str(cache)]
+    assert CliRunner().invoke(main, verify).exit_code == 0
+    copy = mirror_dir(url, cache)
+    (copy / "README.md").write_text("edited here")  # the local copy changed: downloaded again
+    (copy / "cnn" / "stray.parquet").write_bytes(b"not in the store")  # not in the store: removed
+    again = CliRunner().invoke(main, verify)
+    assert again.exit_code == 0, again.output
+    assert not (copy / "cnn" / "stray.parquet").exists()
+    client(s3_server).put_object(Bucket=BUCKET, Key="checked/cnn/test-00000-of-00001.tar", Body=b"torn")  # the store changed
+    broken = CliRunner().invoke(main, verify)
+    assert broken.exit_code == 1 and "test-00000-of-00001.tar" in broken.output
+
+
 def test_foreign_objects_under_the_prefix_are_never_deleted(s3_server: str, tiny_recipe: Path, tmp_path: Path) -> None:
     """The local dir's ownership rules, on a store: a prefix holding someone else's objects is
     refused; after a build, --overwrite refuses foreign objects unless --force-clean."""
@@ -191,6 +209,14 @@ def test_an_interrupted_upload_resumes_to_identical_objects(s3_server: str, tiny
     assert result.exit_code == 0, result.output
     assert digests(objects(s3_server, "resumed")) == digests(local_build)
     assert not any(name.startswith("cnn/test-00000-") for name in recorder.shard_puts)  # the finished unit was kept, not redone
+
+
+@pytest.mark.slow
+def test_spawned_workers_upload_the_same_objects(s3_server: str, tiny_recipe: Path, local_build: dict[str, bytes]) -> None:
+    """Worker processes open the store themselves, from the same URL and environment."""
+    result = run(tiny_recipe, f"s3://{BUCKET}/workers", "--workers", "2")
+    assert result.exit_code == 0, result.output
+    assert digests(objects(s3_server, "workers")) == digests(local_build)
 
 
 @pytest.mark.parametrize("out, extra, fragment", [
