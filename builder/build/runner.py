@@ -30,7 +30,7 @@ from builder.images import encode_image
 from builder.manifest import STATS_DIR
 from builder.sources.base import SourceContext, check_label, open_source
 from builder.sources.decode import SampleRejected, load_rgb
-from builder.storage import open_storage
+from builder.storage import Storage, open_storage
 from builder.writers import WRITERS, OutputSample, ShardSchema
 
 log = logging.getLogger(__name__)
@@ -218,5 +218,11 @@ class UnitRunner:
         }
         stats_path = f"{STATS_DIR}/{name}/{stem}.json"
         with output_errors(self.storage.show(stats_path)):
-            self.storage.put_bytes(stats_path, json_bytes(stats))
+            write_stats(self.storage, stats_path, stats)
         return stats
+
+
+def write_stats(storage: Storage, relative: str, stats: dict[str, Any]) -> None:
+    """A unit's stats file, the last thing written for it: its presence marks the unit complete
+    (one function, so that fault-injection tests can stop a worker right before it)."""
+    storage.put_bytes(relative, json_bytes(stats))
