@@ -219,6 +219,36 @@ def test_spawned_workers_upload_the_same_objects(s3_server: str, tiny_recipe: Pa
     assert digests(objects(s3_server, "workers")) == digests(local_build)
 
 
+@pytest.mark.slow
+def test_kill_minus_nine_mid_upload_then_the_same_command(s3_server: str, tiny_recipe: Path, tmp_path: Path) -> None:
+    """A driver killed while it uploads (one sample per unit: many puts to die in), then the
+    same command again: the objects of an uninterrupted build to another prefix."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import yaml
+
+    data = yaml.safe_load(tiny_recipe.read_text())
+    data["output"]["samples_per_shard"] = 1
+    recipe = tiny_recipe.with_name("one-per-shard.yaml")
+    recipe.write_text(yaml.safe_dump(data))
+    assert run(recipe, f"s3://{BUCKET}/uninterrupted").exit_code == 0
+    expected = digests(objects(s3_server, "uninterrupted"))
+    command = [sys.executable, "-m", "builder.cli", "-q", "run", str(recipe), "--out", f"s3://{BUCKET}/killed", "--no-progress", "--device", "cpu"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while sum(name.startswith("_stats/cnn/") for name in objects(s3_server, "killed")) < 4 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert "manifest.json" not in objects(s3_server, "killed"), "the build finished before the kill"
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert digests(objects(s3_server, "killed")) == expected
+
+
 @pytest.mark.parametrize("out, extra, fragment", [
     ("gs://bucket/prefix", (), "pip install gcsfs"),
     ("nosuchscheme://bucket/prefix", (), "not a storage scheme fsspec knows"),
