@@ -87,17 +87,18 @@ def output_location(ctx: click.Context, param: click.Parameter, value: Optional[
 
 
 def storage_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--storage-option KEY=VALUE`` (repeatable), parsed into ``(key, value)`` pairs."""
+
+    def parse(ctx: click.Context, param: click.Parameter, pairs: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+        from builder.storage import parse_storage_options
+
+        return parse_storage_options(pairs)
+
     return click.option(
-        "--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
+        "--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE", callback=parse,
         help="An option of the fsspec filesystem of a URL location, e.g. endpoint_url=http://127.0.0.1:9000 (repeatable; "
              "credentials and endpoints are otherwise read from fsspec's and the store's usual config).",
     )(command)
-
-
-def storage_options_of(pairs: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
-    from builder.storage import parse_storage_options
-
-    return parse_storage_options(pairs)
 
 
 def cache_option(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -143,7 +144,7 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
 def run(recipe: str, out_dir: Optional[Path | str], limit: Optional[int], dry_run: bool, device: Optional[str], batch_size: Optional[int],
         seed: Optional[int], overrides: tuple[str, ...], overwrite: bool, force_clean: bool, no_progress: bool, executor: str,
         workers: Optional[int], ray_address: Optional[str], gpus_per_worker: Optional[float], cpus_per_worker: Optional[float],
-        storage_options: tuple[str, ...], cache_dir: Optional[Path]) -> None:
+        storage_options: tuple[tuple[str, str], ...], cache_dir: Optional[Path]) -> None:
     """Build the benchmark of RECIPE (a YAML path or a bundled recipe name) into --out."""
     from builder.build import BuildOptions, Execution, build_benchmark
     from builder.paths import default_cache_dir
@@ -166,7 +167,7 @@ def run(recipe: str, out_dir: Optional[Path | str], limit: Optional[int], dry_ru
         overwrite=overwrite,
         force_clean=force_clean,
         progress=not no_progress,
-        storage_options=storage_options_of(storage_options),
+        storage_options=storage_options,
     )
     ray_only = {"--ray-address": ray_address, "--gpus-per-worker": gpus_per_worker, "--cpus-per-worker": cpus_per_worker}
     given = [flag for flag, value in ray_only.items() if value is not None]
@@ -244,7 +245,7 @@ def score_command(benchmarks: tuple[str, ...], config_name: Optional[str], model
                   batch_size: int, device: Optional[str], workers: int, bootstrap: int, seed: int, per_class: bool,
                   json_out: Optional[Path], source_recipe: Optional[str], dynamic: bool, recipe: Optional[str],
                   limit: Optional[int], save: Optional[Path], overrides: tuple[str, ...], trust_remote_code: bool,
-                  storage_options: tuple[str, ...], cache_dir: Optional[Path]) -> None:
+                  storage_options: tuple[tuple[str, str], ...], cache_dir: Optional[Path]) -> None:
     """Score models on benchmarks: SA, PA, FMR = PA / SA x 100, with 95% bootstrap intervals."""
     from builder.benchmark import open_benchmark
     from builder.fileio import write_json_atomic
@@ -265,7 +266,7 @@ def score_command(benchmarks: tuple[str, ...], config_name: Optional[str], model
     cache = cache_dir or default_cache_dir()
     static = []
     for location in benchmarks:
-        bench = open_benchmark(location, cache_dir=cache, storage_options=storage_options_of(storage_options))
+        bench = open_benchmark(location, cache_dir=cache, storage_options=storage_options)
         for config in ([bench.config(config_name)] if config_name else bench.configs):
             for model, checkpoint in paired:
                 static.append(score(bench, model, config=config, checkpoint=checkpoint, device=device, batch_size=batch_size,
@@ -329,7 +330,7 @@ def card_command(benchmark_dir: Path, results: tuple[Path, ...], repo_id: Option
 @storage_option
 @cache_option
 def verify_command(directory: str, revision: Optional[str], with_oracle: bool, recipe: Optional[str], device: Optional[str],
-                   batch_size: Optional[int], json_out: Optional[Path], trust_remote_code: bool, storage_options: tuple[str, ...],
+                   batch_size: Optional[int], json_out: Optional[Path], trust_remote_code: bool, storage_options: tuple[tuple[str, str], ...],
                    cache_dir: Optional[Path]) -> None:
     """Check a built benchmark DIR against its manifest and card; exit 1 listing every problem.
 
@@ -346,7 +347,7 @@ def verify_command(directory: str, revision: Optional[str], with_oracle: bool, r
     from_hub = not Path(directory).exists() and is_hub_id(directory)
     report = verify_benchmark(directory, revision=revision, oracle=with_oracle, device=resolve_device(device) if with_oracle else "cpu",
                               cache_dir=cache_dir, batch_size=batch_size, recipe=recipe, trust_remote_code=trust_remote_code,
-                              storage_options=storage_options_of(storage_options))
+                              storage_options=storage_options)
     if json_out is not None:
         write_json_atomic(json_out, report.to_json())
     if from_hub:
@@ -425,7 +426,7 @@ def gallery_command(directory: Path, per_class: int) -> None:
 @storage_option
 @cache_option
 def publish_command(directory: Path | str, repo_id: str, private: bool, revision: Optional[str], message: Optional[str],
-                    results: tuple[Path, ...], dry_run: bool, storage_options: tuple[str, ...], cache_dir: Optional[Path]) -> None:
+                    results: tuple[Path, ...], dry_run: bool, storage_options: tuple[tuple[str, str], ...], cache_dir: Optional[Path]) -> None:
     """Verify DIR and upload it to a Hub dataset repo, the card last; re-run the same command to resume.
 
     An fsspec URL (s3://bucket/prefix) is mirrored to the cache dir first (only what changed);
@@ -435,7 +436,7 @@ def publish_command(directory: Path | str, repo_id: str, private: bool, revision
     from builder.publish import format_plan, format_result, prepare_upload, publish
     from builder.storage import local_copy
 
-    directory = local_copy(directory, cache_dir or default_cache_dir(), storage_options_of(storage_options))
+    directory = local_copy(directory, cache_dir or default_cache_dir(), storage_options)
 
     if dry_run:
         click.echo(format_plan(prepare_upload(directory, repo_id, results, revision), repo_id, revision))
