@@ -220,6 +220,15 @@ def test_spawned_workers_upload_the_same_objects(s3_server: str, tiny_recipe: Pa
 
 
 @pytest.mark.slow
+def test_ray_actors_upload_the_same_objects(s3_server: str, tiny_recipe: Path, local_build: dict[str, bytes]) -> None:
+    """Ray actors (a local cluster the build starts and stops) write straight to the store."""
+    pytest.importorskip("ray", reason="the ray extra is not installed (pip install '.[ray]')")
+    result = run(tiny_recipe, f"s3://{BUCKET}/ray", "--executor", "ray", "--workers", "2")
+    assert result.exit_code == 0, result.output
+    assert digests(objects(s3_server, "ray")) == digests(local_build)
+
+
+@pytest.mark.slow
 def test_kill_minus_nine_mid_upload_then_the_same_command(s3_server: str, tiny_recipe: Path, tmp_path: Path) -> None:
     """A driver killed while it uploads (one sample per unit: many puts to die in), then the
     same command again: the objects of an uninterrupted build to another prefix."""
