@@ -243,6 +243,8 @@ class RemoteStorage:
         """Every object below the prefix, by relative name, with what the store says of it."""
         with self.errors("list"):
             self.fs.invalidate_cache()
+            if self.fs.isfile(self.root):
+                raise OutputError(f"{self.location} is an object, not a prefix; give the prefix (the 'folder') of a benchmark")
             found = self.fs.find(self.root, detail=True) if self.fs.exists(self.root) else {}
         prefix = self.root + "/"
         return {name[len(prefix):]: entry for name, entry in sorted(found.items())

@@ -158,6 +158,18 @@ def test_foreign_objects_under_the_prefix_are_never_deleted(s3_server: str, tiny
     assert "results.json" not in objects(s3_server, "owned")
 
 
+def test_the_endpoint_can_come_from_storage_options(s3_server: str, tiny_recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without AWS_ENDPOINT_URL (it would be AWS itself), ``--storage-option endpoint_url=`` points
+    the build and its readers at the server."""
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    url, option = f"s3://{BUCKET}/optioned", ["--storage-option", f"endpoint_url={s3_server}"]
+    result = run(tiny_recipe, url, "--limit", "5", *option)
+    assert result.exit_code == 0, result.output
+    assert "manifest.json" in objects(s3_server, "optioned")
+    verified = CliRunner().invoke(main, ["-q", "verify", url, "--cache-dir", str(tmp_path / "cache"), *option])
+    assert verified.exit_code == 0, verified.output
+
+
 class PutRecorder:
     """Wraps the store's two ways of writing: after every put, no object under a final name may
     hold other bytes than the uninterrupted build's (or be a name that build does not have); the
@@ -263,11 +275,15 @@ def test_kill_minus_nine_mid_upload_then_the_same_command(s3_server: str, tiny_r
     ("nosuchscheme://bucket/prefix", (), "not a storage scheme fsspec knows"),
     ("LOCAL", ("--storage-option", "endpoint_url=http://127.0.0.1:1"), "--storage-option goes with a URL"),
     ("s3://bench/x", ("--storage-option", "no-equals-sign"), "is not KEY=VALUE"),
+    ("s3://bench/an-object.txt", (), "is an object, not a prefix"),
 ])
-def test_a_location_that_cannot_be_used_is_one_line(tiny_recipe: Path, tmp_path: Path, out: str, extra: tuple[str, ...], fragment: str) -> None:
+def test_a_location_that_cannot_be_used_is_one_line(tiny_recipe: Path, tmp_path: Path, out: str, extra: tuple[str, ...], fragment: str,
+                                                     request: pytest.FixtureRequest) -> None:
     if out.startswith("gs://") and _installed("gcsfs"):
         pytest.skip("gcsfs is installed here")
     location = str(tmp_path / "o") if out == "LOCAL" else out
+    if out.endswith(".txt"):
+        client(request.getfixturevalue("s3_server")).put_object(Bucket=BUCKET, Key="an-object.txt", Body=b"mine")
     assert_one_line_error(run(tiny_recipe, location, *extra), fragment)
     assert not (tmp_path / "o").exists()
 
