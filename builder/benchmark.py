@@ -89,10 +89,19 @@ def shard_reader(root: Path, config: dict[str, Any], location: str) -> tuple[Opt
     return reader, paths
 
 
-def open_benchmark(location: str | Path, revision: Optional[str] = None) -> Benchmark:
-    """A benchmark dir, or ``org/name`` on the Hub at ``revision`` (manifest and Parquet shards,
-    via the HF cache)."""
+def open_benchmark(location: str | Path, revision: Optional[str] = None, *, cache_dir: Optional[Path] = None,
+                   storage_options: Sequence[tuple[str, str]] = ()) -> Benchmark:
+    """A benchmark dir, ``org/name`` on the Hub at ``revision`` (manifest and Parquet shards,
+    via the HF cache), or an fsspec URL such as ``s3://bucket/prefix`` (mirrored to ``cache_dir``,
+    only what changed since the last mirror)."""
+    from builder.storage import is_url, local_copy
+
     text = str(location)
+    if is_url(text):
+        from builder.paths import default_cache_dir
+
+        root = local_copy(text, cache_dir or default_cache_dir(), storage_options)
+        return Benchmark(text, root, read_manifest(root, text))
     path = Path(text).expanduser()
     if path.is_dir():
         return Benchmark(text, path, read_manifest(path, text))

@@ -77,6 +77,30 @@ def resolve_ray_device(device: Optional[str]) -> str:
     return device
 
 
+def output_location(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Any:
+    """A URL (``s3://bucket/prefix``) as given; anything else as a local dir path."""
+    from builder.storage import is_url
+
+    if value is None or is_url(value):
+        return value
+    return click.Path(file_okay=False, path_type=Path).convert(value, param, ctx)
+
+
+def storage_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--storage-option KEY=VALUE`` (repeatable), parsed into ``(key, value)`` pairs."""
+
+    def parse(ctx: click.Context, param: click.Parameter, pairs: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+        from builder.storage import parse_storage_options
+
+        return parse_storage_options(pairs)
+
+    return click.option(
+        "--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE", callback=parse,
+        help="An option of the fsspec filesystem of a URL location, e.g. endpoint_url=http://127.0.0.1:9000 (repeatable; "
+             "credentials and endpoints are otherwise read from fsspec's and the store's usual config).",
+    )(command)
+
+
 def cache_option(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--cache-dir",
@@ -106,7 +130,8 @@ def main(ctx: click.Context, verbose: int, quiet: bool, plugins: tuple[str, ...]
 
 @main.command()
 @click.argument("recipe")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Output directory (required unless --dry-run).")
+@click.option("--out", "out_dir", callback=output_location, metavar="DIR_OR_URL",
+              help="Output directory, or an fsspec URL such as s3://bucket/prefix (required unless --dry-run).")
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N source samples.")
 @click.option("--dry-run", is_flag=True, help="Check the recipe and every name offline, print the plan, build nothing.")
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
@@ -121,11 +146,12 @@ def main(ctx: click.Context, verbose: int, quiet: bool, plugins: tuple[str, ...]
 @click.option("--ray-address", default=None, metavar="ADDR", help="With --executor ray: the cluster to join (e.g. auto); default: start a local one.")
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=None, help="With --executor ray: GPUs per actor (default: 1 with --device cuda, else 0).")
 @click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=None, help="With --executor ray: CPUs per actor (default: 1).")
+@storage_option
 @cache_option
-def run(recipe: str, out_dir: Optional[Path], limit: Optional[int], dry_run: bool, device: Optional[str], batch_size: Optional[int],
+def run(recipe: str, out_dir: Optional[Path | str], limit: Optional[int], dry_run: bool, device: Optional[str], batch_size: Optional[int],
         seed: Optional[int], overrides: tuple[str, ...], overwrite: bool, force_clean: bool, no_progress: bool, executor: str,
         workers: Optional[int], ray_address: Optional[str], gpus_per_worker: Optional[float], cpus_per_worker: Optional[float],
-        cache_dir: Optional[Path]) -> None:
+        storage_options: tuple[tuple[str, str], ...], cache_dir: Optional[Path]) -> None:
     """Build the benchmark of RECIPE (a YAML path or a bundled recipe name) into --out."""
     from builder.build import BuildOptions, Execution, build_benchmark
     from builder.paths import default_cache_dir
@@ -148,6 +174,7 @@ def run(recipe: str, out_dir: Optional[Path], limit: Optional[int], dry_run: boo
         overwrite=overwrite,
         force_clean=force_clean,
         progress=not no_progress,
+        storage_options=storage_options,
     )
     ray_only = {"--ray-address": ray_address, "--gpus-per-worker": gpus_per_worker, "--cpus-per-worker": cpus_per_worker}
     given = [flag for flag, value in ray_only.items() if value is not None]
@@ -199,7 +226,8 @@ def format_summary(name: str, summary: Any) -> str:
 
 
 @main.command("score")
-@click.option("--benchmark", "benchmarks", multiple=True, metavar="DIR_OR_HUB_ID", help="A built benchmark (repeatable: a transfer matrix).")
+@click.option("--benchmark", "benchmarks", multiple=True, metavar="DIR_HUB_ID_OR_URL",
+              help="A built benchmark: a dir, a Hub dataset id or an fsspec URL such as s3://bucket/prefix (repeatable: a transfer matrix).")
 @click.option("--config", "config_name", default=None, help="One config (reference model) of the benchmark; default: all.")
 @click.option("--model", "models", multiple=True, required=True, metavar="SPEC",
               help="timm:<name>, py:<module>:<callable>, ref:<config> (the benchmark's own reference model), or a YAML file of model fields (repeatable).")
@@ -218,12 +246,13 @@ def format_summary(name: str, summary: Any) -> str:
 @click.option("--save", type=click.Path(file_okay=False, path_type=Path), help="With --dynamic: keep the generated benchmark here.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="With --dynamic: override a recipe key.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model specs read from a benchmark's manifest (ref:) or a download to import and run code (py:).")
+@storage_option
 @cache_option
 def score_command(benchmarks: tuple[str, ...], config_name: Optional[str], models: tuple[str, ...], checkpoints: tuple[str, ...],
                   batch_size: int, device: Optional[str], workers: int, bootstrap: int, seed: int, per_class: bool,
                   json_out: Optional[Path], source_recipe: Optional[str], dynamic: bool, recipe: Optional[str],
                   limit: Optional[int], save: Optional[Path], overrides: tuple[str, ...], trust_remote_code: bool,
-                  cache_dir: Optional[Path]) -> None:
+                  storage_options: tuple[tuple[str, str], ...], cache_dir: Optional[Path]) -> None:
     """Score models on benchmarks: SA, PA, FMR = PA / SA x 100, with 95% bootstrap intervals."""
     from builder.benchmark import open_benchmark
     from builder.fileio import write_json_atomic
@@ -244,7 +273,7 @@ def score_command(benchmarks: tuple[str, ...], config_name: Optional[str], model
     cache = cache_dir or default_cache_dir()
     static = []
     for location in benchmarks:
-        bench = open_benchmark(location)
+        bench = open_benchmark(location, cache_dir=cache, storage_options=storage_options)
         for config in ([bench.config(config_name)] if config_name else bench.configs):
             for model, checkpoint in paired:
                 static.append(score(bench, model, config=config, checkpoint=checkpoint, device=device, batch_size=batch_size,
@@ -296,7 +325,7 @@ def card_command(benchmark_dir: Path, results: tuple[Path, ...], repo_id: Option
 
 
 @main.command("verify")
-@click.argument("directory", metavar="DIR_OR_HUB_ID")
+@click.argument("directory", metavar="DIR_HUB_ID_OR_URL")
 @click.option("--revision", default=None, help="With a Hub dataset id (org/name): the branch, tag or commit to check (default: main).")
 @click.option("--oracle", "with_oracle", is_flag=True, help="Also re-run the recipe's oracle on every perturbed image (all must keep their label).")
 @click.option("--recipe", default=None, metavar="PATH",
@@ -305,25 +334,33 @@ def card_command(benchmark_dir: Path, results: tuple[Path, ...], repo_id: Option
 @click.option("--batch-size", type=click.IntRange(min=1), help="With --oracle: images per oracle batch (default: the recipe's).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the report to this JSON file.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model specs read from a benchmark's manifest (--oracle) or a download to import and run code (py:).")
+@storage_option
 @cache_option
 def verify_command(directory: str, revision: Optional[str], with_oracle: bool, recipe: Optional[str], device: Optional[str],
-                   batch_size: Optional[int], json_out: Optional[Path], trust_remote_code: bool, cache_dir: Optional[Path]) -> None:
+                   batch_size: Optional[int], json_out: Optional[Path], trust_remote_code: bool, storage_options: tuple[tuple[str, str], ...],
+                   cache_dir: Optional[Path]) -> None:
     """Check a built benchmark DIR against its manifest and card; exit 1 listing every problem.
 
     A Hub dataset id (org/name) that is not a local dir checks what is on the Hub: the files
-    are downloaded to the HF cache (only what is missing there) and checked like a dir.
+    are downloaded to the HF cache (only what is missing there) and checked like a dir. An
+    fsspec URL (s3://bucket/prefix) is mirrored to the cache dir (only what changed) and
+    checked like a dir.
     """
     from builder.benchmark import is_hub_id
     from builder.fileio import write_json_atomic
+    from builder.storage import is_url
     from builder.verify import format_report, verify_benchmark
 
     from_hub = not Path(directory).exists() and is_hub_id(directory)
     report = verify_benchmark(directory, revision=revision, oracle=with_oracle, device=resolve_device(device) if with_oracle else "cpu",
-                              cache_dir=cache_dir, batch_size=batch_size, recipe=recipe, trust_remote_code=trust_remote_code)
+                              cache_dir=cache_dir, batch_size=batch_size, recipe=recipe, trust_remote_code=trust_remote_code,
+                              storage_options=storage_options)
     if json_out is not None:
         write_json_atomic(json_out, report.to_json())
     if from_hub:
         click.echo(f"verify: {directory} (Hub dataset, revision {revision or 'main'}) is commit {report.root.name}, in {report.root}")
+    elif is_url(directory):
+        click.echo(f"verify: {directory} mirrored to {report.root}")
     click.echo(format_report(report))
     if not report.ok:
         sys.exit(1)
@@ -384,7 +421,7 @@ def gallery_command(directory: Path, per_class: int) -> None:
 
 
 @main.command("publish")
-@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("directory", metavar="DIR_OR_URL", callback=output_location)
 @click.option("--repo-id", required=True, metavar="ORG/NAME", help="Hub dataset repo to create or update.")
 @click.option("--private", is_flag=True, help="Create the repo private (an existing repo keeps its visibility).")
 @click.option("--revision", default=None, metavar="BRANCH", help="Branch to commit to, created from main if missing (default: main).")
@@ -393,10 +430,20 @@ def gallery_command(directory: Path, per_class: int) -> None:
               help="RESULT.json of 'score --json' to add to the card's leaderboard first (repeatable).")
 @click.option("--dry-run", is_flag=True,
               help="Re-render the card for ORG/NAME and verify, then print each file, its size, LFS or not, the total and the card's YAML header; no network.")
-def publish_command(directory: Path, repo_id: str, private: bool, revision: Optional[str], message: Optional[str],
-                    results: tuple[Path, ...], dry_run: bool) -> None:
-    """Verify DIR and upload it to a Hub dataset repo, the card last; re-run the same command to resume."""
+@storage_option
+@cache_option
+def publish_command(directory: Path | str, repo_id: str, private: bool, revision: Optional[str], message: Optional[str],
+                    results: tuple[Path, ...], dry_run: bool, storage_options: tuple[tuple[str, str], ...], cache_dir: Optional[Path]) -> None:
+    """Verify DIR and upload it to a Hub dataset repo, the card last; re-run the same command to resume.
+
+    An fsspec URL (s3://bucket/prefix) is mirrored to the cache dir first (only what changed);
+    the card is re-rendered and verified there, and uploaded from there.
+    """
+    from builder.paths import default_cache_dir
     from builder.publish import format_plan, format_result, prepare_upload, publish
+    from builder.storage import local_copy
+
+    directory = local_copy(directory, cache_dir or default_cache_dir(), storage_options)
 
     if dry_run:
         click.echo(format_plan(prepare_upload(directory, repo_id, results, revision), repo_id, revision))

@@ -36,9 +36,13 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         handle.write(data)
 
 
+def json_bytes(payload: Any) -> bytes:
+    """How every JSON file of a build is written, to a local dir or an object store alike."""
+    return (json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
 def write_json_atomic(path: Path, payload: Any) -> None:
-    text = json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    write_bytes_atomic(path, text.encode("utf-8"))
+    write_bytes_atomic(path, json_bytes(payload))
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

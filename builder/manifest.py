@@ -182,11 +182,18 @@ def load_json_bounded(path: Path, what: str, *, max_bytes: int = MAX_MANIFEST_BY
         size = path.stat().st_size
         if size > max_bytes:
             raise ManifestError(f"{what}: {size} bytes is more than the {max_bytes} a manifest may have; rebuild it")
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
-        raise ManifestError(f"{what}: not UTF-8 text; rebuild it") from None
+        data = path.read_bytes()
     except OSError as error:
         raise ManifestError(f"{what}: cannot read it ({error.strerror or error}); check the path and permissions") from None
+    return parse_json_bounded(data, what)
+
+
+def parse_json_bounded(data: bytes, what: str) -> Any:
+    """Parse JSON bytes written by someone else (already bounded in size): bounded depth, one-line errors."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ManifestError(f"{what}: not UTF-8 text; rebuild it") from None
     if not json_depth_ok(text):
         raise ManifestError(f"{what}: JSON nested deeper than {MAX_JSON_DEPTH} levels; rebuild it")
     try:

@@ -9,6 +9,11 @@ dir belongs to the user: it is never deleted without ``--force-clean``.
 Preparing the dir happens in two steps so that a build that fails before its first shard
 (a component that does not load) changes nothing: :func:`inspect_output` only reads and
 decides, :func:`claim_output` deletes and writes ``build.json``.
+
+The same rules hold for an object store (``--out s3://bucket/prefix``, see
+:mod:`builder.storage`), read and written through the same :class:`~builder.storage.Storage`;
+only the lock cannot: an object store has no ``flock``, so two builds into one URL are the
+user's to avoid (a warning says so).
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ from pathlib import Path
 from typing import Any, Iterator, Literal
 
 from builder.errors import OutputError
-from builder.fileio import sha256_file, write_json_atomic
-from builder.manifest import CONFIG_NAME, FINAL_FILES, MANIFEST, STATS_DIR, ManifestError, load_json_bounded
+from builder.fileio import json_bytes, write_json_atomic
+from builder.manifest import CONFIG_NAME, FINAL_FILES, MANIFEST, MAX_MANIFEST_BYTES, STATS_DIR, ManifestError, parse_json_bounded
+from builder.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +43,13 @@ SHOWN = 3  # foreign files named in one refusal
 class OutputState:
     """What :func:`inspect_output` found and decided; :func:`claim_output` carries it out."""
 
-    out_dir: Path
+    storage: Storage
     mode: Literal["fresh", "overwrite", "resume"]
     completed: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-    remove: tuple[Path, ...] = ()
+    #: relative POSIX paths of the build's own files to delete
+    remove: tuple[str, ...] = ()
     kept_foreign: tuple[str, ...] = ()
-    #: directories to drop once the deletions leave them empty
+    #: directories to drop once the deletions leave them empty (a local dir's; a store has none)
     dirs: tuple[Path, ...] = ()
 
 
@@ -63,13 +70,14 @@ def first_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
     return "nothing"
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(storage: Storage, relative: str) -> Any:
     """A JSON file of a previous build, or None when it is absent or not readable as ours."""
-    if not path.is_file():
+    size = storage.size(relative)
+    if size is None or size > MAX_MANIFEST_BYTES:
         return None
     try:
-        return load_json_bounded(path, str(path))
-    except ManifestError:
+        return parse_json_bounded(storage.read_bytes(relative) or b"", storage.show(relative))
+    except (ManifestError, OSError):
         return None
 
 
@@ -77,15 +85,15 @@ def _is_format(payload: Any) -> bool:
     return isinstance(payload, dict) and str(payload.get("format", "")).startswith("fmr-benchmark/")
 
 
-def previous_build(out_dir: Path) -> tuple[Any, Any]:
-    """(build.json, manifest.json) of the build in ``out_dir``, each None unless it parses as
+def previous_build(storage: Storage) -> tuple[Any, Any]:
+    """(build.json, manifest.json) of the build in ``storage``, each None unless it parses as
     ours: a directory is a build only if one of them says so."""
-    identity = _read_json(out_dir / STATS_DIR / IDENTITY_FILE)
-    manifest = _read_json(out_dir / MANIFEST)
+    identity = _read_json(storage, f"{STATS_DIR}/{IDENTITY_FILE}")
+    manifest = _read_json(storage, MANIFEST)
     return (identity if _is_format(identity) else None), (manifest if _is_format(manifest) else None)
 
 
-def config_dirs(out_dir: Path, *payloads: Any) -> set[str]:
+def config_dirs(storage: Storage, *payloads: Any) -> set[str]:
     """Config dir names a build there may have written: from build.json, the manifest, ``_stats/``."""
     names: set[str] = set()
     for payload in payloads:
@@ -93,9 +101,7 @@ def config_dirs(out_dir: Path, *payloads: Any) -> set[str]:
             for key in ("configs",):
                 value = payload.get(key)
                 names.update(str(n) for n in (value if isinstance(value, (list, dict)) else []))
-    stats = out_dir / STATS_DIR
-    if stats.is_dir() and not stats.is_symlink():
-        names.update(p.name for p in stats.iterdir() if p.is_dir() and not p.is_symlink())
+    names.update(storage.subdirs(STATS_DIR))
     return {name for name in names if CONFIG_NAME.match(name)}
 
 
@@ -119,38 +125,30 @@ def is_shard_name(name: str) -> bool:
     return match is not None and match.group("suffix") in {entry.factory.suffix for entry in WRITERS}
 
 
-def walk_files(out_dir: Path) -> Iterator[str]:
-    """Every file, link or other non-directory below ``out_dir``, as a relative POSIX path;
-    symlinked directories are listed as entries, never followed."""
-    for directory, subdirs, files in os.walk(out_dir, followlinks=False):
-        base = Path(directory).relative_to(out_dir)
-        for name in sorted(files) + sorted(d for d in subdirs if (Path(directory) / d).is_symlink()):
-            yield (base / name).as_posix()
-
-
 def _few(paths: list[str]) -> str:
     shown = ", ".join(paths[:SHOWN])
     return shown + (f" and {len(paths) - SHOWN} more" if len(paths) > SHOWN else "")
 
 
-def inspect_output(out_dir: Path, identity: dict[str, Any], *, overwrite: bool, force_clean: bool = False) -> OutputState:
-    """Decide what a build into ``out_dir`` keeps, resumes and deletes; writes nothing."""
-    if out_dir.exists() and not out_dir.is_dir():
+def inspect_output(storage: Storage, identity: dict[str, Any], *, overwrite: bool, force_clean: bool = False) -> OutputState:
+    """Decide what a build into ``storage`` keeps, resumes and deletes; writes nothing."""
+    out_dir = storage.location
+    if storage.local_dir is not None and storage.local_dir.exists() and not storage.local_dir.is_dir():
         raise OutputError(f"--out {out_dir} is a file; give a directory")
-    if not out_dir.is_dir() or not any(out_dir.iterdir()):
-        return OutputState(out_dir, "fresh")
-    previous, manifest = previous_build(out_dir)
+    if storage.is_empty():
+        return OutputState(storage, "fresh")
+    previous, manifest = previous_build(storage)
     if previous is None and manifest is None:
         verb = "overwrite" if overwrite else "write into"
         raise OutputError(
             f"refusing to {verb} {out_dir}: it is not empty and holds no build of this tool "
             "(no readable _stats/build.json or manifest.json); give an empty or new directory"
         )
-    configs = config_dirs(out_dir, previous, manifest, identity)
-    files = list(walk_files(out_dir))
+    configs = config_dirs(storage, previous, manifest, identity)
+    files = storage.list_files()
     foreign = [f for f in files if not is_owned(f, configs)]
     if overwrite:
-        return _overwrite(out_dir, files, foreign, configs, force_clean)
+        return _overwrite(storage, files, foreign, configs, force_clean)
     if previous is None:
         raise OutputError(f"--out {out_dir} holds a benchmark from an older version; pass --overwrite or pick a new dir")
     if previous != identity:
@@ -158,47 +156,52 @@ def inspect_output(out_dir: Path, identity: dict[str, Any], *, overwrite: bool, 
             f"--out {out_dir} was built with different settings ({first_difference(previous, identity)}); "
             "pass --overwrite to start over or pick a new dir"
         )
-    return _resume(out_dir, files, foreign, configs, force_clean)
+    return _resume(storage, files, foreign, configs, force_clean)
 
 
-def _overwrite(out_dir: Path, files: list[str], foreign: list[str], configs: set[str], force_clean: bool) -> OutputState:
+def _overwrite(storage: Storage, files: list[str], foreign: list[str], configs: set[str], force_clean: bool) -> OutputState:
+    out_dir = storage.location
     if foreign and not force_clean:
         raise OutputError(
             f"refusing to overwrite {out_dir}: it holds {len(foreign)} file(s) the build did not write "
             f"({_few(foreign)}); move them out, or add --force-clean to delete them too"
         )
     doomed = files if force_clean else [f for f in files if f not in set(foreign)]
-    dirs = _all_dirs(out_dir) if force_clean else _owned_dirs(out_dir, configs)
-    return OutputState(out_dir, "overwrite", remove=tuple(out_dir / f for f in doomed), dirs=dirs)
+    dirs = _all_dirs(storage.local_dir) if force_clean else _owned_dirs(storage.local_dir, configs)
+    return OutputState(storage, "overwrite", remove=tuple(doomed), dirs=dirs)
 
 
-def _owned_dirs(out_dir: Path, configs: set[str]) -> tuple[Path, ...]:
+def _owned_dirs(out_dir: Path | None, configs: set[str]) -> tuple[Path, ...]:
+    if out_dir is None:
+        return ()
     return tuple(out_dir / name for name in sorted(configs)) + tuple(out_dir / STATS_DIR / name for name in sorted(configs))
 
 
-def _all_dirs(out_dir: Path) -> tuple[Path, ...]:
+def _all_dirs(out_dir: Path | None) -> tuple[Path, ...]:
+    if out_dir is None:
+        return ()
     return tuple(Path(d) for d, _, _ in os.walk(out_dir, followlinks=False) if Path(d) != out_dir)
 
 
-def _resume(out_dir: Path, files: list[str], foreign: list[str], configs: set[str], force_clean: bool) -> OutputState:
+def _resume(storage: Storage, files: list[str], foreign: list[str], configs: set[str], force_clean: bool) -> OutputState:
     """Keep every intact unit; remove the build's own partial or stale files; leave the user's.
     Foreign files inside a config dir would be picked up by the card's data_files globs."""
     in_the_way = [f for f in foreign if f.split("/")[0] in configs]
     if in_the_way and not force_clean:
         raise OutputError(
-            f"refusing to resume into {out_dir}: {len(in_the_way)} file(s) the build did not write are in its config dirs "
+            f"refusing to resume into {storage.location}: {len(in_the_way)} file(s) the build did not write are in its config dirs "
             f"({_few(in_the_way)}), where loaders would read them; move them out, or add --force-clean to delete them"
         )
-    completed, keep = _complete_units(out_dir, configs)
+    completed, keep = _complete_units(storage, files, configs)
     foreign_set = set(foreign)
     stale = [f for f in files if f not in keep and (f not in foreign_set or f in in_the_way)]
     final = set(FINAL_FILES)  # replaced atomically at the end, never half-written
-    remove = tuple(out_dir / f for f in stale if f not in final and f != f"{STATS_DIR}/{IDENTITY_FILE}")
+    remove = tuple(f for f in stale if f not in final and f != f"{STATS_DIR}/{IDENTITY_FILE}")
     kept = tuple(f for f in foreign if f not in in_the_way)
-    return OutputState(out_dir, "resume", completed, remove, kept, _owned_dirs(out_dir, configs))
+    return OutputState(storage, "resume", completed, remove, kept, _owned_dirs(storage.local_dir, configs))
 
 
-def _unit_is_intact(out_dir: Path, stats: dict[str, Any], configs: set[str]) -> bool:
+def _unit_is_intact(storage: Storage, stats: dict[str, Any], configs: set[str]) -> bool:
     entries = stats.get("files")
     if not isinstance(entries, dict):
         return False
@@ -206,34 +209,40 @@ def _unit_is_intact(out_dir: Path, stats: dict[str, Any], configs: set[str]) -> 
         relative = file.get("path") if isinstance(file, dict) else None
         if not isinstance(relative, str) or not is_owned(relative, configs) or relative.startswith(STATS_DIR):
             return False
-        path = out_dir / relative
-        if path.is_symlink() or not path.is_file() or path.stat().st_size != file.get("bytes") or sha256_file(path) != file.get("sha256"):
+        if not storage.matches(relative, file.get("bytes"), file.get("sha256")):
             return False
     return True
 
 
-def _complete_units(out_dir: Path, configs: set[str]) -> tuple[dict[tuple[str, str], dict[str, Any]], set[str]]:
+def _complete_units(storage: Storage, files: list[str], configs: set[str]) -> tuple[dict[tuple[str, str], dict[str, Any]], set[str]]:
     """(stats of each intact unit by (config, shard stem), relative paths those units own)."""
     completed: dict[tuple[str, str], dict[str, Any]] = {}
     keep: set[str] = set()
-    for stats_path in sorted((out_dir / STATS_DIR).glob("*/*.json")):
-        stats = _read_json(stats_path)
-        if not isinstance(stats, dict) or stats.get("config") != stats_path.parent.name:
+    for relative in sorted(f for f in files if f.count("/") == 2 and f.startswith(f"{STATS_DIR}/") and f.endswith(".json")):
+        _, config, name = relative.split("/")
+        stats = _read_json(storage, relative)
+        if not isinstance(stats, dict) or stats.get("config") != config:
             continue
-        if _unit_is_intact(out_dir, stats, configs):
-            completed[(stats["config"], stats_path.stem)] = stats
-            keep.add(stats_path.relative_to(out_dir).as_posix())
+        if _unit_is_intact(storage, stats, configs):
+            completed[(stats["config"], name[: -len(".json")])] = stats
+            keep.add(relative)
             keep.update(f["path"] for f in stats["files"].values())
     return completed, keep
 
 
 @contextlib.contextmanager
-def output_lock(out_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``out_dir`` (created if needed) while a build writes into it:
+def output_lock(storage: Storage | Path) -> Iterator[None]:
+    """Hold an exclusive lock on the output dir (created if needed) while a build writes into it:
     two builds into one dir would delete each other's work. The OS drops the lock when the
-    process ends, however it ends."""
+    process ends, however it ends. An object store has nothing to lock: a warning says so."""
     import fcntl
 
+    out_dir = storage if isinstance(storage, Path) else storage.local_dir
+    if out_dir is None:
+        log.warning("%s is on an object store, which has no lock: nothing stops a second build from writing there at the same "
+                    "time and deleting this one's work; run one build per URL at a time", getattr(storage, "location", storage))
+        yield
+        return
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         handle = os.open(out_dir, os.O_RDONLY)
@@ -249,15 +258,19 @@ def output_lock(out_dir: Path) -> Iterator[None]:
         os.close(handle)
 
 
-def check_unlocked(out_dir: Path) -> None:
-    """Fail fast, before any component loads, when another build holds ``out_dir``."""
-    if out_dir.is_dir():
-        with output_lock(out_dir):
+def check_unlocked(storage: Storage) -> None:
+    """Fail fast, before any component loads, when another build holds the output dir."""
+    if storage.local_dir is not None and storage.local_dir.is_dir():
+        with output_lock(storage.local_dir):
             pass
 
 
-def remove_temp_files(out_dir: Path, configs: list[str]) -> int:
-    """Temp files of atomic writes left by killed workers (call when no worker is writing)."""
+def remove_temp_files(storage: Storage, configs: list[str]) -> int:
+    """Temp files of atomic writes left by killed workers (call when no worker is writing).
+    An object store has none: nothing is ever put there under a temp name."""
+    out_dir = storage.local_dir
+    if out_dir is None:
+        return 0
     removed = 0
     for directory in [out_dir, *(out_dir / name for name in configs), *(out_dir / STATS_DIR / name for name in configs)]:
         for path in directory.glob(".*.tmp-*") if directory.is_dir() else []:
@@ -269,17 +282,19 @@ def remove_temp_files(out_dir: Path, configs: list[str]) -> int:
 
 def claim_output(state: OutputState, identity: dict[str, Any]) -> None:
     """Carry out ``state``: delete what it names, drop emptied dirs, record the identity."""
-    out_dir = state.out_dir
+    storage, out_dir = state.storage, state.storage.location
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for path in sorted(state.remove, reverse=True):
-            path.unlink(missing_ok=True)
+        if storage.local_dir is not None:
+            storage.local_dir.mkdir(parents=True, exist_ok=True)
+        storage.delete(sorted(state.remove, reverse=True))
         for directory in sorted(state.dirs, key=lambda d: -len(d.parts)):  # deepest first
             if directory.is_dir() and not directory.is_symlink():
                 with contextlib.suppress(OSError):
                     directory.rmdir()  # fails, harmlessly, unless empty
-        if state.mode != "resume":
-            write_json_atomic(out_dir / STATS_DIR / IDENTITY_FILE, identity)
+        if state.mode != "resume" and storage.local_dir is not None:
+            write_json_atomic(storage.local_dir / STATS_DIR / IDENTITY_FILE, identity)
+        elif state.mode != "resume":
+            storage.put_bytes(f"{STATS_DIR}/{IDENTITY_FILE}", json_bytes(identity))
     except OSError as error:
         raise OutputError(f"cannot prepare --out {out_dir}: {error.strerror or error}; check its permissions and free space") from None
     if state.mode == "resume":

@@ -16,7 +16,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 from builder.errors import BuilderError
 from builder.fileio import sha256_file, sha256_json
@@ -98,12 +98,14 @@ def verify_benchmark(
     batch_size: Optional[int] = None,
     recipe: Optional[str] = None,
     trust_remote_code: bool = False,
+    storage_options: Sequence[tuple[str, str]] = (),
 ) -> VerifyReport:
     """Check the benchmark dir ``root``, or the Hub dataset ``org/name`` at ``revision`` (what a
     consumer gets: it is downloaded to the HF cache first, so the sha256s checked are of the
     Hub's bytes); ``recipe`` (a file or bundled name) only sets the base dir of the oracle's
-    relative paths for ``oracle=True``."""
-    root = locate_benchmark(root, revision)
+    relative paths for ``oracle=True``. An fsspec URL (``s3://bucket/prefix``) is mirrored to
+    ``cache_dir`` first, so the sha256s checked are of the store's bytes."""
+    root = locate_benchmark(root, revision, cache_dir, storage_options)
     require_benchmark_dir(root)
     raw, manifest, fatal = read_manifest(root)
     if manifest is None:
@@ -118,10 +120,18 @@ def verify_benchmark(
     return VerifyReport(root, tuple(checker.failures), dict(checker.checked), rates)
 
 
-def locate_benchmark(target: Path | str, revision: Optional[str] = None) -> Path:
-    """A path that exists, or one that is not a Hub id, as is; else the Hub snapshot of ``target``."""
+def locate_benchmark(target: Path | str, revision: Optional[str] = None, cache_dir: Optional[Path] = None,
+                     storage_options: Sequence[tuple[str, str]] = ()) -> Path:
+    """A path that exists, or one that is not a Hub id, as is; a URL's local mirror; else the
+    Hub snapshot of ``target``."""
     from builder.benchmark import is_hub_id
+    from builder.paths import default_cache_dir
+    from builder.storage import is_url, local_copy
 
+    if is_url(target):
+        if revision is not None:
+            raise VerifyError(f"verify {target}: --revision applies to a Hub dataset id (org/name), not a URL; drop it")
+        return local_copy(target, cache_dir or default_cache_dir(), storage_options)
     path = Path(target)
     if path.exists() or not is_hub_id(str(target)):
         if revision is not None:

@@ -45,7 +45,7 @@ def build_benchmark(loaded: LoadedRecipe, options: BuildOptions, execution: Opti
             reference = pool.probe() if pool else None  # components load now, before the dir is touched
             if reference is not None:
                 plan.check_same_weights(reference.fingerprints)
-            with output_lock(options.out_dir):
+            with output_lock(plan.storage):
                 claim_output(plan.state, plan.identity)
                 tallies = {name: ConfigTally() for name in plan.config_names}
                 for (name, _), stats in sorted(plan.state.completed.items()):
@@ -61,7 +61,7 @@ def build_benchmark(loaded: LoadedRecipe, options: BuildOptions, execution: Opti
                     if pool is not None:
                         pool.close()
                         pool = None
-                remove_temp_files(options.out_dir, plan.config_names)
+                remove_temp_files(plan.storage, plan.config_names)
                 return finalize(plan, time.monotonic() - started)
         finally:
             if pool is not None:

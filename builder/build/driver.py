@@ -68,11 +68,13 @@ def _requeue(plan: BuildPlan, queue: Any, unit: WorkUnit, configs: list[str], co
 
 def unit_is_recorded(plan: BuildPlan, unit: WorkUnit, config: str) -> bool:
     """Whether ``unit`` of ``config`` has its stats file, which is written last."""
-    path = plan.options.out_dir / STATS_DIR / config / f"{unit.shard_stem(plan.recipe.output.split)}.json"
+    relative = f"{STATS_DIR}/{config}/{unit.shard_stem(plan.recipe.output.split)}.json"
     try:
-        return json.loads(path.read_text()).get("config") == config
-    except (OSError, ValueError):
+        data = plan.storage.read_bytes(relative)
+        payload = json.loads(data) if data is not None else None
+    except (OSError, ValueError, OutputError):  # unreadable: the unit runs again
         return False
+    return isinstance(payload, dict) and payload.get("config") == config
 
 
 def _collect(result: UnitResult, reference: WorkerInfo, bar: Any, tallies: dict[str, ConfigTally], streamed: bool) -> None:

@@ -22,8 +22,9 @@ from builder.build.runner import output_errors
 from builder.build.tally import ConfigTally
 from builder.config import recipe_to_dict
 from builder.errors import OutputError
-from builder.fileio import sha256_json, write_bytes_atomic, write_json_atomic
+from builder.fileio import json_bytes, sha256_json, write_bytes_atomic, write_json_atomic
 from builder.manifest import CARD, GALLERY, MANIFEST, MANIFEST_FORMAT, PREVIEW, REJECTS, STATS_DIR
+from builder.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ PREVIEW_SAMPLES = 8
 
 @dataclass(frozen=True)
 class BuildSummary:
-    out_dir: Path
+    out_dir: Location
     source_samples: int
     rejects: int
     configs: dict[str, dict[str, Any]]
@@ -50,13 +51,13 @@ class UnitRecords:
 
 
 def read_unit_stats(plan: BuildPlan) -> UnitRecords:
-    out = plan.options.out_dir
+    storage = plan.storage
     tallies = {name: ConfigTally() for name in plan.config_names}
     shards: dict[str, list[dict[str, Any]]] = {name: [] for name in plan.config_names}
     rejects: dict[int, list[dict[str, Any]]] = {}
     for name in plan.config_names:
-        for path in sorted((out / STATS_DIR / name).glob("*.json")):
-            stats = json.loads(path.read_text())
+        for file in [f for f in storage.files_in(f"{STATS_DIR}/{name}") if f.endswith(".json")]:
+            stats = json.loads(storage.read_bytes(f"{STATS_DIR}/{name}/{file}") or b"")
             tallies[name].add(stats["tally"])
             shards[name].append(stats)
             rejects[stats["unit"]] = stats["rejects"]
@@ -95,15 +96,31 @@ def manifest_of(plan: BuildPlan, records: UnitRecords) -> dict[str, Any]:
 
 
 def finalize(plan: BuildPlan, seconds: float) -> BuildSummary:
-    """Write the manifest and everything rendered from the finished units; the summary."""
+    """Write the manifest and everything rendered from the finished units; the summary.
+
+    On an object store the final files are rendered in a local mirror of the output (preview
+    and gallery read the shards) and then put one by one, the manifest last: a reader never
+    finds a manifest whose card or gallery is missing or stale.
+    """
+    storage = plan.storage
+    records = read_unit_stats(plan)
+    check_one_kind_of_device(records)
+    manifest = manifest_of(plan, records)
+    local = storage.local_copy(plan.options.cache_dir)  # the dir itself, or a mirror of the store
+    write_final_files(local, plan, records, manifest)
+    if storage.local_dir is None:
+        for name in (REJECTS, PREVIEW, GALLERY, CARD, MANIFEST):
+            storage.put_file(local / name, name)
+    return BuildSummary(plan.options.out_dir, plan.total, manifest["num_rejects"], {n: t.summary() for n, t in records.tallies.items()},
+                        seconds, manifest["id"])
+
+
+def write_final_files(out: Path, plan: BuildPlan, records: UnitRecords, manifest: dict[str, Any]) -> None:
+    """Rejects, preview, gallery, manifest and card, written atomically into the local dir ``out``."""
     from builder.card import write_card
     from builder.gallery import write_gallery
     from builder.preview import render_preview
 
-    out = plan.options.out_dir
-    records = read_unit_stats(plan)
-    check_one_kind_of_device(records)
-    manifest = manifest_of(plan, records)
     with output_errors(out):
         write_bytes_atomic(out / REJECTS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records.rejects).encode())
         previews = {name: preview_rows(out, shards) for name, shards in records.shards.items()}
@@ -111,8 +128,6 @@ def finalize(plan: BuildPlan, seconds: float) -> BuildSummary:
         write_gallery(out, manifest)
         write_json_atomic(out / MANIFEST, manifest)
         write_card(out)
-    return BuildSummary(out, plan.total, manifest["num_rejects"], {n: t.summary() for n, t in records.tallies.items()},
-                        seconds, manifest["id"])
 
 
 def check_one_kind_of_device(records: UnitRecords) -> None:
@@ -133,15 +148,14 @@ def check_one_kind_of_device(records: UnitRecords) -> None:
 def write_partial_manifest(plan: BuildPlan) -> None:
     """On an interrupt: a manifest of exactly the finished units, marked incomplete, so the dir
     says what it holds (``verify``, ``score`` and ``publish`` refuse it until it is resumed)."""
-    out = plan.options.out_dir
+    storage = plan.storage
     manifest = manifest_of(plan, read_unit_stats(plan))
     done = sum(len(config["shards"]) for config in manifest["configs"].values())
     manifest["complete"] = False
     manifest["progress"] = {"units_done": done, "units_total": len(plan.units) * len(plan.config_names)}
-    with contextlib.suppress(OSError):  # best effort: the stats files are what resume relies on
-        write_json_atomic(out / MANIFEST, manifest)
-        for stale in (CARD, GALLERY, PREVIEW):
-            (out / stale).unlink(missing_ok=True)
+    with contextlib.suppress(OSError, OutputError):  # best effort: the stats files are what resume relies on
+        storage.put_bytes(MANIFEST, json_bytes(manifest))
+        storage.delete([CARD, GALLERY, PREVIEW])
 
 
 def preview_rows(out: Path, shards: list[dict[str, Any]]) -> list[tuple[np.ndarray, np.ndarray, dict[str, Any]]]:

@@ -24,11 +24,13 @@ from builder.preflight import component_weights
 from builder.recipes import LoadedRecipe
 from builder.registry import loaded_plugins
 from builder.sources.base import SourceContext, open_source
+from builder.storage import Location, Storage, open_storage
 
 
 @dataclass(frozen=True)
 class BuildOptions:
-    out_dir: Path
+    #: a local dir, or an fsspec URL (``s3://bucket/prefix``) of an object store
+    out_dir: Location
     device: str
     cache_dir: Path
     batch_size: Optional[int] = None
@@ -39,6 +41,11 @@ class BuildOptions:
     progress: bool = True
     #: torch.compile the generator's decoder (the slots keep its batch shape fixed)
     compile: bool = False
+    #: ``key=value`` options of the fsspec filesystem of a URL ``out_dir`` (endpoint, profile...)
+    storage_options: tuple[tuple[str, str], ...] = ()
+
+    def storage(self) -> Storage:
+        return open_storage(self.out_dir, self.storage_options)
 
 
 @dataclass(frozen=True)
@@ -69,13 +76,14 @@ class RunnerSettings:
     recipe: Recipe
     base_dir: Path
     cache_dir: Path
-    out_dir: Path
+    out_dir: Location
     device: str
     batch_size: int
     class_names: tuple[str, ...]
     #: plugin modules the driver imported (--plugin, entry points): workers import them too
     plugins: tuple[str, ...] = ()
     compile: bool = False
+    storage_options: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,10 @@ class BuildPlan:
     identity: dict[str, Any]
     state: OutputState
     pending: tuple[tuple[WorkUnit, str], ...]
+
+    @property
+    def storage(self) -> Storage:
+        return self.state.storage
 
     @property
     def recipe(self) -> Recipe:
@@ -133,13 +145,15 @@ def plan_build(loaded: LoadedRecipe, options: BuildOptions) -> BuildPlan:
         "source": source_fingerprint(source, recipe.source, loaded.base_dir),
         "weights": weights_fingerprint(recipe, ResolveContext(loaded.base_dir, options.cache_dir)),
     }
-    check_unlocked(options.out_dir)
-    state = inspect_output(options.out_dir, identity, overwrite=options.overwrite, force_clean=options.force_clean)
+    storage = options.storage()
+    check_unlocked(storage)
+    state = inspect_output(storage, identity, overwrite=options.overwrite, force_clean=options.force_clean)
     names = [spec.config_name for spec in recipe.reference_models]
     split = recipe.output.split
     pending = tuple((unit, name) for unit in units for name in names if (name, unit.shard_stem(split)) not in state.completed)
     settings = RunnerSettings(recipe, loaded.base_dir, options.cache_dir, options.out_dir, options.device,
-                              options.batch_size or recipe.batch_size, tuple(source.class_names), loaded_plugins(), options.compile)
+                              options.batch_size or recipe.batch_size, tuple(source.class_names), loaded_plugins(), options.compile,
+                              options.storage_options)
     return BuildPlan(loaded, options, settings, units, total, identity, state, pending)
 
 

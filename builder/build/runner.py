@@ -9,6 +9,7 @@ the unit complete and is the record a resume and the finalizer read.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +25,13 @@ from builder.checkpoints import weights_fingerprint
 from builder.components.base import ComponentContext
 from builder.config import Recipe
 from builder.errors import OutputError
-from builder.fileio import inside, sha256_file, write_json_atomic
+from builder.fileio import json_bytes
 from builder.images import encode_image, to_nchw
 from builder.manifest import STATS_DIR
 from builder.registry import load_plugins
 from builder.sources.base import SourceContext, check_label, open_source
 from builder.sources.decode import SampleRejected, load_rgb
+from builder.storage import Storage, open_storage
 from builder.writers import WRITERS, OutputSample, ShardSchema
 
 log = logging.getLogger(__name__)
@@ -118,7 +120,7 @@ def train_missing_weights(settings: RunnerSettings) -> None:
 
 
 @contextlib.contextmanager
-def output_errors(path: Path) -> Iterator[None]:
+def output_errors(path: Path | str) -> Iterator[None]:
     """A full disk or an unwritable dir: one line; the finished units stay for a resume."""
     try:
         yield
@@ -139,6 +141,7 @@ class UnitRunner:
                                         recipe.image_size, recipe.source, recipe.seed)
         self.schema = ShardSchema(settings.class_names, recipe.output.image_encoding, recipe.output.keep_originals)
         self.writers = {name: WRITERS.get(name)() for name in recipe.output.formats}
+        self.storage = open_storage(settings.out_dir, settings.storage_options)
         self.components = load_components(recipe, self.context, compile_decoder=settings.compile)
         self.info = current_worker_info(self.components.fingerprints, settings.device)
 
@@ -195,15 +198,15 @@ class UnitRunner:
             yield OutputSample(record["key"], encode_image(finals[row], fmt), original_bytes, record)
 
     def _write_unit(self, unit: WorkUnit, name: str, samples: list[OutputSample], rejects: list[dict[str, Any]]) -> dict[str, Any]:
-        """The unit's shard of ``name`` in every format, then its stats file (last: it marks completion)."""
-        out = self.settings.out_dir
+        """The unit's shard of ``name`` in every format, then its stats file (last: it marks completion).
+        On an object store each shard is written to a local temp file, hashed and then put whole."""
         stem = unit.shard_stem(self.settings.recipe.output.split)
         files = {}
         for fmt, writer in self.writers.items():
-            path = inside(out, name, f"{stem}{writer.suffix}")
-            with output_errors(path):
-                writer.write(path, samples, self.schema)
-            files[fmt] = {"path": path.relative_to(out).as_posix(), "sha256": sha256_file(path), "bytes": path.stat().st_size}
+            relative = f"{name}/{stem}{writer.suffix}"
+            with output_errors(self.storage.show(relative)):
+                digest, size = self.storage.write_file(relative, functools.partial(writer.write, samples=samples, schema=self.schema))
+            files[fmt] = {"path": relative, "sha256": digest, "bytes": size}
         stats = {
             "config": name,
             "unit": unit.index,
@@ -218,7 +221,13 @@ class UnitRunner:
             "files": files,
             "rejects": rejects,
         }
-        stats_path = inside(out, STATS_DIR, name, f"{stem}.json")
-        with output_errors(stats_path):
-            write_json_atomic(stats_path, stats)
+        stats_path = f"{STATS_DIR}/{name}/{stem}.json"
+        with output_errors(self.storage.show(stats_path)):
+            write_stats(self.storage, stats_path, stats)
         return stats
+
+
+def write_stats(storage: Storage, relative: str, stats: dict[str, Any]) -> None:
+    """A unit's stats file, the last thing written for it: its presence marks the unit complete
+    (one function, so that fault-injection tests can stop a worker right before it)."""
+    storage.put_bytes(relative, json_bytes(stats))
