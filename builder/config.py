@@ -17,8 +17,11 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializeAsAny,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
+    model_serializer,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -90,6 +93,30 @@ class TrainConfig(Frozen):
     augment: bool = False
 
 
+def check_template(value: str) -> str:
+    """``template.format(name)`` makes each CLIP prompt: exactly one ``{}`` and no other fields."""
+    import string
+
+    if "{}" not in value:
+        raise ValueError(f"'{value}' needs a '{{}}' where the class name goes")
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(value) if field is not None]
+    except ValueError as error:  # a lone '{' or '}'
+        raise ValueError(f"'{value}' must have exactly one '{{}}' and no other braces ({error}); write a literal brace as '{{{{' or '}}}}'") from None
+    if fields != [""]:
+        raise ValueError(f"'{value}' must have exactly one '{{}}' and no other braces; write a literal brace as '{{{{' or '}}}}'")
+    return value
+
+
+def check_templates(value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+    """One template, or a non-empty list whose prompt embeddings are averaged per class."""
+    if isinstance(value, str):
+        return check_template(value)
+    if not value:
+        raise ValueError("a template list needs at least one template")
+    return tuple(check_template(template) for template in value)
+
+
 class PreprocessConfig(Frozen):
     """Overrides of a model's own preprocessing (normally read from its pretrained config)."""
 
@@ -113,17 +140,44 @@ class ModelSpec(Frozen):
     train: TrainConfig | None = None
     #: pool the model's outputs into these super-classes (logsumexp of the member logits)
     class_ranges: ClassRanges | None = None
+    #: ``hf:``: the Hub revision (branch, tag or commit) to load
+    revision: str | None = None
+    #: each benchmark class name -> the model's label (name or output index) that stands for it
+    label_map: dict[str, str | int] | None = None
+    #: ``clip:``: the prompt template, or a list averaged per class (default: the CLIP oracle's)
+    template: str | tuple[str, ...] | None = None
 
     @field_validator("class_ranges")
     @classmethod
     def _disjoint_ranges(cls, value: ClassRanges | None) -> ClassRanges | None:
         return check_class_ranges(value)
 
+    @field_validator("template")
+    @classmethod
+    def _templates(cls, value: str | tuple[str, ...] | None) -> str | tuple[str, ...] | None:
+        return None if value is None else check_templates(value)
+
+    @model_serializer(mode="wrap")
+    def _without_unset_scheme_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Scheme-only fields left unset are not written, so the specs (and the hashes of them)
+        of models that never use them stay as they were before these fields existed."""
+        data: dict[str, Any] = handler(self)
+        for key in ("revision", "label_map", "template"):
+            if data.get(key, "") is None:
+                del data[key]
+        return data
+
+    @model_validator(mode="after")
+    def _one_class_mapping(self) -> "ModelSpec":
+        if self.label_map is not None and self.class_ranges is not None:
+            raise ValueError("give label_map or class_ranges, not both: each says which outputs stand for each class")
+        return self
+
     @field_validator("model")
     @classmethod
     def _has_scheme(cls, value: str) -> str:
         if ":" not in value:
-            raise ValueError(f"'{value}' needs a scheme: 'timm:<name>' or 'py:<module>:<callable>'")
+            raise ValueError(f"'{value}' needs a scheme: timm:, hf:, torchvision:, clip:, robustbench: or py: (e.g. 'timm:<name>')")
         return value
 
     @field_validator("name")

@@ -13,7 +13,7 @@ import difflib
 import importlib
 import pkgutil
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Iterable, Iterator, Optional, TypeVar
+from typing import Any, Callable, Generic, Iterable, Iterator, Optional, TypeVar, Union
 
 from builder.errors import BuilderError
 
@@ -41,8 +41,9 @@ class Entry(Generic[T]):
     config: Any  # the pydantic config class of the kind's recipe section, or None
     description: str
     #: building this kind imports or calls code named in its spec: a spec read from data (a
-    #: manifest, a download) may only use it with the user's explicit trust
-    runs_code: bool = False
+    #: manifest, a download) may only use it with the user's explicit trust; a callable
+    #: (config) -> bool when only some configs do (``hf:`` with ``trust_remote_code``)
+    runs_code: Union[bool, Callable[[Any], bool]] = False
     #: (config, PreflightContext, where) -> the offline checks ``run --dry-run`` prints
     #: (:mod:`builder.preflight`); None: the kind has none
     preflight: Optional[Callable[..., list[Any]]] = None
@@ -72,7 +73,7 @@ class Registry(Generic[T]):
         *,
         config: Any | None = None,
         description: str = "",
-        runs_code: bool = False,
+        runs_code: Union[bool, Callable[[Any], bool]] = False,
         preflight: Optional[Callable[..., list[Any]]] = None,
         weights: Optional[Callable[..., list[Any]]] = None,
         trainer: Optional[Callable[..., None]] = None,

@@ -2,7 +2,8 @@
 
 A recipe the user runs is theirs and trusted. A model spec read from a manifest, a result
 file or anything downloaded is data: if building it would import or call code (``py:``, or
-any later model scheme registered with ``runs_code=True``), it is refused unless the user
+any model scheme registered with ``runs_code``, such as ``hf:`` with
+``trust_remote_code``), it is refused unless the user
 passes ``--trust-remote-code``, as ``datasets`` and ``transformers`` do.
 """
 
@@ -33,7 +34,10 @@ def runs_code(spec: ModelSpec) -> bool:
     scheme, _, target = spec.model.partition(":")
     if scheme == "py" and target.rpartition(":")[0] == zoo.__name__ and target.rpartition(":")[2] in zoo.__all__:
         return False
-    return MODELS.entry(scheme).runs_code if scheme in MODELS else True
+    if scheme not in MODELS:
+        return True
+    marked = MODELS.entry(scheme).runs_code
+    return bool(marked(spec) if callable(marked) else marked)
 
 
 def model_specs(config: Any) -> Iterator[ModelSpec]:

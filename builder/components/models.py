@@ -1,4 +1,5 @@
-"""Classifiers from specs: ``timm:<name[.tag]>`` and ``py:<module or file.py>:<callable>``.
+"""Classifiers from specs: ``timm:<name[.tag]>`` and ``py:<module or file.py>:<callable>`` (the
+other schemes, ``hf:``, ``torchvision:``, ``clip:``, ``robustbench:``, have a module each).
 
 Used for reference models (theta), classifier oracles and, later, scored models. Each comes
 with its own preprocessing (timm's pretrained config, overridable in the spec).
@@ -244,7 +245,7 @@ def load_classifier(spec: ModelSpec, ctx: ComponentContext, *, classes_of: str =
     :func:`builder.train.ensure_weights` trains them first). ``classes_of`` names where
     ``ctx.class_names`` come from, for the mismatch message."""
     classifier = build_classifier(spec, ctx, pretrained=spec.pretrained and spec.checkpoint is None)
-    if spec.checkpoint:
+    if spec.checkpoint and not classifier.weights_loaded:
         path = ctx.trained_location(fetch_location(spec.checkpoint, ctx.locations), spec)
         state = load_state_dict(path, cache_dir=ctx.cache_dir, what=f"{spec.model} checkpoint")
         load_weights(classifier.net, state, path=path, what=spec.model)

@@ -5,25 +5,26 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-import string
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Optional, Union
 
 import torch
 from pydantic import SerializeAsAny, field_validator
+from torch import nn
 from torch.nn import functional as F
 
 from builder.checkpoints import BUILTIN_DIR, fetch_location, load_state_dict, load_weights
 from builder.components.base import ORACLES, ComponentContext, Oracle
 from builder.components.models import load_classifier
-from builder.components.preprocess import Preprocess, Preprocessing
-from builder.config import ModelSpec, OracleConfig, TrainConfig
+from builder.components.preprocess import Preprocess, PreprocessedClassifier, Preprocessing
+from builder.config import ModelSpec, OracleConfig, PreprocessConfig, TrainConfig, check_templates
 from builder.errors import ComponentError
 from builder.preflight import Check, PreflightContext, Weights, check_model, model_weights, preflight, weights
 from builder.registry import unknown_name_message
 
 log = logging.getLogger(__name__)
 
+DEFAULT_TEMPLATE = "an image of {}"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 #: a ``pretrained`` value that names a weights file rather than an open_clip tag
@@ -34,7 +35,8 @@ class ClipOracleConfig(OracleConfig):
     model: str = "ViT-B-32"
     pretrained: str = "openai"
     quick_gelu: Optional[bool] = None
-    template: str = "an image of {}"
+    #: the prompt template, or a list of them whose embeddings are averaged per class (CLIP_benchmark)
+    template: Union[str, tuple[str, ...]] = DEFAULT_TEMPLATE
     prompt_names: Optional[Union[str, tuple[str, ...]]] = None  # a list, or a named list such as open_clip:imagenet
     train: Optional[TrainConfig] = None
 
@@ -47,17 +49,9 @@ class ClipOracleConfig(OracleConfig):
 
     @field_validator("template")
     @classmethod
-    def _has_slot(cls, value: str) -> str:
-        """``template.format(name)`` makes each prompt: exactly one ``{}`` and no other fields."""
-        if "{}" not in value:
-            raise ValueError(f"'{value}' needs a '{{}}' where the class name goes")
-        try:
-            fields = [field for _, field, _, _ in string.Formatter().parse(value) if field is not None]
-        except ValueError as error:  # a lone '{' or '}'
-            raise ValueError(f"'{value}' must have exactly one '{{}}' and no other braces ({error}); write a literal brace as '{{{{' or '}}}}'") from None
-        if fields != [""]:
-            raise ValueError(f"'{value}' must have exactly one '{{}}' and no other braces; write a literal brace as '{{{{' or '}}}}'")
-        return value
+    def _has_slot(cls, value: Union[str, tuple[str, ...]]) -> Union[str, tuple[str, ...]]:
+        """Each template makes a prompt per class: exactly one ``{}`` and no other fields."""
+        return check_templates(value)
 
 
 class ClassifierOracleConfig(OracleConfig):
@@ -167,30 +161,70 @@ def prompt_names(config: ClipOracleConfig, class_names: tuple[str, ...]) -> tupl
     return tuple(config.prompt_names or class_names)
 
 
-def prompts(config: ClipOracleConfig, class_names: tuple[str, ...]) -> list[str]:
+def templates_of(template: Union[str, tuple[str, ...]]) -> tuple[str, ...]:
+    return (template,) if isinstance(template, str) else tuple(template)
+
+
+def prompts(config: ClipOracleConfig, class_names: tuple[str, ...]) -> list[list[str]]:
+    """Per class, its prompts: each template filled with the class's prompt name."""
     names = prompt_names(config, class_names)
     if len(names) != len(class_names):
         raise ComponentError(
             f"oracle.prompt_names has {len(names)} names but the source has {len(class_names)} classes"
         )
-    return [config.template.format(name) for name in names]
+    return [[template.format(name) for template in templates_of(config.template)] for name in names]
+
+
+class ClipZeroShotHead(nn.Module):
+    """CLIP as a classifier of preprocessed images: the scaled cosine similarity to each class's
+    text embedding, computed once (with several templates, the normalised mean of their
+    normalised embeddings, as CLIP_benchmark does). Differentiable in the images."""
+
+    text_features: torch.Tensor  # buffers, declared for the type checker
+    scale: torch.Tensor
+
+    def __init__(self, model: Any, tokenizer: Any, texts: list[list[str]], device: str) -> None:
+        super().__init__()
+        self.model = model.eval().requires_grad_(False).to(device)
+        with torch.no_grad():
+            if all(len(group) == 1 for group in texts):  # one template: one batch
+                features = F.normalize(self.model.encode_text(tokenizer([g[0] for g in texts]).to(device)), dim=-1)
+            else:
+                features = torch.stack([
+                    F.normalize(F.normalize(self.model.encode_text(tokenizer(group).to(device)), dim=-1).mean(dim=0), dim=-1)
+                    for group in texts
+                ])
+        self.register_buffer("text_features", features, persistent=False)
+        self.register_buffer("scale", self.model.logit_scale.exp().detach(), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.normalize(self.model.encode_image(images), dim=-1) @ self.text_features.T
+
+
+def clip_classifier(model: Any, tokenizer: Any, texts: list[list[str]], device: str, spec: str,
+                    overrides: Optional[PreprocessConfig] = None) -> PreprocessedClassifier:
+    """The zero-shot classifier over ``texts`` (prompts per class), its preprocessing open_clip's
+    (with a model spec's ``overrides``)."""
+    head = ClipZeroShotHead(model, tokenizer, texts, device)
+    preprocessing = clip_preprocessing(model).overridden(overrides or PreprocessConfig(), spec)
+    return PreprocessedClassifier(head, preprocessing, len(texts), spec, weights_loaded=True).to(device)
 
 
 class ClipZeroShotOracle:
-    """Accept when CLIP's zero-shot argmax over "template.format(class)" prompts is the label."""
+    """Accept when CLIP's zero-shot argmax over the prompts of each class is the label."""
 
-    def __init__(self, model: Any, tokenizer: Any, texts: list[str], device: str) -> None:
-        self.model = model.eval().requires_grad_(False).to(device)
-        self.preprocess = Preprocess(clip_preprocessing(model)).to(device)
-        with torch.no_grad():
-            text = self.model.encode_text(tokenizer(texts).to(device))
-            self.text_features = F.normalize(text, dim=-1)  # computed once
-            self.scale = self.model.logit_scale.exp()
+    def __init__(self, model: Any, tokenizer: Any, texts: list[Any], device: str) -> None:
+        groups = [[text] if isinstance(text, str) else list(text) for text in texts]
+        self.classifier = clip_classifier(model, tokenizer, groups, device, "clip")
+
+    @property
+    def text_features(self) -> torch.Tensor:
+        head: ClipZeroShotHead = self.classifier.net  # type: ignore[assignment]
+        return head.text_features
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            features = F.normalize(self.model.encode_image(self.preprocess(images)), dim=-1)
-            return (self.scale * features @ self.text_features.T).softmax(dim=-1)
+            return self.classifier(images).softmax(dim=-1)
 
     def judge(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return _judge(self.probabilities(images), labels)
@@ -226,7 +260,8 @@ def clip_weights(config: ClipOracleConfig, where: str) -> list[Weights]:
 
 
 def train_clip(config: ClipOracleConfig, ctx: ComponentContext, out: Path) -> None:
-    """Train an open_clip model on "template.format(class)" captions (CLIP loss over classes)."""
+    """Train an open_clip model on "template.format(class)" captions (CLIP loss over classes; with a
+    template list, the first template's)."""
     import open_clip
 
     from builder.checkpoints import save_state_dict
@@ -236,7 +271,8 @@ def train_clip(config: ClipOracleConfig, ctx: ComponentContext, out: Path) -> No
     seed = ctx.train_seed(config)
     model = seeded(seed, lambda: create_clip(config, ctx, load_weights_=False)).to(ctx.device).train()
     preprocess = Preprocess(clip_preprocessing(model)).to(ctx.device)
-    tokens = open_clip.get_tokenizer(config.model)(prompts(config, ctx.class_names)).to(ctx.device)
+    captions = [group[0] for group in prompts(config, ctx.class_names)]  # with a template list, the first
+    tokens = open_clip.get_tokenizer(config.model)(captions).to(ctx.device)
 
     def loss_fn(batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         image = F.normalize(model.encode_image(preprocess(batch)), dim=-1)

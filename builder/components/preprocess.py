@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Iterable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -30,6 +31,14 @@ class Preprocessing:
         if not all(math.isfinite(m) for m in result.mean):
             raise ComponentError(f"{owner}: preprocess.mean {list(result.mean)} must be finite numbers; fix preprocess.mean")
         return result
+
+
+def rgb(values: Iterable[Any], owner: str, what: str) -> tuple[float, float, float]:
+    """Three floats, one per channel, from a library's config (a mean or a std)."""
+    numbers = tuple(float(value) for value in values)
+    if len(numbers) != 3:
+        raise ComponentError(f"{owner}: its {what} has {len(numbers)} values, not one per RGB channel; set preprocess.{what}")
+    return numbers[0], numbers[1], numbers[2]
 
 
 class Preprocess(nn.Module):
@@ -64,17 +73,41 @@ class Preprocess(nn.Module):
 
 
 class PreprocessedClassifier(nn.Module):
-    """theta as the engine sees it: [0, 1] images in, logits out."""
+    """theta as the engine sees it: [0, 1] images in, logits out.
 
-    def __init__(self, net: nn.Module, preprocessing: Preprocessing, num_classes: int, spec: str) -> None:
+    ``logits_field`` names the attribute of the net's output that holds the logits (Transformers
+    models return an output object); ``outputs`` keeps only these logits, in this order (a
+    pretrained model's labels mapped onto the benchmark's classes); ``weights_loaded`` says the
+    scheme loaded the spec's checkpoint itself (CLIP: its text embeddings come from the weights).
+    """
+
+    outputs: Optional[torch.Tensor]  # a buffer, declared for the type checker
+
+    def __init__(
+        self,
+        net: nn.Module,
+        preprocessing: Preprocessing,
+        num_classes: int,
+        spec: str,
+        *,
+        logits_field: Optional[str] = None,
+        outputs: Optional[Sequence[int]] = None,
+        weights_loaded: bool = False,
+    ) -> None:
         super().__init__()
         self.net = net
         self.preprocess = Preprocess(preprocessing)
-        self.num_classes = num_classes
+        self.num_classes = num_classes if outputs is None else len(outputs)
         self.spec = spec
+        self.logits_field = logits_field
+        self.weights_loaded = weights_loaded
+        self.register_buffer("outputs", None if outputs is None else torch.tensor(list(outputs)), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(self.preprocess(images))
+        logits = self.net(self.preprocess(images))
+        if self.logits_field is not None:
+            logits = getattr(logits, self.logits_field)
+        return logits if self.outputs is None else logits[:, self.outputs]
 
 
 class PooledClassifier(nn.Module):

@@ -1,0 +1,67 @@
+"""``clip:<model>/<pretrained>``: an open_clip model as a zero-shot classifier over the
+benchmark's class names, built by the very code the ``clip`` oracle uses (its config, its
+``create_clip``, its text head), so a model scored here is the model that judges there.
+
+The spec's ``template`` (one, or a list averaged per class) fills the prompts; its ``kwargs``
+are further fields of the oracle's config (``quick_gelu``, ``prompt_names``). Weights are an
+open_clip pretrained tag (open_clip's own cache), or the spec's ``checkpoint``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pydantic import ValidationError
+
+from builder.checkpoints import fetch_location
+from builder.components.base import MODELS, ComponentContext
+from builder.components.oracles import DEFAULT_TEMPLATE, ClipOracleConfig, clip_classifier, clip_preflight, create_clip, prompts
+from builder.components.preprocess import PreprocessedClassifier
+from builder.config import ModelSpec
+from builder.errors import ComponentError
+from builder.preflight import Check, PreflightContext
+
+log = logging.getLogger(__name__)
+
+#: ``pretrained: false``: a weights location that is never read (create_clip is told not to load)
+_RANDOM = "random-initialisation.pt"
+
+
+def oracle_config(spec: ModelSpec, checkpoint: str | None = None) -> ClipOracleConfig:
+    """The ``clip`` oracle config that ``spec`` stands for (``checkpoint``: its weights file)."""
+    model, _, tag = spec.model.partition(":")[2].partition("/")
+    pretrained = checkpoint or (tag if spec.pretrained else _RANDOM)
+    if not pretrained:
+        raise ComponentError(f"{spec.model}: name the pretrained tag (clip:{model}/<tag>) or give 'checkpoint'")
+    fields = {"kind": "clip", "model": model, "pretrained": pretrained, "template": spec.template or DEFAULT_TEMPLATE,
+              "quick_gelu": True if tag == "openai" else None, **spec.kwargs}  # OpenAI's weights, even fine-tuned, use QuickGELU
+    try:
+        return ClipOracleConfig.model_validate(fields)
+    except ValidationError as error:
+        problem = error.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"]) or "spec"
+        raise ComponentError(f"{spec.model}: {where}: {problem['msg']}; fix the spec's kwargs or template") from None
+
+
+def clip_model_preflight(spec: ModelSpec, ctx: PreflightContext, where: str) -> list[Check]:
+    """The clip oracle's own checks of the same config (the checkpoint is checked as weights)."""
+    try:
+        tag = spec.model.partition("/")[2]
+        config = oracle_config(spec, None if tag else spec.checkpoint)  # a tag is checked even with a checkpoint
+    except ComponentError as error:
+        return [Check(where, spec.model, f"{where}: {error}")]
+    return clip_preflight(config, ctx, where)
+
+
+@MODELS.register("clip", description="open_clip zero-shot classifier over the class names (the clip oracle's code)",
+                 preflight=clip_model_preflight)
+def build_clip(target: str, spec: ModelSpec, ctx: ComponentContext, pretrained: bool) -> PreprocessedClassifier:
+    import open_clip
+
+    checkpoint = None
+    if spec.checkpoint is not None:
+        checkpoint = str(ctx.trained_location(fetch_location(spec.checkpoint, ctx.locations), spec))
+    config = oracle_config(spec, checkpoint)
+    model = create_clip(config, ctx, load_weights_=pretrained or checkpoint is not None)
+    texts = prompts(config, ctx.class_names)
+    return clip_classifier(model, open_clip.get_tokenizer(config.model), texts, ctx.device, spec.model, spec.preprocess)

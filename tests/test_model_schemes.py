@@ -1,0 +1,279 @@
+"""The ``hf:``, ``torchvision:`` and ``clip:`` model schemes, on tiny models built and saved here
+(never a faked load): as reference models of a tiny build, as ``classifier`` oracles, scored
+statically; their preprocessing against their library's own eval transform; label mapping;
+offline checks of wrong names."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from helpers import build
+from PIL import Image
+
+from builder.cli import main
+from builder.components.base import ComponentContext
+from builder.components.models import load_classifier
+from builder.config import ModelSpec
+from builder.errors import ComponentError
+
+CLASSES = ("blue", "green", "red")  # the tiny recipe's imagefolder classes, sorted
+#: the torchvision weights used offline: a random shufflenet put where torch.hub keeps that file
+TV_WEIGHTS = "torchvision:shufflenet_v2_x0_5:IMAGENET1K_V1"
+TV_LABELS = {"blue": "tench", "green": "goldfish", "red": "great white shark"}
+
+
+@pytest.fixture
+def hub_dir(tmp_path: Path) -> Iterator[Path]:
+    """torch.hub's cache, private, holding random weights under the enum's file name."""
+    from torchvision.models import get_model, get_model_weights
+
+    previous = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "torch-hub"))
+    enum = get_model_weights("shufflenet_v2_x0_5").IMAGENET1K_V1
+    target = Path(torch.hub.get_dir()) / "checkpoints" / enum.url.rsplit("/", 1)[-1]
+    target.parent.mkdir(parents=True)
+    torch.manual_seed(1)
+    torch.save(get_model("shufflenet_v2_x0_5", num_classes=1000).state_dict(), target)
+    yield target
+    torch.hub.set_dir(previous)
+
+
+@pytest.fixture
+def colours(context: ComponentContext) -> ComponentContext:
+    """The shared test context with the tiny recipe's classes."""
+    return ComponentContext(**{**context.__dict__, "class_names": CLASSES})
+
+
+def save_hf_model(folder: Path, labels: tuple[str, ...] = CLASSES, size: int = 32) -> Path:
+    """A tiny random ViTForImageClassification and its image processor, saved as the Hub has them."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    config = ViTConfig(image_size=size, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                       num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)})
+    torch.manual_seed(2)
+    ViTForImageClassification(config).save_pretrained(folder)
+    ViTImageProcessor(size={"height": size, "width": size}, resample=2, image_mean=[0.4, 0.5, 0.6], image_std=[0.2, 0.25, 0.3]).save_pretrained(folder)
+    return folder
+
+
+def save_clip(path: Path) -> Path:
+    import open_clip
+
+    from builder.components.oracles import register_builtin_clip_configs
+
+    register_builtin_clip_configs()
+    torch.manual_seed(3)
+    torch.save(open_clip.create_model("fmr-tiny-clip", pretrained=None).state_dict(), path)
+    return path
+
+
+def save_resnet(path: Path) -> Path:
+    from torchvision.models import get_model
+
+    torch.manual_seed(4)
+    torch.save(get_model("resnet18", num_classes=3).state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def specs(tmp_path: Path, hub_dir: Path) -> dict[str, dict[str, Any]]:
+    """One spec per scheme (torchvision twice: a weights enum, and own weights)."""
+    return {
+        "hf": {"model": f"hf:{save_hf_model(tmp_path / 'vit')}"},
+        "torchvision-enum": {"model": TV_WEIGHTS, "label_map": TV_LABELS},
+        "torchvision": {"model": "torchvision:resnet18", "checkpoint": str(save_resnet(tmp_path / "resnet.pt"))},
+        "clip": {"model": "clip:fmr-tiny-clip", "checkpoint": str(save_clip(tmp_path / "clip.pt")), "template": ["a photo of {}", "an image of {}"]},
+    }
+
+
+def image(size: int, seed: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))
+
+
+def as_tensor(picture: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.array(picture)).permute(2, 0, 1)[None].float() / 255
+
+
+# ----------------------------------------------------------------------------- builds and scores
+
+
+def recipe_with(tiny_recipe: Path, reference: dict[str, Any], oracle: dict[str, Any]) -> Path:
+    recipe = yaml.safe_load(tiny_recipe.read_text())
+    recipe["reference_models"] = [{"name": "ref", **reference}]
+    recipe["oracle"] = {"kind": "classifier", "model": oracle}
+    recipe["perturbation"]["budget"] = 2
+    tiny_recipe.write_text(yaml.safe_dump(recipe))
+    return tiny_recipe
+
+
+@pytest.mark.parametrize(("reference", "oracle"), [("hf", "torchvision-enum"), ("torchvision", "clip"), ("clip", "hf")])
+def test_each_scheme_as_reference_and_oracle_then_scored(tiny_recipe: Path, tmp_path: Path, specs: dict[str, dict[str, Any]],
+                                                         reference: str, oracle: str) -> None:
+    from builder.score import score
+
+    out = tmp_path / "out"
+    result = build(recipe_with(tiny_recipe, specs[reference], specs[oracle]), out)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    config = next(iter(manifest["configs"].values()))
+    assert config["num_samples"] == 12 and config["reference_model"]["model"] == specs[reference]["model"]
+    for name in (reference, oracle):
+        scored = score(out, ModelSpec.model_validate(specs[name]), bootstrap=20, base_dir=tmp_path)
+        assert scored.n == 12 and 0 <= scored.sa <= 1 and 0 <= scored.pa_all <= 1
+        assert scored.white_box == (name == reference)  # the very weights the build attacked
+
+
+# ----------------------------------------------------------------------------- preprocessing
+
+
+def test_hf_preprocessing_equals_its_image_processor(tmp_path: Path, colours: ComponentContext) -> None:
+    """Exact (1e-5) where no resize is needed; with one, PIL's bilinear on uint8 against a
+    differentiable antialiased bilinear on floats: within 0.05 per value (std-normalised units),
+    0.01 on average."""
+    from transformers import AutoImageProcessor
+
+    processor = AutoImageProcessor.from_pretrained(save_hf_model(tmp_path / "vit"))
+    classifier = load_classifier(ModelSpec(model=f"hf:{tmp_path / 'vit'}"), colours)
+    assert classifier.preprocess.config.interpolation == "bilinear" and classifier.preprocess.config.mean == (0.4, 0.5, 0.6)
+    for size, worst, mean in ((32, 1e-5, 1e-6), (48, 0.05, 0.01)):
+        picture = image(size)
+        theirs = processor(images=picture, return_tensors="pt")["pixel_values"]
+        ours = classifier.preprocess(as_tensor(picture))
+        assert ours.shape == theirs.shape
+        assert (ours - theirs).abs().max() < worst and (ours - theirs).abs().mean() < mean
+
+
+def test_torchvision_preprocessing_equals_the_weights_transforms(hub_dir: Path, colours: ComponentContext) -> None:
+    """torchvision's eval transform on a float tensor is the same resize, crop and normalisation: 1e-5."""
+    from torchvision.models import get_model_weights
+
+    classifier = load_classifier(ModelSpec(model=TV_WEIGHTS, label_map=TV_LABELS), colours)
+    transform = get_model_weights("shufflenet_v2_x0_5").IMAGENET1K_V1.transforms()
+    for size in (224, 300):
+        picture = as_tensor(image(size))
+        theirs = transform(picture)
+        assert torch.allclose(classifier.preprocess(picture), theirs, atol=1e-5)
+
+
+def test_clip_preprocessing_equals_open_clip_eval_transform(tmp_path: Path, colours: ComponentContext) -> None:
+    """open_clip's own eval transform (PIL bicubic on uint8): exact (1e-5) at the model's size;
+    resized, within 0.1 per value and 0.02 on average (std-normalised units)."""
+    import open_clip
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    spec = ModelSpec(model="clip:fmr-tiny-clip", checkpoint=str(save_clip(tmp_path / "clip.pt")))
+    classifier = load_classifier(spec, colours)
+    transform = image_transform_v2(PreprocessCfg(**open_clip.get_model_preprocess_cfg(classifier.net.model)), is_train=False)
+    for size, worst, mean in ((32, 1e-5, 1e-6), (48, 0.1, 0.02)):
+        picture = image(size)
+        difference = classifier.preprocess(as_tensor(picture)) - transform(picture)[None]
+        assert difference.abs().max() < worst and difference.abs().mean() < mean
+
+
+def test_clip_scheme_is_the_clip_oracle(tmp_path: Path, colours: ComponentContext) -> None:
+    """Same weights, same template: the scheme's probabilities are the oracle's."""
+    from builder.components.oracles import ClipOracleConfig, load_clip_oracle
+
+    weights = str(save_clip(tmp_path / "clip.pt"))
+    oracle = load_clip_oracle(ClipOracleConfig(kind="clip", model="fmr-tiny-clip", pretrained=weights, template="a {}"), colours)
+    classifier = load_classifier(ModelSpec(model="clip:fmr-tiny-clip", checkpoint=weights, template="a {}"), colours)
+    images = torch.rand(4, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(classifier(images).softmax(-1), oracle.probabilities(images), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- labels, weights, trust
+
+
+def test_label_mismatch_is_a_clear_error_and_label_map_fixes_it(tmp_path: Path, colours: ComponentContext, hub_dir: Path) -> None:
+    folder = save_hf_model(tmp_path / "pets", labels=("cat", "dog", "bird"))
+    with pytest.raises(ComponentError, match=r"labels do not include the benchmark class 'blue'.*give label_map") as caught:
+        load_classifier(ModelSpec(model=f"hf:{folder}"), colours)
+    assert "\n" not in str(caught.value)
+    mapped = load_classifier(ModelSpec(model=f"hf:{folder}", label_map={"blue": "bird", "green": 0, "red": "dog"}), colours)
+    assert mapped.outputs.tolist() == [2, 0, 1] and mapped(torch.rand(2, 3, 16, 16)).shape == (2, 3)
+    with pytest.raises(ComponentError, match=r"label_map\['red'\] = 'dgo' is not one of the model's 3 labels; did you mean 'dog'"):
+        load_classifier(ModelSpec(model=f"hf:{folder}", label_map={"blue": "bird", "green": 0, "red": "dgo"}), colours)
+    with pytest.raises(ComponentError, match="labels do not include the benchmark class 'blue'"):
+        load_classifier(ModelSpec(model=TV_WEIGHTS), colours)  # ImageNet's labels
+
+
+def test_labels_in_another_order_are_matched_by_name(tmp_path: Path, colours: ComponentContext) -> None:
+    folder = save_hf_model(tmp_path / "vit", labels=("Red", "blue", "GREEN"))
+    classifier = load_classifier(ModelSpec(model=f"hf:{folder}"), colours)
+    assert classifier.outputs.tolist() == [1, 2, 0]
+    images = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(classifier(images), classifier.net(classifier.preprocess(images)).logits[:, [1, 2, 0]])
+
+
+def test_missing_weights_are_one_line_offline_errors(tmp_path: Path, colours: ComponentContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    torch.hub.set_dir(str(tmp_path / "empty-hub"))
+    try:
+        monkeypatch.setattr("torch.hub.load_state_dict_from_url", _no_network)
+        with pytest.raises(ComponentError, match=r"weights are not in the torch hub cache .*shufflenetv2_x0.5-f707e7126e.pth.*run once with network"):
+            load_classifier(ModelSpec(model=TV_WEIGHTS, label_map=TV_LABELS), colours)
+    finally:
+        torch.hub.set_dir(str(Path.home() / ".cache" / "torch" / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    with pytest.raises(ComponentError, match=r"^hf:someone/vit-tiny: cannot load it from the HF cache or the Hub .*run once with network"):
+        load_classifier(ModelSpec(model="hf:someone/vit-tiny"), colours)
+
+
+def _no_network(url: str, *args: Any, **kwargs: Any) -> Any:
+    import urllib.error
+
+    raise urllib.error.URLError("no network")
+
+
+def test_hf_with_remote_code_counts_as_code() -> None:
+    from builder.trust import runs_code
+
+    assert not runs_code(ModelSpec(model="hf:org/model"))
+    assert runs_code(ModelSpec(model="hf:org/model", kwargs={"trust_remote_code": True}))
+    assert not runs_code(ModelSpec(model="torchvision:resnet18")) and not runs_code(ModelSpec(model="clip:ViT-B-32/openai"))
+
+
+# ----------------------------------------------------------------------------- dry run
+
+
+def dry_run_failure(recipe: Path, *sets: str) -> str:
+    arguments = [item for value in sets for item in ("--set", value)]
+    result = CliRunner().invoke(main, ["-q", "run", str(recipe), "--dry-run", *arguments])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    return "\n".join(line for line in result.output.splitlines() if line.startswith("FAIL"))
+
+
+def test_dry_run_names_wrong_names_offline(tiny_recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    field = "reference_models.0.model"
+    assert "did you mean 'resnet18'" in dry_run_failure(tiny_recipe, f"{field}=torchvision:resnet81")
+    assert "unknown weights for resnet18 'IMAGENET1K_V3'; did you mean 'IMAGENET1K_V1'" in dry_run_failure(tiny_recipe, f"{field}=torchvision:resnet18:IMAGENET1K_V3")
+    assert "did you mean 'ViT-B-32'" in dry_run_failure(tiny_recipe, f"{field}=clip:ViT-B-23/openai")
+    assert "open_clip has no pretrained 'openia' for ViT-B-32" in dry_run_failure(tiny_recipe, f"{field}=clip:ViT-B-32/openia")
+    assert "is neither a directory nor a Hub repo id" in dry_run_failure(tiny_recipe, f"{field}=hf:not//a repo")
+    assert "not in the HF cache and HF_HUB_OFFLINE is set" in dry_run_failure(tiny_recipe, f"{field}=hf:someone/vit-tiny")
+    (tmp_path / "empty").mkdir()
+    assert "has no config.json" in dry_run_failure(tiny_recipe, f"{field}=hf:{tmp_path / 'empty'}")
+
+
+def test_dry_run_passes_the_saved_models(tiny_recipe: Path, tmp_path: Path) -> None:
+    folder = save_hf_model(tmp_path / "vit")
+    result = CliRunner().invoke(main, ["-q", "run", str(tiny_recipe), "--dry-run", "--set", f"reference_models.0.model=hf:{folder}",
+                                       "--set", "reference_models.0.checkpoint=null"])
+    assert result.exit_code == 0, result.output
+    assert "hf:" in result.output and "vit, pretrained, 3 labels" in result.output
