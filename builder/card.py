@@ -12,6 +12,7 @@ import yaml
 
 from builder.errors import BuilderError
 from builder.fileio import write_bytes_atomic, write_json_atomic
+from builder.metrics import upgrade_figures
 from builder.paths import bundled_dir
 from builder.writers.base import ShardSchema
 
@@ -97,7 +98,7 @@ def render_card(
     rows = []
     for name, config in manifest["configs"].items():
         spec = " ".join(str(config["reference_model"]["model"]).split()).replace("`", "'")  # stays inside its code span
-        rows.append({"name": name, "num_non_finite": 0, **config, "spec": spec})
+        rows.append({"name": name, "num_non_finite": 0, **upgrade_figures(config), "spec": spec})
     return environment.get_template(CARD_TEMPLATE).render(
         header=header,
         manifest=manifest,

@@ -212,7 +212,7 @@ def format_summary(name: str, summary: Any) -> str:
     for config, figures in summary.configs.items():
         lines.append(
             f"{config:<14}{figures['num_samples']:>8}{figures['perturbed_share']:>11.1%}{figures['mean_steps']:>12.2f}"
-            f"{figures['sa']:>8.1%}{figures['pa_all']:>8.1%}{figures['fmr']:>8.1f}{figures['pa']:>10.1%}"
+            f"{figures['sa']:>8.1%}{figures['pa']:>8.1%}{figures['fmr']:>8.1f}{figures['pa_perturbed']:>10.1%}"
         )
     lines.append(
         "reference model: SA on the originals, PA on the generated set (unperturbed samples keep x), "

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from builder.errors import BuilderError
 from builder.fileio import atomic_write, write_bytes_atomic
 from builder.manifest import load_json_bounded, validation_problem
+from builder.metrics import upgrade_figures
 
 
 class ResultRow(BaseModel):
@@ -24,7 +25,8 @@ class ResultRow(BaseModel):
     benchmark_id: str = Field(max_length=200)
     config: str = Field(max_length=200)
     sa: float = Field(ge=0, le=1)
-    pa_all: float = Field(ge=0, le=1)
+    pa: float = Field(ge=0, le=1)  # the FMR numerator (files before the rename: read through upgrade_figures)
+    pa_perturbed: Optional[float] = Field(None, ge=0, le=1)
     fmr: float = Field(ge=0, le=1e6)
     fmr_ci: Optional[list[float]] = Field(None, min_length=2, max_length=2)
     white_box: bool = False
@@ -35,6 +37,7 @@ def checked_rows(rows: Any, what: str) -> list[dict[str, Any]]:
     """``rows`` as result dicts, each checked against :class:`ResultRow`; one line otherwise."""
     if not isinstance(rows, list):
         raise BuilderError(f"{what}: not written by 'build-benchmark score --json' (no list of results)")
+    rows = [upgrade_figures(row) if isinstance(row, dict) else row for row in rows]
     for index, row in enumerate(rows):
         try:
             ResultRow.model_validate(row)
@@ -65,7 +68,7 @@ def leaderboard_markdown(rows: list[dict[str, Any]]) -> str:
         setting = "white-box" if row.get("white_box") else ("dynamic" if row.get("mode") == "dynamic" else "transfer")
         lines.append(
             f"| {rank} | {row['name']} (`{row['model']}`) | `{row['benchmark']}` ({row['benchmark_id'][:8]}) | {row['config']} | "
-            f"{100 * row['sa']:.1f} | {100 * row['pa_all']:.1f} | {row['fmr']:.1f}{ci(row, 'fmr')} | {setting} |"
+            f"{100 * row['sa']:.1f} | {100 * row['pa']:.1f} | {row['fmr']:.1f}{ci(row, 'fmr')} | {setting} |"
         )
     return "\n".join(lines) + "\n"
 

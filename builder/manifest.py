@@ -72,7 +72,8 @@ class ManifestConfig(_Strict):
     mean_steps: float = 0.0
     sa: float = 0.0
     pa: float = 0.0
-    pa_all: float = 0.0
+    pa_perturbed: float = 0.0
+    pa_all: float = 0.0  # written before pa was renamed: see builder.metrics.upgrade_figures
     fmr: float = 0.0
     num_non_finite: int = 0
 

@@ -1,13 +1,19 @@
-"""SA, PA, FMR and friends from per-sample outcomes, with seeded bootstrap intervals."""
+"""SA, PA, FMR and friends from per-sample outcomes, with seeded bootstrap intervals.
+
+One meaning per name: ``pa`` is the paper's PA, the accuracy on the whole generated set
+(unperturbed samples keep their image), so ``fmr == 100 * pa / sa``; ``pa_perturbed`` is the
+accuracy on the perturbed samples only. Files written before this naming (``pa`` perturbed-only,
+``pa_all`` the numerator) are read through :func:`upgrade_figures`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
-METRICS = ("sa", "pa", "pa_all", "fmr", "vr", "mean_steps")
+METRICS = ("sa", "pa", "pa_perturbed", "fmr", "vr", "mean_steps")
 
 
 @dataclass(frozen=True)
@@ -37,12 +43,12 @@ def metrics_from_counts(weights: np.ndarray, outcomes: Outcomes) -> dict[str, np
     n = weights.sum(axis=1)
     n_perturbed = weights @ perturbed
     sa = _ratio(weights @ correct_original, n)
-    pa_all = _ratio(weights @ correct_perturbed, n)
+    pa = _ratio(weights @ correct_perturbed, n)
     return {
         "sa": sa,
-        "pa": _ratio(weights @ (correct_perturbed & perturbed), n_perturbed),
-        "pa_all": pa_all,
-        "fmr": 100 * _ratio(pa_all, sa),
+        "pa": pa,
+        "pa_perturbed": _ratio(weights @ (correct_perturbed & perturbed), n_perturbed),
+        "fmr": 100 * _ratio(pa, sa),
         "vr": _ratio(n_perturbed, n),
         "mean_steps": _ratio(weights @ (outcomes.steps * perturbed), n_perturbed),
     }
@@ -67,6 +73,25 @@ def compute_metrics(outcomes: Outcomes, *, bootstrap: int = 1000, seed: int = 0,
         values = values[~np.isnan(values)]
         result[f"{key}_ci"] = [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))] if len(values) else [float("nan")] * 2
     return result
+
+
+#: the old names of figures (and their ``_ci`` intervals): perturbed-only ``pa``, numerator ``pa_all``
+_OLD_NAMES = {"pa": "pa_perturbed", "pa_all": "pa"}
+
+
+def upgrade_figures(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A result or manifest row under today's names; a row written before the rename (it has
+    ``pa_all``) has its ``pa``/``pa_all`` figures, intervals and per-class rows renamed."""
+    if "pa_all" not in row:
+        return dict(row)
+    upgraded = {key: value for key, value in row.items() if key not in ("pa", "pa_all", "pa_ci", "pa_all_ci")}
+    for old, new in _OLD_NAMES.items():
+        for suffix in ("", "_ci"):
+            if old + suffix in row:
+                upgraded[new + suffix] = row[old + suffix]
+    if isinstance(row.get("per_class"), list):
+        upgraded["per_class"] = [upgrade_figures(item) if isinstance(item, Mapping) else item for item in row["per_class"]]
+    return upgraded
 
 
 def per_class(outcomes: Outcomes, class_names: tuple[str, ...]) -> list[dict[str, Any]]:

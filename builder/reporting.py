@@ -22,7 +22,7 @@ def format_results(results: Sequence[Any]) -> str:
         fmr_text = f"{r.fmr:5.1f}" + (f" [{fmr[0]:.1f}, {fmr[1]:.1f}]" if fmr else "")
         lines.append(
             f"{r.benchmark[-24:]:<24} {r.config:<10} {r.name[-24:]:<24} {_setting(r):<9} {r.n:>6}  "
-            f"{_pct(r.sa, r.intervals.get('sa')):<20} {_pct(r.pa_all, r.intervals.get('pa_all')):<20} {fmr_text:<20} "
+            f"{_pct(r.sa, r.intervals.get('sa')):<20} {_pct(r.pa, r.intervals.get('pa')):<20} {fmr_text:<20} "
             f"{100 * r.vr:5.1f}% {r.mean_steps:6.1f}"
         )
     lines.append("SA: originals; PA: the generated set (unperturbed samples keep x); FMR = PA / SA x 100; VR: share perturbed; 95% bootstrap intervals")
@@ -32,7 +32,7 @@ def format_results(results: Sequence[Any]) -> str:
 def format_per_class(result: Any) -> str:
     lines = [f"per class: {result.name} on {result.benchmark} / {result.config}", f"{'class':<16} {'n':>6} {'SA':>7} {'PA':>7} {'FMR':>7}"]
     for row in result.per_class or []:
-        lines.append(f"{row['class_name'][:16]:<16} {row['n']:>6} {100 * row['sa']:7.1f} {100 * row['pa_all']:7.1f} {row['fmr']:7.1f}")
+        lines.append(f"{row['class_name'][:16]:<16} {row['n']:>6} {100 * row['sa']:7.1f} {100 * row['pa']:7.1f} {row['fmr']:7.1f}")
     return "\n".join(lines)
 
 

@@ -44,8 +44,10 @@ class ScoreResult:
     white_box: bool
     n: int
     sa: float
+    #: the paper's PA, on the whole generated set: fmr == 100 * pa / sa
     pa: float
-    pa_all: float
+    #: accuracy on the perturbed samples only
+    pa_perturbed: float
     fmr: float
     vr: float
     mean_steps: float
@@ -250,7 +252,7 @@ def score(
         name=spec.config_name,
         white_box=weights_fingerprint(classifier) == entry.get("reference_weights_sha256"),
         n=figures["n"],
-        **{key: figures[key] for key in ("sa", "pa", "pa_all", "fmr", "vr", "mean_steps")},
+        **{key: figures[key] for key in ("sa", "pa", "pa_perturbed", "fmr", "vr", "mean_steps")},
         intervals={key[:-3]: value for key, value in figures.items() if key.endswith("_ci")},
         per_class=per_class(outcomes, bench.class_names) if with_per_class else None,
     )

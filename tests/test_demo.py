@@ -39,7 +39,7 @@ def test_digits_demo_end_to_end(tmp_path: Path) -> None:
         assert len(dataset) == 450 == figures["num_samples"]
         # the demo is meaningful: most samples perturbed, the reference model's accuracy drops on them
         assert figures["perturbed_share"] > 0.8, figures
-        assert figures["pa"] < figures["sa"] - 0.1, figures
+        assert figures["pa_perturbed"] < figures["sa"] - 0.1, figures
         perturbed = dataset.filter(lambda row: row["perturbed"])
         images = torch.from_numpy(np.stack([np.asarray(image) for image in perturbed["image"]])).permute(0, 3, 1, 2)
         labels = torch.tensor(perturbed["label"])

@@ -257,7 +257,7 @@ def test_run_verify_and_score_with_plugin_kinds(plugged_recipe: Path, tmp_path: 
     scored = json.loads((tmp_path / "r.json").read_text())["results"][0]
     assert scored["white_box"] and scored["n"] == 12
     figures = manifest["configs"]["mean"]
-    assert (scored["sa"], scored["pa_all"]) == pytest.approx((figures["sa"], figures["pa_all"]), abs=1e-6)
+    assert (scored["sa"], scored["pa"]) == pytest.approx((figures["sa"], figures["pa"]), abs=1e-6)
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -85,24 +86,25 @@ def test_fmr_arithmetic_on_a_hand_built_benchmark(tmp_path: Path) -> None:
     result = score(bench, f"py:{TINY_MODELS}:color_net", bootstrap=200)
     assert result.n == 10
     assert result.sa == pytest.approx(0.8)
-    assert result.pa == pytest.approx(3 / 6)           # perturbed subset
-    assert result.pa_all == pytest.approx(5 / 10)      # 3 perturbed + 2 unperturbed right
+    assert result.pa_perturbed == pytest.approx(3 / 6)  # perturbed subset
+    assert result.pa == pytest.approx(5 / 10)           # 3 perturbed + 2 unperturbed right
     assert result.fmr == pytest.approx(100 * 0.5 / 0.8)
     assert result.vr == pytest.approx(0.6)
     assert result.mean_steps == pytest.approx((5 + 7 + 3 + 9 + 1 + 2) / 6)
     assert result.white_box  # same weights as the recorded reference
-    for key in ("sa", "pa", "pa_all", "fmr", "vr", "mean_steps"):
+    for key in ("sa", "pa", "pa_perturbed", "fmr", "vr", "mean_steps"):
         low, high = result.intervals[key]
         assert low <= getattr(result, key) <= high
     payload = result.to_json()
-    assert {"n", "sa", "pa", "pa_all", "fmr", "vr", "mean_steps", "white_box", "fmr_ci", "sa_ci", "benchmark_id"} <= set(payload)
+    assert {"n", "sa", "pa", "pa_perturbed", "fmr", "vr", "mean_steps", "white_box", "fmr_ci", "sa_ci", "pa_ci", "pa_perturbed_ci", "benchmark_id"} <= set(payload)
+    assert "pa_all" not in payload and payload["fmr"] == pytest.approx(100 * payload["pa"] / payload["sa"])
 
 
 def test_a_webdataset_only_benchmark_scores_like_parquet(tmp_path: Path) -> None:
     """Scoring reads through the format's reader: a tar-only build needs no Parquet."""
     parquet, tar = (score(hand_built_benchmark(tmp_path / fmt, ROWS, fmt=fmt), f"py:{TINY_MODELS}:color_net", bootstrap=0)
                     for fmt in ("parquet", "webdataset"))
-    assert (tar.n, tar.sa, tar.pa, tar.pa_all, tar.fmr, tar.white_box) == (parquet.n, parquet.sa, parquet.pa, parquet.pa_all, parquet.fmr, parquet.white_box)
+    assert (tar.n, tar.sa, tar.pa, tar.pa_perturbed, tar.fmr, tar.white_box) == (parquet.n, parquet.sa, parquet.pa, parquet.pa_perturbed, parquet.fmr, parquet.white_box)
     assert tar.fmr == pytest.approx(100 * 0.5 / 0.8)
     with pytest.raises(BenchmarkError, match="built without original images"):
         score(hand_built_benchmark(tmp_path / "bare", ROWS, keep_originals=False, fmt="webdataset"), f"py:{TINY_MODELS}:color_net", bootstrap=0)
@@ -123,7 +125,7 @@ def test_per_class_table(tmp_path: Path) -> None:
     bench = hand_built_benchmark(tmp_path / "b", ROWS)
     result = score(bench, f"py:{TINY_MODELS}:color_net", bootstrap=0, with_per_class=True)
     by_class = {row["class_name"]: row for row in result.per_class}
-    assert by_class["red"]["n"] == 3 and by_class["red"]["sa"] == 1.0 and by_class["red"]["pa_all"] == pytest.approx(2 / 3)
+    assert by_class["red"]["n"] == 3 and by_class["red"]["sa"] == 1.0 and by_class["red"]["pa"] == pytest.approx(2 / 3)
     assert by_class["blue"]["sa"] == pytest.approx(2 / 3)
 
 
@@ -153,7 +155,8 @@ def test_reference_model_agrees_with_the_build_records(tiny_recipe: Path, tmp_pa
     result = score(bench, "ref:cnn", bootstrap=0, base_dir=tiny_recipe.parent, trust_remote_code=True)
     figures = json.loads((out / "manifest.json").read_text())["configs"]["cnn"]
     assert result.white_box
-    assert (result.sa, result.pa_all, result.fmr) == pytest.approx((figures["sa"], figures["pa_all"], figures["fmr"]), abs=1e-5)
+    assert (result.sa, result.pa, result.pa_perturbed, result.fmr) == pytest.approx((figures["sa"], figures["pa"], figures["pa_perturbed"], figures["fmr"]), abs=1e-5)
+    assert figures["fmr"] == pytest.approx(100 * figures["pa"] / figures["sa"], abs=1e-3) and "pa_all" not in figures
     other = score(bench, f"py:{TINY_MODELS}:tiny_cnn", bootstrap=0)  # random weights: a different model
     assert not other.white_box
 
@@ -243,3 +246,38 @@ def test_card_leaderboard_from_results(tiny_build: Path, tmp_path: Path) -> None
     assert rescored.exit_code == 0
     refused = runner.invoke(main, ["-q", "card", str(tiny_build), "--results", str(tmp_path / "b.json")])
     assert refused.exit_code == 2 and "not this one" in refused.output and "re-score" in refused.output
+
+
+def _written_before_the_rename(row: dict[str, Any]) -> dict[str, Any]:
+    """A result row as ``score --json`` wrote it before: ``pa`` perturbed-only, ``pa_all`` the numerator."""
+    old = {key: value for key, value in row.items() if not key.startswith("pa")}
+    old.update(pa=row["pa_perturbed"], pa_all=row["pa"], pa_ci=row["pa_perturbed_ci"], pa_all_ci=row["pa_ci"])
+    return old
+
+
+def test_result_files_from_before_the_rename_still_load(tiny_build: Path, tmp_path: Path) -> None:
+    """``pa`` is the FMR numerator everywhere; an old file (and an old manifest) reads the same."""
+    from builder.leaderboard import load_results
+
+    runner = CliRunner()
+    scored = runner.invoke(main, ["-q", "score", "--benchmark", str(tiny_build), "--model", f"py:{TINY_MODELS}:color_net", "--workers", "0",
+                                  "--bootstrap", "20", "--json", str(tmp_path / "new.json")])
+    assert scored.exit_code == 0, scored.output
+    new = json.loads((tmp_path / "new.json").read_text())["results"][0]
+    assert new["fmr"] == pytest.approx(100 * new["pa"] / new["sa"]) and "pa_perturbed" in new and "pa_all" not in new
+    (tmp_path / "old.json").write_text(json.dumps({"results": [_written_before_the_rename(new)]}))
+    (loaded,) = load_results([tmp_path / "old.json"])
+    assert {key: loaded[key] for key in ("pa", "pa_perturbed", "pa_ci", "pa_perturbed_ci")} == {key: new[key] for key in ("pa", "pa_perturbed", "pa_ci", "pa_perturbed_ci")}
+    board = runner.invoke(main, ["-q", "leaderboard", str(tmp_path / "old.json"), "--out", str(tmp_path / "board")])
+    assert board.exit_code == 0, board.output
+    assert f"| {100 * new['sa']:.1f} | {100 * new['pa']:.1f} | {new['fmr']:.1f} [" in (tmp_path / "board" / "leaderboard.md").read_text()
+    manifest_path = tiny_build / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    figures = manifest["configs"]["cnn"]
+    manifest["configs"]["cnn"] = {**{k: v for k, v in figures.items() if k != "pa_perturbed"}, "pa": figures["pa_perturbed"], "pa_all": figures["pa"]}
+    manifest_path.write_text(json.dumps(manifest))
+    written = runner.invoke(main, ["-q", "card", str(tiny_build), "--results", str(tmp_path / "old.json")])
+    assert written.exit_code == 0, written.output
+    card = (tiny_build / "README.md").read_text()
+    assert f"| {100 * figures['sa']:.1f} | {100 * figures['pa']:.1f} | {figures['fmr']:.1f} | {100 * figures['pa_perturbed']:.1f} |" in card
+    assert f"| {new['fmr']:.1f} [" in card

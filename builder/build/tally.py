@@ -42,15 +42,15 @@ class ConfigTally:
     def summary(self) -> dict[str, Any]:
         share = self.perturbed / self.samples if self.samples else 0.0
         sa = self.correct_before / self.samples if self.samples else 0.0
-        pa_all = self.correct_after / self.samples if self.samples else 0.0
+        pa = self.correct_after / self.samples if self.samples else 0.0
         return {
             "num_samples": self.samples,
             "num_perturbed": self.perturbed,
             "perturbed_share": round(share, 6),
             "mean_steps": round(self.steps / self.perturbed, 4) if self.perturbed else 0.0,
             "sa": round(sa, 6),
-            "pa": round(self.correct_after_perturbed / self.perturbed, 6) if self.perturbed else 0.0,
-            "pa_all": round(pa_all, 6),
-            "fmr": round(100 * pa_all / sa, 4) if sa else 0.0,
+            "pa": round(pa, 6),
+            "pa_perturbed": round(self.correct_after_perturbed / self.perturbed, 6) if self.perturbed else 0.0,
+            "fmr": round(100 * pa / sa, 4) if sa else 0.0,
             "num_non_finite": self.non_finite,
         }
