@@ -229,8 +229,14 @@ def format_summary(name: str, summary: Any) -> str:
 @click.option("--benchmark", "benchmarks", multiple=True, metavar="DIR_HUB_ID_OR_URL",
               help="A built benchmark: a dir, a Hub dataset id or an fsspec URL such as s3://bucket/prefix (repeatable: a transfer matrix).")
 @click.option("--config", "config_name", default=None, help="One config (reference model) of the benchmark; default: all.")
-@click.option("--model", "models", multiple=True, required=True, metavar="SPEC",
-              help="timm:<name>, py:<module>:<callable>, ref:<config> (the benchmark's own reference model), or a YAML file of model fields (repeatable).")
+@click.option("--model", "models", multiple=True, metavar="SPEC",
+              help="timm:<name>, hf:<repo or dir>, torchvision:<name>[:<weights>], clip:<model>/<tag>, py:<module>:<callable>, "
+                   "ref:<config> (the benchmark's own reference model), or a YAML file of model fields (repeatable).")
+@click.option("--models", "zoo", type=click.Path(dir_okay=False, path_type=Path), metavar="ZOO.yaml",
+              help="A YAML list of model specs with names, scored one after another in this process; needs --out.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="With --models: DIR/<name>.json per model and DIR/table.md; models with a file are skipped.")
+@click.option("--overwrite", is_flag=True, help="With --models: score again the models that have a result file.")
 @click.option("--checkpoint", "checkpoints", multiple=True, metavar="PATH", help="Weights for the --model in the same position (repeatable).")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
@@ -248,8 +254,9 @@ def format_summary(name: str, summary: Any) -> str:
 @click.option("--trust-remote-code", is_flag=True, help="Allow model specs read from a benchmark's manifest (ref:) or a download to import and run code (py:).")
 @storage_option
 @cache_option
-def score_command(benchmarks: tuple[str, ...], config_name: Optional[str], models: tuple[str, ...], checkpoints: tuple[str, ...],
-                  batch_size: int, device: Optional[str], workers: int, bootstrap: int, seed: int, per_class: bool,
+def score_command(benchmarks: tuple[str, ...], config_name: Optional[str], models: tuple[str, ...], zoo: Optional[Path],
+                  out_dir: Optional[Path], overwrite: bool, checkpoints: tuple[str, ...], batch_size: int, device: Optional[str],
+                  workers: int, bootstrap: int, seed: int, per_class: bool,
                   json_out: Optional[Path], source_recipe: Optional[str], dynamic: bool, recipe: Optional[str],
                   limit: Optional[int], save: Optional[Path], overrides: tuple[str, ...], trust_remote_code: bool,
                   storage_options: tuple[tuple[str, str], ...], cache_dir: Optional[Path]) -> None:
@@ -260,6 +267,15 @@ def score_command(benchmarks: tuple[str, ...], config_name: Optional[str], model
     from builder.reporting import format_per_class, format_results, format_side_by_side, format_transfer_matrix
     from builder.score import score, score_dynamic
 
+    if zoo is not None or out_dir is not None:
+        if models or dynamic or out_dir is None or zoo is None or not benchmarks:
+            raise BuilderError("--models ZOO.yaml goes with --out DIR and --benchmark, without --model or --dynamic; give those")
+        options = {"batch_size": batch_size, "workers": workers, "bootstrap": bootstrap, "seed": seed, "source_recipe": source_recipe,
+                   "trust_remote_code": trust_remote_code}
+        _score_zoo(zoo, out_dir, overwrite, benchmarks, config_name, storage_options, resolve_device(device), cache_dir, options)
+        return
+    if not models:
+        raise BuilderError("give --model SPEC (repeatable), or --models ZOO.yaml --out DIR")
     if checkpoints and len(checkpoints) != len(models):
         raise BuilderError(f"got {len(checkpoints)} --checkpoint for {len(models)} --model; give one per model, in order")
     if dynamic and not recipe:
@@ -300,8 +316,34 @@ def score_command(benchmarks: tuple[str, ...], config_name: Optional[str], model
         click.echo(f"wrote {json_out}")
 
 
+def _score_zoo(zoo: Path, out_dir: Path, overwrite: bool, benchmarks: tuple[str, ...], config_name: Optional[str],
+               storage_options: tuple[tuple[str, str], ...], device: str, cache_dir: Optional[Path], options: dict[str, Any]) -> None:
+    """Every model of the zoo file on every benchmark config, each loaded in turn; a model that
+    fails is listed and the exit status is non-zero."""
+    from builder.benchmark import open_benchmark
+    from builder.config import ModelSpec
+    from builder.model_zoo import load_zoo, outcome_lines, score_zoo
+    from builder.paths import default_cache_dir
+    from builder.score import score
+
+    specs = load_zoo(zoo)
+    cache = cache_dir or default_cache_dir()
+    opened = [open_benchmark(location, cache_dir=cache, storage_options=storage_options) for location in benchmarks]
+
+    def score_one(spec: ModelSpec) -> list[Any]:
+        click.echo(f"scoring {spec.config_name} ({spec.model})")
+        return [score(bench, spec, config=config, device=device, cache_dir=cache, base_dir=zoo.parent.resolve(), **options)
+                for bench in opened for config in ([bench.config(config_name)] if config_name else bench.configs)]
+
+    outcome = score_zoo(specs, out_dir, score_one, overwrite=overwrite)
+    for line in outcome_lines(outcome, out_dir):
+        click.echo(line)
+    if outcome.failed:
+        raise BuilderError(f"{len(outcome.failed)} of {len(specs)} models failed: {', '.join(outcome.failed)} (see above); fix their specs and run again")
+
+
 @main.command("leaderboard")
-@click.argument("results", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Where leaderboard.md and fmr.png go.")
 def leaderboard_command(results: tuple[Path, ...], out_dir: Path) -> None:
     """Sorted markdown table and FMR bar chart from RESULT.json files of 'score --json'."""
@@ -313,8 +355,8 @@ def leaderboard_command(results: tuple[Path, ...], out_dir: Path) -> None:
 
 @main.command("card")
 @click.argument("benchmark_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--results", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="RESULT.json of 'score --json' on this benchmark; repeatable, kept in leaderboard.json.")
+@click.option("--results", multiple=True, type=click.Path(path_type=Path),
+              help="RESULT.json of 'score --json' on this benchmark, or the --out DIR of 'score --models'; repeatable, kept in leaderboard.json.")
 @click.option("--repo-id", default=None, help="Hub dataset id the snippets should load from (default: a placeholder).")
 def card_command(benchmark_dir: Path, results: tuple[Path, ...], repo_id: Optional[str]) -> None:
     """Rewrite a built benchmark's card (README.md), adding a leaderboard of score results."""
@@ -426,8 +468,8 @@ def gallery_command(directory: Path, per_class: int) -> None:
 @click.option("--private", is_flag=True, help="Create the repo private (an existing repo keeps its visibility).")
 @click.option("--revision", default=None, metavar="BRANCH", help="Branch to commit to, created from main if missing (default: main).")
 @click.option("--message", default=None, help="Commit message (default: the benchmark, its manifest id and the tool version).")
-@click.option("--results", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="RESULT.json of 'score --json' to add to the card's leaderboard first (repeatable).")
+@click.option("--results", multiple=True, type=click.Path(path_type=Path),
+              help="RESULT.json of 'score --json', or the --out DIR of 'score --models', to add to the card's leaderboard first (repeatable).")
 @click.option("--dry-run", is_flag=True,
               help="Re-render the card for ORG/NAME and verify, then print each file, its size, LFS or not, the total and the card's YAML header; no network.")
 @storage_option

@@ -46,9 +46,23 @@ def checked_rows(rows: Any, what: str) -> list[dict[str, Any]]:
     return list(rows)
 
 
+def result_files(paths: list[Path]) -> list[Path]:
+    """The result files ``paths`` name: a directory (``score --models --out DIR``) is its ``*.json``."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(path.glob("*.json"))
+            if not found:
+                raise BuilderError(f"{path}: no result files (*.json) in this directory; give the --out DIR of 'score --models' or RESULT.json files")
+            files.extend(found)
+        else:
+            files.append(path)
+    return files
+
+
 def load_results(paths: list[Path]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    for path in paths:
+    for path in result_files(paths):
         payload = load_json_bounded(Path(path), f"result file {path}", max_bytes=64 << 20)
         rows.extend(checked_rows(payload.get("results") if isinstance(payload, dict) else None, f"result file {path}"))
     return rows
