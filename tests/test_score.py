@@ -224,12 +224,18 @@ def test_python_api_is_builder_score(tmp_path: Path) -> None:
     assert type(result).__name__ == "ScoreResult" and result.fmr == pytest.approx(62.5)
 
 
+def scored_color_net(bench: Path, out: Path, bootstrap: int) -> dict[str, Any]:
+    """``score --json out`` of color_net on ``bench``: its one result row."""
+    scored = CliRunner().invoke(main, ["-q", "score", "--benchmark", str(bench), "--model", f"py:{TINY_MODELS}:color_net", "--workers", "0",
+                                       "--bootstrap", str(bootstrap), "--json", str(out)])
+    assert scored.exit_code == 0, scored.output
+    row: dict[str, Any] = json.loads(out.read_text())["results"][0]
+    return row
+
+
 def test_card_leaderboard_from_results(tiny_build: Path, tmp_path: Path) -> None:
     runner = CliRunner()
-    scored = runner.invoke(main, ["-q", "score", "--benchmark", str(tiny_build), "--model", f"py:{TINY_MODELS}:color_net", "--workers", "0",
-                                  "--bootstrap", "50", "--json", str(tmp_path / "a.json")])
-    assert scored.exit_code == 0, scored.output
-    result = json.loads((tmp_path / "a.json").read_text())["results"][0]
+    result = scored_color_net(tiny_build, tmp_path / "a.json", 50)
     written = runner.invoke(main, ["-q", "card", str(tiny_build), "--results", str(tmp_path / "a.json"), "--repo-id", "org/tiny-fmr"])
     assert written.exit_code == 0, written.output
     card = (tiny_build / "README.md").read_text()
@@ -260,10 +266,7 @@ def test_result_files_from_before_the_rename_still_load(tiny_build: Path, tmp_pa
     from builder.leaderboard import load_results
 
     runner = CliRunner()
-    scored = runner.invoke(main, ["-q", "score", "--benchmark", str(tiny_build), "--model", f"py:{TINY_MODELS}:color_net", "--workers", "0",
-                                  "--bootstrap", "20", "--json", str(tmp_path / "new.json")])
-    assert scored.exit_code == 0, scored.output
-    new = json.loads((tmp_path / "new.json").read_text())["results"][0]
+    new = scored_color_net(tiny_build, tmp_path / "new.json", 20)
     assert new["fmr"] == pytest.approx(100 * new["pa"] / new["sa"]) and "pa_perturbed" in new and "pa_all" not in new
     (tmp_path / "old.json").write_text(json.dumps({"results": [_written_before_the_rename(new)]}))
     (loaded,) = load_results([tmp_path / "old.json"])

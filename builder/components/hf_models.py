@@ -28,6 +28,14 @@ log = logging.getLogger(__name__)
 _RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 
 
+def require_transformers(owner: str) -> None:
+    """Transformers is an extra: its absence is one line saying how to install it."""
+    import importlib.util
+
+    if importlib.util.find_spec("transformers") is None:
+        raise ComponentError(f"{owner}: needs the transformers package; pip install 'fmr-builder[hf]'")
+
+
 def hf_runs_code(spec: ModelSpec) -> bool:
     """Only ``trust_remote_code`` makes Transformers import code from the repository."""
     return bool(spec.kwargs.get("trust_remote_code"))
@@ -76,6 +84,7 @@ def hf_preprocessing(processor: Any, owner: str) -> Preprocessing:
 
 def _load(target: str, spec: ModelSpec, ctx: ComponentContext, pretrained: bool) -> tuple[Any, Any]:
     """(model, image processor) of ``target``; every failure to find them is one line."""
+    require_transformers(spec.model)
     from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 
     where = str(_local_dir(target, ctx.base_dir) or target)
@@ -128,6 +137,11 @@ def hf_preflight(spec: ModelSpec, ctx: PreflightContext, where: str) -> list[Che
     """The repo id or directory is well formed, and when its config is at hand offline, it is an
     image classifier Transformers knows (its label count is the class count)."""
     from huggingface_hub import constants
+
+    try:
+        require_transformers(spec.model)
+    except ComponentError as error:
+        return [Check(where, spec.model, f"{where}: {error}")]
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES as KNOWN
 
     target = spec.model.partition(":")[2]
