@@ -111,7 +111,7 @@ def reference_spec(bench: Benchmark, model: ModelLike, *, trust_remote_code: boo
 
 
 def load_model_for(bench: Benchmark, spec: ModelSpec, device: str, cache_dir: Path, base_dir: Path) -> Any:
-    from builder.components.base import ComponentContext
+    from builder.components.base import ComponentContext, prompt_template_of
     from builder.components.models import load_classifier
 
     recipe = bench.manifest["recipe"]
@@ -123,6 +123,7 @@ def load_model_for(bench: Benchmark, spec: ModelSpec, device: str, cache_dir: Pa
         image_size=int(recipe["image_size"]),
         source=cast(SourceConfig, parse_component("sources", recipe["source"], ("source",))),
         seed=int(recipe.get("seed", 0)),
+        prompt_template=prompt_template_of(recipe.get("oracle")),
     )
     from builder.train import ensure_weights
 

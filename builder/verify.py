@@ -595,7 +595,7 @@ def load_manifest_oracle(manifest: Manifest, *, device: str, cache_dir: Optional
     the manifest is data, so an oracle whose models would run code needs ``trust_remote_code``."""
     import torch
 
-    from builder.components.base import ComponentContext
+    from builder.components.base import ComponentContext, prompt_template_of
     from builder.components.oracles import load_oracle
     from builder.config import parse_recipe
     from builder.engine import judging_in
@@ -612,7 +612,7 @@ def load_manifest_oracle(manifest: Manifest, *, device: str, cache_dir: Optional
     # the recorded oracle is data; the same oracle in the user's own (or a bundled) recipe is theirs
     require_trusted(model_specs(parsed.oracle), f"the oracle recorded in {MANIFEST}", trust_remote_code or vouched)
     context = ComponentContext(device, cache_dir or default_cache_dir(), base_dir, tuple(manifest.class_names),
-                               parsed.image_size, parsed.source, parsed.seed)
+                               parsed.image_size, parsed.source, parsed.seed, prompt_template_of(parsed.oracle))
     hint = f"relative paths resolve against {base_dir}; pass --recipe with the recipe file the benchmark was built from"
     untrained = next(untrained_weights(parsed.oracle, context), None)
     if untrained is not None:

@@ -18,7 +18,7 @@ from helpers import build
 from PIL import Image
 
 from builder.cli import main
-from builder.components.base import ComponentContext
+from builder.components.base import ComponentContext, prompt_template_of
 from builder.components.models import load_classifier
 from builder.config import ModelSpec
 from builder.errors import ComponentError
@@ -187,6 +187,14 @@ def test_clip_scheme_is_the_clip_oracle(tmp_path: Path, colours: ComponentContex
     images = torch.rand(4, 3, 16, 16)
     with torch.no_grad():
         assert torch.allclose(classifier(images).softmax(-1), oracle.probabilities(images), atol=1e-6)
+    # without a template of its own, a clip: spec takes the recipe's (its clip oracle's)
+    recipe_oracle = {"kind": "clip", "model": "fmr-tiny-clip", "pretrained": weights, "template": ["a {}", "the {}"]}
+    context = ComponentContext(**{**colours.__dict__, "prompt_template": prompt_template_of(recipe_oracle)})
+    averaged = load_clip_oracle(ClipOracleConfig.model_validate(recipe_oracle), context)
+    inherited = load_classifier(ModelSpec(model="clip:fmr-tiny-clip", checkpoint=weights), context)
+    assert torch.allclose(inherited.net.text_features, averaged.text_features, atol=1e-6)
+    assert not torch.allclose(inherited.net.text_features, oracle.text_features, atol=1e-3)
+    assert prompt_template_of({"kind": "classifier"}) is None and prompt_template_of({"template": "no slot"}) is None
 
 
 # ----------------------------------------------------------------------------- labels, weights, trust

@@ -22,7 +22,7 @@ from builder.build.plan import RunnerSettings
 from builder.build.tally import ConfigTally
 from builder.build.units import WorkUnit, sample_key
 from builder.checkpoints import weights_fingerprint
-from builder.components.base import ComponentContext
+from builder.components.base import ComponentContext, prompt_template_of
 from builder.config import Recipe
 from builder.errors import OutputError
 from builder.fileio import json_bytes
@@ -138,7 +138,7 @@ class UnitRunner:
         recipe = settings.recipe
         self.source = open_source(recipe.source, SourceContext(settings.base_dir, settings.cache_dir))
         self.context = ComponentContext(settings.device, settings.cache_dir, settings.base_dir, settings.class_names,
-                                        recipe.image_size, recipe.source, recipe.seed)
+                                        recipe.image_size, recipe.source, recipe.seed, prompt_template_of(recipe.oracle))
         self.schema = ShardSchema(settings.class_names, recipe.output.image_encoding, recipe.output.keep_originals)
         self.writers = {name: WRITERS.get(name)() for name in recipe.output.formats}
         self.storage = open_storage(settings.out_dir, settings.storage_options)

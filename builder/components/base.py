@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, Union, runtime_checkable
 
 from builder import registry
 from builder.checkpoints import ResolveContext
@@ -61,6 +61,8 @@ class ComponentContext:
     image_size: int
     source: SourceConfig
     seed: int = 0
+    #: the recipe's CLIP prompt template (its oracle's), the default of ``clip:`` model specs
+    prompt_template: Union[str, tuple[str, ...], None] = None
 
     @property
     def locations(self) -> ResolveContext:
@@ -86,6 +88,22 @@ class ComponentContext:
             "class_names": list(self.class_names),
         })
         return path.with_name(f"{path.stem}-{digest[:12]}{path.suffix}")
+
+
+def prompt_template_of(oracle: Any) -> Union[str, tuple[str, ...], None]:
+    """The prompt template of a recipe's oracle (its config, or the dict a manifest recorded);
+    None when it has none, or a recorded one is not a valid template."""
+    from builder.config import check_templates
+
+    value = oracle.get("template") if isinstance(oracle, dict) else getattr(oracle, "template", None)
+    if isinstance(value, list):
+        value = tuple(value)
+    if not isinstance(value, (str, tuple)) or not all(isinstance(item, str) for item in ((value,) if isinstance(value, str) else value)):
+        return None
+    try:
+        return check_templates(value)
+    except ValueError:
+        return None
 
 
 GeneratorFactory = Callable[[Any, ComponentContext], Generator]

@@ -27,13 +27,14 @@ log = logging.getLogger(__name__)
 _RANDOM = "random-initialisation.pt"
 
 
-def oracle_config(spec: ModelSpec, checkpoint: str | None = None) -> ClipOracleConfig:
-    """The ``clip`` oracle config that ``spec`` stands for (``checkpoint``: its weights file)."""
+def oracle_config(spec: ModelSpec, checkpoint: str | None = None, recipe_template: str | tuple[str, ...] | None = None) -> ClipOracleConfig:
+    """The ``clip`` oracle config that ``spec`` stands for (``checkpoint``: its weights file); its
+    template is the spec's, else the recipe's (its oracle's), else the oracle's default."""
     model, _, tag = spec.model.partition(":")[2].partition("/")
     pretrained = checkpoint or (tag if spec.pretrained else _RANDOM)
     if not pretrained:
         raise ComponentError(f"{spec.model}: name the pretrained tag (clip:{model}/<tag>) or give 'checkpoint'")
-    fields = {"kind": "clip", "model": model, "pretrained": pretrained, "template": spec.template or DEFAULT_TEMPLATE,
+    fields = {"kind": "clip", "model": model, "pretrained": pretrained, "template": spec.template or recipe_template or DEFAULT_TEMPLATE,
               "quick_gelu": True if tag == "openai" else None, **spec.kwargs}  # OpenAI's weights, even fine-tuned, use QuickGELU
     try:
         return ClipOracleConfig.model_validate(fields)
@@ -61,7 +62,7 @@ def build_clip(target: str, spec: ModelSpec, ctx: ComponentContext, pretrained: 
     checkpoint = None
     if spec.checkpoint is not None:
         checkpoint = str(ctx.trained_location(fetch_location(spec.checkpoint, ctx.locations), spec))
-    config = oracle_config(spec, checkpoint)
+    config = oracle_config(spec, checkpoint, ctx.prompt_template)
     model = create_clip(config, ctx, load_weights_=pretrained or checkpoint is not None)
     texts = prompts(config, ctx.class_names)
     return clip_classifier(model, open_clip.get_tokenizer(config.model), texts, ctx.device, spec.model, spec.preprocess)
