@@ -126,8 +126,17 @@ def test_each_scheme_as_reference_and_oracle_then_scored(tiny_recipe: Path, tmp_
     assert config["num_samples"] == 12 and config["reference_model"]["model"] == specs[reference]["model"]
     for name in (reference, oracle):
         scored = score(out, ModelSpec.model_validate(specs[name]), bootstrap=20, base_dir=tmp_path)
-        assert scored.n == 12 and 0 <= scored.sa <= 1 and 0 <= scored.pa_all <= 1
+        assert scored.n == 12 and 0 <= scored.sa <= 1 and 0 <= scored.pa <= 1 and 0 <= scored.pa_perturbed <= 1
         assert scored.white_box == (name == reference)  # the very weights the build attacked
+
+
+def test_a_scheme_scored_dynamically(tiny_recipe: Path, tmp_path: Path) -> None:
+    """``score --dynamic``: the benchmark is regenerated against the hf: model itself."""
+    from builder.score import score_dynamic
+
+    spec = ModelSpec(model=f"hf:{save_hf_model(tmp_path / 'vit')}")
+    result = score_dynamic(str(tiny_recipe), spec, limit=6, bootstrap=0, progress=False, cache_dir=tmp_path / "cache")
+    assert result.mode == "dynamic" and result.white_box and result.n == 6 and result.model == spec.model
 
 
 # ----------------------------------------------------------------------------- preprocessing
