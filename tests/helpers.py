@@ -148,7 +148,7 @@ def to_grid(x: torch.Tensor) -> torch.Tensor:
 def batch_inputs(generator, oracle, seed: int, n: int = 12):
     generator_rng = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (n, 3, 16, 16), generator=generator_rng, dtype=torch.uint8)
-    dtype = next(generator.model.parameters()).dtype
+    dtype = next(generator.model.parameters()).dtype if hasattr(generator, "model") else torch.float64
     with torch.no_grad():
         recon = to_grid(generator.decode(generator.encode(images.to(dtype) / 255)))
         labels = oracle.classifier(recon).argmax(dim=1)
