@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import batch_inputs, make_components, to_grid
+from helpers import TINY_EDITS, attributes_generator, batch_inputs, make_components, tiny_vae, to_grid
 from torch.nn import functional as F
 
 from builder.components.oracles import ClassifierOracle
@@ -72,36 +72,13 @@ class ConfidenceOracle:
         return probability >= self.threshold, probability
 
 
-#: edits whose ranges end on float32 values, so the engine's bounds are the test's exactly
-EDITS = {
-    "rotate": {"step": 0.5, "range": [-2.0, 2.0]},
-    "scale": {"step": 0.015625, "range": [0.9375, 1.0625]},
-    "translate": {"step": 0.0078125, "range": [-0.03125, 0.03125]},
-    "brightness": {"step": 0.0078125, "range": [-0.03125, 0.03125]},
-    "contrast": {"step": 0.03125, "range": [0.875, 1.125]},
-    "saturation": {"step": 0.03125, "range": [0.875, 1.125]},
-    "blur": {"step": 0.0625, "range": [0.0, 0.25]},
-}
-
-
 def generator_of(kind: str, seed: int, vqgan):
     """The tiny generator of ``kind`` in float64, and its step rule written out."""
     if kind == "vqgan":
         return vqgan, sign_step
     if kind == "vae":
-        from builder.components.vae import VAEArchitecture, VAEGenerator, build_autoencoder
-
-        torch.manual_seed(seed)
-        architecture = VAEArchitecture(block_out_channels=(8, 8), latent_channels=2, norm_num_groups=4, mid_block_add_attention=False)
-        return VAEGenerator(build_autoencoder(architecture).eval().requires_grad_(False).double()), sign_step
-    from builder.components.attributes import load_attributes
-    from builder.config import parse_component
-
-    class Context:
-        device, image_size = "cpu", 16
-
-    config = parse_component("generators", {"kind": "attributes", "attributes": EDITS}, ("generator",))
-    return load_attributes(config, Context()), attribute_step(EDITS)  # type: ignore[arg-type]
+        return tiny_vae(seed), sign_step
+    return attributes_generator(TINY_EDITS), attribute_step(TINY_EDITS)
 
 
 @pytest.mark.parametrize("seed, batch_size, kind", [(0, None, "vqgan"), (1, None, "vqgan"), (0, 3, "vqgan"), (1, 5, "vqgan"),

@@ -15,20 +15,19 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from helpers import assert_one_line_error, batch_inputs, build, make_components
+from helpers import TINY_VAE, assert_one_line_error, attributes_generator, batch_inputs, build, make_components, tiny_vae
 from PIL import Image
 
 from builder.cli import main
-from builder.components.attributes import AttributesConfig, load_attributes
 from builder.components.base import ComponentContext
-from builder.components.vae import VAEArchitecture, VAEConfig, VAEGenerator, build_autoencoder, load_vae
+from builder.components.vae import VAEArchitecture, VAEConfig, build_autoencoder, load_vae
 from builder.config import PerturbationConfig, parse_component
 from builder.engine import perturb_batch
 from builder.errors import RecipeError
 from builder.registry import GENERATORS
 from builder.verify import verify_benchmark
 
-TINY_VAE = {"block_out_channels": [8, 8], "latent_channels": 2, "norm_num_groups": 4, "mid_block_add_attention": False}
+#: ranges whose ends float32 cannot hold exactly (0.1, 0.12): written values must still stay inside
 EDITS = {
     "rotate": {"step": 3.0, "range": [-12.0, 12.0]},
     "scale": {"step": 0.05, "range": [0.8, 1.2]},
@@ -38,22 +37,6 @@ EDITS = {
     "saturation": {"step": 0.1, "range": [0.5, 1.5]},
     "blur": {"step": 0.2, "range": [0.0, 0.6]},
 }
-
-
-def tiny_vae(seed: int = 0, dtype: torch.dtype = torch.float64) -> VAEGenerator:
-    torch.manual_seed(seed)
-    return VAEGenerator(build_autoencoder(VAEArchitecture.model_validate(TINY_VAE)).eval().requires_grad_(False).to(dtype))
-
-
-def attributes_generator(edits: dict = EDITS, image_size: int = 16):
-    config = parse_component("generators", {"kind": "attributes", "attributes": edits}, ("generator",))
-    assert isinstance(config, AttributesConfig)
-    return load_attributes(config, _Context(image_size))  # type: ignore[arg-type]
-
-
-class _Context:
-    def __init__(self, image_size: int) -> None:
-        self.device, self.image_size = "cpu", image_size
 
 
 def with_generator(recipe: Path, generator: dict, **changes) -> Path:
@@ -106,7 +89,7 @@ def test_attributes_build_records_values_that_reproduce_the_image(tiny_recipe: P
     assert report.ok, report.failures
     assert report.oracle_rates == {"cnn": 1.0}
     rows, tar_records = _attribute_rows(out)
-    generator = attributes_generator()
+    generator = attributes_generator(EDITS)
     names = generator.attribute_names
     moved = 0
     for row in rows:
@@ -143,7 +126,7 @@ def test_the_attributes_column_is_read_as_a_struct_by_datasets(tiny_recipe: Path
 
 
 def test_an_attribute_never_leaves_its_range() -> None:
-    generator = attributes_generator()
+    generator = attributes_generator(EDITS)
     latent = generator.encode(torch.rand(5, 3, 16, 16))
     pixels = latent[:, : generator.pixels].clone()
     for step in range(40):
@@ -157,7 +140,7 @@ def test_an_attribute_never_leaves_its_range() -> None:
 
 
 def test_the_identity_reproduces_the_original_and_every_attribute_has_a_gradient() -> None:
-    generator = attributes_generator()
+    generator = attributes_generator(EDITS)
     images = torch.randint(0, 256, (3, 3, 16, 16)).double() / 255
     latent = generator.encode(images).requires_grad_(True)
     decoded = generator.decode(latent)
