@@ -255,3 +255,9 @@ def test_a_size_the_vae_cannot_take_is_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["-q", "train", "generator", str(recipe), "--set", "image_size=15", "--device", "cpu",
                                        "--cache-dir", str(tmp_path / "cache")])
     assert_one_line_error(result, "image_size 15", "downsamples by 2", "use 14 or 16")
+
+
+def test_fit_mask_refuses_a_generator_that_takes_no_mask(tiny_recipe: Path, tmp_path: Path) -> None:
+    recipe = with_generator(tiny_recipe, {"kind": "attributes", "attributes": {"rotate": EDITS["rotate"]}})
+    result = CliRunner().invoke(main, ["-q", "fit-mask", str(recipe), "--out", str(tmp_path / "m.safetensors"), "--device", "cpu"])
+    assert_one_line_error(result, "generator kind 'attributes' takes no mask")
