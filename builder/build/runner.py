@@ -33,7 +33,7 @@ from builder.sources.base import SourceContext, check_label, open_source
 from builder.sources.decode import SampleRejected, load_rgb
 from builder.storage import Storage, open_storage
 from builder.writers import WRITERS, OutputSample, ShardSchema
-from builder.writers.base import attributes_of
+from builder.writers.base import ATTRIBUTES_FIELD, attributes_of
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ class UnitRunner:
                 "loss_after": round(float(columns["loss_after"][row]), 6),
             }
             if self.schema.attributes:
-                record["attributes"] = dict(zip(self.schema.attributes, attributes[row], strict=True))
+                record[ATTRIBUTES_FIELD] = dict(zip(self.schema.attributes, attributes[row], strict=True))
             original_bytes = encode_image(original, fmt) if self.schema.keep_originals else None
             yield OutputSample(record["key"], encode_image(finals[row], fmt), original_bytes, record)
 
