@@ -14,7 +14,7 @@ from builder.errors import BuilderError
 from builder.fileio import write_bytes_atomic, write_json_atomic
 from builder.metrics import upgrade_figures
 from builder.paths import bundled_dir
-from builder.writers.base import ShardSchema
+from builder.writers.base import ShardSchema, attributes_of
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,8 @@ def _parquet_bytes(config: dict[str, Any]) -> int:
 def schema_of(manifest: dict[str, Any]) -> ShardSchema:
     """The shard schema a manifest was written with."""
     output = manifest["recipe"]["output"]
-    return ShardSchema(tuple(manifest["class_names"]), output["image_encoding"], output["keep_originals"])
+    attributes = attributes_of(manifest["recipe"].get("generator"))
+    return ShardSchema(tuple(manifest["class_names"]), output["image_encoding"], output["keep_originals"], attributes)
 
 
 def render_card(

@@ -52,6 +52,9 @@ class PerturbationResult:
     stop_reason: list[str]
     latent_start: torch.Tensor
     latent_final: torch.Tensor
+    #: (N, P) the generator's named parameters of each final image (its ``attributes(latent)``),
+    #: kept whatever ``keep_latents`` says; (N, 0) for generators without any
+    attributes: torch.Tensor
 
 
 def to_pixel_grid(images: torch.Tensor) -> torch.Tensor:
@@ -76,15 +79,30 @@ def autocast_for(precision: str, device: torch.device) -> AbstractContextManager
     return nullcontext()
 
 
+def move(generator: Generator, latent: torch.Tensor, direction: torch.Tensor, step_size: float) -> torch.Tensor:
+    """One step from ``latent`` along ``direction``: the generator's own ``step`` rule when it has
+    one (per-parameter steps, ranges), else ``latent + step_size * direction``."""
+    step = getattr(generator, "step", None)
+    if step is not None:
+        moved: torch.Tensor = step(latent, direction, step_size)
+        return moved
+    return latent + step_size * direction
+
+
 class CompiledDecoder:
     """A generator whose decode runs through ``torch.compile``. The slots keep the decode's batch
     shape fixed until a call's tail, where one recompile with a dynamic batch size serves every
-    shorter batch. Encode (once per image) stays eager."""
+    shorter batch. Encode (once per image) stays eager; everything else (``mask``, ``step``,
+    ``attributes``) is the generator's own."""
 
     def __init__(self, generator: Generator) -> None:
         self.generator = generator
-        self.mask = getattr(generator, "mask", None)
         self._decode = torch.compile(generator.decode)
+
+    def __getattr__(self, name: str) -> object:
+        if name == "generator":  # not set yet: no recursion while unpickling
+            raise AttributeError(name)
+        return getattr(self.generator, name)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return self.generator.encode(images)
@@ -146,9 +164,12 @@ def _score(model: Classifier, images: torch.Tensor, labels: torch.Tensor, precis
 class _Slots:
     """Per-sample state of one call: the results so far and which samples hold a slot."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype, keep_latents: bool) -> None:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype, keep_latents: bool,
+                 describe: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> None:
         n, device = len(labels), labels.device
         self.images, self.labels, self.dtype, self.keep_latents = images, labels, dtype, keep_latents
+        self.describe = describe  # latent -> (N, P) named parameters, recorded for every sample
+        self.attributes: Optional[torch.Tensor] = None
         self.final = images.to(device, copy=True)  # uint8: every judged image is on the 8-bit grid
         self.steps = torch.zeros(n, dtype=torch.long, device=device)
         self.perturbed = torch.zeros(n, dtype=torch.bool, device=device)
@@ -166,6 +187,11 @@ class _Slots:
         return self.images[index.to(self.images.device)].to(self.labels.device).to(self.dtype) / 255
 
     def record_latents(self, index: torch.Tensor, latent: torch.Tensor, start: bool) -> None:
+        if self.describe is not None:
+            values = self.describe(latent).detach()
+            if self.attributes is None:
+                self.attributes = values.new_zeros((len(self.labels), values.shape[1]))
+            self.attributes[index] = values
         if not self.keep_latents:
             return
         if self.latent_start is None or self.latent_final is None:
@@ -199,7 +225,7 @@ def _admit(
     return index, latent
 
 
-def _candidates(slots: _Slots, config: PerturbationConfig, mask: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def _candidates(slots: _Slots, generator: Generator, config: PerturbationConfig, mask: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """The next latent of every sample holding a slot whose gradient is finite; the others stop."""
     if slots.latent is None or slots.gradient is None or len(slots.active) == 0:
         return torch.zeros(0, dtype=torch.long, device=slots.labels.device), torch.zeros(0, device=slots.labels.device)
@@ -209,7 +235,7 @@ def _candidates(slots: _Slots, config: PerturbationConfig, mask: Optional[torch.
     direction = step_direction(slots.gradient[finite], config.direction)
     if mask is not None:
         direction = direction * mask
-    return slots.active[finite], slots.latent[finite] + config.step_size * direction
+    return slots.active[finite], move(generator, slots.latent[finite], direction, config.step_size)
 
 
 def perturb_batch(
@@ -230,13 +256,15 @@ def perturb_batch(
 
     ``mask`` (broadcastable to the latent, 1 = may move) restricts the steps to those latent
     dimensions: the paper's sparse VQGAN. ``keep_latents=False`` leaves ``latent_start`` and
-    ``latent_final`` empty (they cost memory a build does not need)."""
-    slots = _Slots(images, labels, dtype, keep_latents)
+    ``latent_final`` empty (they cost memory a build does not need); a generator with named
+    parameters (``attributes(latent)``) has them recorded for every sample all the same.
+    A generator with a ``step(latent, direction, step_size)`` method moves its latent itself."""
+    slots = _Slots(images, labels, dtype, keep_latents, getattr(generator, "attributes", None))
     width = max(1, batch_size or len(labels))
     precision = config.precision
     while slots.waiting < len(labels) or len(slots.active):
         held = len(slots.active)
-        old, moved = _candidates(slots, config, mask)
+        old, moved = _candidates(slots, generator, config, mask)
         new, fresh = _admit(slots, generator, model, min(width - len(old), len(labels) - slots.waiting), mask, precision)
         index = torch.cat([old, new])
         if len(index):
@@ -294,4 +322,5 @@ def _finish(slots: _Slots, oracle: Oracle, model: Classifier, width: int, precis
         stop_reason=slots.reasons,
         latent_start=slots.latent_start if slots.latent_start is not None else empty,
         latent_final=slots.latent_final if slots.latent_final is not None else empty,
+        attributes=slots.attributes if slots.attributes is not None else empty.new_zeros((n, 0)),
     )

@@ -35,6 +35,9 @@ def fit_mask_from_recipe(
     from builder.sources.base import SourceContext, open_source
 
     recipe = loaded.recipe
+    if "mask" not in type(recipe.generator).model_fields:
+        raise BuilderError(f"fit-mask: generator kind '{recipe.generator.kind}' takes no mask, so a fitted one could not be used; "
+                           "fit masks for a latent generator (vqgan, vae, pixel)")
     source = open_source(recipe.source, SourceContext(loaded.base_dir, cache_dir))
     class_names = tuple(source.class_names)
     context = ComponentContext(device, cache_dir, loaded.base_dir, class_names, recipe.image_size, recipe.source, recipe.seed)

@@ -35,7 +35,7 @@ from builder.manifest import (
     parse_manifest,
 )
 from builder.safeyaml import parse_bounded
-from builder.writers.base import ShardSchema
+from builder.writers.base import ShardSchema, attributes_of
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,8 @@ class Checker:
         self.checked: Counter[str] = Counter()
         self.listed: set[str] = set()
         output = raw["recipe"].get("output", {})
-        self.schema = ShardSchema(tuple(manifest.class_names), str(output.get("image_encoding", "png")), bool(output.get("keep_originals", True)))
+        self.schema = ShardSchema(tuple(manifest.class_names), str(output.get("image_encoding", "png")), bool(output.get("keep_originals", True)),
+                                  attributes_of(raw["recipe"].get("generator")))
 
     def fail(self, message: str) -> None:
         """Record one problem; library messages folded so each problem stays one line."""

@@ -148,9 +148,43 @@ def to_grid(x: torch.Tensor) -> torch.Tensor:
 def batch_inputs(generator, oracle, seed: int, n: int = 12):
     generator_rng = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (n, 3, 16, 16), generator=generator_rng, dtype=torch.uint8)
-    dtype = next(generator.model.parameters()).dtype
+    dtype = next(generator.model.parameters()).dtype if hasattr(generator, "model") else torch.float64
     with torch.no_grad():
         recon = to_grid(generator.decode(generator.encode(images.to(dtype) / 255)))
         labels = oracle.classifier(recon).argmax(dim=1)
     labels[0] = (labels[0] + 1) % 3  # one sample the oracle rejects at the start
     return images, labels
+
+
+# ----------------------------------------------------------------------------- from test_engine and test_generators_vae_attributes
+
+
+TINY_VAE = {"block_out_channels": [8, 8], "latent_channels": 2, "norm_num_groups": 4, "mid_block_add_attention": False}
+#: every attribute, with steps and range ends that are float32 values (the engine's bounds are these exactly)
+TINY_EDITS = {
+    "rotate": {"step": 0.5, "range": [-2.0, 2.0]},
+    "scale": {"step": 0.015625, "range": [0.9375, 1.0625]},
+    "translate": {"step": 0.0078125, "range": [-0.03125, 0.03125]},
+    "brightness": {"step": 0.0078125, "range": [-0.03125, 0.03125]},
+    "contrast": {"step": 0.03125, "range": [0.875, 1.125]},
+    "saturation": {"step": 0.03125, "range": [0.875, 1.125]},
+    "blur": {"step": 0.0625, "range": [0.0, 0.25]},
+}
+
+
+def tiny_vae(seed: int = 0, dtype: torch.dtype = torch.float64):
+    """A random tiny AutoencoderKL generator (f2, 2 latent channels)."""
+    from builder.components.vae import VAEArchitecture, VAEGenerator, build_autoencoder
+
+    torch.manual_seed(seed)
+    return VAEGenerator(build_autoencoder(VAEArchitecture.model_validate(TINY_VAE)).eval().requires_grad_(False).to(dtype))
+
+
+def attributes_generator(edits: dict = TINY_EDITS, image_size: int = 16):
+    """The attributes generator of ``edits``, validated as a recipe section is."""
+    from types import SimpleNamespace
+
+    from builder.components.attributes import load_attributes
+
+    config = parse_component("generators", {"kind": "attributes", "attributes": edits}, ("generator",))
+    return load_attributes(config, SimpleNamespace(device="cpu", image_size=image_size))  # type: ignore[arg-type]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import batch_inputs, make_components, to_grid
+from helpers import TINY_EDITS, attributes_generator, batch_inputs, make_components, tiny_vae, to_grid
 from torch.nn import functional as F
 
 from builder.components.oracles import ClassifierOracle
@@ -12,7 +12,27 @@ from builder.config import PerturbationConfig
 from builder.engine import STOP_BUDGET, STOP_NON_FINITE, STOP_NOT_ACCEPTED, STOP_REJECTED, perturb_batch
 
 
-def algorithm1(generator, oracle, model, image: torch.Tensor, label: int, config: PerturbationConfig):
+def sign_step(latent: torch.Tensor, gradient: torch.Tensor, config: PerturbationConfig) -> torch.Tensor:
+    return latent + config.step_size * gradient.sign()
+
+
+def attribute_step(edits: dict):
+    """The attributes kind's rule, written out: each parameter by its own step along the sign of
+    its gradient, clipped to its range; the original pixels in front of it never move."""
+    names = [n for name in edits for n in (["translate_x", "translate_y"] if name == "translate" else [name])]
+    spec = [edits["translate" if n.startswith("translate_") else n] for n in names]
+    steps = torch.tensor([s["step"] for s in spec], dtype=torch.float64)
+    low = torch.tensor([s["range"][0] for s in spec], dtype=torch.float64)
+    high = torch.tensor([s["range"][1] for s in spec], dtype=torch.float64)
+
+    def step(latent: torch.Tensor, gradient: torch.Tensor, config: PerturbationConfig) -> torch.Tensor:
+        values = latent[:, -len(names):] + steps * gradient[:, -len(names):].sign()
+        return torch.cat([latent[:, : -len(names)], torch.minimum(torch.maximum(values, low), high)], dim=1)
+
+    return step
+
+
+def algorithm1(generator, oracle, model, image: torch.Tensor, label: int, config: PerturbationConfig, move=sign_step):
     """Plain, one-image Algorithm 1, written from the paper's description."""
     x = image[None].double() / 255
     y = torch.tensor([label])
@@ -30,7 +50,7 @@ def algorithm1(generator, oracle, model, image: torch.Tensor, label: int, config
         (gradient,) = torch.autograd.grad(loss, probe)
         if not torch.isfinite(gradient).all():
             break
-        candidate = latent + config.step_size * gradient.sign()
+        candidate = move(latent, gradient, config)
         with torch.no_grad():
             decoded = to_grid(generator.decode(candidate))
         if not oracle.judge(decoded, y)[0].item():
@@ -52,10 +72,22 @@ class ConfidenceOracle:
         return probability >= self.threshold, probability
 
 
-@pytest.mark.parametrize("seed, batch_size", [(0, None), (1, None), (0, 3), (1, 5)])
-def test_batched_engine_equals_per_image_algorithm(seed: int, batch_size) -> None:
-    """All samples in one batch, and fewer slots than samples (slots refilled as samples stop)."""
-    generator, _, model = make_components(seed)
+def generator_of(kind: str, seed: int, vqgan):
+    """The tiny generator of ``kind`` in float64, and its step rule written out."""
+    if kind == "vqgan":
+        return vqgan, sign_step
+    if kind == "vae":
+        return tiny_vae(seed), sign_step
+    return attributes_generator(TINY_EDITS), attribute_step(TINY_EDITS)
+
+
+@pytest.mark.parametrize("seed, batch_size, kind", [(0, None, "vqgan"), (1, None, "vqgan"), (0, 3, "vqgan"), (1, 5, "vqgan"),
+                                                    (0, None, "vae"), (1, 5, "vae"), (0, None, "attributes"), (1, 5, "attributes")])
+def test_batched_engine_equals_per_image_algorithm(seed: int, batch_size, kind: str) -> None:
+    """All samples in one batch, and fewer slots than samples (slots refilled as samples stop),
+    for every generator kind's latent and step rule."""
+    vqgan, _, model = make_components(seed)
+    generator, move = generator_of(kind, seed, vqgan)
     images, labels = batch_inputs(generator, ClassifierOracle(model), seed, n=16)
     with torch.no_grad():
         recon = to_grid(generator.decode(generator.encode(images.double() / 255)))
@@ -66,7 +98,7 @@ def test_batched_engine_equals_per_image_algorithm(seed: int, batch_size) -> Non
     result = perturb_batch(generator, oracle, model, images, labels, config, dtype=torch.float64, batch_size=batch_size, on_done=finished.append)
     assert sum(finished) == len(labels)
     for i in range(len(labels)):
-        expected_image, expected_steps, expected_perturbed = algorithm1(generator, oracle, model, images[i], int(labels[i]), config)
+        expected_image, expected_steps, expected_perturbed = algorithm1(generator, oracle, model, images[i], int(labels[i]), config, move)
         assert int(result.steps[i]) == expected_steps, f"sample {i}"
         assert bool(result.perturbed[i]) == expected_perturbed
         assert torch.equal(result.images[i], torch.round(expected_image * 255).to(torch.uint8)), f"sample {i}"

@@ -33,6 +33,7 @@ from builder.sources.base import SourceContext, check_label, open_source
 from builder.sources.decode import SampleRejected, load_rgb
 from builder.storage import Storage, open_storage
 from builder.writers import WRITERS, OutputSample, ShardSchema
+from builder.writers.base import ATTRIBUTES_FIELD, attributes_of
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,8 @@ class UnitRunner:
         self.source = open_source(recipe.source, SourceContext(settings.base_dir, settings.cache_dir))
         self.context = ComponentContext(settings.device, settings.cache_dir, settings.base_dir, settings.class_names,
                                         recipe.image_size, recipe.source, recipe.seed, prompt_template_of(recipe.oracle))
-        self.schema = ShardSchema(settings.class_names, recipe.output.image_encoding, recipe.output.keep_originals)
+        self.schema = ShardSchema(settings.class_names, recipe.output.image_encoding, recipe.output.keep_originals,
+                                  attributes_of(recipe.generator.model_dump(mode="json")))
         self.writers = {name: WRITERS.get(name)() for name in recipe.output.formats}
         self.storage = open_storage(settings.out_dir, settings.storage_options)
         self.components = load_components(recipe, self.context, compile_decoder=settings.compile)
@@ -175,6 +177,7 @@ class UnitRunner:
         result = perturb_batch(parts.generator, parts.oracle, parts.models[name], images, labels, self.settings.recipe.perturbation,
                                mask=mask, batch_size=self.settings.batch_size, keep_latents=False, on_done=progress)
         finals = result.images.permute(0, 2, 3, 1).cpu().numpy()
+        attributes = result.attributes.float().cpu().tolist()  # float32: the values the Parquet column holds
         columns = {field: getattr(result, field).cpu().tolist() for field in
                    ("perturbed", "steps", "oracle_prob", "pred_before", "loss_before", "pred_after", "loss_after")}
         fmt = self.schema.image_format
@@ -194,6 +197,8 @@ class UnitRunner:
                 "pred_after": int(columns["pred_after"][row]),
                 "loss_after": round(float(columns["loss_after"][row]), 6),
             }
+            if self.schema.attributes:
+                record[ATTRIBUTES_FIELD] = dict(zip(self.schema.attributes, attributes[row], strict=True))
             original_bytes = encode_image(original, fmt) if self.schema.keep_originals else None
             yield OutputSample(record["key"], encode_image(finals[row], fmt), original_bytes, record)
 

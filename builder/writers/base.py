@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from builder import registry
 from builder.registry import Registry
@@ -37,11 +37,22 @@ class OutputSample:
     record: dict[str, Any]
 
 
+#: the record column of a generator's named parameters (float32 each), when it has any
+ATTRIBUTES_FIELD = "attributes"
+
+
 @dataclass(frozen=True)
 class ShardSchema:
     class_names: tuple[str, ...]
     image_format: str  # "png" or "webp"
     keep_originals: bool
+    #: the generator's named parameters, recorded per sample as one struct column (none: no column)
+    attributes: tuple[str, ...] = ()
+
+    @property
+    def record_fields(self) -> tuple[str, ...]:
+        """The record columns beside the images, in order."""
+        return tuple(name for name, _ in RECORD_FIELDS) + ((ATTRIBUTES_FIELD,) if self.attributes else ())
 
     def features(self) -> dict[str, Any]:
         """``datasets.Features.to_dict()`` form of the Parquet columns."""
@@ -53,6 +64,8 @@ class ShardSchema:
                 features[name] = {"_type": "ClassLabel", "names": list(self.class_names)}
             else:
                 features[name] = {"_type": "Value", "dtype": dtype}
+        if self.attributes:
+            features[ATTRIBUTES_FIELD] = {name: {"_type": "Value", "dtype": "float32"} for name in self.attributes}
         return features
 
     def features_yaml(self) -> list[dict[str, Any]]:
@@ -66,7 +79,30 @@ class ShardSchema:
                 rows.append({"name": name, "dtype": {"class_label": {"names": names}}})
             else:
                 rows.append({"name": name, "dtype": dtype})
+        if self.attributes:
+            rows.append({"name": ATTRIBUTES_FIELD, "struct": [{"name": name, "dtype": "float32"} for name in self.attributes]})
         return rows
+
+
+def attributes_of(generator: Any) -> tuple[str, ...]:
+    """The named parameters a build with this recipe ``generator`` section (a mapping, as a
+    manifest holds it) records per sample: its config class's ``attribute_names()``; () for a
+    kind without any, one not known here, or a section that is not a valid one."""
+    from pydantic import ValidationError
+
+    if not isinstance(generator, Mapping):
+        return ()
+    kind = generator.get("kind")
+    if not isinstance(kind, str) or kind not in registry.GENERATORS:
+        return ()
+    config_class = registry.GENERATORS.entry(kind).config
+    if config_class is None or not hasattr(config_class, "attribute_names"):
+        return ()
+    try:
+        names: tuple[str, ...] = config_class.model_validate(dict(generator)).attribute_names()
+    except ValidationError:
+        return ()
+    return names
 
 
 #: the record columns ``verify`` compares across a shard's files

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from builder.fileio import atomic_write
-from builder.writers.base import RECORD_FIELDS, WRITERS, OutputSample, ShardSchema, ShardWriter
+from builder.writers.base import ATTRIBUTES_FIELD, RECORD_FIELDS, WRITERS, OutputSample, ShardSchema, ShardWriter
 
 ARROW_TYPES = {"string": "string", "bool": "bool_", "int32": "int32", "float32": "float32", "class_label": "int64"}
 
@@ -24,6 +24,8 @@ def arrow_schema(schema: ShardSchema) -> Any:
     if schema.keep_originals:
         fields.append(pa.field("original_image", image))
     fields += [pa.field(name, getattr(pa, ARROW_TYPES[dtype])()) for name, dtype in RECORD_FIELDS]
+    if schema.attributes:
+        fields.append(pa.field(ATTRIBUTES_FIELD, pa.struct([(name, pa.float32()) for name in schema.attributes])))
     metadata = {"huggingface": json.dumps({"info": {"features": schema.features()}})}
     return pa.schema(fields, metadata=metadata)
 
@@ -46,7 +48,7 @@ class ParquetWriter(ShardWriter):
                 {"bytes": s.original, "path": f"{s.key}.original.{extension}"} if s.original is not None else None
                 for s in ordered
             ]
-        for name, _ in RECORD_FIELDS:
+        for name in schema.record_fields:
             columns[name] = [s.record[name] for s in ordered]
         table = pa.Table.from_pydict(columns, schema=arrow_schema(schema))
         with atomic_write(path) as handle:
