@@ -194,6 +194,16 @@ class ZipWriter(ShardWriter):
 # ----------------------------------------------------------------------------- the tests
 
 
+@pytest.fixture(autouse=True)
+def plugins_forgotten_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's --plugin imports are forgotten after it: the plugin list is process state that
+    builds hand on to their workers, and later tests' workers (Ray actors) cannot import this
+    test module."""
+    from builder import registry
+
+    monkeypatch.setattr(registry, "_loaded_plugins", set(registry._loaded_plugins))
+
+
 @pytest.fixture
 def plugged_recipe(tmp_path: Path) -> Path:
     """A recipe made only of this module's kinds, with the files its weights come from."""
