@@ -143,8 +143,7 @@ def _decode_judge_grad(
         with autocast_for(precision, latent.device):
             decoded = generator.decode(latent)
         images = to_pixel_grid(decoded.to(latent.dtype))
-        with autocast_for(precision, latent.device):
-            accepted, _ = oracle.judge(images.detach(), labels)
+        accepted, _ = oracle.judge(images.detach(), labels)
         gradient = torch.zeros_like(latent)
         if accepted.any():
             with autocast_for(precision, latent.device):
@@ -262,6 +261,7 @@ def perturb_batch(
     slots = _Slots(images, labels, dtype, keep_latents, getattr(generator, "attributes", None))
     width = max(1, batch_size or len(labels))
     precision = config.precision
+    oracle = judging_in(precision, oracle)  # the oracle judges in the build's precision, as verify re-judges
     while slots.waiting < len(labels) or len(slots.active):
         held = len(slots.active)
         old, moved = _candidates(slots, generator, config, mask)
@@ -304,7 +304,7 @@ def _finish(slots: _Slots, oracle: Oracle, model: Classifier, width: int, precis
         part = slice(start, start + width)
         final = slots.final[part].to(slots.dtype) / 255
         pred, loss = _score(model, final, slots.labels[part], precision)
-        with torch.no_grad(), autocast_for(precision, final.device):
+        with torch.no_grad():
             _, prob = oracle.judge(final, slots.labels[part])
         preds.append(pred)
         losses.append(loss.to(slots.dtype))
