@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -12,6 +13,7 @@ import yaml
 
 from builder.errors import BuilderError
 from builder.fileio import write_bytes_atomic, write_json_atomic
+from builder.manifest import generator_of
 from builder.metrics import upgrade_figures
 from builder.paths import bundled_dir
 from builder.writers.base import ShardSchema, attributes_of
@@ -53,7 +55,7 @@ def card_header(manifest: dict[str, Any], schema: ShardSchema) -> dict[str, Any]
         infos.append(
             {
                 "config_name": name,
-                "features": schema.features_yaml(),
+                "features": config_schema(manifest, schema, name).features_yaml(),
                 "splits": [{"name": split, "num_bytes": _parquet_bytes(config), "num_examples": config["num_samples"]}],
             }
         )
@@ -70,11 +72,19 @@ def _parquet_bytes(config: dict[str, Any]) -> int:
     return sum(shard["files"].get(HUB_FORMAT, {}).get("bytes", 0) for shard in config["shards"])
 
 
-def schema_of(manifest: dict[str, Any]) -> ShardSchema:
-    """The shard schema a manifest was written with."""
+def schema_of(manifest: dict[str, Any], config: Optional[str] = None) -> ShardSchema:
+    """The shard schema a manifest's ``config`` (default: its first) was written with."""
     output = manifest["recipe"]["output"]
-    attributes = attributes_of(manifest["recipe"].get("generator"))
+    attributes = attributes_of(generator_of(manifest, config or next(iter(manifest["configs"]))))
     return ShardSchema(tuple(manifest["class_names"]), output["image_encoding"], output["keep_originals"], attributes)
+
+
+def config_schema(manifest: dict[str, Any], schema: ShardSchema, config: str) -> ShardSchema:
+    """``schema`` with the attribute columns of ``config``'s own generator (several-generator
+    builds: only the attributes generator's configs have them)."""
+    if "generator" not in manifest["configs"][config]:
+        return schema
+    return dataclasses.replace(schema, attributes=attributes_of(generator_of(manifest, config)))
 
 
 def render_card(
@@ -99,7 +109,8 @@ def render_card(
     rows = []
     for name, config in manifest["configs"].items():
         spec = " ".join(str(config["reference_model"]["model"]).split()).replace("`", "'")  # stays inside its code span
-        rows.append({"name": name, "num_non_finite": 0, **upgrade_figures(config), "spec": spec})
+        generator = str(config.get("generator", {}).get("name", ""))
+        rows.append({"name": name, "num_non_finite": 0, **upgrade_figures(config), "spec": spec, "generator": generator})
     return environment.get_template(CARD_TEMPLATE).render(
         header=header,
         manifest=manifest,

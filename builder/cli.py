@@ -295,10 +295,14 @@ def score_command(benchmarks: tuple[str, ...], config_name: Optional[str], model
                 static.append(score(bench, model, config=config, checkpoint=checkpoint, device=device, batch_size=batch_size,
                                     workers=workers, bootstrap=bootstrap, seed=seed, with_per_class=per_class,
                                     source_recipe=source_recipe, cache_dir=cache, trust_remote_code=trust_remote_code))
+    generators = _dynamic_generators(recipe, overrides) if dynamic and recipe else []
+    if save is not None and len(generators) > 1:
+        raise BuilderError(f"--save keeps one generated benchmark, but the recipe has {len(generators)} generators; "
+                           f"drop --save, or build it with .build-benchmark run. and score that")
     live = [
         score_dynamic(recipe, model, checkpoint=checkpoint, overrides=overrides, limit=limit, save=save, device=device,
-                      bootstrap=bootstrap, seed=seed, cache_dir=cache, progress=True, trust_remote_code=trust_remote_code)
-        for model, checkpoint in paired
+                      bootstrap=bootstrap, seed=seed, cache_dir=cache, progress=True, trust_remote_code=trust_remote_code, generator=generator)
+        for model, checkpoint in paired for generator in generators
     ] if dynamic and recipe else []  # --dynamic without --recipe was refused above
     results = static + live
     click.echo(format_results(results))
@@ -314,6 +318,14 @@ def score_command(benchmarks: tuple[str, ...], config_name: Optional[str], model
 
         write_json_atomic(json_out, {"tool": {"name": "fmr-builder", "version": __version__}, "results": [r.to_json() for r in results]})
         click.echo(f"wrote {json_out}")
+
+
+def _dynamic_generators(recipe: str, overrides: tuple[str, ...]) -> list[Optional[str]]:
+    """Each generator of a several-generator recipe is regenerated (and scored) on its own."""
+    from builder.recipes import load_recipe
+
+    loaded = load_recipe(recipe, overrides).recipe
+    return list(loaded.named_generators) if loaded.generators is not None else [None]
 
 
 def _score_zoo(zoo: Path, out_dir: Path, overwrite: bool, benchmarks: tuple[str, ...], config_name: Optional[str],
@@ -415,12 +427,13 @@ def verify_command(directory: str, revision: Optional[str], with_oracle: bool, r
               help="L1 strength (C = 1 / lambda); larger keeps fewer dimensions.")
 @click.option("--samples", default=500, show_default=True, type=click.IntRange(min=4), help="Source samples to perturb for the fit.")
 @click.option("--config", "config_name", default=None, help="Reference model to perturb against (default: the first).")
+@click.option("--generator", "generator_name", default=None, help="Which of the recipe's generators (by name) to fit on; default: the first.")
 @click.option("--device", default=None, help="torch device.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per engine batch.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key.")
 @cache_option
-def fit_mask_command(recipe: str, out: Path, strength: float, samples: int, config_name: Optional[str], device: Optional[str],
-                     batch_size: Optional[int], overrides: tuple[str, ...], cache_dir: Optional[Path]) -> None:
+def fit_mask_command(recipe: str, out: Path, strength: float, samples: int, config_name: Optional[str], generator_name: Optional[str],
+                     device: Optional[str], batch_size: Optional[int], overrides: tuple[str, ...], cache_dir: Optional[Path]) -> None:
     """Fit the sparse-VQGAN mask: the latent dimensions that tell perturbed from original latents."""
     from builder.fit_mask import fit_mask_from_recipe
     from builder.paths import default_cache_dir
@@ -429,13 +442,15 @@ def fit_mask_command(recipe: str, out: Path, strength: float, samples: int, conf
 
     loaded = load_recipe(recipe, overrides)
     fit, provenance = fit_mask_from_recipe(loaded, strength=strength, samples=samples, config_name=config_name,
-                                           device=resolve_device(device), cache_dir=cache_dir or default_cache_dir(), batch_size=batch_size)
+                                           device=resolve_device(device), cache_dir=cache_dir or default_cache_dir(), batch_size=batch_size,
+                                           generator_name=generator_name)
     save_mask(out, fit, provenance)
+    where = f"generators.{generator_name or next(iter(loaded.recipe.named_generators))}" if loaded.recipe.generators else "generator"
     kept, total = int(fit.mask.sum()), fit.mask.numel()
     click.echo(
         f"mask: {kept} of {total} latent dimensions kept (sparsity {fit.sparsity:.2%}); held-out accuracy of "
         f"original vs perturbed {fit.accuracy:.1%} on {fit.test_pairs} samples ({fit.train_pairs} to fit)\n"
-        f"wrote {out}; use it with --set generator.mask={out}"
+        f"wrote {out}; use it with --set {where}.mask={out}"
     )
 
 
@@ -537,10 +552,14 @@ def _train_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 @train.command("generator")
 @_train_options
-def train_generator_command(recipe: str, out: Optional[Path], device: Optional[str], overrides: tuple[str, ...], cache_dir: Optional[Path]) -> None:
+@click.option("--name", "generator_name", default=None, help="Which of the recipe's generators (by name); default: the first.")
+def train_generator_command(recipe: str, out: Optional[Path], device: Optional[str], overrides: tuple[str, ...], cache_dir: Optional[Path],
+                            generator_name: Optional[str]) -> None:
     """Train RECIPE's generator on its source (a VQGAN: taming format, {"state_dict": ...})."""
     config, context = _train_context(recipe, overrides, device, cache_dir)
-    click.echo(f"wrote {_train_one(config.generator, 'generator', out, context)}")
+    name, generator = config.generator_named(generator_name)
+    where = f"generator {name}" if config.generators else "generator"
+    click.echo(f"wrote {_train_one(generator, where, out, context)}")
 
 
 @train.command("oracle")

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 import typing
-from typing import Any, ClassVar, Literal
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Optional
 
 from pydantic import (
     BaseModel,
@@ -228,6 +229,17 @@ class SourceConfig(Frozen):
 
 class GeneratorConfig(Frozen):
     kind: str
+    #: this generator's step, instead of ``perturbation.step_size``: latents differ in scale (a
+    #: VQGAN's codes, a VAE's posterior, pixels), so generators compared in one build need their own
+    step_size: Optional[float] = Field(None, gt=0, allow_inf_nan=False)
+
+    @model_serializer(mode="wrap")
+    def _without_unset_step(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """An unset ``step_size`` is not written: recipes (and their hashes) stay as they were."""
+        data: dict[str, Any] = handler(self)
+        if data.get("step_size", "") is None:
+            del data["step_size"]
+        return data
 
 
 class OracleConfig(Frozen):
@@ -274,12 +286,29 @@ class OutputConfig(Frozen):
         return value
 
 
+@dataclass(frozen=True)
+class BuildConfig:
+    """One config of the output: a reference model perturbed through one generator."""
+
+    #: the output config's name (its directory, its Hub config)
+    name: str
+    model: ModelSpec
+    #: the generator's key in the recipe's ``generators`` (its kind for a one-generator recipe)
+    generator_name: str
+    generator: GeneratorConfig
+    #: the recipe's perturbation, with the generator's own ``step_size`` where it has one
+    perturbation: PerturbationConfig
+
+
 class Recipe(Frozen):
     name: str
     description: str = ""
     source: SerializeAsAny[SourceConfig]
     reference_models: tuple[ModelSpec, ...]
-    generator: SerializeAsAny[GeneratorConfig]
+    #: the generator of every config; or, instead, ``generators``: several, by name, each
+    #: (reference model x generator) pair one config named ``<model>-<generator>``
+    generator: Optional[SerializeAsAny[GeneratorConfig]] = None
+    generators: Optional[dict[str, SerializeAsAny[GeneratorConfig]]] = None
     oracle: SerializeAsAny[OracleConfig]
     perturbation: PerturbationConfig = PerturbationConfig()
     image_size: int = Field(256, gt=0, le=MAX_IMAGE_SIZE)
@@ -307,10 +336,95 @@ class Recipe(Frozen):
             raise ValueError(f"config names must be unique, '{dupes[0]}' repeats; set 'name'")
         return value
 
+    @field_validator("generators")
+    @classmethod
+    def _generator_names(cls, value: Optional[dict[str, GeneratorConfig]]) -> Optional[dict[str, GeneratorConfig]]:
+        if value is None:
+            return None
+        if not value:
+            raise invalid("needs at least one generator", "list them by name, e.g. generators: {vqgan: {kind: vqgan, ...}}")
+        for name in value:
+            if not (SLUG.match(name) and len(name) <= MAX_NAME):
+                raise invalid(f"generator name {one_line(repr(name), 60)} must be lowercase letters, digits, '-' or '_'",
+                              "rename it, e.g. 'vqgan'")
+        return value
+
+    @model_validator(mode="after")
+    def _one_generator_section(self) -> "Recipe":
+        if (self.generator is None) == (self.generators is None):
+            raise ValueError("give 'generator' (one) or 'generators' (several, by name), exactly one of them")
+        names = [config.name for config in self.build_configs]
+        too_long = next((name for name in names if len(name) > MAX_NAME), None)
+        if too_long:
+            raise ValueError(f"config name '{too_long}' is longer than {MAX_NAME} characters; shorten the model or generator names")
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"config names must be unique, '{dupes[0]}' repeats; rename a reference model or a generator")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _one_generator_key(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Only the generator section given is written, so a one-generator recipe (and the
+        hash of it, a benchmark's identity) is written as it was before ``generators`` existed."""
+        data: dict[str, Any] = handler(self)
+        for key in ("generator", "generators"):
+            if data.get(key, "") is None:
+                del data[key]
+        return data
+
+    @property
+    def named_generators(self) -> dict[str, GeneratorConfig]:
+        """Each generator by name: the ``generators`` mapping, or the one generator by its kind."""
+        if self.generators is not None:
+            return dict(self.generators)
+        if self.generator is None:  # excluded by validation
+            raise RecipeError("recipe error at generator: required key is missing")
+        return {self.generator.kind: self.generator}
+
+    @property
+    def generator_sections(self) -> list[tuple[str, GeneratorConfig]]:
+        """Each generator with the key path it sits at: ``generator``, or ``generators.<name>``."""
+        if self.generators is None:
+            return [("generator", config) for config in self.named_generators.values()]
+        return [(f"generators.{name}", config) for name, config in self.generators.items()]
+
+    @property
+    def build_configs(self) -> tuple[BuildConfig, ...]:
+        """The output's configs: every reference model with every generator, model-major;
+        named after the model alone when the recipe has one generator."""
+        several = self.generators is not None
+        return tuple(
+            BuildConfig(f"{spec.config_name}-{key}" if several else spec.config_name, spec, key, generator, self.perturbation_for(generator))
+            for spec in self.reference_models for key, generator in self.named_generators.items()
+        )
+
+    def perturbation_for(self, generator: GeneratorConfig) -> PerturbationConfig:
+        """Algorithm 1's knobs for ``generator``: its own step size, if it sets one."""
+        if generator.step_size is None:
+            return self.perturbation
+        return self.perturbation.model_copy(update={"step_size": generator.step_size})
+
+    def build_config(self, name: str) -> BuildConfig:
+        """The config called ``name``, or a one-line error listing them."""
+        configs = {config.name: config for config in self.build_configs}
+        if name not in configs:
+            raise RecipeError(unknown_name_message("config", name, list(configs)))
+        return configs[name]
+
+    def generator_named(self, name: Optional[str]) -> tuple[str, GeneratorConfig]:
+        """One generator by name (default: the first), or a one-line error listing them."""
+        generators = self.named_generators
+        key = name or next(iter(generators))
+        if key not in generators:
+            raise RecipeError(unknown_name_message("generator", key, list(generators)))
+        return key, generators[key]
+
 
 # ----------------------------------------------------------------------------- parsing
 
 PLUGGABLE_SECTIONS = {"source": "sources", "generator": "generators", "oracle": "oracles"}
+#: sections that map names to pluggable sections
+PLUGGABLE_MAPPINGS = {"generators": "generators"}
 
 
 def _registry(family: str) -> Registry[Any]:
@@ -418,6 +532,9 @@ def parse_recipe(data: Any) -> Recipe:
     for section, family in PLUGGABLE_SECTIONS.items():
         if section in values:
             values[section] = parse_component(family, values[section], (section,))
+    for section, family in PLUGGABLE_MAPPINGS.items():
+        if isinstance(values.get(section), dict):
+            values[section] = {name: parse_component(family, item, (section, name)) for name, item in values[section].items()}
     try:
         return Recipe.model_validate(values)
     except ValidationError as error:

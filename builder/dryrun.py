@@ -47,8 +47,9 @@ def dry_run(loaded: LoadedRecipe, cache_dir: Path, limit: Optional[int] = None) 
         model_checks = check_model(spec, ctx, where)
         checks += model_checks + _weights_checks(spec, ctx, where, model_checks)
         counts[where] = class_count(model_checks)
-    generator_checks = preflight(GENERATORS, recipe.generator.kind, recipe.generator, ctx, "generator")
-    checks += generator_checks + _weights_checks(recipe.generator, ctx, "generator", generator_checks)
+    for where, generator in recipe.generator_sections:
+        generator_checks = preflight(GENERATORS, generator.kind, generator, ctx, where)
+        checks += generator_checks + _weights_checks(generator, ctx, where, generator_checks)
     oracle_checks = preflight(ORACLES, recipe.oracle.kind, recipe.oracle, ctx, "oracle")
     checks += oracle_checks + _weights_checks(recipe.oracle, ctx, "oracle", oracle_checks)
     counts["oracle prompts"] = class_count(oracle_checks)
@@ -90,8 +91,14 @@ def _trained_finder(loaded: LoadedRecipe, cache_dir: Path, class_names: Optional
     return find
 
 
+def _steps(recipe: Recipe) -> str:
+    """The step size, and each generator's own where one sets it."""
+    own = [f"{name} {config.step_size}" for name, config in recipe.named_generators.items() if config.step_size is not None]
+    return f"{recipe.perturbation.step_size}" + (f"; {', '.join(own)}" if own else "")
+
+
 def _plan(recipe: Recipe, samples: Optional[int], limit: Optional[int]) -> list[str]:
-    configs = len(recipe.reference_models)
+    configs = len(recipe.build_configs)
     budget = recipe.perturbation.budget
     if samples is None and limit is None:
         return [
@@ -102,5 +109,5 @@ def _plan(recipe: Recipe, samples: Optional[int], limit: Optional[int]) -> list[
     units = math.ceil(n / recipe.output.samples_per_shard)
     return [
         f"{n} samples -> {units} work units, {units * configs * len(recipe.output.formats)} shards ({configs} config(s) x {', '.join(recipe.output.formats)})",
-        f"at most {n * configs * budget} gradient steps and {n * configs * (budget + 1)} decodes (budget {budget}, step {recipe.perturbation.step_size})",
+        f"at most {n * configs * budget} gradient steps and {n * configs * (budget + 1)} decodes (budget {budget}, step {_steps(recipe)})",
     ]

@@ -23,8 +23,10 @@ def fit_mask_from_recipe(
     device: str,
     cache_dir: Path,
     batch_size: Optional[int] = None,
+    generator_name: Optional[str] = None,
 ) -> tuple[MaskFit, dict[str, Any]]:
-    """Perturb the recipe's first ``samples`` images (no mask) and fit the mask on their latents."""
+    """Perturb the recipe's first ``samples`` images (no mask) and fit the mask on their latents
+    (of ``generator_name``'s latent, in a several-generator recipe; default: its first)."""
     from builder.build.runner import load_components, read_unit
     from builder.build.units import WorkUnit
     from builder.components.base import ComponentContext
@@ -34,9 +36,10 @@ def fit_mask_from_recipe(
     from builder.registry import unknown_name_message
     from builder.sources.base import SourceContext, open_source
 
-    recipe = loaded.recipe
-    if "mask" not in type(recipe.generator).model_fields:
-        raise BuilderError(f"fit-mask: generator kind '{recipe.generator.kind}' takes no mask, so a fitted one could not be used; "
+    _, generator = loaded.recipe.generator_named(generator_name)
+    recipe = loaded.recipe.model_copy(update={"generator": generator, "generators": None})  # that generator alone
+    if "mask" not in type(generator).model_fields:
+        raise BuilderError(f"fit-mask: generator kind '{generator.kind}' takes no mask, so a fitted one could not be used; "
                            "fit masks for a latent generator (vqgan, vae, pixel)")
     source = open_source(recipe.source, SourceContext(loaded.base_dir, cache_dir))
     class_names = tuple(source.class_names)
@@ -53,7 +56,8 @@ def fit_mask_from_recipe(
         chunk = slice(begin, begin + step)
         images = to_nchw(inputs.pixels[chunk]).to(device)
         labels = torch.from_numpy(inputs.labels[chunk]).to(device)
-        result = perturb_batch(parts.generator, parts.oracle, parts.models[name], images, labels, recipe.perturbation)
+        result = perturb_batch(next(iter(parts.generators.values())), parts.oracle, parts.models[name], images, labels,
+                               recipe.perturbation_for(generator))
         moved = result.steps > 0
         starts.append(result.latent_start[moved].cpu().numpy())
         finals.append(result.latent_final[moved].cpu().numpy())

@@ -62,11 +62,23 @@ class ManifestReference(_Strict):
     model: str = Field(max_length=4096)
 
 
+class ManifestKind(_Strict):
+    kind: str = "unknown"
+
+
+class ManifestGenerator(ManifestKind):
+    """A config's own generator (several-generator builds): its name in the recipe and its config."""
+
+    name: str = Field(max_length=64)
+
+
 class ManifestConfig(_Strict):
     num_samples: int = Field(ge=0)
     num_perturbed: int = Field(ge=0)
     shards: list[ManifestShard]
     reference_model: ManifestReference
+    #: absent in one-generator builds: the recipe's generator made every config
+    generator: Optional[ManifestGenerator] = None
     reference_weights_sha256: Optional[str] = None
     perturbed_share: float = 0.0
     mean_steps: float = 0.0
@@ -76,10 +88,6 @@ class ManifestConfig(_Strict):
     pa_all: float = 0.0  # written before pa was renamed: see builder.metrics.upgrade_figures
     fmr: float = 0.0
     num_non_finite: int = 0
-
-
-class ManifestKind(_Strict):
-    kind: str = "unknown"
 
 
 class ManifestPerturbation(_Strict):
@@ -103,10 +111,17 @@ class ManifestRecipe(_Strict):
     image_size: int = Field(gt=0, le=16384)
     seed: int = 0
     source: dict[str, Any]
-    generator: ManifestKind = ManifestKind()
+    #: one of the two, as the recipe had it (see ``Recipe.generators``)
+    generator: Optional[ManifestKind] = None
+    generators: Optional[dict[str, ManifestKind]] = None
     oracle: ManifestKind = ManifestKind()
     perturbation: ManifestPerturbation = ManifestPerturbation()
     output: ManifestOutput = ManifestOutput()
+
+
+    def as_recorded(self) -> dict[str, Any]:
+        """The recipe as the manifest holds it (the generator section it did not have left out)."""
+        return self.model_dump(mode="json", exclude={key for key in ("generator", "generators") if getattr(self, key) is None})
 
 
 class ManifestTool(_Strict):
@@ -139,6 +154,17 @@ class Manifest(_Strict):
                     if problem:
                         raise ValueError(f"configs.{name}: {problem}")
         return self
+
+
+def generator_of(raw: dict[str, Any], config: str) -> dict[str, Any]:
+    """The generator config (as recorded) that made ``config`` of the raw manifest ``raw``:
+    the config's own, in a several-generator build, else the recipe's."""
+    entry = raw.get("configs", {}).get(config, {})
+    own = entry.get("generator") if isinstance(entry, dict) else None
+    if isinstance(own, dict):
+        return {key: value for key, value in own.items() if key != "name"}
+    found = raw.get("recipe", {}).get("generator")
+    return found if isinstance(found, dict) else {}
 
 
 def shard_path_problem(path: str, config: str, fmt: str) -> Optional[str]:

@@ -274,8 +274,10 @@ def score_dynamic(
     cache_dir: Optional[Path] = None,
     progress: bool = True,
     trust_remote_code: bool = False,
+    generator: Optional[str] = None,
 ) -> ScoreResult:
-    """Regenerate the recipe's benchmark against ``model`` (it becomes theta), then score it."""
+    """Regenerate the recipe's benchmark against ``model`` (it becomes theta), then score it;
+    in a several-generator recipe, through ``generator`` (default: the first)."""
     from builder.build import BuildOptions, build_benchmark
     from builder.recipes import LoadedRecipe, load_recipe
     from builder.trust import downloaded_roots, require_trusted_file
@@ -284,7 +286,11 @@ def score_dynamic(
     original = as_model_spec(model, checkpoint)
     require_trusted_file(original, Path.cwd(), downloaded_roots(), trust_remote_code)
     spec = original.model_copy(update={"name": "evaluated"})
-    evaluated = LoadedRecipe(loaded.recipe.model_copy(update={"reference_models": (spec,)}), loaded.origin, loaded.base_dir)
+    update: dict[str, Any] = {"reference_models": (spec,)}
+    if loaded.recipe.generators is not None:
+        name, chosen = loaded.recipe.generator_named(generator)
+        update["generators"] = {name: chosen}
+    evaluated = LoadedRecipe(loaded.recipe.model_copy(update=update), loaded.origin, loaded.base_dir)
     with tempfile.TemporaryDirectory(prefix="fmr-dynamic-") as scratch:
         out = save or Path(scratch) / "benchmark"
         options = BuildOptions(out_dir=out, device=device, cache_dir=cache_dir or default_cache_dir(), batch_size=batch_size, limit=limit, progress=progress)

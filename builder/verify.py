@@ -11,6 +11,7 @@ of them; only a missing or unreadable manifest stops early.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections import Counter
@@ -31,6 +32,7 @@ from builder.manifest import (
     ManifestError,
     ManifestFile,
     ManifestShard,
+    generator_of,
     load_json_bounded,
     parse_manifest,
 )
@@ -226,7 +228,7 @@ class Checker:
         self.listed: set[str] = set()
         output = raw["recipe"].get("output", {})
         self.schema = ShardSchema(tuple(manifest.class_names), str(output.get("image_encoding", "png")), bool(output.get("keep_originals", True)),
-                                  attributes_of(raw["recipe"].get("generator")))
+                                  attributes_of(generator_of(raw, next(iter(manifest.configs)))))
 
     def fail(self, message: str) -> None:
         """Record one problem; library messages folded so each problem stays one line."""
@@ -254,6 +256,7 @@ class Checker:
 
     def check_config(self, name: str, config: ManifestConfig) -> None:
         self.checked["configs"] += 1
+        self.schema = dataclasses.replace(self.schema, attributes=attributes_of(generator_of(self.raw, name)))
         shard_keys: list[tuple[str, list[str]]] = []
         for shard in config.shards:
             shard_keys.append(self.check_shard(name, shard))
@@ -576,7 +579,7 @@ def recipe_base_dir(manifest: Manifest, recipe: Optional[str]) -> tuple[Path, bo
     Also whether that recipe (the user's own, or bundled) has exactly the recorded oracle."""
     from builder.recipes import bundled_recipes, load_recipe
 
-    recorded = manifest.recipe.model_dump(mode="json")["oracle"]
+    recorded = manifest.recipe.as_recorded()["oracle"]
     if recipe is not None:
         loaded = load_recipe(recipe)
         same = loaded.recipe.oracle.model_dump(mode="json") == recorded
@@ -605,7 +608,7 @@ def load_manifest_oracle(manifest: Manifest, *, device: str, cache_dir: Optional
 
     base_dir, vouched = recipe_base_dir(manifest, recipe)
     try:
-        parsed = parse_recipe(manifest.recipe.model_dump(mode="json"))
+        parsed = parse_recipe(manifest.recipe.as_recorded())
     except RecipeError as error:
         raise VerifyError(f"--oracle: the recipe recorded in {MANIFEST} does not parse with this version ({error})") from None
     from builder.trust import model_specs, require_trusted

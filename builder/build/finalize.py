@@ -66,10 +66,13 @@ def read_unit_stats(plan: BuildPlan) -> UnitRecords:
 
 def manifest_of(plan: BuildPlan, records: UnitRecords) -> dict[str, Any]:
     configs = {}
-    for spec in plan.recipe.reference_models:
-        name, shards = spec.config_name, records.shards[spec.config_name]
+    several = plan.recipe.generators is not None
+    for config in plan.recipe.build_configs:
+        name, shards = config.name, records.shards[config.name]
         configs[name] = {
-            "reference_model": spec.model_dump(mode="json"),
+            "reference_model": config.model.model_dump(mode="json"),
+            # one-generator builds: the recipe's generator (their manifest is as it always was)
+            **({"generator": {"name": config.generator_name, **config.generator.model_dump(mode="json")}} if several else {}),
             "reference_weights_sha256": shards[0]["reference_weights_sha256"] if shards else None,
             **records.tallies[name].summary(),
             "shards": [{k: s[k] for k in ("unit", "start", "stop", "num_samples", "num_perturbed", "files")} for s in shards],

@@ -109,7 +109,7 @@ class BuildPlan:
 
     @property
     def config_names(self) -> list[str]:
-        return [spec.config_name for spec in self.recipe.reference_models]
+        return [config.name for config in self.recipe.build_configs]
 
     def pending_units(self) -> dict[WorkUnit, list[str]]:
         """Each unit with work left, and its configs still to build, in order."""
@@ -131,7 +131,8 @@ class BuildPlan:
 def plan_build(loaded: LoadedRecipe, options: BuildOptions) -> BuildPlan:
     """Plan the build of ``loaded`` into ``options.out_dir``; reads, never writes."""
     recipe = loaded.recipe
-    check_image_size(recipe.generator, recipe.image_size, loaded.base_dir, options.cache_dir)
+    for generator in recipe.named_generators.values():
+        check_image_size(generator, recipe.image_size, loaded.base_dir, options.cache_dir)
     source = open_source(recipe.source, SourceContext(loaded.base_dir, options.cache_dir))
     total = len(source) if options.limit is None else min(len(source), options.limit)
     units = tuple(plan_units(total, recipe.output.samples_per_shard))
@@ -141,14 +142,14 @@ def plan_build(loaded: LoadedRecipe, options: BuildOptions) -> BuildPlan:
         "recipe": recipe_to_dict(recipe),
         "limit": options.limit,
         "source_samples": total,
-        "configs": [spec.config_name for spec in recipe.reference_models],
+        "configs": [config.name for config in recipe.build_configs],
         "source": source_fingerprint(source, recipe.source, loaded.base_dir),
         "weights": weights_fingerprint(recipe, ResolveContext(loaded.base_dir, options.cache_dir)),
     }
     storage = options.storage()
     check_unlocked(storage)
     state = inspect_output(storage, identity, overwrite=options.overwrite, force_clean=options.force_clean)
-    names = [spec.config_name for spec in recipe.reference_models]
+    names = [config.name for config in recipe.build_configs]
     split = recipe.output.split
     pending = tuple((unit, name) for unit in units for name in names if (name, unit.shard_stem(split)) not in state.completed)
     settings = RunnerSettings(recipe, loaded.base_dir, options.cache_dir, options.out_dir, options.device,
@@ -164,7 +165,7 @@ def weights_fingerprint(recipe: Recipe, locations: ResolveContext) -> dict[str, 
     not) or Hub revision: their location is their identity. Reference models are compared by the
     weights they loaded (:meth:`BuildPlan.check_same_weights`)."""
     fingerprint = {}
-    for where, config in (("generator", recipe.generator), ("oracle", recipe.oracle)):
+    for where, config in (*recipe.generator_sections, ("oracle", recipe.oracle)):
         for found in component_weights(config, where):
             if found.location is None:
                 continue

@@ -56,8 +56,10 @@ class UnitInput:
 class Components:
     """The loaded generator, oracle and reference models of a recipe, with weight fingerprints."""
 
-    generator: Any
+    #: by generator name (see ``Recipe.named_generators``)
+    generators: dict[str, Any]
     oracle: Any
+    #: by reference model config name
     models: dict[str, Any]
     fingerprints: dict[str, str]
 
@@ -93,19 +95,19 @@ def load_components(recipe: Recipe, context: ComponentContext, compile_decoder: 
     ensure_weights(trainable_parts(recipe), context)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)  # only matters for components without weights
-        generator = GENERATORS.get(recipe.generator.kind)(recipe.generator, context)
+        generators = {name: GENERATORS.get(config.kind)(config, context) for name, config in recipe.named_generators.items()}
         oracle = load_oracle(recipe.oracle, context)
         models = {spec.config_name: load_classifier(spec, context) for spec in recipe.reference_models}
     if compile_decoder:
         from builder.engine import CompiledDecoder
 
-        generator = CompiledDecoder(generator)
-    return Components(generator, oracle, models, {name: weights_fingerprint(model) for name, model in models.items()})
+        generators = {name: CompiledDecoder(generator) for name, generator in generators.items()}
+    return Components(generators, oracle, models, {name: weights_fingerprint(model) for name, model in models.items()})
 
 
 def trainable_parts(recipe: Recipe) -> list[Any]:
     """The recipe's components in load order: generator, oracle, reference models."""
-    return [recipe.generator, recipe.oracle, *recipe.reference_models]
+    return [*recipe.named_generators.values(), recipe.oracle, *recipe.reference_models]
 
 
 def train_missing_weights(settings: RunnerSettings) -> None:
@@ -140,16 +142,19 @@ class UnitRunner:
         self.source = open_source(recipe.source, SourceContext(settings.base_dir, settings.cache_dir))
         self.context = ComponentContext(settings.device, settings.cache_dir, settings.base_dir, settings.class_names,
                                         recipe.image_size, recipe.source, recipe.seed, prompt_template_of(recipe.oracle))
-        self.schema = ShardSchema(settings.class_names, recipe.output.image_encoding, recipe.output.keep_originals,
-                                  attributes_of(recipe.generator.model_dump(mode="json")))
+        self.configs = {config.name: config for config in recipe.build_configs}
+        self.schemas = {config.name: ShardSchema(settings.class_names, recipe.output.image_encoding, recipe.output.keep_originals,
+                                                 attributes_of(config.generator.model_dump(mode="json")))
+                        for config in recipe.build_configs}
         self.writers = {name: WRITERS.get(name)() for name in recipe.output.formats}
         self.storage = open_storage(settings.out_dir, settings.storage_options)
         self.components = load_components(recipe, self.context, compile_decoder=settings.compile)
-        self.info = current_worker_info(self.components.fingerprints, settings.device)
+        self.info = current_worker_info(self.fingerprints, settings.device)
 
     @property
     def fingerprints(self) -> dict[str, str]:
-        return dict(self.components.fingerprints)
+        """The weights of each config's reference model, by config name."""
+        return {name: self.components.fingerprints[config.model.config_name] for name, config in self.configs.items()}
 
     def run(self, unit: WorkUnit, configs: list[str], progress: Optional[Progress] = None) -> list[dict[str, Any]]:
         """Build ``unit`` for each of ``configs``; returns the stats written, one per config."""
@@ -169,25 +174,26 @@ class UnitRunner:
 
         from builder.engine import perturb_batch
 
-        parts = self.components
+        parts, config, schema = self.components, self.configs[name], self.schemas[name]
         device = self.settings.device
         images = to_nchw(inputs.pixels)
         labels = torch.from_numpy(inputs.labels).to(device)
-        mask = getattr(parts.generator, "mask", None)
-        result = perturb_batch(parts.generator, parts.oracle, parts.models[name], images, labels, self.settings.recipe.perturbation,
+        generator, model = parts.generators[config.generator_name], parts.models[config.model.config_name]
+        mask = getattr(generator, "mask", None)
+        result = perturb_batch(generator, parts.oracle, model, images, labels, config.perturbation,
                                mask=mask, batch_size=self.settings.batch_size, keep_latents=False, on_done=progress)
         finals = result.images.permute(0, 2, 3, 1).cpu().numpy()
         attributes = result.attributes.float().cpu().tolist()  # float32: the values the Parquet column holds
         columns = {field: getattr(result, field).cpu().tolist() for field in
                    ("perturbed", "steps", "oracle_prob", "pred_before", "loss_before", "pred_after", "loss_after")}
-        fmt = self.schema.image_format
+        fmt = schema.image_format
         for row, original in enumerate(inputs.pixels):
             record: dict[str, Any] = {
                 "key": sample_key(inputs.indices[row]),
                 "label": int(inputs.labels[row]),
                 "class_name": self.settings.class_names[int(inputs.labels[row])],
                 "source_id": inputs.source_ids[row],
-                "reference_model": name,
+                "reference_model": config.model.config_name,
                 "perturbed": bool(columns["perturbed"][row]),
                 "steps": int(columns["steps"][row]),
                 "stop_reason": result.stop_reason[row],
@@ -197,9 +203,9 @@ class UnitRunner:
                 "pred_after": int(columns["pred_after"][row]),
                 "loss_after": round(float(columns["loss_after"][row]), 6),
             }
-            if self.schema.attributes:
-                record[ATTRIBUTES_FIELD] = dict(zip(self.schema.attributes, attributes[row], strict=True))
-            original_bytes = encode_image(original, fmt) if self.schema.keep_originals else None
+            if schema.attributes:
+                record[ATTRIBUTES_FIELD] = dict(zip(schema.attributes, attributes[row], strict=True))
+            original_bytes = encode_image(original, fmt) if schema.keep_originals else None
             yield OutputSample(record["key"], encode_image(finals[row], fmt), original_bytes, record)
 
     def _write_unit(self, unit: WorkUnit, name: str, samples: list[OutputSample], rejects: list[dict[str, Any]]) -> dict[str, Any]:
@@ -210,7 +216,7 @@ class UnitRunner:
         for fmt, writer in self.writers.items():
             relative = f"{name}/{stem}{writer.suffix}"
             with output_errors(self.storage.show(relative)):
-                digest, size = self.storage.write_file(relative, functools.partial(writer.write, samples=samples, schema=self.schema))
+                digest, size = self.storage.write_file(relative, functools.partial(writer.write, samples=samples, schema=self.schemas[name]))
             files[fmt] = {"path": relative, "sha256": digest, "bytes": size}
         stats = {
             "config": name,
@@ -221,7 +227,7 @@ class UnitRunner:
             "num_perturbed": sum(s.record["perturbed"] for s in samples),
             "keys": [s.key for s in sorted(samples, key=lambda s: s.key)],
             "tally": ConfigTally.counts_of([s.record for s in samples]),
-            "reference_weights_sha256": self.components.fingerprints[name],
+            "reference_weights_sha256": self.fingerprints[name],
             "built_with": self.info.to_json(),
             "files": files,
             "rejects": rejects,

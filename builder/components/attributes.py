@@ -59,6 +59,8 @@ class AttributesConfig(GeneratorConfig):
     def _known_and_in_range(self) -> "AttributesConfig":
         if not self.attributes:
             raise ValueError(f"name at least one attribute of {', '.join(ATTRIBUTES)}")
+        if self.step_size is not None:
+            raise ValueError("step_size is not used: every attribute has its own step (attributes.<name>.step)")
         for name, attribute in self.attributes.items():
             if name not in ATTRIBUTES:
                 raise ValueError(f"unknown attribute '{name}'; choices: {', '.join(ATTRIBUTES)}")

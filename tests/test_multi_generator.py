@@ -1,0 +1,233 @@
+"""Several generators in one build (the paper's Table 3 as one benchmark): each (reference model x
+generator) pair is one config, named ``<model>-<generator>``, with its generator recorded in the
+manifest and its own card section; resume, verify, score, publish and dynamic scores handle it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from click.testing import CliRunner
+from conftest import TINY_MODELS
+from helpers import TINY_EDITS, assert_one_line_error, build, check_rows, expected_records, shard_hashes
+
+from builder.cli import main
+from builder.config import parse_recipe, recipe_to_dict
+from builder.errors import RecipeError
+from builder.recipes import load_recipe
+from builder.verify import verify_benchmark
+
+CONFIGS = ["cnn-vqgan", "cnn-attributes", "cnn-pixel"]
+#: the manifest (and so the card) lists configs sorted by name
+LISTED = sorted(CONFIGS)
+
+
+def several(recipe: Path, **generators: dict) -> Path:
+    """``recipe`` with its generator replaced by the ``generators`` mapping (default: vqgan,
+    attributes and pixel, the pixel one with its own step size)."""
+    data = yaml.safe_load(recipe.read_text())
+    vqgan = data.pop("generator")
+    data["generators"] = generators or {
+        "vqgan": vqgan,
+        "attributes": {"kind": "attributes", "attributes": TINY_EDITS},
+        "pixel": {"kind": "pixel", "step_size": 0.02},
+    }
+    recipe.write_text(yaml.safe_dump(data, sort_keys=False))
+    return recipe
+
+
+@pytest.fixture(scope="module")
+def _built_once() -> dict[str, Path]:
+    return {}
+
+
+@pytest.fixture
+def multi(tiny_recipe: Path, tmp_path: Path, _built_once: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny recipe with three generators (``tiny_recipe`` is rewritten so), built once per
+    module; each test gets its own copy in ``tmp_path/multi``."""
+    several(tiny_recipe)
+    if "dir" not in _built_once:
+        _built_once["dir"] = tmp_path_factory.mktemp("multi-once") / "multi"
+        result = build(tiny_recipe, _built_once["dir"])
+        assert result.exit_code == 0, result.output
+    shutil.copytree(_built_once["dir"], tmp_path / "multi")
+    return tmp_path / "multi"
+
+
+# ----------------------------------------------------------------------------- the recipe
+
+
+def test_configs_are_every_model_with_every_generator(tiny_recipe: Path) -> None:
+    data = yaml.safe_load(several(tiny_recipe).read_text())
+    data["reference_models"].append({**data["reference_models"][0], "name": "cnn2"})
+    recipe = parse_recipe(data)
+    assert [c.name for c in recipe.build_configs] == [*CONFIGS, "cnn2-vqgan", "cnn2-attributes", "cnn2-pixel"]
+    pixel = recipe.build_config("cnn-pixel")
+    assert (pixel.generator_name, pixel.generator.kind, pixel.model.config_name) == ("pixel", "pixel", "cnn")
+    assert pixel.perturbation.step_size == 0.02 and recipe.build_config("cnn-vqgan").perturbation.step_size == 0.01
+    with pytest.raises(RecipeError, match="unknown config 'cnn-vae'.*cnn-vqgan"):
+        recipe.build_config("cnn-vae")
+
+
+def test_a_one_generator_recipe_is_written_as_before(tiny_recipe: Path) -> None:
+    """Neither ``generators`` nor an unset ``step_size`` appear: old recipes keep their hashes."""
+    recipe = load_recipe(str(tiny_recipe)).recipe
+    written = recipe_to_dict(recipe)
+    assert "generators" not in written and "step_size" not in written["generator"]
+    assert [c.name for c in recipe.build_configs] == ["cnn"]
+
+
+@pytest.mark.parametrize(("change", "fragments"), [
+    ({"generator": {"kind": "pixel"}}, ("recipe error at <recipe>", "exactly one of them")),
+    ({"generators": {}}, ("recipe error at generators", "at least one generator")),
+    ({"generators": {"Big Name": {"kind": "pixel"}}}, ("recipe error at generators", "'Big Name'", "lowercase")),
+    ({"generators": {"px": {"kind": "pixle"}}}, ("recipe error at generators.px.kind", "did you mean 'pixel'")),
+    ({"generators": {"px": {"kind": "pixel", "step_size": -1}}}, ("recipe error at generators.px.step_size", "greater than 0")),
+    ({"generators": {"a": {"kind": "attributes", "attributes": {"rotate": {"step": 1, "range": [-1, 1]}}, "step_size": 0.1}}},
+     ("recipe error at generators.a", "its own step")),
+])
+def test_bad_generator_sections_are_one_line_errors(tiny_recipe: Path, change: dict, fragments: tuple[str, ...]) -> None:
+    data = yaml.safe_load(several(tiny_recipe).read_text())
+    data.update(change)
+    with pytest.raises(RecipeError) as error:
+        parse_recipe(data)
+    message = str(error.value)
+    assert "\n" not in message and all(f in message for f in fragments), message
+
+
+def test_colliding_config_names_are_refused(tiny_recipe: Path) -> None:
+    data = yaml.safe_load(several(tiny_recipe, **{"b-c": {"kind": "pixel"}, "c": {"kind": "pixel"}}).read_text())
+    data["reference_models"] = [{**data["reference_models"][0], "name": "a"}, {**data["reference_models"][0], "name": "a-b"}]
+    with pytest.raises(RecipeError, match="'a-b-c' repeats"):
+        parse_recipe(data)
+
+
+# ----------------------------------------------------------------------------- the build
+
+
+def test_a_build_with_three_generators(multi: Path, tiny_recipe: Path) -> None:
+    manifest = json.loads((multi / "manifest.json").read_text())
+    assert list(manifest["configs"]) == LISTED
+    recorded = {name: config["generator"] for name, config in manifest["configs"].items()}
+    assert {name: (g["name"], g["kind"]) for name, g in recorded.items()} == {
+        "cnn-vqgan": ("vqgan", "vqgan"), "cnn-attributes": ("attributes", "attributes"), "cnn-pixel": ("pixel", "pixel")}
+    assert recorded["cnn-pixel"]["step_size"] == 0.02
+    for name in CONFIGS:
+        assert manifest["configs"][name]["reference_model"]["model"].endswith(":tiny_cnn")
+        for row in pq.read_table(multi / manifest["configs"][name]["shards"][0]["files"]["parquet"]["path"]).to_pylist():
+            assert row["reference_model"] == "cnn"
+            assert ("attributes" in row) == (name == "cnn-attributes")
+    report = verify_benchmark(multi, oracle=True, recipe=str(tiny_recipe))
+    assert report.ok, report.failures
+    assert report.oracle_rates == dict.fromkeys(CONFIGS, 1.0)
+
+
+def test_each_config_is_what_a_build_with_that_generator_alone_writes(multi: Path, tiny_recipe: Path, tmp_path: Path) -> None:
+    """Same bytes: a config does not depend on the other generators beside it."""
+    generators = yaml.safe_load(tiny_recipe.read_text())["generators"]
+    for name in ("attributes", "pixel"):
+        alone = tmp_path / f"alone-{name}.yaml"
+        data = yaml.safe_load(tiny_recipe.read_text())
+        data["generators"] = {name: generators[name]}
+        alone.write_text(yaml.safe_dump(data))
+        result = build(alone, tmp_path / name)
+        assert result.exit_code == 0, result.output
+        own = {path.split("/", 1)[1]: digest for path, digest in shard_hashes(tmp_path / name).items()}
+        together = {path.split("/", 1)[1]: digest for path, digest in shard_hashes(multi).items() if path.startswith(f"cnn-{name}/")}
+        assert own == together and own
+
+
+def test_the_card_has_a_section_and_features_per_config(multi: Path) -> None:
+    card = (multi / "README.md").read_text()
+    header = yaml.safe_load(card.split("---")[1])
+    features = {info["config_name"]: [next(iter(f)) if isinstance(f, dict) and "name" not in f else f["name"] for f in info["features"]]
+                for info in header["dataset_info"]}
+    assert [entry["config_name"] for entry in header["configs"]] == LISTED
+    assert "attributes" in features["cnn-attributes"] and "attributes" not in features["cnn-pixel"]
+    assert "| config | reference model | generator |" in card
+    for name, generator in zip(CONFIGS, ("vqgan", "attributes", "pixel"), strict=True):
+        assert f"### `{name}`" in card and f"generator `{generator}`" in card
+    assert "One config per reference model and generator" in card
+
+
+def test_datasets_loads_every_config(multi: Path) -> None:
+    from datasets import load_dataset
+
+    manifest = json.loads((multi / "manifest.json").read_text())
+    for config in CONFIGS:
+        dataset = load_dataset(str(multi), name=config, split="test")
+        rows = list(dataset)
+        check_rows(rows, expected_records(multi, config), manifest["class_names"])
+        assert ("attributes" in dataset.features) == (config == "cnn-attributes")
+
+
+def test_resume_rebuilds_only_what_is_missing(tiny_recipe: Path, tmp_path: Path) -> None:
+    multi = tmp_path / "own"  # a build of this very recipe file: the copies were built from another
+    assert build(several(tiny_recipe), multi).exit_code == 0
+    before = shard_hashes(multi)
+    stats = multi / "_stats" / "cnn-attributes" / "test-00001-of-00003.json"
+    stats.unlink()
+    (multi / "cnn-attributes" / "test-00001-of-00003.parquet").unlink()
+    result = build(tiny_recipe, multi)
+    assert result.exit_code == 0, result.output
+    assert stats.is_file() and shard_hashes(multi) == before
+    again = build(tiny_recipe, multi)
+    assert again.exit_code == 0 and shard_hashes(multi) == before
+
+
+def test_score_reports_every_config(multi: Path, tmp_path: Path) -> None:
+    out = tmp_path / "scores.json"
+    model = tmp_path / "model.yaml"
+    model.write_text(yaml.safe_dump({"model": f"py:{TINY_MODELS}:tiny_cnn", "checkpoint": str(tmp_path / "theta.pt")}))
+    result = CliRunner().invoke(main, ["-q", "score", "--benchmark", str(multi), "--model", str(model), "--trust-remote-code",
+                                       "--device", "cpu", "--bootstrap", "10", "--workers", "0", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    results = json.loads(out.read_text())["results"]
+    assert [r["config"] for r in results] == LISTED
+    assert all(r["white_box"] for r in results)  # one reference model under every generator
+    manifest = json.loads((multi / "manifest.json").read_text())
+    for row in results:
+        assert row["fmr"] == pytest.approx(manifest["configs"][row["config"]]["fmr"], abs=1e-6)
+
+
+def test_dynamic_score_regenerates_through_each_generator(tiny_recipe: Path, tmp_path: Path) -> None:
+    """One regenerated benchmark, and one result, per generator; ``--save`` keeps only one."""
+    several(tiny_recipe)
+    spec = yaml.safe_load(tiny_recipe.read_text())["reference_models"][0]
+    model = tmp_path / "model.yaml"
+    model.write_text(yaml.safe_dump({**spec, "checkpoint": str(tiny_recipe.parent / spec["checkpoint"])}))
+    out = tmp_path / "dynamic.json"
+    args = ["-q", "score", "--dynamic", "--recipe", str(tiny_recipe), "--model", str(model), "--limit", "4", "--device", "cpu",
+            "--bootstrap", "0", "--trust-remote-code"]
+    result = CliRunner().invoke(main, [*args, "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    results = json.loads(out.read_text())["results"]
+    assert [(r["config"], r["mode"], r["n"]) for r in results] == [(f"evaluated-{g}", "dynamic", 4) for g in ("vqgan", "attributes", "pixel")]
+    assert all(r["white_box"] for r in results)
+    refused = CliRunner().invoke(main, [*args, "--save", str(tmp_path / "kept")])
+    assert_one_line_error(refused, "--save keeps one generated benchmark", "3 generators")
+
+
+def test_publish_plans_every_config(multi: Path) -> None:
+    from builder.publish import plan_upload
+
+    planned = [f.path for f in plan_upload(multi).files]
+    for config in CONFIGS:
+        assert {f"{config}/test-0000{i}-of-00003.{ext}" for i in range(3) for ext in ("parquet", "tar")} <= set(planned)
+
+
+def test_fit_mask_and_train_pick_a_generator_by_name(tiny_recipe: Path, tmp_path: Path) -> None:
+    several(tiny_recipe)
+    mask = tmp_path / "mask.safetensors"
+    result = CliRunner().invoke(main, ["-q", "fit-mask", str(tiny_recipe), "--out", str(mask), "--generator", "pixel", "--samples", "100",
+                                       "--lambda", "0.5", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "--set generators.pixel.mask=" in result.output and mask.is_file()
+    wrong = CliRunner().invoke(main, ["-q", "fit-mask", str(tiny_recipe), "--out", str(mask), "--generator", "pixle", "--device", "cpu"])
+    assert_one_line_error(wrong, "unknown generator 'pixle'", "did you mean 'pixel'")
+    refused = CliRunner().invoke(main, ["-q", "fit-mask", str(tiny_recipe), "--out", str(mask), "--generator", "attributes", "--device", "cpu"])
+    assert_one_line_error(refused, "takes no mask")
