@@ -5,8 +5,8 @@ loaded by robustbench's own ``load_model``, with the preprocessing robustbench e
 Weights live where robustbench keeps them, ``<model_dir>/imagenet/<threat model>/<name>.pt``
 (ensembles: ``<name>.pt_m<i>.pt``), downloaded there on first use as robustbench does;
 ``model_dir`` is the spec's ``kwargs: {model_dir: ...}`` (relative to the recipe's folder), else
-``<cache>/robustbench``. The zoo's timm entries keep theirs in timm's cache, ``Standard_R50`` in
-torch.hub's.
+``<cache>/robustbench``. The zoo's timm entries and ``Standard_R50`` keep theirs where timm and
+torchvision download by URL: torch.hub's cache.
 
 robustbench 1.1.1 pins timm==1.0.9, so it is installed with ``--no-deps`` beside the
 ``robustbench`` extra (what loading a model imports). Its package ``__init__`` also imports its
@@ -107,7 +107,7 @@ def _timm_name(threat: str, name: str) -> str:
 
 
 def weight_files(threat: str, name: str, entry: dict[str, Any], folder: Path) -> Optional[list[Path]]:
-    """The files ``load_model`` reads under ``folder`` (None: timm's or torch.hub's cache keeps them)."""
+    """The files ``load_model`` reads under ``folder`` (None: torch.hub's cache keeps them)."""
     import timm
 
     gdrive = entry["gdrive_id"]
@@ -161,7 +161,7 @@ def _load(spec: ModelSpec, threat: str, name: str, folder: Path, files: Optional
             net: nn.Module = utils.load_model(name, model_dir=str(folder), dataset="imagenet", threat_model=threat)
     except Exception as error:  # gdown's or the hubs' download, torch.load, load_state_dict
         if files is None or missing:
-            where = missing[0] if missing else "timm's or torch.hub's cache"
+            where = missing[0] if missing else "torch.hub's cache"
             raise ComponentError(
                 f"{spec.model}: weights are not in {where} and cannot be downloaded ({_first_line(error)}); "
                 "run once with network or put robustbench's checkpoint there"
@@ -181,7 +181,7 @@ def robustbench_preflight(spec: ModelSpec, ctx: PreflightContext, where: str) ->
     except ComponentError as error:
         return [Check(where, spec.model, f"{where}: {error}")]
     if files is None:
-        how = "weights from timm's or torch.hub's cache, downloaded on the first run if missing"
+        how = "weights from torch.hub's cache, downloaded on the first run if missing"
     else:
         missing = [path for path in files if not path.is_file()]
         how = f"not in {missing[0].parent}, downloaded on the first run" if missing else f"{files[0].name} in {files[0].parent}"
