@@ -230,7 +230,7 @@ def format_summary(name: str, summary: Any) -> str:
               help="A built benchmark: a dir, a Hub dataset id or an fsspec URL such as s3://bucket/prefix (repeatable: a transfer matrix).")
 @click.option("--config", "config_name", default=None, help="One config (reference model) of the benchmark; default: all.")
 @click.option("--model", "models", multiple=True, metavar="SPEC",
-              help="timm:<name>, hf:<repo or dir>, torchvision:<name>[:<weights>], clip:<model>/<tag>, py:<module>:<callable>, "
+              help="timm:<name>, hf:<repo or dir>, torchvision:<name>[:<weights>], clip:<model>/<tag>, robustbench:<name>, py:<module>:<callable>, "
                    "ref:<config> (the benchmark's own reference model), or a YAML file of model fields (repeatable).")
 @click.option("--models", "zoo", type=click.Path(dir_okay=False, path_type=Path), metavar="ZOO.yaml",
               help="A YAML list of model specs with names, scored one after another in this process; needs --out.")
