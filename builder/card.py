@@ -82,7 +82,7 @@ def schema_of(manifest: dict[str, Any], config: Optional[str] = None) -> ShardSc
 def config_schema(manifest: dict[str, Any], schema: ShardSchema, config: str) -> ShardSchema:
     """``schema`` with the attribute columns of ``config``'s own generator (several-generator
     builds: only the attributes generator's configs have them)."""
-    if "generator" not in manifest["configs"][config]:
+    if not manifest["configs"][config].get("generator"):
         return schema
     return dataclasses.replace(schema, attributes=attributes_of(generator_of(manifest, config)))
 
@@ -109,7 +109,7 @@ def render_card(
     rows = []
     for name, config in manifest["configs"].items():
         spec = " ".join(str(config["reference_model"]["model"]).split()).replace("`", "'")  # stays inside its code span
-        generator = str(config.get("generator", {}).get("name", ""))
+        generator = str((config.get("generator") or {}).get("name", ""))
         rows.append({"name": name, "num_non_finite": 0, **upgrade_figures(config), "spec": spec, "generator": generator})
     return environment.get_template(CARD_TEMPLATE).render(
         header=header,
