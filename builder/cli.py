@@ -262,7 +262,6 @@ def score_command(benchmarks: tuple[str, ...], config_name: Optional[str], model
                   storage_options: tuple[tuple[str, str], ...], cache_dir: Optional[Path]) -> None:
     """Score models on benchmarks: SA, PA, FMR = PA / SA x 100, with 95% bootstrap intervals."""
     from builder.benchmark import open_benchmark
-    from builder.fileio import write_json_atomic
     from builder.paths import default_cache_dir
     from builder.reporting import format_per_class, format_results, format_side_by_side, format_transfer_matrix
     from builder.score import score, score_dynamic
@@ -310,9 +309,11 @@ def score_command(benchmarks: tuple[str, ...], config_name: Optional[str], model
     if static and live:
         click.echo(format_side_by_side(static, live))
     if json_out is not None:
-        from builder import __version__
+        from builder.fileio import write_bytes_atomic
+        from builder.leaderboard import results_bytes
+        from builder.model_zoo import result_payload
 
-        write_json_atomic(json_out, {"tool": {"name": "fmr-builder", "version": __version__}, "results": [r.to_json() for r in results]})
+        write_bytes_atomic(json_out, results_bytes(result_payload(results)))
         click.echo(f"wrote {json_out}")
 
 

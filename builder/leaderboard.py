@@ -67,6 +67,28 @@ def sample_predictions(row: dict[str, Any], what: str) -> Optional[SamplePredict
         raise BuilderError(f"{what}: {PREDICTIONS_FIELD}.{validation_problem(error)}; re-score with 'build-benchmark score --json'") from None
 
 
+def results_bytes(payload: dict[str, Any]) -> bytes:
+    """A results file as every JSON file is written (indented, sorted keys), except that each
+    result's per-sample lists stay on one line: 50,000 samples take about 1 MB, not 2.6."""
+    import json
+    import secrets
+
+    from builder.fileio import json_bytes
+
+    nonce, compact = secrets.token_hex(8), dict[str, str]()
+    rows = []
+    for row in payload.get("results", []):
+        if isinstance(row, dict) and row.get(PREDICTIONS_FIELD) is not None:
+            token = f"{PREDICTIONS_FIELD}-{nonce}-{len(compact)}"
+            compact[token] = json.dumps(row[PREDICTIONS_FIELD], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+            row = {**row, PREDICTIONS_FIELD: token}
+        rows.append(row)
+    text = json_bytes({**payload, "results": rows}).decode("utf-8")
+    for token, value in compact.items():
+        text = text.replace(f'"{token}"', value, 1)
+    return text.encode("utf-8")
+
+
 def without_predictions(row: dict[str, Any]) -> dict[str, Any]:
     """A result row without its per-sample predictions (what a leaderboard keeps)."""
     return {key: value for key, value in row.items() if key != PREDICTIONS_FIELD}
