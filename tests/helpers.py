@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -249,3 +251,29 @@ def hand_built_benchmark(root: Path, rows: list[tuple[int, int, int, bool, int]]
     }
     write_json_atomic(root / "manifest.json", manifest)
     return root
+
+
+# ----------------------------------------------------------------------------- from test_gallery and test_report
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+)
+
+
+def chromium() -> Path:
+    if not CHROMIUM.exists():
+        if os.environ.get("FMR_REQUIRE_CHROMIUM") == "1":
+            pytest.fail(f"FMR_REQUIRE_CHROMIUM=1 but {CHROMIUM} is missing")
+        pytest.skip(f"headless Chromium is not installed ({CHROMIUM})")
+    return CHROMIUM
+
+
+def run_chromium(profile: Path, url: str, *flags: str) -> str:
+    """Chromium on ``url`` with a fresh profile; stdout (the DOM with --dump-dom)."""
+    command = [str(chromium()), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *flags, url]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout

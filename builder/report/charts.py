@@ -116,7 +116,7 @@ def attribute_chart(name: str, curves: list[tuple[str, dict[str, Curve]]]) -> st
                     curve = by_name[attribute]
                     axes.plot(curve.centers, 100 * curve.accuracy, marker="o", markersize=3, linewidth=1, label=short(label, 60))
             axes.set_title(attribute)
-            axes.set_ylim(0, 105)
+            axes.set_ylim(-3, 105)
             axes.grid(alpha=0.3)
         panels[0][0].set_ylabel("accuracy on perturbed samples (%)")
         figure.legend(*panels[0][0].get_legend_handles_labels(), fontsize=8, loc="outside lower center")

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-from builder.report import charts
+from builder.report.charts import attribute_chart, fmr_bars, per_class_chart, transfer_heatmap
 from builder.report.figures import attribute_curves, misclassified, per_class_from_predictions, per_class_from_result, transfer_matrix
 from builder.report.inputs import Joined, Joining, Result, Samples
 
@@ -56,7 +56,7 @@ def fmr_section(results: Sequence[Result]) -> Section:
                  f"{_number(row['fmr'])}{interval}", str(result.source))
         lines.append('<tr class="result">' + "".join(f"<td>{esc(str(cell))}</td>" for cell in cells) + "</tr>")
     table = f'<table class="figures"><thead><tr>{head}</tr></thead><tbody>{"".join(lines)}</tbody></table>'
-    body = f'<div class="chart">{charts.fmr_bars(rows)}</div>\n{table}'
+    body = f'<div class="chart">{fmr_bars(rows)}</div>\n{table}'
     notes = ["SA: accuracy on the originals; PA: on the generated set (unperturbed samples keep x); FMR = PA / SA x 100; "
              "PA perturbed: on the perturbed samples only; 95% bootstrap intervals."]
     return Section("fmr", "FMR per model", body, notes)
@@ -69,7 +69,7 @@ def transfer_section(results: Sequence[Result]) -> Section:
              "* white-box (the evaluated model is the reference model); - not scored."]
     if matrix.fmr.size == 1:
         notes.append("One model on one config: score more models or configs to compare transfer.")
-    return Section("transfer", "Transfer matrix", f'<div class="chart">{charts.transfer_heatmap(matrix)}</div>', notes)
+    return Section("transfer", "Transfer matrix", f'<div class="chart">{transfer_heatmap(matrix)}</div>', notes)
 
 
 def _class_series(result: Result, joining: Joining) -> tuple[Optional[list[tuple[str, float]]], str]:
@@ -95,7 +95,7 @@ def per_class_section(results: Sequence[Result], joinings: Sequence[Joining]) ->
         bench = result.row["benchmark_id"]
         groups.setdefault(bench, []).append((result.label, dict(series)))
         order[bench] = list(dict.fromkeys([*order.get(bench, []), *(name for name, _ in series)]))
-    charts_html = [f'<h3>benchmark {esc(bench[:12])}</h3><div class="chart">{charts.per_class_chart(f"per-class-{index}", order[bench], series)}</div>'
+    charts_html = [f'<h3>benchmark {esc(bench[:12])}</h3><div class="chart">{per_class_chart(f"per-class-{index}", order[bench], series)}</div>'
                    for index, (bench, series) in enumerate(groups.items())]
     return Section("per-class", "FMR per class", "\n".join(charts_html), notes)
 
@@ -115,7 +115,7 @@ def attribute_section(results: Sequence[Result], joinings: Sequence[Joining]) ->
                 groups.setdefault((result.row["benchmark_id"], result.row["config"]), []).append((result.label, curves))
             else:
                 notes.append(f"{result.label}: its config has no perturbed samples to bin.")
-    parts = [f'<h3>config {esc(config)} of benchmark {esc(bench[:12])}</h3><div class="chart">{charts.attribute_chart(f"attributes-{index}", curves)}</div>'
+    parts = [f'<h3>config {esc(config)} of benchmark {esc(bench[:12])}</h3><div class="chart">{attribute_chart(f"attributes-{index}", curves)}</div>'
              for index, ((bench, config), curves) in enumerate(groups.items())]
     if parts:
         notes.insert(0, "Each point: the model's accuracy on the perturbed samples whose value of that attribute falls in one of "
