@@ -281,6 +281,11 @@ def test_hostile_strings_are_escaped_and_bad_inputs_are_one_line(tmp_path: Path)
         assert raw not in text, raw
     assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in text and "&lt;em&gt;cat" in text
     assert "sample_predictions.&lt;top level&gt;: keys, pred_perturbed and pred_original differ in length" in text
+    for location in ("a\x00b", "x" * 300 + "/y"):  # no file system takes these: not available, not a crash
+        good = {**row, "benchmark": location, "sample_predictions": {"keys": ["a"], "pred_perturbed": [0], "pred_original": [0]}}
+        write_json_atomic(tmp_path / "r.json", {"results": [good]})
+        page = parse(write_report([tmp_path / "r.json"], tmp_path / "report.html").path)
+        assert page.sections["errors"] == "part skipped" and "is not available locally" in page.note("errors")
     missing = CliRunner().invoke(main, ["-q", "report", str(tmp_path / "missing.json"), "--out", str(tmp_path / "x.html")])
     assert_one_line_error(missing, "missing.json", "cannot read it")
     (tmp_path / "other.json").write_text('{"id": 1}')

@@ -132,7 +132,7 @@ class Benchmarks:
         if row.get("mode") == "dynamic" and location.startswith("dynamic:"):
             return "a dynamic score: its regenerated benchmark was not kept (score --dynamic --save DIR keeps it)"
         for candidate in dict.fromkeys((Path(location), result.source.parent / location)):
-            if candidate.is_dir():
+            if _is_dir(candidate):
                 return self._open(candidate, row["benchmark_id"])
         return f"its benchmark {location} is not available locally; pass --benchmark with a copy of it"
 
@@ -173,6 +173,15 @@ class Benchmarks:
             return bench
         samples = self.samples(bench, result.row["config"])
         return samples if isinstance(samples, str) else join(samples, predictions)
+
+
+def _is_dir(path: Path) -> bool:
+    """Whether a path a result names is a directory; False for one no file system accepts (a NUL
+    byte, a name too long): result files are data from elsewhere."""
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
 
 
 def open_given(locations: Sequence[str], *, cache_dir: Optional[Path] = None, storage_options: Sequence[tuple[str, str]] = ()) -> list[Benchmark]:

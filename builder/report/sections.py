@@ -155,15 +155,23 @@ def _strip(result: Result, joined: Joined, per_model: int) -> str:
             f'<div class="cards">{"".join(cards)}</div></div>')
 
 
-def _card(samples: Samples, joined: Joined, index: int, images: Optional[tuple[bytes, Optional[bytes]]]) -> str:
+def _picture(data: bytes, what: str) -> str:
+    """An image as an inline ``<img>`` (large ones as thumbnails); a note for one that does not decode."""
     from builder.gallery import data_uri
 
+    try:
+        uri = data_uri(data)[0]
+    except Exception as error:  # noqa: BLE001 - a damaged image costs its picture, not the page
+        log.warning("report: an %s image does not decode: %s", what, error)
+        return f'<span class="note">{what} image unreadable</span>'
+    return f'<img src="{uri}" alt="{what}" title="{what}">'
+
+
+def _card(samples: Samples, joined: Joined, index: int, images: Optional[tuple[bytes, Optional[bytes]]]) -> str:
     names = samples.bench.class_names
     label, predicted, before = (int(array[index]) for array in (samples.labels, joined.pred_perturbed, joined.pred_original))
-    pictures = ""
-    for data, what in (((images or (None, None))[1], "original"), ((images or (None, None))[0], "perturbed")):
-        if data is not None:
-            pictures += f'<img src="{data_uri(data)[0]}" alt="{what}" title="{what}">'
+    perturbed, original = images or (None, None)
+    pictures = "".join(_picture(data, what) for data, what in ((original, "original"), (perturbed, "perturbed")) if data is not None)
     key = esc(samples.keys[index])
     return (f'<figure class="miss" data-key="{key}" data-label="{label}" data-pred="{predicted}"><div class="pair">{pictures}</div>'
             f'<figcaption><span class="key">{key}</span><br><b>{esc(names[label])}</b> &rarr; <span class="wrong">{esc(names[predicted])}</span>'
