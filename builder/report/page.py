@@ -45,7 +45,8 @@ h1{font-size:20px;margin:12px 0 4px}h2{font-size:17px;margin:24px 0 6px;border-b
 .note{color:#555;margin:2px 0}.skip{color:#8a5a00;font-weight:bold}.key{color:#888;font-size:11px}
 .chart svg{max-width:100%;height:auto;background:#fff}
 table.figures{border-collapse:collapse;margin-top:8px;font-size:12px}
-table.figures th,table.figures td{border:1px solid #ccc;padding:2px 6px;text-align:left;overflow-wrap:anywhere}
+table.figures th,table.figures td{border:1px solid #ccc;padding:2px 6px;text-align:left}
+table.figures td{overflow-wrap:anywhere}table.figures td:nth-child(n+4):nth-child(-n+9){white-space:nowrap;overflow-wrap:normal}
 table.figures td:nth-child(n+5):nth-child(-n+9){text-align:right}
 .cards{display:flex;flex-wrap:wrap;gap:8px;margin-top:6px}
 .miss{margin:0;padding:5px;background:#fff;border:1px solid #ccc;border-radius:4px;width:max-content}
