@@ -144,9 +144,9 @@ def read_leaderboard(root: Path, benchmark_id: str) -> list[dict[str, Any]]:
 
 def add_results(root: Path, benchmark_id: str, results: Sequence[Path]) -> list[dict[str, Any]]:
     """Merge ``score --json`` files into the stored leaderboard; a result of another benchmark is an error."""
-    from builder.leaderboard import load_results
+    from builder.leaderboard import load_results, without_predictions
 
-    rows = {_row_identity(row): row for row in read_leaderboard(root, benchmark_id)}
+    rows = {_row_identity(row): without_predictions(row) for row in read_leaderboard(root, benchmark_id)}
     for path in results:
         for row in load_results([path]):
             if row.get("mode") == "dynamic":
@@ -156,7 +156,7 @@ def add_results(root: Path, benchmark_id: str, results: Sequence[Path]) -> list[
                     f"result file {path}: scored on benchmark {str(row.get('benchmark_id'))[:12]}…, not this one ({benchmark_id[:12]}…); "
                     "re-score with --benchmark pointing at this dir"
                 )
-            rows[_row_identity(row)] = row
+            rows[_row_identity(row)] = without_predictions(row)  # the card's leaderboard.json stays small
     ordered = sorted(rows.values(), key=lambda r: (-r["fmr"], r["name"], r["config"]))
     write_json_atomic(root / LEADERBOARD_FILE, ordered)
     return ordered

@@ -262,7 +262,6 @@ def score_command(benchmarks: tuple[str, ...], config_name: Optional[str], model
                   storage_options: tuple[tuple[str, str], ...], cache_dir: Optional[Path]) -> None:
     """Score models on benchmarks: SA, PA, FMR = PA / SA x 100, with 95% bootstrap intervals."""
     from builder.benchmark import open_benchmark
-    from builder.fileio import write_json_atomic
     from builder.paths import default_cache_dir
     from builder.reporting import format_per_class, format_results, format_side_by_side, format_transfer_matrix
     from builder.score import score, score_dynamic
@@ -314,9 +313,11 @@ def score_command(benchmarks: tuple[str, ...], config_name: Optional[str], model
     if static and live:
         click.echo(format_side_by_side(static, live))
     if json_out is not None:
-        from builder import __version__
+        from builder.fileio import write_bytes_atomic
+        from builder.leaderboard import results_bytes
+        from builder.model_zoo import result_payload
 
-        write_json_atomic(json_out, {"tool": {"name": "fmr-builder", "version": __version__}, "results": [r.to_json() for r in results]})
+        write_bytes_atomic(json_out, results_bytes(result_payload(results)))
         click.echo(f"wrote {json_out}")
 
 
@@ -363,6 +364,28 @@ def leaderboard_command(results: tuple[Path, ...], out_dir: Path) -> None:
 
     markdown, chart = write_leaderboard(list(results), out_dir)
     click.echo(f"wrote {markdown} and {chart}")
+
+
+@main.command("report")
+@click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The HTML page to write (one self-contained file).")
+@click.option("--benchmark", "benchmarks", multiple=True, metavar="DIR_HUB_ID_OR_URL",
+              help="A copy of a benchmark the results were scored on, matched by manifest id (repeatable; default: the local dir each result names).")
+@click.option("--per-model", default=24, show_default=True, type=click.IntRange(min=1), help="At most N wrongly classified images per model.")
+@storage_option
+@cache_option
+def report_command(results: tuple[Path, ...], out: Path, benchmarks: tuple[str, ...], per_model: int,
+                   storage_options: tuple[tuple[str, str], ...], cache_dir: Optional[Path]) -> None:
+    """One HTML page from RESULT.json files of 'score --json' (or the --out DIR of 'score --models').
+
+    FMR per model with its interval, the transfer matrix as a heatmap, FMR per class, accuracy
+    against attribute values and the images each model gets wrong; a section that cannot be
+    drawn says why on the page (e.g. a result scored before per-sample predictions were kept).
+    """
+    from builder.report import write_report
+
+    summary = write_report(list(results), out, benchmarks=benchmarks, per_model=per_model, cache_dir=cache_dir, storage_options=storage_options)
+    click.echo(summary.line())
 
 
 @main.command("card")

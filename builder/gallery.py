@@ -107,13 +107,13 @@ def read_config(root: Path, name: str, config: dict[str, Any], limit: int) -> Co
         by_class.setdefault(int(rows[position][2]["label"]), []).append(position)
     chosen = sorted((p for label in sorted(by_class) for p in spread(by_class[label], limit)),
                     key=lambda p: (rows[p][2]["label"], rows[p][2]["key"]))
-    images = _read_images(reader, paths, [(rows[p][0], rows[p][1]) for p in chosen])
+    images = read_images_at(reader, paths, [(rows[p][0], rows[p][1]) for p in chosen])
     cards = [Card(rows[p][2], *images[(rows[p][0], rows[p][1])]) for p in chosen]
     has_originals = any(original is not None for _, original in images.values()) if images else False
     return ConfigCards(name, cards, len(rows), has_originals)
 
 
-def _read_images(reader: Any, paths: list[Path], wanted: list[tuple[int, int]]) -> dict[tuple[int, int], tuple[bytes, Optional[bytes]]]:
+def read_images_at(reader: Any, paths: list[Path], wanted: list[tuple[int, int]]) -> dict[tuple[int, int], tuple[bytes, Optional[bytes]]]:
     """(perturbed, original) bytes of the wanted (shard, row) pairs, one shard in memory at a time."""
     found: dict[tuple[int, int], tuple[bytes, Optional[bytes]]] = {}
     for shard, path in enumerate(paths):

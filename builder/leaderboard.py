@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from builder.errors import BuilderError
 from builder.fileio import atomic_write, write_bytes_atomic
@@ -31,6 +31,67 @@ class ResultRow(BaseModel):
     fmr_ci: Optional[list[float]] = Field(None, min_length=2, max_length=2)
     white_box: bool = False
     mode: str = "static"
+
+
+#: the optional per-sample field of a result (``ScoreResult.sample_predictions``); files written
+#: before it existed have none, and a leaderboard or card never needs it
+PREDICTIONS_FIELD = "sample_predictions"
+#: the most samples one result's predictions may list (a result file is at most 64 MiB anyway)
+MAX_PREDICTIONS = 5_000_000
+
+
+class SamplePredictions(BaseModel):
+    """``sample_predictions`` of a result: three lists of one length, in the benchmark's order."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    keys: list[str] = Field(max_length=MAX_PREDICTIONS)
+    pred_perturbed: list[int] = Field(max_length=MAX_PREDICTIONS)
+    pred_original: list[int] = Field(max_length=MAX_PREDICTIONS)
+
+    @model_validator(mode="after")
+    def _one_length(self) -> "SamplePredictions":
+        if not len(self.keys) == len(self.pred_perturbed) == len(self.pred_original):
+            raise ValueError(f"keys, pred_perturbed and pred_original differ in length ({len(self.keys)}, {len(self.pred_perturbed)}, {len(self.pred_original)})")
+        return self
+
+
+def sample_predictions(row: dict[str, Any], what: str) -> Optional[SamplePredictions]:
+    """The checked per-sample predictions of a result row; None for a result without them."""
+    raw = row.get(PREDICTIONS_FIELD)
+    if raw is None:
+        return None
+    try:
+        return SamplePredictions.model_validate(raw)
+    except ValidationError as error:
+        raise BuilderError(f"{what}: {PREDICTIONS_FIELD}.{validation_problem(error)}; re-score with 'build-benchmark score --json'") from None
+
+
+def results_bytes(payload: dict[str, Any]) -> bytes:
+    """A results file as every JSON file is written (indented, sorted keys), except that each
+    result's per-sample lists stay on one line: 50,000 samples take about 1 MB, not 2.6."""
+    import json
+    import secrets
+
+    from builder.fileio import json_bytes
+
+    nonce, compact = secrets.token_hex(8), dict[str, str]()
+    rows = []
+    for row in payload.get("results", []):
+        if isinstance(row, dict) and row.get(PREDICTIONS_FIELD) is not None:
+            token = f"{PREDICTIONS_FIELD}-{nonce}-{len(compact)}"
+            compact[token] = json.dumps(row[PREDICTIONS_FIELD], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+            row = {**row, PREDICTIONS_FIELD: token}
+        rows.append(row)
+    text = json_bytes({**payload, "results": rows}).decode("utf-8")
+    for token, value in compact.items():
+        text = text.replace(f'"{token}"', value, 1)
+    return text.encode("utf-8")
+
+
+def without_predictions(row: dict[str, Any]) -> dict[str, Any]:
+    """A result row without its per-sample predictions (what a leaderboard keeps)."""
+    return {key: value for key, value in row.items() if key != PREDICTIONS_FIELD}
 
 
 def checked_rows(rows: Any, what: str) -> list[dict[str, Any]]:
@@ -87,7 +148,9 @@ def leaderboard_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def leaderboard_chart(rows: list[dict[str, Any]], path: Path) -> None:
+def fmr_figure(rows: list[dict[str, Any]]) -> Any:
+    """Horizontal FMR bars with their 95% intervals, lowest first (a matplotlib Figure; the
+    leaderboard saves it as PNG, the report as inline SVG)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -96,12 +159,27 @@ def leaderboard_chart(rows: list[dict[str, Any]], path: Path) -> None:
     ordered = sorted(rows, key=lambda r: r["fmr"])
     labels = [f"{r['name']} on {r['config']}" for r in ordered]
     figure, axes = plt.subplots(figsize=(8, 0.45 * len(ordered) + 1.2))
-    errors = [[r["fmr"] - (r.get("fmr_ci") or [r["fmr"]] * 2)[0] for r in ordered], [(r.get("fmr_ci") or [r["fmr"]] * 2)[1] - r["fmr"] for r in ordered]]
+    errors = [[_span(r, 0) for r in ordered], [_span(r, 1) for r in ordered]]
     colors = ["tab:orange" if r.get("white_box") else "tab:blue" for r in ordered]
     axes.barh(labels, [r["fmr"] for r in ordered], xerr=errors, color=colors, capsize=3)
     axes.set_xlabel("FMR = PA / SA x 100 (orange: white-box, blue: transfer)")
     axes.set_xlim(0, max(100.0, max(r["fmr"] for r in ordered) * 1.05))
     figure.tight_layout()
+    return figure
+
+
+def _span(row: dict[str, Any], end: int) -> float:
+    """How far the interval's low (0) or high (1) end lies from the FMR: 0 without an interval,
+    or where a NaN or an interval not holding the point would draw a negative error bar."""
+    low_high = row.get("fmr_ci") or [row["fmr"]] * 2
+    span = float(low_high[1]) - row["fmr"] if end else row["fmr"] - float(low_high[0])
+    return span if span > 0 else 0.0
+
+
+def leaderboard_chart(rows: list[dict[str, Any]], path: Path) -> None:
+    from matplotlib import pyplot as plt
+
+    figure = fmr_figure(rows)
     with atomic_write(path) as handle:
         figure.savefig(handle, format="png", dpi=120, metadata={"Software": None})
     plt.close(figure)

@@ -17,7 +17,8 @@ from pydantic import ValidationError
 
 from builder.config import ModelSpec, format_validation_error
 from builder.errors import BuilderError, RecipeError
-from builder.fileio import write_bytes_atomic, write_json_atomic
+from builder.fileio import write_bytes_atomic
+from builder.leaderboard import results_bytes
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def score_zoo(specs: list[ModelSpec], out_dir: Path, score_one: Callable[[ModelS
             log.warning("%s: failed: %s", name, error)
             outcome.failed[name] = str(error)
             continue
-        write_json_atomic(target, result_payload(results))
+        write_bytes_atomic(target, results_bytes(result_payload(results)))
         outcome.scored.append(name)
     write_table(out_dir, [spec.config_name for spec in specs])
     return outcome

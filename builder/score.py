@@ -54,6 +54,11 @@ class ScoreResult:
     intervals: dict[str, list[float]] = field(default_factory=dict)
     per_class: Optional[list[dict[str, Any]]] = None
     mode: str = "static"
+    #: per sample, in the benchmark's shard and key order: ``keys``, and the model's predicted label
+    #: on the benchmark image (``pred_perturbed``: the perturbed image, or x for an unperturbed
+    #: sample) and on the original (``pred_original``); what ``report`` needs for the images a
+    #: model gets wrong and the attribute curves. None when the benchmark is not kept (dynamic).
+    sample_predictions: Optional[dict[str, list[Any]]] = None
 
     def to_json(self) -> dict[str, Any]:
         payload = asdict(self)
@@ -230,7 +235,7 @@ def score(
     spec = as_model_spec(reference_spec(bench, model, trust_remote_code=trust_remote_code), checkpoint)
     require_trusted_file(spec, base_dir or Path.cwd(), downloaded_roots(), trust_remote_code)
     classifier = load_model_for(bench, spec, device, cache_dir or default_cache_dir(), base_dir or Path.cwd())
-    records: dict[str, list[Any]] = {"label": [], "perturbed": [], "steps": []}
+    records: dict[str, list[Any]] = {"key": [], "label": [], "perturbed": [], "steps": []}
     for part in bench.read_columns(config, list(records)):
         for key in records:
             records[key].extend(part[key])
@@ -256,6 +261,7 @@ def score(
         **{key: figures[key] for key in ("sa", "pa", "pa_perturbed", "fmr", "vr", "mean_steps")},
         intervals={key[:-3]: value for key, value in figures.items() if key.endswith("_ci")},
         per_class=per_class(outcomes, bench.class_names) if with_per_class else None,
+        sample_predictions={"keys": [str(key) for key in records["key"]], "pred_perturbed": pred_perturbed.tolist(), "pred_original": pred_original.tolist()},
     )
 
 
@@ -298,7 +304,8 @@ def score_dynamic(
         result = score(out, spec, device=device, bootstrap=bootstrap, seed=seed, cache_dir=options.cache_dir, base_dir=loaded.base_dir,
                        trust_remote_code=True)  # the user's own recipe and model
     location = str(save) if save else f"dynamic:{loaded.recipe.name}"
-    identity = {"name": original.config_name, "model_spec": original.model_dump(mode="json")}
+    identity = {"name": original.config_name, "model_spec": original.model_dump(mode="json"),
+                "sample_predictions": result.sample_predictions if save else None}  # keys of a deleted benchmark name nothing
     return ScoreResult(**{**asdict(result), **identity, "benchmark": location, "mode": "dynamic"})
 
 

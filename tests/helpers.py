@@ -4,24 +4,31 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
 import tarfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from click.testing import CliRunner
 from PIL import Image
 
+from builder.checkpoints import weights_fingerprint
 from builder.cli import main
 from builder.components.oracles import ClassifierOracle
 from builder.components.preprocess import PreprocessedClassifier, Preprocessing
 from builder.components.vqgan import TamingVQGAN, VQGANGenerator
 from builder.config import parse_component
+from builder.fileio import sha256_file, sha256_json, write_json_atomic
+from builder.images import encode_image
 from builder.sources.base import SourceContext, open_source
+from builder.writers import WRITERS, OutputSample, ShardSchema
 
-from tiny_models import TINY_VQGAN_YAML, tiny_cnn
+from tiny_models import TINY_VQGAN_YAML, color_net, tiny_cnn
 
 # ----------------------------------------------------------------------------- from test_cli
 
@@ -188,3 +195,85 @@ def attributes_generator(edits: dict = TINY_EDITS, image_size: int = 16):
 
     config = parse_component("generators", {"kind": "attributes", "attributes": edits}, ("generator",))
     return load_attributes(config, SimpleNamespace(device="cpu", image_size=image_size))  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- from test_score and test_report
+
+
+TINY_MODELS = Path(__file__).parent / "tiny_models.py"
+COLOR_CLASSES = ("red", "green", "blue")
+COLOR = {0: (220, 10, 10), 1: (10, 220, 10), 2: (10, 10, 220)}
+
+
+def patch(label: int) -> np.ndarray:
+    return np.tile(np.array(COLOR[label], dtype=np.uint8), (8, 8, 1))
+
+
+def _config_shards(root: Path, config: str, samples: list[OutputSample], schema: ShardSchema, fmt: str) -> list[dict[str, Any]]:
+    half = len(samples) // 2
+    shards = []
+    for unit, part in enumerate((samples[:half], samples[half:])):
+        writer = WRITERS.get(fmt)()
+        path = root / config / f"test-{unit:05d}-of-00002{writer.suffix}"
+        writer.write(path, part, schema)
+        entry = {"path": path.relative_to(root).as_posix(), "sha256": sha256_file(path), "bytes": path.stat().st_size}
+        shards.append({"unit": unit, "num_samples": len(part), "num_perturbed": sum(s.record["perturbed"] for s in part), "files": {fmt: entry}})
+    return shards
+
+
+def hand_built_benchmark(root: Path, rows: list[tuple[int, int, int, bool, int]], keep_originals: bool = True, fmt: str = "parquet",
+                         configs: tuple[str, ...] = ("ref",)) -> Path:
+    """rows: (label, colour of the original, colour of the perturbed image, perturbed, steps).
+    The colour decides what ColorNet predicts, so SA and PA are known exactly. ``fmt``: the one
+    output format its shards are written in; each of ``configs`` holds the same rows."""
+    from builder.components.preprocess import PreprocessedClassifier, Preprocessing
+
+    schema = ShardSchema(COLOR_CLASSES, "png", keep_originals)
+    spec = {"model": f"py:{TINY_MODELS}:color_net", "name": "ref"}
+    reference = PreprocessedClassifier(color_net(3), Preprocessing(input_size=8), 3, spec["model"])
+    entries = {}
+    for config in configs:
+        samples = []
+        for index, (label, original, shown, perturbed, steps) in enumerate(rows):
+            record = {
+                "key": f"{index:08d}", "label": label, "class_name": COLOR_CLASSES[label], "source_id": f"s/{index}",
+                "reference_model": config, "perturbed": perturbed, "steps": steps, "stop_reason": "x", "oracle_prob": 1.0,
+                "pred_before": original, "loss_before": 0.0, "pred_after": shown, "loss_after": 0.0,
+            }
+            samples.append(OutputSample(record["key"], encode_image(patch(shown), "png"), encode_image(patch(original), "png"), record))
+        entries[config] = {"reference_model": {**spec, "name": config}, "reference_weights_sha256": weights_fingerprint(reference),
+                           "shards": _config_shards(root, config, samples, schema, fmt), "num_samples": len(samples),
+                           "num_perturbed": sum(s.record["perturbed"] for s in samples)}
+    recipe = {"image_size": 8, "source": {"kind": "sklearn-digits"}, "output": {"keep_originals": keep_originals}}
+    manifest = {
+        "format": "fmr-benchmark/1", "id": sha256_json([entry["shards"] for entry in entries.values()]), "class_names": list(COLOR_CLASSES),
+        "recipe": recipe, "recipe_sha256": sha256_json(recipe), "split": "test", "source_samples": len(rows), "num_rejects": 0, "configs": entries,
+    }
+    write_json_atomic(root / "manifest.json", manifest)
+    return root
+
+
+# ----------------------------------------------------------------------------- from test_gallery and test_report
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+)
+
+
+def chromium() -> Path:
+    if not CHROMIUM.exists():
+        if os.environ.get("FMR_REQUIRE_CHROMIUM") == "1":
+            pytest.fail(f"FMR_REQUIRE_CHROMIUM=1 but {CHROMIUM} is missing")
+        pytest.skip(f"headless Chromium is not installed ({CHROMIUM})")
+    return CHROMIUM
+
+
+def run_chromium(profile: Path, url: str, *flags: str) -> str:
+    """Chromium on ``url`` with a fresh profile; stdout (the DOM with --dump-dom)."""
+    command = [str(chromium()), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *flags, url]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout

@@ -5,8 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, Optional
@@ -14,18 +12,13 @@ from typing import Any, Optional
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import chromium, run_chromium
 from PIL import Image
 
 from builder import gallery
 from builder.benchmark import read_manifest
 from builder.cli import main
 from builder.gallery import spread, write_gallery
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-)
 
 
 class Cards(HTMLParser):
@@ -157,22 +150,6 @@ def test_no_originals_large_images_and_the_page_budget(tmp_path: Path, monkeypat
         with Image.open(io.BytesIO(decode_uri(card["images"][0][1]))) as image:
             assert image.format == "WEBP" and max(image.size) == gallery.THUMB
     assert len(page) < 12 * 20_000
-
-
-def chromium() -> Path:
-    if not CHROMIUM.exists():
-        if os.environ.get("FMR_REQUIRE_CHROMIUM") == "1":
-            pytest.fail(f"FMR_REQUIRE_CHROMIUM=1 but {CHROMIUM} is missing")
-        pytest.skip(f"headless Chromium is not installed ({CHROMIUM})")
-    return CHROMIUM
-
-
-def run_chromium(profile: Path, url: str, *flags: str) -> str:
-    """Chromium on ``url`` with a fresh profile; stdout (the DOM with --dump-dom)."""
-    command = [str(chromium()), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *flags, url]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
 
 
 def test_chromium_renders_and_filters(tiny_build: Path, tmp_path: Path) -> None:

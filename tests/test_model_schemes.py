@@ -137,6 +137,7 @@ def test_a_scheme_scored_dynamically(tiny_recipe: Path, tmp_path: Path) -> None:
     spec = ModelSpec(model=f"hf:{save_hf_model(tmp_path / 'vit')}")
     result = score_dynamic(str(tiny_recipe), spec, limit=6, bootstrap=0, progress=False, cache_dir=tmp_path / "cache")
     assert result.mode == "dynamic" and result.white_box and result.n == 6 and result.model == spec.model
+    assert result.sample_predictions is None  # its regenerated benchmark was not kept: keys of nothing
 
 
 # ----------------------------------------------------------------------------- preprocessing

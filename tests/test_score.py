@@ -10,68 +10,15 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import hand_built_benchmark
 
 from builder.benchmark import BenchmarkError
-from builder.checkpoints import weights_fingerprint
 from builder.cli import main
-from builder.fileio import sha256_file, sha256_json, write_json_atomic
-from builder.images import encode_image
 from builder.metrics import Outcomes, compute_metrics
 from builder.score import score
 from builder.trust import UntrustedCodeError
-from builder.writers import WRITERS, OutputSample, ShardSchema
-
-from tiny_models import color_net
 
 TINY_MODELS = Path(__file__).parent / "tiny_models.py"
-CLASSES = ("red", "green", "blue")
-COLOR = {0: (220, 10, 10), 1: (10, 220, 10), 2: (10, 10, 220)}
-
-
-def patch(label: int) -> np.ndarray:
-    return np.tile(np.array(COLOR[label], dtype=np.uint8), (8, 8, 1))
-
-
-def hand_built_benchmark(root: Path, rows: list[tuple[int, int, int, bool, int]], keep_originals: bool = True, fmt: str = "parquet") -> Path:
-    """rows: (label, colour of the original, colour of the perturbed image, perturbed, steps).
-    The colour decides what ColorNet predicts, so SA and PA are known exactly. ``fmt``: the one
-    output format its shards are written in."""
-    schema = ShardSchema(CLASSES, "png", keep_originals)
-    samples = []
-    for index, (label, original, shown, perturbed, steps) in enumerate(rows):
-        record = {
-            "key": f"{index:08d}", "label": label, "class_name": CLASSES[label], "source_id": f"s/{index}",
-            "reference_model": "ref", "perturbed": perturbed, "steps": steps, "stop_reason": "x", "oracle_prob": 1.0,
-            "pred_before": original, "loss_before": 0.0, "pred_after": shown, "loss_after": 0.0,
-        }
-        samples.append(OutputSample(record["key"], encode_image(patch(shown), "png"), encode_image(patch(original), "png"), record))
-    half = len(samples) // 2
-    shards = []
-    for unit, part in enumerate((samples[:half], samples[half:])):
-        writer = WRITERS.get(fmt)()
-        path = root / "ref" / f"test-{unit:05d}-of-00002{writer.suffix}"
-        writer.write(path, part, schema)
-        entry = {"path": path.relative_to(root).as_posix(), "sha256": sha256_file(path), "bytes": path.stat().st_size}
-        shards.append({"unit": unit, "num_samples": len(part), "num_perturbed": sum(s.record["perturbed"] for s in part), "files": {fmt: entry}})
-    spec = {"model": f"py:{TINY_MODELS}:color_net", "name": "ref"}
-    from builder.components.preprocess import PreprocessedClassifier, Preprocessing
-
-    reference = PreprocessedClassifier(color_net(3), Preprocessing(input_size=8), 3, spec["model"])
-    recipe = {"image_size": 8, "source": {"kind": "sklearn-digits"}, "output": {"keep_originals": keep_originals}}
-    manifest = {
-        "format": "fmr-benchmark/1",
-        "id": sha256_json(shards),
-        "class_names": list(CLASSES),
-        "recipe": recipe,
-        "recipe_sha256": sha256_json(recipe),
-        "split": "test",
-        "source_samples": len(samples),
-        "num_rejects": 0,
-        "configs": {"ref": {"reference_model": spec, "reference_weights_sha256": weights_fingerprint(reference), "shards": shards,
-                            "num_samples": len(samples), "num_perturbed": sum(s.record["perturbed"] for s in samples)}},
-    }
-    write_json_atomic(root / "manifest.json", manifest)
-    return root
 
 
 # 10 samples: 8 originals right (SA 0.8); 6 perturbed, 3 of those still right; unperturbed keep x.

@@ -55,3 +55,20 @@ class ColorNet(nn.Module):
 
 def color_net(num_classes: int) -> nn.Module:
     return ColorNet(num_classes)
+
+
+class RolledColorNet(ColorNet):
+    """ColorNet's answer moved ``shift`` classes on: a second model whose answers a test dictates
+    (another scale, so its weights are not ColorNet's)."""
+
+    def __init__(self, num_classes: int, shift: int) -> None:
+        super().__init__(num_classes)
+        self.scale = nn.Parameter(torch.tensor(49.0))
+        self.shift = shift
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.roll(super().forward(images), self.shift, dims=1)
+
+
+def rolled_color_net(num_classes: int, shift: int = 1) -> nn.Module:
+    return RolledColorNet(num_classes, shift)
