@@ -18,6 +18,7 @@ import numpy as np
 from builder.benchmark import Benchmark, BenchmarkError, open_benchmark
 from builder.errors import BuilderError
 from builder.leaderboard import SamplePredictions, load_results, result_files, sample_predictions
+from builder.manifest import generator_of
 from builder.writers.base import ATTRIBUTES_FIELD, attributes_of
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class Samples:
 
 def read_samples(bench: Benchmark, config: str) -> Samples:
     """Keys, labels, flags and attribute values through the reader of a format the config has."""
-    names = attributes_of(bench.manifest["recipe"].get("generator"))
+    names = attributes_of(generator_of(bench.manifest, config))
     columns = ["key", "label", "perturbed", "steps", *([ATTRIBUTES_FIELD] if names else [])]
     keys: list[str] = []
     labels: list[int] = []
