@@ -204,14 +204,15 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def format_summary(name: str, summary: Any) -> str:
+    width = max([14, *(len(config) + 2 for config in summary.configs)])
     lines = [
         f"built {name} -> {summary.out_dir} in {summary.seconds:.1f} s "
         f"({summary.source_samples} source samples, {summary.rejects} rejected, see rejects.jsonl)",
-        f"{'config':<14}{'samples':>8}{'perturbed':>11}{'mean steps':>12}{'SA':>8}{'PA':>8}{'FMR':>8}{'PA pert.':>10}",
+        f"{'config':<{width}}{'samples':>8}{'perturbed':>11}{'mean steps':>12}{'SA':>8}{'PA':>8}{'FMR':>8}{'PA pert.':>10}",
     ]
     for config, figures in summary.configs.items():
         lines.append(
-            f"{config:<14}{figures['num_samples']:>8}{figures['perturbed_share']:>11.1%}{figures['mean_steps']:>12.2f}"
+            f"{config:<{width}}{figures['num_samples']:>8}{figures['perturbed_share']:>11.1%}{figures['mean_steps']:>12.2f}"
             f"{figures['sa']:>8.1%}{figures['pa']:>8.1%}{figures['fmr']:>8.1f}{figures['pa_perturbed']:>10.1%}"
         )
     lines.append(

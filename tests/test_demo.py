@@ -135,3 +135,26 @@ def test_fit_mask_then_a_masked_build(tmp_path: Path) -> None:
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["recipe"]["generator"]["mask"] == str(mask)
     assert manifest["configs"]["convnext"]["num_perturbed"] > 0
+
+
+@pytest.mark.slow
+def test_the_generator_comparison_demo(tmp_path: Path) -> None:
+    """``digits-compare``: one command, one config per generator, each summarised and verified."""
+    from builder.verify import verify_benchmark
+
+    out = tmp_path / "compare"
+    result = CliRunner().invoke(main, ["run", "digits-compare", "--out", str(out), "--device", "cpu", "--no-progress", "--limit", "60"])
+    assert result.exit_code == 0, result.output
+    configs = ["convnext-attributes", "convnext-pixel", "convnext-vae", "convnext-vqgan"]
+    summary = {line.split()[0]: line.split() for line in result.output.splitlines() if line.startswith("convnext-")}
+    assert sorted(summary) == configs and all(len(row) == 8 for row in summary.values())  # samples ... FMR, PA pert.
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(manifest["configs"]) == configs
+    assert {name: manifest["configs"][name]["generator"]["kind"] for name in configs} == {
+        "convnext-attributes": "attributes", "convnext-pixel": "pixel", "convnext-vae": "vae", "convnext-vqgan": "vqgan"}
+    for name in configs:
+        figures = manifest["configs"][name]
+        assert figures["num_samples"] == 60 and float(summary[name][6]) == pytest.approx(figures["fmr"], abs=0.05)
+    report = verify_benchmark(out, oracle=True)
+    assert report.ok, report.failures
+    assert report.oracle_rates == dict.fromkeys(configs, 1.0)
