@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import logging
+import threading
 from concurrent.futures import Future
 from typing import Callable, Generic, Hashable, Iterable, TypeVar
 
@@ -60,23 +61,38 @@ class Prefetcher(Generic[K, T]):
         self.executor.shutdown(wait=True, cancel_futures=True)
 
 
+class WriteSkipped(Exception):
+    """A write not begun because an earlier one failed (that failure is the one reported)."""
+
+
 class BackgroundWriter:
     """Tasks run in order on one thread, at most ``limit`` of them submitted and unfinished:
-    :meth:`submit` waits for the oldest beyond that, and raises its error if it failed."""
+    :meth:`submit` waits for the oldest beyond that, and raises its error if it failed. After a
+    failure no later task begins, as in a serial build, which stops at its first failed write."""
 
     def __init__(self, limit: int = PENDING_WRITES) -> None:
         self.limit = limit
         self.outstanding: collections.deque[Future[object]] = collections.deque()
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="unit-writer")
+        self.failed = threading.Event()
 
     def submit(self, task: Callable[[], T]) -> Future[T]:
         while self.outstanding and self.outstanding[0].done():
             self.outstanding.popleft().result()  # a failure surfaces at the first chance
         while len(self.outstanding) >= self.limit:
             self.outstanding.popleft().result()
-        future = self.executor.submit(task)
+        future = self.executor.submit(self._guarded, task)
         self.outstanding.append(future)  # type: ignore[arg-type]
         return future
+
+    def _guarded(self, task: Callable[[], T]) -> T:
+        if self.failed.is_set():
+            raise WriteSkipped("an earlier write failed")
+        try:
+            return task()
+        except BaseException:
+            self.failed.set()
+            raise
 
     def abandon(self, futures: Iterable[Future[T]]) -> None:
         """Stop after an error or an interrupt: tasks not begun are cancelled, the one being run
@@ -84,6 +100,8 @@ class BackgroundWriter:
         running = [future for future in futures if not future.cancel()]
         concurrent.futures.wait(running)
         self.outstanding = collections.deque(future for future in self.outstanding if not future.done())
+        if not self.outstanding:
+            self.failed.clear()  # a later stream starts afresh
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
