@@ -173,21 +173,21 @@ def test_the_writer_holds_back_beyond_its_limit_and_stops_after_a_failure() -> N
             order.append(name)
         return run
 
+    futures = []
+
     def submit_third() -> None:
-        writer.submit(task("third"))
+        futures.append(writer.submit(task("third")))
         third_submitted.set()
 
     try:
-        writer.submit(task("first", after=gate))
-        writer.submit(task("second"))
+        futures += [writer.submit(task("first", after=gate)), writer.submit(task("second"))]
         submitter = threading.Thread(target=submit_third)
         submitter.start()
         assert not third_submitted.wait(0.2)  # two pending: the third waits (a slow machine only makes this pass later)
         gate.set()
         submitter.join(PATIENCE)
         assert third_submitted.is_set()
-        writer.abandon(list(writer.outstanding))
-        assert order == ["first", "second", "third"]
+        assert [future.result(PATIENCE) for future in futures] == [None] * 3 and order == ["first", "second", "third"]
 
         def fail() -> None:
             raise OSError(errno.EIO, "Input/output error")
