@@ -94,6 +94,10 @@ class BackgroundWriter:
             self.failed.set()
             raise
 
+    def finish(self, futures: Iterable[Future[T]]) -> None:
+        """Wait for these tasks, whatever their outcome (after a failure, later ones are skipped)."""
+        concurrent.futures.wait(list(futures))
+
     def abandon(self, futures: Iterable[Future[T]]) -> None:
         """Stop after an error or an interrupt: tasks not begun are cancelled, the one being run
         finishes (a shard or stats file is written whole or not at all either way)."""

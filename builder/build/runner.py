@@ -200,7 +200,10 @@ class UnitRunner:
                     yield [future.result() for future in pending.popleft()]
             while pending:
                 yield [future.result() for future in pending.popleft()]
-        finally:  # an error or an interrupt: no write is begun after it, none is left half done
+        except Exception:  # the units already perturbed are written, as a serial build had written them
+            self.writer.finish([future for futures in pending for future in futures])
+            raise
+        finally:  # an interrupt (or a stream closed early): no write begins after it, none is left half done
             self.writer.abandon([future for futures in pending for future in futures])
 
     def _inputs(self, jobs: Iterable[Job], upcoming: Sequence[WorkUnit]) -> Iterator[tuple[WorkUnit, list[str], UnitInput]]:
