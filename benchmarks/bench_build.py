@@ -16,6 +16,11 @@ ViT-B/32 over 1000 prompts and a timm ConvNeXt, built by ``build_throughput.comp
   can be told apart from a difference of algorithm;
 - **floor**: what a step cannot avoid, each part timed alone at the engine's batch size: decoder
   forward + backward to the latent, reference model forward + backward, oracle forward;
+- **whole build** (``--only build``): digits-demo built by ``build_benchmark`` in this process
+  (one worker), its wall time against the engine's alone (``UnitRunner._perturb_unit``: the
+  engine and its results to the host), with the time the reader thread spent reading and
+  decoding and the writer thread encoding and writing, which the build overlaps with the
+  engine: how much of that I/O stayed hidden, and what the units cost beyond the engine;
 - **RSS**: the engine over N, then 4N images (in batches that divide N), each in a fresh
   subprocess, outputs kept as a unit's are until written: memory should not grow with N. The
   peak is the child's own VmHWM from /proc, reset after loading to give the engine's peak
@@ -43,6 +48,7 @@ the floor and so inside the overhead; it is timed too and shown in the JSON.
     python benchmarks/bench_build.py                       # CPU preset, < 10 min on 2 cores
     python benchmarks/bench_build.py --device cuda --json bench_build_gpu.json   # GPU preset
     python benchmarks/bench_build.py --only real --real-images 2 --real-budget 1   # quick look
+    python benchmarks/bench_build.py --only build --demo-budget 2 --build-images 40   # a whole build, quickly
 
 ``--preset cpu|gpu`` (default from ``--device``) sets the sizes; each can be overridden. The
 GPU preset runs the real-size components at the paper's budget (50 steps) on 64 images. No
@@ -62,6 +68,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -101,6 +108,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "real_reps": 1,
         "real_repeats": 1,
         "real_warmup": 0,  # a CPU needs none for these sizes; the floor's first round comes first anyway
+        "build_images": 60,  # whole build: digits-demo on this many images (at demo_budget, demo_batch_size) ...
+        "build_shard": 20,  # ... in units of this many, so that reads and writes can overlap the engine
     },
     "gpu": {
         "demo_images": 450,  # the whole test split, in three batches of the recipe's size
@@ -125,6 +134,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "real_reps": 3,
         "real_repeats": 1,
         "real_warmup": 2,
+        "build_images": 450,
+        "build_shard": 90,
     },
 }
 
@@ -666,6 +677,74 @@ def measure_suite(which: str, settings: dict[str, Any], log: Callable[[str], Non
     return figures
 
 
+# --------------------------------------------------------------------------- a whole build
+
+
+class Stopwatch:
+    """Seconds spent inside wrapped functions, per name, summed over the threads that call them."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.lock = threading.Lock()
+
+    def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed_call(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with self.lock:
+                    self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+        return timed_call
+
+
+def measure_whole_build(settings: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    """digits-demo built whole, in this process: build, units, engine, reads, encoding, writes."""
+    import builder.build.driver as driver
+    import builder.build.runner as runner
+    from builder.build import BuildOptions, build_benchmark
+    from builder.build.plan import Execution
+    from builder.paths import default_cache_dir
+    from builder.recipes import load_recipe
+
+    budget, shard, count = settings["demo_budget"], settings["build_shard"], settings["build_images"]
+    loaded = load_recipe("digits-demo", (f"perturbation.budget={budget}", f"output.samples_per_shard={shard}"))
+    watch = Stopwatch()
+    wrapped = {"units": (driver, "dispatch"), "engine": (runner.UnitRunner, "_perturb_unit"), "read": (runner, "read_unit"),
+               "encode": (runner, "encode_image"), "write": (runner.UnitRunner, "_write_unit")}
+    saved = {name: getattr(owner, attribute) for name, (owner, attribute) in wrapped.items()}
+    try:
+        for name, (owner, attribute) in wrapped.items():
+            setattr(owner, attribute, watch.wrap(name, saved[name]))
+        with tempfile.TemporaryDirectory() as tmp:
+            options = BuildOptions(out_dir=Path(tmp) / "out", device=settings["device"], cache_dir=default_cache_dir(),
+                                   batch_size=settings["demo_batch_size"], limit=count, progress=False)
+            wall, _, summary = timed(lambda: build_benchmark(loaded, options, Execution(workers=1)), settings["device"])
+    finally:
+        for name, (owner, attribute) in wrapped.items():
+            setattr(owner, attribute, saved[name])
+    t = {name: watch.seconds.get(name, 0.0) for name in wrapped}
+    io = t["read"] + t["encode"] + t["write"]
+    figures = {"images": count, "samples_per_shard": shard, "units": -(-count // shard), "budget": budget,
+               "batch_size": settings["demo_batch_size"], "configs": len(loaded.recipe.reference_models),
+               "build_seconds": wall, **{f"{name}_seconds": value for name, value in t.items()},
+               "serial_estimate_seconds": t["engine"] + io,
+               "io_hidden_share": (t["engine"] + io - t["units"]) / io if io else None,
+               "units_over_engine": t["units"] / t["engine"] - 1 if t["engine"] else None}
+    log(whole_build_line(figures))
+    return figures
+
+
+def whole_build_line(f: dict[str, Any]) -> str:
+    hidden = "-" if f["io_hidden_share"] is None else f"{f['io_hidden_share']:.0%}"
+    beyond = "-" if f["units_over_engine"] is None else f"{f['units_over_engine']:+.1%}"
+    return (f"whole build (digits-demo, {f['images']} images in {f['units']} units x {f['configs']} configs, budget {f['budget']}, "
+            f"batch {f['batch_size']}): {f['build_seconds']:.1f}s, of which units {f['units_seconds']:.1f}s; engine alone "
+            f"{f['engine_seconds']:.1f}s; reader thread {f['read_seconds']:.1f}s, writer thread encoding {f['encode_seconds']:.1f}s "
+            f"+ writing {f['write_seconds']:.1f}s; waiting on all of that would take ~{f['serial_estimate_seconds']:.1f}s: "
+            f"{hidden} of the I/O hidden, units {beyond} over the engine")
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -748,7 +827,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="sizes (default: gpu for cuda, else cpu)")
-    parser.add_argument("--only", choices=["demo", "real"], action="append", help="run only these component sets")
+    parser.add_argument("--only", choices=["demo", "real", "build"], action="append",
+                        help="run only these measurements (component sets, or a whole build)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--demo-model", default="convnext", help="digits-demo reference model")
     parser.add_argument("--real-model", default="convnext_tiny", help="timm model of the real-size reference")
@@ -773,8 +853,11 @@ def main() -> None:
         print(f"[{time.perf_counter() - began:6.1f}s] {text}", file=sys.stderr, flush=True)
 
     log(f"torch {torch.__version__}, {args.device} ({device_name(args.device)}), {torch.get_num_threads()} threads, preset {settings['preset']}")
-    results = {}
-    for which in args.only or ["demo", "real"]:
+    results, whole_build = {}, None
+    for which in args.only or ["demo", "real", "build"]:
+        if which == "build":
+            whole_build = measure_whole_build(settings, log)
+            continue
         figures = measure_suite(which, settings, log)
         results["digits-demo" if which == "demo" else "real-size"] = figures
     report = {
@@ -789,12 +872,16 @@ def main() -> None:
         "tf32": {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32},
         "settings": settings,
         "results": results,
+        "whole_build": whole_build,
         "wall_seconds": time.perf_counter() - began,
     }
     print(f"\nbench_build on {report['device_name']} ({args.device}), torch {torch.__version__}, "
           f"{report['torch_threads']} threads, {os.cpu_count()} CPUs, preset {settings['preset']}, seed {settings['seed']}; "
           f"load average {load_start[0]:.1f} at the start, {report['load_average_end'][0]:.1f} at the end\n")
-    print(table(results, args.device))
+    if results:
+        print(table(results, args.device))
+    if whole_build is not None:
+        print(whole_build_line(whole_build))
     print(f"\nwall time {report['wall_seconds']:.0f}s")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=float) + "\n")

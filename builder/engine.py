@@ -16,6 +16,11 @@ no sample is left waiting, runs on a smaller batch.
 
 Precision: under ``bf16`` the decoder, the oracle and the reference model run in bfloat16
 autocast; the latent, the loss, the gradient and the step stay in float32.
+
+Host-device syncs: a step reads back only its decisions, the oracle's verdicts (before the
+gradient is computed) and whether each gradient is finite. The bookkeeping (who holds a slot,
+steps, stop reasons) is mirrored on the host, and rows are picked with ``nonzero_static`` of a
+size the host already knows, so no boolean-mask indexing waits for the device.
 """
 
 from __future__ import annotations
@@ -134,23 +139,52 @@ def at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
 
 
-def _decode_judge_grad(
-    generator: Generator, oracle: Oracle, model: Classifier, latent: torch.Tensor, labels: torch.Tensor, precision: str
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One decode: (images on the pixel grid, oracle verdict, d loss / d latent for accepted rows)."""
+def rows_of(mask: torch.Tensor, count: int) -> Optional[torch.Tensor]:
+    """The positions of a 1-D ``mask`` holding ``count`` (known on the host) true values, without
+    a sync; None when every row is true (the caller then takes the tensor as it is)."""
+    if count == len(mask):
+        return None
+    return torch.nonzero_static(mask, size=count).squeeze(1)
+
+
+def pick(tensor: torch.Tensor, rows: Optional[torch.Tensor]) -> torch.Tensor:
+    return tensor if rows is None else tensor[rows]
+
+
+@dataclass
+class _Decoded:
+    """One decode of the slots' samples (``index``, with ``fresh`` of them new) and its verdicts."""
+
+    index: torch.Tensor
+    samples: list[int]  # ``index`` on the host
+    fresh: int
+    images: torch.Tensor
+    accepted: torch.Tensor
+    verdicts: list[bool]  # ``accepted`` on the host: the step's one read-back before the gradient
+    latent: torch.Tensor
+    gradient: torch.Tensor
+
+
+def _decode_judge_grad(generator: Generator, oracle: Oracle, model: Classifier, latent: torch.Tensor, labels: torch.Tensor,
+                       precision: str) -> tuple[torch.Tensor, torch.Tensor, list[bool], torch.Tensor]:
+    """One decode: (images on the pixel grid, oracle verdict, the verdict on the host, d loss /
+    d latent for accepted rows)."""
     latent = latent.detach().requires_grad_(True)
     with torch.enable_grad():
         with autocast_for(precision, latent.device):
             decoded = generator.decode(latent)
         images = to_pixel_grid(decoded.to(latent.dtype))
         accepted, _ = oracle.judge(images.detach(), labels)
+        verdicts = accepted.tolist()  # the accept decision: this step's sync
         gradient = torch.zeros_like(latent)
-        if accepted.any():
+        count = sum(verdicts)
+        if count:
+            rows = rows_of(accepted, count)
             with autocast_for(precision, latent.device):
-                logits = model(images[accepted])
-            loss = F.cross_entropy(at_least_fp32(logits), labels[accepted], reduction="sum")
+                logits = model(pick(images, rows))
+            loss = F.cross_entropy(at_least_fp32(logits), pick(labels, rows), reduction="sum")
             gradient = torch.autograd.grad(loss, latent)[0].to(latent.dtype)
-    return images.detach(), accepted, gradient
+    return images.detach(), accepted, verdicts, gradient
 
 
 def _score(model: Classifier, images: torch.Tensor, labels: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,7 +200,7 @@ class _Slots:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype, keep_latents: bool,
                  describe: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> None:
         n, device = len(labels), labels.device
-        self.images, self.labels, self.dtype, self.keep_latents = images, labels, dtype, keep_latents
+        self.labels, self.dtype, self.keep_latents = labels, dtype, keep_latents
         self.describe = describe  # latent -> (N, P) named parameters, recorded for every sample
         self.attributes: Optional[torch.Tensor] = None
         self.final = images.to(device, copy=True)  # uint8: every judged image is on the 8-bit grid
@@ -177,13 +211,17 @@ class _Slots:
         self.reasons = [STOP_NOT_ACCEPTED] * n
         self.latent_start: Optional[torch.Tensor] = None
         self.latent_final: Optional[torch.Tensor] = None
+        self.steps_host = [0] * n  # ``steps`` mirrored on the host: the budget decision needs no sync
         self.waiting = 0  # samples [waiting, n) have not had a slot yet
         self.active = torch.zeros(0, dtype=torch.long, device=device)  # samples holding a slot
+        self.active_host: list[int] = []  # ``active`` on the host
         self.latent: Optional[torch.Tensor] = None  # their current (accepted) latents
         self.gradient: Optional[torch.Tensor] = None
 
-    def originals(self, index: torch.Tensor) -> torch.Tensor:
-        return self.images[index.to(self.images.device)].to(self.labels.device).to(self.dtype) / 255
+    def originals(self, start: int, stop: int) -> torch.Tensor:
+        """Samples [start, stop) as they came, from ``final`` (already on the device, and untouched
+        until a sample is admitted): no index goes to the host, no image comes from it."""
+        return self.final[start:stop].to(self.dtype) / 255
 
     def record_latents(self, index: torch.Tensor, latent: torch.Tensor, start: bool) -> None:
         if self.describe is not None:
@@ -209,8 +247,8 @@ def _admit(
     index = torch.arange(slots.waiting, slots.waiting + count, device=slots.labels.device)
     if count == 0:
         return index, None
+    originals = slots.originals(slots.waiting, slots.waiting + count)
     slots.waiting += count
-    originals = slots.originals(index)
     slots.pred_before[index], loss = _score(model, originals, slots.labels[index], precision)
     slots.loss_before[index] = loss.to(slots.dtype)
     with torch.no_grad():
@@ -224,17 +262,24 @@ def _admit(
     return index, latent
 
 
-def _candidates(slots: _Slots, generator: Generator, config: PerturbationConfig, mask: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The next latent of every sample holding a slot whose gradient is finite; the others stop."""
-    if slots.latent is None or slots.gradient is None or len(slots.active) == 0:
-        return torch.zeros(0, dtype=torch.long, device=slots.labels.device), torch.zeros(0, device=slots.labels.device)
+def _candidates(slots: _Slots, generator: Generator, config: PerturbationConfig,
+                mask: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """The next latent of every sample holding a slot whose gradient is finite, and those samples
+    (on the device and on the host); the others stop. Finiteness is read back: a stop decision."""
+    device = slots.labels.device
+    if slots.latent is None or slots.gradient is None or not slots.active_host:
+        return torch.zeros(0, dtype=torch.long, device=device), torch.zeros(0, device=device), []
     finite = torch.isfinite(slots.gradient.flatten(1)).all(dim=1)
-    for index in slots.active[~finite].tolist():
-        slots.reasons[index] = STOP_NON_FINITE
-    direction = step_direction(slots.gradient[finite], config.direction)
+    flags = finite.tolist()
+    going = [sample for sample, ok in zip(slots.active_host, flags, strict=True) if ok]
+    for sample, ok in zip(slots.active_host, flags, strict=True):
+        if not ok:
+            slots.reasons[sample] = STOP_NON_FINITE
+    rows = rows_of(finite, len(going))
+    direction = step_direction(pick(slots.gradient, rows), config.direction)
     if mask is not None:
         direction = direction * mask
-    return slots.active[finite], move(generator, slots.latent[finite], direction, config.step_size)
+    return pick(slots.active, rows), move(generator, pick(slots.latent, rows), direction, config.step_size), going
 
 
 def perturb_batch(
@@ -262,38 +307,48 @@ def perturb_batch(
     width = max(1, batch_size or len(labels))
     precision = config.precision
     oracle = judging_in(precision, oracle)  # the oracle judges in the build's precision, as verify re-judges
-    while slots.waiting < len(labels) or len(slots.active):
-        held = len(slots.active)
-        old, moved = _candidates(slots, generator, config, mask)
-        new, fresh = _admit(slots, generator, model, min(width - len(old), len(labels) - slots.waiting), mask, precision)
+    while slots.waiting < len(labels) or slots.active_host:
+        held = len(slots.active_host)
+        old, moved, old_host = _candidates(slots, generator, config, mask)
+        first = slots.waiting
+        new, fresh = _admit(slots, generator, model, min(width - len(old_host), len(labels) - slots.waiting), mask, precision)
         index = torch.cat([old, new])
         if len(index):
-            latent = moved if fresh is None else torch.cat([moved.to(fresh.dtype), fresh]) if len(old) else fresh
-            decoded, accepted, gradient = _decode_judge_grad(generator, oracle, model, latent, labels[index], precision)
-            is_new = torch.arange(len(index), device=index.device) >= len(old)
-            _settle(slots, index, is_new, accepted, decoded, latent, gradient, config.budget)
+            latent = moved if fresh is None else torch.cat([moved.to(fresh.dtype), fresh]) if old_host else fresh
+            decoded, accepted, verdicts, gradient = _decode_judge_grad(generator, oracle, model, latent, labels[index], precision)
+            samples = old_host + list(range(first, slots.waiting))
+            _settle(slots, _Decoded(index, samples, len(new), decoded, accepted, verdicts, latent, gradient), config.budget)
         else:
-            slots.active, slots.latent, slots.gradient = old, None, None
-        if on_done is not None and held + len(new) > len(slots.active):
-            on_done(held + len(new) - len(slots.active))
+            slots.active, slots.active_host, slots.latent, slots.gradient = old, [], None, None
+        if on_done is not None and held + len(new) > len(slots.active_host):
+            on_done(held + len(new) - len(slots.active_host))
     return _finish(slots, oracle, model, width, precision)
 
 
-def _settle(slots: _Slots, index: torch.Tensor, is_new: torch.Tensor, accepted: torch.Tensor, decoded: torch.Tensor,
-            latent: torch.Tensor, gradient: torch.Tensor, budget: int) -> None:
-    """Apply one decode's verdicts: who moved, who stopped, who holds a slot for the next step."""
-    accepted_new, accepted_old = accepted & is_new, accepted & ~is_new
-    slots.perturbed[index[accepted_new]] = True
-    slots.steps[index[accepted_old]] += 1
-    for position in torch.nonzero(~accepted & ~is_new).squeeze(1).tolist():
-        slots.reasons[int(index[position])] = STOP_REJECTED
-    for position in torch.nonzero(accepted).squeeze(1).tolist():
-        slots.reasons[int(index[position])] = STOP_BUDGET
-    kept = index[accepted]
-    slots.final[kept] = torch.round(decoded[accepted] * 255).to(torch.uint8)
-    slots.record_latents(kept, latent[accepted], start=False)
-    going_on = slots.steps[kept] < budget
-    slots.active, slots.latent, slots.gradient = kept[going_on], latent[accepted][going_on], gradient[accepted][going_on]
+def _settle(slots: _Slots, step: _Decoded, budget: int) -> None:
+    """Apply one decode's verdicts: who moved, who stopped, who holds a slot for the next step.
+    The decisions are taken on the host (``verdicts``, ``steps_host``); the device follows them."""
+    old = len(step.samples) - step.fresh
+    is_new = torch.arange(len(step.samples), device=step.index.device) >= old
+    slots.perturbed[step.index] |= step.accepted & is_new
+    slots.steps[step.index] += (step.accepted & ~is_new).to(slots.steps.dtype)
+    kept, going = [], []
+    for position, (sample, ok) in enumerate(zip(step.samples, step.verdicts, strict=True)):
+        if not ok:
+            if position < old:
+                slots.reasons[sample] = STOP_REJECTED
+            continue
+        slots.reasons[sample] = STOP_BUDGET
+        slots.steps_host[sample] += position < old
+        kept.append(sample)
+        going.append(slots.steps_host[sample] < budget)
+    rows = rows_of(step.accepted, len(kept))
+    kept_index, latent, gradient = pick(step.index, rows), pick(step.latent, rows), pick(step.gradient, rows)
+    slots.final[kept_index] = torch.round(pick(step.images, rows) * 255).to(torch.uint8)
+    slots.record_latents(kept_index, latent, start=False)
+    on = rows_of(slots.steps[kept_index] < budget, sum(going))
+    slots.active, slots.latent, slots.gradient = pick(kept_index, on), pick(latent, on), pick(gradient, on)
+    slots.active_host = [sample for sample, goes in zip(kept, going, strict=True) if goes]
 
 
 def _finish(slots: _Slots, oracle: Oracle, model: Classifier, width: int, precision: str) -> PerturbationResult:

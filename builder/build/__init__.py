@@ -55,6 +55,9 @@ def build_benchmark(loaded: LoadedRecipe, options: BuildOptions, execution: Opti
                     if pool is not None and reference is not None:
                         dispatch(plan, pool, reference, bar, tallies)
                 except KeyboardInterrupt:
+                    if pool is not None:  # its pending writes settle first: the manifest lists what is there
+                        pool.close()
+                        pool = None
                     write_partial_manifest(plan)
                     raise
                 finally:

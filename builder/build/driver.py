@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
-from typing import Any, Hashable
+from typing import Any, Hashable, Optional
 
 from builder.build.executors.base import UnitResult, WorkerDied, WorkerInfo, WorkerPool
 from builder.build.plan import BuildPlan
@@ -34,7 +34,7 @@ def dispatch(plan: BuildPlan, pool: WorkerPool, reference: WorkerInfo, bar: Any,
     while queue or inflight:
         while queue and len(inflight) < pool.capacity:
             unit, configs = queue.popleft()
-            inflight[pool.submit(unit, configs)] = (unit, configs)
+            inflight[pool.submit(unit, configs, next_for_worker(queue, pool.capacity))] = (unit, configs)
         died = False
         for handle, outcome in pool.wait(list(inflight)):
             unit, configs = inflight.pop(handle)
@@ -52,6 +52,12 @@ def dispatch(plan: BuildPlan, pool: WorkerPool, reference: WorkerInfo, bar: Any,
             for unit, configs in inflight.values():  # the restart lost them too
                 queue.appendleft((unit, configs))
             inflight.clear()
+
+
+def next_for_worker(queue: collections.deque[tuple[WorkUnit, list[str]]], capacity: int) -> Optional[WorkUnit]:
+    """The unit a worker just handed one is likely to get next: with ``capacity`` workers taking
+    units in turn, the others take the first ``capacity - 1`` of the queue before it is free again."""
+    return queue[capacity - 1][0] if len(queue) >= capacity else None
 
 
 def _requeue(plan: BuildPlan, queue: Any, unit: WorkUnit, configs: list[str], count: int, error: WorkerDied) -> None:

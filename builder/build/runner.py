@@ -4,20 +4,28 @@ A runner owns its source reader and its loaded components, so it can live in-pro
 spawned process or in a Ray actor alike. For each config it writes the unit's shard files
 atomically and then the unit's ``_stats`` file: the stats file is written last, so it marks
 the unit complete and is the record a resume and the finalizer read.
+
+The engine never waits on I/O (:mod:`builder.build.pipeline`): the next unit is decoded on a
+reader thread while this one is perturbed, and each config's images are encoded and its files
+written on a writer thread while the engine goes on, a bounded number behind it.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
+import itertools
 import logging
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Generator, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
 from builder.build.executors.base import current_worker_info
+from builder.build.pipeline import READ_AHEAD, BackgroundWriter, Prefetcher
 from builder.build.plan import RunnerSettings
 from builder.build.tally import ConfigTally
 from builder.build.units import WorkUnit, sample_key
@@ -39,6 +47,8 @@ log = logging.getLogger(__name__)
 
 #: called with the number of source samples just finished (perturbed or rejected)
 Progress = Callable[[int], None]
+#: a work unit and the configs to build it for
+Job = tuple[WorkUnit, list[str]]
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,16 @@ class UnitInput:
     indices: list[int]
     source_ids: list[str]
     rejects: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Perturbed:
+    """One config's engine results for a unit, on the host, waiting to be encoded and written."""
+
+    finals: np.ndarray  # uint8 (N, H, W, 3)
+    attributes: list[list[float]]
+    columns: dict[str, list[Any]]
+    stop_reason: list[str]
 
 
 @dataclass(frozen=True)
@@ -150,31 +170,80 @@ class UnitRunner:
         self.storage = open_storage(settings.out_dir, settings.storage_options)
         self.components = load_components(recipe, self.context, compile_decoder=settings.compile)
         self.info = current_worker_info(self.fingerprints, settings.device)
+        self.reader: Prefetcher[WorkUnit, UnitInput] = Prefetcher(self._read)
+        self.writer = BackgroundWriter()
 
     @property
     def fingerprints(self) -> dict[str, str]:
         """The weights of each config's reference model, by config name."""
         return {name: self.components.fingerprints[config.model.config_name] for name, config in self.configs.items()}
 
-    def run(self, unit: WorkUnit, configs: list[str], progress: Optional[Progress] = None) -> list[dict[str, Any]]:
-        """Build ``unit`` for each of ``configs``; returns the stats written, one per config."""
-        recipe = self.settings.recipe
-        inputs = read_unit(self.source, unit, recipe.image_size, self.settings.class_names)
-        written = []
-        for name in configs:
-            samples = list(self._perturb_unit(name, inputs, progress))
-            if progress is not None and inputs.rejects:
-                progress(len(inputs.rejects))
-            written.append(self._write_unit(unit, name, samples, inputs.rejects))
+    def close(self) -> None:
+        """Stop the reader and writer threads (pending writes finish, reads not begun are dropped)."""
+        self.reader.close()
+        self.writer.close()
+
+    def run(self, unit: WorkUnit, configs: list[str], progress: Optional[Progress] = None,
+            upcoming: Optional[WorkUnit] = None) -> list[dict[str, Any]]:
+        """Build ``unit`` for each of ``configs``; returns the stats written, one per config.
+        ``upcoming``, the unit this runner is likely to get next, is read in the background."""
+        [written] = self.run_many([(unit, configs)], progress, upcoming=(upcoming,) if upcoming else ())
         return written
 
-    def _perturb_unit(self, name: str, inputs: UnitInput, progress: Optional[Progress]) -> Iterator[OutputSample]:
+    def run_many(self, jobs: Iterable[Job], progress: Optional[Progress] = None,
+                 upcoming: Sequence[WorkUnit] = ()) -> Generator[list[dict[str, Any]], None, None]:
+        """Build each (unit, configs) of ``jobs`` in order, yielding a unit's stats (one per config)
+        once they are written. The next job's unit is read while this one is perturbed, and each
+        config's shards are encoded and written in the background while the engine goes on; a unit
+        is yielded when the next one has been perturbed (or the jobs ran out). ``jobs`` is drawn
+        lazily, one ahead; ``upcoming`` is read after the last job, for a later call."""
+        pending: collections.deque[list[Future[dict[str, Any]]]] = collections.deque()
+        try:
+            for unit, configs, inputs in self._inputs(jobs, upcoming):
+                pending.append([self._perturb_then_write(unit, name, inputs, progress) for name in configs])
+                while len(pending) > 1:
+                    yield [future.result() for future in pending.popleft()]
+            while pending:
+                yield [future.result() for future in pending.popleft()]
+        except Exception:  # the units already perturbed are written, as a serial build had written them
+            self.writer.finish([future for futures in pending for future in futures])
+            raise
+        finally:  # an interrupt (or a stream closed early): no write begins after it, none is left half done
+            self.writer.abandon([future for futures in pending for future in futures])
+
+    def _inputs(self, jobs: Iterable[Job], upcoming: Sequence[WorkUnit]) -> Iterator[tuple[WorkUnit, list[str], UnitInput]]:
+        """Each job with its decoded unit, the next ``READ_AHEAD`` jobs' units being read meanwhile."""
+        source = iter(jobs)
+        ahead: collections.deque[Job] = collections.deque()
+        while True:
+            ahead.extend(itertools.islice(source, READ_AHEAD + 1 - len(ahead)))
+            if not ahead:
+                return
+            for job in ahead:  # the current one first: the reader takes them in order
+                self.reader.start(job[0])
+            if len(ahead) == 1:
+                for unit in upcoming:
+                    self.reader.start(unit)
+            unit, configs = ahead.popleft()
+            yield unit, configs, self.reader.take(unit)
+
+    def _read(self, unit: WorkUnit) -> UnitInput:
+        return read_unit(self.source, unit, self.settings.recipe.image_size, self.settings.class_names)
+
+    def _perturb_then_write(self, unit: WorkUnit, name: str, inputs: UnitInput, progress: Optional[Progress]) -> Future[dict[str, Any]]:
+        """Perturb the unit for config ``name`` here; encode and write it on the writer thread."""
+        perturbed = self._perturb_unit(name, inputs, progress)
+        if progress is not None and inputs.rejects:
+            progress(len(inputs.rejects))
+        return self.writer.submit(lambda: self._write_unit(unit, name, list(self._samples(name, inputs, perturbed)), inputs.rejects))
+
+    def _perturb_unit(self, name: str, inputs: UnitInput, progress: Optional[Progress]) -> Perturbed:
         """Every sample of the unit through the engine, ``batch_size`` slots kept full."""
         import torch
 
         from builder.engine import perturb_batch
 
-        parts, config, schema = self.components, self.configs[name], self.schemas[name]
+        parts, config = self.components, self.configs[name]
         device = self.settings.device
         images = to_nchw(inputs.pixels)
         labels = torch.from_numpy(inputs.labels).to(device)
@@ -182,11 +251,19 @@ class UnitRunner:
         mask = getattr(generator, "mask", None)
         result = perturb_batch(generator, parts.oracle, model, images, labels, config.perturbation,
                                mask=mask, batch_size=self.settings.batch_size, keep_latents=False, on_done=progress)
-        finals = result.images.permute(0, 2, 3, 1).cpu().numpy()
-        attributes = result.attributes.float().cpu().tolist()  # float32: the values the Parquet column holds
         columns = {field: getattr(result, field).cpu().tolist() for field in
                    ("perturbed", "steps", "oracle_prob", "pred_before", "loss_before", "pred_after", "loss_after")}
-        fmt = schema.image_format
+        return Perturbed(
+            finals=result.images.permute(0, 2, 3, 1).cpu().numpy(),
+            attributes=result.attributes.float().cpu().tolist(),  # float32: the values the Parquet column holds
+            columns=columns,
+            stop_reason=list(result.stop_reason),
+        )
+
+    def _samples(self, name: str, inputs: UnitInput, perturbed: Perturbed) -> Iterator[OutputSample]:
+        """The unit's output samples for config ``name``: records and encoded images (slow: PNG or WebP)."""
+        config, schema = self.configs[name], self.schemas[name]
+        columns, fmt = perturbed.columns, schema.image_format
         for row, original in enumerate(inputs.pixels):
             record: dict[str, Any] = {
                 "key": sample_key(inputs.indices[row]),
@@ -196,7 +273,7 @@ class UnitRunner:
                 "reference_model": config.model.config_name,
                 "perturbed": bool(columns["perturbed"][row]),
                 "steps": int(columns["steps"][row]),
-                "stop_reason": result.stop_reason[row],
+                "stop_reason": perturbed.stop_reason[row],
                 "oracle_prob": round(float(columns["oracle_prob"][row]), 6),
                 "pred_before": int(columns["pred_before"][row]),
                 "loss_before": round(float(columns["loss_before"][row]), 6),
@@ -204,9 +281,9 @@ class UnitRunner:
                 "loss_after": round(float(columns["loss_after"][row]), 6),
             }
             if schema.attributes:
-                record[ATTRIBUTES_FIELD] = dict(zip(schema.attributes, attributes[row], strict=True))
+                record[ATTRIBUTES_FIELD] = dict(zip(schema.attributes, perturbed.attributes[row], strict=True))
             original_bytes = encode_image(original, fmt) if schema.keep_originals else None
-            yield OutputSample(record["key"], encode_image(finals[row], fmt), original_bytes, record)
+            yield OutputSample(record["key"], encode_image(perturbed.finals[row], fmt), original_bytes, record)
 
     def _write_unit(self, unit: WorkUnit, name: str, samples: list[OutputSample], rejects: list[dict[str, Any]]) -> dict[str, Any]:
         """The unit's shard of ``name`` in every format, then its stats file (last: it marks completion).

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
@@ -12,6 +11,21 @@ MAX_PIXELS = 89_478_485  # PIL's own decompression-bomb threshold, applied per i
 
 class SampleRejected(Exception):
     """A sample that cannot be used; its reason goes to rejects.jsonl."""
+
+
+def bomb_reason() -> str:
+    return f"image exceeds the {MAX_PIXELS} pixel limit (decompression bomb guard)"
+
+
+def check_pixels(width: int, height: int) -> None:
+    """Reject an image above Pillow's decompression-bomb limit (which Pillow only warns about up
+    to twice that) or above ``MAX_PIXELS``, before its pixels are decoded."""
+    from PIL import Image
+
+    if Image.MAX_IMAGE_PIXELS is not None and max(1, width) * max(1, height) > Image.MAX_IMAGE_PIXELS:
+        raise SampleRejected(bomb_reason())
+    if width * height > MAX_PIXELS:
+        raise SampleRejected(f"image of {width}x{height} pixels exceeds the {MAX_PIXELS} pixel limit")
 
 
 def _to_rgb(image: Any) -> Any:
@@ -34,22 +48,20 @@ def _to_rgb(image: Any) -> Any:
 
 def load_rgb(loader: Any, image_size: int) -> np.ndarray:
     """``loader()`` -> uint8 array (image_size, image_size, 3): EXIF-upright, shorter side
-    resized (bicubic) and centre-cropped. Raises :class:`SampleRejected` with a reason."""
+    resized (bicubic) and centre-cropped. Raises :class:`SampleRejected` with a reason.
+    Thread-safe (the runner decodes on a reader thread): the pixel limits are checked here,
+    not by turning Pillow's bomb warning into an error, which would change process-wide state."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with loader() as opened:
-                width, height = opened.size
-                if width * height > MAX_PIXELS:
-                    raise SampleRejected(f"image of {width}x{height} pixels exceeds the {MAX_PIXELS} pixel limit")
-                opened.load()
-                image = _to_rgb(ImageOps.exif_transpose(opened))
+        with loader() as opened:
+            check_pixels(*opened.size)
+            opened.load()
+            image = _to_rgb(ImageOps.exif_transpose(opened))
     except SampleRejected:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise SampleRejected(f"image exceeds the {MAX_PIXELS} pixel limit (decompression bomb guard)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # the warning: under -W error
+        raise SampleRejected(bomb_reason()) from None
     except UnidentifiedImageError as error:
         raise SampleRejected(f"not a readable image ({type(error).__name__})") from None
     except (OSError, ValueError, SyntaxError, EOFError) as error:

@@ -51,8 +51,9 @@ class WorkerPool(Protocol):
         output dir is touched) and return what the first of them loaded."""
         ...
 
-    def submit(self, unit: WorkUnit, configs: list[str]) -> Hashable:
-        """Start ``unit``; returns a handle for :meth:`wait`."""
+    def submit(self, unit: WorkUnit, configs: list[str], upcoming: Optional[WorkUnit] = None) -> Hashable:
+        """Start ``unit``; returns a handle for :meth:`wait`. ``upcoming`` is the driver's guess
+        of the unit that this unit's worker gets next (read ahead there while this one runs)."""
         ...
 
     def wait(self, handles: list[Hashable]) -> list[tuple[Hashable, Any]]:

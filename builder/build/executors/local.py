@@ -9,6 +9,7 @@ GPUs each process takes its own; on CPU the threads are split between the proces
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import itertools
 import logging
@@ -16,7 +17,7 @@ import multiprocessing
 import os
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
-from typing import Any, Callable, Hashable, Optional
+from typing import Any, Callable, Generator, Hashable, Iterator, Optional
 
 from builder.build.executors.base import UnitResult, WorkerDied, WorkerInfo
 from builder.build.plan import RunnerSettings
@@ -26,15 +27,20 @@ log = logging.getLogger(__name__)
 
 
 class InProcessPool:
-    """One runner in this process; units run when submitted, with progress per batch."""
+    """One runner in this process, streaming: units run while the driver waits, and up to
+    ``capacity`` are in flight (one being written, one perturbed, one read), so the runner
+    overlaps the I/O of the units around the one it perturbs (see :meth:`UnitRunner.run_many`).
+    Errors (and Ctrl-C) reach the driver directly; progress is reported per batch."""
 
-    capacity = 1
+    capacity = 3
     streams_progress = True
 
     def __init__(self, settings: RunnerSettings, progress: Optional[Callable[[int], None]] = None) -> None:
         self.settings, self.progress = settings, progress
         self.runner: Any = None
-        self.done: dict[int, Any] = {}
+        self.queue: collections.deque[tuple[WorkUnit, list[str]]] = collections.deque()
+        self.order: collections.deque[tuple[Hashable, WorkUnit]] = collections.deque()  # submitted, not yet done
+        self.stream: Optional[Generator[list[dict[str, Any]], None, None]] = None
         self.handles = itertools.count()
 
     def probe(self) -> WorkerInfo:
@@ -44,21 +50,43 @@ class InProcessPool:
             self.runner = UnitRunner(self.settings)
         return self.runner.info
 
-    def submit(self, unit: WorkUnit, configs: list[str]) -> Hashable:
+    def submit(self, unit: WorkUnit, configs: list[str], upcoming: Optional[WorkUnit] = None) -> Hashable:
+        """Queue ``unit`` for the runner's stream (``upcoming`` is not needed: the stream sees the queue)."""
         self.probe()
-        handle = next(self.handles)  # runs now: its errors (and Ctrl-C) reach the driver directly
-        self.done[handle] = UnitResult(unit, self.runner.run(unit, configs, self.progress), self.runner.info)
+        handle = next(self.handles)
+        self.queue.append((unit, configs))
+        self.order.append((handle, unit))
         return handle
 
     def wait(self, handles: list[Hashable]) -> list[tuple[Hashable, Any]]:
-        return [(handle, self.done.pop(handle)) for handle in handles if handle in self.done]
+        """Run the stream until the oldest unit in flight is written; results come in submission order."""
+        while self.order:
+            if self.stream is None:
+                self.stream = self.runner.run_many(self._queued(), self.progress)
+            stats = next(self.stream, None)
+            if stats is None:  # the stream ran dry before the units queued since: a fresh one takes them
+                self.stream = None
+                continue
+            handle, unit = self.order.popleft()
+            return [(handle, UnitResult(unit, stats, self.runner.info))]
+        return []
+
+    def _queued(self) -> Iterator[tuple[WorkUnit, list[str]]]:
+        while self.queue:
+            yield self.queue.popleft()
 
     def restart(self) -> bool:
         """Nothing to replace: a failure here stops this process."""
         return False
 
     def close(self) -> None:
-        self.runner = None
+        """Pending writes finish or are abandoned (never half written) before this returns."""
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
+        if self.runner is not None:
+            self.runner.close()
+            self.runner = None
 
 
 # --------------------------------------------------------------------- worker process state
@@ -114,9 +142,9 @@ def _probe() -> WorkerInfo:
     return _worker_runner().info
 
 
-def _run(unit: WorkUnit, configs: list[str]) -> UnitResult:
+def _run(unit: WorkUnit, configs: list[str], upcoming: Optional[WorkUnit]) -> UnitResult:
     runner = _worker_runner()
-    return UnitResult(unit, runner.run(unit, configs), runner.info)
+    return UnitResult(unit, runner.run(unit, configs, upcoming=upcoming), runner.info)
 
 
 class ProcessPool:
@@ -145,8 +173,8 @@ class ProcessPool:
     def probe(self) -> WorkerInfo:
         return _outcome(self._start().submit(_probe), raise_it=True)
 
-    def submit(self, unit: WorkUnit, configs: list[str]) -> Hashable:
-        return self._start().submit(_run, unit, configs)
+    def submit(self, unit: WorkUnit, configs: list[str], upcoming: Optional[WorkUnit] = None) -> Hashable:
+        return self._start().submit(_run, unit, configs, upcoming)
 
     def wait(self, handles: list[Hashable]) -> list[tuple[Hashable, Any]]:
         done, _ = concurrent.futures.wait(handles, return_when=concurrent.futures.FIRST_COMPLETED)  # type: ignore[arg-type]

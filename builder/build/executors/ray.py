@@ -13,7 +13,7 @@ cannot match a local build's).
 from __future__ import annotations
 
 import logging
-from typing import Any, Hashable
+from typing import Any, Hashable, Optional
 
 from builder.build.executors.base import UnitResult, WorkerDied, WorkerInfo
 from builder.build.plan import Execution, RunnerSettings
@@ -48,9 +48,9 @@ class RayUnitRunner:
     def info(self) -> WorkerInfo:
         return self._ready().info
 
-    def run(self, unit: WorkUnit, configs: list[str]) -> UnitResult:
+    def run(self, unit: WorkUnit, configs: list[str], upcoming: Optional[WorkUnit] = None) -> UnitResult:
         runner = self._ready()
-        return UnitResult(unit, runner.run(unit, configs), runner.info)
+        return UnitResult(unit, runner.run(unit, configs, upcoming=upcoming), runner.info)
 
 
 def import_ray() -> Any:
@@ -86,6 +86,7 @@ class RayPool:
         self.actors: list[Any] = []
         self.idle: list[Any] = []
         self.owner: dict[Hashable, Any] = {}
+        self.expects: dict[Any, Optional[WorkUnit]] = {}  # actor -> the unit it was told comes next
 
     def probe(self) -> WorkerInfo:
         """Start one actor first (it trains any missing weights, once), then the others; all must
@@ -104,10 +105,14 @@ class RayPool:
             raise info
         return info
 
-    def submit(self, unit: WorkUnit, configs: list[str]) -> Hashable:
-        actor = self.idle.pop()
-        ref = actor.run.remote(unit, configs)
+    def submit(self, unit: WorkUnit, configs: list[str], upcoming: Optional[WorkUnit] = None) -> Hashable:
+        """Run ``unit`` on an idle actor, the one that was told it comes next if any (it read it
+        ahead); ``upcoming`` is read ahead on this one."""
+        told = [i for i, actor in enumerate(self.idle) if self.expects.get(actor) == unit]
+        actor = self.idle.pop(told[0] if told else -1)
+        ref = actor.run.remote(unit, configs, upcoming)
         self.owner[ref] = actor
+        self.expects[actor] = upcoming
         return ref
 
     def wait(self, handles: list[Hashable]) -> list[tuple[Hashable, Any]]:
@@ -137,7 +142,7 @@ class RayPool:
     def close(self) -> None:
         for actor in self.actors:
             self.ray.kill(actor, no_restart=True)
-        self.actors, self.idle = [], []
+        self.actors, self.idle, self.expects = [], [], {}
         if self.started_ray:
             self.ray.shutdown()
             self.started_ray = False
