@@ -231,3 +231,21 @@ def test_fit_mask_and_train_pick_a_generator_by_name(tiny_recipe: Path, tmp_path
     assert_one_line_error(wrong, "unknown generator 'pixle'", "did you mean 'pixel'")
     refused = CliRunner().invoke(main, ["-q", "fit-mask", str(tiny_recipe), "--out", str(mask), "--generator", "attributes", "--device", "cpu"])
     assert_one_line_error(refused, "takes no mask")
+
+
+def test_step_size_and_mask_do_not_retrain_a_generator(tmp_path: Path) -> None:
+    """They say how a generator is used, not what it is: tuning them keeps its trained weights'
+    file and seed, so digits-compare shares digits-vae's VAE; the train block still counts."""
+    from builder.components.base import ComponentContext
+
+    recipe = load_recipe("digits-compare").recipe
+    context = ComponentContext("cpu", tmp_path, tmp_path, tuple("0123456789"), recipe.image_size, recipe.source, recipe.seed)
+    vae = recipe.named_generators["vae"]
+    checkpoint = tmp_path / "vae.safetensors"
+    alone = load_recipe("digits-vae").recipe.generator
+    assert context.trained_location(checkpoint, vae) == context.trained_location(checkpoint, alone)
+    for changed in ({"step_size": 0.2}, {"mask": "mask.safetensors"}):
+        assert context.trained_location(checkpoint, vae.model_copy(update=changed)) == context.trained_location(checkpoint, vae)
+        assert context.train_seed(vae.model_copy(update=changed)) == context.train_seed(vae)
+    retrained = vae.model_copy(update={"train": vae.train.model_copy(update={"epochs": 3})})  # type: ignore[union-attr]
+    assert context.trained_location(checkpoint, retrained) != context.trained_location(checkpoint, vae)

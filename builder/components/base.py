@@ -72,7 +72,7 @@ class ComponentContext:
         """The component's ``train.seed``, else one derived from the recipe seed and the component."""
         if component.train is not None and component.train.seed is not None:
             return int(component.train.seed)
-        digest = sha256_json({"seed": self.seed, "component": component.model_dump(mode="json")})
+        digest = sha256_json({"seed": self.seed, "component": weights_identity(component)})
         return int(digest[:8], 16)
 
     def trained_location(self, path: Path, component: Any) -> Path:
@@ -81,13 +81,27 @@ class ComponentContext:
         if component.train is None:
             return path
         digest = sha256_json({
-            "component": component.model_dump(mode="json"),
+            "component": weights_identity(component),
             "seed": self.train_seed(component),
             "source": self.source.model_dump(mode="json"),
             "image_size": self.image_size,
             "class_names": list(self.class_names),
         })
         return path.with_name(f"{path.stem}-{digest[:12]}{path.suffix}")
+
+
+#: settings of how a component is used, not of what it is: its trained weights (their seed and file)
+#: do not depend on them, so tuning a step or fitting a mask never trains anew
+NOT_SHAPING_WEIGHTS = ("step_size", "mask", "requantize")
+
+
+def weights_identity(component: Any) -> dict[str, Any]:
+    """The component's config as its trained weights depend on it: the settings that only say how
+    it is used are set to their defaults (so a config that never set them hashes as it always did)."""
+    fields = type(component).model_fields
+    defaults = {name: fields[name].default for name in NOT_SHAPING_WEIGHTS if name in fields}
+    identity: dict[str, Any] = component.model_copy(update=defaults).model_dump(mode="json")
+    return identity
 
 
 def prompt_template_of(oracle: Any) -> Union[str, tuple[str, ...], None]:
