@@ -228,9 +228,10 @@ def load_demo(settings: dict[str, Any], count: int, budget: int) -> Suite:
     images = torch.from_numpy(np.ascontiguousarray(inputs.pixels)).permute(0, 3, 1, 2).contiguous().to(device)
     labels = torch.from_numpy(inputs.labels).to(device)
     config = recipe.perturbation.model_copy(update={"budget": budget})
+    generator = next(iter(parts.generators.values()))  # the demo has one
     return Suite(
-        "digits-demo", parts.generator, parts.oracle, parts.models[name], images, labels, config,
-        settings["demo_batch_size"], getattr(parts.generator, "mask", None),
+        "digits-demo", generator, parts.oracle, parts.models[name], images, labels, config,
+        settings["demo_batch_size"], getattr(generator, "mask", None),
         {"recipe": "digits-demo", "reference_model": name, "image_size": recipe.image_size,
          "weights_sha256": parts.fingerprints[name], "source_samples": len(runner.source)},
     )
