@@ -15,13 +15,14 @@ def _setting(result: Any) -> str:
 
 
 def format_results(results: Sequence[Any]) -> str:
-    header = f"{'benchmark':<24} {'config':<10} {'model':<24} {'setting':<9} {'n':>6}  {'SA':<20} {'PA':<20} {'FMR':<20} {'VR':>6} {'steps':>6}"
+    width = max([10, *(len(r.config) for r in results)])  # <model>-<generator> configs run long
+    header = f"{'benchmark':<24} {'config':<{width}} {'model':<24} {'setting':<9} {'n':>6}  {'SA':<20} {'PA':<20} {'FMR':<20} {'VR':>6} {'steps':>6}"
     lines = [header]
     for r in results:
         fmr = r.intervals.get("fmr")
         fmr_text = f"{r.fmr:5.1f}" + (f" [{fmr[0]:.1f}, {fmr[1]:.1f}]" if fmr else "")
         lines.append(
-            f"{r.benchmark[-24:]:<24} {r.config:<10} {r.name[-24:]:<24} {_setting(r):<9} {r.n:>6}  "
+            f"{r.benchmark[-24:]:<24} {r.config:<{width}} {r.name[-24:]:<24} {_setting(r):<9} {r.n:>6}  "
             f"{_pct(r.sa, r.intervals.get('sa')):<20} {_pct(r.pa, r.intervals.get('pa')):<20} {fmr_text:<20} "
             f"{100 * r.vr:5.1f}% {r.mean_steps:6.1f}"
         )
@@ -41,13 +42,15 @@ def format_transfer_matrix(results: Sequence[Any]) -> str:
     models = list(dict.fromkeys(r.name for r in results))
     rows = list(dict.fromkeys((r.benchmark, r.config, r.reference_model) for r in results))
     cell = {(r.benchmark, r.config, r.name): r for r in results}
-    lines = ["transfer matrix: FMR (* white-box)", f"{'built against':<40}" + "".join(f"{m[-20:]:>22}" for m in models)]
-    for benchmark, config, reference in rows:
+    labels = [f"{config} ({reference})" for _, config, reference in rows]
+    width = min(64, max([40, *(len(label) + 1 for label in labels)]))  # the config's name first, whole
+    lines = ["transfer matrix: FMR (* white-box)", f"{'built against':<{width}}" + "".join(f"{m[-20:]:>22}" for m in models)]
+    for (benchmark, config, _), label in zip(rows, labels, strict=True):
         values = []
         for model in models:
             r = cell.get((benchmark, config, model))
             values.append(f"{r.fmr:.1f}{'*' if r.white_box else ' '}" if r else "-")
-        lines.append(f"{(config + ' (' + reference + ')')[-40:]:<40}" + "".join(f"{v:>22}" for v in values))
+        lines.append(f"{label[:width]:<{width}}" + "".join(f"{v:>22}" for v in values))
     return "\n".join(lines)
 
 

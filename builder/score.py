@@ -93,16 +93,17 @@ def as_model_spec(model: ModelLike, checkpoint: Optional[str] = None) -> ModelSp
 
 
 def reference_spec(bench: Benchmark, model: ModelLike, *, trust_remote_code: bool = False) -> ModelLike:
-    """``ref:<config>`` is the reference model that config of the benchmark was built against.
-    It is read from the manifest, which is data: a spec that would run code is refused unless
-    ``trust_remote_code``."""
+    """``ref:<config>`` is the reference model that config of the benchmark was built against;
+    ``ref:<reference model>`` (its name in the recipe) the same model, which in a several-generator
+    build every ``<model>-<generator>`` config shares. It is read from the manifest, which is data:
+    a spec that would run code is refused unless ``trust_remote_code``."""
     from pydantic import ValidationError
 
     from builder.trust import require_trusted
 
     if not (isinstance(model, str) and model.startswith("ref:")):
         return model
-    config = bench.config(model[4:])
+    config = bench.config(reference_config(bench, model[4:]))
     recorded = bench.manifest["configs"][config].get("reference_model")
     origin = f"the manifest of {bench.location} (config {config})"
     try:
@@ -113,6 +114,18 @@ def reference_spec(bench: Benchmark, model: ModelLike, *, trust_remote_code: boo
         raise BenchmarkError(f"{origin}: its reference_model is not a model spec ({validation_problem(error)}); rebuild it") from None
     require_trusted([spec], origin, trust_remote_code)
     return spec
+
+
+def reference_config(bench: Benchmark, name: str) -> str:
+    """The config ``name`` names: itself, else the first config built against the reference model
+    of that name (unknown names are left to ``bench.config``'s error, which lists the configs)."""
+    if name in bench.configs:
+        return name
+    for config in bench.configs:
+        recorded = bench.manifest["configs"][config].get("reference_model")
+        if isinstance(recorded, dict) and recorded.get("name") == name:
+            return str(config)
+    return name
 
 
 def load_model_for(bench: Benchmark, spec: ModelSpec, device: str, cache_dir: Path, base_dir: Path) -> Any:

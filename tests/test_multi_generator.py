@@ -249,3 +249,16 @@ def test_step_size_and_mask_do_not_retrain_a_generator(tmp_path: Path) -> None:
         assert context.train_seed(vae.model_copy(update=changed)) == context.train_seed(vae)
     retrained = vae.model_copy(update={"train": vae.train.model_copy(update={"epochs": 3})})  # type: ignore[union-attr]
     assert context.trained_location(checkpoint, retrained) != context.trained_location(checkpoint, vae)
+
+
+def test_ref_names_a_config_or_the_reference_model_all_its_configs_share(multi: Path) -> None:
+    from builder.benchmark import open_benchmark
+    from builder.errors import BuilderError
+    from builder.score import reference_spec
+
+    bench = open_benchmark(str(multi))
+    by_model = reference_spec(bench, "ref:cnn", trust_remote_code=True)
+    assert by_model == reference_spec(bench, "ref:cnn-pixel", trust_remote_code=True)
+    assert by_model.model.endswith(":tiny_cnn")  # type: ignore[union-attr]
+    with pytest.raises(BuilderError, match="unknown config .*'cnn-vae'.*choices"):
+        reference_spec(bench, "ref:cnn-vae", trust_remote_code=True)
