@@ -38,6 +38,8 @@ class ResultRow(BaseModel):
 PREDICTIONS_FIELD = "sample_predictions"
 #: the most samples one result's predictions may list (a result file is at most 64 MiB anyway)
 MAX_PREDICTIONS = 5_000_000
+#: a result file's size bound: one ImageNet result with its sample_predictions is about 0.9 MB
+MAX_RESULT_BYTES = 512 << 20
 
 
 class SamplePredictions(BaseModel):
@@ -124,7 +126,7 @@ def result_files(paths: list[Path]) -> list[Path]:
 def load_results(paths: list[Path]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for path in result_files(paths):
-        payload = load_json_bounded(Path(path), f"result file {path}", max_bytes=64 << 20)
+        payload = load_json_bounded(Path(path), f"result file {path}", max_bytes=MAX_RESULT_BYTES)
         rows.extend(checked_rows(payload.get("results") if isinstance(payload, dict) else None, f"result file {path}"))
     return rows
 

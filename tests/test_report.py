@@ -195,7 +195,7 @@ def test_the_page_shows_every_section_with_the_right_images(scored: Path, tmp_pa
     assert page.sections == {"fmr": "part shown", "transfer": "part shown", "per-class": "part shown", "attributes": "part skipped", "errors": "part shown"}
     assert page.svgs == ["chart-fmr", "chart-transfer", "chart-per-class-0"]
     assert "records no attribute values" in page.note("attributes")
-    assert "rolled on ref: computed from its per-sample predictions" in page.note("per-class")
+    assert "rolled on ref, rolled on other: computed from its per-sample predictions" in page.note("per-class")  # one line per reason
     assert sorted(float(row[8].split(" [")[0]) for row in page.table) == sorted([round(expected(0)["fmr"], 1)] * 2 + [round(expected(1)["fmr"], 1)] * 2)
     for label in ("color on ref", "rolled on other"):
         shift = MODELS[label.split()[0]][1]

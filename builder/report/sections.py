@@ -73,23 +73,32 @@ def transfer_section(results: Sequence[Result]) -> Section:
 
 
 def _class_series(result: Result, joining: Joining) -> tuple[Optional[list[tuple[str, float]]], str]:
-    """A result's per-class FMR, from its own ``per_class`` or else its predictions; a note."""
+    """A result's per-class FMR, from its own ``per_class`` or else its predictions; why, if not its own."""
     own = per_class_from_result(result.row)
     if own is not None:
         return own, ""
     if isinstance(joining, Joined):
-        return per_class_from_predictions(joining), f"{result.label}: computed from its per-sample predictions (scored without --per-class)."
-    return None, f"{result.label}: skipped, it has no per-class figures (score --per-class) and {joining}"
+        return per_class_from_predictions(joining), "computed from its per-sample predictions (scored without --per-class)."
+    return None, f"skipped, it has no per-class figures (score --per-class) and {joining}"
+
+
+def grouped_notes(pairs: Sequence[tuple[str, str]]) -> list[str]:
+    """``(result label, reason)`` pairs as one line per reason, naming every result it applies to:
+    a zoo of a hundred models gets one line, not a hundred."""
+    labels: dict[str, list[str]] = {}
+    for label, reason in pairs:
+        labels.setdefault(reason, []).append(label)
+    return [f"{', '.join(names)}: {reason}" for reason, names in labels.items()]
 
 
 def per_class_section(results: Sequence[Result], joinings: Sequence[Joining]) -> Section:
     """FMR per class, one chart per benchmark, one line per result."""
-    notes: list[str] = []
+    pairs: list[tuple[str, str]] = []
     groups: dict[str, list[tuple[str, dict[str, float]]]] = {}
     order: dict[str, list[str]] = {}
     for result, joining in zip(results, joinings, strict=True):
-        series, note = _class_series(result, joining)
-        notes += [note] if note else []
+        series, reason = _class_series(result, joining)
+        pairs += [(result.label, reason)] if reason else []
         if series is None:
             continue
         bench = result.row["benchmark_id"]
@@ -97,24 +106,25 @@ def per_class_section(results: Sequence[Result], joinings: Sequence[Joining]) ->
         order[bench] = list(dict.fromkeys([*order.get(bench, []), *(name for name, _ in series)]))
     charts_html = [f'<h3>benchmark {esc(bench[:12])}</h3><div class="chart">{per_class_chart(f"per-class-{index}", order[bench], series)}</div>'
                    for index, (bench, series) in enumerate(groups.items())]
-    return Section("per-class", "FMR per class", "\n".join(charts_html), notes)
+    return Section("per-class", "FMR per class", "\n".join(charts_html), grouped_notes(pairs))
 
 
 def attribute_section(results: Sequence[Result], joinings: Sequence[Joining]) -> Section:
     """Accuracy against each attribute value, one chart per benchmark config with attributes."""
-    notes: list[str] = []
+    pairs: list[tuple[str, str]] = []
     groups: dict[tuple[str, str], list[tuple[str, dict[str, Any]]]] = {}
     for result, joining in zip(results, joinings, strict=True):
         if not isinstance(joining, Joined):
-            notes.append(f"{result.label}: skipped, {joining}")
+            pairs.append((result.label, f"skipped, {joining}"))
         elif not joining.samples.attributes:
-            notes.append(f"{result.label}: its benchmark records no attribute values (not a generator kind 'attributes' build).")
+            pairs.append((result.label, "its benchmark config records no attribute values (not made by a generator of kind 'attributes')."))
         else:
             curves = attribute_curves(joining)
             if curves:
                 groups.setdefault((result.row["benchmark_id"], result.row["config"]), []).append((result.label, curves))
             else:
-                notes.append(f"{result.label}: its config has no perturbed samples to bin.")
+                pairs.append((result.label, "its config has no perturbed samples to bin."))
+    notes = grouped_notes(pairs)
     parts = [f'<h3>config {esc(config)} of benchmark {esc(bench[:12])}</h3><div class="chart">{attribute_chart(f"attributes-{index}", curves)}</div>'
              for index, ((bench, config), curves) in enumerate(groups.items())]
     if parts:
@@ -127,12 +137,13 @@ def errors_section(results: Sequence[Result], joinings: Sequence[Joining], per_m
     """For each model, perturbed images it gets wrong; the oracle kept their label, so each is its error."""
     notes = ["Perturbed images the oracle still labels as their class but the model gets wrong; those it gets right on the "
              "original (flipped by the perturbation) first. Left: original, right: perturbed."]
-    strips = []
+    strips, pairs = [], []
     for result, joining in zip(results, joinings, strict=True):
         if isinstance(joining, Joined):
             strips.append(_strip(result, joining, per_model))
         else:
-            notes.append(f"{result.label}: skipped, {joining}")
+            pairs.append((result.label, f"skipped, {joining}"))
+    notes += grouped_notes(pairs)
     return Section("errors", "Images each model gets wrong", "\n".join(strips), notes if strips else notes[1:])
 
 
