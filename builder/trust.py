@@ -50,6 +50,9 @@ def model_specs(config: Any) -> Iterator[ModelSpec]:
     elif isinstance(config, (list, tuple)):
         for item in config:
             yield from model_specs(item)
+    elif isinstance(config, dict):  # a mapping of sections (a recipe's generators)
+        for item in config.values():
+            yield from model_specs(item)
 
 
 def require_trusted(specs: Iterable[ModelSpec], origin: str, trust_remote_code: bool) -> None:
