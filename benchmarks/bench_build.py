@@ -47,6 +47,7 @@ the floor and so inside the overhead; it is timed too and shown in the JSON.
 
     python benchmarks/bench_build.py                       # CPU preset, < 10 min on 2 cores
     python benchmarks/bench_build.py --device cuda --json bench_build_gpu.json   # GPU preset
+    python benchmarks/bench_build.py --device cuda --precision bf16 --compile     # a build's fast setting
     python benchmarks/bench_build.py --only real --real-images 2 --real-budget 1   # quick look
     python benchmarks/bench_build.py --only build --demo-budget 2 --build-images 40   # a whole build, quickly
 
@@ -60,6 +61,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import platform
@@ -79,7 +81,16 @@ import torch
 from torch.nn import functional as F
 
 from builder.config import PerturbationConfig
-from builder.engine import STOP_BUDGET, STOP_NON_FINITE, STOP_NOT_ACCEPTED, STOP_REJECTED, perturb_batch
+from builder.engine import (
+    STOP_BUDGET,
+    STOP_NON_FINITE,
+    STOP_NOT_ACCEPTED,
+    STOP_REJECTED,
+    CompiledDecoder,
+    autocast_for,
+    judging_in,
+    perturb_batch,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -260,7 +271,22 @@ def load_real(settings: dict[str, Any], count: int, budget: int, parts: Optional
 
 
 def load_suite(which: str, settings: dict[str, Any], count: int, budget: int) -> Suite:
-    return load_demo(settings, count, budget) if which == "demo" else load_real(settings, count, budget)
+    suite = load_demo(settings, count, budget) if which == "demo" else load_real(settings, count, budget)
+    return in_modes(suite, settings)
+
+
+def in_modes(suite: Suite, settings: dict[str, Any]) -> Suite:
+    """The suite as a build with ``--precision`` and ``--compile`` runs it: the engine, the
+    per-image loop and the floor all see the same autocast and the same compiled decoder."""
+    precision = settings.get("precision", "fp32")
+    generator = CompiledDecoder(suite.generator) if settings.get("compile") else suite.generator
+    return dataclasses.replace(suite, generator=generator, config=suite.config.model_copy(update={"precision": precision}),
+                               about={**suite.about, "precision": precision, "compiled_decoder": bool(settings.get("compile"))})
+
+
+def eager(generator: Any) -> Any:
+    """The generator under a CompiledDecoder (the float64 check copies and casts it)."""
+    return generator.generator if isinstance(generator, CompiledDecoder) else generator
 
 
 def cast_copy(obj: Any, dtype: torch.dtype, depth: int = 0) -> Any:
@@ -304,16 +330,21 @@ def per_image_algorithm1(generator: Any, oracle: Any, model: Any, image: torch.T
     """
     x = image[None].to(dtype) / 255
     y = label.view(1)
+    precision = config.precision
+    oracle = judging_in(precision, oracle)
 
     def decode_judge_grad(latent: torch.Tensor) -> tuple[torch.Tensor, bool, Optional[torch.Tensor]]:
         latent = latent.detach().requires_grad_(True)
         with torch.enable_grad():
-            decoded = generator.decode(latent)
+            with autocast_for(precision, latent.device):  # bf16: the components' passes, not the latent or the step
+                decoded = generator.decode(latent).to(latent.dtype)
             on_grid = decoded + (torch.round(decoded * 255) / 255 - decoded).detach()
             accepted = bool(oracle.judge(on_grid.detach(), y)[0].item())
             if not accepted:
                 return on_grid.detach(), False, None
-            loss = F.cross_entropy(model(on_grid), y, reduction="sum")
+            with autocast_for(precision, latent.device):
+                logits = model(on_grid)
+            loss = F.cross_entropy(logits.float() if logits.dtype == torch.bfloat16 else logits, y, reduction="sum")
             (gradient,) = torch.autograd.grad(loss, latent)
         return on_grid.detach(), True, gradient
 
@@ -422,6 +453,10 @@ class Floor:
         self.wall: dict[str, list[float]] = {name: [] for name in (*self.PARTS, *self.EXTRAS)}
         self.cpu: dict[str, list[float]] = {name: [] for name in (*self.PARTS, *self.EXTRAS)}
 
+    def in_precision(self, part: Callable[[], None]) -> None:
+        with autocast_for(self.suite.config.precision, self.latent.device):
+            part()
+
     def decoder_fwd_bwd(self) -> None:
         probe = self.latent.detach().requires_grad_(True)
         with torch.enable_grad():
@@ -430,7 +465,7 @@ class Floor:
     def reference_fwd_bwd(self) -> None:
         probe = self.decoded.detach().requires_grad_(True)
         with torch.enable_grad():
-            torch.autograd.grad(F.cross_entropy(self.suite.model(probe), self.labels, reduction="sum"), probe)
+            torch.autograd.grad(F.cross_entropy(self.suite.model(probe).to(probe.dtype), self.labels, reduction="sum"), probe)
 
     def oracle_fwd(self) -> None:
         self.suite.oracle.judge(self.decoded, self.labels)
@@ -438,9 +473,10 @@ class Floor:
     def chained(self) -> None:
         probe = self.latent.detach().requires_grad_(True)
         with torch.enable_grad():
-            images = self.suite.generator.decode(probe)
+            images = self.suite.generator.decode(probe).to(probe.dtype)  # as the engine: decoded images in the latent's dtype
             self.suite.oracle.judge(images.detach(), self.labels)
-            torch.autograd.grad(F.cross_entropy(self.suite.model(images), self.labels, reduction="sum"), probe)
+            logits = self.suite.model(images)
+            torch.autograd.grad(F.cross_entropy(logits.to(probe.dtype), self.labels, reduction="sum"), probe)
 
     def once_per_image(self) -> None:
         with torch.no_grad():
@@ -450,9 +486,9 @@ class Floor:
             self.suite.oracle.judge(self.decoded, self.labels)
 
     def rep(self, extras: tuple[str, ...] = ()) -> None:
-        """One timed round of the parts (and of ``extras``)."""
+        """One timed round of the parts (and of ``extras``), each in the suite's precision."""
         for name in (*self.PARTS, *extras):
-            wall, cpu, _ = timed(getattr(self, name), self.device)
+            wall, cpu, _ = timed(partial(self.in_precision, getattr(self, name)), self.device)
             self.wall[name].append(wall)
             self.cpu[name].append(cpu)
 
@@ -590,7 +626,7 @@ def measure_suite(which: str, settings: dict[str, Any], log: Callable[[str], Non
 
     # warm-up at the shapes each path will see (one decode + verdict + gradient at each batch size)
     warm_suite = copy.copy(suite)
-    warm_suite.config = PerturbationConfig(step_size=suite.config.step_size, budget=0, direction=suite.config.direction)
+    warm_suite.config = suite.config.model_copy(update={"budget": 0})
     for _ in range(warmup):
         run_engine(warm_suite, batch, batch)
         run_per_image(warm_suite, 1)
@@ -653,9 +689,9 @@ def measure_suite(which: str, settings: dict[str, Any], log: Callable[[str], Non
     # the same algorithm in float64, where engine and per-image must agree exactly
     n64 = min(settings[f"{prefix}_float64"], count)
     if n64:
-        parts64 = tuple(cast_copy(part, torch.float64) for part in (suite.generator, suite.oracle, suite.model))
-        suite64 = copy.copy(suite)
-        suite64.config = suite.config.model_copy(update={"budget": min(budget, settings[f"{prefix}_float64_budget"])})
+        parts64 = tuple(cast_copy(part, torch.float64) for part in (eager(suite.generator), suite.oracle, suite.model))
+        suite64 = copy.copy(suite)  # float64, eager, no autocast: where engine and per-image must agree exactly
+        suite64.config = suite.config.model_copy(update={"budget": min(budget, settings[f"{prefix}_float64_budget"]), "precision": "fp32"})
         figures["equality_float64"] = compare(run_engine(suite64, n64, n64, torch.float64, parts64),
                                               run_per_image(suite64, n64, torch.float64, parts64))
         figures["equality_float64"].update(engine_batch_size=n64, budget=suite64.config.budget)
@@ -709,7 +745,8 @@ def measure_whole_build(settings: dict[str, Any], log: Callable[[str], None]) ->
     from builder.recipes import load_recipe
 
     budget, shard, count = settings["demo_budget"], settings["build_shard"], settings["build_images"]
-    loaded = load_recipe("digits-demo", (f"perturbation.budget={budget}", f"output.samples_per_shard={shard}"))
+    loaded = load_recipe("digits-demo", (f"perturbation.budget={budget}", f"output.samples_per_shard={shard}",
+                                         f"perturbation.precision={settings.get('precision', 'fp32')}"))
     watch = Stopwatch()
     wrapped = {"units": (driver, "dispatch"), "engine": (runner.UnitRunner, "_perturb_unit"), "read": (runner, "read_unit"),
                "encode": (runner, "encode_image"), "write": (runner.UnitRunner, "_write_unit")}
@@ -719,7 +756,8 @@ def measure_whole_build(settings: dict[str, Any], log: Callable[[str], None]) ->
             setattr(owner, attribute, watch.wrap(name, saved[name]))
         with tempfile.TemporaryDirectory() as tmp:
             options = BuildOptions(out_dir=Path(tmp) / "out", device=settings["device"], cache_dir=default_cache_dir(),
-                                   batch_size=settings["demo_batch_size"], limit=count, progress=False)
+                                   batch_size=settings["demo_batch_size"], limit=count, progress=False,
+                                   compile=bool(settings.get("compile")))
             wall, _, summary = timed(lambda: build_benchmark(loaded, options, Execution(workers=1)), settings["device"])
     finally:
         for name, (owner, attribute) in wrapped.items():
@@ -820,7 +858,7 @@ def settings_from(args: argparse.Namespace) -> dict[str, Any]:
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     settings.update(preset=preset, device=args.device, seed=args.seed, demo_model=args.demo_model,
-                    real_model=args.real_model, real_size=args.real_size)
+                    real_model=args.real_model, real_size=args.real_size, precision=args.precision, compile=args.compile)
     return settings
 
 
@@ -834,6 +872,8 @@ def main() -> None:
     parser.add_argument("--demo-model", default="convnext", help="digits-demo reference model")
     parser.add_argument("--real-model", default="convnext_tiny", help="timm model of the real-size reference")
     parser.add_argument("--real-size", type=int, default=256)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="as a build's --precision: autocast for the components")
+    parser.add_argument("--compile", action="store_true", help="as a build's --compile: the decoder through torch.compile")
     for key, value in PRESETS["cpu"].items():
         parser.add_argument("--" + key.replace("_", "-"), type=type(value), default=None, help=f"preset cpu: {value}, gpu: {PRESETS['gpu'][key]}")
     parser.add_argument("--json", default=None, help="write every figure here")
