@@ -106,6 +106,7 @@ def render_card(
         autoescape=False,
     )
     header = yaml.safe_dump(card_header(manifest, schema), sort_keys=False, allow_unicode=True)
+    one_generator = manifest["recipe"].get("generator") or {}  # a several-generator build has none
     rows = []
     for name, config in manifest["configs"].items():
         spec = " ".join(str(config["reference_model"]["model"]).split()).replace("`", "'")  # stays inside its code span
@@ -116,8 +117,8 @@ def render_card(
         manifest=manifest,
         recipe=manifest["recipe"],
         generators=manifest["recipe"].get("generators") or {},
-        generator=manifest["recipe"].get("generator") or {},
-        generator_kind=(manifest["recipe"].get("generator") or {}).get("kind", "unknown"),
+        generator=one_generator,
+        generator_kind=one_generator.get("kind", "unknown"),
         rows=rows,
         method_citation=METHOD_CITATION,
         image_format=schema.image_format,

@@ -11,7 +11,6 @@ of them; only a missing or unreadable manifest stops early.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from collections import Counter
@@ -227,8 +226,10 @@ class Checker:
         self.checked: Counter[str] = Counter()
         self.listed: set[str] = set()
         output = raw["recipe"].get("output", {})
-        self.schema = ShardSchema(tuple(manifest.class_names), str(output.get("image_encoding", "png")), bool(output.get("keep_originals", True)),
-                                  attributes_of(generator_of(raw, next(iter(manifest.configs)))))
+        #: each config's shard schema: its generator decides whether it has an attributes column
+        self.schemas = {name: ShardSchema(tuple(manifest.class_names), str(output.get("image_encoding", "png")),
+                                          bool(output.get("keep_originals", True)), attributes_of(generator_of(raw, name)))
+                        for name in manifest.configs}
 
     def fail(self, message: str) -> None:
         """Record one problem; library messages folded so each problem stays one line."""
@@ -256,7 +257,6 @@ class Checker:
 
     def check_config(self, name: str, config: ManifestConfig) -> None:
         self.checked["configs"] += 1
-        self.schema = dataclasses.replace(self.schema, attributes=attributes_of(generator_of(self.raw, name)))
         shard_keys: list[tuple[str, list[str]]] = []
         for shard in config.shards:
             shard_keys.append(self.check_shard(name, shard))
@@ -305,9 +305,9 @@ class Checker:
         digest = sha256_file(path)
         if digest != entry.sha256:
             self.fail(f"{entry.path}: sha256 is {digest}, but {MANIFEST} records {entry.sha256}; the file changed since the build")
-        return self.read_records(path, entry.path, fmt)
+        return self.read_records(path, entry.path, fmt, self.schemas[name])
 
-    def read_records(self, path: Path, shown: str, fmt: str) -> Optional[list[Record]]:
+    def read_records(self, path: Path, shown: str, fmt: str, schema: ShardSchema) -> Optional[list[Record]]:
         """The file's records through its format's reader, its structural problems reported."""
         from builder.registry import WRITERS
 
@@ -315,7 +315,7 @@ class Checker:
             self.fail(f"{MANIFEST}: {shown} has format {fmt!r}, expected one of {', '.join(WRITERS.names())}")
             return None
         try:
-            rows, problems = WRITERS.get(fmt)().audit(path, self.schema)
+            rows, problems = WRITERS.get(fmt)().audit(path, schema)
         except Exception as error:  # noqa: BLE001 - a damaged file can make a format's reader raise anything
             self.fail(f"{shown}: not readable as {fmt} ({_reason(error)}); restore it or rebuild")
             return None
