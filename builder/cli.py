@@ -229,6 +229,8 @@ def format_summary(name: str, summary: Any) -> str:
 @main.command("score")
 @click.option("--benchmark", "benchmarks", multiple=True, metavar="DIR_HUB_ID_OR_URL",
               help="A built benchmark: a dir, a Hub dataset id or an fsspec URL such as s3://bucket/prefix (repeatable: a transfer matrix).")
+@click.option("--revision", default=None, metavar="REV",
+              help="With Hub dataset ids: the branch, tag or commit to score (default: main); the result records the manifest id it scored.")
 @click.option("--config", "config_name", default=None, help="One config (reference model) of the benchmark; default: all.")
 @click.option("--model", "models", multiple=True, metavar="SPEC",
               help="timm:<name>, hf:<repo or dir>, torchvision:<name>[:<weights>], clip:<model>/<tag>, robustbench:<name>, py:<module>:<callable>, "
@@ -255,7 +257,7 @@ def format_summary(name: str, summary: Any) -> str:
 @click.option("--trust-remote-code", is_flag=True, help="Allow model specs read from a benchmark's manifest (ref:) or a download to import and run code (py:).")
 @storage_option
 @cache_option
-def score_command(benchmarks: tuple[str, ...], config_name: Optional[str], models: tuple[str, ...], zoo: Optional[Path],
+def score_command(benchmarks: tuple[str, ...], revision: Optional[str], config_name: Optional[str], models: tuple[str, ...], zoo: Optional[Path],
                   out_dir: Optional[Path], overwrite: bool, checkpoints: tuple[str, ...], batch_size: int, device: Optional[str],
                   workers: int, bootstrap: int, seed: int, per_class: bool,
                   json_out: Optional[Path], source_recipe: Optional[str], dynamic: bool, recipe: Optional[str],
@@ -267,12 +269,13 @@ def score_command(benchmarks: tuple[str, ...], config_name: Optional[str], model
     from builder.reporting import format_per_class, format_results, format_side_by_side, format_transfer_matrix
     from builder.score import score, score_dynamic
 
+    _check_revision(revision, benchmarks)
     if zoo is not None or out_dir is not None:
         if models or dynamic or out_dir is None or zoo is None or not benchmarks:
             raise BuilderError("--models ZOO.yaml goes with --out DIR and --benchmark, without --model or --dynamic; give those")
         options = {"batch_size": batch_size, "workers": workers, "bootstrap": bootstrap, "seed": seed, "source_recipe": source_recipe,
                    "trust_remote_code": trust_remote_code}
-        _score_zoo(zoo, out_dir, overwrite, benchmarks, config_name, storage_options, resolve_device(device), cache_dir, options)
+        _score_zoo(zoo, out_dir, overwrite, benchmarks, revision, config_name, storage_options, resolve_device(device), cache_dir, options)
         return
     if not models:
         raise BuilderError("give --model SPEC (repeatable), or --models ZOO.yaml --out DIR")
@@ -289,7 +292,7 @@ def score_command(benchmarks: tuple[str, ...], config_name: Optional[str], model
     cache = cache_dir or default_cache_dir()
     static = []
     for location in benchmarks:
-        bench = open_benchmark(location, cache_dir=cache, storage_options=storage_options)
+        bench = open_benchmark(location, revision, cache_dir=cache, storage_options=storage_options)
         for config in ([bench.config(config_name)] if config_name else bench.configs):
             for model, checkpoint in paired:
                 static.append(score(bench, model, config=config, checkpoint=checkpoint, device=device, batch_size=batch_size,
@@ -330,7 +333,16 @@ def _dynamic_generators(recipe: str, overrides: tuple[str, ...]) -> list[Optiona
     return list(loaded.named_generators) if loaded.generators is not None else [None]
 
 
-def _score_zoo(zoo: Path, out_dir: Path, overwrite: bool, benchmarks: tuple[str, ...], config_name: Optional[str],
+def _check_revision(revision: Optional[str], benchmarks: tuple[str, ...]) -> None:
+    """``--revision`` names a commit of a Hub dataset: with only local dirs or URLs it would be
+    ignored, and a score that seems pinned would not be."""
+    from builder.benchmark import is_hub_id
+
+    if revision is not None and not any(is_hub_id(location) and not Path(location).expanduser().exists() for location in benchmarks):
+        raise BuilderError(f"--revision {revision} applies to Hub dataset ids (org/name), and no --benchmark is one; drop --revision")
+
+
+def _score_zoo(zoo: Path, out_dir: Path, overwrite: bool, benchmarks: tuple[str, ...], revision: Optional[str], config_name: Optional[str],
                storage_options: tuple[tuple[str, str], ...], device: str, cache_dir: Optional[Path], options: dict[str, Any]) -> None:
     """Every model of the zoo file on every benchmark config, each loaded in turn; a model that
     fails is listed and the exit status is non-zero."""
@@ -342,7 +354,7 @@ def _score_zoo(zoo: Path, out_dir: Path, overwrite: bool, benchmarks: tuple[str,
 
     specs = load_zoo(zoo)
     cache = cache_dir or default_cache_dir()
-    opened = [open_benchmark(location, cache_dir=cache, storage_options=storage_options) for location in benchmarks]
+    opened = [open_benchmark(location, revision, cache_dir=cache, storage_options=storage_options) for location in benchmarks]
 
     def score_one(spec: ModelSpec) -> list[Any]:
         click.echo(f"scoring {spec.config_name} ({spec.model})")

@@ -282,6 +282,27 @@ def test_score_and_verify_work_on_the_hub_id(built: Path, hub: HubStub, tmp_path
         assert f"verify {Path(not_an_id)}: no such directory" in one_line_error(cli("verify", not_an_id))
 
 
+def test_score_reads_the_revision_it_is_given(built: Path, hub: HubStub, tmp_path: Path) -> None:
+    """'score --revision v1' scores the v1 branch, fetched at v1's commit, while main moved on;
+    a --revision with no Hub id among the benchmarks would be ignored, so it is refused."""
+    publish(built, "--revision", "v1")
+    parquet = shard_paths(built, "cnn", "parquet")
+    hub.add_files(REPO, {parquet[0]: b"not parquet any more"})  # main moves on; v1 keeps the build
+    main_sha, v1_sha = hub.commit_sha(REPO), hub.commit_sha(REPO, "v1")
+    score = ["score", "--benchmark", REPO, "--model", f"py:{TINY_MODELS}:tiny_cnn", "--workers", "0", "--bootstrap", "0", "--device", "cpu"]
+    hub.requests.clear()
+    out = tmp_path / "v1.json"
+    result = cli(*score, "--revision", "v1", "--json", str(out))
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["benchmark_id"] == manifest(built)["id"] and row["n"] == len(local_records(built, "cnn"))
+    fetched = resolved_gets(hub)
+    assert f"{v1_sha}/{parquet[0]}" in fetched and not any(path.startswith(main_sha) for path in fetched)
+    assert "has no revision 'nope'" in one_line_error(cli(*score, "--revision", "nope"))
+    line = one_line_error(cli(*[str(built) if arg == REPO else arg for arg in score], "--revision", "v1"))
+    assert "--revision v1 applies to Hub dataset ids (org/name), and no --benchmark is one" in line
+
+
 def test_a_private_repo_needs_the_token(built: Path, hub: HubStub, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from datasets import load_dataset
     from datasets.exceptions import DatasetNotFoundError

@@ -320,6 +320,46 @@ def test_webdataset_single_shard(tmp_path: Path) -> None:
     assert len(wds(tmp_path, "shard.tar")) == 3
 
 
+def test_webdataset_compressed_shard_is_read_once_front_to_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each sample of a .tar.gz used to reopen the shard and inflate it from its start up to its
+    member: a unit's read was quadratic in the shard's size. Read as a build reads it, the gzip
+    stream is opened once for indexing and once for the unit, and inflates each byte once."""
+    import gzip
+
+    shard = tmp_path / "many.tar.gz"
+    plain = tmp_path / "many.tar"
+    colors = [RED, GREEN, BLUE]
+    write_shard(plain, [(f"k{i:03d}", colors[i % 3], i % 2) for i in range(60)])
+    shard.write_bytes(gzip.compress(plain.read_bytes()))
+    plain.unlink()
+    source = wds(tmp_path, str(shard))
+    inflated, openings = [0], [0]
+    real_read, real_init = gzip.GzipFile.read, gzip.GzipFile.__init__
+
+    def counting_read(self, size=-1):  # type: ignore[no-untyped-def]
+        data = real_read(self, size)
+        inflated[0] += len(data)
+        return data
+
+    def counting_init(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        openings[0] += 1
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(gzip.GzipFile, "read", counting_read)
+    monkeypatch.setattr(gzip.GzipFile, "__init__", counting_init)
+    unit = read_unit(source, WorkUnit(0, 0, len(source), 1), 4, ("a", "b"))
+    assert len(unit.labels) == 60 and unit.rejects == []
+    for position, color in enumerate(unit.pixels):
+        assert tuple(color[0, 0]) == colors[position % 3]
+    total = len(gzip.decompress(shard.read_bytes()))
+    assert openings[0] == 1
+    assert inflated[0] <= total
+    # out of order and after the iteration ended: each read opens the shard for itself
+    last, first = next(source.items(59, 60)), next(source.items(0, 1))
+    assert_solid(load_rgb(last.load, 4), colors[59 % 3], 4)
+    assert_solid(load_rgb(first.load, 4), RED, 4)
+
+
 def test_webdataset_glob_over_two_shards(tmp_path: Path) -> None:
     (tmp_path / "shards").mkdir()
     write_shard(tmp_path / "shards" / "shard-1.tar", [("k0", BLUE, 1)])
