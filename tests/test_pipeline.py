@@ -218,3 +218,57 @@ def test_the_prefetcher_keeps_at_most_its_bound() -> None:
         assert reads.count(2) == 1 and reads.count(3) == 1 and not prefetcher.reads
     finally:
         prefetcher.close()
+
+
+def two_model_recipe(tiny_recipe: Path) -> Path:
+    """The tiny recipe with a second reference model (two configs sharing each unit's originals)."""
+    import yaml
+
+    recipe = yaml.safe_load(tiny_recipe.read_text())
+    recipe["reference_models"].append({**recipe["reference_models"][0], "name": "cnn2"})
+    path = tiny_recipe.with_name("two-models.yaml")
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_a_units_originals_are_encoded_once_for_every_config(tiny_recipe: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import builder.build.pipeline as pipeline
+
+    encoded: list[int] = []
+    real = pipeline.encode_image
+
+    def counting(pixels: Any, image_format: str) -> bytes:
+        encoded.append(1)
+        return real(pixels, image_format)
+
+    monkeypatch.setattr(pipeline, "encode_image", counting)
+    result = build(two_model_recipe(tiny_recipe), tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    samples = 12  # 13 image files, one of them corrupt
+    assert len(encoded) == samples * (2 + 1)  # each config's perturbed images, and the originals once
+
+
+@pytest.mark.parametrize("image_format", ["png", "webp"])
+def test_the_encoders_threads_do_not_change_a_byte(tiny_recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   image_format: str) -> None:
+    import numpy as np
+
+    import builder.build.pipeline as pipeline
+    from builder.images import encode_image
+
+    images = np.random.default_rng(0).integers(0, 256, (9, 20, 20, 3), dtype=np.uint8)
+    encoder = pipeline.ImageEncoder(image_format, threads=4)
+    try:
+        assert encoder.encode(images) == [encode_image(image, image_format) for image in images]
+    finally:
+        encoder.close()
+    recipe = two_model_recipe(tiny_recipe)
+    files = {}
+    for threads in (1, 4):
+        monkeypatch.setattr(pipeline, "encode_threads", lambda threads=threads: threads)
+        out = tmp_path / f"threads-{threads}"
+        result = build(recipe, out, "--set", f"output.image_encoding={image_format}")
+        assert result.exit_code == 0, result.output
+        files[threads] = {name: data for name, data in every_file(out).items() if name.startswith(("cnn", "cnn2"))}
+    assert len(files[1]) == 12 and files[1] == files[4]

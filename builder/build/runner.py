@@ -25,7 +25,7 @@ from typing import Any, Callable, Generator, Iterable, Iterator, Optional, Seque
 import numpy as np
 
 from builder.build.executors.base import current_worker_info
-from builder.build.pipeline import READ_AHEAD, BackgroundWriter, Prefetcher
+from builder.build.pipeline import READ_AHEAD, BackgroundWriter, ImageEncoder, Prefetcher
 from builder.build.plan import RunnerSettings
 from builder.build.tally import ConfigTally
 from builder.build.units import WorkUnit, sample_key
@@ -34,7 +34,7 @@ from builder.components.base import ComponentContext, prompt_template_of
 from builder.config import Recipe
 from builder.errors import OutputError
 from builder.fileio import json_bytes
-from builder.images import encode_image, to_nchw
+from builder.images import to_nchw
 from builder.manifest import STATS_DIR
 from builder.registry import load_plugins
 from builder.sources.base import SourceContext, check_label, open_source
@@ -172,6 +172,7 @@ class UnitRunner:
         self.info = current_worker_info(self.fingerprints, settings.device)
         self.reader: Prefetcher[WorkUnit, UnitInput] = Prefetcher(self._read)
         self.writer = BackgroundWriter()
+        self.encoder = ImageEncoder(recipe.output.image_encoding)
 
     @property
     def fingerprints(self) -> dict[str, str]:
@@ -179,9 +180,10 @@ class UnitRunner:
         return {name: self.components.fingerprints[config.model.config_name] for name, config in self.configs.items()}
 
     def close(self) -> None:
-        """Stop the reader and writer threads (pending writes finish, reads not begun are dropped)."""
+        """Stop the reader, writer and encoder threads (pending writes finish, reads not begun are dropped)."""
         self.reader.close()
         self.writer.close()
+        self.encoder.close()
 
     def run(self, unit: WorkUnit, configs: list[str], progress: Optional[Progress] = None,
             upcoming: Optional[WorkUnit] = None) -> list[dict[str, Any]]:
@@ -200,7 +202,8 @@ class UnitRunner:
         pending: collections.deque[list[Future[dict[str, Any]]]] = collections.deque()
         try:
             for unit, configs, inputs in self._inputs(jobs, upcoming):
-                pending.append([self._perturb_then_write(unit, name, inputs, progress) for name in configs])
+                originals = self.encoder.start(inputs.pixels) if self.settings.recipe.output.keep_originals else None  # once, for every config
+                pending.append([self._perturb_then_write(unit, name, inputs, originals, progress) for name in configs])
                 while len(pending) > 1:
                     yield [future.result() for future in pending.popleft()]
             while pending:
@@ -230,12 +233,14 @@ class UnitRunner:
     def _read(self, unit: WorkUnit) -> UnitInput:
         return read_unit(self.source, unit, self.settings.recipe.image_size, self.settings.class_names)
 
-    def _perturb_then_write(self, unit: WorkUnit, name: str, inputs: UnitInput, progress: Optional[Progress]) -> Future[dict[str, Any]]:
-        """Perturb the unit for config ``name`` here; encode and write it on the writer thread."""
+    def _perturb_then_write(self, unit: WorkUnit, name: str, inputs: UnitInput, originals: Optional[list[Future[bytes]]],
+                            progress: Optional[Progress]) -> Future[dict[str, Any]]:
+        """Perturb the unit for config ``name`` here; encode (on the encoder's threads) and write
+        it on the writer thread. ``originals``: the unit's originals being encoded, or None."""
         perturbed = self._perturb_unit(name, inputs, progress)
         if progress is not None and inputs.rejects:
             progress(len(inputs.rejects))
-        return self.writer.submit(lambda: self._write_unit(unit, name, list(self._samples(name, inputs, perturbed)), inputs.rejects))
+        return self.writer.submit(lambda: self._write_unit(unit, name, self._samples(name, inputs, perturbed, originals), inputs.rejects))
 
     def _perturb_unit(self, name: str, inputs: UnitInput, progress: Optional[Progress]) -> Perturbed:
         """Every sample of the unit through the engine, ``batch_size`` slots kept full."""
@@ -260,11 +265,14 @@ class UnitRunner:
             stop_reason=list(result.stop_reason),
         )
 
-    def _samples(self, name: str, inputs: UnitInput, perturbed: Perturbed) -> Iterator[OutputSample]:
-        """The unit's output samples for config ``name``: records and encoded images (slow: PNG or WebP)."""
+    def _samples(self, name: str, inputs: UnitInput, perturbed: Perturbed, originals: Optional[list[Future[bytes]]]) -> list[OutputSample]:
+        """The unit's output samples for config ``name``: records and encoded images."""
         config, schema = self.configs[name], self.schemas[name]
-        columns, fmt = perturbed.columns, schema.image_format
-        for row, original in enumerate(inputs.pixels):
+        columns = perturbed.columns
+        images = self.encoder.encode(perturbed.finals)
+        original_bytes = [future.result() for future in originals] if originals is not None else [None] * len(images)
+        samples = []
+        for row in range(len(inputs.pixels)):
             record: dict[str, Any] = {
                 "key": sample_key(inputs.indices[row]),
                 "label": int(inputs.labels[row]),
@@ -282,8 +290,8 @@ class UnitRunner:
             }
             if schema.attributes:
                 record[ATTRIBUTES_FIELD] = dict(zip(schema.attributes, perturbed.attributes[row], strict=True))
-            original_bytes = encode_image(original, fmt) if schema.keep_originals else None
-            yield OutputSample(record["key"], encode_image(perturbed.finals[row], fmt), original_bytes, record)
+            samples.append(OutputSample(record["key"], images[row], original_bytes[row], record))
+        return samples
 
     def _write_unit(self, unit: WorkUnit, name: str, samples: list[OutputSample], rejects: list[dict[str, Any]]) -> dict[str, Any]:
         """The unit's shard of ``name`` in every format, then its stats file (last: it marks completion).
