@@ -87,6 +87,14 @@ _local_scheme("builtin", "a file shipped inside this package", lambda rest, ctx:
 _local_scheme("cache", "a path inside this tool's cache dir", lambda rest, ctx: ctx.cache_dir / rest)
 
 
+def offline_hint() -> str:
+    """The end of a 'not in the HF cache and not downloaded' line: offline, huggingface_hub
+    retries every file for about 20 s before it gives up, unless told there is no network."""
+    from huggingface_hub import constants
+
+    return "" if constants.HF_HUB_OFFLINE else "; with no network, set HF_HUB_OFFLINE=1 so that this fails at once instead of after retries"
+
+
 def _hub_parts(rest: str) -> tuple[str, str, Optional[str]]:
     """``org/repo/path/in/repo[@revision]`` -> (repo id, file path, revision)."""
     spec, _, revision = rest.partition("@")
@@ -106,7 +114,7 @@ def _fetch_hf_hub(rest: str, ctx: ResolveContext) -> Path:
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
         raise CheckpointError(
             f"hf-hub:{rest}: not in the HF cache and the Hub cannot be reached "
-            f"({type(error).__name__}); download it where there is network or give a local path"
+            f"({type(error).__name__}); download it where there is network or give a local path{offline_hint()}"
         ) from None
 
 

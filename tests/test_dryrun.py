@@ -101,3 +101,26 @@ def test_find_location_never_downloads(tmp_path, monkeypatch: pytest.MonkeyPatch
     assert (hub.path, hub.fetchable) == (None, True) and "from the Hub" in hub.how
     local = find_location("weights/theta.pt", ctx)
     assert (local.path, local.local, local.missing) == (tmp_path / "weights" / "theta.pt", True, True)
+
+
+@pytest.mark.parametrize("offline", [True, False])
+def test_a_hub_miss_tells_how_to_fail_fast_offline(tmp_path, monkeypatch: pytest.MonkeyPatch, offline: bool) -> None:
+    """Offline, huggingface_hub retries each file for about 20 s: the one-line error says how
+    not to wait (HF_HUB_OFFLINE=1), unless it is set already."""
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from builder.checkpoints import ResolveContext, fetch_location
+    from builder.errors import CheckpointError
+
+    def unreachable(*args, **kwargs):
+        raise LocalEntryNotFoundError("cannot reach the Hub")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+    with pytest.raises(CheckpointError) as caught:
+        fetch_location("hf-hub:org/repo/model.safetensors", ResolveContext(tmp_path, tmp_path / "cache"))
+    line = str(caught.value)
+    assert line.startswith("hf-hub:org/repo/model.safetensors: not in the HF cache and the Hub cannot be reached") and "\n" not in line
+    assert ("set HF_HUB_OFFLINE=1 so that this fails at once" in line) is not offline

@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any, Optional
 
+from builder.checkpoints import offline_hint
 from builder.components.base import MODELS, ComponentContext
 from builder.components.labels import label_outputs
 from builder.components.preprocess import PreprocessedClassifier, Preprocessing, rgb
@@ -102,7 +103,7 @@ def _load(target: str, spec: ModelSpec, ctx: ComponentContext, pretrained: bool)
         first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         raise ComponentError(
             f"hf:{target}: cannot load it from {where if where != target else 'the HF cache or the Hub'} ({first}); "
-            "fix the repo id or directory, or run once with network so it is cached"
+            f"fix the repo id or directory, or run once with network so it is cached{offline_hint() if where == target else ''}"
         ) from None
 
 

@@ -16,7 +16,7 @@ from typing import Any, cast
 
 from torch import nn
 
-from builder.checkpoints import fetch_location, load_state_dict, load_weights
+from builder.checkpoints import fetch_location, load_state_dict, load_weights, offline_hint
 from builder.components.base import MODELS, ComponentContext
 from builder.components.preprocess import PooledClassifier, PreprocessedClassifier, Preprocessing
 from builder.config import ModelSpec
@@ -77,7 +77,7 @@ def build_timm(target: str, spec: ModelSpec, ctx: ComponentContext, pretrained: 
     except OSError as error:  # not in the HF cache and no network
         raise ComponentError(
             f"timm:{target}: pretrained weights are not in the HF cache and the Hub cannot be reached "
-            f"({type(error).__name__}); run once with network or give 'checkpoint'"
+            f"({type(error).__name__}); run once with network or give 'checkpoint'{offline_hint()}"
         ) from None
     data = resolve_model_data_config(net)
     preprocessing = Preprocessing(

@@ -13,7 +13,7 @@ from pydantic import SerializeAsAny, field_validator
 from torch import nn
 from torch.nn import functional as F
 
-from builder.checkpoints import BUILTIN_DIR, fetch_location, load_state_dict, load_weights
+from builder.checkpoints import BUILTIN_DIR, fetch_location, load_state_dict, load_weights, offline_hint
 from builder.components.base import ORACLES, ComponentContext, Oracle
 from builder.components.models import load_classifier
 from builder.components.preprocess import Preprocess, PreprocessedClassifier, Preprocessing
@@ -106,7 +106,7 @@ def create_clip(config: ClipOracleConfig, ctx: ComponentContext, *, load_weights
     except (RuntimeError, OSError) as error:
         raise ComponentError(
             f"open_clip {config.model}/{config.pretrained}: weights not in the cache and cannot be "
-            f"downloaded ({type(error).__name__}); run once with network or give a checkpoint path"
+            f"downloaded ({type(error).__name__}); run once with network or give a checkpoint path{offline_hint()}"
         ) from None
 
 

@@ -19,7 +19,7 @@ from typing import Any, Optional
 import torch
 from pydantic import Field, model_validator
 
-from builder.checkpoints import ResolveContext, fetch_location, load_state_dict, load_weights
+from builder.checkpoints import ResolveContext, fetch_location, load_state_dict, load_weights, offline_hint
 from builder.components.base import GENERATORS, ComponentContext, image_size_cap_problem
 from builder.config import Frozen, GeneratorConfig, TrainConfig
 from builder.errors import BuilderError, CheckpointError, ComponentError
@@ -131,7 +131,7 @@ def _hub_config(config: VAEConfig, download: bool) -> Optional[Path]:
         return Path(hf_hub_download(repo, filename, revision=config.revision))
     except Exception as error:  # noqa: BLE001 - huggingface_hub raises many kinds for "cannot fetch"
         raise CheckpointError(f"generator model {repo}: cannot fetch {filename} ({type(error).__name__}); "
-                              "download it where there is network, or give a local diffusers dir") from None
+                              f"download it where there is network, or give a local diffusers dir{offline_hint()}") from None
 
 
 def read_vae_config(path: Path) -> dict[str, Any]:
