@@ -402,16 +402,42 @@ def report_command(results: tuple[Path, ...], out: Path, benchmarks: tuple[str, 
 
 
 @main.command("card")
-@click.argument("benchmark_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("benchmark_dir", metavar="DIR_OR_URL", callback=output_location)
 @click.option("--results", multiple=True, type=click.Path(path_type=Path),
               help="RESULT.json of 'score --json' on this benchmark, or the --out DIR of 'score --models'; repeatable, kept in leaderboard.json.")
 @click.option("--repo-id", default=None, help="Hub dataset id the snippets should load from (default: a placeholder).")
-def card_command(benchmark_dir: Path, results: tuple[Path, ...], repo_id: Optional[str]) -> None:
+@storage_option
+@cache_option
+def card_command(benchmark_dir: Path | str, results: tuple[Path, ...], repo_id: Optional[str],
+                 storage_options: tuple[tuple[str, str], ...], cache_dir: Optional[Path]) -> None:
     """Rewrite a built benchmark's card (README.md), adding a leaderboard of score results."""
-    from builder.card import write_card
+    from builder.card import LEADERBOARD_FILE, write_card
 
-    path = write_card(benchmark_dir, list(results), repo_id)
-    click.echo(f"wrote {path}" + (f" with {len(results)} result file(s)" if results else ""))
+    def render(root: Path) -> list[str]:
+        write_card(root, list(results), repo_id)
+        return ["README.md", *([LEADERBOARD_FILE] if results else [])]
+
+    written = _rewrite_in_place(benchmark_dir, storage_options, cache_dir, render)
+    click.echo(f"wrote {', '.join(written)}" + (f" with {len(results)} result file(s)" if results else ""))
+
+
+def _rewrite_in_place(location: Path | str, storage_options: tuple[tuple[str, str], ...], cache_dir: Optional[Path],
+                      render: Callable[[Path], list[str]]) -> list[str]:
+    """``render`` a built benchmark's files (it returns their relative paths): in the dir itself,
+    or, for a URL, in the cache's mirror of the store, each then put back whole (the card and the
+    gallery are read from the shards, which stay where they are)."""
+    from builder.paths import default_cache_dir
+    from builder.storage import is_url, open_storage
+
+    if not is_url(location):
+        root = Path(location)
+        return [str(root / relative) for relative in render(root)]
+    storage = open_storage(location, storage_options)
+    mirror = storage.local_copy(cache_dir or default_cache_dir())
+    written = render(mirror)
+    for relative in written:
+        storage.put_file(mirror / relative, relative)
+    return [f"{str(location).rstrip('/')}/{relative}" for relative in written]
 
 
 @main.command("verify")
@@ -502,15 +528,21 @@ def list_recipes() -> None:
 
 
 @main.command("gallery")
-@click.argument("directory", type=click.Path(path_type=Path))
+@click.argument("directory", metavar="DIR_OR_URL", callback=output_location)
 @click.option("--per-class", default=24, show_default=True, type=click.IntRange(min=1), help="At most N samples per class and config.")
-def gallery_command(directory: Path, per_class: int) -> None:
-    """Regenerate DIRECTORY/gallery.html: originals beside perturbed images, for auditing labels."""
+@storage_option
+@cache_option
+def gallery_command(directory: Path | str, per_class: int, storage_options: tuple[tuple[str, str], ...], cache_dir: Optional[Path]) -> None:
+    """Regenerate gallery.html of a built benchmark: originals beside perturbed images, for auditing labels."""
     from builder.benchmark import read_manifest
-    from builder.gallery import write_gallery
+    from builder.gallery import GALLERY_FILE, write_gallery
 
-    path = write_gallery(directory, read_manifest(directory), per_class=per_class)
-    click.echo(f"wrote {path} ({path.stat().st_size} bytes)")
+    def render(root: Path) -> list[str]:
+        write_gallery(root, read_manifest(root), per_class=per_class)
+        return [GALLERY_FILE]
+
+    (written,) = _rewrite_in_place(directory, storage_options, cache_dir, render)
+    click.echo(f"wrote {written}")
 
 
 @main.command("publish")

@@ -121,6 +121,28 @@ def test_a_build_to_s3_equals_a_local_build_and_verify_and_score_read_it(s3_serv
     assert scores[0] == scores[1]  # the URL scores exactly as the local dir
 
 
+def test_card_and_gallery_rewrite_a_build_on_s3_as_they_do_a_local_one(s3_server: str, tiny_recipe: Path, local_build: dict[str, bytes],
+                                                                       tmp_path: Path) -> None:
+    """'card URL --results' and 'gallery URL' render in the cache's mirror and put the files back:
+    the store then holds what the same commands write into a local build, and still verifies."""
+    url, local, cache = f"s3://{BUCKET}/carded", tmp_path / "local", tmp_path / "cache"
+    assert run(tiny_recipe, url).exit_code == 0
+    scored = CliRunner().invoke(main, ["-q", "score", "--benchmark", str(local), "--model", f"py:{TINY_MODELS}:color_net", "--workers", "0",
+                                       "--bootstrap", "0", "--device", "cpu", "--json", str(tmp_path / "r.json")])
+    assert scored.exit_code == 0, scored.output
+    for where in (url, str(local)):
+        carded = CliRunner().invoke(main, ["-q", "card", where, "--results", str(tmp_path / "r.json"), "--repo-id", "org/tiny", "--cache-dir", str(cache)])
+        assert carded.exit_code == 0 and f"wrote {where}/README.md, {where}/leaderboard.json with 1 result file(s)" in carded.output, carded.output
+        gallery = CliRunner().invoke(main, ["-q", "gallery", where, "--per-class", "1", "--cache-dir", str(cache)])
+        assert gallery.exit_code == 0 and f"wrote {where}/gallery.html" in gallery.output, gallery.output
+    stored, rewritten = objects(s3_server, "carded"), local_files(local)
+    for name in ("README.md", "leaderboard.json", "gallery.html"):
+        assert stored[name] == rewritten[name] != local_build.get(name), name
+    assert "color_net" in stored["README.md"].decode()
+    verified = CliRunner().invoke(main, ["-q", "verify", url, "--cache-dir", str(cache)])
+    assert verified.exit_code == 0, verified.output
+
+
 def test_verify_on_a_url_checks_the_stores_bytes_not_a_stale_copy(s3_server: str, tiny_recipe: Path, tmp_path: Path) -> None:
     from builder.storage import mirror_dir
 
