@@ -738,6 +738,7 @@ class Stopwatch:
 def measure_whole_build(settings: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     """digits-demo built whole, in this process: build, units, engine, reads, encoding, writes."""
     import builder.build.driver as driver
+    import builder.build.pipeline as pipeline
     import builder.build.runner as runner
     from builder.build import BuildOptions, build_benchmark
     from builder.build.plan import Execution
@@ -749,7 +750,7 @@ def measure_whole_build(settings: dict[str, Any], log: Callable[[str], None]) ->
                                          f"perturbation.precision={settings.get('precision', 'fp32')}"))
     watch = Stopwatch()
     wrapped = {"units": (driver, "dispatch"), "engine": (runner.UnitRunner, "_perturb_unit"), "read": (runner, "read_unit"),
-               "encode": (runner, "encode_image"), "write": (runner.UnitRunner, "_write_unit")}
+               "encode": (pipeline, "encode_image"), "write": (runner.UnitRunner, "_write_unit")}
     saved = {name: getattr(owner, attribute) for name, (owner, attribute) in wrapped.items()}
     try:
         for name, (owner, attribute) in wrapped.items():
@@ -779,8 +780,8 @@ def whole_build_line(f: dict[str, Any]) -> str:
     beyond = "-" if f["units_over_engine"] is None else f"{f['units_over_engine']:+.1%}"
     return (f"whole build (digits-demo, {f['images']} images in {f['units']} units x {f['configs']} configs, budget {f['budget']}, "
             f"batch {f['batch_size']}): {f['build_seconds']:.1f}s, of which units {f['units_seconds']:.1f}s; engine alone "
-            f"{f['engine_seconds']:.1f}s; reader thread {f['read_seconds']:.1f}s, writer thread encoding {f['encode_seconds']:.1f}s "
-            f"+ writing {f['write_seconds']:.1f}s; waiting on all of that would take ~{f['serial_estimate_seconds']:.1f}s: "
+            f"{f['engine_seconds']:.1f}s; reader thread {f['read_seconds']:.1f}s, encoder threads {f['encode_seconds']:.1f}s, writer thread "
+            f"writing {f['write_seconds']:.1f}s; waiting on all of that would take ~{f['serial_estimate_seconds']:.1f}s: "
             f"{hidden} of the I/O hidden, units {beyond} over the engine")
 
 
