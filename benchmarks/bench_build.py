@@ -48,6 +48,9 @@ the floor and so inside the overhead; it is timed too and shown in the JSON.
     python benchmarks/bench_build.py                       # CPU preset, < 10 min on 2 cores
     python benchmarks/bench_build.py --device cuda --json bench_build_gpu.json   # GPU preset
     python benchmarks/bench_build.py --device cuda --precision bf16 --compile     # a build's fast setting
+    python benchmarks/bench_build.py --device cuda --modes bf16 fp32+compile bf16+compile --json bench_build_gpu.json
+        # everything in fp32 eager, then the engine and its floor in the three other modes on the same
+        # loaded components (images/s, s/step, peak GPU memory, compile time): the issue's GPU run
     python benchmarks/bench_build.py --only real --real-images 2 --real-budget 1   # quick look
     python benchmarks/bench_build.py --only build --demo-budget 2 --build-images 40   # a whole build, quickly
 
@@ -609,6 +612,58 @@ def measure_rss(which: str, settings: dict[str, Any], n: int, batch_size: int, b
     return runs
 
 
+def timed_runs(run: Callable[[], list[Outcome]], around: Floor, extras: tuple[str, ...], *, repeats: int, reps: int,
+               device: str) -> tuple[list[Outcome], dict[str, Any]]:
+    """``run`` timed ``repeats`` times, with a round of ``reps`` floor reps before each and after the last."""
+    walls, cpus, outputs = [], [], []
+    peak_gpu = None
+    for _ in range(repeats):
+        for _ in range(reps):
+            around.rep()
+        reset_gpu_peak(device)
+        wall, cpu, out = timed(run, device)
+        walls.append(wall)
+        cpus.append(cpu)
+        outputs.append(out)
+        peak_gpu = gpu_peak_mb(device)
+    around.rep(extras)
+    for _ in range(reps - 1):
+        around.rep()
+    first = outputs[0]
+    repeatable = all(compare(first, other)["all_equal"] for other in outputs[1:])
+    seconds, steps = statistics.median(walls), image_steps(first)
+    return first, {"images": len(first), "seconds": seconds, "images_per_s": len(first) / seconds, "image_steps": steps,
+                   "seconds_per_image_step": seconds / steps, "cpu_seconds_per_image_step": statistics.median(cpus) / steps,
+                   "all_seconds": walls, "all_cpu_seconds": cpus, "repeats_identical": repeatable, "peak_gpu_mb": peak_gpu}
+
+
+#: ``--modes``: precision, and whether the decoder is compiled
+MODES = {"fp32": ("fp32", False), "bf16": ("bf16", False), "fp32+compile": ("fp32", True), "bf16+compile": ("bf16", True)}
+
+
+def measure_mode(base: Suite, mode: str, settings: dict[str, Any], batch: int, first: list[Outcome],
+                 log: Callable[[str], None]) -> dict[str, Any]:
+    """The engine and its floor again in ``mode``, on the components already loaded: images/s,
+    seconds per image-step, peak GPU memory, the first call (compilation) timed apart, and how
+    the outputs differ from the first mode's."""
+    precision, compiled = MODES[mode]
+    prefix = "demo" if base.name == "digits-demo" else "real"
+    suite = in_modes(dataclasses.replace(base, generator=eager(base.generator), about=dict(base.about)),
+                     {"precision": precision, "compile": compiled})
+    warm = dataclasses.replace(suite, config=suite.config.model_copy(update={"budget": 0}))
+    first_call, _, _ = timed(partial(run_engine, warm, batch, batch), settings["device"])  # compiles at the batch's shape
+    for _ in range(max(0, settings[f"{prefix}_warmup"] - 1)):
+        run_engine(warm, batch, batch)
+    floor = Floor(suite, batch)
+    outcomes, row = timed_runs(partial(run_engine, suite, len(first), batch), floor, Floor.EXTRAS, repeats=settings[f"{prefix}_repeats"],
+                               reps=settings[f"{prefix}_reps"], device=settings["device"])
+    row.update(mode=mode, precision=precision, compiled_decoder=compiled, first_call_seconds=first_call,
+               floor_seconds_per_image_step=floor.summary()["seconds_per_image_step"], against_first_mode=compare(outcomes, first))
+    row["overhead"] = row["seconds_per_image_step"] / row["floor_seconds_per_image_step"] - 1
+    log(f"{base.name}: {mode}: engine {row['images_per_s']:.3g} images/s, first call {first_call:.1f}s, overhead {row['overhead']:+.1%}")
+    return row
+
+
 def measure_suite(which: str, settings: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     prefix = "demo" if which == "demo" else "real"
     device, warmup, reps = settings["device"], settings[f"{prefix}_warmup"], settings[f"{prefix}_reps"]
@@ -633,28 +688,7 @@ def measure_suite(which: str, settings: dict[str, Any], log: Callable[[str], Non
     floor, floor_one = Floor(suite, batch), Floor(suite, 1)
     repeats = settings[f"{prefix}_repeats"]
 
-    def measured(run: Callable[[], list[Outcome]], around: Floor, extras: tuple[str, ...]) -> tuple[list[Outcome], dict[str, Any]]:
-        """``run`` timed ``repeats`` times, with a round of ``reps`` floor reps before each and after the last."""
-        walls, cpus, outputs = [], [], []
-        peak_gpu = None
-        for _ in range(repeats):
-            for _ in range(reps):
-                around.rep()
-            reset_gpu_peak(device)
-            wall, cpu, out = timed(run, device)
-            walls.append(wall)
-            cpus.append(cpu)
-            outputs.append(out)
-            peak_gpu = gpu_peak_mb(device)
-        around.rep(extras)
-        for _ in range(reps - 1):
-            around.rep()
-        first = outputs[0]
-        repeatable = all(compare(first, other)["all_equal"] for other in outputs[1:])
-        seconds, steps = statistics.median(walls), image_steps(first)
-        return first, {"images": len(first), "seconds": seconds, "images_per_s": len(first) / seconds, "image_steps": steps,
-                       "seconds_per_image_step": seconds / steps, "cpu_seconds_per_image_step": statistics.median(cpus) / steps,
-                       "all_seconds": walls, "all_cpu_seconds": cpus, "repeats_identical": repeatable, "peak_gpu_mb": peak_gpu}
+    measured = partial(timed_runs, repeats=repeats, reps=reps, device=device)
 
     # the engine over all images, then the plain per-image loop on the first of them
     engine, figures["engine"] = measured(partial(run_engine, suite, count, batch), floor, Floor.EXTRAS)
@@ -697,6 +731,9 @@ def measure_suite(which: str, settings: dict[str, Any], log: Callable[[str], Non
         figures["equality_float64"].update(engine_batch_size=n64, budget=suite64.config.budget)
         log(f"{suite.name}: float64 outputs equal on {figures['equality_float64']['equal_samples']}/{n64}")
         del parts64, suite64
+
+    # the engine again in each further mode, on the same components and images
+    figures["modes"] = [measure_mode(suite, mode, settings, batch, engine, log) for mode in settings.get("modes") or ()]
 
     # peak RSS of builds of N and 4N images, in subprocesses
     with tempfile.TemporaryDirectory() as tmp:
@@ -801,6 +838,9 @@ def table(results: dict[str, Any], device: str) -> str:
             row = r[key]
             rows.append((name, label, num(row["images_per_s"]), num(row["seconds_per_image_step"]),
                          num(row["floor_seconds_per_image_step"]), f"{100 * row['overhead']:.1f}", "-"))
+        for mode in r.get("modes", []):
+            rows.append((name, f"engine {mode['mode']} (batch {r['batch_size']}, {mode['images']} img)", num(mode["images_per_s"]),
+                         num(mode["seconds_per_image_step"]), num(mode["floor_seconds_per_image_step"]), f"{100 * mode['overhead']:.1f}", "-"))
         for label in ("N", "4N"):
             run = r["rss"][label]
             rows.append((name, f"build {label}={run['count']} (batch {run['batch_size']}, budget {run['budget']})",
@@ -849,6 +889,12 @@ def table(results: dict[str, Any], device: str) -> str:
                      + (f"; peak GPU {rss['N']['peak_gpu_mb']:.0f} -> {rss['4N']['peak_gpu_mb']:.0f} MB" if device.startswith("cuda") else ""))
         if device.startswith("cuda"):
             lines.append(f"{name}: peak GPU memory engine {e['peak_gpu_mb']:.0f} MB, per-image {r['per_image']['peak_gpu_mb']:.0f} MB")
+        for mode in r.get("modes", []):
+            against = mode["against_first_mode"]
+            lines.append(f"{name}: {mode['mode']}: first call {mode['first_call_seconds']:.1f}s"
+                         + (f", peak GPU memory {mode['peak_gpu_mb']:.0f} MB" if mode["peak_gpu_mb"] is not None else "")
+                         + f"; against the first mode, {against['samples'] - against['steps_equal']} of {against['samples']} sample(s) "
+                         f"stop at another step, {against['samples'] - against['perturbed_and_stop_reason_equal']} decide otherwise")
     return "\n".join(lines)
 
 
@@ -859,7 +905,8 @@ def settings_from(args: argparse.Namespace) -> dict[str, Any]:
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     settings.update(preset=preset, device=args.device, seed=args.seed, demo_model=args.demo_model,
-                    real_model=args.real_model, real_size=args.real_size, precision=args.precision, compile=args.compile)
+                    real_model=args.real_model, real_size=args.real_size, precision=args.precision, compile=args.compile,
+                    modes=args.modes or [])
     return settings
 
 
@@ -875,6 +922,9 @@ def main() -> None:
     parser.add_argument("--real-size", type=int, default=256)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="as a build's --precision: autocast for the components")
     parser.add_argument("--compile", action="store_true", help="as a build's --compile: the decoder through torch.compile")
+    parser.add_argument("--modes", nargs="+", choices=sorted(MODES), default=None,
+                        help="after the full measurement (in --precision/--compile), the engine and its floor again in each of these modes, "
+                             "on the same loaded components: images/s, s/step, peak GPU memory, compile time")
     for key, value in PRESETS["cpu"].items():
         parser.add_argument("--" + key.replace("_", "-"), type=type(value), default=None, help=f"preset cpu: {value}, gpu: {PRESETS['gpu'][key]}")
     parser.add_argument("--json", default=None, help="write every figure here")
