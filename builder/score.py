@@ -7,6 +7,7 @@ evaluated model itself (it becomes theta), the paper's main protocol.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 import tempfile
@@ -200,24 +201,48 @@ def _originals_from_source(bench: Benchmark, config: str, source_recipe: Optiona
     from builder.images import to_nchw
     from builder.recipes import load_recipe
     from builder.sources.base import SourceContext, open_source
-    from builder.sources.decode import load_rgb
 
     if source_recipe is None:
         raise BenchmarkError(f"{bench.location} was built without original images; pass --source RECIPE (its recipe) so SA can be measured")
     loaded = load_recipe(source_recipe)
     source = open_source(loaded.recipe.source, SourceContext(loaded.base_dir, default_cache_dir()))
-    keys = [k for part in bench.read_columns(config, ["key"]) for k in part["key"]]
-    size = int(bench.manifest["recipe"]["image_size"])
+    indices = [int(k) for part in bench.read_columns(config, ["key"]) for k in part["key"]]
+    pixels = source_images(source, indices, int(bench.manifest["recipe"]["image_size"]))
     predictions = []
-    for start in range(0, len(keys), batch_size):
-        pixels = []
-        for key in keys[start : start + batch_size]:
-            item = next(source.items(int(key), int(key) + 1))
-            pixels.append(load_rgb(item.load, size))
-        batch = to_nchw(np.stack(pixels)).to(device).float() / 255
+    while chunk := list(itertools.islice(pixels, batch_size)):
+        batch = to_nchw(np.stack(chunk)).to(device).float() / 255
         with torch.no_grad():
             predictions.append(classifier(batch).argmax(-1).cpu().numpy())
-    return np.concatenate(predictions)
+    return np.concatenate(predictions) if predictions else np.zeros(0, dtype=np.int64)
+
+
+def source_images(source: Any, indices: list[int], size: int) -> Iterator[np.ndarray]:
+    """The source's images at ``indices``, in that order. A benchmark's keys increase, so they are
+    read in one pass over the source (a compressed tar shard is inflated once, not once per key);
+    indices in another order are read one by one."""
+    from builder.sources.decode import load_rgb
+
+    if indices != sorted(indices):
+        for index in indices:
+            item = next(source.items(index, index + 1), None)
+            if item is None:
+                raise BenchmarkError(_missing_from_source(index, len(source)))
+            yield load_rgb(item.load, size)
+        return
+    wanted = iter(indices)
+    target = next(wanted, None)
+    for item in source.items(indices[0], indices[-1] + 1) if indices else ():
+        if target is not None and target < item.index:
+            break
+        if item.index == target:
+            yield load_rgb(item.load, size)
+            target = next(wanted, None)
+    if target is not None:
+        raise BenchmarkError(_missing_from_source(target, len(source)))
+
+
+def _missing_from_source(index: int, count: int) -> str:
+    return f"--source: its source has no sample {index} (it has {count}); give the recipe this benchmark was built from"
 
 
 def score(

@@ -231,3 +231,46 @@ def test_result_files_from_before_the_rename_still_load(tiny_build: Path, tmp_pa
     card = (tiny_build / "README.md").read_text()
     assert f"| {100 * figures['sa']:.1f} | {100 * figures['pa']:.1f} | {figures['fmr']:.1f} | {100 * figures['pa_perturbed']:.1f} |" in card
     assert f"| {new['fmr']:.1f} [" in card
+
+
+def test_a_benchmark_built_without_originals_scores_from_its_recipes_source(tiny_recipe: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """'score --source RECIPE' reads the originals from the recipe's source, here a .tar.gz shard:
+    the same SA and FMR as the build that kept its originals, and the shard is read in one pass
+    (it was once reopened, and inflated from its start, for every key)."""
+    import gzip
+
+    import yaml
+    from helpers import write_shard
+
+    colors = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
+    plain = tmp_path / "shard.tar"
+    write_shard(plain, [(f"k{i:02d}", colors[i % 3], i % 3) for i in range(14)])
+    (tmp_path / "shard.tar.gz").write_bytes(gzip.compress(plain.read_bytes()))
+    plain.unlink()
+    recipe = yaml.safe_load(tiny_recipe.read_text())
+    recipe["source"] = {"kind": "webdataset", "urls": "shard.tar.gz", "class_names": ["red", "green", "blue"]}
+    scores, openings, real = {}, [], gzip.GzipFile.__init__
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> None:
+        openings.append(1)
+        real(self, *args, **kwargs)
+
+    for keep in (True, False):
+        recipe["output"] = {**recipe["output"], "keep_originals": keep}
+        path = tmp_path / f"keep-{keep}.yaml"
+        path.write_text(yaml.safe_dump(recipe))
+        out = tmp_path / f"out-{keep}"
+        assert CliRunner().invoke(main, ["-q", "run", str(path), "--out", str(out), "--no-progress"]).exit_code == 0
+        if not keep:
+            monkeypatch.setattr(gzip.GzipFile, "__init__", counting)
+        scores[keep] = score(str(out), f"py:{TINY_MODELS}:color_net", bootstrap=0, batch_size=4, source_recipe=None if keep else str(path))
+    assert len(openings) == 2  # indexing the shard, then one pass over it
+    kept, sourced = scores[True], scores[False]
+    assert (sourced.n, sourced.sa, sourced.pa, sourced.fmr) == (kept.n, kept.sa, kept.pa, kept.fmr) and kept.n == 14
+    short = tmp_path / "short.tar"
+    write_shard(short, [(f"k{i:02d}", colors[i % 3], i % 3) for i in range(5)])
+    recipe["source"]["urls"] = "short.tar"
+    (tmp_path / "short.yaml").write_text(yaml.safe_dump(recipe))
+    with pytest.raises(BenchmarkError, match=r"^--source: its source has no sample 5 \(it has 5\); give the recipe this benchmark was built from$"):
+        score(str(tmp_path / "out-False"), f"py:{TINY_MODELS}:color_net", bootstrap=0, source_recipe=str(tmp_path / "short.yaml"))
