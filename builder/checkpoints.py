@@ -133,6 +133,68 @@ LOCATIONS.register("hf-hub", description="org/repo/path/in/repo[@revision] on th
 )
 
 
+@dataclass(frozen=True)
+class HubFile:
+    """One file of a Hub repo, as an ``hf://`` URL names it."""
+
+    repo_type: str  # "model", "dataset" or "space"
+    repo_id: str
+    path: str
+    revision: Optional[str]
+
+
+def parse_hf_url(rest: str) -> HubFile:
+    """``//datasets/org/repo[@revision]/path`` (``hf:`` taken off): huggingface_hub's fsspec form,
+    which webdataset and datasets users write; no type prefix is a model repo, and a revision
+    with slashes is %-encoded there (``@refs%2Fpr%2F1``)."""
+    from urllib.parse import unquote
+
+    parts = rest[2:].split("/") if rest.startswith("//") else []
+    repo_type = "model"
+    if parts and parts[0] in ("datasets", "spaces"):
+        repo_type, parts = parts[0][:-1], parts[1:]
+    if len(parts) < 3 or not all(parts):
+        raise CheckpointError(f"hf:{rest}: expected hf://datasets/org/repo[@revision]/path/in/repo (or hf://org/repo/... for a model repo)")
+    name, _, revision = parts[1].partition("@")
+    return HubFile(repo_type, f"{parts[0]}/{name}", "/".join(parts[2:]), unquote(revision) or None)
+
+
+def _fetch_hf_url(rest: str, ctx: ResolveContext) -> Path:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    file = parse_hf_url(rest)
+    try:
+        return Path(hf_hub_download(file.repo_id, file.path, repo_type=file.repo_type, revision=file.revision))
+    except RepositoryNotFoundError:
+        raise CheckpointError(f"hf:{rest}: no {file.repo_type} repo {file.repo_id} on the Hub, or it is gated or private "
+                              "(log in: HF_TOKEN); check the URL") from None
+    except RevisionNotFoundError:
+        raise CheckpointError(f"hf:{rest}: {file.repo_id} has no revision '{file.revision}'; check the URL") from None
+    except EntryNotFoundError:
+        raise CheckpointError(f"hf:{rest}: {file.repo_id} has no file {file.path}; check the URL") from None
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
+        raise CheckpointError(
+            f"hf:{rest}: not in the HF cache and the Hub cannot be reached ({type(error).__name__}); "
+            f"download it where there is network or give a local path{offline_hint()}"
+        ) from None
+
+
+def _find_hf_url(rest: str, ctx: ResolveContext) -> Found:
+    from huggingface_hub import try_to_load_from_cache
+
+    file = parse_hf_url(rest)
+    cached = try_to_load_from_cache(file.repo_id, file.path, revision=file.revision, repo_type=file.repo_type)
+    if isinstance(cached, str):
+        return Found(Path(cached), "in the HF cache")
+    return Found(None, "downloaded from the Hub on the first run (through the HF cache, with your HF token)", fetchable=True)
+
+
+LOCATIONS.register("hf", description="hf://datasets/org/repo[@revision]/path: a file of a Hub dataset (or model) repo, through the HF cache")(
+    LocationScheme(_fetch_hf_url, _find_hf_url)
+)
+
+
 def _download_name(url: str) -> str:
     """A file name for a URL: its path's last part, or a ``?p=/dir/file`` query's (heibox/seafile links)."""
     from urllib.parse import parse_qs, urlparse

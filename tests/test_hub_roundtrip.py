@@ -303,6 +303,40 @@ def test_score_reads_the_revision_it_is_given(built: Path, hub: HubStub, tmp_pat
     assert "--revision v1 applies to Hub dataset ids (org/name), and no --benchmark is one" in line
 
 
+def test_a_webdataset_source_reads_shards_of_a_hub_dataset(hub: HubStub, tmp_path: Path) -> None:
+    """'urls: hf://datasets/org/repo[@revision]/...' (huggingface_hub's fsspec form, as webdataset
+    users write it) fetches each shard through the HF cache, with the token; the dry run finds
+    them offline; a wrong file, repo or revision is one line."""
+    from helpers import BLUE, GREEN, RED, make_source, write_shard
+
+    from builder.checkpoints import ResolveContext, find_location
+    from builder.errors import CheckpointError
+    from builder.sources.decode import load_rgb
+
+    for index, samples in enumerate([[("a", RED, 0), ("b", GREEN, 1)], [("c", BLUE, 1)]]):
+        write_shard(tmp_path / f"s-{index}.tar", samples)
+    hub.add_files("org/shards", {f"val/s-{i}.tar": (tmp_path / f"s-{i}.tar").read_bytes() for i in range(2)})
+    hub.add_files("org/shards", {"val/s-0.tar": (tmp_path / "s-1.tar").read_bytes()}, branch="v1")
+    ctx = ResolveContext(tmp_path, tmp_path / "cache")
+    url = "hf://datasets/org/shards/val/s-{0..1}.tar"
+    first = "hf://datasets/org/shards/val/s-0.tar"
+    assert "downloaded from the Hub on the first run" in find_location(first, ctx).how
+    source = make_source({"kind": "webdataset", "urls": url, "class_names": ["x", "y"]}, tmp_path)
+    items = list(source.items(0, len(source)))
+    assert [item.source_id for item in items] == ["s-0.tar/a", "s-0.tar/b", "s-1.tar/c"] and [item.label for item in items] == [0, 1, 1]
+    assert [tuple(load_rgb(item.load, 2)[0, 0]) for item in items] == [RED, GREEN, BLUE]
+    assert find_location(first, ctx).how == "in the HF cache"
+    branch = make_source({"kind": "webdataset", "urls": "hf://datasets/org/shards@v1/val/s-0.tar", "class_names": ["x", "y"]}, tmp_path)
+    assert [item.source_id for item in branch.items(0, 5)] == ["s-0.tar/c"]
+    for wrong, fragment in (("hf://datasets/org/shards/val/s-9.tar", "org/shards has no file val/s-9.tar"),
+                            ("hf://datasets/org/nope/val/s-0.tar", "no dataset repo org/nope on the Hub, or it is gated or private"),
+                            ("hf://datasets/org/shards@v9/val/s-0.tar", "org/shards has no revision 'v9'"),
+                            ("hf://datasets/org/shards", "expected hf://datasets/org/repo[@revision]/path/in/repo")):
+        with pytest.raises(CheckpointError) as caught:
+            make_source({"kind": "webdataset", "urls": wrong, "class_names": ["x", "y"]}, tmp_path)
+        assert fragment in str(caught.value) and "\n" not in str(caught.value), str(caught.value)
+
+
 def test_a_private_repo_needs_the_token(built: Path, hub: HubStub, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from datasets import load_dataset
     from datasets.exceptions import DatasetNotFoundError
