@@ -124,3 +124,28 @@ def test_a_hub_miss_tells_how_to_fail_fast_offline(tmp_path, monkeypatch: pytest
     line = str(caught.value)
     assert line.startswith("hf-hub:org/repo/model.safetensors: not in the HF cache and the Hub cannot be reached") and "\n" not in line
     assert ("set HF_HUB_OFFLINE=1 so that this fails at once" in line) is not offline
+
+
+def test_a_dry_run_names_remote_shards_without_downloading_them(tiny_recipe, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A webdataset source over URLs was opened by the dry run, which downloaded every shard."""
+    import urllib.request
+
+    import yaml
+    from helpers import write_shard
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the dry run opened the network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    recipe = yaml.safe_load(tiny_recipe.read_text())
+    recipe["source"] = {"kind": "webdataset", "urls": "https://example.org/shards/s-{0..1}.tar", "class_names": ["red", "green", "blue"]}
+    path = tmp_path / "remote.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    result = dry_run(str(path), "--cache-dir", str(tmp_path / "cache"))
+    assert result.exit_code == 0, result.output
+    assert "webdataset: 2 shard(s) to download on the first run, such as https://example.org/shards/s-0.tar" in result.output
+    write_shard(tmp_path / "local.tar", [("a", (200, 30, 30), 0), ("b", (30, 30, 200), 2)])  # at hand: opened and counted
+    recipe["source"]["urls"] = "local.tar"
+    path.write_text(yaml.safe_dump(recipe))
+    result = dry_run(str(path), "--cache-dir", str(tmp_path / "cache"))
+    assert result.exit_code == 0 and "webdataset: 2 samples, 3 classes" in result.output, result.output

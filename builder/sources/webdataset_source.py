@@ -18,13 +18,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
-from builder.checkpoints import fetch_location
+from builder.checkpoints import fetch_location, find_location
 from builder.config import SourceConfig
-from builder.errors import SourceError
+from builder.errors import BuilderError, SourceError
+from builder.preflight import Check
 from builder.sources.base import (
     SOURCES,
     SourceContext,
     SourceItem,
+    declared_classes,
     open_preflight,
     printable_id,
     shown_label,
@@ -50,6 +52,22 @@ class WebDatasetConfig(SourceConfig):
 
 
 def _expand(urls: str | tuple[str, ...], ctx: SourceContext) -> list[Path]:
+    paths: list[Path] = []
+    for url in _expanded(urls):
+        local = fetch_location(url, ctx)
+        matches = sorted(glob.glob(str(local))) if any(c in str(local) for c in "*?[") else [str(local)]
+        paths.extend(Path(m) for m in matches)
+        if len(paths) > MAX_SHARDS:
+            raise SourceError(f"webdataset source: source.urls match more than {MAX_SHARDS} shards; narrow its globs")
+    missing = [p for p in paths if not p.is_file()]
+    if not paths or missing:
+        shown = urls if isinstance(urls, str) else urls[0]
+        raise SourceError(f"webdataset source: no shard at {missing[0] if missing else shown}; check source.urls")
+    return paths
+
+
+def _expanded(urls: str | tuple[str, ...]) -> list[str]:
+    """Every name the patterns of ``source.urls`` stand for, counted before any is made."""
     import braceexpand
 
     patterns = [urls] if isinstance(urls, str) else list(urls)
@@ -62,18 +80,22 @@ def _expand(urls: str | tuple[str, ...], ctx: SourceContext) -> list[Path]:
                 f"webdataset source: source.urls {shown!r} expands to more than {MAX_SHARDS} shards; "
                 "check its {a..b} ranges"
             )
-    paths: list[Path] = []
-    for pattern in patterns:
-        for url in braceexpand.braceexpand(pattern):
-            local = fetch_location(url, ctx)
-            matches = sorted(glob.glob(str(local))) if any(c in str(local) for c in "*?[") else [str(local)]
-            paths.extend(Path(m) for m in matches)
-            if len(paths) > MAX_SHARDS:
-                raise SourceError(f"webdataset source: source.urls match more than {MAX_SHARDS} shards; narrow its globs")
-    missing = [p for p in paths if not p.is_file()]
-    if not paths or missing:
-        raise SourceError(f"webdataset source: no shard at {missing[0] if missing else patterns[0]}; check source.urls")
-    return paths
+    return [url for pattern in patterns for url in braceexpand.braceexpand(pattern)]
+
+
+def webdataset_preflight(config: WebDatasetConfig, ctx: SourceContext, where: str) -> list[Check]:
+    """A dry run downloads nothing: when every shard is at hand (paths, or downloads already in a
+    cache) the source is opened and counted; otherwise the shards still to fetch are only named."""
+    declared = declared_classes(config)
+    count = len(declared) if declared else None
+    try:
+        pending = [url for url in _expanded(config.urls) if find_location(url, ctx).fetchable]
+    except BuilderError as error:
+        return [Check(where, config.kind, f"{where}: {error}", classes=count, class_names=declared)]
+    if not pending:
+        return open_preflight(config, ctx, where)
+    return [Check(where, f"webdataset: {len(pending)} shard(s) to download on the first run, such as {pending[0]}",
+                  classes=count, class_names=declared)]
 
 
 def _expansion_count(pattern: str) -> int:
@@ -228,7 +250,7 @@ class _ShardCursor:
         self._closed = True
 
 
-@SOURCES.register("webdataset", config=WebDatasetConfig, description="tar shards: <key>.png|jpg + <key>.cls", preflight=open_preflight)
+@SOURCES.register("webdataset", config=WebDatasetConfig, description="tar shards: <key>.png|jpg + <key>.cls", preflight=webdataset_preflight)
 class WebDatasetSource:
     def __init__(self, config: WebDatasetConfig, ctx: SourceContext) -> None:
         if not config.class_names:
