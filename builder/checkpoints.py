@@ -95,52 +95,23 @@ def offline_hint() -> str:
     return "" if constants.HF_HUB_OFFLINE else "; with no network, set HF_HUB_OFFLINE=1 so that this fails at once instead of after retries"
 
 
-def _hub_parts(rest: str) -> tuple[str, str, Optional[str]]:
-    """``org/repo/path/in/repo[@revision]`` -> (repo id, file path, revision)."""
-    spec, _, revision = rest.partition("@")
-    parts = spec.split("/")
-    if len(parts) < 3:
-        raise CheckpointError(f"hf-hub:{rest}: expected hf-hub:org/repo/path/to/file[@revision]")
-    return "/".join(parts[:2]), "/".join(parts[2:]), revision or None
-
-
-def _fetch_hf_hub(rest: str, ctx: ResolveContext) -> Path:
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    repo_id, filename, revision = _hub_parts(rest)
-    try:
-        return Path(hf_hub_download(repo_id, filename, revision=revision))
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
-        raise CheckpointError(
-            f"hf-hub:{rest}: not in the HF cache and the Hub cannot be reached "
-            f"({type(error).__name__}); download it where there is network or give a local path{offline_hint()}"
-        ) from None
-
-
-def _find_hf_hub(rest: str, ctx: ResolveContext) -> Found:
-    from huggingface_hub import try_to_load_from_cache
-
-    repo_id, filename, revision = _hub_parts(rest)
-    cached = try_to_load_from_cache(repo_id, filename, revision=revision)
-    if isinstance(cached, str):
-        return Found(Path(cached), "in the HF cache")
-    return Found(None, "downloaded from the Hub on the first run", fetchable=True)
-
-
-LOCATIONS.register("hf-hub", description="org/repo/path/in/repo[@revision] on the Hugging Face Hub")(
-    LocationScheme(_fetch_hf_hub, _find_hf_hub)
-)
-
-
 @dataclass(frozen=True)
 class HubFile:
-    """One file of a Hub repo, as an ``hf://`` URL names it."""
+    """One file of a Hub repo, as a location names it."""
 
     repo_type: str  # "model", "dataset" or "space"
     repo_id: str
     path: str
     revision: Optional[str]
+
+
+def parse_hf_hub(rest: str) -> HubFile:
+    """``org/repo/path/in/repo[@revision]`` (``hf-hub:`` taken off): a file of a model repo."""
+    spec, _, revision = rest.partition("@")
+    parts = spec.split("/")
+    if len(parts) < 3:
+        raise CheckpointError(f"hf-hub:{rest}: expected hf-hub:org/repo/path/to/file[@revision]")
+    return HubFile("model", "/".join(parts[:2]), "/".join(parts[2:]), revision or None)
 
 
 def parse_hf_url(rest: str) -> HubFile:
@@ -159,40 +130,49 @@ def parse_hf_url(rest: str) -> HubFile:
     return HubFile(repo_type, f"{parts[0]}/{name}", "/".join(parts[2:]), unquote(revision) or None)
 
 
-def _fetch_hf_url(rest: str, ctx: ResolveContext) -> Path:
+def _fetch_hub_file(spec: str, file: HubFile) -> Path:
+    """The file through the HF cache (with the user's token); each way of failing is one line."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
-    file = parse_hf_url(rest)
     try:
         return Path(hf_hub_download(file.repo_id, file.path, repo_type=file.repo_type, revision=file.revision))
     except RepositoryNotFoundError:
-        raise CheckpointError(f"hf:{rest}: no {file.repo_type} repo {file.repo_id} on the Hub, or it is gated or private "
-                              "(log in: HF_TOKEN); check the URL") from None
+        raise CheckpointError(f"{spec}: no {file.repo_type} repo {file.repo_id} on the Hub, or it is gated or private "
+                              "(log in: HF_TOKEN); check the location") from None
     except RevisionNotFoundError:
-        raise CheckpointError(f"hf:{rest}: {file.repo_id} has no revision '{file.revision}'; check the URL") from None
-    except EntryNotFoundError:
-        raise CheckpointError(f"hf:{rest}: {file.repo_id} has no file {file.path}; check the URL") from None
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
-        raise CheckpointError(
-            f"hf:{rest}: not in the HF cache and the Hub cannot be reached ({type(error).__name__}); "
-            f"download it where there is network or give a local path{offline_hint()}"
-        ) from None
+        raise CheckpointError(f"{spec}: {file.repo_id} has no revision '{file.revision}'; check the location") from None
+    except EntryNotFoundError as error:
+        if not isinstance(error, LocalEntryNotFoundError):  # the local kind: not cached, and no Hub to ask
+            raise CheckpointError(f"{spec}: {file.repo_id} has no file {file.path}; check the location") from None
+        raise _unreachable(spec, error) from None
+    except (HfHubHTTPError, OSError) as error:
+        raise _unreachable(spec, error) from None
 
 
-def _find_hf_url(rest: str, ctx: ResolveContext) -> Found:
+def _unreachable(spec: str, error: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"{spec}: not in the HF cache and the Hub cannot be reached ({type(error).__name__}); "
+        f"download it where there is network or give a local path{offline_hint()}"
+    )
+
+
+def _find_hub_file(file: HubFile) -> Found:
     from huggingface_hub import try_to_load_from_cache
 
-    file = parse_hf_url(rest)
     cached = try_to_load_from_cache(file.repo_id, file.path, revision=file.revision, repo_type=file.repo_type)
     if isinstance(cached, str):
         return Found(Path(cached), "in the HF cache")
     return Found(None, "downloaded from the Hub on the first run (through the HF cache, with your HF token)", fetchable=True)
 
 
-LOCATIONS.register("hf", description="hf://datasets/org/repo[@revision]/path: a file of a Hub dataset (or model) repo, through the HF cache")(
-    LocationScheme(_fetch_hf_url, _find_hf_url)
-)
+def _hub_scheme(name: str, parse: Callable[[str], HubFile], description: str) -> None:
+    LOCATIONS.register(name, description=description)(LocationScheme(
+        lambda rest, ctx: _fetch_hub_file(f"{name}:{rest}", parse(rest)), lambda rest, ctx: _find_hub_file(parse(rest))))
+
+
+_hub_scheme("hf-hub", parse_hf_hub, "org/repo/path/in/repo[@revision]: a file of a Hub model repo, through the HF cache")
+_hub_scheme("hf", parse_hf_url, "hf://datasets/org/repo[@revision]/path: a file of a Hub dataset (or model) repo, through the HF cache")
 
 
 def _download_name(url: str) -> str:
