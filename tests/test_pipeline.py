@@ -272,3 +272,19 @@ def test_the_encoders_threads_do_not_change_a_byte(tiny_recipe: Path, tmp_path: 
         assert result.exit_code == 0, result.output
         files[threads] = {name: data for name, data in every_file(out).items() if name.startswith(("cnn", "cnn2"))}
     assert len(files[1]) == 12 and files[1] == files[4]
+
+
+def test_the_write_benchmark_runs_through_the_builds_own_encoder_and_writers(tmp_path: Path) -> None:
+    """benchmarks/bench_write.py is a script, not a test: this only keeps it runnable (no timing is checked)."""
+    import json
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_write.py"
+    out = tmp_path / "write.json"
+    done = subprocess.run([sys.executable, str(script), "--size", "16", "--images", "3", "--configs", "2", "--threads", "1", "2",
+                           "--repeats", "1", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(row["format"], row["threads"], row["samples"]) for row in rows] == [("png", 1, 6), ("png", 2, 6), ("webp", 1, 6), ("webp", 2, 6)]
+    assert all(row["samples_per_s"] > 0 for row in rows) and "cores per GPU" in done.stdout
