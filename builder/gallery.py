@@ -13,11 +13,11 @@ import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from string import Template
 from typing import Any, Optional
 
 from builder.errors import BuilderError
 from builder.fileio import write_bytes_atomic
+from builder.htmlpage import page_template
 
 log = logging.getLogger(__name__)
 
@@ -259,21 +259,9 @@ SCRIPT = """
 })();
 """
 
-PAGE = Template(
-    """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width,initial-scale=1">
-<title>$title</title>
-<style>"""
-    + STYLE
-    + """</style>
-</head>
-<body>
-<header>
-<h1>$title</h1>
-<p class="note">Check that each perturbed image still shows its class. Left: original, right: perturbed;
+PAGE = page_template(
+    STYLE,
+    """<p class="note">Check that each perturbed image still shows its class. Left: original, right: perturbed;
 the last caption line is the reference model's prediction before &rarr; after
 (green: the label, red: flipped by the perturbation, brown: already wrong on the original).
 Manifest id <code>$manifest_id</code>.</p>

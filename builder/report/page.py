@@ -5,9 +5,9 @@ Its bytes depend only on the results and benchmarks read (no timestamps)."""
 from __future__ import annotations
 
 import html
-from string import Template
 from typing import Sequence
 
+from builder.htmlpage import page_template
 from builder.report.inputs import Result
 from builder.report.sections import Section
 
@@ -54,21 +54,9 @@ table.figures td:nth-child(n+5):nth-child(-n+9){text-align:right}
 figcaption{font-size:12px;margin-top:3px;max-width:196px}.wrong{color:#a31515;font-weight:bold}
 """
 
-PAGE = Template(
-    """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width,initial-scale=1">
-<title>$title</title>
-<style>"""
-    + STYLE
-    + """</style>
-</head>
-<body>
-<header>
-<h1>$title</h1>
-<p class="note">$summary. FMR (Foundation Model-oriented Robustness, Zhang et al.) = PA / SA x 100.</p>
+PAGE = page_template(
+    STYLE,
+    """<p class="note">$summary. FMR (Foundation Model-oriented Robustness, Zhang et al.) = PA / SA x 100.</p>
 <ul class="files">$files</ul>
 <nav><ol>$contents</ol></nav>
 </header>
