@@ -274,3 +274,19 @@ def test_a_benchmark_built_without_originals_scores_from_its_recipes_source(tiny
     (tmp_path / "short.yaml").write_text(yaml.safe_dump(recipe))
     with pytest.raises(BenchmarkError, match=r"^--source: its source has no sample 5 \(it has 5\); give the recipe this benchmark was built from$"):
         score(str(tmp_path / "out-False"), f"py:{TINY_MODELS}:color_net", bootstrap=0, source_recipe=str(tmp_path / "short.yaml"))
+
+
+def test_source_images_gives_the_images_of_the_indices_in_their_order(tmp_path: Path) -> None:
+    """In one pass when the indices increase (a benchmark's keys), one by one otherwise; the same images either way."""
+    from helpers import make_source
+
+    from builder.score import source_images
+    from builder.sources.decode import load_rgb
+
+    source = make_source({"kind": "sklearn-digits"}, tmp_path)
+    one_by_one = {i: load_rgb(next(source.items(i, i + 1)).load, 8) for i in (2, 5, 7, 30)}
+    for order in ([2, 5, 7, 30], [30, 2, 7, 5]):
+        assert all((got == one_by_one[i]).all() for i, got in zip(order, source_images(source, order, 8), strict=True))
+    assert list(source_images(source, [], 8)) == []
+    with pytest.raises(BenchmarkError, match=r"^--source: its source has no sample 100000 \(it has \d+\)"):
+        list(source_images(source, [3, 100000], 8))
