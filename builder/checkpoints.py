@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
-from builder.errors import CheckpointError
+from builder.errors import BuilderError, CheckpointError
 from builder.fileio import atomic_write, sha256_file
 from builder.registry import Registry
 
@@ -202,14 +202,35 @@ def split_pin(url: str) -> tuple[str, Optional[str]]:
     return address, digest
 
 
-def _download(url: str, ctx: ResolveContext) -> Path:
+#: object stores a location may name (``s3://bucket/key``), read through fsspec with the store's
+#: usual config: credentials files, ``AWS_ENDPOINT_URL`` and the like
+OBJECT_STORES = ("s3", "gs", "gcs", "az", "abfs")
+STORE_HINT = "check the bucket, the key, its credentials and the endpoint (fsspec's config, AWS_ENDPOINT_URL)"
+
+
+def _open_http(address: str) -> Any:
+    return urllib.request.urlopen(address, timeout=60)
+
+
+def _open_object(address: str) -> Any:
+    from builder.storage import filesystem_of
+
+    fs, path = filesystem_of(address, {})
+    if not fs.isfile(path):
+        raise CheckpointError(f"{address}: no such object; {STORE_HINT}")
+    return fs.open(path, "rb")
+
+
+def _download(url: str, ctx: ResolveContext, opener: Callable[[str], Any] = _open_http,
+              hint: str = "fetch it by hand and give the path") -> Path:
+    """``url`` (``#sha256=`` pin checked) downloaded once into the cache, whole or not at all."""
     address, pinned = split_pin(url)
     target = cached_download(address, ctx.cache_dir)
     if target.is_file():
         return target
     log.info("downloading %s", address)
     try:
-        with urllib.request.urlopen(address, timeout=60) as response, atomic_write(target) as handle:
+        with opener(address) as response, atomic_write(target) as handle:
             digest = hashlib.sha256()
             while block := response.read(1 << 20):
                 handle.write(block)
@@ -219,8 +240,10 @@ def _download(url: str, ctx: ResolveContext) -> Path:
                     f"{address}: downloaded bytes have sha256 {digest.hexdigest()}, the recipe pins {pinned}; "
                     "the file changed upstream or the pin is wrong (nothing was kept)"
                 )
-    except OSError as error:
-        raise CheckpointError(f"{address}: download failed ({error}); fetch it by hand and give the path") from None
+    except BuilderError:
+        raise
+    except Exception as error:  # noqa: BLE001 - urllib's, http.client's and every store's own errors
+        raise CheckpointError(f"{address}: download failed ({_reason(error)}); {hint}") from None
     log.info("downloaded %s (sha256 %s)", target.name, digest.hexdigest())
     return target
 
@@ -234,14 +257,17 @@ def _find_download(url: str, ctx: ResolveContext) -> Found:
     return Found(None, how, fetchable=True)
 
 
-def _url_scheme(scheme: str) -> LocationScheme:
+def _url_scheme(scheme: str, opener: Callable[[str], Any] = _open_http, hint: str = "fetch it by hand and give the path") -> LocationScheme:
     return LocationScheme(
-        lambda rest, ctx: _download(f"{scheme}:{rest}", ctx), lambda rest, ctx: _find_download(f"{scheme}:{rest}", ctx)
+        lambda rest, ctx: _download(f"{scheme}:{rest}", ctx, opener, hint), lambda rest, ctx: _find_download(f"{scheme}:{rest}", ctx)
     )
 
 
 for _scheme in ("http", "https"):
     LOCATIONS.register(_scheme, description="downloaded once into the cache")(_url_scheme(_scheme))
+for _scheme in OBJECT_STORES:
+    LOCATIONS.register(_scheme, description="an object store's object (fsspec, the store's usual credentials), downloaded once into the cache")(
+        _url_scheme(_scheme, _open_object, STORE_HINT))
 
 
 def _split(spec: str) -> tuple[Optional[LocationScheme], str]:

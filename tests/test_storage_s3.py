@@ -143,6 +143,35 @@ def test_card_and_gallery_rewrite_a_build_on_s3_as_they_do_a_local_one(s3_server
     assert verified.exit_code == 0, verified.output
 
 
+def test_a_webdataset_source_reads_its_shards_from_s3(s3_server: str, tmp_path: Path) -> None:
+    """'urls: s3://bucket/shards-{0..1}.tar' (img2dataset's usual output): each shard is downloaded
+    once into the cache through fsspec, with the store's usual config; the dry run only names
+    them; a missing object is one line."""
+    from helpers import BLUE, GREEN, RED, make_source, write_shard
+
+    from builder.checkpoints import ResolveContext, find_location
+    from builder.errors import CheckpointError
+    from builder.sources.decode import load_rgb
+
+    s3 = client(s3_server)
+    for index, samples in enumerate([[("a", RED, 0), ("b", GREEN, 1)], [("c", BLUE, 1)]]):
+        write_shard(tmp_path / f"s-{index}.tar", samples)
+        s3.put_object(Bucket=BUCKET, Key=f"shards/s-{index}.tar", Body=(tmp_path / f"s-{index}.tar").read_bytes())
+    config = {"kind": "webdataset", "urls": f"s3://{BUCKET}/shards/s-{{0..1}}.tar", "class_names": ["x", "y"]}
+    ctx = ResolveContext(tmp_path, tmp_path / "cache")
+    assert find_location(f"s3://{BUCKET}/shards/s-0.tar", ctx).fetchable
+    source = make_source(config, tmp_path)
+    items = list(source.items(0, len(source)))
+    assert [item.source_id for item in items] == ["s-0.tar/a", "s-0.tar/b", "s-1.tar/c"] and [item.label for item in items] == [0, 1, 1]
+    assert [tuple(load_rgb(item.load, 2)[0, 0]) for item in items] == [RED, GREEN, BLUE]
+    cached = find_location(f"s3://{BUCKET}/shards/s-1.tar", ctx)
+    assert cached.how == "in the cache" and cached.path is not None and cached.path.read_bytes() == (tmp_path / "s-1.tar").read_bytes()
+    s3.delete_object(Bucket=BUCKET, Key="shards/s-0.tar")
+    assert len(make_source(config, tmp_path)) == 3  # from the cache: the store is not asked again
+    with pytest.raises(CheckpointError, match=rf"^s3://{BUCKET}/shards/s-7.tar: no such object; check the bucket"):
+        make_source({**config, "urls": f"s3://{BUCKET}/shards/s-7.tar"}, tmp_path)
+
+
 def test_verify_on_a_url_checks_the_stores_bytes_not_a_stale_copy(s3_server: str, tiny_recipe: Path, tmp_path: Path) -> None:
     from builder.storage import mirror_dir
 
