@@ -145,8 +145,8 @@ def test_card_and_gallery_rewrite_a_build_on_s3_as_they_do_a_local_one(s3_server
 
 def test_a_webdataset_source_reads_its_shards_from_s3(s3_server: str, tmp_path: Path) -> None:
     """'urls: s3://bucket/shards-{0..1}.tar' (img2dataset's usual output): each shard is downloaded
-    once into the cache through fsspec, with the store's usual config; the dry run only names
-    them; a missing object is one line."""
+    once into the cache through fsspec, with the store's usual config (a glob is listed in the
+    store); a missing object is one line."""
     from helpers import BLUE, GREEN, RED, make_source, write_shard
 
     from builder.checkpoints import ResolveContext, find_location
@@ -164,6 +164,8 @@ def test_a_webdataset_source_reads_its_shards_from_s3(s3_server: str, tmp_path: 
     items = list(source.items(0, len(source)))
     assert [item.source_id for item in items] == ["s-0.tar/a", "s-0.tar/b", "s-1.tar/c"] and [item.label for item in items] == [0, 1, 1]
     assert [tuple(load_rgb(item.load, 2)[0, 0]) for item in items] == [RED, GREEN, BLUE]
+    globbed = make_source({**config, "urls": f"s3://{BUCKET}/shards/s-*.tar"}, tmp_path)  # listed in the store, then fetched
+    assert [item.source_id for item in globbed.items(0, 9)] == [item.source_id for item in items]
     cached = find_location(f"s3://{BUCKET}/shards/s-1.tar", ctx)
     assert cached.how == "in the cache" and cached.path is not None and cached.path.read_bytes() == (tmp_path / "s-1.tar").read_bytes()
     s3.delete_object(Bucket=BUCKET, Key="shards/s-0.tar")

@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
-from builder.checkpoints import fetch_location, find_location
+from builder.checkpoints import OBJECT_STORES, STORE_HINT, fetch_location, find_location
 from builder.config import SourceConfig
 from builder.errors import BuilderError, SourceError
 from builder.preflight import Check
@@ -53,7 +53,7 @@ class WebDatasetConfig(SourceConfig):
 
 def _expand(urls: str | tuple[str, ...], ctx: SourceContext) -> list[Path]:
     paths: list[Path] = []
-    for url in _expanded(urls):
+    for url in (listed for pattern in _expanded(urls) for listed in _listed(pattern)):
         local = fetch_location(url, ctx)
         matches = sorted(glob.glob(str(local))) if any(c in str(local) for c in "*?[") else [str(local)]
         paths.extend(Path(m) for m in matches)
@@ -64,6 +64,25 @@ def _expand(urls: str | tuple[str, ...], ctx: SourceContext) -> list[Path]:
         shown = urls if isinstance(urls, str) else urls[0]
         raise SourceError(f"webdataset source: no shard at {missing[0] if missing else shown}; check source.urls")
     return paths
+
+
+def _listed(url: str) -> list[str]:
+    """An object-store URL with glob characters (``s3://bucket/shards/*.tar``) as the URLs of
+    the objects it matches, sorted; any other URL or path as it is (local globs are matched
+    after :func:`fetch_location`)."""
+    from builder.storage import filesystem_of
+
+    scheme, _, _ = url.partition("://")
+    if scheme.lower() not in OBJECT_STORES or not any(c in url for c in "*?["):
+        return [url]
+    try:
+        fs, path = filesystem_of(url, {})
+        matches = sorted(fs.glob(path))
+    except Exception as error:  # noqa: BLE001 - every store raises its own types
+        raise SourceError(f"webdataset source: cannot list {url} ({' '.join(str(error).split())[:200]}); {STORE_HINT}") from None
+    if len(matches) > MAX_SHARDS:
+        raise SourceError(f"webdataset source: {url} matches more than {MAX_SHARDS} objects; narrow the glob")
+    return [f"{scheme}://{match}" for match in matches]
 
 
 def _expanded(urls: str | tuple[str, ...]) -> list[str]:
