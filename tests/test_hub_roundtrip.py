@@ -326,6 +326,8 @@ def test_a_webdataset_source_reads_shards_of_a_hub_dataset(hub: HubStub, tmp_pat
     assert [item.source_id for item in items] == ["s-0.tar/a", "s-0.tar/b", "s-1.tar/c"] and [item.label for item in items] == [0, 1, 1]
     assert [tuple(load_rgb(item.load, 2)[0, 0]) for item in items] == [RED, GREEN, BLUE]
     assert find_location(first, ctx).how == "in the HF cache"
+    globbed = make_source({"kind": "webdataset", "urls": "hf://datasets/org/shards/val/s-*.tar", "class_names": ["x", "y"]}, tmp_path)
+    assert [item.source_id for item in globbed.items(0, 9)] == [item.source_id for item in items]  # listed on the Hub
     branch = make_source({"kind": "webdataset", "urls": "hf://datasets/org/shards@v1/val/s-0.tar", "class_names": ["x", "y"]}, tmp_path)
     assert [item.source_id for item in branch.items(0, 5)] == ["s-0.tar/c"]
     for wrong, fragment in (("hf://datasets/org/shards/val/s-9.tar", "org/shards has no file val/s-9.tar"),

@@ -6,6 +6,7 @@ disk, so member names such as ``../x`` can never write outside anywhere.
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import io
 import json
@@ -18,7 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
-from builder.checkpoints import OBJECT_STORES, STORE_HINT, fetch_location, find_location
+from builder.checkpoints import OBJECT_STORES, STORE_HINT, fetch_location, find_location, offline_hint, parse_hf_url
 from builder.config import SourceConfig
 from builder.errors import BuilderError, SourceError
 from builder.preflight import Check
@@ -67,22 +68,41 @@ def _expand(urls: str | tuple[str, ...], ctx: SourceContext) -> list[Path]:
 
 
 def _listed(url: str) -> list[str]:
-    """An object-store URL with glob characters (``s3://bucket/shards/*.tar``) as the URLs of
-    the objects it matches, sorted; any other URL or path as it is (local globs are matched
-    after :func:`fetch_location`)."""
+    """An object-store or Hub URL with glob characters (``s3://bucket/shards/*.tar``,
+    ``hf://datasets/org/repo/val-*.tar``) as the URLs of what it matches, sorted; any other URL
+    or path as it is (local globs are matched after :func:`fetch_location`)."""
     from builder.storage import filesystem_of
 
     scheme, _, _ = url.partition("://")
-    if scheme.lower() not in OBJECT_STORES or not any(c in url for c in "*?["):
+    scheme = scheme.lower()
+    if not any(c in url for c in "*?[") or scheme not in (*OBJECT_STORES, "hf"):
         return [url]
     try:
-        fs, path = filesystem_of(url, {})
-        matches = sorted(fs.glob(path))
+        if scheme == "hf":
+            matches = _hub_matches(url)
+        else:
+            fs, path = filesystem_of(url, {})
+            matches = [f"{scheme}://{match}" for match in sorted(fs.glob(path))]
+    except BuilderError:
+        raise
     except Exception as error:  # noqa: BLE001 - every store raises its own types
-        raise SourceError(f"webdataset source: cannot list {url} ({' '.join(str(error).split())[:200]}); {STORE_HINT}") from None
+        hint = offline_hint() if scheme == "hf" else ""
+        raise SourceError(f"webdataset source: cannot list {url} ({' '.join(str(error).split())[:200]}); "
+                          f"{'check the repo and your HF token' if scheme == 'hf' else STORE_HINT}{hint}") from None
     if len(matches) > MAX_SHARDS:
         raise SourceError(f"webdataset source: {url} matches more than {MAX_SHARDS} objects; narrow the glob")
-    return [f"{scheme}://{match}" for match in matches]
+    return matches
+
+
+def _hub_matches(url: str) -> list[str]:
+    """The files of a Hub repo that an ``hf://`` glob matches (``*`` within one folder, as a path glob)."""
+    from huggingface_hub import HfApi
+
+    file = parse_hf_url(url[len("hf:"):])
+    names = HfApi().list_repo_files(file.repo_id, repo_type=file.repo_type, revision=file.revision)
+    depth = file.path.count("/")
+    prefix = url[: len(url) - len(file.path)]
+    return [prefix + name for name in sorted(names) if name.count("/") == depth and fnmatch.fnmatchcase(name, file.path)]
 
 
 def _expanded(urls: str | tuple[str, ...]) -> list[str]:
