@@ -184,11 +184,15 @@ def _download_name(url: str) -> str:
     return Path(query_path).name or Path(parsed.path).name or "download"
 
 
+#: where downloads live inside the cache dir
+DOWNLOADS = "downloads"
+
+
 def cached_download(url: str, cache_dir: Path) -> Path:
     """Where a URL's download lives in the cache (it may not be there yet)."""
     from hashlib import sha256
 
-    return cache_dir / "downloads" / sha256(url.encode()).hexdigest()[:16] / _download_name(url)
+    return cache_dir / DOWNLOADS / sha256(url.encode()).hexdigest()[:16] / _download_name(url)
 
 
 def split_pin(url: str) -> tuple[str, Optional[str]]:

@@ -271,7 +271,7 @@ def score(
     bench = benchmark if isinstance(benchmark, Benchmark) else open_benchmark(benchmark)
     config = bench.config(config)
     spec = as_model_spec(reference_spec(bench, model, trust_remote_code=trust_remote_code), checkpoint)
-    require_trusted_file(spec, base_dir or Path.cwd(), downloaded_roots(), trust_remote_code)
+    require_trusted_file(spec, base_dir or Path.cwd(), downloaded_roots(cache_dir), trust_remote_code)
     classifier = load_model_for(bench, spec, device, cache_dir or default_cache_dir(), base_dir or Path.cwd())
     records: dict[str, list[Any]] = {"key": [], "label": [], "perturbed": [], "steps": []}
     for part in bench.read_columns(config, list(records)):
@@ -328,7 +328,7 @@ def score_dynamic(
 
     loaded = load_recipe(recipe, overrides)
     original = as_model_spec(model, checkpoint)
-    require_trusted_file(original, Path.cwd(), downloaded_roots(), trust_remote_code)
+    require_trusted_file(original, Path.cwd(), downloaded_roots(cache_dir), trust_remote_code)
     spec = original.model_copy(update={"name": "evaluated"})
     update: dict[str, Any] = {"reference_models": (spec,)}
     if loaded.recipe.generators is not None:

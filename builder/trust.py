@@ -67,11 +67,17 @@ def require_trusted(specs: Iterable[ModelSpec], origin: str, trust_remote_code: 
             )
 
 
-def downloaded_roots() -> list[Path]:
-    """Where downloaded snapshots live: the Hugging Face cache."""
+def downloaded_roots(cache_dir: Optional[Path] = None) -> list[Path]:
+    """Where downloaded files live: the Hugging Face cache, and this tool's cache of downloads
+    (https, s3://, ...) and of mirrored benchmarks (``score --benchmark s3://...``)."""
     from huggingface_hub import constants
 
-    return [Path(constants.HF_HUB_CACHE).expanduser().resolve()]
+    from builder.checkpoints import DOWNLOADS
+    from builder.paths import default_cache_dir
+    from builder.storage import MIRRORS
+
+    cache = (cache_dir or default_cache_dir()).expanduser().resolve()
+    return [Path(constants.HF_HUB_CACHE).expanduser().resolve(), cache / DOWNLOADS, cache / MIRRORS]
 
 
 def code_file(spec: ModelSpec, base_dir: Path) -> Optional[Path]:

@@ -108,6 +108,20 @@ def test_a_py_file_inside_the_hf_cache_is_refused(tiny_build: Path, canary: dict
     assert untouched(canary)
 
 
+@pytest.mark.parametrize("inside", ["downloads/0123456789abcdef", "remote-outputs/bucket-bench-0123456789ab"])
+def test_a_py_file_inside_the_tools_own_downloads_is_refused(tiny_build: Path, canary: dict[str, Any], tmp_path: Path, inside: str) -> None:
+    """Files fetched over https or from an object store, and mirrors of benchmarks on a URL, are
+    downloaded data too: a py: spec naming one is refused without --trust-remote-code."""
+    cache = tmp_path / "tool-cache"
+    folder = cache / inside
+    folder.mkdir(parents=True)
+    (folder / "net.py").write_text(canary["code"])
+    args = ["-q", "score", "--benchmark", str(tiny_build), "--model", f"py:{folder / 'net.py'}:net", "--workers", "0", "--bootstrap", "0",
+            "--cache-dir", str(cache)]
+    assert_one_line_error(CliRunner().invoke(main, args), "inside downloaded data", "trust-remote-code")
+    assert untouched(canary)
+
+
 @pytest.fixture
 def hub(reading_hub: Any) -> Any:
     return reading_hub
