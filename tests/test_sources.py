@@ -262,6 +262,24 @@ def test_huggingface_local_parquet(hf_dir: Path, tmp_path: Path) -> None:
     assert list(source.items(4, 9)) == []
 
 
+def test_a_folder_with_a_metadata_csv_is_a_huggingface_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's way to bring a list of (image file, label) rows: datasets' ImageFolder builder
+    reads metadata.csv beside the images; integer labels name source.class_names."""
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    root = tmp_path / "my_test_set"
+    root.mkdir()
+    rows = [("a.png", RED, 0), ("b.png", BLUE, 2), ("c.png", GREEN, 1)]
+    for name, color, _ in rows:
+        solid(color, (5, 5)).save(root / name)
+    (root / "metadata.csv").write_text("file_name,label\n" + "".join(f"{name},{label}\n" for name, _, label in rows))
+    source = make_source({"kind": "huggingface", "path": str(root), "split": "train", "class_names": ["red", "green", "blue"]}, tmp_path)
+    items = list(source.items(0, 9))
+    assert [item.label for item in items] == [0, 2, 1] and source.class_names == ("red", "green", "blue")
+    for item, (_, color, _) in zip(items, rows, strict=True):
+        assert_solid(load_rgb(item.load, 4), color, 4)
+
+
 def test_huggingface_wrong_image_column(hf_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(SourceError, match=r"no column 'picture'; columns: image, label"):
         make_source({"kind": "huggingface", "path": str(hf_dir), "image_column": "picture"}, tmp_path)
