@@ -97,6 +97,9 @@ def open_benchmark(location: str | Path, revision: Optional[str] = None, *, cach
     from builder.storage import is_url, local_copy
 
     text = str(location)
+    hub = hub_dataset_url(text)
+    if hub is not None:
+        return _download_benchmark(hub[0], pinned_revision(text, hub[1], revision))
     if is_url(text):
         from builder.paths import default_cache_dir
 
@@ -123,6 +126,28 @@ def _download_benchmark(repo_id: str, revision: Optional[str]) -> Benchmark:
         wanted += [shard["files"][fmt]["path"] for shard in config["shards"]] if fmt else []
     root = _download(repo_id, first.name, wanted)  # the commit, not a moving branch
     return Benchmark(repo_id, root, manifest)
+
+
+def hub_dataset_url(text: str) -> Optional[tuple[str, Optional[str]]]:
+    """``hf://datasets/org/name[@revision]``, huggingface_hub's fsspec form of a dataset repo, as
+    (repo id, revision): read like ``org/name`` (the manifest first, then only the shards a
+    reader needs, at one commit), not mirrored whole. None for anything else."""
+    from urllib.parse import unquote
+
+    if not text.startswith("hf://datasets/"):
+        return None
+    parts = text[len("hf://datasets/"):].strip("/").split("/")
+    if len(parts) != 2 or not all(parts):
+        raise BenchmarkError(f"{text}: a benchmark on the Hub is a whole dataset repo: hf://datasets/org/name[@revision]")
+    name, _, revision = parts[1].partition("@")
+    return f"{parts[0]}/{name}", unquote(revision) or None
+
+
+def pinned_revision(text: str, in_url: Optional[str], given: Optional[str]) -> Optional[str]:
+    """The revision of ``hf://datasets/org/name@rev`` or of ``--revision``; both, when they differ, is an error."""
+    if in_url is not None and given is not None and in_url != given:
+        raise BenchmarkError(f"{text} names revision '{in_url}' and --revision says '{given}'; give one")
+    return in_url or given
 
 
 def is_hub_id(text: str) -> bool:

@@ -338,7 +338,10 @@ def _check_revision(revision: Optional[str], benchmarks: tuple[str, ...]) -> Non
     ignored, and a score that seems pinned would not be."""
     from builder.benchmark import is_hub_id
 
-    if revision is not None and not any(is_hub_id(location) and not Path(location).expanduser().exists() for location in benchmarks):
+    def on_the_hub(location: str) -> bool:
+        return location.startswith("hf://datasets/") or (is_hub_id(location) and not Path(location).expanduser().exists())
+
+    if revision is not None and not any(on_the_hub(location) for location in benchmarks):
         raise BuilderError(f"--revision {revision} applies to Hub dataset ids (org/name), and no --benchmark is one; drop --revision")
 
 
@@ -462,19 +465,21 @@ def verify_command(directory: str, revision: Optional[str], with_oracle: bool, r
     fsspec URL (s3://bucket/prefix) is mirrored to the cache dir (only what changed) and
     checked like a dir.
     """
-    from builder.benchmark import is_hub_id
+    from builder.benchmark import hub_dataset_url, is_hub_id, pinned_revision
     from builder.fileio import write_json_atomic
     from builder.storage import is_url
     from builder.verify import format_report, verify_benchmark
 
-    from_hub = not Path(directory).exists() and is_hub_id(directory)
+    hub = hub_dataset_url(directory)
+    from_hub = hub is not None or (not Path(directory).exists() and is_hub_id(directory))
+    shown_revision = pinned_revision(directory, hub[1], revision) if hub is not None else revision
     report = verify_benchmark(directory, revision=revision, oracle=with_oracle, device=resolve_device(device) if with_oracle else "cpu",
                               cache_dir=cache_dir, batch_size=batch_size, recipe=recipe, trust_remote_code=trust_remote_code,
                               storage_options=storage_options)
     if json_out is not None:
         write_json_atomic(json_out, report.to_json())
     if from_hub:
-        click.echo(f"verify: {directory} (Hub dataset, revision {revision or 'main'}) is commit {report.root.name}, in {report.root}")
+        click.echo(f"verify: {directory} (Hub dataset, revision {shown_revision or 'main'}) is commit {report.root.name}, in {report.root}")
     elif is_url(directory):
         click.echo(f"verify: {directory} mirrored to {report.root}")
     click.echo(format_report(report))

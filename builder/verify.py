@@ -125,10 +125,13 @@ def locate_benchmark(target: Path | str, revision: Optional[str] = None, cache_d
                      storage_options: Sequence[tuple[str, str]] = ()) -> Path:
     """A path that exists, or one that is not a Hub id, as is; a URL's local mirror; else the
     Hub snapshot of ``target``."""
-    from builder.benchmark import is_hub_id
+    from builder.benchmark import hub_dataset_url, is_hub_id, pinned_revision
     from builder.paths import default_cache_dir
     from builder.storage import is_url, local_copy
 
+    hub = hub_dataset_url(str(target))
+    if hub is not None:
+        return download_benchmark(hub[0], pinned_revision(str(target), hub[1], revision))
     if is_url(target):
         if revision is not None:
             raise VerifyError(f"verify {target}: --revision applies to a Hub dataset id (org/name), not a URL; drop it")

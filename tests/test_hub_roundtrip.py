@@ -339,6 +339,35 @@ def test_a_webdataset_source_reads_shards_of_a_hub_dataset(hub: HubStub, tmp_pat
         assert fragment in str(caught.value) and "\n" not in str(caught.value), str(caught.value)
 
 
+def test_an_hf_url_of_a_benchmark_reads_like_its_hub_id(built: Path, hub: HubStub, tmp_path: Path) -> None:
+    """'hf://datasets/org/name[@rev]' (huggingface_hub's fsspec form) is read as 'org/name' is: at
+    one commit, only the files a reader needs (not a mirror of the whole repo)."""
+    publish(built)
+    publish(built, "--revision", "v1")
+    score = ["score", "--model", f"py:{TINY_MODELS}:tiny_cnn", "--workers", "0", "--bootstrap", "0", "--device", "cpu"]
+    rows, fetched = {}, {}
+    for where in (f"hf://datasets/{REPO}", REPO):  # the URL first: the HF cache is empty then
+        hub.requests.clear()
+        result = cli(*score, "--benchmark", where, "--json", str(tmp_path / "r.json"))
+        assert result.exit_code == 0, result.output
+        (row,) = json.loads((tmp_path / "r.json").read_text())["results"]
+        rows[where] = {key: value for key, value in row.items() if key != "benchmark"}
+        fetched[where] = sorted(resolved_gets(hub))
+    assert rows[REPO] == rows[f"hf://datasets/{REPO}"]
+    parquet = shard_paths(built, "cnn", "parquet")
+    assert {path.split("/", 1)[1] for path in fetched[f"hf://datasets/{REPO}"]} >= set(parquet)
+    assert not any(path.endswith(".tar") for path in fetched[f"hf://datasets/{REPO}"])  # not a mirror of the whole repo
+    v1_sha = hub.commit_sha(REPO, "v1")
+    hub.requests.clear()
+    assert cli(*score, "--benchmark", f"hf://datasets/{REPO}@v1").exit_code == 0
+    assert resolved_gets(hub) and all(path.startswith(v1_sha) for path in resolved_gets(hub))
+    verified = cli("verify", f"hf://datasets/{REPO}@v1")
+    assert verified.exit_code == 0 and f"is commit {v1_sha}" in verified.output, verified.output
+    assert "names revision 'v1' and --revision says 'main'; give one" in one_line_error(
+        cli(*score, "--benchmark", f"hf://datasets/{REPO}@v1", "--revision", "main"))
+    assert "a benchmark on the Hub is a whole dataset repo" in one_line_error(cli(*score, "--benchmark", f"hf://datasets/{REPO}/cnn"))
+
+
 def test_a_private_repo_needs_the_token(built: Path, hub: HubStub, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from datasets import load_dataset
     from datasets.exceptions import DatasetNotFoundError
