@@ -128,15 +128,19 @@ def _download_benchmark(repo_id: str, revision: Optional[str]) -> Benchmark:
     return Benchmark(repo_id, root, manifest)
 
 
+#: how huggingface_hub's fsspec URLs name a dataset repo
+HUB_DATASET_URL = "hf://datasets/"
+
+
 def hub_dataset_url(text: str) -> Optional[tuple[str, Optional[str]]]:
     """``hf://datasets/org/name[@revision]``, huggingface_hub's fsspec form of a dataset repo, as
     (repo id, revision): read like ``org/name`` (the manifest first, then only the shards a
     reader needs, at one commit), not mirrored whole. None for anything else."""
     from urllib.parse import unquote
 
-    if not text.startswith("hf://datasets/"):
+    if not text.startswith(HUB_DATASET_URL):
         return None
-    parts = text[len("hf://datasets/"):].strip("/").split("/")
+    parts = text[len(HUB_DATASET_URL):].strip("/").split("/")
     if len(parts) != 2 or not all(parts):
         raise BenchmarkError(f"{text}: a benchmark on the Hub is a whole dataset repo: hf://datasets/org/name[@revision]")
     name, _, revision = parts[1].partition("@")

@@ -210,6 +210,7 @@ def split_pin(url: str) -> tuple[str, Optional[str]]:
 #: usual config: credentials files, ``AWS_ENDPOINT_URL`` and the like
 OBJECT_STORES = ("s3", "gs", "gcs", "az", "abfs")
 STORE_HINT = "check the bucket, the key, its credentials and the endpoint (fsspec's config, AWS_ENDPOINT_URL)"
+HTTP_HINT = "fetch it by hand and give the path"
 
 
 def _open_http(address: str) -> Any:
@@ -226,7 +227,7 @@ def _open_object(address: str) -> Any:
 
 
 def _download(url: str, ctx: ResolveContext, opener: Callable[[str], Any] = _open_http,
-              hint: str = "fetch it by hand and give the path") -> Path:
+              hint: str = HTTP_HINT) -> Path:
     """``url`` (``#sha256=`` pin checked) downloaded once into the cache, whole or not at all."""
     address, pinned = split_pin(url)
     target = cached_download(address, ctx.cache_dir)
@@ -261,7 +262,7 @@ def _find_download(url: str, ctx: ResolveContext) -> Found:
     return Found(None, how, fetchable=True)
 
 
-def _url_scheme(scheme: str, opener: Callable[[str], Any] = _open_http, hint: str = "fetch it by hand and give the path") -> LocationScheme:
+def _url_scheme(scheme: str, opener: Callable[[str], Any] = _open_http, hint: str = HTTP_HINT) -> LocationScheme:
     return LocationScheme(
         lambda rest, ctx: _download(f"{scheme}:{rest}", ctx, opener, hint), lambda rest, ctx: _find_download(f"{scheme}:{rest}", ctx)
     )

@@ -301,7 +301,7 @@ def score_command(benchmarks: tuple[str, ...], revision: Optional[str], config_n
     generators = _dynamic_generators(recipe, overrides) if dynamic and recipe else []
     if save is not None and len(generators) > 1:
         raise BuilderError(f"--save keeps one generated benchmark, but the recipe has {len(generators)} generators; "
-                           f"drop --save, or build it with .build-benchmark run. and score that")
+                           "drop --save, or build it with 'build-benchmark run' and score that")
     live = [
         score_dynamic(recipe, model, checkpoint=checkpoint, overrides=overrides, limit=limit, save=save, device=device,
                       bootstrap=bootstrap, seed=seed, cache_dir=cache, progress=True, trust_remote_code=trust_remote_code, generator=generator)
@@ -336,10 +336,10 @@ def _dynamic_generators(recipe: str, overrides: tuple[str, ...]) -> list[Optiona
 def _check_revision(revision: Optional[str], benchmarks: tuple[str, ...]) -> None:
     """``--revision`` names a commit of a Hub dataset: with only local dirs or URLs it would be
     ignored, and a score that seems pinned would not be."""
-    from builder.benchmark import is_hub_id
+    from builder.benchmark import HUB_DATASET_URL, is_hub_id
 
     def on_the_hub(location: str) -> bool:
-        return location.startswith("hf://datasets/") or (is_hub_id(location) and not Path(location).expanduser().exists())
+        return location.startswith(HUB_DATASET_URL) or (is_hub_id(location) and not Path(location).expanduser().exists())
 
     if revision is not None and not any(on_the_hub(location) for location in benchmarks):
         raise BuilderError(f"--revision {revision} applies to Hub dataset ids (org/name), and no --benchmark is one; drop --revision")

@@ -41,6 +41,12 @@ MAX_CLASSES = 100_000
 MAX_CLASS_NAME = 256
 
 
+def without_unset(data: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """A serialized config without those of ``keys`` that are None: fields added later are not
+    written when unset, so older recipes (and their hashes, a benchmark's identity) stay as they were."""
+    return {key: value for key, value in data.items() if not (key in keys and value is None)}
+
+
 def invalid(message: str, fix: str) -> PydanticCustomError:
     """A validation error whose ``fix`` is shown after the offending value."""
     return PydanticCustomError("recipe_value", message, {"fix": fix})
@@ -236,10 +242,7 @@ class GeneratorConfig(Frozen):
     @model_serializer(mode="wrap")
     def _without_unset_step(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         """An unset ``step_size`` is not written: recipes (and their hashes) stay as they were."""
-        data: dict[str, Any] = handler(self)
-        if data.get("step_size", "") is None:
-            del data["step_size"]
-        return data
+        return without_unset(handler(self), ("step_size",))
 
 
 class OracleConfig(Frozen):
@@ -366,11 +369,7 @@ class Recipe(Frozen):
     def _one_generator_key(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         """Only the generator section given is written, so a one-generator recipe (and the
         hash of it, a benchmark's identity) is written as it was before ``generators`` existed."""
-        data: dict[str, Any] = handler(self)
-        for key in ("generator", "generators"):
-            if data.get(key, "") is None:
-                del data[key]
-        return data
+        return without_unset(handler(self), ("generator", "generators"))
 
     @property
     def named_generators(self) -> dict[str, GeneratorConfig]:
