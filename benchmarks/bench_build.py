@@ -198,6 +198,18 @@ def timed(fn: Callable[[], Any], device: str) -> tuple[float, float, Any]:
     return time.perf_counter() - started, time.process_time() - cpu_started, result
 
 
+def matmul_rate(device: str, dtype: torch.dtype) -> float:
+    """FLOP/s of one large square matrix product on ``device`` in ``dtype`` (best of several):
+    a scale for the FLOP rates below, not a peak (a convolution can beat it; on CUDA, fp32
+    matrix products run without TF32 by torch's default while cuDNN convolutions use it)."""
+    size = 4096 if device.startswith("cuda") else 2048
+    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
+    for _ in range(2):
+        a @ b
+    best = min(timed(lambda: a @ b, device)[0] for _ in range(10 if device.startswith("cuda") else 5))
+    return 2 * size**3 / best
+
+
 # --------------------------------------------------------------------------- components
 
 
@@ -488,6 +500,29 @@ class Floor:
             self.suite.model(self.decoded)
             self.suite.oracle.judge(self.decoded, self.labels)
 
+    def flops_per_image_step(self) -> dict[str, float]:
+        """Each part's floating-point operations per image, counted once by torch's FLOP counter
+        (matrix products and convolutions, as in MFU figures; elementwise work and norms are not
+        counted). The parts are run with ``backward`` to a leaf: the counter cannot follow
+        ``autograd.grad``; the operations are the same."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        def decoder() -> None:
+            probe = self.latent.detach().requires_grad_(True)  # eager: a compiled decoder does the same operations
+            torch.autograd.backward(eager(self.suite.generator).decode(probe), grad_tensors=self.upstream, inputs=[probe])
+
+        def reference() -> None:
+            probe = self.decoded.detach().requires_grad_(True)
+            loss = F.cross_entropy(self.suite.model(probe).to(probe.dtype), self.labels, reduction="sum")
+            torch.autograd.backward(loss, inputs=[probe])
+
+        counted = {}
+        for name, part in zip(self.PARTS, (decoder, reference, self.oracle_fwd), strict=True):
+            with torch.enable_grad(), FlopCounterMode(display=False) as counter:
+                self.in_precision(part)
+            counted[name] = counter.get_total_flops() / self.count
+        return counted
+
     def rep(self, extras: tuple[str, ...] = ()) -> None:
         """One timed round of the parts (and of ``extras``), each in the suite's precision."""
         for name in (*self.PARTS, *extras):
@@ -666,8 +701,21 @@ def measure_mode(base: Suite, mode: str, settings: dict[str, Any], batch: int, f
     row.update(mode=mode, precision=precision, compiled_decoder=compiled, first_call_seconds=first_call,  # both first calls
                floor_seconds_per_image_step=floor.summary()["seconds_per_image_step"], against_first_mode=compare(outcomes, first))
     row["overhead"] = row["seconds_per_image_step"] / row["floor_seconds_per_image_step"] - 1
+    row["flops_per_image_step"] = sum(floor.flops_per_image_step().values())
+    row["engine_flop_rate"] = row["flops_per_image_step"] / row["seconds_per_image_step"]
     log(f"{base.name}: {mode}: engine {row['images_per_s']:.3g} images/s, first call {first_call:.1f}s, overhead {row['overhead']:+.1%}")
     return row
+
+
+def flop_rates(flops: dict[str, float], figures: dict[str, Any]) -> dict[str, float]:
+    """FLOP/s the engine, the per-image loop and the floor sustain, and the decoder's pass alone
+    at the engine's batch: how close the work runs to what the device does (``matmul_rate``)."""
+    total, floor = sum(flops.values()), figures["floor"]
+    decoder_seconds = floor["parts_seconds_per_batch_step"]["decoder_fwd_bwd"] / floor["batch_size"]
+    return {"engine": total / figures["engine"]["seconds_per_image_step"],
+            "per_image": total / figures["per_image"]["seconds_per_image_step"],
+            "floor": total / floor["seconds_per_image_step"],
+            "decoder_fwd_bwd": flops["decoder_fwd_bwd"] / decoder_seconds}
 
 
 def measure_suite(which: str, settings: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
@@ -725,6 +773,8 @@ def measure_suite(which: str, settings: dict[str, Any], log: Callable[[str], Non
         row["overhead_beyond_floor_and_once_per_image"] = row["seconds"] / (row["floor_seconds"] + row["once_per_image_seconds"]) - 1
     log(f"{suite.name}: floor {figures['floor']['seconds_per_image_step']:.3g} s/image-step at batch {batch}; "
         f"engine overhead {figures['engine']['overhead']:+.1%}")
+    figures["flops_per_image_step"] = flops = floor.flops_per_image_step()
+    figures["flop_rates"] = flop_rates(flops, figures)
 
     # the same algorithm in float64, where engine and per-image must agree exactly
     n64 = min(settings[f"{prefix}_float64"], count)
@@ -831,7 +881,22 @@ def whole_build_line(f: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- report
 
 
-def table(results: dict[str, Any], device: str) -> str:
+def flop_rate(value: float) -> str:
+    return f"{value / 1e12:.3g} TFLOP/s" if value >= 1e12 else f"{value / 1e9:.3g} GFLOP/s"
+
+
+def flops_line(name: str, r: dict[str, Any], matmul: dict[str, float]) -> str:
+    flops, rates = r["flops_per_image_step"], r["flop_rates"]
+    total = sum(flops.values())
+    shares = ", ".join(f"{part.split('_')[0]} {value / total:.0%}" for part, value in flops.items())
+    scale = ", ".join(f"{flop_rate(value)} {dtype}" for dtype, value in matmul.items())
+    return (f"{name}: {total / 1e9:.3g} GFLOP per image-step ({shares}; matrix products and convolutions); sustained: engine "
+            f"{flop_rate(rates['engine'])}, its floor {flop_rate(rates['floor'])}, the decoder's pass alone "
+            f"{flop_rate(rates['decoder_fwd_bwd'])}, per-image loop {flop_rate(rates['per_image'])}; one large matrix product "
+            f"on this device: {scale}")
+
+
+def table(results: dict[str, Any], device: str, matmul: dict[str, float]) -> str:
     head = ("components", "measurement", "images/s", "s/step", "floor s/step", "overhead %", "peak RSS MB")
     rows: list[tuple[str, ...]] = []
 
@@ -878,6 +943,7 @@ def table(results: dict[str, Any], device: str) -> str:
         chained = f["chained_seconds_per_batch_step"] / f["batch_size"]
         lines.append(f"{name}: floor at batch {f['batch_size']}: {f['seconds_per_image_step']:.3g} s/image-step, median of {f['reps']} reps "
                      f"(each part at its best: {f['best_seconds_per_image_step']:.3g}; the three chained as one step: {chained:.3g}); parts: {shares}")
+        lines.append(flops_line(name, r, matmul))
         spread = "; ".join(f"{label} runs {', '.join(f'{t:.3g}' for t in r[key]['all_seconds'])} s"
                            for key, label in (("engine", "engine"), ("per_image", "per-image")))
         reps = [sum(parts) / f["batch_size"] for parts in zip(*(f["wall_times"][part] for part in Floor.PARTS), strict=True)]
@@ -898,6 +964,7 @@ def table(results: dict[str, Any], device: str) -> str:
         for mode in r.get("modes", []):
             against = mode["against_first_mode"]
             lines.append(f"{name}: {mode['mode']}: first call {mode['first_call_seconds']:.1f}s"
+                         + f", sustains {flop_rate(mode['engine_flop_rate'])}"
                          + (f", peak GPU memory {mode['peak_gpu_mb']:.0f} MB" if mode["peak_gpu_mb"] is not None else "")
                          + f"; against the first mode, {against['samples'] - against['steps_equal']} of {against['samples']} sample(s) "
                          f"stop at another step, {against['samples'] - against['perturbed_and_stop_reason_equal']} decide otherwise")
@@ -951,6 +1018,8 @@ def main() -> None:
         print(f"[{time.perf_counter() - began:6.1f}s] {text}", file=sys.stderr, flush=True)
 
     log(f"torch {torch.__version__}, {args.device} ({device_name(args.device)}), {torch.get_num_threads()} threads, preset {settings['preset']}")
+    matmul = {"fp32": matmul_rate(args.device, torch.float32), "bf16": matmul_rate(args.device, torch.bfloat16)}
+    log("one large matrix product: " + ", ".join(f"{flop_rate(value)} {dtype}" for dtype, value in matmul.items()))
     results, whole_build = {}, None
     for which in args.only or ["demo", "real", "build"]:
         if which == "build":
@@ -967,6 +1036,7 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "load_average_start": load_start,
         "load_average_end": list(os.getloadavg()),
+        "matmul_flops_per_s": matmul,
         "tf32": {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32},
         "settings": settings,
         "results": results,
@@ -977,7 +1047,7 @@ def main() -> None:
           f"{report['torch_threads']} threads, {os.cpu_count()} CPUs, preset {settings['preset']}, seed {settings['seed']}; "
           f"load average {load_start[0]:.1f} at the start, {report['load_average_end'][0]:.1f} at the end\n")
     if results:
-        print(table(results, args.device))
+        print(table(results, args.device, report["matmul_flops_per_s"]))
     if whole_build is not None:
         print(whole_build_line(whole_build))
     print(f"\nwall time {report['wall_seconds']:.0f}s")

@@ -136,6 +136,11 @@ def main(ctx: click.Context, verbose: int, quiet: bool, plugins: tuple[str, ...]
 @click.option("--dry-run", is_flag=True, help="Check the recipe and every name offline, print the plan, build nothing.")
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per engine batch (default: the recipe's).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
+              help="Override the recipe's perturbation.precision (bf16: decoder, oracle and reference model in bfloat16 autocast; "
+                   "part of the recipe, so of the manifest id).")
+@click.option("--compile", "compile_decoder", is_flag=True,
+              help="torch.compile the generator's decoder (same recipe and manifest id; pays on a GPU for long builds).")
 @click.option("--seed", type=int, help="Override the recipe's seed.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key, e.g. perturbation.budget=10 (repeatable).")
 @click.option("--overwrite", is_flag=True, help="Replace the build in --out (only the files a build writes are deleted).")
@@ -149,7 +154,7 @@ def main(ctx: click.Context, verbose: int, quiet: bool, plugins: tuple[str, ...]
 @storage_option
 @cache_option
 def run(recipe: str, out_dir: Optional[Path | str], limit: Optional[int], dry_run: bool, device: Optional[str], batch_size: Optional[int],
-        seed: Optional[int], overrides: tuple[str, ...], overwrite: bool, force_clean: bool, no_progress: bool, executor: str,
+        precision: Optional[str], compile_decoder: bool, seed: Optional[int], overrides: tuple[str, ...], overwrite: bool, force_clean: bool, no_progress: bool, executor: str,
         workers: Optional[int], ray_address: Optional[str], gpus_per_worker: Optional[float], cpus_per_worker: Optional[float],
         storage_options: tuple[tuple[str, str], ...], cache_dir: Optional[Path]) -> None:
     """Build the benchmark of RECIPE (a YAML path or a bundled recipe name) into --out."""
@@ -159,6 +164,8 @@ def run(recipe: str, out_dir: Optional[Path | str], limit: Optional[int], dry_ru
 
     if seed is not None:
         overrides = (*overrides, f"seed={seed}")
+    if precision is not None:
+        overrides = (*overrides, f"perturbation.precision={precision}")
     loaded = load_recipe(recipe, overrides)
     if dry_run:
         _print_dry_run(loaded, cache_dir or default_cache_dir(), limit)
@@ -175,6 +182,7 @@ def run(recipe: str, out_dir: Optional[Path | str], limit: Optional[int], dry_ru
         force_clean=force_clean,
         progress=not no_progress,
         storage_options=storage_options,
+        compile=compile_decoder,
     )
     ray_only = {"--ray-address": ray_address, "--gpus-per-worker": gpus_per_worker, "--cpus-per-worker": cpus_per_worker}
     given = [flag for flag, value in ray_only.items() if value is not None]

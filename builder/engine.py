@@ -97,8 +97,12 @@ def move(generator: Generator, latent: torch.Tensor, direction: torch.Tensor, st
 class CompiledDecoder:
     """A generator whose decode runs through ``torch.compile``. The slots keep the decode's batch
     shape fixed until a call's tail, where one recompile with a dynamic batch size serves every
-    shorter batch. Encode (once per image) stays eager; everything else (``mask``, ``step``,
-    ``attributes``) is the generator's own."""
+    shorter batch. Only the batch may become dynamic: dynamo keeps one shape history per
+    function, shared by every generator of a class compiled in the process, so a second
+    generator of another latent size (a recipe's second VQGAN, another image size) would
+    otherwise get symbolic channels and spatial sizes, which inductor fails to lower (torch
+    2.14, a VQGAN decoder's backward). Encode (once per image) stays eager; everything else
+    (``mask``, ``step``, ``attributes``) is the generator's own."""
 
     def __init__(self, generator: Generator) -> None:
         self.generator = generator
@@ -113,6 +117,7 @@ class CompiledDecoder:
         return self.generator.encode(images)
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        torch._dynamo.mark_static(latent, list(range(1, latent.dim())))
         return self._decode(latent)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -277,3 +278,11 @@ def run_chromium(profile: Path, url: str, *flags: str) -> str:
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
+
+
+def needs_compiler() -> None:
+    """torch.compile on a CPU builds C++: skip without a compiler, unless CI requires the test."""
+    if shutil.which(os.environ.get("CXX", "g++")) is None:
+        if os.environ.get("FMR_REQUIRE_COMPILER"):
+            pytest.fail("FMR_REQUIRE_COMPILER is set but no C++ compiler is on PATH (install g++)")
+        pytest.skip("torch.compile on a CPU needs a C++ compiler (g++)")

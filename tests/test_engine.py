@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import TINY_EDITS, attributes_generator, batch_inputs, make_components, tiny_vae, to_grid
+from helpers import TINY_EDITS, attributes_generator, batch_inputs, make_components, needs_compiler, tiny_vae, to_grid
 from torch.nn import functional as F
 
 from builder.components.oracles import ClassifierOracle
@@ -216,3 +216,30 @@ def test_bf16_precision_keeps_outputs_on_the_grid_and_accepted() -> None:
         accepted, _ = oracle.judge(bf16.images.float() / 255, labels)
     assert accepted[bf16.perturbed].all()
     assert (bf16.steps == fp32.steps).float().mean() >= 0.5
+
+
+@pytest.mark.slow
+def test_compiled_decoder_matches_eager_and_compiles_a_second_latent_size() -> None:
+    """``--compile``: the engine through a compiled decoder gives the eager engine's results (in
+    float64, exactly) through a tail of shrinking batches; then a second generator with another
+    latent size compiles in the same process. Dynamo's shape history is shared by every
+    generator of a class, and it once made the second one's channels and spatial sizes symbolic,
+    which inductor failed to lower."""
+    from builder.engine import CompiledDecoder
+
+    needs_compiler()
+    generator, oracle, model = make_components(13)
+    images, labels = batch_inputs(generator, oracle, 13, n=7)
+    config = PerturbationConfig(step_size=0.0003, budget=4)
+    eager = perturb_batch(generator, oracle, model, images, labels, config, dtype=torch.float64, batch_size=4)
+    compiled = perturb_batch(CompiledDecoder(generator), oracle, model, images, labels, config, dtype=torch.float64, batch_size=4)
+    assert torch.equal(compiled.images, eager.images) and torch.equal(compiled.steps, eager.steps)
+    assert compiled.stop_reason == eager.stop_reason and int(eager.steps.sum()) > 0
+
+    other, _, _ = make_components(14)  # the same tiny VQGAN on 32 px images: a 16 x 16 latent, not 8 x 8
+    latent = other.encode(torch.rand(2, 3, 32, 32, dtype=torch.float64))
+    decoder = CompiledDecoder(other)
+    probe, plain = (latent.clone().requires_grad_(True) for _ in range(2))
+    (gradient,) = torch.autograd.grad(decoder.decode(probe).sum(), probe)
+    (expected,) = torch.autograd.grad(other.decode(plain).sum(), plain)
+    assert torch.allclose(gradient, expected, rtol=1e-9, atol=1e-12)

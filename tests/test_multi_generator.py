@@ -13,7 +13,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from conftest import TINY_MODELS
-from helpers import TINY_EDITS, assert_one_line_error, build, check_rows, expected_records, shard_hashes
+from helpers import TINY_EDITS, assert_one_line_error, build, check_rows, expected_records, needs_compiler, shard_hashes
 
 from builder.cli import main
 from builder.config import parse_recipe, recipe_to_dict
@@ -262,3 +262,29 @@ def test_ref_names_a_config_or_the_reference_model_all_its_configs_share(multi: 
     assert by_model.model.endswith(":tiny_cnn")  # type: ignore[union-attr]
     with pytest.raises(BuilderError, match="unknown config .*'cnn-vae'.*choices"):
         reference_spec(bench, "ref:cnn-vae", trust_remote_code=True)
+
+
+@pytest.mark.slow
+def test_compile_builds_two_vqgans_of_different_latent_sizes(tiny_recipe: Path, tmp_path: Path) -> None:
+    """``run --compile`` with two generators of one kind and different latent sizes (8 x 8 and
+    4 x 4): the second decoder compiles in the process the first was compiled in, and the
+    build verifies, the oracle re-check included."""
+    import torch
+
+    from builder.components.vqgan import TamingVQGAN
+
+    from tiny_models import TINY_VQGAN_YAML
+
+    needs_compiler()
+    coarse = yaml.safe_load(TINY_VQGAN_YAML)
+    coarse["model"]["params"]["ddconfig"]["ch_mult"] = [1, 2, 2]
+    (tiny_recipe.parent / "coarse.yaml").write_text(yaml.safe_dump(coarse))
+    torch.manual_seed(1)
+    torch.save({"state_dict": TamingVQGAN(coarse["model"]["params"]).state_dict()}, tiny_recipe.parent / "coarse.ckpt")
+    vqgan = yaml.safe_load(tiny_recipe.read_text())["generator"]
+    several(tiny_recipe, vqgan=vqgan, coarse={"kind": "vqgan", "config": "coarse.yaml", "checkpoint": "coarse.ckpt"})
+    result = build(tiny_recipe, tmp_path / "compiled", "--compile")
+    assert result.exit_code == 0, result.output
+    report = verify_benchmark(tmp_path / "compiled", oracle=True, recipe=str(tiny_recipe))
+    assert report.ok, report.failures
+    assert report.oracle_rates == {"cnn-coarse": 1.0, "cnn-vqgan": 1.0}
