@@ -16,6 +16,11 @@ ViT-B/32 over 1000 prompts and a timm ConvNeXt, built by ``build_throughput.comp
   can be told apart from a difference of algorithm;
 - **floor**: what a step cannot avoid, each part timed alone at the engine's batch size: decoder
   forward + backward to the latent, reference model forward + backward, oracle forward;
+- **FLOP rates**: each floor part's FLOPs per image-step, counted once with torch's FLOP counter
+  (matrix products and convolutions), over the time of the engine, its floor, the decoder's
+  pass alone and the per-image loop, beside one large matrix product on the device (fp32 and
+  bf16): how near the work runs to what the device does, which no ratio between two
+  implementations shows;
 - **whole build** (``--only build``): digits-demo built by ``build_benchmark`` in this process
   (one worker), its wall time against the engine's alone (``UnitRunner._perturb_unit``: the
   engine and its results to the host), with the time the reader thread spent reading and
