@@ -232,8 +232,11 @@ def _download(url: str, ctx: ResolveContext, opener: Callable[[str], Any] = _ope
     address, pinned = split_pin(url)
     target = cached_download(address, ctx.cache_dir)
     if target.is_file():
-        return target
-    log.info("downloading %s", address)
+        if pinned is None or sha256_file(target) == pinned:
+            return target
+        log.info("%s: the cached copy is not the pinned one (sha256 %s): downloading it again", address, pinned)
+    else:
+        log.info("downloading %s", address)
     try:
         with opener(address) as response, atomic_write(target) as handle:
             digest = hashlib.sha256()
@@ -257,7 +260,11 @@ def _find_download(url: str, ctx: ResolveContext) -> Found:
     address, pinned = split_pin(url)
     target = cached_download(address, ctx.cache_dir)
     if target.is_file():
-        return Found(target, "in the cache")
+        if pinned is None:
+            return Found(target, "in the cache")
+        if sha256_file(target) == pinned:
+            return Found(target, "in the cache, sha256 checked")
+        return Found(None, "in the cache with another sha256 than the pin: downloaded again on the first run, sha256 checked", fetchable=True)
     how = "downloaded on the first run" + (", sha256 checked" if pinned else " (not pinned: append #sha256=<hex> to check it)")
     return Found(None, how, fetchable=True)
 

@@ -335,13 +335,14 @@ def test_trained_checkpoints_are_addressed_by_what_shaped_them(tmp_path: Path, c
 
 
 def test_pinned_download_is_checked(tmp_path: Path) -> None:
-    """``URL#sha256=`` downloads once and refuses bytes with another hash, keeping nothing."""
+    """``URL#sha256=`` downloads once and refuses bytes with another hash, keeping nothing; a
+    cached copy serves a pin only if it has the pinned hash (else it is downloaded again)."""
     import hashlib
     import http.server
     import threading
     from functools import partial
 
-    from builder.checkpoints import ResolveContext, fetch_location
+    from builder.checkpoints import ResolveContext, fetch_location, find_location
 
     (tmp_path / "served").mkdir()
     (tmp_path / "served" / "weights.bin").write_bytes(b"tensor bytes")
@@ -357,6 +358,17 @@ def test_pinned_download_is_checked(tmp_path: Path) -> None:
         assert not list((tmp_path / "cache").rglob("weights.bin"))
         path = fetch_location(f"{url}#sha256={good}", ctx)
         assert path.read_bytes() == b"tensor bytes"
+        # upstream moves on and the recipe pins the new bytes: the cached copy is not taken for them
+        (tmp_path / "served" / "weights.bin").write_bytes(b"newer tensor bytes")
+        newer = hashlib.sha256(b"newer tensor bytes").hexdigest()
+        found = find_location(f"{url}#sha256={newer}", ctx)
+        assert found.path is None and "another sha256 than the pin: downloaded again" in found.how
+        assert find_location(f"{url}#sha256={good}", ctx).how == "in the cache, sha256 checked"
+        assert fetch_location(f"{url}#sha256={newer}", ctx).read_bytes() == b"newer tensor bytes"
+        (tmp_path / "served" / "weights.bin").unlink()  # a pinned copy in the cache needs no server
+        assert fetch_location(f"{url}#sha256={newer}", ctx).read_bytes() == b"newer tensor bytes"
+        with pytest.raises(CheckpointError, match="download failed"):  # the old pin: not in the cache now, and gone upstream
+            fetch_location(f"{url}#sha256={good}", ctx)
         with pytest.raises(CheckpointError, match="#sha256=<64 lowercase hex"):
             fetch_location(f"{url}#md5=abc", ctx)
     finally:
