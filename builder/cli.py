@@ -262,6 +262,9 @@ def format_summary(name: str, summary: Any) -> str:
 @click.option("--limit", type=click.IntRange(min=1), help="With --dynamic: only the first N source samples.")
 @click.option("--save", type=click.Path(file_okay=False, path_type=Path), help="With --dynamic: keep the generated benchmark here.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="With --dynamic: override a recipe key.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
+              help="With --dynamic: override the recipe's perturbation.precision, as 'run --precision' does.")
+@click.option("--compile", "compile_decoder", is_flag=True, help="With --dynamic: torch.compile the generator's decoder, as 'run --compile' does.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model specs read from a benchmark's manifest (ref:) or a download to import and run code (py:).")
 @storage_option
 @cache_option
@@ -269,8 +272,9 @@ def score_command(benchmarks: tuple[str, ...], revision: Optional[str], config_n
                   out_dir: Optional[Path], overwrite: bool, checkpoints: tuple[str, ...], batch_size: int, device: Optional[str],
                   workers: int, bootstrap: int, seed: int, per_class: bool,
                   json_out: Optional[Path], source_recipe: Optional[str], dynamic: bool, recipe: Optional[str],
-                  limit: Optional[int], save: Optional[Path], overrides: tuple[str, ...], trust_remote_code: bool,
-                  storage_options: tuple[tuple[str, str], ...], cache_dir: Optional[Path]) -> None:
+                  limit: Optional[int], save: Optional[Path], overrides: tuple[str, ...], precision: Optional[str],
+                  compile_decoder: bool, trust_remote_code: bool, storage_options: tuple[tuple[str, str], ...],
+                  cache_dir: Optional[Path]) -> None:
     """Score models on benchmarks: SA, PA, FMR = PA / SA x 100, with 95% bootstrap intervals."""
     from builder.benchmark import open_benchmark
     from builder.paths import default_cache_dir
@@ -278,6 +282,12 @@ def score_command(benchmarks: tuple[str, ...], revision: Optional[str], config_n
     from builder.score import score, score_dynamic
 
     _check_revision(revision, benchmarks)
+    given = [flag for flag, value in {"--recipe": recipe, "--limit": limit, "--save": save, "--set": overrides,
+                                      "--precision": precision, "--compile": compile_decoder}.items() if value]
+    if given and not dynamic:
+        raise BuilderError(f"{given[0]} goes with --dynamic (a benchmark regenerated against the model); add --dynamic or drop {given[0]}")
+    if precision is not None:
+        overrides = (*overrides, f"perturbation.precision={precision}")
     if zoo is not None or out_dir is not None:
         if models or dynamic or out_dir is None or zoo is None or not benchmarks:
             raise BuilderError("--models ZOO.yaml goes with --out DIR and --benchmark, without --model or --dynamic; give those")
@@ -312,7 +322,8 @@ def score_command(benchmarks: tuple[str, ...], revision: Optional[str], config_n
                            "drop --save, or build it with 'build-benchmark run' and score that")
     live = [
         score_dynamic(recipe, model, checkpoint=checkpoint, overrides=overrides, limit=limit, save=save, device=device,
-                      bootstrap=bootstrap, seed=seed, cache_dir=cache, progress=True, trust_remote_code=trust_remote_code, generator=generator)
+                      bootstrap=bootstrap, seed=seed, cache_dir=cache, progress=True, trust_remote_code=trust_remote_code, generator=generator,
+                      compile_decoder=compile_decoder)
         for model, checkpoint in paired for generator in generators
     ] if dynamic and recipe else []  # --dynamic without --recipe was refused above
     results = static + live

@@ -319,9 +319,11 @@ def score_dynamic(
     progress: bool = True,
     trust_remote_code: bool = False,
     generator: Optional[str] = None,
+    compile_decoder: bool = False,
 ) -> ScoreResult:
     """Regenerate the recipe's benchmark against ``model`` (it becomes theta), then score it;
-    in a several-generator recipe, through ``generator`` (default: the first)."""
+    in a several-generator recipe, through ``generator`` (default: the first); ``compile_decoder``
+    as ``run --compile``."""
     from builder.build import BuildOptions, build_benchmark
     from builder.recipes import LoadedRecipe, load_recipe
     from builder.trust import downloaded_roots, require_trusted_file
@@ -337,7 +339,8 @@ def score_dynamic(
     evaluated = LoadedRecipe(loaded.recipe.model_copy(update=update), loaded.origin, loaded.base_dir)
     with tempfile.TemporaryDirectory(prefix="fmr-dynamic-") as scratch:
         out = save or Path(scratch) / "benchmark"
-        options = BuildOptions(out_dir=out, device=device, cache_dir=cache_dir or default_cache_dir(), batch_size=batch_size, limit=limit, progress=progress)
+        options = BuildOptions(out_dir=out, device=device, cache_dir=cache_dir or default_cache_dir(), batch_size=batch_size, limit=limit,
+                               progress=progress, compile=compile_decoder)
         build_benchmark(evaluated, options)
         result = score(out, spec, device=device, bootstrap=bootstrap, seed=seed, cache_dir=options.cache_dir, base_dir=loaded.base_dir,
                        trust_remote_code=True)  # the user's own recipe and model

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from click.testing import CliRunner
 from helpers import assert_one_line_error, shard_hashes
 from PIL import Image
@@ -72,6 +73,17 @@ def test_precision_option_is_part_of_the_recipe_and_verify_judges_in_it(tiny_rec
     assert shard_hashes(bf16) == shard_hashes(by_set)
     report = verify_benchmark(bf16, oracle=True, recipe=str(tiny_recipe))
     assert report.ok and report.oracle_rates == {"cnn": 1.0}, report.failures
+    # score --dynamic --precision: the regenerated benchmark is built in it
+    spec = yaml.safe_load(tiny_recipe.read_text())["reference_models"][0]
+    model = tmp_path / "model.yaml"
+    model.write_text(yaml.safe_dump({**spec, "checkpoint": str(tiny_recipe.parent / spec["checkpoint"])}))
+    scored = invoke("score", "--dynamic", "--recipe", str(tiny_recipe), "--model", str(model), "--limit", "4", "--device", "cpu",
+                    "--bootstrap", "0", "--trust-remote-code", "--precision", "bf16", "--save", str(tmp_path / "dynamic"))
+    assert scored.exit_code == 0, scored.output
+    assert json.loads((tmp_path / "dynamic" / "manifest.json").read_text())["recipe"]["perturbation"]["precision"] == "bf16"
+    for flag in (("--precision", "bf16"), ("--compile",), ("--limit", "4")):  # regeneration options without --dynamic
+        refused = CliRunner().invoke(main, ["-q", "score", "--benchmark", str(bf16), "--model", str(model), *flag])
+        assert_one_line_error(refused, f"{flag[0]} goes with --dynamic")
 
 
 def test_existing_output_needs_overwrite(tiny_recipe: Path, tmp_path: Path) -> None:

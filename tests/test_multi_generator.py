@@ -5,6 +5,7 @@ manifest and its own card section; resume, verify, score, publish and dynamic sc
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -265,7 +266,7 @@ def test_ref_names_a_config_or_the_reference_model_all_its_configs_share(multi: 
 
 
 @pytest.mark.slow
-def test_compile_builds_two_vqgans_of_different_latent_sizes(tiny_recipe: Path, tmp_path: Path) -> None:
+def test_compile_builds_two_vqgans_of_different_latent_sizes(tiny_recipe: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """``run --compile`` with two generators of one kind and different latent sizes (8 x 8 and
     4 x 4): the second decoder compiles in the process the first was compiled in, and the
     build verifies, the oracle re-check included."""
@@ -288,3 +289,16 @@ def test_compile_builds_two_vqgans_of_different_latent_sizes(tiny_recipe: Path, 
     report = verify_benchmark(tmp_path / "compiled", oracle=True, recipe=str(tiny_recipe))
     assert report.ok, report.failures
     assert report.oracle_rates == {"cnn-coarse": 1.0, "cnn-vqgan": 1.0}
+
+    # score --dynamic --compile: the same engine, each generator's decoder compiled
+    spec = yaml.safe_load(tiny_recipe.read_text())["reference_models"][0]
+    model = tmp_path / "model.yaml"
+    model.write_text(yaml.safe_dump({**spec, "checkpoint": str(tiny_recipe.parent / spec["checkpoint"])}))
+    with caplog.at_level(logging.INFO, logger="builder.build.runner"):
+        result = CliRunner().invoke(main, ["score", "--dynamic", "--recipe", str(tiny_recipe), "--model", str(model), "--limit", "4",
+                                           "--device", "cpu", "--bootstrap", "0", "--trust-remote-code", "--compile"])
+    assert result.exit_code == 0, result.output
+    compiled = [r.getMessage() for r in caplog.records if "through torch.compile" in r.getMessage()]
+    assert sorted(compiled) == [f"decoder of {name} through torch.compile: each compiles on its first batch (about half a minute on a GPU)"
+                                for name in ("coarse", "vqgan")]
+    assert "evaluated-coarse" in result.output and "evaluated-vqgan" in result.output

@@ -122,6 +122,7 @@ def load_components(recipe: Recipe, context: ComponentContext, compile_decoder: 
         from builder.engine import CompiledDecoder
 
         generators = {name: CompiledDecoder(generator) for name, generator in generators.items()}
+        log.info("decoder of %s through torch.compile: each compiles on its first batch (about half a minute on a GPU)", ", ".join(generators))
     return Components(generators, oracle, models, {name: weights_fingerprint(model) for name, model in models.items()})
 
 
