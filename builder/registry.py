@@ -26,10 +26,21 @@ def closest(name: str, choices: list[str]) -> str | None:
     return matches[0] if matches else None
 
 
-def unknown_name_message(family: str, name: str, choices: list[str]) -> str:
+#: past this many choices an error names the nearest few and how to list them all (timm has
+#: over a thousand models: a line listing every one is no longer read)
+MAX_LISTED_CHOICES = 30
+
+
+def unknown_name_message(family: str, name: str, choices: list[str], listing: Optional[str] = None) -> str:
+    """``unknown <family> '<name>'; did you mean ...? choices: ...``; a long list cut to the
+    names nearest ``name`` and ``listing``, the call that lists them all."""
     hint = closest(name, choices)
     did_you_mean = f"did you mean '{hint}'? " if hint else ""
-    return f"unknown {family} '{name}'; {did_you_mean}choices: {', '.join(sorted(choices))}"
+    if len(choices) <= MAX_LISTED_CHOICES:
+        return f"unknown {family} '{name}'; {did_you_mean}choices: {', '.join(sorted(choices))}"
+    near = difflib.get_close_matches(name, choices, n=5, cutoff=0.4) or sorted(choices)[:5]
+    return f"unknown {family} '{name}'; {did_you_mean}{len(choices)} choices, nearest: {', '.join(near)}" + (
+        f"; all of them: {listing}" if listing else "")
 
 
 @dataclass(frozen=True)

@@ -288,8 +288,11 @@ def test_timm_model_preprocessing_comes_from_the_pretrained_tag(context: Compone
 
 
 def test_timm_errors_name_the_model(tmp_path: Path, context: ComponentContext) -> None:
-    with pytest.raises(ComponentError, match="unknown timm model 'convnext_tinny'; did you mean 'convnext_tiny'"):
+    with pytest.raises(ComponentError, match="unknown timm model 'convnext_tinny'; did you mean 'convnext_tiny'") as unknown:
         load_classifier(ModelSpec(model="timm:convnext_tinny"), context)
+    # over a thousand names: the nearest few and how to list them, not all of them on one line
+    assert str(unknown.value).endswith("; all of them: timm.list_models()") and len(str(unknown.value)) < 300
+    assert "choices, nearest: convnext_tiny, " in str(unknown.value)
     path = tmp_path / "ten.pt"
     import timm
 

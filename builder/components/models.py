@@ -1,4 +1,5 @@
-"""Classifiers from specs: ``timm:<name[.tag]>`` and ``py:<module or file.py>:<callable>`` (the
+"""Classifiers from specs: ``timm:<name[.tag]>`` (also ``timm:hf-hub:<org/name>`` and
+``timm:local-dir:<folder>``) and ``py:<module or file.py>:<callable>`` (the
 other schemes, ``hf:``, ``torchvision:``, ``clip:``, ``robustbench:``, have a module each).
 
 Used for reference models (theta), classifier oracles and, later, scored models. Each comes
@@ -20,7 +21,7 @@ from builder.checkpoints import fetch_location, load_state_dict, load_weights, o
 from builder.components.base import MODELS, ComponentContext
 from builder.components.preprocess import PooledClassifier, PreprocessedClassifier, Preprocessing
 from builder.config import ModelSpec
-from builder.errors import ComponentError
+from builder.errors import BuilderError, ComponentError
 from builder.preflight import Check, PreflightContext
 from builder.registry import closest, unknown_name_message
 
@@ -33,15 +34,78 @@ def _class_count(spec: ModelSpec, ctx: ComponentContext, pretrained: bool) -> in
     return None if pretrained else len(ctx.class_names)
 
 
+#: timm's own sources, as ``timm.create_model`` takes them: a Hub repo (``push_to_hf_hub``) and a
+#: folder (``save_for_hf``), each a config.json naming a registered architecture, plus weights
+TIMM_HUB, TIMM_FOLDER = "hf-hub", "local-dir"
+
+
+def timm_source(target: str, spec: ModelSpec, base_dir: Path) -> tuple[str | None, str]:
+    """(``hf-hub``, ``local-dir`` or None for a registry name, the name to create): a Hub id with
+    the spec's ``revision`` as timm's ``@rev``, a folder relative to the recipe's folder."""
+    from timm.models import parse_model_name
+
+    try:
+        source, model_id = parse_model_name(target)
+    except ValueError as error:
+        raise ComponentError(f"timm:{target}: {str(error).splitlines()[0]}") from None
+    if source == TIMM_FOLDER:
+        path = Path(model_id).expanduser()
+        return source, f"{TIMM_FOLDER}:{path if path.is_absolute() else base_dir / path}"
+    if source == TIMM_HUB:
+        if spec.revision and "@" not in model_id:
+            model_id = f"{model_id}@{spec.revision}"
+        return source, f"{TIMM_HUB}:{model_id}"
+    return None, target
+
+
+def _timm_config_classes(path: Path) -> int | None:
+    from builder.manifest import load_json_bounded
+
+    data = load_json_bounded(path, f"timm config {path}", max_bytes=1 << 20)
+    count = data.get("num_classes") if isinstance(data, dict) else None
+    return count if isinstance(count, int) and count > 0 else None
+
+
+def _timm_sourced_preflight(spec: ModelSpec, name: str, where: str) -> list[Check]:
+    """A timm Hub repo or folder: its config.json found offline (the class count read from it)."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+    from timm.models._hub import hf_split
+
+    source, _, model_id = name.partition(":")
+    if source == TIMM_FOLDER:
+        config = Path(model_id) / "config.json"
+        if not config.is_file():
+            return [Check(where, spec.model, f"{where}: {config.parent} has no config.json: not a folder timm's save_for_hf wrote; fix the path")]
+        return [Check(where, f"{spec.model}: local timm folder", classes=_timm_config_classes(config))]
+    repo, revision = hf_split(model_id)
+    try:
+        validate_repo_id(repo)
+    except HFValidationError:
+        return [Check(where, spec.model, f"{where}: '{repo}' is not a Hub repo id (owner/name); fix the name")]
+    cached = try_to_load_from_cache(repo, "config.json", revision=revision)
+    if isinstance(cached, str):
+        return [Check(where, f"{spec.model}: config in the HF cache (weights downloaded on the first run unless cached)",
+                      classes=_timm_config_classes(Path(cached)))]
+    return [Check(where, f"{spec.model}: downloaded from the Hub on the first run")]
+
+
 def timm_preflight(spec: ModelSpec, ctx: PreflightContext, where: str) -> list[Check]:
-    """The architecture and pretrained tag exist in timm (its class count from the tag's config)."""
+    """The architecture and pretrained tag exist in timm (its class count from the tag's config);
+    for a Hub repo or folder, its config.json."""
     import timm
     from timm.models import get_pretrained_cfg
 
     target = spec.model.partition(":")[2]
+    try:
+        source, name = timm_source(target, spec, ctx.base_dir)
+        if source is not None:
+            return _timm_sourced_preflight(spec, name, where)
+    except BuilderError as error:
+        return [Check(where, spec.model, f"{where}: {error}")]
     architecture = target.split(".")[0]
     if not timm.is_model(architecture):
-        return [Check(where, spec.model, f"{where}: {unknown_name_message('timm model', architecture, timm.list_models())}")]
+        return [Check(where, spec.model, f"{where}: {unknown_name_message('timm model', architecture, timm.list_models(), 'timm.list_models()')}")]
     classes = None
     if spec.pretrained and spec.checkpoint is None:
         tags = timm.list_pretrained(f"{architecture}.*")
@@ -61,24 +125,22 @@ def build_timm(target: str, spec: ModelSpec, ctx: ComponentContext, pretrained: 
     import timm
     from timm.data import resolve_model_data_config
 
+    source, name = timm_source(target, spec, ctx.base_dir)
     architecture = target.split(".")[0]
-    if not timm.is_model(architecture):
-        raise ComponentError(unknown_name_message("timm model", architecture, timm.list_models()))
+    if source is None and not timm.is_model(architecture):
+        raise ComponentError(unknown_name_message("timm model", architecture, timm.list_models(), "timm.list_models()"))
     kwargs: dict[str, Any] = dict(spec.kwargs)
     count = _class_count(spec, ctx, pretrained)
     if count is not None:
         kwargs["num_classes"] = count
     try:
-        net = timm.create_model(target, pretrained=pretrained, **kwargs)
+        net = timm.create_model(name, pretrained=pretrained, **kwargs)
     except TypeError as error:  # kwargs the architecture does not take
         raise ComponentError(f"timm:{target}: kwargs ({_arguments(kwargs)}) rejected: {_first_line(error)}; fix the spec's kwargs") from error
     except RuntimeError as error:  # unknown pretrained tag
         raise ComponentError(f"timm:{target}: {str(error).splitlines()[0]}") from None
-    except OSError as error:  # not in the HF cache and no network
-        raise ComponentError(
-            f"timm:{target}: pretrained weights are not in the HF cache and the Hub cannot be reached "
-            f"({type(error).__name__}); run once with network or give 'checkpoint'{offline_hint()}"
-        ) from None
+    except Exception as error:  # noqa: BLE001 - sorted out below
+        raise _timm_load_failure(target, source, error) from None
     data = resolve_model_data_config(net)
     preprocessing = Preprocessing(
         input_size=int(data["input_size"][-1]),
@@ -88,6 +150,19 @@ def build_timm(target: str, spec: ModelSpec, ctx: ComponentContext, pretrained: 
         std=tuple(data["std"]),
     ).overridden(spec.preprocess, spec.model)
     return PreprocessedClassifier(net, preprocessing, int(cast(Any, net).num_classes), spec.model)
+
+
+def _timm_load_failure(target: str, source: str | None, error: Exception) -> Exception:
+    """One line for what ``timm.create_model`` raised: a registry model's weights missing offline,
+    or any failure to read a Hub repo or folder (huggingface_hub's errors, a config timm cannot
+    use); anything else as it was."""
+    if source is not None:
+        return ComponentError(f"timm:{target}: cannot load it ({_first_line(error)}); fix the repo id, revision or folder, "
+                              f"or run once with network so it is cached{offline_hint() if source == TIMM_HUB else ''}")
+    if isinstance(error, OSError):  # not in the HF cache and no network
+        return ComponentError(f"timm:{target}: pretrained weights are not in the HF cache and the Hub cannot be reached "
+                              f"({type(error).__name__}); run once with network or give 'checkpoint'{offline_hint()}")
+    return error
 
 
 def _first_line(error: BaseException) -> str:

@@ -85,7 +85,7 @@ def create_clip(config: ClipOracleConfig, ctx: ComponentContext, *, load_weights
 
     register_builtin_clip_configs()
     if config.model not in open_clip.list_models():
-        raise ComponentError(unknown_name_message("open_clip model", config.model, open_clip.list_models()))
+        raise ComponentError(unknown_name_message("open_clip model", config.model, open_clip.list_models(), "open_clip.list_models()"))
     is_location = bool(_LOCATION.search(config.pretrained))
     tags = open_clip.list_pretrained_tags_by_model(config.model)
     if not is_location and config.pretrained not in tags:
@@ -242,7 +242,7 @@ def clip_preflight(config: ClipOracleConfig, ctx: PreflightContext, where: str) 
 
     register_builtin_clip_configs()
     if config.model not in open_clip.list_models():
-        return [Check(where, config.model, f"{where}: {unknown_name_message('open_clip model', config.model, open_clip.list_models())}")]
+        return [Check(where, config.model, f"{where}: {unknown_name_message('open_clip model', config.model, open_clip.list_models(), 'open_clip.list_models()')}")]
     tags = open_clip.list_pretrained_tags_by_model(config.model)
     if config.pretrained not in tags and not _LOCATION.search(config.pretrained):
         return [Check(where, config.model, f"{where}: open_clip has no pretrained '{config.pretrained}' for {config.model}; tags: {', '.join(tags) or 'none'}")]

@@ -89,7 +89,8 @@ def lookup(spec: ModelSpec) -> tuple[str, str, dict[str, Any]]:
         if name in zoo[each]:
             return each, name, zoo[each][name]
     names = sorted({model for each in ([threat] if threat else zoo) for model in zoo[each]})
-    raise ComponentError(f"{spec.model}: {unknown_name_message('robustbench ImageNet model', name, names)}")
+    listing = "robustbench's model_zoo (ImageNet, Linf and corruptions)"
+    raise ComponentError(f"{spec.model}: {unknown_name_message('robustbench ImageNet model', name, names, listing)}")
 
 
 def model_dir(spec: ModelSpec, locations: ResolveContext) -> Path:

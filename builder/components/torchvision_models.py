@@ -36,7 +36,8 @@ def _weights_enum(spec: ModelSpec, name: str, weights: Optional[str]) -> Any:
 
     classifiers = list_models(module=torchvision.models)  # not detection, segmentation or video
     if name not in classifiers:
-        raise ComponentError(f"{spec.model}: {unknown_name_message('torchvision classifier', name, classifiers)}")
+        listing = "torchvision.models.list_models(torchvision.models)"
+        raise ComponentError(f"{spec.model}: {unknown_name_message('torchvision classifier', name, classifiers, listing)}")
     if weights is None:
         return None
     members = get_model_weights(name).__members__

@@ -1,0 +1,96 @@
+"""Models and generators named by Hub id, fetched from the local Hub stand-in (tests/hub_stub.py)
+as from the Hub: the loaders' own download paths, not a local directory standing in for them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from helpers import assert_one_line_error, build
+
+from builder.verify import verify_benchmark
+
+TINY_VAE = {"block_out_channels": [8, 8], "latent_channels": 2, "norm_num_groups": 4, "mid_block_add_attention": False}
+
+
+def saved_files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_vae_by_hub_id_is_fetched_once_and_builds(tiny_recipe: Path, tmp_path: Path, reading_hub) -> None:
+    """``generator: {kind: vae, model: org/name, subfolder: vae, revision: <sha>}``, as a Stable
+    Diffusion VAE is named: the dry run says it will be fetched, the build fetches config and
+    safetensors weights at the pinned commit, verifies with the oracle, and the dry run after
+    finds its config in the HF cache."""
+    import torch
+    from click.testing import CliRunner
+
+    from builder.cli import main
+    from builder.components.vae import VAEArchitecture, build_autoencoder
+
+    torch.manual_seed(0)
+    build_autoencoder(VAEArchitecture.model_validate(TINY_VAE)).save_pretrained(tmp_path / "saved" / "vae")
+    reading_hub.add_files("org/tiny-vae", saved_files(tmp_path / "saved"), kind="models")
+    pinned = reading_hub.commit_sha("org/tiny-vae", kind="models")
+    reading_hub.add_files("org/tiny-vae", {"vae/config.json": b"{}"}, kind="models")  # main moves on, and breaks
+    data = yaml.safe_load(tiny_recipe.read_text())
+    data["generator"] = {"kind": "vae", "model": "org/tiny-vae", "subfolder": "vae", "revision": pinned}
+    tiny_recipe.write_text(yaml.safe_dump(data))
+
+    before = CliRunner().invoke(main, ["run", str(tiny_recipe), "--dry-run"])
+    assert before.exit_code == 0, before.output
+    assert "org/tiny-vae: downloaded from the Hub on the first run" in before.output
+    out = tmp_path / "out"
+    result = build(tiny_recipe, out)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "manifest.json").read_text())["configs"]["cnn"]["num_perturbed"] > 0
+    report = verify_benchmark(out, oracle=True, recipe=str(tiny_recipe))
+    assert report.ok and report.oracle_rates == {"cnn": 1.0}, report.failures
+    after = CliRunner().invoke(main, ["run", str(tiny_recipe), "--dry-run"])
+    assert "org/tiny-vae: config in the HF cache" in after.output, after.output
+    # without the pin, main's broken config.json is refused in one line before diffusers reads it
+    data["generator"].pop("revision")
+    tiny_recipe.write_text(yaml.safe_dump(data))
+    broken = build(tiny_recipe, tmp_path / "unpinned")
+    assert_one_line_error(broken, "block_out_channels must be a list", "give an AutoencoderKL config.json")
+
+
+def test_a_timm_model_by_hub_id_or_folder_scores_and_dry_runs(built: Path, tiny_recipe: Path, tmp_path: Path, reading_hub) -> None:
+    """``timm:hf-hub:org/name[@rev]`` (a model pushed with timm's push_to_hf_hub) and
+    ``timm:local-dir:<folder>`` (save_for_hf) are timm.create_model's own sources: both score
+    the same; a pinned revision is honoured when main has moved on; the dry run finds the
+    config offline once fetched; a missing repo is one line."""
+    import timm
+    import torch
+    from click.testing import CliRunner
+
+    from builder.cli import main
+
+    torch.manual_seed(0)
+    timm.models.save_for_hf(timm.create_model("test_convnext", num_classes=3), tmp_path / "saved", safe_serialization=True)
+    reading_hub.add_files("org/tiny-timm", saved_files(tmp_path / "saved"), kind="models")
+    pinned = reading_hub.commit_sha("org/tiny-timm", kind="models")
+    reading_hub.add_files("org/tiny-timm", {"config.json": b'{"architecture": "no_such_net"}'}, kind="models")
+
+    results = {}
+    for name, spec in (("hub", f"timm:hf-hub:org/tiny-timm@{pinned}"), ("folder", f"timm:local-dir:{tmp_path / 'saved'}")):
+        out = tmp_path / f"{name}.json"
+        scored = CliRunner().invoke(main, ["-q", "score", "--benchmark", str(built), "--model", spec, "--workers", "0",
+                                           "--bootstrap", "0", "--json", str(out)])
+        assert scored.exit_code == 0, scored.output
+        [results[name]] = json.loads(out.read_text())["results"]
+    assert results["hub"]["n"] == 12 and results["hub"]["sample_predictions"] == results["folder"]["sample_predictions"]
+    assert results["hub"]["sa"] == results["folder"]["sa"] and results["hub"]["pa"] == results["folder"]["pa"]
+
+    data = yaml.safe_load(tiny_recipe.read_text())
+    data["reference_models"] = [{"name": "hub", "model": "timm:hf-hub:org/tiny-timm", "revision": pinned},
+                                {"name": "unfetched", "model": "timm:hf-hub:org/other-timm"}]
+    tiny_recipe.write_text(yaml.safe_dump(data))
+    dry = CliRunner().invoke(main, ["run", str(tiny_recipe), "--dry-run"])
+    assert "timm:hf-hub:org/tiny-timm: config in the HF cache" in dry.output, dry.output
+    assert "timm:hf-hub:org/other-timm: downloaded from the Hub on the first run" in dry.output
+    missing = CliRunner().invoke(main, ["-q", "score", "--benchmark", str(built), "--model", "timm:hf-hub:org/other-timm", "--workers", "0"])
+    assert_one_line_error(missing, "timm:hf-hub:org/other-timm: cannot load it", "fix the repo id, revision or folder")
+    unpinned = CliRunner().invoke(main, ["-q", "score", "--benchmark", str(built), "--model", "timm:hf-hub:org/tiny-timm", "--workers", "0"])
+    assert_one_line_error(unpinned, "timm:hf-hub:org/tiny-timm: Unknown model (no_such_net)")  # main's config, not the pin's
