@@ -3,12 +3,21 @@ as from the Hub: the loaders' own download paths, not a local directory standing
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
+import open_clip
+import timm
+import torch
 import yaml
-from helpers import assert_one_line_error, build
+from click.testing import CliRunner
+from helpers import assert_one_line_error, build, shard_hashes
+from safetensors.torch import save_file
 
+from builder.cli import main
+from builder.components.oracles import register_builtin_clip_configs
+from builder.components.vae import VAEArchitecture, build_autoencoder
 from builder.verify import verify_benchmark
 
 TINY_VAE = {"block_out_channels": [8, 8], "latent_channels": 2, "norm_num_groups": 4, "mid_block_add_attention": False}
@@ -23,12 +32,6 @@ def test_a_vae_by_hub_id_is_fetched_once_and_builds(tiny_recipe: Path, tmp_path:
     Diffusion VAE is named: the dry run says it will be fetched, the build fetches config and
     safetensors weights at the pinned commit, verifies with the oracle, and the dry run after
     finds its config in the HF cache."""
-    import torch
-    from click.testing import CliRunner
-
-    from builder.cli import main
-    from builder.components.vae import VAEArchitecture, build_autoencoder
-
     torch.manual_seed(0)
     build_autoencoder(VAEArchitecture.model_validate(TINY_VAE)).save_pretrained(tmp_path / "saved" / "vae")
     reading_hub.add_files("org/tiny-vae", saved_files(tmp_path / "saved"), kind="models")
@@ -61,12 +64,6 @@ def test_a_timm_model_by_hub_id_or_folder_scores_and_dry_runs(built: Path, tiny_
     ``timm:local-dir:<folder>`` (save_for_hf) are timm.create_model's own sources: both score
     the same; a pinned revision is honoured when main has moved on; the dry run finds the
     config offline once fetched; a missing repo is one line."""
-    import timm
-    import torch
-    from click.testing import CliRunner
-
-    from builder.cli import main
-
     torch.manual_seed(0)
     timm.models.save_for_hf(timm.create_model("test_convnext", num_classes=3), tmp_path / "saved", safe_serialization=True)
     reading_hub.add_files("org/tiny-timm", saved_files(tmp_path / "saved"), kind="models")
@@ -94,3 +91,41 @@ def test_a_timm_model_by_hub_id_or_folder_scores_and_dry_runs(built: Path, tiny_
     assert_one_line_error(missing, "timm:hf-hub:org/other-timm: cannot load it", "fix the repo id, revision or folder")
     unpinned = CliRunner().invoke(main, ["-q", "score", "--benchmark", str(built), "--model", "timm:hf-hub:org/tiny-timm", "--workers", "0"])
     assert_one_line_error(unpinned, "timm:hf-hub:org/tiny-timm: Unknown model (no_such_net)")  # main's config, not the pin's
+
+
+def test_a_clip_oracle_by_hub_id_or_folder_builds_the_same(tiny_recipe: Path, tmp_path: Path, reading_hub) -> None:
+    """``oracle: {kind: clip, model: hf-hub:org/name}`` (open_clip's own Hub form, as SigLIP and
+    DFN models are published) and ``local-dir:<folder>`` build the same bytes; the dry run finds
+    the config once fetched; a pretrained tag beside them, which open_clip would ignore, is one
+    line."""
+    register_builtin_clip_configs()
+    torch.manual_seed(0)
+    model = open_clip.create_model("fmr-tiny-clip", pretrained=None)
+    config = open_clip.get_model_config("fmr-tiny-clip")
+    saving = importlib.import_module("open_clip.push_to_hf_hub")  # save_for_hf, less the tokenizer files its default tokenizer has none of
+    (tmp_path / "clip-folder").mkdir()
+    save_file(model.state_dict(), tmp_path / "clip-folder" / saving.HF_SAFE_WEIGHTS_NAME)
+    saving.save_config_for_hf(model, tmp_path / "clip-folder" / saving.HF_CONFIG_NAME, model_config=config)
+    reading_hub.add_files("org/tiny-clip", saved_files(tmp_path / "clip-folder"), kind="models")
+
+    data = yaml.safe_load(tiny_recipe.read_text())
+    outs = {}
+    for name, oracle_model in (("hub", "hf-hub:org/tiny-clip"), ("folder", "local-dir:clip-folder")):
+        data["oracle"] = {"kind": "clip", "model": oracle_model, "template": "a photo of something {}"}
+        tiny_recipe.write_text(yaml.safe_dump(data))
+        if name == "hub":
+            dry = CliRunner().invoke(main, ["run", str(tiny_recipe), "--dry-run"])
+            assert "open_clip hf-hub:org/tiny-clip: downloaded from the Hub on the first run" in dry.output, dry.output
+        outs[name] = tmp_path / name
+        result = build(tiny_recipe, outs[name])
+        assert result.exit_code == 0, result.output
+        report = verify_benchmark(outs[name], oracle=True, recipe=str(tiny_recipe))
+        assert report.ok, report.failures
+    assert shard_hashes(outs["hub"]) == shard_hashes(outs["folder"])
+    data["oracle"] = {"kind": "clip", "model": "hf-hub:org/tiny-clip"}
+    tiny_recipe.write_text(yaml.safe_dump(data))
+    dry = CliRunner().invoke(main, ["run", str(tiny_recipe), "--dry-run"])
+    assert "open_clip hf-hub:org/tiny-clip: config in the HF cache" in dry.output, dry.output
+    data["oracle"]["pretrained"] = "laion2b_s34b_b79k"
+    tiny_recipe.write_text(yaml.safe_dump(data))
+    assert_one_line_error(build(tiny_recipe, tmp_path / "tagged"), "brings its own weights, so pretrained 'laion2b_s34b_b79k' would be ignored")

@@ -79,10 +79,55 @@ def register_builtin_clip_configs() -> None:
         open_clip.add_model_config(BUILTIN_DIR / "clip")
 
 
-def create_clip(config: ClipOracleConfig, ctx: ComponentContext, *, load_weights_: bool = True) -> Any:
-    """The open_clip model of ``config``: a known pretrained tag, or weights from a location."""
+#: open_clip's own sources, as ``open_clip.create_model`` takes them: a Hub repo
+#: (``push_to_hf_hub``) or a folder (``save_for_hf``), each an open_clip_config.json with weights
+CLIP_HUB, CLIP_FOLDER = "hf-hub:", "local-dir:"
+CLIP_CONFIG_FILE = "open_clip_config.json"
+
+
+def clip_model_name(model: str, base_dir: Path) -> str:
+    """``model`` as open_clip creates it: a folder relative to the recipe's folder made absolute."""
+    if model.startswith(CLIP_FOLDER):
+        path = Path(model[len(CLIP_FOLDER):]).expanduser()
+        return CLIP_FOLDER + str(path if path.is_absolute() else base_dir / path)
+    return model
+
+
+def _own_weights_problem(config: ClipOracleConfig) -> Optional[str]:
+    """A Hub repo or folder brings its weights: a ``pretrained`` tag beside it (other than the
+    default) would be ignored; a weights location replaces them."""
+    if config.pretrained != ClipOracleConfig.model_fields["pretrained"].default and not _LOCATION.search(config.pretrained):
+        return (f"open_clip {config.model} brings its own weights, so pretrained '{config.pretrained}' would be ignored; "
+                "drop pretrained (or give a weights location)")
+    return None
+
+
+def _create_sourced_clip(config: ClipOracleConfig, name: str, load_weights_: bool, ctx: ComponentContext) -> Any:
+    """An open_clip model from a Hub repo or folder (its config decides QuickGELU unless the recipe does)."""
     import open_clip
 
+    problem = _own_weights_problem(config)
+    if problem:
+        raise ComponentError(problem)
+    try:
+        model = open_clip.create_model(name, force_quick_gelu=bool(config.quick_gelu))
+    except Exception as error:  # noqa: BLE001 - huggingface_hub's errors, a config open_clip cannot use
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise ComponentError(f"open_clip {config.model}: cannot load it ({type(error).__name__}: {reason}); fix the repo id or folder, "
+                             f"or run once with network so it is cached{offline_hint() if name.startswith(CLIP_HUB) else ''}") from None
+    if load_weights_ and _LOCATION.search(config.pretrained):
+        _load_clip_weights(model, config, ctx)
+    return model
+
+
+def create_clip(config: ClipOracleConfig, ctx: ComponentContext, *, load_weights_: bool = True) -> Any:
+    """The open_clip model of ``config``: a known pretrained tag, or weights from a location; or
+    a Hub repo or folder of open_clip's own (``hf-hub:org/name``, ``local-dir:<folder>``)."""
+    import open_clip
+
+    name = clip_model_name(config.model, ctx.locations.base_dir)
+    if name.startswith((CLIP_HUB, CLIP_FOLDER)):
+        return _create_sourced_clip(config, name, load_weights_, ctx)
     register_builtin_clip_configs()
     if config.model not in open_clip.list_models():
         raise ComponentError(unknown_name_message("open_clip model", config.model, open_clip.list_models(), "open_clip.list_models()"))
@@ -240,20 +285,49 @@ def clip_preflight(config: ClipOracleConfig, ctx: PreflightContext, where: str) 
     first check carries the prompt count."""
     import open_clip
 
+    name = clip_model_name(config.model, ctx.base_dir)
+    if name.startswith((CLIP_HUB, CLIP_FOLDER)):
+        return _sourced_clip_preflight(config, name, ctx, where)
     register_builtin_clip_configs()
     if config.model not in open_clip.list_models():
         return [Check(where, config.model, f"{where}: {unknown_name_message('open_clip model', config.model, open_clip.list_models(), 'open_clip.list_models()')}")]
     tags = open_clip.list_pretrained_tags_by_model(config.model)
     if config.pretrained not in tags and not _LOCATION.search(config.pretrained):
         return [Check(where, config.model, f"{where}: open_clip has no pretrained '{config.pretrained}' for {config.model}; tags: {', '.join(tags) or 'none'}")]
-    names = config.prompt_names
-    count = len(PROMPT_LISTS[names]()) if isinstance(names, str) else (len(names) if names else ctx.class_count)
     shown = f"open_clip {config.model}" + ("" if _LOCATION.search(config.pretrained) else f" / {config.pretrained}")
-    return [Check(where, shown, classes=count)]
+    return [Check(where, shown, classes=_prompt_count(config, ctx))]
+
+
+def _prompt_count(config: ClipOracleConfig, ctx: PreflightContext) -> Optional[int]:
+    names = config.prompt_names
+    return len(PROMPT_LISTS[names]()) if isinstance(names, str) else (len(names) if names else ctx.class_count)
+
+
+def _sourced_clip_preflight(config: ClipOracleConfig, name: str, ctx: PreflightContext, where: str) -> list[Check]:
+    """A Hub repo or folder of open_clip's: its open_clip_config.json found offline, or not yet."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    problem = _own_weights_problem(config)
+    if problem:
+        return [Check(where, config.model, f"{where}: {problem}")]
+    if name.startswith(CLIP_FOLDER):
+        folder = Path(name[len(CLIP_FOLDER):])
+        if not (folder / CLIP_CONFIG_FILE).is_file():
+            return [Check(where, config.model, f"{where}: {folder} has no {CLIP_CONFIG_FILE}: not a folder open_clip's save_for_hf wrote; fix the path")]
+        return [Check(where, f"open_clip {config.model}: local open_clip folder", classes=_prompt_count(config, ctx))]
+    repo = name[len(CLIP_HUB):]
+    try:
+        validate_repo_id(repo)
+    except HFValidationError:
+        return [Check(where, config.model, f"{where}: '{repo}' is not a Hub repo id (owner/name); fix the name")]
+    cached = isinstance(try_to_load_from_cache(repo, CLIP_CONFIG_FILE), str)
+    how = "config in the HF cache (weights downloaded on the first run unless cached)" if cached else "downloaded from the Hub on the first run"
+    return [Check(where, f"open_clip {config.model}: {how}", classes=_prompt_count(config, ctx))]
 
 
 def clip_weights(config: ClipOracleConfig, where: str) -> list[Weights]:
-    """A ``pretrained`` that names a file (an open_clip tag is open_clip's own download)."""
+    """A ``pretrained`` that names a file (an open_clip tag, Hub repo or folder is open_clip's own)."""
     if not _LOCATION.search(config.pretrained):
         return []
     return [Weights(f"{where} weights", config.pretrained, config, config.train is not None)]
@@ -272,7 +346,7 @@ def train_clip(config: ClipOracleConfig, ctx: ComponentContext, out: Path) -> No
     model = seeded(seed, lambda: create_clip(config, ctx, load_weights_=False)).to(ctx.device).train()
     preprocess = Preprocess(clip_preprocessing(model)).to(ctx.device)
     captions = [group[0] for group in prompts(config, ctx.class_names)]  # with a template list, the first
-    tokens = open_clip.get_tokenizer(config.model)(captions).to(ctx.device)
+    tokens = open_clip.get_tokenizer(clip_model_name(config.model, ctx.locations.base_dir))(captions).to(ctx.device)
 
     def loss_fn(batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         image = F.normalize(model.encode_image(preprocess(batch)), dim=-1)
@@ -289,7 +363,7 @@ def load_clip_oracle(config: ClipOracleConfig, ctx: ComponentContext) -> ClipZer
     import open_clip
 
     model = create_clip(config, ctx)
-    tokenizer = open_clip.get_tokenizer(config.model)
+    tokenizer = open_clip.get_tokenizer(clip_model_name(config.model, ctx.locations.base_dir))
     return ClipZeroShotOracle(model, tokenizer, prompts(config, ctx.class_names), ctx.device)
 
 
