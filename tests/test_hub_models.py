@@ -122,6 +122,14 @@ def test_a_clip_oracle_by_hub_id_or_folder_builds_the_same(tiny_recipe: Path, tm
         report = verify_benchmark(outs[name], oracle=True, recipe=str(tiny_recipe))
         assert report.ok, report.failures
     assert shard_hashes(outs["hub"]) == shard_hashes(outs["folder"])
+    # the same model scored as a zero-shot classifier (clip: scheme), from the Hub and from the folder
+    scores = {}
+    for name, spec in (("hub", "clip:hf-hub:org/tiny-clip"), ("folder", f"clip:local-dir:{tmp_path / 'clip-folder'}")):
+        scored = CliRunner().invoke(main, ["-q", "score", "--benchmark", str(outs["hub"]), "--model", spec, "--workers", "0",
+                                           "--bootstrap", "0", "--json", str(tmp_path / f"{name}.json")])
+        assert scored.exit_code == 0, scored.output
+        [scores[name]] = json.loads((tmp_path / f"{name}.json").read_text())["results"]
+    assert scores["hub"]["n"] == 12 and scores["hub"]["sample_predictions"] == scores["folder"]["sample_predictions"]
     data["oracle"] = {"kind": "clip", "model": "hf-hub:org/tiny-clip"}
     tiny_recipe.write_text(yaml.safe_dump(data))
     dry = CliRunner().invoke(main, ["run", str(tiny_recipe), "--dry-run"])

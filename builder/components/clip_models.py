@@ -1,6 +1,7 @@
-"""``clip:<model>/<pretrained>``: an open_clip model as a zero-shot classifier over the
-benchmark's class names, built by the very code the ``clip`` oracle uses (its config, its
-``create_clip``, its text head), so a model scored here is the model that judges there.
+"""``clip:<model>/<pretrained>`` (or open_clip's own ``clip:hf-hub:<org/name>`` and
+``clip:local-dir:<folder>``): an open_clip model as a zero-shot classifier over the benchmark's
+class names, built by the very code the ``clip`` oracle uses (its config, its ``create_clip``,
+its text head), so a model scored here is the model that judges there.
 
 The spec's ``template`` (one, or a list averaged per class) fills the prompts; its ``kwargs``
 are further fields of the oracle's config (``quick_gelu``, ``prompt_names``). Weights are an
@@ -15,7 +16,17 @@ from pydantic import ValidationError
 
 from builder.checkpoints import fetch_location
 from builder.components.base import MODELS, ComponentContext
-from builder.components.oracles import DEFAULT_TEMPLATE, ClipOracleConfig, clip_classifier, clip_preflight, create_clip, prompts
+from builder.components.oracles import (
+    CLIP_FOLDER,
+    CLIP_HUB,
+    DEFAULT_TEMPLATE,
+    ClipOracleConfig,
+    clip_classifier,
+    clip_model_name,
+    clip_preflight,
+    create_clip,
+    prompts,
+)
 from builder.components.preprocess import PreprocessedClassifier
 from builder.config import ModelSpec
 from builder.errors import ComponentError
@@ -30,8 +41,16 @@ _RANDOM = "random-initialisation.pt"
 def oracle_config(spec: ModelSpec, checkpoint: str | None = None, recipe_template: str | tuple[str, ...] | None = None) -> ClipOracleConfig:
     """The ``clip`` oracle config that ``spec`` stands for (``checkpoint``: its weights file); its
     template is the spec's, else the recipe's (its oracle's), else the oracle's default."""
-    model, _, tag = spec.model.partition(":")[2].partition("/")
-    pretrained = checkpoint or (tag if spec.pretrained else _RANDOM)
+    target = spec.model.partition(":")[2]
+    if target.startswith((CLIP_HUB, CLIP_FOLDER)):  # open_clip's own Hub repo or folder: its weights come with it
+        if not spec.pretrained and checkpoint is None:
+            raise ComponentError(f"{spec.model}: a Hub repo or folder brings its weights; pretrained: false has no random form here, "
+                                 "give a checkpoint or drop it")
+        model, tag = target, ""
+        pretrained = checkpoint or ClipOracleConfig.model_fields["pretrained"].default
+    else:
+        model, _, tag = target.partition("/")
+        pretrained = checkpoint or (tag if spec.pretrained else _RANDOM)
     if not pretrained:
         raise ComponentError(f"{spec.model}: name the pretrained tag (clip:{model}/<tag>) or give 'checkpoint'")
     fields = {"kind": "clip", "model": model, "pretrained": pretrained, "template": spec.template or recipe_template or DEFAULT_TEMPLATE,
@@ -47,7 +66,8 @@ def oracle_config(spec: ModelSpec, checkpoint: str | None = None, recipe_templat
 def clip_model_preflight(spec: ModelSpec, ctx: PreflightContext, where: str) -> list[Check]:
     """The clip oracle's own checks of the same config (the checkpoint is checked as weights)."""
     try:
-        tag = spec.model.partition("/")[2]
+        target = spec.model.partition(":")[2]
+        tag = "" if target.startswith((CLIP_HUB, CLIP_FOLDER)) else target.partition("/")[2]
         config = oracle_config(spec, None if tag else spec.checkpoint)  # a tag is checked even with a checkpoint
     except ComponentError as error:
         return [Check(where, spec.model, f"{where}: {error}")]
@@ -65,4 +85,5 @@ def build_clip(target: str, spec: ModelSpec, ctx: ComponentContext, pretrained: 
     config = oracle_config(spec, checkpoint, ctx.prompt_template)
     model = create_clip(config, ctx, load_weights_=pretrained or checkpoint is not None)
     texts = prompts(config, ctx.class_names)
-    return clip_classifier(model, open_clip.get_tokenizer(config.model), texts, ctx.device, spec.model, spec.preprocess)
+    tokenizer = open_clip.get_tokenizer(clip_model_name(config.model, ctx.locations.base_dir))
+    return clip_classifier(model, tokenizer, texts, ctx.device, spec.model, spec.preprocess)
