@@ -137,3 +137,32 @@ def test_a_clip_oracle_by_hub_id_or_folder_builds_the_same(tiny_recipe: Path, tm
     data["oracle"]["pretrained"] = "laion2b_s34b_b79k"
     tiny_recipe.write_text(yaml.safe_dump(data))
     assert_one_line_error(build(tiny_recipe, tmp_path / "tagged"), "brings its own weights, so pretrained 'laion2b_s34b_b79k' would be ignored")
+
+
+def test_a_transformers_classifier_by_hub_id_scores_at_its_revision(built: Path, tmp_path: Path, reading_hub) -> None:
+    """``hf:org/name`` with ``revision:``: config, image processor and safetensors weights read from
+    the Hub at the pinned commit (main has moved on to a broken config) score as the saved folder
+    does; its labels are matched to the benchmark's classes by name."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(0)
+    labels = {0: "red", 1: "blue", 2: "green"}  # another order than the benchmark's: matched by name
+    config = ViTConfig(image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                       num_labels=3, id2label=labels, label2id={v: k for k, v in labels.items()})
+    ViTForImageClassification(config).save_pretrained(tmp_path / "vit")
+    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(tmp_path / "vit")
+    reading_hub.add_files("org/tiny-vit", saved_files(tmp_path / "vit"), kind="models")
+    pinned = reading_hub.commit_sha("org/tiny-vit", kind="models")
+    reading_hub.add_files("org/tiny-vit", {"config.json": b'{"model_type": "no-such-type"}'}, kind="models")
+
+    specs = {"hub": {"model": "hf:org/tiny-vit", "revision": pinned}, "folder": {"model": f"hf:{tmp_path / 'vit'}"}}
+    results = {}
+    for name, spec in specs.items():
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(spec))
+        scored = CliRunner().invoke(main, ["-q", "score", "--benchmark", str(built), "--model", str(tmp_path / f"{name}.yaml"),
+                                           "--workers", "0", "--bootstrap", "0", "--json", str(tmp_path / f"{name}.json")])
+        assert scored.exit_code == 0, scored.output
+        [results[name]] = json.loads((tmp_path / f"{name}.json").read_text())["results"]
+    assert results["hub"]["n"] == 12 and results["hub"]["sample_predictions"] == results["folder"]["sample_predictions"]
+    unpinned = CliRunner().invoke(main, ["-q", "score", "--benchmark", str(built), "--model", "hf:org/tiny-vit", "--workers", "0"])
+    assert_one_line_error(unpinned, "hf:org/tiny-vit: cannot load it", "model type `no-such-type`")  # main's config, not the pin's
