@@ -193,6 +193,18 @@ def test_score_reports_every_config(multi: Path, tmp_path: Path) -> None:
     manifest = json.loads((multi / "manifest.json").read_text())
     for row in results:
         assert row["fmr"] == pytest.approx(manifest["configs"][row["config"]]["fmr"], abs=1e-6)
+    # two models on three configs: the transfer matrix, one row per config, the white-box cells starred
+    other = CliRunner().invoke(main, ["-q", "score", "--benchmark", str(multi), "--model", str(model), "--model", f"py:{TINY_MODELS}:color_net",
+                                      "--trust-remote-code", "--device", "cpu", "--bootstrap", "0", "--workers", "0", "--json", str(out)])
+    assert other.exit_code == 0, other.output
+    matrix = other.output[other.output.index("transfer matrix: FMR (* white-box)"):].splitlines()
+    rows = {line.split()[0]: line.split()[-2:] for line in matrix[2:5]}
+    assert sorted(rows) == LISTED and len(matrix[1].split()) == 4  # 'built against' and the two models
+    both = json.loads(out.read_text())["results"]
+    cnn, color = dict.fromkeys(r["name"] for r in both)  # columns in the order the models were given
+    scored = {(r["config"], r["name"]): r for r in both}
+    for config, cells in rows.items():
+        assert cells == [f"{scored[(config, cnn)]['fmr']:.1f}*", f"{scored[(config, color)]['fmr']:.1f}"], (config, cells)
 
 
 def test_dynamic_score_regenerates_through_each_generator(tiny_recipe: Path, tmp_path: Path) -> None:
