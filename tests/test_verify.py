@@ -220,3 +220,60 @@ def test_oracle_trained_on_first_use_is_never_trained_by_verify(tiny_build: Path
     with pytest.raises(VerifyError, match=r"oracle-[0-9a-f]{12}\.pt do not exist \(a build would train them; verify does not\)"):
         verify_benchmark(tiny_build, oracle=True, recipe=str(tiny_recipe), trust_remote_code=True)
     assert not list(tiny_recipe.parent.glob("oracle-*.pt"))
+
+
+def _card_yaml(root: Path, change) -> None:
+    _, header, body = (root / "README.md").read_text().split("---\n", 2)
+    data = yaml.safe_load(header)
+    change(data)
+    (root / "README.md").write_text(f"---\n{yaml.safe_dump(data, sort_keys=False)}---\n{body}")
+
+
+def _drop_reject(root: Path) -> None:
+    (root / "rejects.jsonl").write_text("")
+
+
+def _stray_dir(root: Path) -> None:
+    (root / "stray").mkdir()
+
+
+def _no_card(root: Path) -> None:
+    (root / "README.md").unlink()
+
+
+def _no_front_matter(root: Path) -> None:
+    (root / "README.md").write_text((root / "README.md").read_text().split("---\n", 2)[2])
+
+
+def _renamed_config(root: Path) -> None:
+    _card_yaml(root, lambda data: data["configs"][0].update(config_name="other"))
+
+
+def _card_shards_cut(root: Path) -> None:
+    _card_yaml(root, lambda data: data["configs"][0]["data_files"][0].update(path="cnn/test-00000-of-00003.parquet"))
+
+
+def _perturbed_flag_flipped(root: Path) -> None:
+    table = pq.read_table(root / f"{SHARDS[0]}.parquet", columns=["perturbed"]).column("perturbed").to_pylist()
+    edit_parquet(root / f"{SHARDS[0]}.parquet", "perturbed", 0, not table[0])
+    rewrite_manifest(root, manifest_of(root))
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (_drop_reject, ["rejects.jsonl: 0 line(s), but manifest.json records num_rejects 1"]),
+    (_stray_dir, ["stray/: a directory that is not a config of manifest.json (cnn); delete it or rebuild"]),
+    (_no_card, ["README.md: missing; it is the dataset card the Hub reads, rebuild to write it"]),
+    (_no_front_matter, ["README.md: no YAML front matter (a '---' block at the top); rebuild to re-render the card"]),
+    (_renamed_config, ["README.md: YAML 'configs' has no config_name 'cnn' (a config of manifest.json); re-render the card by rebuilding",
+                       "README.md: YAML config_name 'other' is not a config of manifest.json (cnn)"]),
+    (_card_shards_cut, ["README.md: config 'cnn' data_files miss 2 Parquet shard(s) of manifest.json: "]),
+    (_perturbed_flag_flipped, [f"{SHARDS[0]}.parquet: holds 1 perturbed samples, but manifest.json says num_perturbed 0",
+                               f"{SHARDS[0]}.tar: key 00000000 has label 0, perturbed False, but {SHARDS[0]}.parquet has 0, True"]),
+], ids=["rejects", "stray-dir", "no-card", "no-front-matter", "renamed-config", "card-misses-shards", "perturbed-flag"])
+def test_each_damage_is_named(tiny_build: Path, damage, expected: list[str]) -> None:
+    """Damage verify must name, one failure line each (a fresh build passes: above)."""
+    damage(tiny_build)
+    failures = verify_benchmark(tiny_build).failures
+    assert len(failures) == len(expected), failures
+    for failure, start in zip(sorted(failures), sorted(expected), strict=True):
+        assert failure.startswith(start), (failure, start)
