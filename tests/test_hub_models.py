@@ -138,6 +138,27 @@ def test_a_clip_oracle_by_hub_id_or_folder_builds_the_same(tiny_recipe: Path, tm
     tiny_recipe.write_text(yaml.safe_dump(data))
     assert_one_line_error(build(tiny_recipe, tmp_path / "tagged"), "brings its own weights, so pretrained 'laion2b_s34b_b79k' would be ignored")
 
+    # main moves on and breaks; revision: pins the commit the benchmark was built with (open_clip itself reads only main)
+    pinned = reading_hub.commit_sha("org/tiny-clip", kind="models")
+    reading_hub.add_files("org/tiny-clip", {"open_clip_config.json": b'{"model_cfg": {}}'}, kind="models")
+    data["oracle"] = {"kind": "clip", "model": "hf-hub:org/tiny-clip", "revision": pinned, "template": "a photo of something {}"}
+    tiny_recipe.write_text(yaml.safe_dump(data))
+    result = build(tiny_recipe, tmp_path / "pinned")
+    assert result.exit_code == 0, result.output
+    assert shard_hashes(tmp_path / "pinned") == shard_hashes(outs["hub"])
+    assert verify_benchmark(tmp_path / "pinned", oracle=True, recipe=str(tiny_recipe)).ok
+    (tmp_path / "pinned-spec.yaml").write_text(yaml.safe_dump({"model": "clip:hf-hub:org/tiny-clip", "revision": pinned}))
+    scored = CliRunner().invoke(main, ["-q", "score", "--benchmark", str(outs["hub"]), "--model", str(tmp_path / "pinned-spec.yaml"),
+                                       "--workers", "0", "--bootstrap", "0", "--json", str(tmp_path / "pinned.json")])
+    assert scored.exit_code == 0, scored.output
+    assert json.loads((tmp_path / "pinned.json").read_text())["results"][0]["sample_predictions"] == scores["hub"]["sample_predictions"]
+    data["oracle"].pop("revision")
+    tiny_recipe.write_text(yaml.safe_dump(data))
+    assert_one_line_error(build(tiny_recipe, tmp_path / "unpinned"), "open_clip hf-hub:org/tiny-clip: cannot load it")
+    data["oracle"] = {"kind": "clip", "model": "ViT-B-32", "revision": pinned}
+    tiny_recipe.write_text(yaml.safe_dump(data))
+    assert_one_line_error(build(tiny_recipe, tmp_path / "misplaced"), "revision goes with a Hub model (hf-hub:org/name)")
+
 
 def test_a_transformers_classifier_by_hub_id_scores_at_its_revision(built: Path, tmp_path: Path, reading_hub) -> None:
     """``hf:org/name`` with ``revision:``: config, image processor and safetensors weights read from

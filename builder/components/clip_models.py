@@ -48,6 +48,8 @@ def oracle_config(spec: ModelSpec, checkpoint: str | None = None, recipe_templat
                                  "give a checkpoint or drop it")
         model, tag = target, ""
         pretrained = checkpoint or ClipOracleConfig.model_fields["pretrained"].default
+        if spec.revision is not None:
+            spec = spec.model_copy(update={"kwargs": {"revision": spec.revision, **spec.kwargs}})
     else:
         model, _, tag = target.partition("/")
         pretrained = checkpoint or (tag if spec.pretrained else _RANDOM)
@@ -85,5 +87,5 @@ def build_clip(target: str, spec: ModelSpec, ctx: ComponentContext, pretrained: 
     config = oracle_config(spec, checkpoint, ctx.prompt_template)
     model = create_clip(config, ctx, load_weights_=pretrained or checkpoint is not None)
     texts = prompts(config, ctx.class_names)
-    tokenizer = open_clip.get_tokenizer(clip_model_name(config.model, ctx.locations.base_dir))
+    tokenizer = open_clip.get_tokenizer(clip_model_name(config.model, ctx.locations.base_dir, config.revision))
     return clip_classifier(model, tokenizer, texts, ctx.device, spec.model, spec.preprocess)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Iterator, Optional, Union
 
 import torch
-from pydantic import SerializeAsAny, field_validator
+from pydantic import SerializeAsAny, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
 from torch import nn
 from torch.nn import functional as F
 
@@ -17,7 +17,7 @@ from builder.checkpoints import BUILTIN_DIR, fetch_location, load_state_dict, lo
 from builder.components.base import ORACLES, ComponentContext, Oracle
 from builder.components.models import load_classifier
 from builder.components.preprocess import Preprocess, PreprocessedClassifier, Preprocessing
-from builder.config import ModelSpec, OracleConfig, PreprocessConfig, TrainConfig, check_templates
+from builder.config import ModelSpec, OracleConfig, PreprocessConfig, TrainConfig, check_templates, without_unset
 from builder.errors import ComponentError
 from builder.preflight import Check, PreflightContext, Weights, check_model, model_weights, preflight, weights
 from builder.registry import unknown_name_message
@@ -29,11 +29,17 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 #: a ``pretrained`` value that names a weights file rather than an open_clip tag
 _LOCATION = re.compile(r"^[a-z][a-z0-9+-]+:|[/\\]|\.(pt|pth|bin|safetensors|ckpt)$")
+#: open_clip's own sources, as ``open_clip.create_model`` takes them: a Hub repo
+#: (``push_to_hf_hub``) or a folder (``save_for_hf``), each an open_clip_config.json with weights
+CLIP_HUB, CLIP_FOLDER = "hf-hub:", "local-dir:"
+CLIP_CONFIG_FILE = "open_clip_config.json"
 
 
 class ClipOracleConfig(OracleConfig):
     model: str = "ViT-B-32"
     pretrained: str = "openai"
+    #: with ``model: hf-hub:org/name``: the branch, tag or commit to read (open_clip reads main)
+    revision: Optional[str] = None
     quick_gelu: Optional[bool] = None
     #: the prompt template, or a list of them whose embeddings are averaged per class (CLIP_benchmark)
     template: Union[str, tuple[str, ...]] = DEFAULT_TEMPLATE
@@ -52,6 +58,17 @@ class ClipOracleConfig(OracleConfig):
     def _has_slot(cls, value: Union[str, tuple[str, ...]]) -> Union[str, tuple[str, ...]]:
         """Each template makes a prompt per class: exactly one ``{}`` and no other fields."""
         return check_templates(value)
+
+    @model_validator(mode="after")
+    def _revision_of_a_hub_model(self) -> "ClipOracleConfig":
+        if self.revision is not None and not self.model.startswith(CLIP_HUB):
+            raise ValueError(f"revision goes with a Hub model (hf-hub:org/name), not {self.model!r}; drop it")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_unset_revision(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """An unset ``revision`` is not written: recipes (and their hashes) stay as they were."""
+        return without_unset(handler(self), ("revision",))
 
 
 class ClassifierOracleConfig(OracleConfig):
@@ -79,18 +96,38 @@ def register_builtin_clip_configs() -> None:
         open_clip.add_model_config(BUILTIN_DIR / "clip")
 
 
-#: open_clip's own sources, as ``open_clip.create_model`` takes them: a Hub repo
-#: (``push_to_hf_hub``) or a folder (``save_for_hf``), each an open_clip_config.json with weights
-CLIP_HUB, CLIP_FOLDER = "hf-hub:", "local-dir:"
-CLIP_CONFIG_FILE = "open_clip_config.json"
 
 
-def clip_model_name(model: str, base_dir: Path) -> str:
-    """``model`` as open_clip creates it: a folder relative to the recipe's folder made absolute."""
+#: what a pinned Hub model's snapshot holds: config, tokenizer files and weights (safetensors,
+#: else the pickle open_clip reads with weights_only)
+_SNAPSHOT_FILES = ["*.json", "*.txt", "*.model", "open_clip_model.safetensors"]
+_PICKLED_WEIGHTS = "open_clip_pytorch_model.bin"
+
+
+def clip_model_name(model: str, base_dir: Path, revision: Optional[str] = None) -> str:
+    """``model`` as open_clip creates it: a folder relative to the recipe's folder made absolute;
+    a Hub model at a ``revision`` as the folder of that commit's snapshot in the HF cache (open_clip
+    itself reads only main)."""
     if model.startswith(CLIP_FOLDER):
         path = Path(model[len(CLIP_FOLDER):]).expanduser()
         return CLIP_FOLDER + str(path if path.is_absolute() else base_dir / path)
+    if model.startswith(CLIP_HUB) and revision is not None:
+        return CLIP_FOLDER + str(_pinned_snapshot(model[len(CLIP_HUB):], revision))
     return model
+
+
+def _pinned_snapshot(repo: str, revision: str) -> Path:
+    """The files open_clip reads from ``repo`` at ``revision``, fetched into the HF cache once."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = Path(snapshot_download(repo, revision=revision, allow_patterns=_SNAPSHOT_FILES))
+        if not (folder / "open_clip_model.safetensors").is_file():
+            folder = Path(snapshot_download(repo, revision=revision, allow_patterns=[*_SNAPSHOT_FILES, _PICKLED_WEIGHTS]))
+    except Exception as error:  # noqa: BLE001 - huggingface_hub raises many kinds for "cannot fetch"
+        raise ComponentError(f"open_clip hf-hub:{repo}@{revision}: cannot fetch it ({type(error).__name__}); "
+                             f"fix the repo id or revision, or run once with network so it is cached{offline_hint()}") from None
+    return folder
 
 
 def _own_weights_problem(config: ClipOracleConfig) -> Optional[str]:
@@ -125,7 +162,7 @@ def create_clip(config: ClipOracleConfig, ctx: ComponentContext, *, load_weights
     a Hub repo or folder of open_clip's own (``hf-hub:org/name``, ``local-dir:<folder>``)."""
     import open_clip
 
-    name = clip_model_name(config.model, ctx.locations.base_dir)
+    name = clip_model_name(config.model, ctx.locations.base_dir, config.revision)
     if name.startswith((CLIP_HUB, CLIP_FOLDER)):
         return _create_sourced_clip(config, name, load_weights_, ctx)
     register_builtin_clip_configs()
@@ -285,7 +322,7 @@ def clip_preflight(config: ClipOracleConfig, ctx: PreflightContext, where: str) 
     first check carries the prompt count."""
     import open_clip
 
-    name = clip_model_name(config.model, ctx.base_dir)
+    name = clip_model_name(config.model, ctx.base_dir)  # no revision: a dry run fetches nothing
     if name.startswith((CLIP_HUB, CLIP_FOLDER)):
         return _sourced_clip_preflight(config, name, ctx, where)
     register_builtin_clip_configs()
@@ -321,7 +358,7 @@ def _sourced_clip_preflight(config: ClipOracleConfig, name: str, ctx: PreflightC
         validate_repo_id(repo)
     except HFValidationError:
         return [Check(where, config.model, f"{where}: '{repo}' is not a Hub repo id (owner/name); fix the name")]
-    cached = isinstance(try_to_load_from_cache(repo, CLIP_CONFIG_FILE), str)
+    cached = isinstance(try_to_load_from_cache(repo, CLIP_CONFIG_FILE, revision=config.revision), str)
     how = "config in the HF cache (weights downloaded on the first run unless cached)" if cached else "downloaded from the Hub on the first run"
     return [Check(where, f"open_clip {config.model}: {how}", classes=_prompt_count(config, ctx))]
 
@@ -346,7 +383,7 @@ def train_clip(config: ClipOracleConfig, ctx: ComponentContext, out: Path) -> No
     model = seeded(seed, lambda: create_clip(config, ctx, load_weights_=False)).to(ctx.device).train()
     preprocess = Preprocess(clip_preprocessing(model)).to(ctx.device)
     captions = [group[0] for group in prompts(config, ctx.class_names)]  # with a template list, the first
-    tokens = open_clip.get_tokenizer(clip_model_name(config.model, ctx.locations.base_dir))(captions).to(ctx.device)
+    tokens = open_clip.get_tokenizer(clip_model_name(config.model, ctx.locations.base_dir, config.revision))(captions).to(ctx.device)
 
     def loss_fn(batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         image = F.normalize(model.encode_image(preprocess(batch)), dim=-1)
@@ -363,7 +400,7 @@ def load_clip_oracle(config: ClipOracleConfig, ctx: ComponentContext) -> ClipZer
     import open_clip
 
     model = create_clip(config, ctx)
-    tokenizer = open_clip.get_tokenizer(clip_model_name(config.model, ctx.locations.base_dir))
+    tokenizer = open_clip.get_tokenizer(clip_model_name(config.model, ctx.locations.base_dir, config.revision))
     return ClipZeroShotOracle(model, tokenizer, prompts(config, ctx.class_names), ctx.device)
 
 
