@@ -477,15 +477,19 @@ class Floor:
         with autocast_for(self.suite.config.precision, self.latent.device):
             part()
 
-    def decoder_fwd_bwd(self) -> None:
+    # the gradient to a fresh leaf only, as autograd.grad takes it: ``backward`` with ``inputs``,
+    # which torch's FLOP counter can follow (it cannot follow ``autograd.grad``)
+    def decoder_fwd_bwd(self, generator: Any = None) -> None:
         probe = self.latent.detach().requires_grad_(True)
         with torch.enable_grad():
-            torch.autograd.grad(self.suite.generator.decode(probe), probe, grad_outputs=self.upstream)
+            decoded = (generator or self.suite.generator).decode(probe)
+            torch.autograd.backward(decoded, grad_tensors=self.upstream, inputs=[probe])
 
     def reference_fwd_bwd(self) -> None:
         probe = self.decoded.detach().requires_grad_(True)
         with torch.enable_grad():
-            torch.autograd.grad(F.cross_entropy(self.suite.model(probe).to(probe.dtype), self.labels, reduction="sum"), probe)
+            loss = F.cross_entropy(self.suite.model(probe).to(probe.dtype), self.labels, reduction="sum")
+            torch.autograd.backward(loss, inputs=[probe])
 
     def oracle_fwd(self) -> None:
         self.suite.oracle.judge(self.decoded, self.labels)
@@ -508,22 +512,14 @@ class Floor:
     def flops_per_image_step(self) -> dict[str, float]:
         """Each part's floating-point operations per image, counted once by torch's FLOP counter
         (matrix products and convolutions, as in MFU figures; elementwise work and norms are not
-        counted). The parts are run with ``backward`` to a leaf: the counter cannot follow
-        ``autograd.grad``; the operations are the same."""
+        counted); the decoder eager, as a compiled one does the same operations."""
         from torch.utils.flop_counter import FlopCounterMode
 
-        def decoder() -> None:
-            probe = self.latent.detach().requires_grad_(True)  # eager: a compiled decoder does the same operations
-            torch.autograd.backward(eager(self.suite.generator).decode(probe), grad_tensors=self.upstream, inputs=[probe])
-
-        def reference() -> None:
-            probe = self.decoded.detach().requires_grad_(True)
-            loss = F.cross_entropy(self.suite.model(probe).to(probe.dtype), self.labels, reduction="sum")
-            torch.autograd.backward(loss, inputs=[probe])
-
+        parts: tuple[Callable[[], None], ...] = (partial(self.decoder_fwd_bwd, eager(self.suite.generator)), self.reference_fwd_bwd,
+                                                 self.oracle_fwd)
         counted = {}
-        for name, part in zip(self.PARTS, (decoder, reference, self.oracle_fwd), strict=True):
-            with torch.enable_grad(), FlopCounterMode(display=False) as counter:
+        for name, part in zip(self.PARTS, parts, strict=True):
+            with FlopCounterMode(display=False) as counter:
                 self.in_precision(part)
             counted[name] = counter.get_total_flops() / self.count
         return counted
@@ -681,11 +677,11 @@ def timed_runs(run: Callable[[], list[Outcome]], around: Floor, extras: tuple[st
 MODES = {"fp32": ("fp32", False), "bf16": ("bf16", False), "fp32+compile": ("fp32", True), "bf16+compile": ("bf16", True)}
 
 
-def measure_mode(base: Suite, mode: str, settings: dict[str, Any], batch: int, first: list[Outcome],
+def measure_mode(base: Suite, mode: str, settings: dict[str, Any], batch: int, first: list[Outcome], flops: float,
                  log: Callable[[str], None]) -> dict[str, Any]:
     """The engine and its floor again in ``mode``, on the components already loaded: images/s,
     seconds per image-step, peak GPU memory, the first call (compilation) timed apart, and how
-    the outputs differ from the first mode's."""
+    the outputs differ from the first mode's; ``flops`` per image-step, the same in every mode."""
     precision, compiled = MODES[mode]
     prefix = "demo" if base.name == "digits-demo" else "real"
     suite = in_modes(dataclasses.replace(base, generator=eager(base.generator), about=dict(base.about)),
@@ -706,7 +702,7 @@ def measure_mode(base: Suite, mode: str, settings: dict[str, Any], batch: int, f
     row.update(mode=mode, precision=precision, compiled_decoder=compiled, first_call_seconds=first_call,  # both first calls
                floor_seconds_per_image_step=floor.summary()["seconds_per_image_step"], against_first_mode=compare(outcomes, first))
     row["overhead"] = row["seconds_per_image_step"] / row["floor_seconds_per_image_step"] - 1
-    row["flops_per_image_step"] = sum(floor.flops_per_image_step().values())
+    row["flops_per_image_step"] = flops
     row["engine_flop_rate"] = row["flops_per_image_step"] / row["seconds_per_image_step"]
     log(f"{base.name}: {mode}: engine {row['images_per_s']:.3g} images/s, first call {first_call:.1f}s, overhead {row['overhead']:+.1%}")
     return row
@@ -794,7 +790,7 @@ def measure_suite(which: str, settings: dict[str, Any], log: Callable[[str], Non
         del parts64, suite64
 
     # the engine again in each further mode, on the same components and images
-    figures["modes"] = [measure_mode(suite, mode, settings, batch, engine, log) for mode in settings.get("modes") or ()]
+    figures["modes"] = [measure_mode(suite, mode, settings, batch, engine, sum(flops.values()), log) for mode in settings.get("modes") or ()]
 
     # peak RSS of builds of N and 4N images, in subprocesses
     with tempfile.TemporaryDirectory() as tmp:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, Optional
 
 from builder.errors import BuilderError, CheckpointError
 from builder.fileio import atomic_write, sha256_file
+from builder.paths import in_recipe_dir
 from builder.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -292,8 +293,7 @@ def _split(spec: str) -> tuple[Optional[LocationScheme], str]:
 
 
 def _plain(spec: str, ctx: ResolveContext) -> Path:
-    path = Path(spec).expanduser()
-    return path if path.is_absolute() else ctx.base_dir / path
+    return in_recipe_dir(spec, ctx.base_dir)
 
 
 def fetch_location(spec: str, ctx: ResolveContext) -> Path:

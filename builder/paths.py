@@ -22,3 +22,10 @@ def default_cache_dir() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "fmr-builder"
+
+
+def in_recipe_dir(text: str, base_dir: Path) -> Path:
+    """A path a recipe (or spec) names: ``~`` expanded, and a relative one taken from ``base_dir``,
+    the recipe's folder, not from wherever the command runs."""
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else base_dir / path

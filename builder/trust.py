@@ -9,7 +9,6 @@ passes ``--trust-remote-code``, as ``datasets`` and ``transformers`` do.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
@@ -17,6 +16,7 @@ from pydantic import BaseModel
 
 from builder.config import ModelSpec
 from builder.errors import BuilderError
+from builder.paths import in_recipe_dir
 
 TRUST_FLAG = "--trust-remote-code"
 
@@ -87,8 +87,7 @@ def code_file(spec: ModelSpec, base_dir: Path) -> Optional[Path]:
     module = spec.model.partition(":")[2].rpartition(":")[0]
     if not module.endswith(".py"):
         return None
-    path = Path(os.path.expanduser(module))
-    return (path if path.is_absolute() else base_dir / path).resolve()
+    return in_recipe_dir(module, base_dir).resolve()
 
 
 def require_trusted_file(spec: ModelSpec, base_dir: Path, untrusted_roots: Iterable[Path], trust_remote_code: bool) -> None:

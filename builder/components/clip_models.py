@@ -19,6 +19,7 @@ from builder.components.base import MODELS, ComponentContext
 from builder.components.oracles import (
     CLIP_FOLDER,
     CLIP_HUB,
+    DEFAULT_PRETRAINED,
     DEFAULT_TEMPLATE,
     ClipOracleConfig,
     clip_classifier,
@@ -47,7 +48,7 @@ def oracle_config(spec: ModelSpec, checkpoint: str | None = None, recipe_templat
             raise ComponentError(f"{spec.model}: a Hub repo or folder brings its weights; pretrained: false has no random form here, "
                                  "give a checkpoint or drop it")
         model, tag = target, ""
-        pretrained = checkpoint or ClipOracleConfig.model_fields["pretrained"].default
+        pretrained = checkpoint or DEFAULT_PRETRAINED
         if spec.revision is not None:
             spec = spec.model_copy(update={"kwargs": {"revision": spec.revision, **spec.kwargs}})
     else:
@@ -85,7 +86,7 @@ def build_clip(target: str, spec: ModelSpec, ctx: ComponentContext, pretrained: 
     if spec.checkpoint is not None:
         checkpoint = str(ctx.trained_location(fetch_location(spec.checkpoint, ctx.locations), spec))
     config = oracle_config(spec, checkpoint, ctx.prompt_template)
-    model = create_clip(config, ctx, load_weights_=pretrained or checkpoint is not None)
+    name = clip_model_name(config.model, ctx.locations.base_dir, config.revision)
+    model = create_clip(config, ctx, load_weights_=pretrained or checkpoint is not None, name=name)
     texts = prompts(config, ctx.class_names)
-    tokenizer = open_clip.get_tokenizer(clip_model_name(config.model, ctx.locations.base_dir, config.revision))
-    return clip_classifier(model, tokenizer, texts, ctx.device, spec.model, spec.preprocess)
+    return clip_classifier(model, open_clip.get_tokenizer(name), texts, ctx.device, spec.model, spec.preprocess)

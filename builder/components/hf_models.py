@@ -20,6 +20,7 @@ from builder.components.labels import label_outputs
 from builder.components.preprocess import PreprocessedClassifier, Preprocessing, rgb
 from builder.config import ModelSpec
 from builder.errors import ComponentError
+from builder.paths import in_recipe_dir
 from builder.preflight import Check, PreflightContext
 from builder.registry import closest, unknown_name_message
 
@@ -44,8 +45,7 @@ def hf_runs_code(spec: ModelSpec) -> bool:
 
 def _local_dir(target: str, base_dir: Path) -> Optional[Path]:
     """The directory ``target`` names, when it is one (relative to the recipe's folder)."""
-    path = Path(target).expanduser()
-    path = path if path.is_absolute() else base_dir / path
+    path = in_recipe_dir(target, base_dir)
     return path if path.is_dir() else None
 
 

@@ -22,6 +22,7 @@ from builder.components.base import MODELS, ComponentContext
 from builder.components.preprocess import PooledClassifier, PreprocessedClassifier, Preprocessing
 from builder.config import ModelSpec
 from builder.errors import BuilderError, ComponentError
+from builder.paths import in_recipe_dir
 from builder.preflight import Check, PreflightContext
 from builder.registry import closest, unknown_name_message
 
@@ -49,8 +50,7 @@ def timm_source(target: str, spec: ModelSpec, base_dir: Path) -> tuple[str | Non
     except ValueError as error:
         raise ComponentError(f"timm:{target}: {str(error).splitlines()[0]}") from None
     if source == TIMM_FOLDER:
-        path = Path(model_id).expanduser()
-        return source, f"{TIMM_FOLDER}:{path if path.is_absolute() else base_dir / path}"
+        return source, f"{TIMM_FOLDER}:{in_recipe_dir(model_id, base_dir)}"
     if source == TIMM_HUB:
         if spec.revision and "@" not in model_id:
             model_id = f"{model_id}@{spec.revision}"
@@ -206,8 +206,7 @@ def _import_callable(target: str, base_dir: Path) -> Any:
 
 
 def _import_file(target: str, module_name: str, base_dir: Path) -> Any:
-    path = Path(module_name).expanduser()
-    path = path if path.is_absolute() else base_dir / path
+    path = in_recipe_dir(module_name, base_dir)
     if path.is_dir():
         raise ComponentError(f"py:{target}: {path} is a directory, not a Python file; name the .py file")
     if not path.is_file():

@@ -19,12 +19,14 @@ from builder.components.models import load_classifier
 from builder.components.preprocess import Preprocess, PreprocessedClassifier, Preprocessing
 from builder.config import ModelSpec, OracleConfig, PreprocessConfig, TrainConfig, check_templates, without_unset
 from builder.errors import ComponentError
+from builder.paths import in_recipe_dir
 from builder.preflight import Check, PreflightContext, Weights, check_model, model_weights, preflight, weights
 from builder.registry import unknown_name_message
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATE = "an image of {}"
+DEFAULT_PRETRAINED = "openai"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 #: a ``pretrained`` value that names a weights file rather than an open_clip tag
@@ -37,7 +39,7 @@ CLIP_CONFIG_FILE = "open_clip_config.json"
 
 class ClipOracleConfig(OracleConfig):
     model: str = "ViT-B-32"
-    pretrained: str = "openai"
+    pretrained: str = DEFAULT_PRETRAINED
     #: with ``model: hf-hub:org/name``: the branch, tag or commit to read (open_clip reads main)
     revision: Optional[str] = None
     quick_gelu: Optional[bool] = None
@@ -96,8 +98,6 @@ def register_builtin_clip_configs() -> None:
         open_clip.add_model_config(BUILTIN_DIR / "clip")
 
 
-
-
 #: what a pinned Hub model's snapshot holds: config, tokenizer files and weights (safetensors,
 #: else the pickle open_clip reads with weights_only)
 _SNAPSHOT_FILES = ["*.json", "*.txt", "*.model", "open_clip_model.safetensors"]
@@ -109,8 +109,7 @@ def clip_model_name(model: str, base_dir: Path, revision: Optional[str] = None) 
     a Hub model at a ``revision`` as the folder of that commit's snapshot in the HF cache (open_clip
     itself reads only main)."""
     if model.startswith(CLIP_FOLDER):
-        path = Path(model[len(CLIP_FOLDER):]).expanduser()
-        return CLIP_FOLDER + str(path if path.is_absolute() else base_dir / path)
+        return CLIP_FOLDER + str(in_recipe_dir(model[len(CLIP_FOLDER):], base_dir))
     if model.startswith(CLIP_HUB) and revision is not None:
         return CLIP_FOLDER + str(_pinned_snapshot(model[len(CLIP_HUB):], revision))
     return model
@@ -133,7 +132,7 @@ def _pinned_snapshot(repo: str, revision: str) -> Path:
 def _own_weights_problem(config: ClipOracleConfig) -> Optional[str]:
     """A Hub repo or folder brings its weights: a ``pretrained`` tag beside it (other than the
     default) would be ignored; a weights location replaces them."""
-    if config.pretrained != ClipOracleConfig.model_fields["pretrained"].default and not _LOCATION.search(config.pretrained):
+    if config.pretrained != DEFAULT_PRETRAINED and not _LOCATION.search(config.pretrained):
         return (f"open_clip {config.model} brings its own weights, so pretrained '{config.pretrained}' would be ignored; "
                 "drop pretrained (or give a weights location)")
     return None
@@ -157,12 +156,13 @@ def _create_sourced_clip(config: ClipOracleConfig, name: str, load_weights_: boo
     return model
 
 
-def create_clip(config: ClipOracleConfig, ctx: ComponentContext, *, load_weights_: bool = True) -> Any:
+def create_clip(config: ClipOracleConfig, ctx: ComponentContext, *, load_weights_: bool = True, name: Optional[str] = None) -> Any:
     """The open_clip model of ``config``: a known pretrained tag, or weights from a location; or
-    a Hub repo or folder of open_clip's own (``hf-hub:org/name``, ``local-dir:<folder>``)."""
+    a Hub repo or folder of open_clip's own (``hf-hub:org/name``, ``local-dir:<folder>``).
+    ``name``: its :func:`clip_model_name`, when the caller resolved it already (for the tokenizer)."""
     import open_clip
 
-    name = clip_model_name(config.model, ctx.locations.base_dir, config.revision)
+    name = name or clip_model_name(config.model, ctx.locations.base_dir, config.revision)
     if name.startswith((CLIP_HUB, CLIP_FOLDER)):
         return _create_sourced_clip(config, name, load_weights_, ctx)
     register_builtin_clip_configs()
@@ -380,10 +380,11 @@ def train_clip(config: ClipOracleConfig, ctx: ComponentContext, out: Path) -> No
 
     train = config.train or TrainConfig()
     seed = ctx.train_seed(config)
-    model = seeded(seed, lambda: create_clip(config, ctx, load_weights_=False)).to(ctx.device).train()
+    name = clip_model_name(config.model, ctx.locations.base_dir, config.revision)
+    model = seeded(seed, lambda: create_clip(config, ctx, load_weights_=False, name=name)).to(ctx.device).train()
     preprocess = Preprocess(clip_preprocessing(model)).to(ctx.device)
     captions = [group[0] for group in prompts(config, ctx.class_names)]  # with a template list, the first
-    tokens = open_clip.get_tokenizer(clip_model_name(config.model, ctx.locations.base_dir, config.revision))(captions).to(ctx.device)
+    tokens = open_clip.get_tokenizer(name)(captions).to(ctx.device)
 
     def loss_fn(batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         image = F.normalize(model.encode_image(preprocess(batch)), dim=-1)
@@ -399,9 +400,9 @@ def train_clip(config: ClipOracleConfig, ctx: ComponentContext, out: Path) -> No
 def load_clip_oracle(config: ClipOracleConfig, ctx: ComponentContext) -> ClipZeroShotOracle:
     import open_clip
 
-    model = create_clip(config, ctx)
-    tokenizer = open_clip.get_tokenizer(clip_model_name(config.model, ctx.locations.base_dir, config.revision))
-    return ClipZeroShotOracle(model, tokenizer, prompts(config, ctx.class_names), ctx.device)
+    name = clip_model_name(config.model, ctx.locations.base_dir, config.revision)
+    model = create_clip(config, ctx, name=name)
+    return ClipZeroShotOracle(model, open_clip.get_tokenizer(name), prompts(config, ctx.class_names), ctx.device)
 
 
 class ClassifierOracle:

@@ -35,6 +35,7 @@ from builder.components.preprocess import PreprocessedClassifier, Preprocessing
 from builder.components.torchvision_models import crop_fraction
 from builder.config import ModelSpec
 from builder.errors import ComponentError
+from builder.paths import in_recipe_dir
 from builder.preflight import Check, PreflightContext
 from builder.registry import unknown_name_message
 
@@ -98,8 +99,7 @@ def model_dir(spec: ModelSpec, locations: ResolveContext) -> Path:
     given = spec.kwargs.get("model_dir")
     if given is None:
         return locations.cache_dir / "robustbench"
-    path = Path(str(given)).expanduser()
-    return path if path.is_absolute() else locations.base_dir / path
+    return in_recipe_dir(str(given), locations.base_dir)
 
 
 def _timm_name(threat: str, name: str) -> str:

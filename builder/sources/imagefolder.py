@@ -10,6 +10,7 @@ from pathlib import Path
 
 from builder.config import SourceConfig
 from builder.errors import SourceError
+from builder.paths import in_recipe_dir
 from builder.sources.base import (
     SOURCES,
     SourceContext,
@@ -102,8 +103,7 @@ def _files_below(folder: Path) -> list[Path]:
 @SOURCES.register("imagefolder", config=ImageFolderConfig, description="root/<class>/<image>, classes sorted by name", preflight=open_preflight)
 class ImageFolderSource:
     def __init__(self, config: ImageFolderConfig, ctx: SourceContext) -> None:
-        root = Path(config.path).expanduser()
-        root = root if root.is_absolute() else ctx.base_dir / root
+        root = in_recipe_dir(config.path, ctx.base_dir)
         if not root.is_dir():
             raise SourceError(f"imagefolder: {root} is not a directory; check source.path")
         classes = _class_folders(root)
