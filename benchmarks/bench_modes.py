@@ -19,7 +19,11 @@ what it measured):
   components and on the real-size ones: the engine with slots refilled against the engine
   before refill (one batch at a time, shrinking as samples stop); whether the outputs are
   equal is reported (they are in float64; in float32 and bf16 a GPU's kernels may differ by
-  batch size).
+  batch size);
+- **layout**: the decoder's forward and backward to the latent at the engine's batch, with its
+  weights and latent in channels-first (torch's default, what the engine uses) against
+  ``channels_last``, alternating, on the demo's components and the real-size ones, in fp32 and
+  bf16. The engine stays channels-first unless this measures a gain.
 
     python benchmarks/bench_modes.py --device cuda --json bench_modes_gpu.json   # < 8 min on an H100
     python benchmarks/bench_modes.py --device cpu --images 2 --batch-size 2 --budget 1 \
@@ -41,7 +45,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from builder.config import PerturbationConfig
-from builder.engine import CompiledDecoder, PerturbationResult, perturb_batch
+from builder.engine import CompiledDecoder, PerturbationResult, autocast_for, perturb_batch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -219,6 +223,53 @@ def measure_refill(args: argparse.Namespace, which: str, parts: Optional[tuple[A
     return row
 
 
+def generator_modules(generator: Any) -> list[torch.nn.Module]:
+    """The torch modules a generator holds (its attributes), whose memory format ``layout`` sets."""
+    held = getattr(generator, "generator", generator)  # a CompiledDecoder wraps one
+    return [value for value in vars(held).values() if isinstance(value, torch.nn.Module)]
+
+
+def measure_layout(args: argparse.Namespace, which: str, parts: Optional[tuple[Any, Any, Any]]) -> dict[str, Any]:
+    """Decoder forward + backward to the latent, channels-first against channels_last, in rounds
+    that alternate the two (each round converts the weights and the latent), per precision."""
+    if which == "demo":
+        suite = load_demo({"device": args.device, "demo_batch_size": args.demo_batch_size, "demo_model": args.demo_models[0]},
+                          args.demo_batch_size, 1)
+        generator, images = suite.generator, suite.images
+    elif parts is None:
+        raise SystemExit("layout on real-size components needs them loaded")
+    else:
+        generator, images = parts[0], random_inputs(args.batch_size, args.size, args.seed + 3, args.device)[0]
+    with torch.no_grad():
+        latent = generator.encode(images.float() / 255)
+    formats = {"channels_first": torch.contiguous_format, "channels_last": torch.channels_last}
+
+    def decode_backward(probe_from: torch.Tensor, precision: str) -> None:
+        probe = probe_from.detach().requires_grad_(True)
+        with torch.enable_grad(), autocast_for(precision, probe.device):
+            decoded = generator.decode(probe)
+        torch.autograd.backward(decoded, grad_tensors=torch.ones_like(decoded), inputs=[probe])
+
+    row: dict[str, Any] = {"components": which, "batch_size": len(latent)}
+    for precision in ("fp32", "bf16"):
+        times: dict[str, list[float]] = {name: [] for name in formats}
+        for _ in range(args.layout_rounds):
+            for name, memory_format in formats.items():
+                for module in generator_modules(generator):
+                    module.to(memory_format=memory_format)
+                probe = latent.contiguous(memory_format=memory_format)
+                decode_backward(probe, precision)  # the first call after converting: reorders, autotuning
+                times[name].append(timed(partial(decode_backward, probe, precision), args.device)[0])
+        for module in generator_modules(generator):
+            module.to(memory_format=torch.contiguous_format)
+        best = {name: min(values) for name, values in times.items()}
+        row[precision] = {**{f"{name}_s": [round(t, 4) for t in values] for name, values in times.items()},
+                          "channels_last_speedup": round(best["channels_first"] / best["channels_last"], 3)}
+        print(f"layout {which} {precision}: decoder fwd+bwd at batch {len(latent)}: channels-first {best['channels_first']:.4f} s, "
+              f"channels_last {best['channels_last']:.4f} s ({row[precision]['channels_last_speedup']:.2f}x)", flush=True)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -237,7 +288,10 @@ def main() -> None:
     parser.add_argument("--refill-images", type=int, default=64)
     parser.add_argument("--refill-precision", default="bf16", choices=["fp32", "bf16"])
     parser.add_argument("--refill-on", nargs="+", default=["demo", "real"], choices=["demo", "real"])
-    parser.add_argument("--only", nargs="+", default=["demo", "refill", "drift", "modes"], choices=["demo", "refill", "drift", "modes"])
+    parser.add_argument("--layout-rounds", type=int, default=3)
+    parser.add_argument("--layout-on", nargs="+", default=["demo", "real"], choices=["demo", "real"])
+    parser.add_argument("--only", nargs="+", default=["demo", "refill", "drift", "modes", "layout"],
+                        choices=["demo", "refill", "drift", "modes", "layout"])
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -251,7 +305,8 @@ def main() -> None:
 
     started = time.perf_counter()
     parts: Optional[tuple[Any, Any, Any]] = None
-    if {"drift", "modes"} & set(args.only) or ("refill" in args.only and "real" in args.refill_on):
+    if ({"drift", "modes"} & set(args.only) or ("refill" in args.only and "real" in args.refill_on)
+            or ("layout" in args.only and "real" in args.layout_on)):
         parts = components(args.model, args.device, args.seed)
     rows: list[dict[str, Any]] = []
     # the most wanted figures first: a run cut short by its time limit keeps them
@@ -270,6 +325,8 @@ def main() -> None:
             save("refill", [measure_refill(args, which, parts) for which in args.refill_on])
         if "drift" in args.only and parts is not None:
             save("real_drift", measure_real_drift(args, parts))
+        if "layout" in args.only:
+            save("layout", [measure_layout(args, which, parts) for which in args.layout_on])
     save("total_s", round(time.perf_counter() - started, 1))
     print(f"done in {results['total_s']} s on {results['device']}")
 
