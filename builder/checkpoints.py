@@ -96,6 +96,20 @@ def offline_hint() -> str:
     return "" if constants.HF_HUB_OFFLINE else "; with no network, set HF_HUB_OFFLINE=1 so that this fails at once instead of after retries"
 
 
+def load_failure_advice(error: BaseException, distribution: str, *, from_hub: bool) -> str:
+    """What to do about a model's files that did not become a model: fetching them failed (not
+    found, not cached, no network, a malformed repo id), or they were read and the installed
+    ``distribution`` cannot build a model from them (a config it does not know)."""
+    from importlib.metadata import version
+
+    from huggingface_hub.errors import EntryNotFoundError, HFValidationError
+
+    if isinstance(error, (OSError, EntryNotFoundError, HFValidationError)):
+        return f"fix the repo id, revision or folder, or run once with network so it is cached{offline_hint() if from_hub else ''}"
+    return (f"its files were read but {distribution} {version(distribution)} cannot build a model from them; "
+            f"fix its config, or upgrade {distribution} if the model is newer")
+
+
 @dataclass(frozen=True)
 class HubFile:
     """One file of a Hub repo, as a location names it."""

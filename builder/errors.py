@@ -1,6 +1,16 @@
 """Errors meant for the user: each carries a one-line message naming the item and the fix."""
 
 
+def first_line(error: BaseException, limit: int = 200, *, typed: bool = False) -> str:
+    """The first line of ``error``'s message, cut to ``limit`` characters, as a one-line error
+    quotes it; the exception's type when the message is empty (``typed`` puts it before the text)."""
+    lines = str(error).strip().splitlines()
+    if not lines:
+        return type(error).__name__
+    text = lines[0] if len(lines[0]) <= limit else lines[0][: limit - 3] + "..."
+    return f"{type(error).__name__}: {text}" if typed else text
+
+
 class BuilderError(Exception):
     """Base class: the CLI prints ``str(error)`` as one line, without a traceback."""
 

@@ -14,7 +14,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from builder.errors import BuilderError
+from builder.errors import BuilderError, first_line
 from builder.registry import WRITERS
 
 MANIFEST = "manifest.json"
@@ -226,7 +226,7 @@ def parse_json_bounded(data: bytes, what: str) -> Any:
     try:
         return json.loads(text)
     except (json.JSONDecodeError, ValueError) as error:  # ValueError: an integer of too many digits
-        raise ManifestError(f"{what}: not valid JSON ({str(error).splitlines()[0][:120]}); rebuild it") from None
+        raise ManifestError(f"{what}: not valid JSON ({first_line(error, 120)}); rebuild it") from None
 
 
 def validation_problem(error: ValidationError) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
-from builder.errors import BuilderError
+from builder.errors import BuilderError, first_line
 from builder.fileio import sha256_file, sha256_json
 from builder.manifest import (
     CARD,
@@ -443,7 +443,7 @@ class Checker:
         except (yaml.YAMLError, ValueError, TypeError, UnicodeDecodeError) as error:
             mark = getattr(error, "problem_mark", None)
             where = f" at line {mark.line + 2}" if mark is not None else ""
-            self.fail(f"{CARD}: the YAML front matter does not parse{where} ({str(error).splitlines()[0]}); fix it or rebuild")
+            self.fail(f"{CARD}: the YAML front matter does not parse{where} ({first_line(error)}); fix it or rebuild")
             return None
         if header is None:
             self.fail(f"{CARD}: no YAML front matter (a '---' block at the top); rebuild to re-render the card")
@@ -462,7 +462,7 @@ class Checker:
         try:
             patterns = sanitize_patterns(data_files)
         except ValueError as error:
-            self.fail(f"{CARD}: config '{name}' data_files is malformed ({str(error).splitlines()[0]})")
+            self.fail(f"{CARD}: config '{name}' data_files is malformed ({first_line(error)})")
             return
         if set(patterns) != {self.manifest.split}:
             self.fail(f"{CARD}: config '{name}' data_files has split(s) {sorted(patterns)}, expected ['{self.manifest.split}'] (the manifest's split)")

@@ -19,7 +19,7 @@ import yaml
 from click.testing import CliRunner
 
 from builder.cli import main
-from builder.errors import CheckpointError, ComponentError
+from builder.errors import CheckpointError, ComponentError, first_line
 
 from tiny_models import TINY_VQGAN_YAML, tiny_cnn
 
@@ -457,3 +457,14 @@ def test_checkpoint_that_is_a_directory_is_one_line(tiny_recipe: Path) -> None:
 def test_generator_training_size_is_checked_too(tiny_recipe: Path) -> None:
     recipe = edit(tiny_recipe, lambda d: d["generator"].update(train={"image_size": 15, "epochs": 1}))
     dry_run_failure(dry_run(recipe), "generator train.image_size 15", "multiple of 2")
+
+
+def test_first_line_quotes_any_exception_on_one_line() -> None:
+    """What every one-line error quotes of a library's exception: its first line, cut, or its
+    type when it has no message (indexing the lines of an empty message used to raise)."""
+    assert first_line(ValueError()) == "ValueError" and first_line(KeyError(), typed=True) == "KeyError"
+    assert first_line(OSError("no such file\n  at line 2")) == "no such file"
+    assert first_line(RuntimeError("  \n")) == "RuntimeError"
+    cut = first_line(ValueError("x" * 500), 120)
+    assert len(cut) == 120 and cut.endswith("...")
+    assert first_line(KeyError("architecture"), typed=True) == "KeyError: 'architecture'"

@@ -186,4 +186,26 @@ def test_a_transformers_classifier_by_hub_id_scores_at_its_revision(built: Path,
         [results[name]] = json.loads((tmp_path / f"{name}.json").read_text())["results"]
     assert results["hub"]["n"] == 12 and results["hub"]["sample_predictions"] == results["folder"]["sample_predictions"]
     unpinned = CliRunner().invoke(main, ["-q", "score", "--benchmark", str(built), "--model", "hf:org/tiny-vit", "--workers", "0"])
-    assert_one_line_error(unpinned, "hf:org/tiny-vit: cannot load it", "model type `no-such-type`")  # main's config, not the pin's
+    assert_one_line_error(unpinned, "hf:org/tiny-vit: Transformers read it but cannot load it as an image classifier", "model type `no-such-type`")  # main's config, not the pin's
+
+
+def test_a_folder_whose_config_the_package_cannot_use_is_not_called_a_network_problem(built: Path, tmp_path: Path) -> None:
+    """A timm or open_clip folder that is read but cannot become a model says so, with the
+    installed version, instead of advising a run with network; a missing config file still
+    gets that advice."""
+    (tmp_path / "timm-no-arch").mkdir()
+    (tmp_path / "timm-no-arch" / "config.json").write_text(json.dumps({"num_classes": 3}))
+    (tmp_path / "clip-no-cfg").mkdir()
+    (tmp_path / "clip-no-cfg" / "open_clip_config.json").write_text(json.dumps({"preprocess_cfg": {}}))
+    (tmp_path / "empty").mkdir()
+    cases = {
+        f"timm:local-dir:{tmp_path / 'timm-no-arch'}": ("cannot load it (KeyError: 'architecture')", f"timm {timm.__version__} cannot build a model"),
+        f"clip:local-dir:{tmp_path / 'clip-no-cfg'}": ("ValueError: Could not load valid config", f"open_clip_torch {open_clip.__version__}",
+                                                     "cannot build a model from them; fix its config"),
+        f"timm:local-dir:{tmp_path / 'empty'}": ("FileNotFoundError", "fix the repo id, revision or folder, or run once with network"),
+        f"clip:local-dir:{tmp_path / 'empty'}": ("FileNotFoundError", "fix the repo id, revision or folder, or run once with network"),
+    }
+    for spec, fragments in cases.items():
+        scored = CliRunner().invoke(main, ["-q", "score", "--benchmark", str(built), "--model", spec, "--workers", "0"])
+        message = assert_one_line_error(scored, *fragments)
+        assert ("network" in message) == ("empty" in spec), message

@@ -249,6 +249,25 @@ def test_missing_weights_are_one_line_offline_errors(tmp_path: Path, colours: Co
         load_classifier(ModelSpec(model="hf:someone/vit-tiny"), colours)
 
 
+def test_hf_model_transformers_cannot_classify_with_is_not_a_network_error(tmp_path: Path, colours: ComponentContext) -> None:
+    import json
+
+    from transformers import GPT2Config
+
+    newer = save_hf_model(tmp_path / "newer")
+    config = json.loads((newer / "config.json").read_text())
+    (newer / "config.json").write_text(json.dumps({**config, "model_type": "vit-from-the-future"}))
+    with pytest.raises(ComponentError, match=r"^hf:.*newer: Transformers read it but cannot load it as an image classifier "
+                                             r"\(.*vit-from-the-future.*\); .*upgrade transformers \(installed: ") as caught:
+        load_classifier(ModelSpec(model=f"hf:{newer}"), colours)
+    assert "network" not in str(caught.value) and "\n" not in str(caught.value)
+    text_model = save_hf_model(tmp_path / "text")
+    GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(str(text_model))
+    with pytest.raises(ComponentError, match=r"cannot load it as an image classifier \(Unrecognized configuration class .*GPT2Config.*\); "
+                                             r"name an image-classification model"):
+        load_classifier(ModelSpec(model=f"hf:{text_model}"), colours)
+
+
 def _no_network(url: str, *args: Any, **kwargs: Any) -> Any:
     import urllib.error
 

@@ -19,7 +19,7 @@ from builder.components.base import MODELS, ComponentContext
 from builder.components.labels import label_outputs
 from builder.components.preprocess import PreprocessedClassifier, Preprocessing, rgb
 from builder.config import ModelSpec
-from builder.errors import ComponentError
+from builder.errors import ComponentError, first_line
 from builder.paths import in_recipe_dir
 from builder.preflight import Check, PreflightContext
 from builder.registry import closest, unknown_name_message
@@ -99,12 +99,22 @@ def _load(target: str, spec: ModelSpec, ctx: ComponentContext, pretrained: bool)
         config.num_labels = count
         config.id2label, config.label2id = {i: f"LABEL_{i}" for i in range(count)}, {f"LABEL_{i}": i for i in range(count)}
         return AutoModelForImageClassification.from_config(config, trust_remote_code=options["trust_remote_code"]), processor
-    except (OSError, ValueError) as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    except OSError as error:  # files missing: not found, not cached, no network
         raise ComponentError(
-            f"hf:{target}: cannot load it from {where if where != target else 'the HF cache or the Hub'} ({first}); "
+            f"hf:{target}: cannot load it from {where if where != target else 'the HF cache or the Hub'} ({first_line(error)}); "
             f"fix the repo id or directory, or run once with network so it is cached{offline_hint() if where == target else ''}"
         ) from None
+    except ValueError as error:  # files read, but not a model Transformers can classify images with
+        raise ComponentError(
+            f"hf:{target}: Transformers read it but cannot load it as an image classifier ({first_line(error)}); "
+            f"name an image-classification model, or upgrade transformers (installed: {_transformers_version()}) if its model type is newer"
+        ) from None
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return str(transformers.__version__)
 
 
 def _cached_config(target: str, spec: ModelSpec, ctx: PreflightContext) -> tuple[Optional[Path], Optional[str]]:

@@ -17,11 +17,11 @@ from typing import Any, cast
 
 from torch import nn
 
-from builder.checkpoints import fetch_location, load_state_dict, load_weights, offline_hint
+from builder.checkpoints import fetch_location, load_failure_advice, load_state_dict, load_weights, offline_hint
 from builder.components.base import MODELS, ComponentContext
 from builder.components.preprocess import PooledClassifier, PreprocessedClassifier, Preprocessing
 from builder.config import ModelSpec
-from builder.errors import BuilderError, ComponentError
+from builder.errors import BuilderError, ComponentError, first_line
 from builder.paths import in_recipe_dir
 from builder.preflight import Check, PreflightContext
 from builder.registry import closest, unknown_name_message
@@ -48,7 +48,7 @@ def timm_source(target: str, spec: ModelSpec, base_dir: Path) -> tuple[str | Non
     try:
         source, model_id = parse_model_name(target)
     except ValueError as error:
-        raise ComponentError(f"timm:{target}: {str(error).splitlines()[0]}") from None
+        raise ComponentError(f"timm:{target}: {first_line(error)}") from None
     if source == TIMM_FOLDER:
         return source, f"{TIMM_FOLDER}:{in_recipe_dir(model_id, base_dir)}"
     if source == TIMM_HUB:
@@ -136,9 +136,9 @@ def build_timm(target: str, spec: ModelSpec, ctx: ComponentContext, pretrained: 
     try:
         net = timm.create_model(name, pretrained=pretrained, **kwargs)
     except TypeError as error:  # kwargs the architecture does not take
-        raise ComponentError(f"timm:{target}: kwargs ({_arguments(kwargs)}) rejected: {_first_line(error)}; fix the spec's kwargs") from error
+        raise ComponentError(f"timm:{target}: kwargs ({_arguments(kwargs)}) rejected: {first_line(error, typed=True)}; fix the spec's kwargs") from error
     except RuntimeError as error:  # unknown pretrained tag
-        raise ComponentError(f"timm:{target}: {str(error).splitlines()[0]}") from None
+        raise ComponentError(f"timm:{target}: {first_line(error)}") from None
     except Exception as error:  # noqa: BLE001 - sorted out below
         raise _timm_load_failure(target, source, error) from None
     data = resolve_model_data_config(net)
@@ -157,21 +157,12 @@ def _timm_load_failure(target: str, source: str | None, error: Exception) -> Exc
     or any failure to read a Hub repo or folder (huggingface_hub's errors, a config timm cannot
     use); anything else as it was."""
     if source is not None:
-        return ComponentError(f"timm:{target}: cannot load it ({_first_line(error)}); fix the repo id, revision or folder, "
-                              f"or run once with network so it is cached{offline_hint() if source == TIMM_HUB else ''}")
+        advice = load_failure_advice(error, "timm", from_hub=source == TIMM_HUB)
+        return ComponentError(f"timm:{target}: cannot load it ({first_line(error, typed=True)}); {advice}")
     if isinstance(error, OSError):  # not in the HF cache and no network
         return ComponentError(f"timm:{target}: pretrained weights are not in the HF cache and the Hub cannot be reached "
                               f"({type(error).__name__}); run once with network or give 'checkpoint'{offline_hint()}")
     return error
-
-
-def _first_line(error: BaseException) -> str:
-    """``ExcType: first line of its message`` (just the type when the message is empty)."""
-    lines = str(error).strip().splitlines()
-    if not lines:
-        return type(error).__name__
-    text = lines[0] if len(lines[0]) <= 200 else lines[0][:197] + "..."
-    return f"{type(error).__name__}: {text}"
 
 
 def _import_callable(target: str, base_dir: Path) -> Any:
@@ -187,13 +178,13 @@ def _import_callable(target: str, base_dir: Path) -> Any:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as error:
             if error.name is None or not (module_name + ".").startswith(error.name + "."):
-                raise ComponentError(f"py:{target}: importing {module_name} failed: {_first_line(error)}; fix the module") from error
+                raise ComponentError(f"py:{target}: importing {module_name} failed: {first_line(error, typed=True)}; fix the module") from error
             raise ComponentError(
                 f"py:{target}: cannot import '{module_name}' ({error}); install it, fix the name, "
                 "or give a file: py:path/to/file.py:<callable>"
             ) from None
         except (Exception, SystemExit) as error:  # the user's module failed while importing
-            raise ComponentError(f"py:{target}: importing {module_name} failed: {_first_line(error)}; fix the module") from error
+            raise ComponentError(f"py:{target}: importing {module_name} failed: {first_line(error, typed=True)}; fix the module") from error
     if not hasattr(module, attribute):
         raise ComponentError(f"py:{target}: '{module_name}' has no attribute '{attribute}'; fix the name after the last ':'")
     factory = getattr(module, attribute)
@@ -218,7 +209,7 @@ def _import_file(target: str, module_name: str, base_dir: Path) -> Any:
     try:
         module_spec.loader.exec_module(module)
     except (Exception, SystemExit) as error:  # the user's module failed while importing
-        raise ComponentError(f"py:{target}: importing {path} failed: {_first_line(error)}; fix the module") from error
+        raise ComponentError(f"py:{target}: importing {path} failed: {first_line(error, typed=True)}; fix the module") from error
     return module
 
 
@@ -257,7 +248,7 @@ def call_factory(target: str, factory: Any, kwargs: dict[str, Any]) -> nn.Module
     try:
         net = factory(**kwargs)
     except (Exception, SystemExit) as error:
-        raise ComponentError(f"py:{target}: {call} raised {_first_line(error)}; fix the factory") from error
+        raise ComponentError(f"py:{target}: {call} raised {first_line(error, typed=True)}; fix the factory") from error
     if not isinstance(net, nn.Module):
         raise ComponentError(
             f"py:{target}: {call} returned {type(net).__name__}, not a torch.nn.Module; return the network"

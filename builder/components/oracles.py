@@ -13,12 +13,12 @@ from pydantic import SerializeAsAny, SerializerFunctionWrapHandler, field_valida
 from torch import nn
 from torch.nn import functional as F
 
-from builder.checkpoints import BUILTIN_DIR, fetch_location, load_state_dict, load_weights, offline_hint
+from builder.checkpoints import BUILTIN_DIR, fetch_location, load_failure_advice, load_state_dict, load_weights, offline_hint
 from builder.components.base import ORACLES, ComponentContext, Oracle
 from builder.components.models import load_classifier
 from builder.components.preprocess import Preprocess, PreprocessedClassifier, Preprocessing
 from builder.config import ModelSpec, OracleConfig, PreprocessConfig, TrainConfig, check_templates, without_unset
-from builder.errors import ComponentError
+from builder.errors import ComponentError, first_line
 from builder.paths import in_recipe_dir
 from builder.preflight import Check, PreflightContext, Weights, check_model, model_weights, preflight, weights
 from builder.registry import unknown_name_message
@@ -148,9 +148,8 @@ def _create_sourced_clip(config: ClipOracleConfig, name: str, load_weights_: boo
     try:
         model = open_clip.create_model(name, force_quick_gelu=bool(config.quick_gelu))
     except Exception as error:  # noqa: BLE001 - huggingface_hub's errors, a config open_clip cannot use
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        raise ComponentError(f"open_clip {config.model}: cannot load it ({type(error).__name__}: {reason}); fix the repo id or folder, "
-                             f"or run once with network so it is cached{offline_hint() if name.startswith(CLIP_HUB) else ''}") from None
+        advice = load_failure_advice(error, "open_clip_torch", from_hub=name.startswith(CLIP_HUB))
+        raise ComponentError(f"open_clip {config.model}: cannot load it ({first_line(error, typed=True)}); {advice}") from None
     if load_weights_ and _LOCATION.search(config.pretrained):
         _load_clip_weights(model, config, ctx)
     return model

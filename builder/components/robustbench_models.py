@@ -30,11 +30,10 @@ from torch import nn
 from builder.checkpoints import ResolveContext
 from builder.components.base import MODELS, ComponentContext
 from builder.components.labels import label_outputs
-from builder.components.models import _first_line
 from builder.components.preprocess import PreprocessedClassifier, Preprocessing
 from builder.components.torchvision_models import crop_fraction
 from builder.config import ModelSpec
-from builder.errors import ComponentError
+from builder.errors import ComponentError, first_line
 from builder.paths import in_recipe_dir
 from builder.preflight import Check, PreflightContext
 from builder.registry import unknown_name_message
@@ -68,7 +67,7 @@ def robustbench_utils(owner: str) -> Any:
             warnings.simplefilter("ignore", FutureWarning)  # its architectures import timm's deprecated paths
             return importlib.import_module("robustbench.utils")
     except ImportError as error:
-        raise ComponentError(f"{owner}: importing robustbench failed ({_first_line(error)}); {INSTALL}") from None
+        raise ComponentError(f"{owner}: importing robustbench failed ({first_line(error, typed=True)}); {INSTALL}") from None
 
 
 def imagenet_zoo(owner: str) -> dict[str, dict[str, Any]]:
@@ -164,10 +163,10 @@ def _load(spec: ModelSpec, threat: str, name: str, folder: Path, files: Optional
         if files is None or missing:
             where = missing[0] if missing else "torch.hub's cache"
             raise ComponentError(
-                f"{spec.model}: weights are not in {where} and cannot be downloaded ({_first_line(error)}); "
+                f"{spec.model}: weights are not in {where} and cannot be downloaded ({first_line(error, typed=True)}); "
                 "run once with network or put robustbench's checkpoint there"
             ) from None
-        raise ComponentError(f"{spec.model}: robustbench's load_model failed on {files[0]}: {_first_line(error)}; replace that checkpoint") from None
+        raise ComponentError(f"{spec.model}: robustbench's load_model failed on {files[0]}: {first_line(error, typed=True)}; replace that checkpoint") from None
     return net
 
 

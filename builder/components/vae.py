@@ -22,7 +22,7 @@ from pydantic import Field, model_validator
 from builder.checkpoints import ResolveContext, fetch_location, load_state_dict, load_weights, offline_hint
 from builder.components.base import GENERATORS, ComponentContext, image_size_cap_problem
 from builder.config import Frozen, GeneratorConfig, TrainConfig
-from builder.errors import BuilderError, CheckpointError, ComponentError
+from builder.errors import BuilderError, CheckpointError, ComponentError, first_line
 from builder.preflight import Check, PreflightContext, Weights, size_checks
 
 log = logging.getLogger(__name__)
@@ -212,8 +212,7 @@ def _pretrained(config: VAEConfig, ctx: ComponentContext) -> Any:
             return AutoencoderKL.from_pretrained(local, use_safetensors=True)
         return AutoencoderKL.from_pretrained(config.model, subfolder=config.subfolder, revision=config.revision, use_safetensors=True)
     except (OSError, ValueError, EnvironmentError) as error:
-        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"generator model {where}: cannot load it as an AutoencoderKL ({reason}); "
+        raise CheckpointError(f"generator model {where}: cannot load it as an AutoencoderKL ({first_line(error, 160)}); "
                               "give a dir written by save_pretrained (with safetensors weights) or a Hub id") from None
 
 

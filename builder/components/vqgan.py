@@ -28,7 +28,7 @@ from builder.checkpoints import (
 )
 from builder.components.base import GENERATORS, ComponentContext, image_size_cap_problem
 from builder.config import GeneratorConfig, TrainConfig
-from builder.errors import BuilderError, ComponentError
+from builder.errors import BuilderError, ComponentError, first_line
 from builder.fileio import atomic_write
 from builder.preflight import Check, PreflightContext, Weights, size_checks
 from builder.safeyaml import parse_bounded
@@ -128,7 +128,7 @@ def _load_yaml(check: _ConfigCheck) -> Any:
     try:
         data = parse_bounded(text)  # a config may be downloaded: no alias bombs, no deep nesting
     except (ValueError, TypeError, OverflowError) as error:
-        raise check.fail(f"a value cannot be read ({str(error).splitlines()[0][:120]})", "fix the YAML") from None
+        raise check.fail(f"a value cannot be read ({first_line(error, 120)})", "fix the YAML") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""

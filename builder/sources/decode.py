@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from builder.errors import first_line
+
 MAX_PIXELS = 89_478_485  # PIL's own decompression-bomb threshold, applied per image
 
 
@@ -65,7 +67,7 @@ def load_rgb(loader: Any, image_size: int) -> np.ndarray:
     except UnidentifiedImageError as error:
         raise SampleRejected(f"not a readable image ({type(error).__name__})") from None
     except (OSError, ValueError, SyntaxError, EOFError) as error:
-        raise SampleRejected(f"corrupt image ({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
+        raise SampleRejected(f"corrupt image ({first_line(error)})") from None
     scale = image_size / min(image.size)
     size = (max(image_size, round(image.width * scale)), max(image_size, round(image.height * scale)))
     image = image.resize(size, Image.Resampling.BICUBIC)

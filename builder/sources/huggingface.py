@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.config import SourceConfig
-from builder.errors import SourceError
+from builder.errors import SourceError, first_line
 from builder.preflight import Check
 from builder.sources.base import (
     SOURCES,
@@ -45,11 +45,6 @@ def _open_encoded(value: Any):  # -> PIL.Image.Image
     raise ValueError("empty image cell")
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def huggingface_preflight(config: HuggingFaceConfig, ctx: SourceContext, where: str) -> list[Check]:
     """A local data set dir is opened and counted; a Hub one is not fetched for a dry run."""
     if Path(config.path).expanduser().exists():
@@ -68,7 +63,7 @@ class HuggingFaceSource:
         try:
             table = datasets.load_dataset(config.path, config.name, split=config.split, revision=config.revision)
         except (FileNotFoundError, ValueError, ConnectionError, OSError, datasets.exceptions.DatasetsError) as error:
-            raise SourceError(f"huggingface source '{config.path}' split '{config.split}': {_first_line(error)}") from None
+            raise SourceError(f"huggingface source '{config.path}' split '{config.split}': {first_line(error)}") from None
         for column in (config.image_column, config.label_column):
             if column not in table.column_names:
                 raise SourceError(
@@ -95,7 +90,7 @@ class HuggingFaceSource:
             held = getattr(table.features[config.image_column], "dtype", type(table.features[config.image_column]).__name__)
             raise SourceError(
                 f"huggingface source '{config.path}': column '{config.image_column}' holds {held} values, not images "
-                f"({_first_line(error)}); set source.image_column to an image column"
+                f"({first_line(error)}); set source.image_column to an image column"
             ) from None
         self._image_column = config.image_column
         self._label_column = config.label_column

@@ -18,7 +18,7 @@ from typing import Any, Hashable, Optional
 from builder.build.executors.base import UnitResult, WorkerDied, WorkerInfo
 from builder.build.plan import Execution, RunnerSettings
 from builder.build.units import WorkUnit
-from builder.errors import BuilderError
+from builder.errors import BuilderError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class RayPool:
                 self.ray.init(address=execution.ray_address, log_to_driver=False, configure_logging=False)
             except (ConnectionError, RuntimeError, ValueError) as error:
                 where = execution.ray_address or "a new local cluster"
-                raise BuilderError(f"--executor ray: cannot start or join {where} ({str(error).splitlines()[0]}); "
+                raise BuilderError(f"--executor ray: cannot start or join {where} ({first_line(error)}); "
                                    "start one with 'ray start --head' and pass --ray-address auto") from None
             self.started_ray = True
         gpus = execution.gpus_per_worker if execution.gpus_per_worker is not None else (1.0 if settings.device == "cuda" else 0.0)
