@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner
-from helpers import BLUE, GREEN, RED, assert_one_line_error, make_source, png_bytes, solid, write_shard
+from helpers import BLUE, GREEN, RED, TINY_MODELS, assert_one_line_error, make_source, png_bytes, solid, write_shard
 
 from builder.build import read_unit
 from builder.build.units import WorkUnit
@@ -376,6 +376,29 @@ def test_hostile_image_folder_builds_with_every_oddity_in_rejects(hostile_folder
 
     ids = [row for path in sorted((out / "cnn").glob("*.parquet")) for row in pq.read_table(path, columns=["source_id"]).column("source_id").to_pylist()]
     assert {"blue/folder.png/inner.png", "red/new\\nline.png", "red/caf\\xe9.png"} <= set(ids)
+
+
+@pytest.mark.parametrize("formats", [["webdataset", "parquet"], ["parquet"], ["webdataset"]])
+def test_work_units_whose_every_sample_is_rejected_build_verify_and_score(tiny_recipe: Path, tmp_path: Path, formats: list[str]) -> None:
+    """One sample per unit, the first and a middle one corrupt: their units have empty shards,
+    which finalizing (the preview reads the first unit), verify and score all read."""
+    data = yaml.safe_load(tiny_recipe.read_text())
+    data["output"] = {"samples_per_shard": 1, "formats": formats}
+    tiny_recipe.write_text(yaml.safe_dump(data))
+    (tiny_recipe.parent / "images" / "blue" / "0.png").write_bytes(b"not a png")  # unit 0; green/5.png (unit 8) is cut short
+    out = tmp_path / "out"
+    rejects = assert_built(build(tiny_recipe, out), out)
+    assert [reject["index"] for reject in rejects] == [0, 8]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["configs"]["cnn"]["num_samples"] == 11
+    verified = CliRunner().invoke(main, ["verify", str(out)])
+    assert verified.exit_code == 0, verified.output
+    scored = CliRunner().invoke(main, ["-q", "score", "--benchmark", str(out), "--model", f"py:{TINY_MODELS}:tiny_cnn",
+                                       "--checkpoint", str(tiny_recipe.parent / "theta.pt"), "--workers", "0", "--bootstrap", "0",
+                                       "--source", str(tiny_recipe), "--json", str(tmp_path / "score.json")])
+    assert scored.exit_code == 0, scored.output
+    [result] = json.loads((tmp_path / "score.json").read_text())["results"]
+    assert result["n"] == 11
 
 
 @pytest.mark.timeout(30)

@@ -60,10 +60,12 @@ class ParquetWriter(ShardWriter):
         return pq.read_table(path, columns=list(columns)).to_pylist()
 
     def read_images(self, path: Path, rows: Sequence[int]) -> list[tuple[bytes, Optional[bytes]]]:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         with_originals = "original_image" in pq.read_schema(path).names
-        table = pq.read_table(path, columns=["image", "original_image"] if with_originals else ["image"]).take(list(rows))
+        picked = pa.array(list(rows), type=pa.int64())  # typed: an empty list would be a null array, which take refuses
+        table = pq.read_table(path, columns=["image", "original_image"] if with_originals else ["image"]).take(picked)
         images = table.column("image").to_pylist()
         originals = table.column("original_image").to_pylist() if with_originals else [None] * len(images)
         return [(image["bytes"], original["bytes"] if original else None) for image, original in zip(images, originals, strict=False)]
