@@ -24,6 +24,7 @@ from builder.errors import RecipeError, SourceError
 from builder.sources import decode
 from builder.sources.base import check_label
 from builder.sources.decode import SampleRejected, load_rgb
+from builder.sources.webdataset_source import shard_labels
 
 YELLOW = (255, 255, 0)
 WHITE = (255, 255, 255)
@@ -401,6 +402,28 @@ def test_webdataset_brace_pattern_and_tuple(tmp_path: Path) -> None:
     # a list of urls keeps the given order
     listed = wds(tmp_path, ["shard-2.tar", "shard-0.tar"])
     assert [item.source_id for item in listed.items(0, 10)] == ["shard-2.tar/k0", "shard-0.tar/k0"]
+
+
+def test_webdataset_shards_of_one_file_name_in_two_folders_keep_every_sample(tmp_path: Path) -> None:
+    """train/00000.tar and val/00000.tar: sample ids carry the folders below the shared one
+    (file names alone would make every sample of the second shard a duplicate of the first)."""
+    for split, color in (("train", RED), ("val", BLUE)):
+        (tmp_path / "data" / split).mkdir(parents=True)
+        write_shard(tmp_path / "data" / split / "00000.tar", [("k0", color, 0), ("k1", color, 1)])
+    for urls in (str(tmp_path / "data" / "{train,val}" / "00000.tar"), str(tmp_path / "data" / "*" / "00000.tar"),
+                 ["data/train/00000.tar", "data/val/00000.tar"]):
+        items = list(wds(tmp_path, urls).items(0, 10))
+        assert [item.source_id for item in items] == ["train/00000.tar/k0", "train/00000.tar/k1", "val/00000.tar/k0", "val/00000.tar/k1"]
+        for item, color in zip(items, [RED, RED, BLUE, BLUE], strict=True):
+            assert_solid(load_rgb(item.load, 4), color, 4)  # none rejected as a duplicate
+    assert shard_labels(["a/x.tar", "b/c/x.tar"]) == ["a/x.tar", "b/c/x.tar"]
+    assert shard_labels(["s3://bucket/a/x.tar", "s3://bucket/b/x.tar", "s3://bucket/b/y.tar"]) == ["a/x.tar", "b/x.tar", "b/y.tar"]
+
+
+def test_webdataset_shard_whose_path_holds_a_bracket_is_a_path_not_a_glob(tmp_path: Path) -> None:
+    (tmp_path / "data [v2]").mkdir()
+    write_shard(tmp_path / "data [v2]" / "shard-0.tar", [("k0", RED, 0)])
+    assert [item.source_id for item in wds(tmp_path, "data [v2]/shard-0.tar").items(0, 10)] == ["shard-0.tar/k0"]
 
 
 def test_webdataset_needs_class_names(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import glob
 import io
 import json
 import lzma
+import os
 import tarfile
 import zlib
 from collections.abc import Iterator
@@ -52,19 +53,44 @@ class WebDatasetConfig(SourceConfig):
     label_key: str = "cls"
 
 
-def _expand(urls: str | tuple[str, ...], ctx: SourceContext) -> list[Path]:
-    paths: list[Path] = []
+def _expand(urls: str | tuple[str, ...], ctx: SourceContext) -> list[tuple[str, Path]]:
+    """(path for sample ids, local path) of every shard ``source.urls`` names, in order."""
+    shards: list[tuple[str, Path]] = []
     for url in (listed for pattern in _expanded(urls) for listed in _listed(pattern)):
         local = fetch_location(url, ctx)
-        matches = sorted(glob.glob(str(local))) if any(c in str(local) for c in "*?[") else [str(local)]
-        paths.extend(Path(m) for m in matches)
-        if len(paths) > MAX_SHARDS:
+        if any(c in str(local) for c in "*?[") and not local.is_file():  # a glob (a file whose name holds '[' is itself)
+            shards.extend((match, Path(match)) for match in sorted(glob.glob(str(local))))
+        else:
+            shards.append((_shard_name(url, local), local))
+        if len(shards) > MAX_SHARDS:
             raise SourceError(f"webdataset source: source.urls match more than {MAX_SHARDS} shards; narrow its globs")
-    missing = [p for p in paths if not p.is_file()]
-    if not paths or missing:
+    missing = [path for _, path in shards if not path.is_file()]
+    if not shards or missing:
         shown = urls if isinstance(urls, str) else urls[0]
         raise SourceError(f"webdataset source: no shard at {missing[0] if missing else shown}; check source.urls")
-    return paths
+    return shards
+
+
+def _shard_name(listed: str, local: Path) -> str:
+    """A shard's path for its sample ids: a local path, or a URL's host and folders (no query,
+    no pin); either way ending in the local file's name."""
+    if "://" not in listed:
+        return str(local)
+    from urllib.parse import urlparse
+
+    parsed = urlparse(listed)
+    return f"{parsed.netloc}{parsed.path.rpartition('/')[0]}/{local.name}"
+
+
+def shard_labels(names: list[str]) -> list[str]:
+    """What each shard's sample ids begin with: its file name, or, when two shards share a file
+    name (``train/00000.tar`` and ``val/00000.tar``), its path below the folder all shards share,
+    so that every sample id is unique."""
+    parts = [name.rstrip("/").split("/") for name in names]
+    if len({part[-1] for part in parts}) == len(parts):
+        return [part[-1] for part in parts]
+    shared = min(len(os.path.commonprefix(parts)), min(len(part) for part in parts) - 1)
+    return ["/".join(part[shared:]) for part in parts]
 
 
 def _listed(url: str) -> list[str]:
@@ -297,14 +323,16 @@ class WebDatasetSource:
         self.class_names = tuple(config.class_names)
         self._samples: list[_Sample] = []
         self._first_of: dict[str, int] = {}
-        shards = _expand(config.urls, ctx)
+        named = _expand(config.urls, ctx)
+        shards = [path for _, path in named]
         twice = next((shard for i, shard in enumerate(shards) if shard.resolve() in {s.resolve() for s in shards[:i]}), None)
         if twice is not None:
             raise SourceError(f"webdataset source: shard {twice} is listed twice in source.urls; list each shard once")
-        for shard in shards:
-            self._index_shard(shard, config)
+        for shard, prefix in zip(shards, shard_labels([name for name, _ in named]), strict=True):
+            self._index_shard(shard, prefix, config)
 
-    def _index_shard(self, shard: Path, config: WebDatasetConfig) -> None:
+    def _index_shard(self, shard: Path, prefix: str, config: WebDatasetConfig) -> None:
+        """Index ``shard``'s samples; their ids are ``<prefix>/<key>``."""
         groups: list[tuple[str, dict[str, tarfile.TarInfo]]] = []
         labels: dict[int, bytes] = {}  # group position -> the label member's first bytes
         latest: dict[str, int] = {}  # key -> position of its newest group
@@ -323,7 +351,7 @@ class WebDatasetSource:
         except _STREAM_ERRORS as error:
             raise SourceError(_unreadable(shard, error)) from None
         for position, (key, members) in enumerate(groups):  # tar order: the order the shard was written in
-            source_id = printable_id(f"{shard.name}/{key}")
+            source_id = printable_id(f"{prefix}/{key}")
             image = next((members[e] for e in config.image_keys if e in members), None)
             label, problem = _parse_label(labels.get(position), members.get(config.label_key), source_id, len(self.class_names))
             self._samples.append(_Sample(source_id, shard, image, label, problem, self._first_of.get(source_id)))
