@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from builder.benchmark import Benchmark, BenchmarkError, open_benchmark
-from builder.config import ModelSpec, SourceConfig, parse_component
+from builder.config import ModelSpec, SourceConfig, parse_component, recipe_to_dict
 from builder.errors import RecipeError
 from builder.metrics import Outcomes, compute_metrics, per_class
 from builder.paths import default_cache_dir
@@ -205,9 +205,12 @@ def _originals_from_source(bench: Benchmark, config: str, source_recipe: Optiona
     if source_recipe is None:
         raise BenchmarkError(f"{bench.location} was built without original images; pass --source RECIPE (its recipe) so SA can be measured")
     loaded = load_recipe(source_recipe)
+    _check_same_source(source_recipe, recipe_to_dict(loaded.recipe)["source"], bench.manifest["recipe"].get("source"))
     source = open_source(loaded.recipe.source, SourceContext(loaded.base_dir, default_cache_dir()))
-    indices = [int(k) for part in bench.read_columns(config, ["key"]) for k in part["key"]]
-    pixels = source_images(source, indices, int(bench.manifest["recipe"]["image_size"]))
+    columns = list(bench.read_columns(config, ["key", "source_id"]))
+    indices = [int(k) for part in columns for k in part["key"]]
+    ids = [source_id for part in columns for source_id in part["source_id"]]
+    pixels = source_images(source, indices, int(bench.manifest["recipe"]["image_size"]), ids)
     predictions = []
     while chunk := list(itertools.islice(pixels, batch_size)):
         batch = to_nchw(np.stack(chunk)).to(device).float() / 255
@@ -216,18 +219,37 @@ def _originals_from_source(bench: Benchmark, config: str, source_recipe: Optiona
     return np.concatenate(predictions) if predictions else np.zeros(0, dtype=np.int64)
 
 
-def source_images(source: Any, indices: list[int], size: int) -> Iterator[np.ndarray]:
-    """The source's images at ``indices``, in that order. A benchmark's keys increase, so they are
-    read in one pass over the source (a compressed tar shard is inflated once, not once per key);
-    indices in another order are read one by one."""
+def _check_same_source(recipe: str, given: dict[str, Any], recorded: Optional[dict[str, Any]]) -> None:
+    """``--source``'s recipe must read the source the benchmark was built from: another one would
+    give SA (and FMR) of other images, without a word."""
+    if recorded is None or given == recorded:
+        return
+    key = next(key for key in sorted({*given, *recorded}) if given.get(key) != recorded.get(key))
+    raise BenchmarkError(f"--source {recipe}: its source.{key} is {given.get(key)!r}, but the benchmark was built with "
+                         f"{recorded.get(key)!r}; give the recipe this benchmark was built from")
+
+
+def source_images(source: Any, indices: list[int], size: int, source_ids: Optional[list[str]] = None) -> Iterator[np.ndarray]:
+    """The source's images at ``indices``, in that order, each checked to be the sample of
+    ``source_ids`` (when given). A benchmark's keys increase, so they are read in one pass over
+    the source (a compressed tar shard is inflated once, not once per key); indices in another
+    order are read one by one."""
     from builder.sources.decode import load_rgb
+
+    expected = dict(zip(indices, source_ids, strict=True)) if source_ids is not None else {}
+
+    def image_of(item: Any) -> np.ndarray:
+        if item.index in expected and item.source_id != expected[item.index]:
+            raise BenchmarkError(f"--source: its sample {item.index} is {item.source_id}, but the benchmark's is "
+                                 f"{expected[item.index]}; give the recipe this benchmark was built from, with the same data")
+        return load_rgb(item.load, size)
 
     if indices != sorted(indices):
         for index in indices:
             item = next(source.items(index, index + 1), None)
             if item is None:
                 raise BenchmarkError(_missing_from_source(index, len(source)))
-            yield load_rgb(item.load, size)
+            yield image_of(item)
         return
     wanted = iter(indices)
     target = next(wanted, None)
@@ -235,7 +257,7 @@ def source_images(source: Any, indices: list[int], size: int) -> Iterator[np.nda
         if target is not None and target < item.index:
             break
         if item.index == target:
-            yield load_rgb(item.load, size)
+            yield image_of(item)
             target = next(wanted, None)
     if target is not None:
         raise BenchmarkError(_missing_from_source(target, len(source)))

@@ -237,7 +237,8 @@ def test_a_benchmark_built_without_originals_scores_from_its_recipes_source(tiny
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """'score --source RECIPE' reads the originals from the recipe's source, here a .tar.gz shard:
     the same SA and FMR as the build that kept its originals, and the shard is read in one pass
-    (it was once reopened, and inflated from its start, for every key)."""
+    (it was once reopened, and inflated from its start, for every key). A recipe with another
+    source, or a source whose samples changed, is refused."""
     import gzip
 
     import yaml
@@ -268,12 +269,23 @@ def test_a_benchmark_built_without_originals_scores_from_its_recipes_source(tiny
     assert len(openings) == 2  # indexing the shard, then one pass over it
     kept, sourced = scores[True], scores[False]
     assert (sourced.n, sourced.sa, sourced.pa, sourced.fmr) == (kept.n, kept.sa, kept.pa, kept.fmr) and kept.n == 14
-    short = tmp_path / "short.tar"
-    write_shard(short, [(f"k{i:02d}", colors[i % 3], i % 3) for i in range(5)])
-    recipe["source"]["urls"] = "short.tar"
-    (tmp_path / "short.yaml").write_text(yaml.safe_dump(recipe))
-    with pytest.raises(BenchmarkError, match=r"^--source: its source has no sample 5 \(it has 5\); give the recipe this benchmark was built from$"):
-        score(str(tmp_path / "out-False"), f"py:{TINY_MODELS}:color_net", bootstrap=0, source_recipe=str(tmp_path / "short.yaml"))
+    monkeypatch.undo()
+    built_from = tmp_path / "keep-False.yaml"
+    # another source: refused before a pixel is read (it would give SA of other images)
+    other = dict(recipe, source={**recipe["source"], "urls": "other.tar"})
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
+    with pytest.raises(BenchmarkError, match=r"^--source .*other.yaml: its source.urls is 'other.tar', but the benchmark was built with "
+                                             r"'shard.tar.gz'; give the recipe this benchmark was built from$"):
+        score(str(tmp_path / "out-False"), f"py:{TINY_MODELS}:color_net", bootstrap=0, source_recipe=str(tmp_path / "other.yaml"))
+    # the same recipe over data that changed since: other samples, or fewer
+    for samples, message in (([(f"x{i:02d}", colors[i % 3], i % 3) for i in range(14)],
+                              r"^--source: its sample 0 is shard.tar.gz/x00, but the benchmark's is shard.tar.gz/k00; "),
+                             ([(f"k{i:02d}", colors[i % 3], i % 3) for i in range(5)],
+                              r"^--source: its source has no sample 5 \(it has 5\); give the recipe this benchmark was built from$")):
+        write_shard(plain, samples)
+        (tmp_path / "shard.tar.gz").write_bytes(gzip.compress(plain.read_bytes()))
+        with pytest.raises(BenchmarkError, match=message):
+            score(str(tmp_path / "out-False"), f"py:{TINY_MODELS}:color_net", bootstrap=0, source_recipe=str(built_from))
 
 
 def test_source_images_gives_the_images_of_the_indices_in_their_order(tmp_path: Path) -> None:
