@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import secrets
 import socket
@@ -37,8 +38,20 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 
 def json_bytes(payload: Any) -> bytes:
-    """How every JSON file of a build is written, to a local dir or an object store alike."""
-    return (json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+    """How every JSON file of a build is written, to a local dir or an object store alike: strict
+    JSON, an undefined figure (NaN, such as FMR when SA is 0) written as null."""
+    return (json.dumps(without_nan(payload), indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+
+
+def without_nan(value: Any) -> Any:
+    """``value`` with every float that is not finite replaced by None (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: without_nan(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_nan(item) for item in value]
+    return value
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
@@ -54,7 +67,7 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def sha256_json(payload: Any) -> str:
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps(without_nan(payload), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -11,6 +13,8 @@ from builder.errors import BuilderError
 from builder.fileio import atomic_write, write_bytes_atomic
 from builder.manifest import load_json_bounded, validation_problem
 from builder.metrics import upgrade_figures
+
+log = logging.getLogger(__name__)
 
 
 class ResultRow(BaseModel):
@@ -101,12 +105,22 @@ def checked_rows(rows: Any, what: str) -> list[dict[str, Any]]:
     if not isinstance(rows, list):
         raise BuilderError(f"{what}: not written by 'build-benchmark score --json' (no list of results)")
     rows = [upgrade_figures(row) if isinstance(row, dict) else row for row in rows]
+    kept = []
     for index, row in enumerate(rows):
+        if isinstance(row, dict) and "fmr" in row and _undefined(row["fmr"]):
+            log.warning("%s: result %d (%s on %s) left out: SA is 0, so FMR is undefined", what, index, row.get("name"), row.get("config"))
+            continue
         try:
             ResultRow.model_validate(row)
         except ValidationError as error:
             raise BuilderError(f"{what}: result {index}: {validation_problem(error)}; give a file written by 'build-benchmark score --json'") from None
-    return list(rows)
+        kept.append(row)
+    return kept
+
+
+def _undefined(value: Any) -> bool:
+    """FMR of a model with SA 0: null in a result file (NaN in files written before that)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def result_files(paths: list[Path]) -> list[Path]:

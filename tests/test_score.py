@@ -128,6 +128,36 @@ def test_score_cli_json_and_leaderboard(tmp_path: Path) -> None:
     assert (tmp_path / "board" / "fmr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_model_with_sa_0_writes_strict_json_and_is_left_off_the_leaderboard(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """FMR = PA / SA is undefined when SA is 0: the result file says null (strict JSON, which
+    browsers and other languages parse), and a leaderboard leaves that row out with a warning
+    instead of refusing the file (as it did, calling NaN out of range)."""
+    import json
+    import math
+
+    wrong = [(0, 1, 1, True, 2), (1, 2, 2, True, 3), (2, 0, 0, False, 50)]  # every original misread: SA 0
+    runner = CliRunner()
+    for name, rows in (("zero", wrong), ("good", ROWS)):
+        bench = hand_built_benchmark(tmp_path / name, rows)
+        scored = runner.invoke(main, ["-q", "score", "--benchmark", str(bench), "--model", f"py:{TINY_MODELS}:color_net", "--workers", "0",
+                                      "--bootstrap", "50", "--json", str(tmp_path / f"{name}.json")])
+        assert scored.exit_code == 0, scored.output
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} in a result file")
+
+    [zero] = json.loads((tmp_path / "zero.json").read_text(), parse_constant=refuse)["results"]
+    assert zero["sa"] == 0 and zero["fmr"] is None
+    (tmp_path / "old.json").write_text(json.dumps({"results": [{**zero, "fmr": math.nan}]}))  # as written before: NaN
+    with caplog.at_level("WARNING"):
+        board = runner.invoke(main, ["-q", "leaderboard", *(str(tmp_path / f"{name}.json") for name in ("zero", "good", "old")),
+                                     "--out", str(tmp_path / "board")])
+    assert board.exit_code == 0, board.output
+    assert sum("SA is 0, so FMR is undefined" in record.getMessage() for record in caplog.records) == 2
+    table = (tmp_path / "board" / "leaderboard.md").read_text()
+    assert len([line for line in table.splitlines() if line.startswith("| 1 ")]) == 1 and "| 2 " not in table
+
+
 def one_line_error(args: list[str]) -> str:
     result = CliRunner().invoke(main, ["-q", *args])
     assert result.exit_code == 2, result.output
