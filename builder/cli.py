@@ -257,7 +257,8 @@ def format_summary(name: str, summary: Any) -> str:
 @click.option("--per-class", is_flag=True, help="Also print a per-class table.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write every figure to this JSON file.")
 @click.option("--source", "source_recipe", default=None, metavar="RECIPE", help="Recipe whose source gives the originals, for benchmarks built without them.")
-@click.option("--dynamic", is_flag=True, help="Regenerate the benchmark of --recipe against each model (the paper's protocol).")
+@click.option("--dynamic", is_flag=True, help="Regenerate the benchmark of --recipe against each model (the paper's protocol); "
+              "the model becomes the recipe's reference model, so relative paths in --model and --checkpoint are taken from the recipe's folder.")
 @click.option("--recipe", default=None, help="With --dynamic: the recipe to regenerate.")
 @click.option("--limit", type=click.IntRange(min=1), help="With --dynamic: only the first N source samples.")
 @click.option("--save", type=click.Path(file_okay=False, path_type=Path), help="With --dynamic: keep the generated benchmark here.")
@@ -291,6 +292,10 @@ def score_command(benchmarks: tuple[str, ...], revision: Optional[str], config_n
     if zoo is not None or out_dir is not None:
         if models or dynamic or out_dir is None or zoo is None or not benchmarks:
             raise BuilderError("--models ZOO.yaml goes with --out DIR and --benchmark, without --model or --dynamic; give those")
+        ignored = [flag for flag, value in {"--checkpoint": checkpoints, "--json": json_out, "--per-class": per_class}.items() if value]
+        if ignored:
+            raise BuilderError(f"{ignored[0]} does not go with --models ZOO.yaml (each model's checkpoint is in the zoo file, "
+                               "its figures in --out DIR/<name>.json); drop it")
         options = {"batch_size": batch_size, "workers": workers, "bootstrap": bootstrap, "seed": seed, "source_recipe": source_recipe,
                    "trust_remote_code": trust_remote_code}
         _score_zoo(zoo, out_dir, overwrite, benchmarks, revision, config_name, storage_options, resolve_device(device), cache_dir, options)
@@ -323,13 +328,13 @@ def score_command(benchmarks: tuple[str, ...], revision: Optional[str], config_n
     live = [
         score_dynamic(recipe, model, checkpoint=checkpoint, overrides=overrides, limit=limit, save=save, device=device,
                       bootstrap=bootstrap, seed=seed, cache_dir=cache, progress=True, trust_remote_code=trust_remote_code, generator=generator,
-                      compile_decoder=compile_decoder)
+                      compile_decoder=compile_decoder, score_batch_size=batch_size, workers=workers, with_per_class=per_class)
         for model, checkpoint in paired for generator in generators
     ] if dynamic and recipe else []  # --dynamic without --recipe was refused above
     results = static + live
     click.echo(format_results(results))
     if per_class:
-        for result in static:
+        for result in results:
             click.echo(format_per_class(result))
     if len({(r.benchmark, r.config) for r in static}) > 1 and len(models) > 1:
         click.echo(format_transfer_matrix(static))

@@ -342,17 +342,24 @@ def score_dynamic(
     trust_remote_code: bool = False,
     generator: Optional[str] = None,
     compile_decoder: bool = False,
+    score_batch_size: int = 64,
+    workers: int = 0,
+    with_per_class: bool = False,
 ) -> ScoreResult:
     """Regenerate the recipe's benchmark against ``model`` (it becomes theta), then score it;
     in a several-generator recipe, through ``generator`` (default: the first); ``compile_decoder``
-    as ``run --compile``."""
+    as ``run --compile``. ``batch_size`` is the build's (default: the recipe's); scoring the
+    generated benchmark takes ``score_batch_size``, ``workers`` and ``with_per_class`` as
+    :func:`score` does."""
     from builder.build import BuildOptions, build_benchmark
     from builder.recipes import LoadedRecipe, load_recipe
     from builder.trust import downloaded_roots, require_trusted_file
 
     loaded = load_recipe(recipe, overrides)
     original = as_model_spec(model, checkpoint)
-    require_trusted_file(original, Path.cwd(), downloaded_roots(cache_dir), trust_remote_code)
+    # the build loads the model as the recipe's reference model: its relative paths (checkpoint,
+    # py: file, folders) are taken from the recipe's folder, so the trust check looks there too
+    require_trusted_file(original, loaded.base_dir, downloaded_roots(cache_dir), trust_remote_code)
     spec = original.model_copy(update={"name": "evaluated"})
     update: dict[str, Any] = {"reference_models": (spec,)}
     if loaded.recipe.generators is not None:
@@ -364,7 +371,8 @@ def score_dynamic(
         options = BuildOptions(out_dir=out, device=device, cache_dir=cache_dir or default_cache_dir(), batch_size=batch_size, limit=limit,
                                progress=progress, compile=compile_decoder)
         build_benchmark(evaluated, options)
-        result = score(out, spec, device=device, bootstrap=bootstrap, seed=seed, cache_dir=options.cache_dir, base_dir=loaded.base_dir,
+        result = score(out, spec, device=device, batch_size=score_batch_size, workers=workers, bootstrap=bootstrap, seed=seed,
+                       with_per_class=with_per_class, cache_dir=options.cache_dir, base_dir=loaded.base_dir,
                        trust_remote_code=True)  # the user's own recipe and model
     location = str(save) if save else f"dynamic:{loaded.recipe.name}"
     identity = {"name": original.config_name, "model_spec": original.model_dump(mode="json"),

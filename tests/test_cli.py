@@ -78,12 +78,19 @@ def test_precision_option_is_part_of_the_recipe_and_verify_judges_in_it(tiny_rec
     model = tmp_path / "model.yaml"
     model.write_text(yaml.safe_dump({**spec, "checkpoint": str(tiny_recipe.parent / spec["checkpoint"])}))
     scored = invoke("score", "--dynamic", "--recipe", str(tiny_recipe), "--model", str(model), "--limit", "4", "--device", "cpu",
-                    "--bootstrap", "0", "--trust-remote-code", "--precision", "bf16", "--save", str(tmp_path / "dynamic"))
+                    "--bootstrap", "0", "--trust-remote-code", "--precision", "bf16", "--save", str(tmp_path / "dynamic"), "--per-class")
     assert scored.exit_code == 0, scored.output
+    assert "per class: " in scored.output and "dynamic" in scored.output  # --per-class covers the regenerated benchmark too
     assert json.loads((tmp_path / "dynamic" / "manifest.json").read_text())["recipe"]["perturbation"]["precision"] == "bf16"
     for flag in (("--precision", "bf16"), ("--compile",), ("--limit", "4")):  # regeneration options without --dynamic
         refused = CliRunner().invoke(main, ["-q", "score", "--benchmark", str(bf16), "--model", str(model), *flag])
         assert_one_line_error(refused, f"{flag[0]} goes with --dynamic")
+    zoo = tmp_path / "zoo.yaml"
+    zoo.write_text(yaml.safe_dump([{**yaml.safe_load(model.read_text()), "name": "cnn"}]))
+    for flag in (("--checkpoint", "other.pt"), ("--json", str(tmp_path / "ignored.json")), ("--per-class",)):  # a zoo run has no use for them
+        refused = CliRunner().invoke(main, ["-q", "score", "--benchmark", str(bf16), "--models", str(zoo), "--out", str(tmp_path / "zoo"), *flag])
+        assert_one_line_error(refused, f"{flag[0]} does not go with --models ZOO.yaml")
+    assert not (tmp_path / "ignored.json").exists()
 
 
 def test_existing_output_needs_overwrite(tiny_recipe: Path, tmp_path: Path) -> None:

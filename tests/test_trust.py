@@ -122,6 +122,25 @@ def test_a_py_file_inside_the_tools_own_downloads_is_refused(tiny_build: Path, c
     assert untouched(canary)
 
 
+def test_dynamic_scoring_checks_the_py_file_it_would_run(tiny_recipe: Path, canary: dict[str, Any], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --dynamic the model is the recipe's reference model, so a relative py: file is taken
+    from the recipe's folder: a recipe inside downloaded data makes that file downloaded code,
+    refused without --trust-remote-code (the check used to look in the working directory)."""
+    import shutil
+
+    cache = tmp_path / "tool-cache"
+    folder = cache / "downloads" / "0123456789abcdef"
+    shutil.copytree(tiny_recipe.parent, folder)
+    (folder / "net.py").write_text(canary["code"])
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.py").write_text("raise SystemExit('the working directory is not where the file is taken from')")
+    args = ["-q", "score", "--dynamic", "--recipe", str(folder / tiny_recipe.name), "--model", "py:net.py:net", "--limit", "2",
+            "--bootstrap", "0", "--cache-dir", str(cache)]
+    assert_one_line_error(CliRunner().invoke(main, args), f"{folder / 'net.py'} lies inside downloaded data", "trust-remote-code")
+    assert untouched(canary)
+
+
 @pytest.fixture
 def hub(reading_hub: Any) -> Any:
     return reading_hub
