@@ -21,7 +21,7 @@ import torch
 
 from builder.benchmark import Benchmark, BenchmarkError, open_benchmark
 from builder.config import ModelSpec, SourceConfig, parse_component, recipe_to_dict
-from builder.errors import RecipeError
+from builder.errors import RecipeError, first_line
 from builder.metrics import Outcomes, compute_metrics, per_class
 from builder.paths import default_cache_dir
 from builder.writers.base import ShardWriter
@@ -166,11 +166,25 @@ class ShardImages(torch.utils.data.IterableDataset):
         for shard, path in enumerate(self.files):
             if shard % workers != worker:
                 continue
-            pairs = self.reader.read_images(path, range(self.counts[shard]))
-            for row, (encoded, encoded_original) in enumerate(pairs):
-                image = to_chw(decode_image(encoded))
-                original = to_chw(decode_image(encoded_original)) if self.with_originals and encoded_original is not None else image
-                yield shard, row, image, original
+            try:
+                pairs = self.reader.read_images(path, range(self.counts[shard]))
+                for row, (encoded, encoded_original) in enumerate(pairs):
+                    image = to_chw(decode_image(encoded))
+                    original = to_chw(decode_image(encoded_original)) if self.with_originals and encoded_original is not None else image
+                    yield shard, row, image, original
+            except Exception as error:  # noqa: BLE001 - any reader's or decoder's failure on a damaged shard
+                raise BenchmarkError(f"{path.name}: cannot read its images ({first_line(error, typed=True)}); the benchmark is damaged: "
+                                     "run 'build-benchmark verify' on it, then download or build it again") from None
+
+
+def _check_counts(bench: Benchmark, config: str, counts: list[int]) -> None:
+    """Each shard holds the records its manifest entry counts (a damaged or edited benchmark
+    would pair predictions with the wrong labels, or fail deep in a reader)."""
+    listed = [int(shard["num_samples"]) for shard in bench.manifest["configs"][config]["shards"]]
+    for index, (found, expected) in enumerate(zip(counts, listed, strict=True)):
+        if found != expected:
+            raise BenchmarkError(f"{bench.location}: config '{config}' shard {index} holds {found} records, but its manifest says {expected}; "
+                                 "the benchmark is damaged: run 'build-benchmark verify' on it, then download or build it again")
 
 
 def predict(classifier: Any, bench: Benchmark, config: str, *, device: str, batch_size: int, workers: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -185,15 +199,26 @@ def predict(classifier: Any, bench: Benchmark, config: str, *, device: str, batc
     )
     on_images = [np.full(c, -1, dtype=np.int64) for c in counts]
     on_originals = [np.full(c, -1, dtype=np.int64) for c in counts]
-    with torch.no_grad():
-        for shards, rows, images, originals in loader:
-            batch = torch.cat([images, originals]) if with_originals else images
-            predictions = classifier(batch.to(device).float() / 255).argmax(-1).cpu().numpy()
-            for position, (shard, row) in enumerate(zip(shards.tolist(), rows.tolist(), strict=False)):
-                on_images[shard][row] = predictions[position]
-                if with_originals:
-                    on_originals[shard][row] = predictions[len(images) + position]
+    try:
+        with torch.no_grad():
+            for shards, rows, images, originals in loader:
+                batch = torch.cat([images, originals]) if with_originals else images
+                predictions = classifier(batch.to(device).float() / 255).argmax(-1).cpu().numpy()
+                for position, (shard, row) in enumerate(zip(shards.tolist(), rows.tolist(), strict=False)):
+                    on_images[shard][row] = predictions[position]
+                    if with_originals:
+                        on_originals[shard][row] = predictions[len(images) + position]
+    except BenchmarkError as error:  # from a decoding worker, torch wraps it in the worker's traceback: its last line is ours
+        raise BenchmarkError(_raised_message(str(error), BenchmarkError)) from None
     return on_images, on_originals
+
+
+def _raised_message(text: str, kind: type) -> str:
+    """The message of a ``kind`` error raised in a DataLoader worker (torch re-raises it with the
+    worker's traceback as its text, ending in ``module.Kind: message``); a plain message as it is."""
+    last = text.strip().splitlines()[-1] if text.strip() else ""
+    prefix = f"{kind.__module__}.{kind.__qualname__}: "
+    return last[len(prefix):] if last.startswith(prefix) else first_line(Exception(text))
 
 
 def _originals_from_source(bench: Benchmark, config: str, source_recipe: Optional[str], classifier: Any, device: str, batch_size: int) -> np.ndarray:
@@ -296,9 +321,12 @@ def score(
     require_trusted_file(spec, base_dir or Path.cwd(), downloaded_roots(cache_dir), trust_remote_code)
     classifier = load_model_for(bench, spec, device, cache_dir or default_cache_dir(), base_dir or Path.cwd())
     records: dict[str, list[Any]] = {"key": [], "label": [], "perturbed": [], "steps": []}
+    counts = []
     for part in bench.read_columns(config, list(records)):
         for key in records:
             records[key].extend(part[key])
+        counts.append(len(part["key"]))
+    _check_counts(bench, config, counts)
     on_images, on_originals = predict(classifier, bench, config, device=device, batch_size=batch_size, workers=workers)
     pred_perturbed = np.concatenate(on_images)
     pred_original = (

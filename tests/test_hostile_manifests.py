@@ -101,6 +101,44 @@ def test_a_missing_reference_model_is_one_line_for_ref(built: Path) -> None:
     assert_one_line_error(result, "reference_model")
 
 
+def rewrite_tar(path: Path, change: Callable[[str, bytes], list[tuple[str, bytes]]]) -> None:
+    """``path`` written again, each member replaced by what ``change(name, data)`` gives."""
+    import io
+    import tarfile
+
+    with tarfile.open(path) as tar:
+        members = [(member.name, tar.extractfile(member).read()) for member in tar.getmembers()]  # type: ignore[union-attr]
+    with tarfile.open(path, "w") as tar:
+        for name, data in (pair for old in members for pair in change(*old)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_damaged_shards_are_one_line_for_score_or_read_right(built: Path) -> None:
+    """score pairs each shard's predictions with its records: a manifest whose counts disagree
+    with the shards, or an image that does not decode, is one line (they were an ArrowIndexError,
+    a numpy broadcast error or a PIL traceback); a stray member in a tar is no sample."""
+    args = ["-q", "score", "--benchmark", str(built), "--model", f"py:{TINY_MODELS}:color_net", "--bootstrap", "0"]  # weightless: reproducible
+    good = CliRunner().invoke(main, [*args, "--workers", "0"])
+    assert good.exit_code == 0, good.output
+    manifest = json.loads((built / "manifest.json").read_text())
+    for delta in (1, -1):
+        edit(lambda m, delta=delta: m["configs"]["cnn"]["shards"][0].update(num_samples=m["configs"]["cnn"]["shards"][0]["num_samples"] + delta))(built)
+        count = manifest["configs"]["cnn"]["shards"][0]["num_samples"]
+        assert_one_line_error(CliRunner().invoke(main, [*args, "--workers", "0"]),
+                              f"config 'cnn' shard 0 holds {count} records, but its manifest says {count + delta}", "verify")
+        (built / "manifest.json").write_text(json.dumps(manifest))
+    # read from the tars only: a stray member changes nothing; an image that is not one is one line
+    edit(lambda m: [shard["files"].pop("parquet") for shard in m["configs"]["cnn"]["shards"]])(built)
+    tar = built / manifest["configs"]["cnn"]["shards"][0]["files"]["webdataset"]["path"]
+    rewrite_tar(tar, lambda name, data: [(name, data)] + ([("0000.txt", b"stray")] if name.endswith(".json") else []))
+    assert CliRunner().invoke(main, [*args, "--workers", "0"]).output == good.output
+    rewrite_tar(tar, lambda name, data: [(name, b"not a png" if name.endswith(".png") and "original" not in name else data)])
+    for workers in ("0", "1"):
+        assert_one_line_error(CliRunner().invoke(main, [*args, "--workers", workers]), f"{tar.name}: cannot read its images", "damaged")
+
+
 RESULTS: dict[str, tuple[bytes, str]] = {
     "not JSON": (b"{", "not valid JSON"),
     "deeply nested": (b"[" * 100_000 + b"]" * 100_000, "nested deeper"),

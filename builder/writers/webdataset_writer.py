@@ -48,15 +48,20 @@ class WebDatasetWriter(ShardWriter):
         return [{name: _record(parts).get(name) for name in columns} for _, parts in sorted(members.items())]
 
     def read_images(self, path: Path, rows: Sequence[int]) -> list[tuple[bytes, Optional[bytes]]]:
-        """Only the wanted samples' image members are read (the headers give the key order)."""
+        """Only the wanted samples' image members are read. Rows count the samples that have a
+        record (``.json``), in key order, as :meth:`read_records` does: a stray member is no row."""
         with tarfile.open(path, "r:") as tar:
-            keys = sorted({member.name.partition(".")[0] for member in tar.getmembers()})
+            keys = sorted({key for key, _, extension in (member.name.partition(".") for member in tar.getmembers()) if extension == "json"})
+        if any(not 0 <= row < len(keys) for row in rows):
+            raise ValueError(f"asked for rows up to {max(rows)}, but it holds {len(keys)} samples")
         wanted = {keys[row] for row in rows}
         members = _members(path, lambda extension: extension not in ("json", "cls"), wanted)
         found = []
         for row in rows:
             parts = members.get(keys[row], {})
-            image = next(data for extension, data in parts.items() if not extension.startswith("original."))
+            image = next((data for extension, data in parts.items() if not extension.startswith("original.")), None)
+            if image is None:
+                raise ValueError(f"sample {keys[row]} has no image member")
             original = next((data for extension, data in parts.items() if extension.startswith("original.")), None)
             found.append((image, original))
         return found
