@@ -137,6 +137,50 @@ def test_changed_weights_are_refused_on_resume(tiny_recipe: Path, tmp_path: Path
     assert result.exit_code == 2 and "reference model 'cnn' has other weights" in result.output
 
 
+def test_a_resume_on_another_kind_of_device_is_refused_before_it_builds(tiny_recipe: Path, tmp_path: Path) -> None:
+    """Units built on one kind of device or torch and units built on another are never one
+    benchmark: a resume on another kind stops before it builds a unit (it used to build them all
+    and fail at the end, leaving a dir that no resume could finish); --overwrite rebuilds."""
+    out = tmp_path / "out"
+    assert build(tiny_recipe, out).exit_code == 0
+    for unit in (0, 1):
+        path = out / "_stats" / "cnn" / f"test-0000{unit}-of-00003.json"
+        stats = json.loads(path.read_text())
+        path.write_text(json.dumps({**stats, "built_with": {"device": "NVIDIA H100 80GB HBM3", "torch": "2.4.0"}}))
+    missing = out / "_stats" / "cnn" / "test-00002-of-00003.json"
+    missing.unlink()
+    result = build(tiny_recipe, out)
+    assert_one_line_error(result, "cnn/test-00000-of-00003 was built with torch 2.4.0 on NVIDIA H100 80GB HBM3, this run has torch",
+                          "resume on that kind of device and torch, or pass --overwrite")
+    assert not missing.exists()  # nothing was built
+    assert build(tiny_recipe, out, "--overwrite").exit_code == 0
+
+
+def test_a_unit_from_a_worker_unlike_the_first_is_left_pending(tiny_recipe: Path, tmp_path: Path) -> None:
+    """In a pool of mixed workers the odd one's unit is refused and its stats file removed, so
+    the unit is pending again for a resume on one kind of worker."""
+    from types import SimpleNamespace
+
+    from builder.build.driver import _checked
+    from builder.build.executors.base import UnitResult, WorkerInfo
+    from builder.build.units import WorkUnit
+    from builder.errors import OutputError
+    from builder.storage import open_storage
+
+    out = tmp_path / "out"
+    assert build(tiny_recipe, out).exit_code == 0
+    stats = json.loads((out / "_stats" / "cnn" / "test-00001-of-00003.json").read_text())
+    plan = SimpleNamespace(recipe=SimpleNamespace(output=SimpleNamespace(split="test")), storage=open_storage(out, ()))
+    unit = WorkUnit(1, stats["start"], stats["stop"], 3)
+    first = WorkerInfo({"cnn": stats["reference_weights_sha256"]}, "cpu", "2.14.1")
+    _checked(plan, unit, UnitResult(unit, [stats], first), first)  # type: ignore[arg-type]
+    assert (out / "_stats" / "cnn" / "test-00001-of-00003.json").exists()
+    other = WorkerInfo(first.fingerprints, "NVIDIA H100 80GB HBM3", "2.14.1")
+    with pytest.raises(OutputError, match="workers differ"):
+        _checked(plan, unit, UnitResult(unit, [stats], other), first)  # type: ignore[arg-type]
+    assert not (out / "_stats" / "cnn" / "test-00001-of-00003.json").exists()
+
+
 def test_a_generator_checkpoint_replaced_in_place_is_refused_on_resume(tiny_recipe: Path, tmp_path: Path) -> None:
     """The generator's and oracle's weight files are part of what a build is (their kinds list them)."""
     out = tmp_path / "out"

@@ -44,7 +44,7 @@ def build_benchmark(loaded: LoadedRecipe, options: BuildOptions, execution: Opti
         try:
             reference = pool.probe() if pool else None  # components load now, before the dir is touched
             if reference is not None:
-                plan.check_same_weights(reference.fingerprints)
+                plan.check_resumable(reference.fingerprints, reference.to_json())
             with output_lock(plan.storage):
                 claim_output(plan.state, plan.identity)
                 tallies = {name: ConfigTally() for name in plan.config_names}

@@ -9,6 +9,7 @@ torch, as the first one: otherwise its bytes could differ, and the build stops.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 from typing import Any, Hashable, Optional
@@ -47,7 +48,8 @@ def dispatch(plan: BuildPlan, pool: WorkerPool, reference: WorkerInfo, bar: Any,
             else:
                 fresh = [s for s in outcome.stats if (unit.index, s["config"]) not in collected]
                 collected.update((unit.index, s["config"]) for s in fresh)
-                _collect(UnitResult(unit, fresh, outcome.worker), reference, bar, tallies, getattr(pool, "streams_progress", False))
+                _checked(plan, unit, outcome, reference)
+                _collect(UnitResult(unit, fresh, outcome.worker), bar, tallies, getattr(pool, "streams_progress", False))
         if died and pool.restart():
             for unit, configs in inflight.values():  # the restart lost them too
                 queue.appendleft((unit, configs))
@@ -83,8 +85,19 @@ def unit_is_recorded(plan: BuildPlan, unit: WorkUnit, config: str) -> bool:
     return isinstance(payload, dict) and payload.get("config") == config
 
 
-def _collect(result: UnitResult, reference: WorkerInfo, bar: Any, tallies: dict[str, ConfigTally], streamed: bool) -> None:
-    check_same_worker(reference, result.worker)
+def _checked(plan: BuildPlan, unit: WorkUnit, outcome: UnitResult, reference: WorkerInfo) -> None:
+    """Refuse a unit from a worker unlike the first; its stats files are removed first, so the
+    unit is pending again and a resume on one kind of worker can finish the dir."""
+    try:
+        check_same_worker(reference, outcome.worker)
+    except OutputError:
+        stem = unit.shard_stem(plan.recipe.output.split)
+        with contextlib.suppress(OSError, OutputError):
+            plan.storage.delete([f"{STATS_DIR}/{stats['config']}/{stem}.json" for stats in outcome.stats])
+        raise
+
+
+def _collect(result: UnitResult, bar: Any, tallies: dict[str, ConfigTally], streamed: bool) -> None:
     for stats in result.stats:
         tallies[stats["config"]].add(stats["tally"])
         if not streamed:

@@ -118,13 +118,22 @@ class BuildPlan:
             grouped.setdefault(unit, []).append(name)
         return grouped
 
-    def check_same_weights(self, fingerprints: dict[str, str]) -> None:
-        """A resumed build must use the weights its finished units were made with."""
+    def check_resumable(self, fingerprints: dict[str, str], built_with: dict[str, str]) -> None:
+        """A resumed build must use the weights, kind of device and torch its finished units were
+        made with (checked before any unit is built: otherwise the new units would be written
+        and the build refused only when finalizing, with no way to finish the dir)."""
         for (name, stem), stats in self.state.completed.items():
             if stats.get("reference_weights_sha256") != fingerprints.get(name):
                 raise OutputError(
                     f"reference model '{name}' has other weights than when {stem} was built "
                     f"(its checkpoint changed); pass --overwrite to rebuild everything"
+                )
+            before = stats.get("built_with")
+            if isinstance(before, dict) and (str(before.get("device")), str(before.get("torch"))) != (built_with["device"], built_with["torch"]):
+                raise OutputError(
+                    f"{name}/{stem} was built with torch {before.get('torch')} on {before.get('device')}, this run has torch "
+                    f"{built_with['torch']} on {built_with['device']}; their bytes would differ: resume on that kind of device "
+                    "and torch, or pass --overwrite to rebuild everything"
                 )
 
 
@@ -163,7 +172,7 @@ def weights_fingerprint(recipe: Recipe, locations: ResolveContext) -> dict[str, 
     and the sha256 of a local file, so a resume notices a checkpoint replaced in place. Trained
     weights live under a name hashed from what shaped them, downloads under their URL (pinned or
     not) or Hub revision: their location is their identity. Reference models are compared by the
-    weights they loaded (:meth:`BuildPlan.check_same_weights`)."""
+    weights they loaded (:meth:`BuildPlan.check_resumable`)."""
     fingerprint = {}
     for where, config in (*recipe.generator_sections, ("oracle", recipe.oracle)):
         for found in component_weights(config, where):
