@@ -34,7 +34,7 @@ from builder.storage import Storage
 log = logging.getLogger(__name__)
 
 IDENTITY_FILE = "build.json"
-SHARD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*-\d{5}-of-\d{5}(?P<suffix>\.[A-Za-z0-9]+)$")
+SHARD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*-\d{5,}-of-\d{5,}(?P<suffix>\.[A-Za-z0-9]+)$")  # 00000 up, 100000 and more too
 TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.tmp-[A-Za-z0-9_.-]+$")
 SHOWN = 3  # foreign files named in one refusal
 

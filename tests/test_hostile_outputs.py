@@ -236,3 +236,18 @@ def test_a_read_only_output_dir_is_one_line(tiny_recipe: Path, tmp_path: Path, m
     monkeypatch.setattr(builder.outdir, "write_json_atomic", refuse)
     assert_one_line_error(run(tiny_recipe, out), "cannot prepare --out", "Permission denied")
     assert list(out.iterdir()) == []
+
+
+def test_shard_names_of_a_build_with_100000_units_or_more_are_its_own() -> None:
+    """Unit numbers grow past five digits at 100,000 units: those shards are the build's own,
+    or a resume and --overwrite would take them for the user's files."""
+    import builder.writers  # noqa: F401 - registers the formats
+    from builder.build.units import plan_units
+    from builder.outdir import is_owned
+
+    units = list(plan_units(100_001, 1))
+    for unit in (units[0], units[-1]):
+        stem = unit.shard_stem("test")
+        assert is_owned(f"cnn/{stem}.parquet", {"cnn"}) and is_owned(f"cnn/{stem}.tar", {"cnn"}), stem
+    assert units[-1].shard_stem("test") == "test-100000-of-100001"
+    assert not is_owned("cnn/test-1234-of-100001.parquet", {"cnn"}) and not is_owned("cnn/notes-00000-of-00001.txt", {"cnn"})

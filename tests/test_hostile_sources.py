@@ -273,6 +273,20 @@ def test_negative_or_huge_label_stops_the_build(tiny_recipe: Path, tmp_path: Pat
     assert_refused(build(recipe, out), out, f"labels.tar/s{position}", "is outside the 3 classes", untouched=position == 2)
 
 
+def test_a_bad_sample_past_the_limit_does_not_stop_the_build(tiny_recipe: Path, tmp_path: Path) -> None:
+    """--limit 2 never reads the third sample, so its bad label does not stop the build (the
+    source's fingerprint used to read the source's last sample whatever the limit)."""
+    members = samples(3, b"0")
+    members[5] = ("s2.cls", b"-1")
+    (tmp_path / "labels.tar").write_bytes(tar_bytes(members))
+    recipe = recipe_with(tiny_recipe, {"kind": "webdataset", "urls": "labels.tar", "class_names": CLASSES})
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["-q", "run", str(recipe), "--out", str(out), "--device", "cpu", "--no-progress", "--limit", "2"])
+    assert_built(result, out)
+    assert json.loads((out / "manifest.json").read_text())["configs"]["cnn"]["num_samples"] == 2
+    assert_refused(build(recipe, tmp_path / "all"), tmp_path / "all", "labels.tar/s2", "is outside the 3 classes")
+
+
 def test_out_of_range_label_is_not_dropped_by_class_ranges(tmp_path: Path) -> None:
     """With super-classes, a label outside every range is dropped on purpose; one outside the
     classes must not be dropped with them (it used to vanish without a word)."""

@@ -152,7 +152,7 @@ def plan_build(loaded: LoadedRecipe, options: BuildOptions) -> BuildPlan:
         "limit": options.limit,
         "source_samples": total,
         "configs": [config.name for config in recipe.build_configs],
-        "source": source_fingerprint(source, recipe.source, loaded.base_dir),
+        "source": source_fingerprint(source, recipe.source, loaded.base_dir, total),
         "weights": weights_fingerprint(recipe, ResolveContext(loaded.base_dir, options.cache_dir)),
     }
     storage = options.storage()
@@ -186,14 +186,17 @@ def weights_fingerprint(recipe: Recipe, locations: ResolveContext) -> dict[str, 
     return fingerprint
 
 
-def source_fingerprint(source: Any, config: Any, base_dir: Path) -> dict[str, Any]:
+def source_fingerprint(source: Any, config: Any, base_dir: Path, used: Optional[int] = None) -> dict[str, Any]:
     """Where the source's files are and what it lists: its path-like settings resolved against
-    the recipe's dir, its class names, its length and its first and last sample ids."""
+    the recipe's dir, its class names, its length and the ids of the first and last sample the
+    build uses (the first ``used``: a sample past ``--limit`` is never read, so one that cannot
+    be read does not stop the build)."""
     locations = {}
     for key, value in config.model_dump(mode="json").items():
         for text in [value] if isinstance(value, str) else (value if isinstance(value, list) else []):
             if isinstance(text, str) and key != "kind" and text and (base_dir / text).exists():
                 locations[f"{key}:{text}"] = str((base_dir / text).resolve())
     count = len(source)
-    ends = [next(iter(source.items(i, i + 1))).source_id for i in sorted({0, count - 1}) if count]
+    last = count if used is None else min(used, count)
+    ends = [next(iter(source.items(i, i + 1))).source_id for i in sorted({0, last - 1}) if last]
     return {"locations": locations, "class_names": list(source.class_names), "count": count, "ends": ends}
