@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
+from builder.benchmark import readable_format
 from builder.errors import BuilderError, first_line
 from builder.fileio import sha256_file, sha256_json
 from builder.manifest import (
@@ -261,10 +262,17 @@ class Checker:
     def check_config(self, name: str, config: ManifestConfig) -> None:
         self.checked["configs"] += 1
         shard_keys: list[tuple[str, list[str]]] = []
-        for shard in config.shards:
+        for index, shard in enumerate(config.shards):
+            if not shard.files:
+                self.fail(f"{MANIFEST}: config '{name}' shard {index} lists no files (its {shard.num_samples} samples are nowhere); rebuild")
             shard_keys.append(self.check_shard(name, shard))
         self.check_duplicates(name, shard_keys)
-        self.checked["records"] += sum(len(set(keys)) for _, keys in shard_keys)
+        found = sum(len(set(keys)) for _, keys in shard_keys)
+        self.checked["records"] += found
+        if found != config.num_samples:
+            self.fail(f"config '{name}': its shards hold {found} records, but {MANIFEST} counts num_samples {config.num_samples}; rebuild")
+        if config.shards and readable_format([shard.files for shard in config.shards]) is None:
+            self.fail(f"{MANIFEST}: config '{name}' has no output format that every shard is written in, so it cannot be read; rebuild")
         for what in ("num_samples", "num_perturbed"):
             total = sum(getattr(shard, what) for shard in config.shards)
             if getattr(config, what) != total:

@@ -283,3 +283,29 @@ def test_a_flipped_perturbed_flag_is_named(tiny_build: Path) -> None:
         f"{SHARDS[0]}.parquet: holds {now} perturbed samples, but manifest.json says num_perturbed {count}",
         f"{SHARDS[0]}.tar: key {key} has label {label}, perturbed {was}, but {SHARDS[0]}.parquet has {label}, {not was}; 1 such key(s): {key}",
     )
+
+
+def test_a_shard_listing_no_files_or_no_common_format_is_named(tiny_build: Path) -> None:
+    """Samples that are nowhere, and shards that no single reader can read, fail verify (both
+    passed as 'consistent' while score could not read them)."""
+    manifest = manifest_of(tiny_build)
+    first = manifest["configs"]["cnn"]["shards"][0]
+    for entry in first["files"].values():
+        (tiny_build / entry["path"]).unlink()
+    first["files"] = {}
+    rewrite_manifest(tiny_build, manifest)
+    failures = verify_benchmark(tiny_build).failures
+    assert "manifest.json: config 'cnn' shard 0 lists no files (its 5 samples are nowhere); rebuild" in failures
+    assert "config 'cnn': its shards hold 7 records, but manifest.json counts num_samples 12; rebuild" in failures
+    scored = CliRunner().invoke(main, ["-q", "score", "--benchmark", str(tiny_build), "--model", "ref:cnn", "--trust-remote-code"])
+    assert scored.exit_code == 2
+
+
+def test_shards_without_a_format_in_common_are_named(tiny_build: Path) -> None:
+    manifest = manifest_of(tiny_build)
+    for index, shard in enumerate(manifest["configs"]["cnn"]["shards"]):
+        dropped = "webdataset" if index == 0 else "parquet"
+        (tiny_build / shard["files"].pop(dropped)["path"]).unlink()
+    rewrite_manifest(tiny_build, manifest)
+    failures = verify_benchmark(tiny_build).failures
+    assert list(failures) == ["manifest.json: config 'cnn' has no output format that every shard is written in, so it cannot be read; rebuild"]
