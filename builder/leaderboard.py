@@ -172,12 +172,17 @@ def fmr_figure(rows: list[dict[str, Any]]) -> Any:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
+    from builder.reporting import distinct_names
+
     ordered = sorted(rows, key=lambda r: r["fmr"])
-    labels = [f"{r['name']} on {r['config']}" for r in ordered]
+    several = len({r["benchmark_id"] for r in ordered}) > 1
+    labels = distinct_names([f"{r['name']} on {r['config']}" + (f" ({r['benchmark_id'][:8]})" if several else "") for r in ordered])
     figure, axes = plt.subplots(figsize=(8, 0.45 * len(ordered) + 1.2))
     errors = [[_span(r, 0) for r in ordered], [_span(r, 1) for r in ordered]]
     colors = ["tab:orange" if r.get("white_box") else "tab:blue" for r in ordered]
-    axes.barh(labels, [r["fmr"] for r in ordered], xerr=errors, color=colors, capsize=3)
+    positions = list(range(len(ordered)))  # one bar per result: equal labels on a categorical axis would share one
+    axes.barh(positions, [r["fmr"] for r in ordered], xerr=errors, color=colors, capsize=3)
+    axes.set_yticks(positions, labels)
     axes.set_xlabel("FMR = PA / SA x 100 (orange: white-box, blue: transfer)")
     axes.set_xlim(0, max(100.0, max(r["fmr"] for r in ordered) * 1.05))
     figure.tight_layout()

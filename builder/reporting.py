@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Sequence
 
 
@@ -39,19 +40,39 @@ def format_per_class(result: Any) -> str:
 
 def format_transfer_matrix(results: Sequence[Any]) -> str:
     """FMR of each evaluated model (columns) on each benchmark config (rows, built against its reference)."""
-    models = list(dict.fromkeys(r.name for r in results))
+    models = list(dict.fromkeys(_model_identity(r) for r in results))  # one column per model and checkpoint
+    names = distinct_names([next(r.name for r in results if _model_identity(r) == model) for model in models])
     rows = list(dict.fromkeys((r.benchmark, r.config, r.reference_model) for r in results))
-    cell = {(r.benchmark, r.config, r.name): r for r in results}
+    cell = {(r.benchmark, r.config, _model_identity(r)): r for r in results}
     labels = [f"{config} ({reference})" for _, config, reference in rows]
+    if len({benchmark for benchmark, _, _ in rows}) > 1 and len(set(labels)) < len(labels):
+        labels = [f"{label} on {benchmark}" for (benchmark, _, _), label in zip(rows, labels, strict=True)]
     width = min(64, max([40, *(len(label) + 1 for label in labels)]))  # the config's name first, whole
-    lines = ["transfer matrix: FMR (* white-box)", f"{'built against':<{width}}" + "".join(f"{m[-20:]:>22}" for m in models)]
+    lines = ["transfer matrix: FMR (* white-box)", f"{'built against':<{width}}" + "".join(f"{name[-20:]:>22}" for name in names)]
     for (benchmark, config, _), label in zip(rows, labels, strict=True):
         values = []
         for model in models:
             r = cell.get((benchmark, config, model))
             values.append(f"{r.fmr:.1f}{'*' if r.white_box else ' '}" if r else "-")
-        lines.append(f"{label[:width]:<{width}}" + "".join(f"{v:>22}" for v in values))
+        lines.append(f"{label[-width:] if len(label) > width else label:<{width}}" + "".join(f"{v:>22}" for v in values))
     return "\n".join(lines)
+
+
+def _model_identity(result: Any) -> str:
+    """What tells two evaluated models apart: the whole spec (a checkpoint included), not its name."""
+    return json.dumps(getattr(result, "model_spec", None) or result.name, sort_keys=True)
+
+
+def distinct_names(names: Sequence[str]) -> list[str]:
+    """``names`` with a repeated one numbered (``m #1``, ``m #2``), so columns and bars of two
+    models that share a name (one spec, two checkpoints) stay apart."""
+    counts = {name: names.count(name) for name in names}
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(f"{name} #{seen[name]}" if counts[name] > 1 else name)
+    return out
 
 
 def format_side_by_side(static: Sequence[Any], live: Sequence[Any]) -> str:

@@ -332,3 +332,27 @@ def test_source_images_gives_the_images_of_the_indices_in_their_order(tmp_path: 
     assert list(source_images(source, [], 8)) == []
     with pytest.raises(BenchmarkError, match=r"^--source: its source has no sample 100000 \(it has \d+\)"):
         list(source_images(source, [3, 100000], 8))
+
+
+def test_two_models_of_one_name_stay_apart_in_the_matrix_and_the_chart() -> None:
+    """One spec with two checkpoints gives two results of one name: the transfer matrix keeps a
+    column for each (one used to overwrite the other), and the FMR chart a bar for each (equal
+    labels on a categorical axis shared one bar)."""
+    from types import SimpleNamespace
+
+    from builder.leaderboard import fmr_figure
+    from builder.reporting import format_transfer_matrix
+
+    def result(checkpoint: str, config: str, fmr: float, white_box: bool) -> SimpleNamespace:
+        return SimpleNamespace(name="cnn", model_spec={"model": "py:m.py:net", "checkpoint": checkpoint}, benchmark="b", config=config,
+                               reference_model="py:m.py:net", fmr=fmr, white_box=white_box)
+
+    results = [result("a.pt", "x", 0.0, True), result("b.pt", "x", 100.0, False), result("a.pt", "y", 50.0, False), result("b.pt", "y", 25.0, True)]
+    matrix = format_transfer_matrix(results).splitlines()
+    assert "cnn #1" in matrix[1] and "cnn #2" in matrix[1]
+    assert matrix[2].split()[-2:] == ["0.0*", "100.0"] and matrix[3].split()[-2:] == ["50.0", "25.0*"]
+    rows = [{"name": "cnn", "config": "x", "benchmark_id": "0123456789", "fmr": fmr, "white_box": False} for fmr in (10.0, 60.0)]
+    figure = fmr_figure(rows)
+    bars = figure.axes[0].patches
+    assert len(bars) == 2 and bars[0].get_y() != bars[1].get_y()
+    assert [tick.get_text() for tick in figure.axes[0].get_yticklabels()] == ["cnn on x #1", "cnn on x #2"]
