@@ -494,6 +494,9 @@ def verify_command(directory: str, revision: Optional[str], with_oracle: bool, r
     from builder.storage import is_url
     from builder.verify import format_report, verify_benchmark
 
+    given = [flag for flag, value in {"--recipe": recipe, "--device": device, "--batch-size": batch_size}.items() if value]
+    if given and not with_oracle:
+        raise BuilderError(f"{given[0]} goes with --oracle (the oracle re-run on every perturbed image); add --oracle or drop {given[0]}")
     hub = hub_dataset_url(directory)
     from_hub = hub is not None or (not Path(directory).exists() and is_hub_id(directory))
     shown_revision = pinned_revision(directory, hub[1], revision) if hub is not None else revision

@@ -192,6 +192,11 @@ def test_cli_exit_codes_and_output(tiny_build: Path, tmp_path: Path) -> None:
         "rejects.jsonl: missing; manifest.json records 1 rejected sample(s)",
     ]
 
+    for flag in (("--recipe", "tiny.yaml"), ("--device", "cpu"), ("--batch-size", "8")):  # oracle options without --oracle did nothing
+        refused = invoke(str(tiny_build), *flag)
+        expected = f"error: {flag[0]} goes with --oracle (the oracle re-run on every perturbed image); add --oracle or drop {flag[0]}"
+        assert refused.exit_code == 2 and refused.output.strip() == expected
+
     missing = invoke(str(tmp_path / "nowhere"))
     assert missing.exit_code == 2
     assert missing.output.strip().splitlines() == [f"error: verify {tmp_path / 'nowhere'}: no such directory; give a dir written by 'build-benchmark run'"]
