@@ -8,6 +8,7 @@ misspelled key, the closest valid name.
 
 from __future__ import annotations
 
+import itertools
 import re
 import typing
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ MAX_IMAGE_SIZE = 4096
 MAX_BATCH = 65536
 MAX_CLASSES = 100_000
 MAX_CLASS_NAME = 256
+#: a split name ``datasets`` accepts (its own rule is ``^\w+(\.\w+)*$``), ASCII only
+SPLIT_NAME = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
 
 
 def without_unset(data: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -66,23 +69,40 @@ ClassRanges = dict[str, tuple[tuple[int, int], ...]]
 
 
 def check_class_ranges(value: ClassRanges | None) -> ClassRanges | None:
-    """Ranges are ordered pairs, non-empty, and no index belongs to two super-classes."""
+    """Ranges are ordered pairs, non-empty, and no index belongs to two super-classes; the
+    super-class names are class names (checked as ``class_names`` are). Overlaps are found by
+    sorting the ranges, not by listing their indices (a range may span billions)."""
     if value is None:
         return None
     if not value:
         raise ValueError("needs at least one super-class")
-    owner: dict[int, str] = {}
+    class_name_problem(list(value))
+    spans: list[tuple[int, int, str]] = []
     for name, ranges in value.items():
         if not ranges:
             raise ValueError(f"'{name}' has no ranges")
         for first, last in ranges:
             if not 0 <= first <= last:
                 raise ValueError(f"'{name}': range [{first}, {last}] must have 0 <= first <= last")
-            clash = next((owner[i] for i in range(first, last + 1) if i in owner), None)
-            if clash is not None:
-                raise ValueError(f"'{name}' overlaps '{clash}' in [{first}, {last}]")
-            owner.update(dict.fromkeys(range(first, last + 1), name))
+            spans.append((first, last, name))
+    spans.sort()
+    for (_, end, before), (first, last, name) in itertools.pairwise(spans):
+        if first <= end:
+            raise ValueError(f"'{name}' overlaps '{before}' in [{first}, {last}]")
     return value
+
+
+def class_name_problem(names: list[str]) -> None:
+    """Class names end up in prompts, cards (a ClassLabel, whose names must differ) and one-line
+    messages: each 1 to MAX_CLASS_NAME characters on one line, no two alike."""
+    seen: dict[str, int] = {}
+    for index, name in enumerate(names):
+        if not name.strip() or len(name) > MAX_CLASS_NAME or name.splitlines() != [name]:
+            shown = one_line(repr(name), 60)
+            raise invalid(f"class name [{index}] must be 1 to {MAX_CLASS_NAME} characters on one line (got {shown})", "fix that name")
+        if name in seen:
+            raise invalid(f"class name [{index}] {one_line(repr(name), 60)} repeats class name [{seen[name]}]", "give each class its own name")
+        seen[name] = index
 
 
 class TrainConfig(Frozen):
@@ -219,12 +239,7 @@ class SourceConfig(Frozen):
     @field_validator("class_names")
     @classmethod
     def _one_line_names(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        """Class names end up in prompts, cards and one-line messages."""
-        for index, name in enumerate(value or ()):
-            if not name.strip() or len(name) > MAX_CLASS_NAME or name.splitlines() != [name]:
-                shown = one_line(repr(name), 60)
-                raise invalid(f"class name [{index}] must be 1 to {MAX_CLASS_NAME} characters on one line (got {shown})",
-                              "fix that name")
+        class_name_problem(list(value or ()))
         return value
 
     @field_validator("class_ranges")
@@ -271,9 +286,12 @@ class OutputConfig(Frozen):
     @field_validator("split")
     @classmethod
     def _one_component(cls, value: str) -> str:
-        """Shard files are named after the split; it must not lead out of the output dir."""
-        if not PATH_COMPONENT.match(value) or ".." in value:
-            raise invalid("must be one path component of letters, digits, '-', '_' or '.'", "e.g. test")
+        """Shard files are named after the split, and the card's data_files too: a name the
+        datasets library accepts as a split (letters, digits and '_', in parts joined by '.'),
+        which is also one safe path component."""
+        if not SPLIT_NAME.fullmatch(value):
+            raise invalid("must be letters, digits and '_', in parts joined by '.' (a split name datasets.load_dataset accepts)",
+                          "e.g. test or test_v2")
         return value
 
     @field_validator("formats")

@@ -101,6 +101,8 @@ def test_hostile_recipe_file(case: str, tmp_path: Path) -> None:
         assert "hostile.yaml" in line  # file-level errors name the file
 
 
+SPLIT_RULE = "must be letters, digits and '_', in parts joined by '.' (a split name datasets.load_dataset accepts)"
+
 HOSTILE_SETS = {
     "seed-beyond-64-bits": (("--seed", "99999999999999999999999"), "recipe error at seed: Input should be less than 9223372036854775808 (got 99999999999999999999999)"),
     "seed-set-beyond-64-bits": (("--set", "seed=99999999999999999999999"), "recipe error at seed: Input should be less than"),
@@ -113,9 +115,15 @@ HOSTILE_SETS = {
     "huge-budget": (("--set", "perturbation.budget=100001"), "recipe error at perturbation.budget"),
     "infinite-step": (("--set", "perturbation.step_size=.inf"), "recipe error at perturbation.step_size: Input should be a finite number"),
     "split-escapes": (("--set", "output.split=../../escape"),
-                      "recipe error at output.split: must be one path component of letters, digits, '-', '_' or '.' (got '../../escape'); e.g. test"),
-    "split-absolute": (("--set", "output.split=/abs/path"), "output.split: must be one path component of letters, digits, '-', '_' or '.' (got '/abs/path'); e.g. test"),
+                      f"recipe error at output.split: {SPLIT_RULE} (got '../../escape'); e.g. test or test_v2"),
+    "split-absolute": (("--set", "output.split=/abs/path"), f"output.split: {SPLIT_RULE} (got '/abs/path'); e.g. test or test_v2"),
     "split-dotdot": (("--set", "output.split=.."), "(got '..'); e.g. test"),
+    "split-with-a-dash": (("--set", "output.split=my-split"), "(got 'my-split'); e.g. test or test_v2"),  # datasets refuses it in a card
+    "repeated-class-name": (("--set", "source.class_names=[red, green, red]"),
+                            "recipe error at source.class_names: class name [2] 'red' repeats class name [0]; give each class its own name"),
+    "huge-class-range": (("--set", "source.class_ranges={a: [[0, 1000000000000]], b: [[5, 6]]}"), "'b' overlaps 'a' in [5, 6]"),
+    "super-class-on-two-lines": (("--set", 'source.class_ranges={"a\\nb": [[0, 1]], c: [[2, 2]]}'),
+                                 "class name [0] must be 1 to 256 characters on one line"),
     "split-empty": (("--set", "output.split="), "(got ''); e.g. test"),
     "empty-config-name": (("--set", "reference_models.0.name=null", "--set", "reference_models.0.model=py:..."),
                           "gives no usable config name (got ''); set reference_models[0].name"),
@@ -166,12 +174,12 @@ def test_valid_aliases_merges_and_splits_still_load(tiny_recipe: Path, tmp_path:
     data["reference_models"][0]["train"] = "ANCHOR"
     data["oracle"]["model"]["train"] = "ALIAS"
     data["generator"]["train"] = "MERGE"
-    data["output"]["split"] = "test-v1.2_b"
+    data["output"]["split"] = "test_v1.2_b"
     data = {"reference_models": data.pop("reference_models"), **data}  # the anchor comes first
     text = yaml.safe_dump(data, sort_keys=False).replace("ANCHOR", "&t {epochs: 1, lr: 0.1}").replace("ALIAS", "*t")
     path = write(tmp_path / "aliased.yaml", text.replace("MERGE", "{<<: *t, epochs: 2}"))
     recipe = load_recipe(str(path), ("reference_models.0.train.epochs=5",)).recipe
-    assert recipe.output.split == "test-v1.2_b"
+    assert recipe.output.split == "test_v1.2_b"
     assert recipe.reference_models[0].train is not None and recipe.reference_models[0].train.epochs == 5
     assert recipe.oracle.model.train.epochs == 1  # type: ignore[attr-defined]  # the alias is a copy
     assert (recipe.generator.train.epochs, recipe.generator.train.lr) == (2, 0.1)  # type: ignore[attr-defined]
