@@ -39,17 +39,21 @@ def describe_bundled() -> list[tuple[str, str]]:
 
 
 def locate(recipe: str) -> Path:
-    """The recipe file: a path as given, else a bundled recipe of that name."""
+    """The recipe file: a path as given, else a bundled recipe of that name. A folder is not a
+    recipe: one named like a bundled recipe (``run digits-demo --out digits-demo``, then again)
+    does not hide it."""
     path = Path(recipe)
     shown = one_line(recipe, 200)
+    known = bundled_recipes()
     try:
-        if path.suffix in (".yaml", ".yml") or path.exists():
+        if path.suffix in (".yaml", ".yml") or path.is_file():
             if not path.is_file():
                 raise RecipeError(f"recipe file not found: {shown}")
             return path
+        if recipe not in known and path.is_dir():
+            raise RecipeError(f"recipe {shown}: is a directory, not a recipe file; give a .yaml path or a bundled recipe's name")
     except OSError as error:  # e.g. a name too long for the file system
         raise RecipeError(f"recipe {shown}: cannot be opened ({error.strerror}); check the path") from None
-    known = bundled_recipes()
     if recipe in known:
         return known[recipe]
     raise RecipeError(unknown_name_message("recipe", shown, list(known)) + " (or give a .yaml path)")

@@ -108,9 +108,16 @@ def test_set_overrides(tmp_path: Path) -> None:
         load_recipe("digits-demo", ("perturbation.bugdet=3",))
 
 
-def test_recipe_file_errors(tmp_path: Path) -> None:
+def test_recipe_file_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(RecipeError, match="recipe file not found"):
         load_recipe(str(tmp_path / "missing.yaml"))
+    # a folder named like a bundled recipe (the output of 'run digits-demo --out digits-demo') does not hide it
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "digits-demo").mkdir()
+    assert load_recipe("digits-demo").recipe.name == "digits-demo"
+    (tmp_path / "outputs").mkdir()
+    with pytest.raises(RecipeError, match=r"^recipe outputs: is a directory, not a recipe file; give a .yaml path or a bundled recipe's name$"):
+        load_recipe("outputs")
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [unclosed\n")
     with pytest.raises(RecipeError, match="not valid YAML"):
