@@ -223,6 +223,31 @@ def test_label_mismatch_is_a_clear_error_and_label_map_fixes_it(tmp_path: Path, 
         load_classifier(ModelSpec(model=TV_WEIGHTS), colours)  # ImageNet's labels
 
 
+def test_labels_that_differ_only_in_case_or_repeat_keep_their_own_outputs() -> None:
+    """ImageNet's "Cardigan" (the corgi, 264) and "cardigan" (the sweater, 474): with
+    torchvision's own labels as the classes, every class reads its own output (the sweater read
+    the corgi's: the first match up to case won); in another order, the exact label first. A
+    repeated label (the "crane" of other ImageNet label lists, at 134 and 517) keeps its
+    position; a name that matches two labels elsewhere is one line, not a guess."""
+    from torchvision.models import ResNet50_Weights
+
+    from builder.components.labels import label_outputs
+
+    labels = [str(name) for name in ResNet50_Weights.IMAGENET1K_V1.meta["categories"]]
+    assert (labels[264], labels[474]) == ("Cardigan", "cardigan")
+    assert label_outputs("torchvision:resnet50", labels, tuple(labels)) is None
+    assert label_outputs("m", labels, ("cardigan", "Cardigan", "tench")) == [474, 264, 0]
+    assert label_outputs("m", labels, ("sweater", "corgi"), {"sweater": "cardigan", "corgi": "Cardigan"}) == [474, 264]
+    repeated = ["tench", "crane", "goldfish", "crane"]
+    assert label_outputs("m", repeated, tuple(repeated)) is None
+    with pytest.raises(ComponentError, match=r"^m: the benchmark class 'crane' matches 2 of the model's labels \(\[1\] 'crane', \[3\] 'crane'\); "
+                                             r"give label_map \{class: model label index\} to say which$"):
+        label_outputs("m", repeated, ("goldfish", "tench", "crane"))
+    assert label_outputs("m", repeated, ("goldfish", "tench", "crane"), {"goldfish": "goldfish", "tench": 0, "crane": 3}) == [2, 0, 3]
+    synonyms = ["tench, Tinca tinca", "goldfish, Carassius auratus", "Tinca"]
+    assert label_outputs("m", synonyms, ("goldfish", "tench", "tinca")) == [1, 0, 2]  # the label itself before a synonym
+
+
 def test_labels_in_another_order_are_matched_by_name(tmp_path: Path, colours: ComponentContext) -> None:
     folder = save_hf_model(tmp_path / "vit", labels=("Red", "blue", "GREEN"))
     classifier = load_classifier(ModelSpec(model=f"hf:{folder}"), colours)

@@ -24,13 +24,28 @@ def normalised(name: str) -> str:
     return re.sub(r"[\s_-]+", " ", name.strip().lower())
 
 
-def _lookup(labels: Sequence[str]) -> dict[str, int]:
-    """Each label, and each comma-separated synonym in it ("tench, Tinca tinca"), to its index."""
-    table: dict[str, int] = {}
-    for index, label in enumerate(labels):
-        for name in (label, *label.split(",")):
-            table.setdefault(normalised(name), index)
-    return table
+def matching(name: str, labels: Sequence[str]) -> list[int]:
+    """The labels ``name`` stands for, by the first rule that finds any: the label itself, then
+    the label up to case, underscores and spaces, then a comma-separated synonym in a label
+    ("tench, Tinca tinca"). ImageNet has "Cardigan" (the corgi, 264) and "cardigan" (the
+    sweater, 474): each is its own label, and only a synonym search could confuse them."""
+    exact = [index for index, label in enumerate(labels) if label == name]
+    if exact:
+        return exact
+    wanted = normalised(name)
+    alike = [index for index, label in enumerate(labels) if normalised(label) == wanted]
+    if alike:
+        return alike
+    return [index for index, label in enumerate(labels) if any(normalised(part) == wanted for part in label.split(","))]
+
+
+def _one(owner: str, name: str, found: list[int], labels: Sequence[str], what: str) -> int:
+    """The single label of ``found``; several are a one-line error that names them."""
+    if len(found) == 1:
+        return found[0]
+    shown = ", ".join(f"[{index}] {labels[index]!r}" for index in found[:4]) + (" ..." if len(found) > 4 else "")
+    raise ComponentError(f"{owner}: {what} '{name}' matches {len(found)} of the model's labels ({shown}); "
+                         "give label_map {class: model label index} to say which")
 
 
 def _mapped(owner: str, labels: Sequence[str], class_names: Sequence[str], label_map: Mapping[str, Union[str, int]]) -> list[int]:
@@ -40,16 +55,35 @@ def _mapped(owner: str, labels: Sequence[str], class_names: Sequence[str], label
     missing = [name for name in class_names if name not in label_map]
     if missing:
         raise ComponentError(f"{owner}: label_map has no entry for the class '{missing[0]}'; map every benchmark class to a model label")
-    table = _lookup(labels)
     indices = []
     for name in class_names:
         target = label_map[name]
-        index = target if isinstance(target, int) else table.get(normalised(target))
-        if index is None or not 0 <= index < len(labels):
+        found = [target] if isinstance(target, int) else matching(target, labels)
+        if not found or not 0 <= found[0] < len(labels):
             hint = closest(str(target), list(labels)) if isinstance(target, str) else None
-            found = f"did you mean '{hint}'? " if hint else ""
-            raise ComponentError(f"{owner}: label_map[{name!r}] = {target!r} is not one of the model's {len(labels)} labels; {found}fix label_map")
-        indices.append(index)
+            shown = f"did you mean '{hint}'? " if hint else ""
+            raise ComponentError(f"{owner}: label_map[{name!r}] = {target!r} is not one of the model's {len(labels)} labels; {shown}fix label_map")
+        indices.append(_one(owner, str(target), found, labels, f"label_map[{name!r}] ="))
+    return indices
+
+
+def _matched(owner: str, labels: Sequence[str], class_names: Sequence[str]) -> list[int]:
+    """Each class's output by name: the label at the class's own position when it is the same
+    name (so repeated labels, ImageNet's two "crane"s, stay in order), else the one label it matches."""
+    indices = []
+    for position, name in enumerate(class_names):
+        if position < len(labels) and normalised(labels[position]) == normalised(name):
+            indices.append(position)
+            continue
+        found = matching(name, labels)
+        if not found:
+            hint = closest(name, list(labels))
+            shown = f" (closest: '{hint}')" if hint else ""
+            raise ComponentError(
+                f"{owner}: the model's {len(labels)} labels do not include the benchmark class '{name}'{shown}; "
+                "give label_map {class: model label} in the spec or use a model trained on these classes"
+            )
+        indices.append(_one(owner, name, found, labels, "the benchmark class"))
     return indices
 
 
@@ -61,17 +95,7 @@ def label_outputs(owner: str, labels: Sequence[str], class_names: Sequence[str],
     elif len(labels) == len(class_names) and all(_GENERIC.match(label) for label in labels):
         return None
     else:
-        table = _lookup(labels)
-        indices = []
-        for name in class_names:
-            if normalised(name) not in table:
-                hint = closest(name, list(labels))
-                found = f" (closest: '{hint}')" if hint else ""
-                raise ComponentError(
-                    f"{owner}: the model's {len(labels)} labels do not include the benchmark class '{name}'{found}; "
-                    "give label_map {class: model label} in the spec or use a model trained on these classes"
-                )
-            indices.append(table[normalised(name)])
+        indices = _matched(owner, labels, class_names)
     if indices == list(range(len(labels))):
         return None
     log.info("%s: %d benchmark classes mapped onto the model's %d labels", owner, len(indices), len(labels))
