@@ -37,10 +37,13 @@ def fit_mask_from_recipe(
     from builder.sources.base import SourceContext, open_source
 
     _, generator = loaded.recipe.generator_named(generator_name)
-    recipe = loaded.recipe.model_copy(update={"generator": generator, "generators": None})  # that generator alone
     if "mask" not in type(generator).model_fields:
         raise BuilderError(f"fit-mask: generator kind '{generator.kind}' takes no mask, so a fitted one could not be used; "
                            "fit masks for a latent generator (vqgan, vae, pixel)")
+    # the mask is fitted on unmasked steps: the one the recipe names (maybe this fit's own output,
+    # not made yet) is neither loaded nor used
+    generator = generator.model_copy(update={"mask": None})
+    recipe = loaded.recipe.model_copy(update={"generator": generator, "generators": None})  # that generator alone
     source = open_source(recipe.source, SourceContext(loaded.base_dir, cache_dir))
     class_names = tuple(source.class_names)
     context = ComponentContext(device, cache_dir, loaded.base_dir, class_names, recipe.image_size, recipe.source, recipe.seed)

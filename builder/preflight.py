@@ -115,6 +115,11 @@ def size_checks(config: Any, image_size: Optional[int], problem: Callable[[int],
 def check_model(spec: ModelSpec, ctx: PreflightContext, where: str) -> list[Check]:
     """A classifier spec: its scheme's checks, then its class ranges against its output count;
     the first check carries the spec's class count when it is known."""
+    from builder.components.models import spec_problem
+
+    problem = spec_problem(spec)
+    if problem:
+        return [Check(where, spec.model, f"{where}: {problem}")]
     scheme = spec.model.partition(":")[0]
     checks = preflight(MODELS, scheme, spec, ctx, where)
     if any(check.problem for check in checks):

@@ -62,6 +62,11 @@ class Entry(Generic[T]):
     weights: Optional[Callable[..., list[Any]]] = None
     #: (config, ComponentContext, out path) -> None: trains the weights its ``train`` block makes
     trainer: Optional[Callable[..., None]] = None
+    #: a classifier scheme whose models name their labels, so a spec's ``label_map`` can pick
+    #: outputs by name (the others' outputs are taken in the benchmark's class order)
+    names_labels: bool = False
+    #: a classifier scheme whose networks a spec's ``train`` block can train from scratch
+    trainable: bool = True
 
 
 class Registry(Generic[T]):
@@ -88,6 +93,8 @@ class Registry(Generic[T]):
         preflight: Optional[Callable[..., list[Any]]] = None,
         weights: Optional[Callable[..., list[Any]]] = None,
         trainer: Optional[Callable[..., None]] = None,
+        names_labels: bool = False,
+        trainable: bool = True,
     ) -> Callable[[T], T]:
         """Register the decorated factory as kind ``name``, with what it answers about itself."""
 
@@ -96,7 +103,7 @@ class Registry(Generic[T]):
                 raise ValueError(f"{self.family} '{name}' is registered twice")
             docstring = (getattr(factory, "__doc__", None) or "").strip().splitlines()
             summary = description or next(iter(docstring), "")
-            self._entries[name] = Entry(name, factory, config, summary, runs_code, preflight, weights, trainer)
+            self._entries[name] = Entry(name, factory, config, summary, runs_code, preflight, weights, trainer, names_labels, trainable)
             return factory
 
         return decorate

@@ -77,7 +77,17 @@ def save_mask(path: Path, fit: MaskFit, provenance: dict[str, Any]) -> None:
     }
     data = save({"mask": fit.mask.to(torch.uint8).contiguous()}, metadata=metadata)
     with atomic_write(path) as handle:
-        handle.write(data)
+        handle.write(sorted_header(data))
+
+
+def sorted_header(data: bytes) -> bytes:
+    """A safetensors file with its JSON header's keys sorted: safetensors writes its metadata in
+    hash order, which changes between processes, and the same fit must give the same bytes. The
+    header is padded to 8 bytes with spaces, as the format asks; the tensor data is unchanged."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8 : 8 + size]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + data[8 + size :]
 
 
 def load_mask(path: Path, expected_channels: Optional[int] = None) -> torch.Tensor:

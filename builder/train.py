@@ -117,12 +117,14 @@ def seeded(seed: int, build: Callable[[], Any]) -> Any:
 
 
 def train_classifier(spec: ModelSpec, ctx: ComponentContext, out: Path) -> None:
-    """Train a classifier spec from scratch with cross-entropy."""
-    from builder.components.models import build_classifier
+    """Train a classifier spec from scratch with cross-entropy, on the outputs it is used through:
+    with ``class_ranges``, each super-class's pooled logit (its members' logsumexp), as
+    :func:`builder.components.models.load_classifier` pools them."""
+    from builder.components.models import build_classifier, pooled
 
     train = spec.train or TrainConfig()
     seed = ctx.train_seed(spec)
-    classifier = seeded(seed, lambda: build_classifier(spec, ctx, pretrained=False)).to(ctx.device).train()
+    classifier = pooled(seeded(seed, lambda: build_classifier(spec, ctx, pretrained=False)), spec).to(ctx.device).train()
 
     def loss_fn(batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(classifier(batch), labels)

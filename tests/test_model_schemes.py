@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from helpers import build
+from helpers import TINY_MODELS, build
 from PIL import Image
 
 from builder.cli import main
@@ -246,6 +246,20 @@ def test_labels_that_differ_only_in_case_or_repeat_keep_their_own_outputs() -> N
     assert label_outputs("m", repeated, ("goldfish", "tench", "crane"), {"goldfish": "goldfish", "tench": 0, "crane": 3}) == [2, 0, 3]
     synonyms = ["tench, Tinca tinca", "goldfish, Carassius auratus", "Tinca"]
     assert label_outputs("m", synonyms, ("goldfish", "tench", "tinca")) == [1, 0, 2]  # the label itself before a synonym
+
+
+def test_what_a_scheme_cannot_do_is_refused_not_ignored(colours: ComponentContext) -> None:
+    """label_map on a scheme whose models do not name their labels was silently ignored (the
+    outputs kept their order); a train block on clip: failed deep in loading and training."""
+    from builder.config import TrainConfig
+
+    for spec in (ModelSpec(model=f"py:{TINY_MODELS}:color_net", label_map={"red": 2, "green": 1, "blue": 0}),
+                 ModelSpec(model="timm:test_convnext", pretrained=False, label_map={"red": 2, "green": 1, "blue": 0})):
+        with pytest.raises(ComponentError, match=r"label_map picks outputs by label name, but (py|timm): models do not name their labels .*"
+                                                 r"\(hf:, robustbench:, torchvision:\)$"):
+            load_classifier(spec, colours)
+    with pytest.raises(ComponentError, match=r"^clip:fmr-tiny-clip: clip: models cannot be trained here; drop the train block"):
+        load_classifier(ModelSpec(model="clip:fmr-tiny-clip", checkpoint="w.safetensors", train=TrainConfig()), colours)
 
 
 def test_labels_in_another_order_are_matched_by_name(tmp_path: Path, colours: ComponentContext) -> None:

@@ -246,6 +246,21 @@ def test_fit_mask_and_train_pick_a_generator_by_name(tiny_recipe: Path, tmp_path
     assert_one_line_error(refused, "takes no mask")
 
 
+def test_fit_mask_on_a_recipe_that_names_the_mask_it_will_write(tiny_recipe: Path, tmp_path: Path) -> None:
+    """The recipe may already name the mask (the usual edit before fitting it, or a re-fit):
+    fitting runs unmasked and neither needs nor reads that file (it stopped with 'mask not found')."""
+    several(tiny_recipe)
+    mask = tmp_path / "mask.safetensors"
+    args = ["-q", "fit-mask", str(tiny_recipe), "--out", str(mask), "--generator", "pixel", "--samples", "100", "--lambda", "0.5",
+            "--device", "cpu", "--set", f"generators.pixel.mask={mask}"]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    fitted = mask.read_bytes()
+    again = CliRunner().invoke(main, [*args[:4], str(tmp_path / "again.safetensors"), *args[5:]])  # the named mask exists now
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "again.safetensors").read_bytes() == fitted
+
+
 def test_step_size_and_mask_do_not_retrain_a_generator(tmp_path: Path) -> None:
     """They say how a generator is used, not what it is: tuning them keeps its trained weights'
     file and seed, so digits-compare shares digits-vae's VAE; the train block still counts."""

@@ -78,7 +78,7 @@ def clip_model_preflight(spec: ModelSpec, ctx: PreflightContext, where: str) -> 
 
 
 @MODELS.register("clip", description="open_clip zero-shot classifier over the class names (the clip oracle's code)",
-                 preflight=clip_model_preflight)
+                 preflight=clip_model_preflight, trainable=False)
 def build_clip(target: str, spec: ModelSpec, ctx: ComponentContext, pretrained: bool) -> PreprocessedClassifier:
     import open_clip
 

@@ -178,7 +178,7 @@ def hf_preflight(spec: ModelSpec, ctx: PreflightContext, where: str) -> list[Che
 
 
 @MODELS.register("hf", description="transformers AutoModelForImageClassification, preprocessing from its AutoImageProcessor",
-                 runs_code=hf_runs_code, preflight=hf_preflight)
+                 runs_code=hf_runs_code, preflight=hf_preflight, names_labels=True)
 def build_hf(target: str, spec: ModelSpec, ctx: ComponentContext, pretrained: bool) -> PreprocessedClassifier:
     net, processor = _load(target, spec, ctx, pretrained)
     preprocessing = hf_preprocessing(processor, spec.model).overridden(spec.preprocess, spec.model)

@@ -13,7 +13,7 @@ import importlib.util
 import inspect
 import logging
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Optional, cast
 
 from torch import nn
 
@@ -283,8 +283,28 @@ def build_python(target: str, spec: ModelSpec, ctx: ComponentContext, pretrained
     return PreprocessedClassifier(net, preprocessing, count, spec.model)
 
 
+def spec_problem(spec: ModelSpec) -> Optional[str]:
+    """What its scheme cannot do that ``spec`` asks for (one line), or None: ``label_map`` on a
+    scheme whose models do not name their labels (it would be ignored), a ``train`` block on one
+    nothing here trains."""
+    scheme = spec.model.partition(":")[0]
+    if scheme not in MODELS:
+        return None  # the unknown scheme is reported where the model is built
+    entry = MODELS.entry(scheme)
+    if spec.label_map is not None and not entry.names_labels:
+        named = ", ".join(f"{e.name}:" for e in MODELS if e.names_labels)
+        return (f"{spec.model}: label_map picks outputs by label name, but {scheme}: models do not name their labels "
+                f"(their outputs are the benchmark's classes in order); drop label_map, or use a scheme that names labels ({named})")
+    if spec.train is not None and not entry.trainable:
+        return f"{spec.model}: {scheme}: models cannot be trained here; drop the train block and give weights (checkpoint)"
+    return None
+
+
 def build_classifier(spec: ModelSpec, ctx: ComponentContext, *, pretrained: bool) -> PreprocessedClassifier:
     """The network of ``spec`` with its preprocessing; pretrained weights only if asked."""
+    problem = spec_problem(spec)
+    if problem:
+        raise ComponentError(problem)
     scheme, _, target = spec.model.partition(":")
     if spec.class_ranges and spec.num_classes is None and not pretrained:
         last = max(last for ranges in spec.class_ranges.values() for _, last in ranges)

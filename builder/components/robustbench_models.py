@@ -190,7 +190,7 @@ def robustbench_preflight(spec: ModelSpec, ctx: PreflightContext, where: str) ->
 
 
 @MODELS.register("robustbench", description="robustbench.utils.load_model(name, dataset='imagenet'), preprocessing from robustbench.data",
-                 preflight=robustbench_preflight)
+                 preflight=robustbench_preflight, names_labels=True)
 def build_robustbench(target: str, spec: ModelSpec, ctx: ComponentContext, pretrained: bool) -> PreprocessedClassifier:
     threat, name, entry = lookup(spec)
     problem = spec_problem(spec, threat, name, entry)

@@ -88,7 +88,7 @@ def torchvision_preflight(spec: ModelSpec, ctx: PreflightContext, where: str) ->
 
 
 @MODELS.register("torchvision", description="torchvision.models.get_model(name, weights=enum), preprocessing from the enum's transforms",
-                 preflight=torchvision_preflight)
+                 preflight=torchvision_preflight, names_labels=True)
 def build_torchvision(target: str, spec: ModelSpec, ctx: ComponentContext, pretrained: bool) -> PreprocessedClassifier:
     from torchvision.models import get_model
 
