@@ -123,6 +123,8 @@ def render_card(
         method_citation=METHOD_CITATION,
         image_format=schema.image_format,
         keep_originals=schema.keep_originals,
+        with_parquet=has_hub_format(manifest),
+        with_tar=all("webdataset" in shard["files"] for config in manifest["configs"].values() for shard in config["shards"]),
         leaderboard=leaderboard_markdown(list(leaderboard)) if leaderboard else "",
         location=repo_id or "<this repo or dir>",
         revision_argument=f', revision="{revision}"' if repo_id and revision != "main" else "",

@@ -55,3 +55,29 @@ def test_webdataset_library_with_the_card_url_pattern(tiny_build: Path) -> None:
     for row in rows:
         assert row["json"] == expected[row["__key__"]]
         assert row["png"].size == (16, 16) and row["original.png"].size == (16, 16)
+
+
+@pytest.mark.parametrize("formats", [["webdataset"], ["parquet"]])
+def test_the_card_shows_only_the_ways_to_load_what_was_written(tiny_recipe: Path, tmp_path: Path, formats: list[str]) -> None:
+    """A tar-only build has no datasets configs, so its card must not tell users to load one by
+    name; a Parquet-only build has no tars to point webdataset at (both cards said both)."""
+    import re
+
+    import webdataset as wds
+    import yaml
+    from click.testing import CliRunner
+
+    from builder.cli import main
+
+    out = tmp_path / "out"
+    built = CliRunner().invoke(main, ["-q", "run", str(tiny_recipe), "--out", str(out), "--no-progress", "--set", f"output.formats=[{formats[0]}]"])
+    assert built.exit_code == 0, built.output
+    card = (out / "README.md").read_text()
+    header = yaml.safe_load(card.split("---\n")[1])
+    if formats == ["webdataset"]:
+        assert "configs" not in header and "name=" not in card and "load_dataset(\"<this repo" not in card
+        pattern = re.search(r'wds\.WebDataset\("([^"]+)"', card).group(1)  # type: ignore[union-attr]
+        assert len(list(wds.WebDataset(str(out / pattern), shardshuffle=False))) == 12
+    else:
+        assert [config["config_name"] for config in header["configs"]] == ["cnn"]
+        assert ".tar" not in card and "wds.WebDataset" not in card

@@ -94,18 +94,14 @@ def assert_record_equal(actual: dict[str, Any], expected: dict[str, Any]) -> Non
 
 
 def make_manifest(shard_paths: list[Path], root: Path, num_samples: int) -> dict[str, Any]:
-    """A minimal manifest with the layout of ``Builder._manifest``."""
+    """A minimal manifest with the layout of ``Builder._manifest``: each Parquet shard, and the
+    tar beside it when there is one."""
+
+    def entry(path: Path) -> dict[str, Any]:
+        return {"path": path.relative_to(root).as_posix(), "sha256": sha256_file(path), "bytes": path.stat().st_size}
+
     shards = [
-        {
-            "unit": i,
-            "files": {
-                "parquet": {
-                    "path": p.relative_to(root).as_posix(),
-                    "sha256": sha256_file(p),
-                    "bytes": p.stat().st_size,
-                }
-            },
-        }
+        {"unit": i, "files": {"parquet": entry(p), **({"webdataset": entry(p.with_suffix(".tar"))} if p.with_suffix(".tar").is_file() else {})}}
         for i, p in enumerate(shard_paths)
     ]
     return {
@@ -147,7 +143,12 @@ def make_manifest(shard_paths: list[Path], root: Path, num_samples: int) -> dict
 
 @pytest.fixture
 def hf_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """No network, and a private ``datasets`` cache; returns the cache dir to pass on."""
+    """No network, and a private ``datasets`` cache; returns the cache dir to pass on.
+    huggingface_hub reads HF_HUB_OFFLINE once, when imported: imported first here, with the
+    variable set, it would stay offline for every later test of the process."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     cache = tmp_path / "hf-cache"
     for name, value in {
         "HF_HUB_OFFLINE": "1",
