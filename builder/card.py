@@ -12,7 +12,7 @@ from urllib.parse import quote
 import yaml
 
 from builder.errors import BuilderError
-from builder.fileio import write_bytes_atomic, write_json_atomic
+from builder.fileio import json_bytes, write_bytes_atomic
 from builder.manifest import generator_of
 from builder.metrics import upgrade_figures
 from builder.paths import bundled_dir
@@ -125,7 +125,7 @@ def render_card(
         keep_originals=schema.keep_originals,
         with_parquet=has_hub_format(manifest),
         with_tar=all("webdataset" in shard["files"] for config in manifest["configs"].values() for shard in config["shards"]),
-        leaderboard=leaderboard_markdown(list(leaderboard)) if leaderboard else "",
+        leaderboard=leaderboard_markdown(list(leaderboard), for_card=True) if leaderboard else "",
         location=repo_id or "<this repo or dir>",
         revision_argument=f', revision="{revision}"' if repo_id and revision != "main" else "",
         shard_prefix=f"{HUB_URL}/{repo_id}/resolve/{quote(revision, safe='')}/" if repo_id else "",
@@ -148,8 +148,9 @@ def read_leaderboard(root: Path, benchmark_id: str) -> list[dict[str, Any]]:
     return kept
 
 
-def add_results(root: Path, benchmark_id: str, results: Sequence[Path]) -> list[dict[str, Any]]:
-    """Merge ``score --json`` files into the stored leaderboard; a result of another benchmark is an error."""
+def merged_results(root: Path, benchmark_id: str, results: Sequence[Path]) -> list[dict[str, Any]]:
+    """The stored leaderboard with ``score --json`` files merged in (nothing is written); a
+    result of another benchmark is an error."""
     from builder.leaderboard import load_results, without_predictions
 
     rows = {_row_identity(row): without_predictions(row) for row in read_leaderboard(root, benchmark_id)}
@@ -163,24 +164,32 @@ def add_results(root: Path, benchmark_id: str, results: Sequence[Path]) -> list[
                     "re-score with --benchmark pointing at this dir"
                 )
             rows[_row_identity(row)] = without_predictions(row)  # the card's leaderboard.json stays small
-    ordered = sorted(rows.values(), key=lambda r: (-r["fmr"], r["name"], r["config"]))
-    write_json_atomic(root / LEADERBOARD_FILE, ordered)
-    return ordered
+    return sorted(rows.values(), key=lambda r: (-r["fmr"], r["name"], r["config"]))
 
 
 def _row_identity(row: dict[str, Any]) -> tuple[str, str, str]:
     return (row["name"], json.dumps(row.get("model_spec", row["model"]), sort_keys=True), row["config"])
 
 
-def write_card(root: Path, results: Sequence[Path] = (), repo_id: Optional[str] = None, revision: str = "main") -> Path:
-    """(Re)write ``root/README.md`` from its manifest, with the leaderboard of ``results`` (kept)."""
+def card_files(root: Path, results: Sequence[Path] = (), repo_id: Optional[str] = None, revision: str = "main") -> dict[str, bytes]:
+    """The bytes of ``README.md`` (rendered from the manifest, with the leaderboard) and, when
+    ``results`` are added, of the merged ``leaderboard.json``; reads ``root``, writes nothing."""
     from builder.benchmark import read_manifest
 
     manifest = read_manifest(root)
+    leaderboard = merged_results(root, manifest["id"], results) if results else read_leaderboard(root, manifest["id"])
+    files = {"README.md": render_card(manifest, schema_of(manifest), leaderboard, repo_id, revision).encode("utf-8")}
     if results:
-        leaderboard = add_results(root, manifest["id"], results)
-    else:
-        leaderboard = read_leaderboard(root, manifest["id"])
-    text = render_card(manifest, schema_of(manifest), leaderboard, repo_id, revision)
-    write_bytes_atomic(root / "README.md", text.encode("utf-8"))
+        files[LEADERBOARD_FILE] = json_bytes(leaderboard)
+    return files
+
+
+def write_card(root: Path, results: Sequence[Path] = (), repo_id: Optional[str] = None, revision: str = "main") -> Path:
+    """(Re)write ``root/README.md`` from its manifest, with the leaderboard of ``results`` (kept
+    in ``leaderboard.json``)."""
+    files = card_files(root, results, repo_id, revision)
+    for name in sorted(files, key=lambda name: name == "README.md"):  # the leaderboard first, the card it shows last
+        write_bytes_atomic(root / name, files[name])
     return root / "README.md"
+
+

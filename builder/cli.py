@@ -586,7 +586,8 @@ def gallery_command(directory: Path | str, per_class: int, storage_options: tupl
 @click.option("--results", multiple=True, type=click.Path(path_type=Path),
               help="RESULT.json of 'score --json', or the --out DIR of 'score --models', to add to the card's leaderboard first (repeatable).")
 @click.option("--dry-run", is_flag=True,
-              help="Re-render the card for ORG/NAME and verify, then print each file, its size, LFS or not, the total and the card's YAML header; no network.")
+              help="Render the card for ORG/NAME (with --results) and verify, then print each file, its size, LFS or not, the total and the card's YAML header; "
+              "no network, and nothing in DIR changes.")
 @storage_option
 @cache_option
 def publish_command(directory: Path | str, repo_id: str, private: bool, revision: Optional[str], message: Optional[str],
@@ -603,7 +604,7 @@ def publish_command(directory: Path | str, repo_id: str, private: bool, revision
     directory = local_copy(directory, cache_dir or default_cache_dir(), storage_options)
 
     if dry_run:
-        click.echo(format_plan(prepare_upload(directory, repo_id, results, revision), repo_id, revision))
+        click.echo(format_plan(prepare_upload(directory, repo_id, results, revision, dry_run=True), repo_id, revision))
         return
     click.echo(format_result(publish(directory, repo_id, private=private, revision=revision, message=message, results=results)))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -145,23 +146,37 @@ def load_results(paths: list[Path]) -> list[dict[str, Any]]:
     return rows
 
 
-def leaderboard_markdown(rows: list[dict[str, Any]]) -> str:
+def leaderboard_markdown(rows: list[dict[str, Any]], *, for_card: bool = False) -> str:
+    """The sorted table of ``rows``. ``for_card``: the table of a benchmark's own card, where
+    every row is that benchmark (no benchmark column, which would show where the scorer kept
+    its copy) and a model's local folders are left out (only file names are published)."""
+
     def ci(row: dict[str, Any], key: str) -> str:
         low, high = row.get(f"{key}_ci") or (None, None)
         return f" [{low:.1f}, {high:.1f}]" if low is not None and key == "fmr" else ""
 
-    lines = [
-        "| rank | model | benchmark | config | SA | PA | FMR (95% CI) | setting |",
-        "|---:|---|---|---|---:|---:|---:|---|",
-    ]
+    lines = (["| rank | model | config | SA | PA | FMR (95% CI) | setting |", "|---:|---|---|---:|---:|---:|---|"] if for_card else
+             ["| rank | model | benchmark | config | SA | PA | FMR (95% CI) | setting |", "|---:|---|---|---|---:|---:|---:|---|"])
     ordered = sorted(rows, key=lambda r: (-r["fmr"], r["name"]))
     for rank, row in enumerate(ordered, 1):
         setting = "white-box" if row.get("white_box") else ("dynamic" if row.get("mode") == "dynamic" else "transfer")
+        model = without_folders(row["model"]) if for_card else row["model"]
+        where = "" if for_card else f" `{row['benchmark']}` ({row['benchmark_id'][:8]}) |"
         lines.append(
-            f"| {rank} | {row['name']} (`{row['model']}`) | `{row['benchmark']}` ({row['benchmark_id'][:8]}) | {row['config']} | "
+            f"| {rank} | {row['name']} (`{model}`) |{where} {row['config']} | "
             f"{100 * row['sa']:.1f} | {100 * row['pa']:.1f} | {row['fmr']:.1f}{ci(row, 'fmr')} | {setting} |"
         )
     return "\n".join(lines) + "\n"
+
+
+#: an absolute or home-relative path's folders, up to its last '/' (in a spec such as py:/home/me/net.py:fn)
+_FOLDERS = re.compile(r"(?<![\w.-])(?:~|/)[^\s:`|]*/")
+
+
+def without_folders(spec: str) -> str:
+    """``spec`` with the folders of the local paths it names left out: ``py:/home/me/nets.py:small``
+    is published as ``py:nets.py:small``."""
+    return _FOLDERS.sub("", spec)
 
 
 def fmr_figure(rows: list[dict[str, Any]]) -> Any:

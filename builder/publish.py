@@ -18,6 +18,7 @@ library only: never logged, echoed, nor written anywhere (error texts are scrubb
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
 import logging
 import os
@@ -244,20 +245,37 @@ def hub_token() -> str:
     return token
 
 
-def prepare_upload(root: Path, repo_id: str, results: Sequence[Path] = (), revision: Optional[str] = None) -> UploadPlan:
-    """Re-render the card for ``repo_id`` (adding ``results``), verify the dir, plan; offline."""
-    from builder.card import write_card
+def prepare_upload(root: Path, repo_id: str, results: Sequence[Path] = (), revision: Optional[str] = None,
+                   *, dry_run: bool = False) -> UploadPlan:
+    """Re-render the card for ``repo_id`` (adding ``results``), verify the dir, plan; offline.
+    A dry run renders the card and leaderboard in memory and plans with them: it changes
+    nothing in ``root``."""
+    from builder.card import card_files, write_card
     from builder.verify import verify_benchmark
 
     root = Path(root)
     check_repo_id(repo_id)
     read_manifest(root)
-    write_card(root, list(results), repo_id=repo_id, revision=revision or DEFAULT_BRANCH)
+    rendered = card_files(root, list(results), repo_id=repo_id, revision=revision or DEFAULT_BRANCH)  # results checked here
+    if not dry_run:
+        write_card(root, list(results), repo_id=repo_id, revision=revision or DEFAULT_BRANCH)
     report = verify_benchmark(root)
     if not report.ok:
         raise VerifyFailedError(f"{root} fails verify ({len(report.failures)} problem(s), first: {report.failures[0]}); "
                                 f"run `build-benchmark verify {root}` and fix or rebuild before publishing")
-    return plan_upload(root)
+    return planned_with(plan_upload(root), rendered) if dry_run else plan_upload(root)
+
+
+def planned_with(plan: UploadPlan, rendered: dict[str, bytes]) -> UploadPlan:
+    """``plan`` as it would be with the ``rendered`` files (path -> bytes) in place of the dir's."""
+    sizes = {planned.path: planned.size for planned in plan.files}
+    sizes.update({path: len(data) for path, data in rendered.items()})
+    order = [planned.path for planned in plan.files if planned.path != CARD]
+    order += [path for path in rendered if path != CARD and path not in order]  # a leaderboard.json the dir lacks yet
+    order.append(CARD)
+    files = tuple(PlannedFile(path, sizes[path], is_lfs(path, sizes[path])) for path in order)
+    header = card_yaml_header(rendered[CARD].decode("utf-8")) if CARD in rendered else plan.card_header
+    return dataclasses.replace(plan, files=files, card_header=header, left_out=tuple(p for p in plan.left_out if p not in rendered))
 
 
 # ----------------------------------------------------------------------------- the upload

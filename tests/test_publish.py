@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 import builder.publish as publish_module
 from builder.cli import main
-from builder.publish import CARD, plan_upload, publish
+from builder.publish import CARD, format_size, plan_upload, publish
 
 from hub_stub import HubStub, closed_port
 
@@ -100,6 +100,30 @@ def test_dry_run_prints_the_plan_offline(built: Path, token: str, monkeypatch: p
     assert token not in out
 
 
+def test_a_dry_run_with_results_plans_them_and_changes_nothing(built: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plan counts the card and leaderboard.json as they will be sent, but the dir keeps its
+    files (a dry run used to rewrite README.md and store the results)."""
+    from conftest import TINY_MODELS
+
+    from builder.card import card_files
+
+    scored = CliRunner().invoke(main, ["-q", "score", "--benchmark", str(built), "--model", f"py:{TINY_MODELS}:color_net",
+                                       "--workers", "0", "--bootstrap", "0", "--json", str(tmp_path / "a.json")])
+    assert scored.exit_code == 0, scored.output
+    before = {path: path.read_bytes() for path in built.rglob("*") if path.is_file()}
+    no_network(monkeypatch)
+    result = invoke(str(built), "--repo-id", REPO, "--dry-run", "--results", str(tmp_path / "a.json"))
+    assert result.exit_code == 0, result.output
+    assert {path: path.read_bytes() for path in built.rglob("*") if path.is_file()} == before
+    rendered = card_files(built, [tmp_path / "a.json"], repo_id=REPO)
+    lines = result.output.splitlines()
+    for name in ("leaderboard.json", CARD):
+        line = next(line for line in lines if line.strip().startswith(name + " "))
+        assert format_size(len(rendered[name])) in line, line
+    planned = [line.split()[0] for line in lines[1 : next(i for i, line in enumerate(lines) if line.startswith("total:"))]]
+    assert planned[-2:] == ["leaderboard.json", CARD]
+
+
 # ----------------------------------------------------------------------------- real upload to the stand-in
 
 
@@ -149,6 +173,8 @@ def test_results_reach_the_card_and_stale_shards_go(built: Path, hub: HubStub, t
     card = hub.files(REPO)[CARD].decode()
     assert "## Leaderboard" in card and "color_net" in card and f'load_dataset("{REPO}", name="cnn"' in card
     assert card.encode() == (built / CARD).read_bytes() and "leaderboard.json" in hub.files(REPO)
+    table = card[card.index("## Leaderboard"):]
+    assert str(built) not in card and str(TINY_MODELS.parent) not in table and "`py:tiny_models.py:color_net`" in table  # no local folders
     # a shard of an earlier, larger build would be picked up by the card's glob: it goes with the card
     stale = "cnn/test-00003-of-00004.parquet"
     hub.repos[f"datasets/{REPO}"].branches["main"][stale] = (b"old", True)
