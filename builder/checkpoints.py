@@ -246,29 +246,63 @@ def _download(url: str, ctx: ResolveContext, opener: Callable[[str], Any] = _ope
     """``url`` (``#sha256=`` pin checked) downloaded once into the cache, whole or not at all."""
     address, pinned = split_pin(url)
     target = cached_download(address, ctx.cache_dir)
+    shown = redacted(address)
     if target.is_file():
         if pinned is None or sha256_file(target) == pinned:
             return target
-        log.info("%s: the cached copy is not the pinned one (sha256 %s): downloading it again", address, pinned)
+        log.info("%s: the cached copy is not the pinned one (sha256 %s): downloading it again", shown, pinned)
     else:
-        log.info("downloading %s", address)
+        log.info("downloading %s", shown)
     try:
         with opener(address) as response, atomic_write(target) as handle:
-            digest = hashlib.sha256()
+            digest, received = hashlib.sha256(), 0
             while block := response.read(1 << 20):
                 handle.write(block)
                 digest.update(block)
+                received += len(block)
+            expected = _announced_size(response)
+            if expected is not None and received != expected:  # http.client ends a cut connection quietly
+                raise CheckpointError(f"{shown}: the download was cut short ({received} of {expected} bytes; nothing was kept); run again")
             if pinned is not None and digest.hexdigest() != pinned:
                 raise CheckpointError(
-                    f"{address}: downloaded bytes have sha256 {digest.hexdigest()}, the recipe pins {pinned}; "
+                    f"{shown}: downloaded bytes have sha256 {digest.hexdigest()}, the recipe pins {pinned}; "
                     "the file changed upstream or the pin is wrong (nothing was kept)"
                 )
     except BuilderError:
         raise
     except Exception as error:  # noqa: BLE001 - urllib's, http.client's and every store's own errors
-        raise CheckpointError(f"{address}: download failed ({_reason(error)}); {hint}") from None
+        raise CheckpointError(f"{shown}: download failed ({_reason(error)}); {hint}") from None
     log.info("downloaded %s (sha256 %s)", target.name, digest.hexdigest())
     return target
+
+
+def _announced_size(response: Any) -> Optional[int]:
+    """The size a response announced: HTTP's Content-Length (urllib does not decompress, so it
+    counts the bytes read), or an object-store file's size; None when unknown."""
+    headers = getattr(response, "headers", None)
+    length = headers.get("Content-Length") if headers is not None else None
+    if length is not None and str(length).strip().isdigit():
+        return int(length)
+    size = getattr(response, "size", None)
+    return size if isinstance(size, int) else None
+
+
+#: query parameters that carry credentials (presigned URLs, tokens): never logged or shown
+_SECRET_PARAMETER = re.compile(r"(signature|token|credential|secret|password|passwd|auth|key|sig)", re.IGNORECASE)
+
+
+def redacted(url: str) -> str:
+    """``url`` fit for a log line or a message: a user and password, and the values of query
+    parameters that carry credentials (``X-Amz-Signature``, ``token``, ...), replaced by '***'."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    if "@" not in parts.netloc and not any(_SECRET_PARAMETER.search(key) for key, _ in pairs):
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    query = urlencode([(key, "***" if _SECRET_PARAMETER.search(key) else value) for key, value in pairs], safe="/*")
+    return urlunsplit((parts.scheme, ("***@" if "@" in parts.netloc else "") + netloc, parts.path, query, parts.fragment))
 
 
 def _find_download(url: str, ctx: ResolveContext) -> Found:

@@ -378,6 +378,44 @@ def test_pinned_download_is_checked(tmp_path: Path) -> None:
         server.shutdown()
 
 
+def test_a_download_cut_short_is_not_cached_and_credentials_are_not_shown(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A server that announces 1000 bytes and closes after 400: http.client ends the read
+    quietly, and the 400 bytes were cached as the file for good (an unpinned URL is never
+    fetched again). Credentials in a presigned URL stay out of the log and the message."""
+    import http.server
+    import threading
+
+    from builder.checkpoints import ResolveContext, fetch_location
+
+    class CutShort(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(403 if "forbidden" in self.path else 200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b"x" * 400)
+            self.wfile.flush()
+            self.connection.close()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), CutShort)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        ctx = ResolveContext(tmp_path, tmp_path / "cache")
+        with pytest.raises(CheckpointError, match=r"the download was cut short \(400 of 1000 bytes; nothing was kept\); run again$"):
+            fetch_location(f"{base}/model.ckpt", ctx)
+        assert not [path for path in (tmp_path / "cache").rglob("*") if path.is_file()]
+        presigned = f"{base}/forbidden.ckpt?X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature=deadbeef&dl=1"
+        with caplog.at_level("INFO"), pytest.raises(CheckpointError, match=r"X-Amz-Signature=\*\*\*&dl=1: download failed") as caught:
+            fetch_location(presigned, ctx)
+        assert "deadbeef" not in str(caught.value) and "AKIAEXAMPLE" not in str(caught.value)
+        assert "deadbeef" not in caplog.text and "downloading" in caplog.text
+    finally:
+        server.shutdown()
+
+
 def test_class_ranges_pool_a_model_into_super_classes(context: ComponentContext) -> None:
     """A 6-output model pooled into 3 super-classes: logsumexp of the members, in order."""
     ranges = {"zero": [[0, 1]], "one": [[2, 2], [5, 5]], "two": [[3, 4]]}
