@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
-from builder.errors import BuilderError, CheckpointError
+from builder.errors import BuilderError, CheckpointError, first_line
 from builder.fileio import atomic_write, sha256_file
 from builder.paths import in_recipe_dir
 from builder.registry import Registry
@@ -145,11 +145,22 @@ def parse_hf_url(rest: str) -> HubFile:
     return HubFile(repo_type, f"{parts[0]}/{name}", "/".join(parts[2:]), unquote(revision) or None)
 
 
+def _check_repo_id(spec: str, file: HubFile) -> None:
+    """A repo id huggingface_hub accepts (it raises a ValueError deep in a download otherwise)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(file.repo_id)
+    except HFValidationError as error:
+        raise CheckpointError(f"{spec}: '{file.repo_id}' is not a valid Hub repo id ({first_line(error, 160)}); check the location") from None
+
+
 def _fetch_hub_file(spec: str, file: HubFile) -> Path:
     """The file through the HF cache (with the user's token); each way of failing is one line."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
+    _check_repo_id(spec, file)
     try:
         return Path(hf_hub_download(file.repo_id, file.path, repo_type=file.repo_type, revision=file.revision))
     except RepositoryNotFoundError:
@@ -172,9 +183,10 @@ def _unreachable(spec: str, error: Exception) -> CheckpointError:
     )
 
 
-def _find_hub_file(file: HubFile) -> Found:
+def _find_hub_file(spec: str, file: HubFile) -> Found:
     from huggingface_hub import try_to_load_from_cache
 
+    _check_repo_id(spec, file)
     cached = try_to_load_from_cache(file.repo_id, file.path, revision=file.revision, repo_type=file.repo_type)
     if isinstance(cached, str):
         return Found(Path(cached), "in the HF cache")
@@ -183,7 +195,7 @@ def _find_hub_file(file: HubFile) -> Found:
 
 def _hub_scheme(name: str, parse: Callable[[str], HubFile], description: str) -> None:
     LOCATIONS.register(name, description=description)(LocationScheme(
-        lambda rest, ctx: _fetch_hub_file(f"{name}:{rest}", parse(rest)), lambda rest, ctx: _find_hub_file(parse(rest))))
+        lambda rest, ctx: _fetch_hub_file(f"{name}:{rest}", parse(rest)), lambda rest, ctx: _find_hub_file(f"{name}:{rest}", parse(rest))))
 
 
 _hub_scheme("hf-hub", parse_hf_hub, "org/repo/path/in/repo[@revision]: a file of a Hub model repo, through the HF cache")

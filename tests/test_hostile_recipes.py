@@ -119,6 +119,8 @@ HOSTILE_SETS = {
     "split-absolute": (("--set", "output.split=/abs/path"), f"output.split: {SPLIT_RULE} (got '/abs/path'); e.g. test or test_v2"),
     "split-dotdot": (("--set", "output.split=.."), "(got '..'); e.g. test"),
     "split-with-a-dash": (("--set", "output.split=my-split"), "(got 'my-split'); e.g. test or test_v2"),  # datasets refuses it in a card
+    "hub-location-with-a-bad-repo-id": (("--set", "generator.checkpoint=hf-hub:org/bad name!/x.ckpt"),
+                                        "hf-hub:org/bad name!/x.ckpt: 'org/bad name!' is not a valid Hub repo id"),
     "repeated-class-name": (("--set", "source.class_names=[red, green, red]"),
                             "recipe error at source.class_names: class name [2] 'red' repeats class name [0]; give each class its own name"),
     "huge-class-range": (("--set", "source.class_ranges={a: [[0, 1000000000000]], b: [[5, 6]]}"), "'b' overlaps 'a' in [5, 6]"),
