@@ -368,30 +368,59 @@ def mirror(storage: RemoteStorage, cache_dir: Path) -> Path:
 
     dest = mirror_dir(storage.location, cache_dir)
     dest.mkdir(parents=True, exist_ok=True)
-    index_path = dest / MIRROR_INDEX
-    try:
-        previous = json.loads(index_path.read_text()) if index_path.is_file() else {}
-    except ValueError:
-        previous = {}
-    listing = {name: _identity(entry) for name, entry in storage.info().items() if name.split("/")[0] != STATS_DIR}
-    index, fetched = {}, 0
-    for name, identity in listing.items():
-        target = inside(dest, *check_relative(name).split("/"))
-        if previous.get(name) != [identity, _local_identity(target)]:
-            _download(storage, name, target)
-            fetched += 1
-        index[name] = [identity, _local_identity(target)]
-    for stale in [name for name in walk_files(dest) if name != MIRROR_INDEX and name not in listing]:
-        (dest / stale).unlink(missing_ok=True)
-    write_bytes_atomic(index_path, json_bytes(index))
+    with _mirror_lock(dest):  # one mirroring of a URL at a time: another's downloads are not stale files
+        index_path = dest / MIRROR_INDEX
+        try:
+            previous = json.loads(index_path.read_text()) if index_path.is_file() else {}
+        except ValueError:
+            previous = {}
+        listing = {name: _identity(entry) for name, entry in storage.info().items() if name.split("/")[0] != STATS_DIR}
+        index, fetched = {}, 0
+        for name, identity in listing.items():
+            target = inside(dest, *check_relative(name).split("/"))
+            if identity is None or previous.get(name) != [identity, _local_identity(target)]:
+                _download(storage, name, target)
+                fetched += 1
+            index[name] = [identity, _local_identity(target)]
+        for stale in [name for name in walk_files(dest) if name != MIRROR_INDEX and name not in listing and not _is_temp(name)]:
+            (dest / stale).unlink(missing_ok=True)
+        write_bytes_atomic(index_path, json_bytes(index))
     log.info("mirrored %s to %s: %d of %d file(s) downloaded", storage.location, dest, fetched, len(listing))
     return dest
 
 
-def _identity(entry: dict[str, Any]) -> list[Any]:
-    """An object's size and version tag, as the store lists it."""
-    tag = entry.get("ETag") or entry.get("etag") or entry.get("md5Hash") or entry.get("LastModified") or entry.get("mtime")
-    return [int(entry.get("size", -1)), str(tag)]
+@contextlib.contextmanager
+def _mirror_lock(dest: Path) -> Iterator[None]:
+    """An exclusive lock on the mirror ``dest`` (a file beside it), held while it is brought up
+    to date: a second reader of the same URL waits instead of deleting the first one's
+    downloads as stale files."""
+    import fcntl
+
+    with open(dest.with_name(dest.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _is_temp(name: str) -> bool:
+    """An atomic write's temp file (``.<name>.tmp-...``), of a download or of the finalizer."""
+    base = name.rsplit("/", 1)[-1]
+    return base.startswith(".") and ".tmp-" in base
+
+
+#: what stores list as an object's version: S3's ETag, GCS's md5Hash or generation, modification
+#: times under the names fsspec's backends give them (memory, ftp, webhdfs, local)
+_VERSION_KEYS = ("ETag", "etag", "md5Hash", "generation", "LastModified", "last_modified", "updated", "mtime", "modify",
+                 "modificationTime", "created")
+
+
+def _identity(entry: dict[str, Any]) -> Optional[list[Any]]:
+    """An object's size and version tag, as the store lists it; None when it lists no version
+    (size alone cannot tell a changed file of the same size: it is downloaded every time)."""
+    tag = next((entry[key] for key in _VERSION_KEYS if entry.get(key) not in (None, "")), None)
+    return None if tag is None else [int(entry.get("size", -1)), str(tag)]
 
 
 def _local_identity(path: Path) -> Optional[list[int]]:
@@ -403,14 +432,21 @@ def _local_identity(path: Path) -> Optional[list[int]]:
 
 
 def _download(storage: RemoteStorage, name: str, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
     temp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
+        try:  # a store may hold an object 'a' and objects under 'a/' at once; a file system cannot
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.is_dir():
+                raise FileExistsError(target)
+        except OSError:
+            raise OutputError(f"{storage.show(name)}: cannot be mirrored, it is both an object and a folder of objects in the store; "
+                              "remove one of the two from the store") from None
         with storage.errors("download", name):
             storage.fs.get_file(storage.key(name), str(temp))
-        os.replace(temp, target)
+            os.replace(temp, target)
     finally:
-        temp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            temp.unlink(missing_ok=True)
 
 
 def local_copy(location: Location, cache_dir: Path, options: Sequence[tuple[str, str]] = ()) -> Path:

@@ -345,3 +345,32 @@ def _installed(module: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(module) is not None
+
+
+def test_a_mirror_from_a_store_that_lists_no_version_follows_its_bytes(tmp_path: Path) -> None:
+    """fsspec's memory store (like ftp and webhdfs) lists no ETag or mtime: size alone cannot
+    tell a changed file of the same size, so such objects are fetched every time (the copy kept
+    the old bytes). An object that is also a folder is one line; another reader's temp files
+    in the mirror are not deleted as stale."""
+    import fsspec
+
+    from builder.errors import OutputError
+    from builder.storage import RemoteStorage, mirror, mirror_dir
+
+    memory = fsspec.filesystem("memory")
+    url = f"memory://bench-{tmp_path.name}"
+    memory.pipe(f"{url}/manifest.json", b'{"id": "aaaa"}')
+    storage = RemoteStorage(url, {})
+    copy = mirror(storage, tmp_path)
+    assert (copy / "manifest.json").read_bytes() == b'{"id": "aaaa"}'
+    in_flight = copy / ".manifest.json.tmp-999-abcd"  # another process's download, or the finalizer's write
+    in_flight.write_bytes(b"half")
+    memory.pipe(f"{url}/manifest.json", b'{"id": "bbbb"}')  # the same size
+    assert (mirror(storage, tmp_path) / "manifest.json").read_bytes() == b'{"id": "bbbb"}'
+    assert in_flight.exists() and mirror_dir(url, tmp_path).with_name(mirror_dir(url, tmp_path).name + ".lock").exists()
+    memory.pipe(f"{url}/cfg/x.parquet", b"an object below 'cfg'")
+    memory.pipe(f"{url}/cfg", b"and 'cfg' itself")
+    with pytest.raises(OutputError, match=r"/cfg") as caught:  # the memory store itself refuses one of the two reads
+        mirror(storage, tmp_path)
+    assert "\n" not in str(caught.value)
+    memory.rm(url, recursive=True)
