@@ -112,11 +112,26 @@ def size_checks(config: Any, image_size: Optional[int], problem: Callable[[int],
     return checks
 
 
+def spec_problem(spec: ModelSpec) -> Optional[str]:
+    """What its scheme cannot do that ``spec`` asks for (one line), or None: ``label_map`` on a
+    scheme whose models do not name their labels (it would be ignored), a ``train`` block on one
+    nothing here trains."""
+    scheme = spec.model.partition(":")[0]
+    if scheme not in MODELS:
+        return None  # the unknown scheme is reported where the model is built
+    entry = MODELS.entry(scheme)
+    if spec.label_map is not None and not entry.names_labels:
+        named = ", ".join(f"{e.name}:" for e in MODELS if e.names_labels)
+        return (f"{spec.model}: label_map picks outputs by label name, but {scheme}: models do not name their labels "
+                f"(their outputs are the benchmark's classes in order); drop label_map, or use a scheme that names labels ({named})")
+    if spec.train is not None and not entry.trainable:
+        return f"{spec.model}: {scheme}: models cannot be trained here; drop the train block and give weights (checkpoint)"
+    return None
+
+
 def check_model(spec: ModelSpec, ctx: PreflightContext, where: str) -> list[Check]:
     """A classifier spec: its scheme's checks, then its class ranges against its output count;
     the first check carries the spec's class count when it is known."""
-    from builder.components.models import spec_problem
-
     problem = spec_problem(spec)
     if problem:
         return [Check(where, spec.model, f"{where}: {problem}")]

@@ -13,7 +13,7 @@ import importlib.util
 import inspect
 import logging
 from pathlib import Path
-from typing import Any, Optional, cast
+from typing import Any, cast
 
 from torch import nn
 
@@ -23,7 +23,7 @@ from builder.components.preprocess import PooledClassifier, PreprocessedClassifi
 from builder.config import ModelSpec
 from builder.errors import BuilderError, ComponentError, first_line
 from builder.paths import in_recipe_dir
-from builder.preflight import Check, PreflightContext
+from builder.preflight import Check, PreflightContext, spec_problem
 from builder.registry import closest, unknown_name_message
 
 log = logging.getLogger(__name__)
@@ -281,23 +281,6 @@ def build_python(target: str, spec: ModelSpec, ctx: ComponentContext, pretrained
     net = call_factory(target, factory, {"num_classes": count, **spec.kwargs})
     preprocessing = Preprocessing(input_size=ctx.image_size).overridden(spec.preprocess, spec.model)
     return PreprocessedClassifier(net, preprocessing, count, spec.model)
-
-
-def spec_problem(spec: ModelSpec) -> Optional[str]:
-    """What its scheme cannot do that ``spec`` asks for (one line), or None: ``label_map`` on a
-    scheme whose models do not name their labels (it would be ignored), a ``train`` block on one
-    nothing here trains."""
-    scheme = spec.model.partition(":")[0]
-    if scheme not in MODELS:
-        return None  # the unknown scheme is reported where the model is built
-    entry = MODELS.entry(scheme)
-    if spec.label_map is not None and not entry.names_labels:
-        named = ", ".join(f"{e.name}:" for e in MODELS if e.names_labels)
-        return (f"{spec.model}: label_map picks outputs by label name, but {scheme}: models do not name their labels "
-                f"(their outputs are the benchmark's classes in order); drop label_map, or use a scheme that names labels ({named})")
-    if spec.train is not None and not entry.trainable:
-        return f"{spec.model}: {scheme}: models cannot be trained here; drop the train block and give weights (checkpoint)"
-    return None
 
 
 def build_classifier(spec: ModelSpec, ctx: ComponentContext, *, pretrained: bool) -> PreprocessedClassifier:
