@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
-from builder.errors import BuilderError
+from builder.errors import BuilderError, first_line
 from builder.manifest import MANIFEST, load_json_bounded, parse_manifest
 from builder.registry import WRITERS, unknown_name_message
 from builder.writers.base import ShardWriter
@@ -61,8 +62,22 @@ class Benchmark:
         """One dict of column lists per shard, in shard and key order, through the format's reader."""
         reader, files = self.shards(config)
         for path in files:
-            rows = reader.read_records(path, columns)
+            with reading_shard(path):
+                rows = reader.read_records(path, columns)
             yield {name: [row[name] for row in rows] for name in columns}
+
+
+@contextlib.contextmanager
+def reading_shard(path: Path) -> Iterator[None]:
+    """A shard that a reader cannot read (cut short, overwritten, not the format its name says)
+    as one line naming it; its bytes were never checked by the reader's caller (verify does)."""
+    try:
+        yield
+    except BuilderError:
+        raise
+    except Exception as error:  # noqa: BLE001 - pyarrow's, tarfile's, PIL's and json's own errors
+        raise BenchmarkError(f"{path.name}: cannot be read ({first_line(error, typed=True)}); the benchmark is damaged: "
+                             "run 'build-benchmark verify' on it, then download or build it again") from None
 
 
 def readable_format(shard_formats: Sequence[Iterable[str]]) -> Optional[str]:

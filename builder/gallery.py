@@ -91,7 +91,7 @@ def spread(ranked: list[int], limit: int) -> list[int]:
 
 def read_config(root: Path, name: str, config: dict[str, Any], limit: int) -> ConfigCards:
     """Pick up to ``limit`` samples per class (spread over steps, ties by key) and read their images."""
-    from builder.benchmark import BenchmarkError, shard_reader
+    from builder.benchmark import BenchmarkError, reading_shard, shard_reader
 
     try:
         reader, paths = shard_reader(root, config, f"config '{name}'")
@@ -101,7 +101,9 @@ def read_config(root: Path, name: str, config: dict[str, Any], limit: int) -> Co
         return ConfigCards(name, [], 0, False, "this config has no shards in a format the gallery reads")
     rows: list[tuple[int, int, dict[str, Any]]] = []
     for shard, path in enumerate(paths):
-        rows.extend((shard, row, record) for row, record in enumerate(reader.read_records(path, META_COLUMNS)))
+        with reading_shard(path):
+            records = reader.read_records(path, META_COLUMNS)
+        rows.extend((shard, row, record) for row, record in enumerate(records))
     by_class: dict[int, list[int]] = {}
     for position in sorted(range(len(rows)), key=lambda p: (rows[p][2]["steps"], rows[p][2]["key"])):
         by_class.setdefault(int(rows[position][2]["label"]), []).append(position)
@@ -115,11 +117,15 @@ def read_config(root: Path, name: str, config: dict[str, Any], limit: int) -> Co
 
 def read_images_at(reader: Any, paths: list[Path], wanted: list[tuple[int, int]]) -> dict[tuple[int, int], tuple[bytes, Optional[bytes]]]:
     """(perturbed, original) bytes of the wanted (shard, row) pairs, one shard in memory at a time."""
+    from builder.benchmark import reading_shard
+
     found: dict[tuple[int, int], tuple[bytes, Optional[bytes]]] = {}
     for shard, path in enumerate(paths):
         rows = sorted(row for s, row in wanted if s == shard)
         if rows:
-            found.update(((shard, row), pair) for row, pair in zip(rows, reader.read_images(path, rows), strict=False))
+            with reading_shard(path):
+                pairs = reader.read_images(path, rows)
+            found.update(((shard, row), pair) for row, pair in zip(rows, pairs, strict=False))
     return found
 
 

@@ -139,6 +139,21 @@ def test_damaged_shards_are_one_line_for_score_or_read_right(built: Path) -> Non
         assert_one_line_error(CliRunner().invoke(main, [*args, "--workers", workers]), f"{tar.name}: cannot read its images", "damaged")
 
 
+def test_a_shard_that_cannot_be_read_is_one_line_for_score_and_gallery(built: Path, tmp_path: Path) -> None:
+    """A Parquet shard cut or overwritten after the build (a bad copy, a partial download):
+    score and gallery raised pyarrow's traceback; verify names it too."""
+    manifest = json.loads((built / "manifest.json").read_text())
+    shard = built / manifest["configs"]["cnn"]["shards"][1]["files"]["parquet"]["path"]
+    shard.write_bytes(shard.read_bytes()[:-40])
+    fragment = f"{shard.name}: cannot be read (ArrowInvalid: "
+    scored = CliRunner().invoke(main, ["-q", "score", "--benchmark", str(built), "--model", f"py:{TINY_MODELS}:color_net", "--workers", "0",
+                                       "--bootstrap", "0"])
+    assert_one_line_error(scored, fragment, "run 'build-benchmark verify' on it")
+    assert_one_line_error(CliRunner().invoke(main, ["-q", "gallery", str(built)]), fragment)
+    verified = CliRunner().invoke(main, ["-q", "verify", str(built)])
+    assert verified.exit_code == 1 and shard.name in verified.output
+
+
 RESULTS: dict[str, tuple[bytes, str]] = {
     "not JSON": (b"{", "not valid JSON"),
     "deeply nested": (b"[" * 100_000 + b"]" * 100_000, "nested deeper"),
