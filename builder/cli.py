@@ -35,7 +35,10 @@ class FriendlyGroup(click.Group):
             click.echo(f"error: {' '.join(error.format_message().split()).rstrip('.')}{where}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
-            click.echo("interrupted: finished work units are kept; resume with the same command", err=True)
+            resumable = {"run": "finished work units are kept; resume with the same command",
+                         "publish": "files already uploaded are kept; run the same command to go on"}
+            said = resumable.get(ctx.invoked_subcommand or "")
+            click.echo(f"interrupted: {said}" if said else "interrupted", err=True)
             sys.exit(130)
 
 
@@ -289,6 +292,8 @@ def score_command(benchmarks: tuple[str, ...], revision: Optional[str], config_n
         raise BuilderError(f"{given[0]} goes with --dynamic (a benchmark regenerated against the model); add --dynamic or drop {given[0]}")
     if precision is not None:
         overrides = (*overrides, f"perturbation.precision={precision}")
+    if overwrite and zoo is None:
+        raise BuilderError("--overwrite goes with --models ZOO.yaml --out DIR (it scores again the models that already have results there); drop it")
     if zoo is not None or out_dir is not None:
         if models or dynamic or out_dir is None or zoo is None or not benchmarks:
             raise BuilderError("--models ZOO.yaml goes with --out DIR and --benchmark, without --model or --dynamic; give those")
@@ -544,7 +549,7 @@ def fit_mask_command(recipe: str, out: Path, strength: float, samples: int, conf
     click.echo(
         f"mask: {kept} of {total} latent dimensions kept (sparsity {fit.sparsity:.2%}); held-out accuracy of "
         f"original vs perturbed {fit.accuracy:.1%} on {fit.test_pairs} samples ({fit.train_pairs} to fit)\n"
-        f"wrote {out}; use it with --set {where}.mask={out}"
+        f"wrote {out}; use it with --set {where}.mask={out.resolve()}"
     )
 
 
@@ -628,9 +633,11 @@ def _train_context(recipe: str, overrides: tuple[str, ...], device: Optional[str
     return loaded.recipe, context
 
 
-def _train_one(config: Any, what: str, out: Optional[Path], context: Any) -> Path:
+def _train_one(config: Any, what: str, out: Optional[Path], context: Any, overwrite: bool = False) -> Path:
     """Train the component of ``config`` that reads a weights file (as its kind lists them) into
-    --out, else where a build will look for its trained weights; returns where it went."""
+    --out, else where a build will look for its trained weights; returns where it went. Weights
+    already there are replaced only with ``overwrite``: builds made with them would no longer
+    resume or verify."""
     from builder.checkpoints import fetch_location
     from builder.preflight import component_weights
     from builder.train import train_component
@@ -640,6 +647,9 @@ def _train_one(config: Any, what: str, out: Optional[Path], context: Any) -> Pat
     if out is None and not files:
         raise BuilderError(f"the recipe's {what} names no weights location to train into; pass --out")
     target = out or context.trained_location(fetch_location(files[0][1], context.locations), component)
+    if target.exists() and not overwrite:
+        raise BuilderError(f"{target} exists: the {what}'s weights are there already; pass --overwrite to train new ones in their place "
+                           "(builds made with the old ones would no longer resume or verify), or --out another file")
     train_component(component, context, target)
     return target
 
@@ -648,33 +658,36 @@ def _train_options(command: Callable[..., Any]) -> Callable[..., Any]:
     command = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key.")(command)
     command = click.option("--device", default=None, help="torch device.")(command)
     command = click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Checkpoint to write (default: the recipe's location).")(command)
+    command = click.option("--overwrite", is_flag=True, help="Replace weights already at the checkpoint location.")(command)
     return cache_option(click.argument("recipe")(command))
 
 
 @train.command("generator")
 @_train_options
-@click.option("--name", "generator_name", default=None, help="Which of the recipe's generators (by name); default: the first.")
-def train_generator_command(recipe: str, out: Optional[Path], device: Optional[str], overrides: tuple[str, ...], cache_dir: Optional[Path],
-                            generator_name: Optional[str]) -> None:
+@click.option("--generator", "--name", "generator_name", default=None, help="Which of the recipe's generators (by name); default: the first.")
+def train_generator_command(recipe: str, out: Optional[Path], overwrite: bool, device: Optional[str], overrides: tuple[str, ...],
+                            cache_dir: Optional[Path], generator_name: Optional[str]) -> None:
     """Train RECIPE's generator on its source (a VQGAN: taming format, {"state_dict": ...})."""
     config, context = _train_context(recipe, overrides, device, cache_dir)
     name, generator = config.generator_named(generator_name)
     where = f"generator {name}" if config.generators else "generator"
-    click.echo(f"wrote {_train_one(generator, where, out, context)}")
+    click.echo(f"wrote {_train_one(generator, where, out, context, overwrite)}")
 
 
 @train.command("oracle")
 @_train_options
-def train_oracle_command(recipe: str, out: Optional[Path], device: Optional[str], overrides: tuple[str, ...], cache_dir: Optional[Path]) -> None:
+def train_oracle_command(recipe: str, out: Optional[Path], overwrite: bool, device: Optional[str], overrides: tuple[str, ...],
+                         cache_dir: Optional[Path]) -> None:
     """Train RECIPE's oracle from scratch (a CLIP oracle on its class prompts)."""
     config, context = _train_context(recipe, overrides, device, cache_dir)
-    click.echo(f"wrote {_train_one(config.oracle, 'oracle', out, context)}")
+    click.echo(f"wrote {_train_one(config.oracle, 'oracle', out, context, overwrite)}")
 
 
 @train.command("model")
 @_train_options
-@click.option("--name", "config_name", default=None, help="Which reference model (config name); default: the first.")
-def train_model_command(recipe: str, out: Optional[Path], device: Optional[str], overrides: tuple[str, ...], cache_dir: Optional[Path], config_name: Optional[str]) -> None:
+@click.option("--config", "--name", "config_name", default=None, help="Which reference model (config name); default: the first.")
+def train_model_command(recipe: str, out: Optional[Path], overwrite: bool, device: Optional[str], overrides: tuple[str, ...], cache_dir: Optional[Path],
+                        config_name: Optional[str]) -> None:
     """Train one of RECIPE's reference models from scratch."""
     from builder.registry import unknown_name_message
 
@@ -683,7 +696,7 @@ def train_model_command(recipe: str, out: Optional[Path], device: Optional[str],
     name = config_name or next(iter(specs))
     if name not in specs:
         raise BuilderError(unknown_name_message("reference model", name, list(specs)))
-    click.echo(f"wrote {_train_one(specs[name], f'reference model {name}', out, context)}")
+    click.echo(f"wrote {_train_one(specs[name], f'reference model {name}', out, context, overwrite)}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import yaml
 from click.testing import CliRunner
@@ -161,6 +162,15 @@ def test_train_model_writes_a_loadable_checkpoint(tiny_recipe: Path, tmp_path: P
     out = tmp_path / "out"
     result = invoke("run", str(tiny_recipe), "--out", str(out), "--no-progress", "--set", f"reference_models.0.checkpoint={target}")
     assert result.exit_code == 0, result.output
+    # weights already there (the recipe's own theta.pt, given by hand, no train block) are replaced only when asked
+    theta = tiny_recipe.parent / "theta.pt"
+    kept = theta.read_bytes()
+    refused = invoke("train", "model", str(tiny_recipe), "--config", "cnn", "--set", "source.path=images")
+    assert_one_line_error(refused, f"{theta} exists: the reference model cnn's weights are there already; pass --overwrite")
+    assert theta.read_bytes() == kept
+    replaced = invoke("train", "model", str(tiny_recipe), "--name", "cnn", "--overwrite", "--set", "source.path=images")
+    assert replaced.exit_code == 0, replaced.output
+    assert theta.read_bytes() != kept
 
 
 def test_pixel_generator_baseline_is_bounded_per_step(tiny_recipe: Path, tmp_path: Path) -> None:
@@ -215,3 +225,22 @@ def test_every_option_the_readme_documents_exists() -> None:
                 assert flag in options(command or own), f"README documents {flag} for '{(command or own).name}': {span}"
                 checked += 1
     assert checked >= 40
+
+
+def test_ctrl_c_says_resume_only_where_there_is_something_to_resume(tiny_recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interrupted build keeps its finished units; an interrupted verify or score has nothing to
+    resume (every command used to print the build's resume line)."""
+    import builder.build
+    import builder.verify
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(builder.build, "build_benchmark", interrupted)
+    monkeypatch.setattr(builder.verify, "verify_benchmark", interrupted)
+    run = CliRunner().invoke(main, ["run", str(tiny_recipe), "--out", str(tmp_path / "out"), "--no-progress"])
+    assert run.exit_code == 130 and run.output.strip() == "interrupted: finished work units are kept; resume with the same command"
+    verify = CliRunner().invoke(main, ["verify", str(tmp_path)])
+    assert verify.exit_code == 130 and verify.output.strip() == "interrupted"
+    scored = CliRunner().invoke(main, ["-q", "score", "--benchmark", str(tmp_path), "--model", "timm:resnet18", "--overwrite"])
+    assert_one_line_error(scored, "--overwrite goes with --models ZOO.yaml --out DIR")
