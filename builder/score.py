@@ -93,6 +93,23 @@ def as_model_spec(model: ModelLike, checkpoint: Optional[str] = None) -> ModelSp
         raise format_validation_error(error, ModelSpec, ("--model",)) from None
 
 
+def spec_dir(model: ModelLike) -> Path:
+    """Where a model spec's relative paths are taken from: a YAML spec file's own folder (as in a
+    model zoo file), else the current directory (a spec typed on the command line)."""
+    if isinstance(model, (str, Path)) and Path(model).suffix in (".yaml", ".yml"):
+        return Path(model).expanduser().resolve().parent
+    return Path.cwd()
+
+
+def _from_here(checkpoint: Optional[str]) -> Optional[str]:
+    """A ``--checkpoint`` path typed on the command line, made absolute from the current
+    directory (a YAML spec's folder would otherwise take it); locations (URLs, ``hf-hub:``,
+    ``cache:``...) as they are."""
+    if checkpoint is None or "://" in checkpoint or ":" in checkpoint.split("/", 1)[0]:
+        return checkpoint
+    return str(Path(checkpoint).expanduser().absolute())
+
+
 def reference_spec(bench: Benchmark, model: ModelLike, *, trust_remote_code: bool = False) -> ModelLike:
     """``ref:<config>`` is the reference model that config of the benchmark was built against;
     ``ref:<reference model>`` (its name in the recipe) the same model, which in a several-generator
@@ -317,9 +334,10 @@ def score(
 
     bench = benchmark if isinstance(benchmark, Benchmark) else open_benchmark(benchmark)
     config = bench.config(config)
-    spec = as_model_spec(reference_spec(bench, model, trust_remote_code=trust_remote_code), checkpoint)
-    require_trusted_file(spec, base_dir or Path.cwd(), downloaded_roots(cache_dir), trust_remote_code)
-    classifier = load_model_for(bench, spec, device, cache_dir or default_cache_dir(), base_dir or Path.cwd())
+    spec = as_model_spec(reference_spec(bench, model, trust_remote_code=trust_remote_code), _from_here(checkpoint))
+    base_dir = base_dir or spec_dir(model)
+    require_trusted_file(spec, base_dir, downloaded_roots(cache_dir), trust_remote_code)
+    classifier = load_model_for(bench, spec, device, cache_dir or default_cache_dir(), base_dir)
     records: dict[str, list[Any]] = {"key": [], "label": [], "perturbed": [], "steps": []}
     counts = []
     for part in bench.read_columns(config, list(records)):

@@ -356,3 +356,23 @@ def test_two_models_of_one_name_stay_apart_in_the_matrix_and_the_chart() -> None
     bars = figure.axes[0].patches
     assert len(bars) == 2 and bars[0].get_y() != bars[1].get_y()
     assert [tick.get_text() for tick in figure.axes[0].get_yticklabels()] == ["cnn on x #1", "cnn on x #2"]
+
+
+def test_a_model_yaml_takes_its_paths_from_its_own_folder(tiny_build: Path, tiny_recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--model FILE.yaml reads a relative checkpoint from the file's folder, as a model zoo file
+    and a recipe do (it was read from wherever the command ran); --checkpoint typed on the
+    command line stays relative to the current directory."""
+    import yaml
+
+    models = tiny_recipe.parent / "models"
+    models.mkdir()
+    (models / "cnn.yaml").write_text(yaml.safe_dump({"model": f"py:{TINY_MODELS}:tiny_cnn", "checkpoint": "../theta.pt", "name": "cnn"}))
+    elsewhere = tmp_path / "far" / "away"  # where ../theta.pt is not
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+    args = ["-q", "score", "--benchmark", str(tiny_build), "--workers", "0", "--bootstrap", "0"]
+    from_file = CliRunner().invoke(main, [*args, "--model", str(models / "cnn.yaml")])
+    assert from_file.exit_code == 0 and "white-box" in from_file.output, from_file.output
+    monkeypatch.chdir(tiny_recipe.parent)
+    typed = CliRunner().invoke(main, [*args, "--model", str(models / "cnn.yaml"), "--checkpoint", "theta.pt"])
+    assert typed.exit_code == 0 and "white-box" in typed.output, typed.output
