@@ -67,3 +67,29 @@ def test_a_component_error_in_an_actor_is_one_line(cluster: Path, tiny_recipe: P
     out = tmp_path / "out"
     assert_one_line_error(build(tiny_recipe, out, "--executor", "ray", "--workers", "2"), "theta.pt")
     assert not out.exists()
+
+
+def test_workers_the_cluster_cannot_place_are_refused_or_warned(caplog: pytest.LogCaptureFixture) -> None:
+    """Actors asking for more than the cluster has wait forever (the build hung with no word): on
+    a local cluster this run started, which cannot grow, that is one line before any actor
+    starts; on a joined cluster, which may autoscale, a warning."""
+    from types import SimpleNamespace
+
+    from builder.build.executors.ray import RayPool
+    from builder.errors import BuilderError
+
+    shut: list[bool] = []
+    pool = RayPool.__new__(RayPool)
+    pool.ray = SimpleNamespace(cluster_resources=lambda: {"CPU": 2.0}, kill=lambda *a, **k: None, shutdown=lambda: shut.append(True))
+    pool.capacity, pool.actors, pool.idle, pool.expects, pool.started_ray = 3, [], [], {}, True
+    with pytest.raises(BuilderError, match=r"^--executor ray: 3 worker\(s\) ask for 3 CPUs in all, the Ray cluster has 2; lower --workers"):
+        pool._check_resources(1, 0)
+    assert shut == [True]  # the cluster started for nothing is shut down
+    pool.started_ray = True
+    pool._check_resources(0.5, 0)  # 1.5 CPUs fit
+    with pytest.raises(BuilderError, match="ask for 3 GPUs in all, the Ray cluster has 0"):
+        pool._check_resources(0.5, 1)
+    pool.started_ray = False
+    with caplog.at_level("WARNING"):
+        pool._check_resources(1, 0)
+    assert "the workers it cannot place wait until it grows" in caplog.text

@@ -80,6 +80,7 @@ class RayPool:
             self.started_ray = True
         gpus = execution.gpus_per_worker if execution.gpus_per_worker is not None else (1.0 if settings.device == "cuda" else 0.0)
         self.capacity = execution.workers or 1
+        self._check_resources(execution.cpus_per_worker or 1, gpus)
         actor = self.ray.remote(num_cpus=execution.cpus_per_worker or 1, num_gpus=gpus,
                                 max_restarts=ACTOR_RESTARTS, max_task_retries=0)(RayUnitRunner)
         self.settings, self.actor = settings, actor
@@ -87,6 +88,22 @@ class RayPool:
         self.idle: list[Any] = []
         self.owner: dict[Hashable, Any] = {}
         self.expects: dict[Any, Optional[WorkUnit]] = {}  # actor -> the unit it was told comes next
+
+    def _check_resources(self, cpus: float, gpus: float) -> None:
+        """Actors the cluster cannot place wait forever: on the local cluster started here (it
+        cannot grow) that is a one-line error before any starts; a cluster joined by address may
+        be autoscaling, so there it is a warning."""
+        have = self.ray.cluster_resources()
+        short = [(what, need, float(have.get(what, 0.0))) for what, need in (("CPU", cpus * self.capacity), ("GPU", gpus * self.capacity))
+                 if need > float(have.get(what, 0.0))]
+        if not short:
+            return
+        what, need, there = short[0]
+        text = (f"--executor ray: {self.capacity} worker(s) ask for {need:g} {what}s in all, the Ray cluster has {there:g}")
+        if self.started_ray:
+            self.close()
+            raise BuilderError(f"{text}; lower --workers, --cpus-per-worker or --gpus-per-worker, or join a larger cluster with --ray-address")
+        log.warning("%s now: the workers it cannot place wait until it grows", text)
 
     def probe(self) -> WorkerInfo:
         """Start one actor first (it trains any missing weights, once), then the others; all must
