@@ -113,6 +113,8 @@ def open_benchmark(location: str | Path, revision: Optional[str] = None, *, cach
 
     text = str(location)
     hub = hub_dataset_url(text)
+    if storage_options and (hub is not None or not is_url(text)):
+        raise BenchmarkError(f"--storage-option goes with a URL such as s3://bucket/prefix, not {text}; drop it")
     if hub is not None:
         return _download_benchmark(hub[0], pinned_revision(text, hub[1], revision))
     if is_url(text):

@@ -131,6 +131,8 @@ def locate_benchmark(target: Path | str, revision: Optional[str] = None, cache_d
     from builder.storage import is_url, local_copy
 
     hub = hub_dataset_url(str(target))
+    if storage_options and (hub is not None or not is_url(target)):
+        raise VerifyError(f"--storage-option goes with a URL such as s3://bucket/prefix, not {target}; drop it")
     if hub is not None:
         return download_benchmark(hub[0], pinned_revision(str(target), hub[1], revision))
     if is_url(target):

@@ -374,3 +374,16 @@ def test_a_mirror_from_a_store_that_lists_no_version_follows_its_bytes(tmp_path:
         mirror(storage, tmp_path)
     assert "\n" not in str(caught.value)
     memory.rm(url, recursive=True)
+
+
+def test_storage_options_with_a_local_benchmark_are_one_line_for_score_and_verify(tiny_build: Path) -> None:
+    """As run, publish, card and gallery already did: an option for a URL's store given with a
+    local dir was silently ignored by score and verify."""
+    from click.testing import CliRunner
+
+    from builder.cli import main
+
+    option = ("--storage-option", "endpoint_url=http://127.0.0.1:1")
+    for args in (["verify", str(tiny_build), *option],
+                 ["score", "--benchmark", str(tiny_build), "--model", "timm:resnet18", "--workers", "0", *option]):
+        assert_one_line_error(CliRunner().invoke(main, ["-q", *args]), f"--storage-option goes with a URL such as s3://bucket/prefix, not {tiny_build}")
