@@ -642,7 +642,7 @@ def _train_one(config: Any, what: str, out: Optional[Path], context: Any, overwr
     from builder.preflight import component_weights
     from builder.train import train_component
 
-    files = [(found.component, found.location) for found in component_weights(config, what) if found.location is not None]
+    files = [(found.component, found.location) for found in component_weights(config, what) if found.location is not None and found.kind == "weights"]
     component = files[0][0] if files else config
     if out is None and not files:
         raise BuilderError(f"the recipe's {what} names no weights location to train into; pass --out")

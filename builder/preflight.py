@@ -52,6 +52,9 @@ class Weights:
     location: Optional[str]
     component: Any
     trained: bool = False
+    #: "weights", or "mask": a generator's fit-mask file (checked and fingerprinted like weights,
+    #: never trained into)
+    kind: str = "weights"
 
 
 #: the signatures a kind registers as ``preflight=`` and ``weights=`` (for plugin authors' hints)
@@ -93,7 +96,8 @@ def weights_check(weights_file: Weights, ctx: PreflightContext) -> Check:
     except BuilderError as error:
         return Check(what, location, f"{what}: {error}")
     if found.missing:
-        return Check(what, location, f"{what}: {location} does not exist; fix the path or add a train block")
+        fix = "create it with 'build-benchmark fit-mask'" if weights_file.kind == "mask" else "add a train block"
+        return Check(what, location, f"{what}: {location} does not exist; fix the path or {fix}")
     return Check(what, f"{location}: {found.how}")
 
 
@@ -178,7 +182,9 @@ def component_weights(config: Any, where: str) -> list[Weights]:
     if isinstance(config, ModelSpec):
         return model_weights(config, where)
     registry = family_of(config)
-    return weights(registry, config.kind, config, where) if registry is not None else []
+    found = weights(registry, config.kind, config, where) if registry is not None else []
+    mask = getattr(config, "mask", None)  # a generator's latent mask: read like weights, so checked and fingerprinted too
+    return [*found, Weights(f"{where} mask", str(mask), config, kind="mask")] if mask else found
 
 
 def missing_weights(configs: Iterable[Any], ctx: Any) -> Iterator[tuple[Any, Path]]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
 from click.testing import CliRunner
 from conftest import TINY_MODELS
@@ -259,6 +260,24 @@ def test_fit_mask_on_a_recipe_that_names_the_mask_it_will_write(tiny_recipe: Pat
     again = CliRunner().invoke(main, [*args[:4], str(tmp_path / "again.safetensors"), *args[5:]])  # the named mask exists now
     assert again.exit_code == 0, again.output
     assert (tmp_path / "again.safetensors").read_bytes() == fitted
+
+
+def test_a_mask_is_checked_by_the_dry_run_and_a_replaced_one_is_refused_on_resume(tiny_recipe: Path, tmp_path: Path) -> None:
+    """The mask a generator reads is checked offline (the dry run passed and the build then
+    stopped), and fingerprinted like weights: a resume after it was fitted again in place is
+    refused instead of mixing two masks in one benchmark."""
+    from builder.sparse import MaskFit, save_mask
+
+    mask = tmp_path / "mask.safetensors"
+    dry = CliRunner().invoke(main, ["-q", "run", str(tiny_recipe), "--dry-run", "--set", f"generator.mask={mask}"])
+    assert dry.exit_code == 2 and f"FAIL generator mask: {mask} does not exist; fix the path or create it with 'build-benchmark fit-mask'" in dry.output
+    save_mask(mask, MaskFit(torch.ones(8, 8, 8, dtype=torch.bool), 0.0, 1.0, 1, 1), {"test": "first"})  # the tiny VQGAN's latent: 8 x 8 x 8
+    out = tmp_path / "out"
+    args = ["-q", "run", str(tiny_recipe), "--out", str(out), "--no-progress", "--set", f"generator.mask={mask}"]
+    assert CliRunner().invoke(main, [*args, "--limit", "5"]).exit_code == 0
+    (out / "_stats" / "cnn" / "test-00000-of-00001.json").unlink()
+    save_mask(mask, MaskFit(torch.zeros(8, 8, 8, dtype=torch.bool), 1.0, 1.0, 1, 1), {"test": "fitted again"})
+    assert_one_line_error(CliRunner().invoke(main, [*args, "--limit", "5"]), "different settings", "mask")
 
 
 def test_step_size_and_mask_do_not_retrain_a_generator(tmp_path: Path) -> None:
