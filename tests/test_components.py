@@ -408,7 +408,7 @@ def test_a_download_cut_short_is_not_cached_and_credentials_are_not_shown(tmp_pa
             fetch_location(f"{base}/model.ckpt", ctx)
         assert not [path for path in (tmp_path / "cache").rglob("*") if path.is_file()]
         presigned = f"{base}/forbidden.ckpt?X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature=deadbeef&dl=1"
-        with caplog.at_level("INFO"), pytest.raises(CheckpointError, match=r"X-Amz-Signature=\*\*\*&dl=1: download failed") as caught:
+        with caplog.at_level("INFO", logger="builder.checkpoints"), pytest.raises(CheckpointError, match=r"X-Amz-Signature=\*\*\*&dl=1: download failed") as caught:
             fetch_location(presigned, ctx)
         assert "deadbeef" not in str(caught.value) and "AKIAEXAMPLE" not in str(caught.value)
         assert "deadbeef" not in caplog.text and "downloading" in caplog.text
