@@ -68,15 +68,16 @@ class Benchmark:
 
 
 @contextlib.contextmanager
-def reading_shard(path: Path) -> Iterator[None]:
+def reading_shard(path: Path, failure: str = "cannot be read") -> Iterator[None]:
     """A shard that a reader cannot read (cut short, overwritten, not the format its name says)
-    as one line naming it; its bytes were never checked by the reader's caller (verify does)."""
+    or whose images do not decode, as one line naming it (``failure`` says which); its bytes were
+    never checked by the reader's caller (verify does)."""
     try:
         yield
     except BuilderError:
         raise
     except Exception as error:  # noqa: BLE001 - pyarrow's, tarfile's, PIL's and json's own errors
-        raise BenchmarkError(f"{path.name}: cannot be read ({first_line(error, typed=True)}); the benchmark is damaged: "
+        raise BenchmarkError(f"{path.name}: {failure} ({first_line(error, typed=True)}); the benchmark is damaged: "
                              "run 'build-benchmark verify' on it, then download or build it again") from None
 
 
@@ -109,12 +110,11 @@ def open_benchmark(location: str | Path, revision: Optional[str] = None, *, cach
     """A benchmark dir, ``org/name`` on the Hub at ``revision`` (manifest and Parquet shards,
     via the HF cache), or an fsspec URL such as ``s3://bucket/prefix`` (mirrored to ``cache_dir``,
     only what changed since the last mirror)."""
-    from builder.storage import is_url, local_copy
+    from builder.storage import check_options_fit, is_url, local_copy
 
     text = str(location)
     hub = hub_dataset_url(text)
-    if storage_options and (hub is not None or not is_url(text)):
-        raise BenchmarkError(f"--storage-option goes with a URL such as s3://bucket/prefix, not {text}; drop it")
+    check_options_fit(text, storage_options, on_the_hub=hub is not None)
     if hub is not None:
         return _download_benchmark(hub[0], pinned_revision(text, hub[1], revision))
     if is_url(text):

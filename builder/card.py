@@ -187,8 +187,12 @@ def card_files(root: Path, results: Sequence[Path] = (), repo_id: Optional[str] 
 def write_card(root: Path, results: Sequence[Path] = (), repo_id: Optional[str] = None, revision: str = "main") -> Path:
     """(Re)write ``root/README.md`` from its manifest, with the leaderboard of ``results`` (kept
     in ``leaderboard.json``)."""
-    files = card_files(root, results, repo_id, revision)
-    for name in sorted(files, key=lambda name: name == "README.md"):  # the leaderboard first, the card it shows last
+    return write_card_files(root, card_files(root, results, repo_id, revision))
+
+
+def write_card_files(root: Path, files: dict[str, bytes]) -> Path:
+    """Write what :func:`card_files` rendered: the leaderboard first, the card that shows it last."""
+    for name in sorted(files, key=lambda name: name == "README.md"):
         write_bytes_atomic(root / name, files[name])
     return root / "README.md"
 

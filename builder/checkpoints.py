@@ -343,13 +343,16 @@ for _scheme in OBJECT_STORES:
         _url_scheme(_scheme, _open_object, STORE_HINT))
 
 
+def scheme_of(spec: str) -> Optional[str]:
+    """The scheme a location names (``https``, ``hf-hub``, ``cache``...), or None for a plain path."""
+    match = _SCHEME.match(spec)
+    return match.group(1) if match and len(match.group(1)) > 1 else None  # one letter is a Windows drive
+
+
 def _split(spec: str) -> tuple[Optional[LocationScheme], str]:
     """(the scheme of ``spec``, the rest), or (None, spec) for a plain path."""
-    match = _SCHEME.match(spec)
-    if match and len(match.group(1)) > 1:  # one letter is a Windows drive
-        scheme = match.group(1)
-        return LOCATIONS.get(scheme), spec[len(scheme) + 1 :]
-    return None, spec
+    scheme = scheme_of(spec)
+    return (LOCATIONS.get(scheme), spec[len(scheme) + 1 :]) if scheme is not None else (None, spec)
 
 
 def _plain(spec: str, ctx: ResolveContext) -> Path:

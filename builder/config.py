@@ -33,7 +33,6 @@ from builder.safeyaml import one_line
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 #: a name that becomes a directory or file name: one path component, never '..'
-PATH_COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_NAME = 64
 MAX_SEED = 2**63  # exclusive: torch and numpy take 64-bit seeds
 MAX_IMAGE_SIZE = 4096

@@ -250,7 +250,7 @@ def prepare_upload(root: Path, repo_id: str, results: Sequence[Path] = (), revis
     """Re-render the card for ``repo_id`` (adding ``results``), verify the dir, plan; offline.
     A dry run renders the card and leaderboard in memory and plans with them: it changes
     nothing in ``root``."""
-    from builder.card import card_files, write_card
+    from builder.card import card_files, write_card_files
     from builder.verify import verify_benchmark
 
     root = Path(root)
@@ -258,7 +258,7 @@ def prepare_upload(root: Path, repo_id: str, results: Sequence[Path] = (), revis
     read_manifest(root)
     rendered = card_files(root, list(results), repo_id=repo_id, revision=revision or DEFAULT_BRANCH)  # results checked here
     if not dry_run:
-        write_card(root, list(results), repo_id=repo_id, revision=revision or DEFAULT_BRANCH)
+        write_card_files(root, rendered)
     report = verify_benchmark(root)
     if not report.ok:
         raise VerifyFailedError(f"{root} fails verify ({len(report.failures)} problem(s), first: {report.failures[0]}); "

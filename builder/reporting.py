@@ -40,8 +40,10 @@ def format_per_class(result: Any) -> str:
 
 def format_transfer_matrix(results: Sequence[Any]) -> str:
     """FMR of each evaluated model (columns) on each benchmark config (rows, built against its reference)."""
-    models = list(dict.fromkeys(_model_identity(r) for r in results))  # one column per model and checkpoint
-    names = distinct_names([next(r.name for r in results if _model_identity(r) == model) for model in models])
+    first_names: dict[str, str] = {}  # one column per model and checkpoint, named as its first result
+    for r in results:
+        first_names.setdefault(_model_identity(r), r.name)
+    models, names = list(first_names), distinct_names(list(first_names.values()))
     rows = list(dict.fromkeys((r.benchmark, r.config, r.reference_model) for r in results))
     cell = {(r.benchmark, r.config, _model_identity(r)): r for r in results}
     labels = [f"{config} ({reference})" for _, config, reference in rows]

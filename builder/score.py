@@ -19,7 +19,7 @@ from typing import Any, Iterator, Optional, Union, cast
 import numpy as np
 import torch
 
-from builder.benchmark import Benchmark, BenchmarkError, open_benchmark
+from builder.benchmark import Benchmark, BenchmarkError, open_benchmark, reading_shard
 from builder.config import ModelSpec, SourceConfig, parse_component, recipe_to_dict
 from builder.errors import RecipeError, first_line
 from builder.metrics import Outcomes, compute_metrics, per_class
@@ -105,7 +105,9 @@ def _from_here(checkpoint: Optional[str]) -> Optional[str]:
     """A ``--checkpoint`` path typed on the command line, made absolute from the current
     directory (a YAML spec's folder would otherwise take it); locations (URLs, ``hf-hub:``,
     ``cache:``...) as they are."""
-    if checkpoint is None or "://" in checkpoint or ":" in checkpoint.split("/", 1)[0]:
+    from builder.checkpoints import scheme_of
+
+    if checkpoint is None or scheme_of(checkpoint) is not None:
         return checkpoint
     return str(Path(checkpoint).expanduser().absolute())
 
@@ -183,15 +185,12 @@ class ShardImages(torch.utils.data.IterableDataset):
         for shard, path in enumerate(self.files):
             if shard % workers != worker:
                 continue
-            try:
+            with reading_shard(path, "cannot read its images"):
                 pairs = self.reader.read_images(path, range(self.counts[shard]))
                 for row, (encoded, encoded_original) in enumerate(pairs):
                     image = to_chw(decode_image(encoded))
                     original = to_chw(decode_image(encoded_original)) if self.with_originals and encoded_original is not None else image
                     yield shard, row, image, original
-            except Exception as error:  # noqa: BLE001 - any reader's or decoder's failure on a damaged shard
-                raise BenchmarkError(f"{path.name}: cannot read its images ({first_line(error, typed=True)}); the benchmark is damaged: "
-                                     "run 'build-benchmark verify' on it, then download or build it again") from None
 
 
 def _check_counts(bench: Benchmark, config: str, counts: list[int]) -> None:

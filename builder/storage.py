@@ -334,13 +334,20 @@ def filesystem_of(url: str, options: Mapping[str, str]) -> tuple[Any, str]:
         raise OutputError(f"{url}: cannot open it ({' '.join(str(error).split())[:200]}); check the URL and --storage-option values") from None
 
 
+def check_options_fit(location: str, options: Sequence[tuple[str, str]], *, on_the_hub: bool = False) -> None:
+    """Options for a URL's store given with a local dir (or a Hub dataset, read through
+    huggingface_hub): one line, never silently ignored."""
+    if options and (on_the_hub or not is_url(location)):
+        what = "a Hub dataset" if on_the_hub else "a local dir"
+        raise OutputError(f"--storage-option goes with a URL such as s3://bucket/prefix, not {location} ({what}); drop it")
+
+
 def open_storage(location: Location, options: Sequence[tuple[str, str]] = ()) -> Storage:
     """The storage of ``location``: a path or ``file://`` URL is a local dir, any other URL an object store."""
     text = str(location)
     if is_url(location):
         return RemoteStorage(text, dict(options))
-    if options:
-        raise OutputError(f"--storage-option goes with a URL such as s3://bucket/prefix, not the local dir {text}; drop it")
+    check_options_fit(text, options)
     if isinstance(location, str) and text.lower().startswith("file://"):
         return LocalStorage(Path(text[len("file://"):]))
     return LocalStorage(Path(location))

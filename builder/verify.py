@@ -128,11 +128,10 @@ def locate_benchmark(target: Path | str, revision: Optional[str] = None, cache_d
     Hub snapshot of ``target``."""
     from builder.benchmark import hub_dataset_url, is_hub_id, pinned_revision
     from builder.paths import default_cache_dir
-    from builder.storage import is_url, local_copy
+    from builder.storage import check_options_fit, is_url, local_copy
 
     hub = hub_dataset_url(str(target))
-    if storage_options and (hub is not None or not is_url(target)):
-        raise VerifyError(f"--storage-option goes with a URL such as s3://bucket/prefix, not {target}; drop it")
+    check_options_fit(str(target), storage_options, on_the_hub=hub is not None)
     if hub is not None:
         return download_benchmark(hub[0], pinned_revision(str(target), hub[1], revision))
     if is_url(target):
