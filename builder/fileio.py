@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import secrets
 import socket
 from pathlib import Path
@@ -14,12 +15,20 @@ from typing import IO, Any, Iterator
 
 from builder.errors import OutputError
 
+#: the name of a temp file beside its target while it is written (:func:`temp_beside`)
+TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.tmp-[A-Za-z0-9_.-]+$")
+
+
+def temp_beside(path: Path) -> Path:
+    """A temp name beside ``path``, unique to this host and process, that :data:`TEMP_FILE` matches."""
+    return path.with_name(f".{path.name}.tmp-{socket.gethostname()[:32]}-{os.getpid()}-{secrets.token_hex(4)}")
+
 
 @contextlib.contextmanager
 def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
     """Write to a temp name beside ``path``, fsync, then rename over it; discard on error."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp-{socket.gethostname()[:32]}-{os.getpid()}-{secrets.token_hex(4)}")
+    temp = temp_beside(path)
     try:
         with open(temp, mode) as handle:
             yield handle

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator, Literal
 
 from builder.errors import OutputError
-from builder.fileio import json_bytes, write_json_atomic
+from builder.fileio import TEMP_FILE, json_bytes, write_json_atomic
 from builder.manifest import CONFIG_NAME, FINAL_FILES, MANIFEST, MAX_MANIFEST_BYTES, STATS_DIR, ManifestError, parse_json_bounded
 from builder.storage import Storage
 
@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 
 IDENTITY_FILE = "build.json"
 SHARD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*-\d{5,}-of-\d{5,}(?P<suffix>\.[A-Za-z0-9]+)$")  # 00000 up, 100000 and more too
-TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.tmp-[A-Za-z0-9_.-]+$")
 SHOWN = 3  # foreign files named in one refusal
 
 

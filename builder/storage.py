@@ -21,14 +21,13 @@ import json
 import logging
 import os
 import re
-import secrets
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Protocol, Sequence, Union
 
 from builder.errors import OutputError
-from builder.fileio import inside, json_bytes, sha256_file, write_bytes_atomic
+from builder.fileio import TEMP_FILE, inside, json_bytes, sha256_file, temp_beside, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -413,8 +412,7 @@ def _mirror_lock(dest: Path) -> Iterator[None]:
 
 def _is_temp(name: str) -> bool:
     """An atomic write's temp file (``.<name>.tmp-...``), of a download or of the finalizer."""
-    base = name.rsplit("/", 1)[-1]
-    return base.startswith(".") and ".tmp-" in base
+    return TEMP_FILE.match(name.rsplit("/", 1)[-1]) is not None
 
 
 #: what stores list as an object's version: S3's ETag, GCS's md5Hash or generation, modification
@@ -439,7 +437,7 @@ def _local_identity(path: Path) -> Optional[list[int]]:
 
 
 def _download(storage: RemoteStorage, name: str, target: Path) -> None:
-    temp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    temp = temp_beside(target)
     try:
         try:  # a store may hold an object 'a' and objects under 'a/' at once; a file system cannot
             target.parent.mkdir(parents=True, exist_ok=True)
