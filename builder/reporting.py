@@ -49,15 +49,24 @@ def format_transfer_matrix(results: Sequence[Any]) -> str:
     labels = [f"{config} ({reference})" for _, config, reference in rows]
     if len({benchmark for benchmark, _, _ in rows}) > 1 and len(set(labels)) < len(labels):
         labels = [f"{label} on {benchmark}" for (benchmark, _, _), label in zip(rows, labels, strict=True)]
-    width = min(64, max([40, *(len(label) + 1 for label in labels)]))  # the config's name first, whole
+    width = min(64, max([40, *(len(label) + 1 for label in labels)]))
     lines = ["transfer matrix: FMR (* white-box)", f"{'built against':<{width}}" + "".join(f"{name[-20:]:>22}" for name in names)]
     for (benchmark, config, _), label in zip(rows, labels, strict=True):
         values = []
         for model in models:
             r = cell.get((benchmark, config, model))
             values.append(f"{r.fmr:.1f}{'*' if r.white_box else ' '}" if r else "-")
-        lines.append(f"{label[-width:] if len(label) > width else label:<{width}}" + "".join(f"{v:>22}" for v in values))
+        lines.append(f"{_shortened(label, len(config) + 2, width - 1):<{width}}" + "".join(f"{v:>22}" for v in values))
     return "\n".join(lines)
+
+
+def _shortened(label: str, keep: int, width: int) -> str:
+    """``label`` cut to ``width`` in its middle: its first ``keep`` characters (the config's name and " (")
+    stay whole, and so does its end; a long reference path loses its middle, marked '...'."""
+    if len(label) <= width:
+        return label
+    tail = max(width - keep - 3, 0)
+    return label[:keep] + "..." + (label[-tail:] if tail else "")
 
 
 def _model_identity(result: Any) -> str:

@@ -358,6 +358,23 @@ def test_two_models_of_one_name_stay_apart_in_the_matrix_and_the_chart() -> None
     assert [tick.get_text() for tick in figure.axes[0].get_yticklabels()] == ["cnn on x #1", "cnn on x #2"]
 
 
+def test_the_matrix_keeps_a_config_name_whole_beside_a_long_reference_path() -> None:
+    """A row label longer than the column is cut in its middle: the config's name (what tells
+    rows apart) stays whole. It used to keep only the label's end, so a reference model given as
+    a long py: path cut the config's name, by how long the temp folder's name happened to be."""
+    from types import SimpleNamespace
+
+    from builder.reporting import format_transfer_matrix
+
+    reference = "py:/" + "deep/" * 30 + "tiny_models.py:tiny_cnn"
+    results = [SimpleNamespace(name="cnn", model_spec=None, benchmark="b", config=config, reference_model=reference,
+                               fmr=50.0, white_box=True) for config in ("cnn-attributes", "cnn-pixel")]
+    matrix = format_transfer_matrix(results).splitlines()
+    assert [line.split()[0] for line in matrix[2:]] == ["cnn-attributes", "cnn-pixel"]
+    assert all(line.split()[-1] == "50.0*" and "tiny_models.py:tiny_cnn)" in line and "..." in line for line in matrix[2:])
+    assert len({line.index("50.0*") for line in matrix[2:]}) == 1  # the columns still line up
+
+
 def test_a_model_yaml_takes_its_paths_from_its_own_folder(tiny_build: Path, tiny_recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--model FILE.yaml reads a relative checkpoint from the file's folder, as a model zoo file
     and a recipe do (it was read from wherever the command ran); --checkpoint typed on the
