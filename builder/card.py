@@ -134,14 +134,16 @@ def render_card(
 
 
 def read_leaderboard(root: Path, benchmark_id: str) -> list[dict[str, Any]]:
-    """Stored score rows of this very benchmark (rows of an earlier build are dropped)."""
+    """Stored score rows of this very benchmark (rows of an earlier build are dropped), as
+    published (:func:`builder.leaderboard.public_row`: a file written before rows were made
+    public is read as if it had been)."""
     path = root / LEADERBOARD_FILE
     if not path.is_file():
         return []
-    from builder.leaderboard import checked_rows
+    from builder.leaderboard import checked_rows, public_row
     from builder.manifest import load_json_bounded
 
-    rows = checked_rows(load_json_bounded(path, str(path), max_bytes=64 << 20), str(path))
+    rows = [public_row(row) for row in checked_rows(load_json_bounded(path, str(path), max_bytes=64 << 20), str(path))]
     kept = [row for row in rows if row.get("benchmark_id") == benchmark_id]
     if len(kept) < len(rows):
         log.warning("%s: dropped %d result(s) of another build of this benchmark", path, len(rows) - len(kept))
@@ -151,7 +153,7 @@ def read_leaderboard(root: Path, benchmark_id: str) -> list[dict[str, Any]]:
 def merged_results(root: Path, benchmark_id: str, results: Sequence[Path]) -> list[dict[str, Any]]:
     """The stored leaderboard with ``score --json`` files merged in (nothing is written); a
     result of another benchmark is an error."""
-    from builder.leaderboard import load_results, without_predictions
+    from builder.leaderboard import load_results, public_row, without_predictions
 
     rows = {_row_identity(row): without_predictions(row) for row in read_leaderboard(root, benchmark_id)}
     for path in results:
@@ -163,7 +165,8 @@ def merged_results(root: Path, benchmark_id: str, results: Sequence[Path]) -> li
                     f"result file {path}: scored on benchmark {str(row.get('benchmark_id'))[:12]}…, not this one ({benchmark_id[:12]}…); "
                     "re-score with --benchmark pointing at this dir"
                 )
-            rows[_row_identity(row)] = without_predictions(row)  # the card's leaderboard.json stays small
+            row = public_row(without_predictions(row))  # the card's leaderboard.json stays small, and names no local folder
+            rows[_row_identity(row)] = row
     return sorted(rows.values(), key=lambda r: (-r["fmr"], r["name"], r["config"]))
 
 

@@ -179,6 +179,34 @@ def without_folders(spec: str) -> str:
     return _FOLDERS.sub("", spec)
 
 
+def public_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A result row fit to publish beside a card: the local paths it names (the benchmark as
+    typed, a model's file, a checkpoint) keep only their last part, and credentials in a URL
+    are masked. The card's stored leaderboard keeps only such rows, so a re-scored model still
+    replaces its own row."""
+    return {key: _public(value) if key in _LOCATION_FIELDS else value for key, value in row.items()}
+
+
+#: the fields of a result row that name files and folders (the figures and class names do not)
+_LOCATION_FIELDS = ("benchmark", "model", "model_spec", "reference_model")
+
+
+def _public(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _public(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_public(item) for item in value]
+    if not isinstance(value, str):
+        return value
+    if "://" in value:  # a location others can reach, less its credentials
+        from builder.checkpoints import redacted
+
+        return redacted(value)
+    if value.startswith(("/", "~", "./", "../")):
+        return value.rstrip("/").rpartition("/")[2] or value
+    return without_folders(value)
+
+
 def fmr_figure(rows: list[dict[str, Any]]) -> Any:
     """Horizontal FMR bars with their 95% intervals, lowest first (a matplotlib Figure; the
     leaderboard saves it as PNG, the report as inline SVG)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import socket
@@ -175,6 +176,9 @@ def test_results_reach_the_card_and_stale_shards_go(built: Path, hub: HubStub, t
     assert card.encode() == (built / CARD).read_bytes() and "leaderboard.json" in hub.files(REPO)
     table = card[card.index("## Leaderboard"):]
     assert str(built) not in card and str(TINY_MODELS.parent) not in table and "`py:tiny_models.py:color_net`" in table  # no local folders
+    published = hub.files(REPO)["leaderboard.json"].decode()  # nor in the rows published beside it
+    assert str(built) not in published and str(TINY_MODELS.parent) not in published and str(tmp_path) not in published
+    assert json.loads(published)[0]["model"] == "py:tiny_models.py:color_net"
     # a shard of an earlier, larger build would be picked up by the card's glob: it goes with the card
     stale = "cnn/test-00003-of-00004.parquet"
     hub.repos[f"datasets/{REPO}"].branches["main"][stale] = (b"old", True)
@@ -280,3 +284,27 @@ def test_token_appears_nowhere(built: Path, hub: HubStub, token: str, caplog: py
     for data in [*hub.files(REPO).values(), *hub.lfs_objects.values()]:
         assert secret not in data
     assert all(token not in commit.message for commit in hub.commits)
+
+
+def test_the_stored_leaderboard_names_no_local_folder_and_a_rescore_replaces_its_row(tmp_path: Path) -> None:
+    """leaderboard.json is published beside the card: its rows keep a local path's last part and
+    mask a URL's credentials. A file written before that (full paths) is read as if it had been,
+    so scoring the same model again replaces its row rather than adding a second one."""
+    from builder.card import merged_results
+    from builder.leaderboard import public_row
+
+    row = {"name": "net", "config": "cnn", "benchmark": "/home/me/benches/digits", "benchmark_id": "b" * 64, "fmr": 50.0,
+           "model": "py:/home/me/nets.py:small", "reference_model": "py:/home/me/nets.py:small", "sa": 0.5, "pa": 0.25, "per_class": [{"class_name": "/x"}],
+           "model_spec": {"model": "py:/home/me/nets.py:small", "checkpoint": "/home/me/w/net.pt", "name": "net",
+                          "train": {"data": "https://user:secret@example.com/d.tar?X-Amz-Signature=abc"}}}
+    public = public_row(row)
+    assert "/home/me" not in json.dumps(public) and "secret" not in json.dumps(public) and "abc" not in json.dumps(public)
+    assert (public["benchmark"], public["model"], public["model_spec"]["checkpoint"]) == ("digits", "py:nets.py:small", "net.pt")
+    assert public["model_spec"]["train"]["data"].startswith("https://***@example.com/d.tar") and public["per_class"] == row["per_class"]
+    root = tmp_path / "bench"
+    root.mkdir()
+    (root / "leaderboard.json").write_text(json.dumps([row]))  # as written before rows were made public
+    rescored = tmp_path / "again.json"
+    rescored.write_text(json.dumps({"results": [{**row, "fmr": 60.0, "model_spec": {**row["model_spec"], "checkpoint": "/elsewhere/w/net.pt"}}]}))
+    merged = merged_results(root, "b" * 64, [rescored])
+    assert len(merged) == 1 and merged[0]["fmr"] == 60.0 and "/home/me" not in json.dumps(merged)
