@@ -34,6 +34,13 @@ class Benchmark:
         return str(self.manifest["id"])
 
     @property
+    def recorded_location(self) -> str:
+        """How a result file names this benchmark: a local dir as an absolute path (``report``,
+        run from another folder, finds it), a Hub id or a URL as given."""
+        local = self.root == Path(self.location).expanduser()
+        return str(self.root.resolve()) if local else self.location
+
+    @property
     def configs(self) -> list[str]:
         return list(self.manifest["configs"])
 

@@ -354,7 +354,7 @@ def score(
     figures = compute_metrics(outcomes, bootstrap=bootstrap, seed=seed)
     entry = bench.manifest["configs"][config]
     return ScoreResult(
-        benchmark=bench.location,
+        benchmark=bench.recorded_location,
         benchmark_id=bench.id,
         config=config,
         reference_model=entry["reference_model"]["model"],

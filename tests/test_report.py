@@ -268,6 +268,10 @@ def test_a_benchmark_not_here_is_skipped_and_found_with_benchmark(scored: Path, 
     assert result.exit_code == 0 and parse(out).sections["errors"] == "part shown", result.output
     hand_built_benchmark(bench, ROWS[:-1])  # another build where the result's benchmark was
     assert "is another build of its benchmark" in parse(write_report([results], out).path).note("errors")
+    gone = bench.rename(tmp_path / "gone")  # and given with --benchmark where the result's is not: said so, not "pass --benchmark"
+    result = CliRunner().invoke(main, ["-q", "report", str(results), "--out", str(out), "--benchmark", str(gone)])
+    assert result.exit_code == 0, result.output
+    assert f"and --benchmark gave another build ({gone} (" in parse(out).note("errors")
 
 
 def test_hostile_strings_are_escaped_and_bad_inputs_are_one_line(tmp_path: Path) -> None:

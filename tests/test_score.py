@@ -128,6 +128,17 @@ def test_score_cli_json_and_leaderboard(tmp_path: Path) -> None:
     assert (tmp_path / "board" / "fmr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_result_names_a_local_benchmark_by_its_absolute_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """score --benchmark b (relative): the result file records the dir as an absolute path, so
+    report run from another folder finds it (it recorded 'b', which resolved from nowhere)."""
+    bench = hand_built_benchmark(tmp_path / "b", ROWS)
+    monkeypatch.chdir(tmp_path)
+    scored = CliRunner().invoke(main, ["-q", "score", "--benchmark", "b", "--model", f"py:{TINY_MODELS}:color_net", "--workers", "0",
+                                       "--bootstrap", "0", "--json", "out/a.json"])
+    assert scored.exit_code == 0, scored.output
+    assert json.loads((tmp_path / "out" / "a.json").read_text())["results"][0]["benchmark"] == str(bench.resolve())
+
+
 def test_a_model_with_sa_0_writes_strict_json_and_is_left_off_the_leaderboard(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """FMR = PA / SA is undefined when SA is 0: the result file says null (strict JSON, which
     browsers and other languages parse), and a leaderboard leaves that row out with a warning

@@ -135,6 +135,10 @@ class Benchmarks:
         for candidate in dict.fromkeys((Path(location), result.source.parent / location)):
             if _is_dir(candidate):
                 return self._open(candidate, row["benchmark_id"])
+        if self.by_id:  # one was given, but another build: say so rather than ask for one
+            given = ", ".join(f"{bench.location} ({bench.id[:12]}...)" for bench in self.by_id.values())
+            return (f"it was scored on build {row['benchmark_id'][:12]}... of {location}, and --benchmark gave another build ({given}); "
+                    "pass --benchmark with the build it was scored on, or re-score on this one")
         return f"its benchmark {location} is not available locally; pass --benchmark with a copy of it"
 
     def _open(self, path: Path, wanted: str) -> Union[Benchmark, str]:
