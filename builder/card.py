@@ -13,6 +13,7 @@ import yaml
 
 from builder.errors import BuilderError
 from builder.fileio import json_bytes, write_bytes_atomic
+from builder.licenses import card_license
 from builder.manifest import generator_of
 from builder.metrics import upgrade_figures
 from builder.paths import bundled_dir
@@ -61,7 +62,7 @@ def card_header(manifest: dict[str, Any], schema: ShardSchema) -> dict[str, Any]
         )
     header = {
         "pretty_name": f"{manifest['recipe']['name']} — FMR robustness benchmark",
-        "license": manifest["recipe"]["license"],
+        **card_license(manifest["recipe"]["license"]),
         "task_categories": ["image-classification"],
         "tags": ["robustness", "benchmark", "fmr", "vqgan", "clip", "counterfactual"],
     }

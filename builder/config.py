@@ -338,6 +338,16 @@ class Recipe(Frozen):
     license: str = "unknown"
     source_citation: str = ""
 
+    @field_validator("license")
+    @classmethod
+    def _hub_license(cls, value: str) -> str:
+        from builder.licenses import license_problem
+
+        problem = license_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
     @field_validator("reference_models")
     @classmethod
     def _unique_names(cls, value: tuple[ModelSpec, ...]) -> tuple[ModelSpec, ...]:

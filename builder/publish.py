@@ -460,9 +460,11 @@ def _translate(error: Exception, progress: _Progress, api: Any) -> Optional[Publ
     elif status == 403:
         found = HubPermissionError(f"no permission to write to {where}{_as_user(api)} (HTTP 403); "
                                    f"use a token with write access to '{progress.repo_id.split('/')[0]}'")
-    elif isinstance(error, ValueError) and "README.md" in str(error) and http is None:
-        found = PublishError(f"the Hub rejected the card's YAML header: {' '.join(str(error).split())}")
-    elif progress.uploading and (http is not None or transport is not None):
+    elif isinstance(error, ValueError) and "README.md" in str(error):  # huggingface_hub's check of the card, HTTP 400 or not
+        landed = f"; {progress.done} of {progress.total} commit(s) landed" if progress.uploading else ""
+        found = PublishError(f"the Hub refused the card's YAML header ({' '.join(str(error).split())[:400]}){landed}; "
+                             "re-running will not help: report it with the card's header (publish --dry-run prints it)")
+    elif progress.uploading and (transport is not None or (status is not None and _retryable(status))):
         found = UploadInterruptedError(
             f"upload to {where} interrupted at {progress.step} ({_cause(http or transport)}); {progress.done} of "
             f"{progress.total} commit(s) landed; re-run the same command to resume: files already on the Hub are not sent again")
@@ -474,6 +476,11 @@ def _translate(error: Exception, progress: _Progress, api: Any) -> Optional[Publ
     else:
         return None
     return type(found)(_scrub(str(found), progress.token))
+
+
+def _retryable(status: int) -> bool:
+    """Whether an HTTP status says "try again" (the server, a timeout, a rate limit), not "never"."""
+    return status >= 500 or status in (408, 425, 429)
 
 
 def _cause(error: Optional[BaseException]) -> str:

@@ -3,7 +3,8 @@
 A threaded ``http.server`` on 127.0.0.1 serving what huggingface_hub 2.4.0 and datasets 5.2
 call with HF_HUB_DISABLE_XET=1 (no Xet, plain HTTP), as recorded from their requests:
 
-* publishing: repo and branch creation, YAML validation, preupload (``.parquet``/``.tar``/
+* publishing: repo and branch creation, YAML validation (the header parses; ``license`` is one
+  of the Hub's ids, refused as the Hub does), preupload (``.parquet``/``.tar``/
   ``.png`` and files over 10 MB as LFS, the rest regular), the LFS batch API with a basic PUT
   transfer, the NDJSON commit, and whoami;
 * reading: repo info (``GET /api/{kind}/{repo}`` and ``.../revision/{rev}``, with ``sha`` and
@@ -109,7 +110,7 @@ class HubStub:
         self.requests: list[tuple[str, str]] = []
         self.commit_attempts = 0
         self.fail_commit: int | None = None  # fail the Nth commit attempt (1-based)
-        self.fail_mode = "500"  # or "drop": close the connection without an answer
+        self.fail_mode = "500"  # any HTTP status, or "drop": close the connection without an answer
         self.forbidden = False  # 403 on every write
         self.fail_resolve_once: dict[str, str] = {}  # path in repo -> "500" or "truncate", for its next GET
         self.lock = threading.RLock()
@@ -513,6 +514,11 @@ class _Handler(BaseHTTPRequestHandler):
             yaml.safe_load(header)
         except (yaml.YAMLError, IndexError) as error:
             return self._send(400, {"errors": [{"message": str(error)}]})
+        from builder.licenses import HUB_LICENSES  # the Hub's list, kept as data by the builder
+
+        license_id = (yaml.safe_load(header) or {}).get("license") if header else None
+        if license_id is not None and license_id not in HUB_LICENSES:
+            return self._send(400, {"errors": [{"message": f'"license" must be one of [{", ".join(HUB_LICENSES)}, array]'}]})
         self._send(200, {"errors": [], "warnings": []})
 
     def _branch(self, key: str, branch: str, body: bytes) -> None:
@@ -552,8 +558,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
             return
-        if failing:
-            return self._error(500, "Internal Error - simulated")
+        if failing and self.hub.fail_mode.isdigit():  # "500", or a refusal such as "422"
+            return self._error(int(self.hub.fail_mode), f"HTTP {self.hub.fail_mode} - simulated")
         lines = [json.loads(line) for line in body.splitlines() if line.strip()]
         header, staged, deleted = lines[0]["value"], {}, []
         for line in lines[1:]:

@@ -127,6 +127,10 @@ HOSTILE_SETS = {
     "super-class-on-two-lines": (("--set", 'source.class_ranges={"a\\nb": [[0, 1]], c: [[2, 2]]}'),
                                  "class name [0] must be 1 to 256 characters on one line"),
     "split-empty": (("--set", "output.split="), "(got ''); e.g. test"),
+    # the Hub refuses such a card at publish, after the shards; the license is part of the manifest id
+    "license-not-a-hub-id": (("--set", "license=CC BY 4.0"), "recipe error at license: not a license id the Hugging Face Hub takes"
+                             " in a dataset card (it would refuse the card when publishing); did you mean 'cc-by-4.0'?"),
+    "license-free-text": (("--set", "license=Proprietary, ask us"), "give a Hub id such as cc-by-4.0, or 'other' and name the license"),
     "empty-config-name": (("--set", "reference_models.0.name=null", "--set", "reference_models.0.model=py:..."),
                           "gives no usable config name (got ''); set reference_models[0].name"),
     "long-name": (("--set", "reference_models.0.name=" + "a" * 65), "recipe error at reference_models[0].name"),

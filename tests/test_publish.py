@@ -215,6 +215,22 @@ def test_interrupted_upload_resumes_without_resending(built: Path, hub: HubStub,
 # ----------------------------------------------------------------------------- refusals and errors
 
 
+def test_a_refusal_mid_upload_is_not_called_an_interruption(built: Path, hub: HubStub, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 4xx answer to a commit, or the Hub's check of the card's header refusing it, would come
+    again on a re-run: the error says what was refused, not "interrupted, re-run to resume"."""
+    hub.fail_commit, hub.fail_mode = 1, "422"
+    line = error_line(invoke(str(built), "--repo-id", REPO))
+    assert "the Hub refused commit 1 of 2 for dataset org/tiny" in line and "HTTP 422" in line and "re-run" not in line
+    hub.fail_commit = None
+    import builder.card as card_module
+
+    monkeypatch.setattr(card_module, "card_license", lambda license_id: {"license": "Some License"})
+    line = error_line(invoke(str(built), "--repo-id", REPO))
+    assert "the Hub refused the card's YAML header (Invalid metadata in README.md. - " in line and "must be one of [apache-2.0" in line
+    assert "1 of 2 commit(s) landed; re-running will not help" in line and CARD not in hub.files(REPO)
+
+
+
 def test_refuses_a_dir_that_fails_verify(built: Path, hub: HubStub) -> None:
     shard = built / SHARDS[0]
     data = bytearray(shard.read_bytes())
@@ -308,3 +324,27 @@ def test_the_stored_leaderboard_names_no_local_folder_and_a_rescore_replaces_its
     rescored.write_text(json.dumps({"results": [{**row, "fmr": 60.0, "model_spec": {**row["model_spec"], "checkpoint": "/elsewhere/w/net.pt"}}]}))
     merged = merged_results(root, "b" * 64, [rescored])
     assert len(merged) == 1 and merged[0]["fmr"] == 60.0 and "/home/me" not in json.dumps(merged)
+
+
+@pytest.mark.parametrize(("recorded", "header"), [("CC BY 4.0", "license: cc-by-4.0\n"),
+                                                  ("Research only", "license: other\nlicense_name: research-only\n")])
+def test_a_license_recorded_before_licenses_were_checked_still_publishes(built: Path, hub: HubStub, tmp_path: Path,
+                                                                          recorded: str, header: str) -> None:
+    """A benchmark built when a recipe's license was not checked against the Hub's ids: its card
+    names a Hub id the Hub takes (the stub refuses others, as the Hub does, at the card commit,
+    after every shard), without a rebuild: the license is part of the manifest id."""
+    import shutil
+
+    from builder.fileio import sha256_json, write_json_atomic
+
+    root = Path(shutil.copytree(built, tmp_path / "legacy"))
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["recipe"]["license"] = recorded
+    manifest["recipe_sha256"] = sha256_json(manifest["recipe"])
+    manifest["id"] = sha256_json({"recipe": manifest["recipe_sha256"], "configs": manifest["configs"]})
+    write_json_atomic(root / "manifest.json", manifest)
+    result = invoke(str(root), "--repo-id", REPO)
+    assert result.exit_code == 0, result.output
+    card = hub.files(REPO)[CARD].decode()
+    assert card.startswith("---\n") and header in card.split("---")[1]
+    assert f"license of this derived data: {recorded}" in card

@@ -73,6 +73,17 @@ def test_fresh_build_passes_with_oracle(tiny_build: Path, tiny_recipe: Path) -> 
     assert verify_benchmark(tiny_build).oracle_rates == {}
 
 
+def test_a_license_recorded_before_licenses_were_checked_still_verifies_with_oracle(tiny_build: Path, tiny_recipe: Path) -> None:
+    """The oracle is loaded from the recorded recipe, which must parse with this version: a
+    license the Hub does not take (recipes are now refused for it) judges nothing and passes."""
+    manifest = manifest_of(tiny_build)
+    manifest["recipe"]["license"] = "Research only"
+    manifest["recipe_sha256"] = sha256_json(manifest["recipe"])
+    rewrite_manifest(tiny_build, manifest)
+    report = verify_benchmark(tiny_build, oracle=True, recipe=str(tiny_recipe))
+    assert report.ok and report.oracle_rates == {"cnn": 1.0}, report.failures
+
+
 def test_flipped_byte_in_a_tar_names_file_and_sha256(tiny_build: Path) -> None:
     path = tiny_build / f"{SHARDS[1]}.tar"
     with tarfile.open(path) as tar:
