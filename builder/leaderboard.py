@@ -157,16 +157,33 @@ def leaderboard_markdown(rows: list[dict[str, Any]], *, for_card: bool = False) 
 
     lines = (["| rank | model | config | SA | PA | FMR (95% CI) | setting |", "|---:|---|---|---:|---:|---:|---|"] if for_card else
              ["| rank | model | benchmark | config | SA | PA | FMR (95% CI) | setting |", "|---:|---|---|---|---:|---:|---:|---|"])
+    from builder.reporting import setting_of
+
     ordered = sorted(rows, key=lambda r: (-r["fmr"], r["name"]))
     for rank, row in enumerate(ordered, 1):
-        setting = "white-box" if row.get("white_box") else ("dynamic" if row.get("mode") == "dynamic" else "transfer")
         model = without_folders(row["model"]) if for_card else row["model"]
-        where = "" if for_card else f" `{row['benchmark']}` ({row['benchmark_id'][:8]}) |"
+        where = "" if for_card else f" {_code(row['benchmark'])} ({_cell(row['benchmark_id'][:8])}) |"
         lines.append(
-            f"| {rank} | {row['name']} (`{model}`) |{where} {row['config']} | "
-            f"{100 * row['sa']:.1f} | {100 * row['pa']:.1f} | {row['fmr']:.1f}{ci(row, 'fmr')} | {setting} |"
+            f"| {rank} | {_cell(row['name'])} ({_code(model)}) |{where} {_cell(row['config'])} | "
+            f"{100 * row['sa']:.1f} | {100 * row['pa']:.1f} | {row['fmr']:.1f}{ci(row, 'fmr')} | {setting_of(row.get('mode'), row.get('white_box'))} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    """``text`` as one cell of a Markdown table: result files are shared and downloaded, so a
+    name may not end the row ('|', a line break) nor carry HTML, a link or an image into a
+    published card; it reads as written."""
+    import html
+
+    text = html.escape(" ".join(str(text).split()), quote=False)
+    return re.sub(r"([\\`*_\[\]!|#])", r"\\\1", text)
+
+
+def _code(text: str) -> str:
+    """``text`` as a code span in a table cell (where HTML is shown as written): one line, no
+    backtick to end the span early, '|' escaped as GFM tables need inside code too."""
+    return "`" + " ".join(str(text).split()).replace("`", "'").replace("|", "\\|") + "`"
 
 
 #: an absolute or home-relative path's folders, up to its last '/' (in a spec such as py:/home/me/net.py:fn)
@@ -207,6 +224,10 @@ def _public(value: Any) -> Any:
     return without_folders(value)
 
 
+#: each setting's bar colour in the FMR chart
+SETTING_COLORS = {"white-box": "tab:orange", "transfer": "tab:blue", "dynamic": "tab:green"}
+
+
 def fmr_figure(rows: list[dict[str, Any]]) -> Any:
     """Horizontal FMR bars with their 95% intervals, lowest first (a matplotlib Figure; the
     leaderboard saves it as PNG, the report as inline SVG)."""
@@ -222,11 +243,15 @@ def fmr_figure(rows: list[dict[str, Any]]) -> Any:
     labels = distinct_names([f"{r['name']} on {r['config']}" + (f" ({r['benchmark_id'][:8]})" if several else "") for r in ordered])
     figure, axes = plt.subplots(figsize=(8, 0.45 * len(ordered) + 1.2))
     errors = [[_span(r, 0) for r in ordered], [_span(r, 1) for r in ordered]]
-    colors = ["tab:orange" if r.get("white_box") else "tab:blue" for r in ordered]
+    from builder.reporting import setting_of
+
+    settings = [setting_of(r.get("mode"), r.get("white_box")) for r in ordered]
+    colors = [SETTING_COLORS[setting] for setting in settings]
     positions = list(range(len(ordered)))  # one bar per result: equal labels on a categorical axis would share one
     axes.barh(positions, [r["fmr"] for r in ordered], xerr=errors, color=colors, capsize=3)
     axes.set_yticks(positions, labels)
-    axes.set_xlabel("FMR = PA / SA x 100 (orange: white-box, blue: transfer)")
+    legend = ", ".join(f"{SETTING_COLORS[setting][4:]}: {setting}" for setting in SETTING_COLORS if setting in settings)
+    axes.set_xlabel(f"FMR = PA / SA x 100 ({legend})")
     axes.set_xlim(0, max(100.0, max(r["fmr"] for r in ordered) * 1.05))
     figure.tight_layout()
     return figure

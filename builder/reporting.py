@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 
 def _pct(value: float, interval: Sequence[float] | None = None) -> str:
@@ -11,8 +11,15 @@ def _pct(value: float, interval: Sequence[float] | None = None) -> str:
     return text + (f" [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]" if interval else "")
 
 
+def setting_of(mode: Optional[str], white_box: Optional[bool]) -> str:
+    """How a model was scored: ``dynamic`` (a benchmark regenerated against the model itself,
+    whatever its white_box flag says), ``white-box`` (the model a static config was built
+    against) or ``transfer``."""
+    return "dynamic" if mode == "dynamic" else ("white-box" if white_box else "transfer")
+
+
 def _setting(result: Any) -> str:
-    return "dynamic" if result.mode == "dynamic" else ("white-box" if result.white_box else "transfer")
+    return setting_of(result.mode, result.white_box)
 
 
 def format_results(results: Sequence[Any]) -> str:

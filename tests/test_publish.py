@@ -348,3 +348,31 @@ def test_a_license_recorded_before_licenses_were_checked_still_publishes(built: 
     card = hub.files(REPO)[CARD].decode()
     assert card.startswith("---\n") and header in card.split("---")[1]
     assert f"license of this derived data: {recorded}" in card
+
+
+def test_a_result_file_cannot_add_rows_or_html_to_the_card(built: Path, tmp_path: Path) -> None:
+    """Result files are shared: a name with '|' and a line break made a row of its own in the
+    card's leaderboard, and HTML or an image passed through. Every cell now reads as written;
+    a dynamic score is labelled dynamic (it was called white-box), in a leaderboard and its chart."""
+    from builder.card import card_files
+    from builder.leaderboard import SETTING_COLORS, fmr_figure, leaderboard_markdown
+
+    manifest = json.loads((built / "manifest.json").read_text())
+    hostile = "mine | 1.0 | 1.0 | 1.0 | transfer |\n| 1 | best-model <img src=x onerror=alert(1)> ![t](http://t.example/p.png)"
+    row = {"name": hostile, "model": "py:m.py:net` <b>x</b> |", "benchmark": "b", "benchmark_id": manifest["id"], "config": "cnn",
+           "sa": 0.5, "pa": 0.25, "fmr": 50.0, "white_box": True, "mode": "static"}
+    (tmp_path / "r.json").write_text(json.dumps({"results": [row, {**row, "name": "second", "fmr": 40.0}]}))
+    table = card_files(built, [tmp_path / "r.json"])["README.md"].decode().split("## Leaderboard")[1]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| rank")]
+    assert len(rows) == 2 and all(line.count(" | ") == 6 for line in rows), rows  # seven cells each, whatever the names hold
+    assert "<img" not in table and "![t]" not in table and "&lt;img src=x" in table
+    assert "(`py:m.py:net' <b>x</b> \\|`)" in rows[0]  # in a code span HTML is shown as written; no backtick ends it early
+    assert rows[0].endswith("| white-box |") and rows[1].startswith("| 2 | second")
+    board = leaderboard_markdown([row, {**row, "name": "live", "fmr": 40.0, "mode": "dynamic"}])
+    assert board.splitlines()[-1].startswith("| 2 | live") and board.splitlines()[-1].endswith("| dynamic |")
+    figure = fmr_figure([{**row, "name": "a"}, {**row, "name": "live", "mode": "dynamic"}])
+    colors = sorted(tuple(bar.get_facecolor()) for bar in figure.axes[0].patches)
+    from matplotlib.colors import to_rgba
+
+    assert colors == sorted([to_rgba(SETTING_COLORS["white-box"]), to_rgba(SETTING_COLORS["dynamic"])])
+    assert "green: dynamic" in figure.axes[0].get_xlabel()

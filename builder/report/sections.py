@@ -15,6 +15,7 @@ from typing import Any, Optional, Sequence
 from builder.report.charts import attribute_chart, fmr_bars, per_class_chart, transfer_heatmap
 from builder.report.figures import attribute_curves, misclassified, per_class_from_predictions, per_class_from_result, transfer_matrix
 from builder.report.inputs import Joined, Joining, Result, Samples
+from builder.reporting import setting_of
 
 log = logging.getLogger(__name__)
 esc = html.escape
@@ -38,10 +39,6 @@ def _number(value: Any, scale: float = 1.0) -> str:
     return f"{scale * float(value):.1f}" if isinstance(value, (int, float)) and math.isfinite(value) else "-"
 
 
-def _setting(row: dict[str, Any]) -> str:
-    return "dynamic" if row.get("mode") == "dynamic" else ("white-box" if row.get("white_box") else "transfer")
-
-
 def fmr_section(results: Sequence[Result]) -> Section:
     """FMR per result with its interval (bars), and every figure in a table."""
     rows = [result.row for result in results]
@@ -52,7 +49,7 @@ def fmr_section(results: Sequence[Result]) -> Section:
         low, high = (row.get("fmr_ci") or [None, None])[:2]
         interval = f" [{_number(low)}, {_number(high)}]" if low is not None else ""
         cells = (f"{row['name']} ({row['model']})", f"{row['config']} ({row.get('reference_model', '?')})", f"{row['benchmark']} ({row['benchmark_id'][:8]})",
-                 _setting(row), str(row.get("n", "-")), _number(row["sa"], 100), _number(row["pa"], 100), _number(row.get("pa_perturbed"), 100),
+                 setting_of(row.get("mode"), row.get("white_box")), str(row.get("n", "-")), _number(row["sa"], 100), _number(row["pa"], 100), _number(row.get("pa_perturbed"), 100),
                  f"{_number(row['fmr'])}{interval}", str(result.source))
         lines.append('<tr class="result">' + "".join(f"<td>{esc(str(cell))}</td>" for cell in cells) + "</tr>")
     table = f'<table class="figures"><thead><tr>{head}</tr></thead><tbody>{"".join(lines)}</tbody></table>'
