@@ -239,6 +239,33 @@ def old_format(row: dict[str, Any]) -> dict[str, Any]:
     return old
 
 
+def test_two_classes_of_one_name_keep_their_own_per_class_figures() -> None:
+    """ImageNet names two classes "crane": the per-class chart keyed its bars by name, so one
+    class vanished and the other drew its value."""
+    row = {"per_class": [{"class_name": "crane", "label": 0, "n": 2, "sa": 1.0, "pa": 1.0, "fmr": 100.0},
+                         {"class_name": "crane", "label": 1, "n": 2, "sa": 1.0, "pa": 0.5, "fmr": 50.0},
+                         {"class_name": "blue", "label": 2, "n": 2, "sa": 1.0, "pa": 0.5, "fmr": 50.0}]}
+    assert per_class_from_result(row) == [("crane #1", 100.0), ("crane #2", 50.0), ("blue", 50.0)]
+
+
+@pytest.mark.parametrize("label", [7, -1])
+def test_a_sample_labelled_outside_the_classes_is_a_note_not_a_crash_or_a_wrong_caption(scored: Path, tmp_path: Path, label: int) -> None:
+    """A damaged shard (report never checks hashes): label 7 crashed the page (IndexError), label
+    -1 captioned a red sample 'blue' (names[-1])."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bench = shutil.copytree(scored / "bench", tmp_path / "bench")
+    shard = next(iter(sorted((bench / "ref").glob("*.parquet"))))
+    table = pq.read_table(shard)
+    labels = table.column("label").to_pylist()
+    labels[1] = label
+    pq.write_table(table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels, type=table.schema.field("label").type)), shard)
+    page = parse(write_report([scored / "results" / "color.json"], tmp_path / "r.html", benchmarks=[str(bench)]).path)
+    assert page.sections["errors"] == "part shown"  # the other config still shows
+    assert "config 'ref' of" in page.note("errors") and "has samples labelled outside its 3 classes; run 'build-benchmark verify'" in page.note("errors")
+
+
 def test_an_old_result_still_loads(scored: Path, tmp_path: Path) -> None:
     rows = json.loads((scored / "results" / "color.json").read_text())["results"]
     old = tmp_path / "old.json"

@@ -60,14 +60,22 @@ def per_class_from_result(row: dict[str, Any]) -> Optional[list[tuple[str, float
         checked = [_ClassRow.model_validate(item) for item in listed]
     except ValidationError:
         return None
-    return [(item.class_name, math.nan if item.fmr is None else float(item.fmr)) for item in checked]
+    return _distinct([(item.class_name, math.nan if item.fmr is None else float(item.fmr)) for item in checked])
 
 
 def per_class_from_predictions(joined: Joined) -> list[tuple[str, float]]:
     """(class, FMR) computed from the per-sample predictions, as ``score --per-class`` does."""
     samples = joined.samples
     outcomes = Outcomes(samples.labels, joined.pred_original, joined.pred_perturbed, samples.perturbed, samples.steps)
-    return [(str(item["class_name"]), float(item["fmr"])) for item in per_class(outcomes, samples.bench.class_names)]
+    return _distinct([(str(item["class_name"]), float(item["fmr"])) for item in per_class(outcomes, samples.bench.class_names)])
+
+
+def _distinct(series: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """``series`` with a repeated class name numbered (``crane #1``, ``crane #2``): the chart
+    keys its bars by name, and two classes of one name (ImageNet's two cranes) merged into one."""
+    from builder.reporting import distinct_names
+
+    return list(zip(distinct_names([name for name, _ in series]), [value for _, value in series], strict=True))
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,9 @@ def join(samples: Samples, predictions: SamplePredictions) -> Joining:
     classes = len(samples.bench.class_names)
     if any(((values < 0) | (values >= classes)).any() for values in aligned):
         return f"its predictions name labels outside the {classes} classes of {samples.bench.location}; re-score on this build"
+    if len(samples.labels) and not ((samples.labels >= 0) & (samples.labels < classes)).all():  # a damaged download
+        return (f"config '{samples.config}' of {samples.bench.location} has samples labelled outside its {classes} classes; "
+                "run 'build-benchmark verify' on it")
     return Joined(samples, aligned[0], aligned[1])
 
 
