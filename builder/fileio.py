@@ -26,19 +26,54 @@ def temp_beside(path: Path) -> Path:
 
 @contextlib.contextmanager
 def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Write to a temp name beside ``path``, fsync, then rename over it; discard on error."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write to a temp name beside ``path``, fsync, then rename over it; discard on error. The
+    file system refusing (a file where a folder should be, no permission, a full disk) is a
+    one-line OutputError; an error raised by the writer itself passes through as it is."""
     temp = temp_beside(path)
     try:
-        with open(temp, mode) as handle:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(temp, mode)
+    except OSError as error:
+        raise WriteRefused(path, error) from None
+    try:
+        with handle:
             yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
+            _refused_as_output_error(path, handle.flush)
+            _refused_as_output_error(path, lambda: os.fsync(handle.fileno()))
+        _refused_as_output_error(path, lambda: os.replace(temp, path))
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
         raise
+
+
+def _refused_as_output_error(path: Path, step: Any) -> None:
+    try:
+        step()
+    except OSError as error:
+        raise WriteRefused(path, error) from None
+
+
+class WriteRefused(OutputError, OSError):
+    """The file system refused a write: a one-line OutputError for the CLI, and still an OSError
+    (with its errno and strerror) for a caller that handles those, such as a build that keeps
+    its finished units and says to resume."""
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        super().__init__(_cannot_write(path, error))
+        self.errno, self.strerror, self.filename = error.errno, error.strerror, error.filename
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _cannot_write(path: Path, error: OSError) -> str:
+    """``cannot write PATH (why)``: what the file system refused, and what to do."""
+    if isinstance(error, (FileExistsError, NotADirectoryError)) and error.filename:
+        why = f"{error.filename} is a file, not a folder"
+    else:
+        why = (error.strerror or type(error).__name__) + (f": {error.filename}" if error.filename and str(error.filename) != str(path) else "")
+    return f"cannot write {path} ({why}); give a path in a folder you may write to"
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

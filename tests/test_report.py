@@ -266,6 +266,17 @@ def test_a_sample_labelled_outside_the_classes_is_a_note_not_a_crash_or_a_wrong_
     assert "config 'ref' of" in page.note("errors") and "has samples labelled outside its 3 classes; run 'build-benchmark verify'" in page.note("errors")
 
 
+def test_an_output_path_under_a_file_is_one_line_for_report_and_verify(scored: Path, tmp_path: Path) -> None:
+    """The file system refusing an output path (here: a file where a folder should be) was a
+    FileExistsError traceback from every command writing through atomic_write."""
+    (tmp_path / "afile").write_text("x")
+    report = CliRunner().invoke(main, ["-q", "report", str(scored / "results" / "color.json"), "--out", str(tmp_path / "afile" / "r.html")])
+    assert_one_line_error(report, f"cannot write {tmp_path}/afile/r.html ({tmp_path}/afile is a file, not a folder); give a path")
+    verify = CliRunner().invoke(main, ["-q", "verify", str(scored / "bench"), "--json", str(tmp_path / "afile" / "v.json")])
+    assert_one_line_error(verify, f"cannot write {tmp_path}/afile/v.json ({tmp_path}/afile is a file, not a folder)")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["afile"]
+
+
 def test_an_old_result_still_loads(scored: Path, tmp_path: Path) -> None:
     rows = json.loads((scored / "results" / "color.json").read_text())["results"]
     old = tmp_path / "old.json"
