@@ -133,7 +133,9 @@ def data_uri(data: bytes) -> tuple[str, bool]:
     """An image as a data URI; large ones shrunk to a WebP thumbnail (True) to keep the page small."""
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as image:
+    from builder.images import open_benchmark_image
+
+    with open_benchmark_image(data) as image:
         mime = Image.MIME.get(image.format or "", "image/png")
         if max(image.size) <= THUMB:
             return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}", False
@@ -150,7 +152,12 @@ def _class_name(class_names: list[str], index: Any) -> str:
 
 
 def _img(data: bytes, what: str) -> str:
-    uri, thumb = data_uri(data)
+    """The image with its caption; an image that does not decode (a damaged shard) is said so
+    in its place, and the rest of the page still shows."""
+    try:
+        uri, thumb = data_uri(data)
+    except (OSError, ValueError, SyntaxError, EOFError):  # what Pillow raises on damaged bytes
+        return f'<div class="pic"><span>{what}: this image does not decode; run build-benchmark verify</span></div>'
     css = ' class="thumb"' if thumb else ""
     return f'<div class="pic"><img src="{uri}" alt="{what}"{css}><span>{what}</span></div>'
 

@@ -11,6 +11,7 @@ of them; only a missing or unreadable manifest stops early.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections import Counter
@@ -42,6 +43,7 @@ from builder.writers.base import ShardSchema, attributes_of
 log = logging.getLogger(__name__)
 
 MAX_RECORD_BYTES = 1 << 20  # a sample's .json member; the build writes a few hundred bytes
+MAX_REJECTS_BYTES = 1 << 30  # rejects.jsonl: a few hundred bytes per rejected sample
 SHOWN_KEYS = 5  # keys listed in one failure line before "(+N more)"
 
 
@@ -407,7 +409,14 @@ class Checker:
         if not path.is_file():
             self.fail(f"{REJECTS}: missing; {MANIFEST} records {self.manifest.num_rejects} rejected sample(s)")
             return
-        count = sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+        if path.stat().st_size > MAX_REJECTS_BYTES:
+            self.fail(f"{REJECTS}: {path.stat().st_size} bytes, more than a build writes ({MAX_REJECTS_BYTES}); restore it or rebuild")
+            return
+        lines = [line for line in path.read_bytes().splitlines() if line.strip()]
+        broken = [number for number, line in enumerate(lines, 1) if not _is_json_object(line)]
+        if broken:
+            self.fail(f"{REJECTS}: line(s) {few([str(n) for n in broken])} are not JSON objects in UTF-8; restore it or rebuild")
+        count = len(lines)
         if count != self.manifest.num_rejects:
             self.fail(f"{REJECTS}: {count} line(s), but {MANIFEST} records num_rejects {self.manifest.num_rejects}")
 
@@ -510,11 +519,14 @@ class Checker:
         built_on = self.raw.get("device")
         for name, config in self.manifest.configs.items():
             rejected: list[str] = []
+            undecodable: list[str] = []
             count = 0
-            for keys, labels, pixels in perturbed_batches(self.root, config, batch_size):
+            for keys, labels, pixels in perturbed_batches(self.root, config, batch_size, undecodable):
                 accepted = judge_uint8(oracle, pixels, labels, device)
                 rejected += [key for key, ok in zip(keys, accepted, strict=False) if not ok]
                 count += len(keys)
+            if undecodable:
+                self.fail(f"oracle: config '{name}': {len(undecodable)} perturbed image(s) do not decode, not judged: {few(sorted(undecodable))}")
             self.checked["oracle_images"] += count
             rates[name] = (count - len(rejected)) / count if count else 1.0
             log.info("oracle on config %s: %d of %d perturbed images keep their label", name, count - len(rejected), count)
@@ -525,11 +537,21 @@ class Checker:
         return rates
 
 
+def _is_json_object(line: bytes) -> bool:
+    """Whether one line of rejects.jsonl is a JSON object, as the build writes each rejection."""
+    try:
+        return isinstance(json.loads(line.decode("utf-8")), dict)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return False
+
+
 # ----------------------------------------------------------------------------- oracle helpers
 
 
-def perturbed_batches(root: Path, config: ManifestConfig, batch_size: int) -> Iterator[tuple[list[str], list[int], list[Any]]]:
-    """(keys, labels, uint8 HWC images) of the perturbed samples, ``batch_size`` at a time."""
+def perturbed_batches(root: Path, config: ManifestConfig, batch_size: int,
+                      undecodable: list[str]) -> Iterator[tuple[list[str], list[int], list[Any]]]:
+    """(keys, labels, uint8 HWC images) of the perturbed samples, ``batch_size`` at a time; the
+    keys of images that do not decode go to ``undecodable`` instead."""
     from builder.images import decode_image
 
     keys: list[str] = []
@@ -537,9 +559,14 @@ def perturbed_batches(root: Path, config: ManifestConfig, batch_size: int) -> It
     pixels: list[Any] = []
     for shard in config.shards:
         for key, label, data in perturbed_images(root, shard):
+            try:
+                decoded = decode_image(data)
+            except (OSError, ValueError, SyntaxError, EOFError):  # what Pillow raises on damaged bytes
+                undecodable.append(key)
+                continue
             keys.append(key)
             labels.append(label)
-            pixels.append(decode_image(data))
+            pixels.append(decoded)
             if len(keys) == batch_size:
                 yield keys, labels, pixels
                 keys, labels, pixels = [], [], []

@@ -207,3 +207,19 @@ def test_a_single_format_build_has_a_preview_and_a_gallery(tiny_recipe: Path, tm
     assert len(cards) == 12 and all([alt for alt, _ in c["images"]] == ["original", "perturbed"] for c in cards)
     with Image.open(out / "preview.png") as preview:
         assert preview.width == 5 * TILE  # the first shard's 5 samples, read back from that format
+
+
+def test_an_image_that_does_not_decode_is_said_in_its_place(tmp_path: Path) -> None:
+    """A damaged image crashed the whole gallery (UnidentifiedImageError), the page meant for
+    auditing images; a PostScript image is never handed to Ghostscript (Pillow opens benchmark
+    images as PNG or WebP only)."""
+    from PIL import UnidentifiedImageError
+
+    from builder.images import decode_image
+
+    assert gallery._img(b"\x89PNG\r\n\x1a\n" + b"\x00" * 30, "perturbed") == (
+        '<div class="pic"><span>perturbed: this image does not decode; run build-benchmark verify</span></div>')
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 1 1\n"
+    for read in (decode_image, gallery.data_uri):
+        with pytest.raises(UnidentifiedImageError):
+            read(eps)

@@ -325,3 +325,50 @@ def test_shards_without_a_format_in_common_are_named(tiny_build: Path) -> None:
     rewrite_manifest(tiny_build, manifest)
     failures = verify_benchmark(tiny_build).failures
     assert list(failures) == ["manifest.json: config 'cnn' has no output format that every shard is written in, so it cannot be read; rebuild"]
+
+
+def _replace_tar_member(path: Path, name: str, data: bytes) -> None:
+    members = []
+    with tarfile.open(path) as tar:
+        for member in tar:
+            payload = data if member.name == name else tar.extractfile(member).read()
+            member.size = len(payload)
+            members.append((member, payload))
+    with tarfile.open(path, "w") as tar:
+        for member, payload in members:
+            tar.addfile(member, io.BytesIO(payload))
+
+
+def test_an_image_that_is_not_an_image_is_named_in_either_format(tiny_build: Path) -> None:
+    """verify read only the records: a Parquet image that was no image (or null), or a tar member
+    of other bytes, passed as long as the manifest's hashes were re-recorded; datasets then gave
+    image=None and the gallery a damaged page. Each image's signature is now checked (not decoded)."""
+    path = tiny_build / f"{SHARDS[0]}.parquet"
+    keys = pq.read_table(path, columns=["key"]).column("key").to_pylist()
+    edit_parquet(path, "image", 1, {"bytes": b"not an image", "path": "x.png"})
+    edit_parquet(path, "original_image", 2, None)
+    _replace_tar_member(tiny_build / f"{SHARDS[1]}.tar", f"{pq.read_table(tiny_build / f'{SHARDS[1]}.parquet', columns=['key']).column('key')[0].as_py()}.png", b"GIF89a....")
+    tar_key = pq.read_table(tiny_build / f"{SHARDS[1]}.parquet", columns=["key"]).column("key")[0].as_py()
+    rewrite_manifest(tiny_build, manifest_of(tiny_build))
+    failures = verify_benchmark(tiny_build).failures
+    assert f"{SHARDS[0]}.parquet: sample {keys[1]}: its image is not a PNG image" in failures
+    assert f"{SHARDS[0]}.parquet: sample {keys[2]}: its original_image is missing (no bytes)" in failures
+    assert f"{SHARDS[1]}.tar: sample {tar_key}: its .png is not a PNG image" in failures
+    assert len(failures) == 3, failures
+
+
+def test_oracle_names_an_image_that_does_not_decode_instead_of_crashing(tiny_build: Path, tiny_recipe: Path) -> None:
+    path, row, key = next((path, row, record["key"]) for path in (tiny_build / f"{shard}.parquet" for shard in SHARDS)
+                          for row, record in enumerate(pq.read_table(path, columns=["key", "perturbed"]).to_pylist()) if record["perturbed"])
+    edit_parquet(path, "image", row, {"bytes": b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "path": "x.png"})  # a PNG signature, then nothing
+    rewrite_manifest(tiny_build, manifest_of(tiny_build))
+    report = verify_benchmark(tiny_build, oracle=True, recipe=str(tiny_recipe))
+    assert f"oracle: config 'cnn': 1 perturbed image(s) do not decode, not judged: {key}" in report.failures, report.failures
+
+
+@pytest.mark.parametrize(("content", "expected"), [(b"\xff\xfe bad\n", "rejects.jsonl: line(s) 1 are not JSON objects in UTF-8"),
+                                                   (b'{"source_id": "a"}\n[1]\n', "rejects.jsonl: line(s) 2 are not JSON objects in UTF-8")])
+def test_a_damaged_rejects_file_is_named_not_a_traceback(tiny_build: Path, content: bytes, expected: str) -> None:
+    (tiny_build / "rejects.jsonl").write_bytes(content)
+    result = invoke(str(tiny_build))
+    assert result.exit_code == 1 and expected in result.output, result.output

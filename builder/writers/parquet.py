@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from builder.fileio import atomic_write
-from builder.writers.base import ATTRIBUTES_FIELD, RECORD_FIELDS, WRITERS, OutputSample, ShardSchema, ShardWriter
+from builder.images import SIGNATURE_BYTES, image_problem
+from builder.writers.base import ATTRIBUTES_FIELD, AUDIT_COLUMNS, RECORD_FIELDS, WRITERS, OutputSample, ShardSchema, ShardWriter
 
 ARROW_TYPES = {"string": "string", "bool": "bool_", "int32": "int32", "float32": "float32", "class_label": "int64"}
 
@@ -58,6 +59,26 @@ class ParquetWriter(ShardWriter):
         import pyarrow.parquet as pq
 
         return pq.read_table(path, columns=list(columns)).to_pylist()
+
+    def audit(self, path: Path, schema: ShardSchema) -> tuple[list[dict[str, Any]], list[str]]:
+        """The records, and every sample whose image (or original, when kept) is missing or not
+        an image of the schema's encoding, read a row group at a time (not decoded)."""
+        import pyarrow.parquet as pq
+
+        rows = self.read_records(path, AUDIT_COLUMNS)
+        keys = [row.get("key") for row in rows]
+        present = pq.read_schema(path).names
+        wanted = ["image"] + (["original_image"] if schema.keep_originals else [])
+        problems = [f"has no column {column}" for column in wanted if column not in present]
+        for column in (column for column in wanted if column in present):
+            position = 0
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=256, columns=[column]):
+                for cell in batch.column(0).to_pylist():
+                    problem = image_problem(cell["bytes"][:SIGNATURE_BYTES] if cell and cell["bytes"] else None, schema.image_format)
+                    if problem:
+                        problems.append(f"sample {keys[position] if position < len(keys) else position}: its {column} is {problem}")
+                    position += 1
+        return rows, problems
 
     def read_images(self, path: Path, rows: Sequence[int]) -> list[tuple[bytes, Optional[bytes]]]:
         import pyarrow as pa

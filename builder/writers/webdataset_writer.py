@@ -87,7 +87,23 @@ class WebDatasetWriter(ShardWriter):
             record = _audited(key, payloads[key]["json"], payloads[key]["cls"], problems)
             if record is not None:
                 records.append(record)
-        return records, problems
+        return records, problems + _image_problems(path, extension)
+
+
+def _image_problems(path: Path, extension: str) -> list[str]:
+    """The image members (perturbed and original) that are not images of ``extension``, by
+    their first bytes: no image is decoded, nor held in memory."""
+    from builder.images import SIGNATURE_BYTES, image_problem
+
+    problems = []
+    with tarfile.open(path, "r:") as tar:
+        for member in tar:
+            key, _, part = member.name.partition(".")
+            handle = tar.extractfile(member) if member.isfile() and part in (extension, f"original.{extension}") else None
+            problem = image_problem(handle.read(SIGNATURE_BYTES), extension) if handle is not None else None
+            if problem:
+                problems.append(f"sample {key}: its .{part} is {problem}")
+    return problems
 
 
 def _members(path: Path, keep: Callable[[str], bool], keys: Optional[set[str]] = None) -> dict[str, dict[str, bytes]]:
