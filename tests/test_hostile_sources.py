@@ -608,3 +608,166 @@ def test_hf_corrupt_parquet_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     with pytest.raises(SourceError) as error:
         hf(tmp_path / "hf", tmp_path, class_names=["a", "b"])
     assert f"huggingface source '{tmp_path / 'hf'}' split 'test'" in one_line(error)
+
+
+# ----------------------------------------------------------------------------- 6. files that are not raster images
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 1 1\n"
+
+
+def test_postscript_named_like_an_image_never_runs_ghostscript(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pillow picks a format by content: a k0.png holding PostScript opened as EPS, and loading
+    it ran Ghostscript on the data set's bytes. Every source opens raster formats only."""
+    import datasets
+    from PIL import EpsImagePlugin
+
+    ran: list[Any] = []
+
+    def ghostscript(*args: Any, **kwargs: Any) -> Any:
+        ran.append(args)
+        raise OSError("ghostscript ran")
+
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", ghostscript)
+    (tmp_path / "folder" / "a").mkdir(parents=True)
+    (tmp_path / "folder" / "a" / "k0.png").write_bytes(EPS)
+    (tmp_path / "eps.tar").write_bytes(tar_bytes([("k0.png", EPS), ("k0.cls", b"0")]))
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a"])})
+    root = hf_parquet(tmp_path, monkeypatch, {"image": [{"bytes": EPS, "path": None}], "label": [0]}, features)
+    sources = [make_source({"kind": "imagefolder", "path": "folder"}, tmp_path), wds(tmp_path, "eps.tar"), hf(root, tmp_path)]
+    for source in sources:
+        with pytest.raises(SampleRejected, match=r"not a readable image \(UnidentifiedImageError\)"):
+            load_rgb(next(source.items(0, 1)).load, 4)
+    assert ran == []
+
+
+# ----------------------------------------------------------------------------- 7. where source settings point
+
+
+def hf_set(root: Path, count: int) -> Path:
+    import datasets
+
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    (root / "data").mkdir(parents=True)
+    datasets.Dataset.from_dict({"image": [solid(RED)] * count, "label": [0] * count}, features=features).to_parquet(
+        str(root / "data" / "test-00000-of-00001.parquet"))
+    return root
+
+
+def test_hf_local_path_is_taken_from_the_recipe_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``path: ./my_test_set`` (or ``~/...``) is the recipe's neighbour, as the build's fingerprint
+    takes it, not whatever the current directory holds; a dry run counts the same folder."""
+    datasets = pytest.importorskip("datasets")
+    from builder.config import parse_component
+    from builder.sources.base import SourceContext
+    from builder.sources.huggingface import huggingface_preflight
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    recipes, work, home = tmp_path / "recipes", tmp_path / "work", tmp_path / "home"
+    hf_set(recipes / "my_test_set", 1)
+    hf_set(work / "my_test_set", 3)
+    hf_set(work / "shadow", 2)
+    hf_set(home / "mine", 4)
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("HOME", str(home))
+    assert len(make_source({"kind": "huggingface", "path": "./my_test_set"}, recipes)) == 1
+    assert len(make_source({"kind": "huggingface", "path": "my_test_set"}, recipes)) == 1
+    assert len(make_source({"kind": "huggingface", "path": "~/mine"}, recipes)) == 4
+    config = parse_component("sources", {"kind": "huggingface", "path": "./my_test_set"}, ("source",))
+    [check] = huggingface_preflight(config, SourceContext(base_dir=recipes, cache_dir=tmp_path / "cache"), "source")
+    assert check.samples == 1
+    with pytest.raises(SourceError) as error:
+        make_source({"kind": "huggingface", "path": "./missing"}, recipes)
+    assert f"no folder {recipes / 'missing'}; check source.path" in one_line(error)
+    with pytest.raises(SourceError) as error:  # "shadow" would be a Hub id, but datasets would load ./shadow
+        make_source({"kind": "huggingface", "path": "shadow"}, recipes)
+    assert "./shadow is in the current directory, not in the recipe's folder" in one_line(error)
+
+
+def test_hf_script_data_set_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    (tmp_path / "old_ds").mkdir()
+    (tmp_path / "old_ds" / "old_ds.py").write_text("raise SystemExit('script ran')\n")
+    with pytest.raises(SourceError) as error:
+        make_source({"kind": "huggingface", "path": str(tmp_path / "old_ds")}, tmp_path)
+    line = one_line(error)
+    assert f"'{tmp_path / 'old_ds'}' is a script data set" in line and "revision: refs/convert/parquet" in line
+
+
+def test_glob_or_brace_alternative_matching_no_shard_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A typo in one of several patterns used to drop its shards without a word."""
+    import builder.storage
+
+    (tmp_path / "val-a").mkdir()
+    (tmp_path / "val-a" / "0.tar").write_bytes(tar_bytes(samples(2)))
+    for urls in (["val-a/*.tar", "val-B/*.tar"], "val-{a,B}/*.tar"):
+        with pytest.raises(SourceError) as error:
+            wds(tmp_path, urls)
+        assert "no shard at val-B/*.tar (nothing matches); check source.urls" in one_line(error)
+
+    class Empty:
+        def glob(self, path: str) -> list[str]:
+            return []
+
+    monkeypatch.setattr(builder.storage, "filesystem_of", lambda url, options: (Empty(), url.partition("://")[2]))
+    with pytest.raises(SourceError) as error:
+        wds(tmp_path, ["val-a/*.tar", "s3://bucket/val-*.tar", "val-c/*.tar"])
+    assert "no shard at s3://bucket/val-*.tar, val-c/*.tar (nothing matches)" in one_line(error)
+
+
+def test_image_keys_are_case_blind_and_a_wrong_one_is_an_error(tmp_path: Path) -> None:
+    """A wrong image key made every sample a "corrupt image" reject and the build end empty."""
+    (tmp_path / "s.tar").write_bytes(tar_bytes([("k0.PNG", png_bytes(solid(BLUE))), ("k0.cls", b"1"), *samples(1)]))
+    source = wds(tmp_path, "s.tar", image_keys=["PNG"], label_key="CLS")
+    assert [item.label for item in source.items(0, 2)] == [1, 1]
+    assert load_rgb(next(source.items(0, 1)).load, 4)[0, 0].tolist() == list(BLUE)
+    with pytest.raises(SourceError) as error:
+        wds(tmp_path, "s.tar", image_keys=["jpg", "webp"])
+    assert "has a member with source.image_keys (jpg, webp); its members' extensions: cls, png" in one_line(error)
+
+
+def test_image_folder_skips_hidden_folders_and_refuses_a_class_without_images(tmp_path: Path) -> None:
+    """.ipynb_checkpoints copies were samples twice; __MACOSX became class 0 and shifted every label."""
+    root = tmp_path / "val"
+    for name, color in (("cat", RED), ("dog", BLUE)):
+        (root / name / ".ipynb_checkpoints").mkdir(parents=True)
+        solid(color).save(root / name / "1.png")
+        solid(color).save(root / name / ".ipynb_checkpoints" / "1-checkpoint.png")
+    source = make_source({"kind": "imagefolder", "path": "val"}, tmp_path)
+    assert [(item.source_id, item.label) for item in source.items(0, 9)] == [("cat/1.png", 0), ("dog/1.png", 1)]
+    (root / "__MACOSX" / "cat").mkdir(parents=True)
+    (root / "__MACOSX" / "cat" / "._1.png").write_bytes(b"\0\5\26\7")
+    with pytest.raises(SourceError) as error:
+        make_source({"kind": "imagefolder", "path": "val"}, tmp_path)
+    assert f"class folder '__MACOSX' in {root} has no image file" in one_line(error)
+    with pytest.raises(SourceError, match="class folder '__MACOSX'"):  # not "class_names disagree at index 0"
+        make_source({"kind": "imagefolder", "path": "val", "class_names": ["cat", "dog"]}, tmp_path)
+    declared = make_source({"kind": "imagefolder", "path": "val", "class_names": ["__MACOSX", "cat", "dog"]}, tmp_path)
+    assert [item.label for item in declared.items(0, 9)] == [1, 2]  # declared: an empty class, no shift unseen
+
+
+# ----------------------------------------------------------------------------- 8. super-classes over compressed shards
+
+
+def test_class_ranges_over_a_tar_gz_open_it_once_per_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each run of kept samples used to read the inner source afresh, inflating a .tar.gz from
+    its start once per run: quadratic. One pass now, with the same samples, order and ids."""
+    import builder.sources.webdataset_source as webdataset_source
+
+    members = [member for i in range(60) for member in ((f"k{i:02d}.png", png_bytes(solid(RED))), (f"k{i:02d}.cls", str(i % 3).encode()))]
+    (tmp_path / "s.tar.gz").write_bytes(gzip.compress(tar_bytes(members)))
+    full = wds(tmp_path, "s.tar.gz")
+    expected = [(item.source_id, 0 if item.label == 0 else 1) for item in full.items(0, len(full)) if item.label != 1]
+    source = wds(tmp_path, "s.tar.gz", class_ranges={"zero": [[0, 0]], "two": [[2, 2]]})
+    openings = [0]
+    real_open = webdataset_source._open_tar
+
+    def counting(shard: Path) -> tarfile.TarFile:
+        openings[0] += 1
+        return real_open(shard)
+
+    monkeypatch.setattr(webdataset_source, "_open_tar", counting)
+    unit = read_unit(source, WorkUnit(0, 0, len(source), 1), 4, source.class_names)
+    assert openings[0] == 1
+    assert list(zip(unit.source_ids, unit.labels.tolist(), strict=True)) == expected and unit.indices == list(range(40))
+    assert [(item.index, item.source_id) for item in source.items(5, 9)] == [(5 + i, expected[5 + i][0]) for i in range(4)]

@@ -204,7 +204,9 @@ def test_imagefolder_broken_file_is_listed_but_rejected(folder: Path, tmp_path: 
 
 
 def test_imagefolder_extensions_filter(folder: Path, tmp_path: Path) -> None:
-    source = make_source({"kind": "imagefolder", "path": str(folder), "extensions": [".txt"]}, tmp_path)
+    with pytest.raises(SourceError, match=r"class folder 'dog' .* has no image file \(\.txt\)"):  # dog has no .txt
+        make_source({"kind": "imagefolder", "path": str(folder), "extensions": [".txt"]}, tmp_path)
+    source = make_source({"kind": "imagefolder", "path": str(folder), "extensions": [".txt"], "class_names": ["cat", "dog"]}, tmp_path)
     assert [item.source_id for item in source.items(0, 10)] == ["cat/notes.txt"]
 
 
@@ -228,8 +230,10 @@ def test_imagefolder_without_class_folders(tmp_path: Path) -> None:
 
 def test_imagefolder_with_only_empty_classes_is_empty(tmp_path: Path) -> None:
     (tmp_path / "empty" / "cat").mkdir(parents=True)
-    with pytest.raises(SourceError, match="source imagefolder is empty"):
+    with pytest.raises(SourceError, match="class folder 'cat' .* has no image file"):
         make_source({"kind": "imagefolder", "path": str(tmp_path / "empty")}, tmp_path)
+    with pytest.raises(SourceError, match="source imagefolder is empty"):  # a declared class may be empty
+        make_source({"kind": "imagefolder", "path": str(tmp_path / "empty"), "class_names": ["cat"]}, tmp_path)
 
 
 # ----------------------------------------------------------------------------- 3. huggingface

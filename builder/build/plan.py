@@ -20,6 +20,7 @@ from builder.errors import OutputError
 from builder.fileio import sha256_file
 from builder.manifest import MANIFEST_FORMAT
 from builder.outdir import OutputState, check_unlocked, inspect_output
+from builder.paths import in_recipe_dir
 from builder.preflight import component_weights
 from builder.recipes import LoadedRecipe
 from builder.registry import loaded_plugins
@@ -194,8 +195,8 @@ def source_fingerprint(source: Any, config: Any, base_dir: Path, used: Optional[
     locations = {}
     for key, value in config.model_dump(mode="json").items():
         for text in [value] if isinstance(value, str) else (value if isinstance(value, list) else []):
-            if isinstance(text, str) and key != "kind" and text and (base_dir / text).exists():
-                locations[f"{key}:{text}"] = str((base_dir / text).resolve())
+            if isinstance(text, str) and key != "kind" and text and in_recipe_dir(text, base_dir).exists():
+                locations[f"{key}:{text}"] = str(in_recipe_dir(text, base_dir).resolve())
     count = len(source)
     last = count if used is None else min(used, count)
     ends = [next(iter(source.items(i, i + 1))).source_id for i in sorted({0, last - 1}) if last]

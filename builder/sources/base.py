@@ -142,21 +142,15 @@ class SuperclassSource:
         return len(self._kept)
 
     def items(self, start: int, stop: int) -> Iterator[SourceItem]:
+        """One pass over the inner samples from the first kept to the last, skipping the others
+        (their images are never loaded): a read per run of kept samples would inflate a
+        compressed shard from its start once per run."""
+        kept = self._kept[start : min(stop, len(self))]
+        if not kept:
+            return
+        wanted = set(kept)
         index = start
-        for first, last in _runs(self._kept[start : min(stop, len(self))]):
-            for item in self._inner.items(first, last + 1):
+        for item in self._inner.items(kept[0], kept[-1] + 1):
+            if item.index in wanted:
                 yield SourceItem(index, item.source_id, self._owner[item.label], item.load)
                 index += 1
-
-
-def _runs(positions: Sequence[int]) -> Iterator[tuple[int, int]]:
-    """Consecutive stretches of sorted positions, as inclusive (first, last) pairs."""
-    if not positions:
-        return
-    first = previous = positions[0]
-    for position in positions[1:]:
-        if position != previous + 1:
-            yield first, previous
-            first = position
-        previous = position
-    yield first, previous

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 
 from builder.errors import first_line
 
 MAX_PIXELS = 89_478_485  # PIL's own decompression-bomb threshold, applied per image
+#: the raster formats a source's image may be read as. Pillow picks a format by a file's content,
+#: not its name: left to choose, it opens PostScript named ``x.png`` as EPS and runs Ghostscript
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF", "PPM")
+#: the file names of those formats (an imagefolder lists these; PPM's plugin also reads PGM/PBM)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm")
 
 
 class SampleRejected(Exception):
@@ -17,6 +23,14 @@ class SampleRejected(Exception):
 
 def bomb_reason() -> str:
     return f"image exceeds the {MAX_PIXELS} pixel limit (decompression bomb guard)"
+
+
+def open_untrusted(file: str | Path | IO[bytes]):  # -> PIL.Image.Image
+    """``file`` opened lazily as one of :data:`IMAGE_FORMATS` only; anything else (EPS, PDF...)
+    raises ``UnidentifiedImageError``, which :func:`load_rgb` turns into a rejection."""
+    from PIL import Image
+
+    return Image.open(file, formats=IMAGE_FORMATS)
 
 
 def check_pixels(width: int, height: int) -> None:

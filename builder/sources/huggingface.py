@@ -10,6 +10,7 @@ from typing import Any
 
 from builder.config import SourceConfig
 from builder.errors import SourceError, first_line
+from builder.paths import in_recipe_dir
 from builder.preflight import Check
 from builder.sources.base import (
     SOURCES,
@@ -20,6 +21,7 @@ from builder.sources.base import (
     declared_classes,
     open_preflight,
 )
+from builder.sources.decode import open_untrusted
 from builder.sources.imagefolder import open_image
 
 #: the integer dtypes a label column may have (a float or a string is not a class index)
@@ -36,22 +38,57 @@ class HuggingFaceConfig(SourceConfig):
 
 
 def _open_encoded(value: Any):  # -> PIL.Image.Image
-    from PIL import Image
-
     if isinstance(value, dict) and value.get("bytes"):
-        return Image.open(io.BytesIO(value["bytes"]))
+        return open_untrusted(io.BytesIO(value["bytes"]))
     if isinstance(value, dict) and value.get("path"):
         return open_image(value["path"])  # a path cell could name a FIFO or a device: never opened
     raise ValueError("empty image cell")
 
 
+def local_dir(path: str, base_dir: Path) -> Path | None:
+    """The folder ``source.path`` names, taken from the recipe's folder like every path a recipe
+    gives (and as the build's fingerprint takes it), or None for a Hub id. A name that can only be
+    a path (``./x``, ``~/x``, ``/x``) is local even when missing: it must not reach the Hub."""
+    local = in_recipe_dir(path, base_dir)
+    if local.exists() or path.startswith((".", "~", "/")):
+        return local.absolute()
+    return None
+
+
 def huggingface_preflight(config: HuggingFaceConfig, ctx: SourceContext, where: str) -> list[Check]:
     """A local data set dir is opened and counted; a Hub one is not fetched for a dry run."""
-    if Path(config.path).expanduser().exists():
+    if local_dir(config.path, ctx.base_dir) is not None:
         return open_preflight(config, ctx, where)
     names = declared_classes(config)
     detail = f"{config.kind} {config.path}: samples and classes known at run time (not opened offline)"
     return [Check(where, detail, classes=len(names) if names else None, class_names=names)]
+
+
+def _load(config: HuggingFaceConfig, ctx: SourceContext) -> Any:
+    """``load_dataset`` of a local folder by its absolute path (``datasets`` would take a relative
+    one from the current directory) or of a Hub id; its failures as one line."""
+    import datasets
+
+    local = local_dir(config.path, ctx.base_dir)
+    what = f"huggingface source '{config.path}'"
+    if local is not None and not local.exists():
+        raise SourceError(f"{what}: no folder {local}; check source.path (a relative path is taken from the recipe's folder)")
+    if local is None and Path(config.path).exists():  # datasets would load it instead of the Hub id
+        raise SourceError(
+            f"{what}: ./{config.path} is in the current directory, not in the recipe's folder {ctx.base_dir}; "
+            "give source.path relative to the recipe (or run elsewhere to load the Hub data set)"
+        )
+    try:
+        return datasets.load_dataset(str(local or config.path), config.name, split=config.split, revision=config.revision)
+    except (FileNotFoundError, ValueError, ConnectionError, OSError, datasets.exceptions.DatasetsError) as error:
+        raise SourceError(f"{what} split '{config.split}': {first_line(error)}") from None
+    except RuntimeError as error:
+        if "scripts are no longer supported" not in str(error):
+            raise
+        raise SourceError(
+            f"{what} is a script data set, which datasets {datasets.__version__} no longer runs; "
+            "set source.revision: refs/convert/parquet (the Hub's Parquet copy) or convert it to Parquet"
+        ) from None
 
 
 @SOURCES.register("huggingface", config=HuggingFaceConfig, description="datasets.load_dataset(path, name, split)",
@@ -60,10 +97,7 @@ class HuggingFaceSource:
     def __init__(self, config: HuggingFaceConfig, ctx: SourceContext) -> None:
         import datasets
 
-        try:
-            table = datasets.load_dataset(config.path, config.name, split=config.split, revision=config.revision)
-        except (FileNotFoundError, ValueError, ConnectionError, OSError, datasets.exceptions.DatasetsError) as error:
-            raise SourceError(f"huggingface source '{config.path}' split '{config.split}': {first_line(error)}") from None
+        table = _load(config, ctx)
         for column in (config.image_column, config.label_column):
             if column not in table.column_names:
                 raise SourceError(

@@ -19,9 +19,7 @@ from builder.sources.base import (
     open_preflight,
     printable_id,
 )
-from builder.sources.decode import SampleRejected
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm")
+from builder.sources.decode import IMAGE_EXTENSIONS, SampleRejected, open_untrusted
 
 
 class ImageFolderConfig(SourceConfig):
@@ -33,7 +31,7 @@ def open_image(path: Path):  # -> PIL.Image.Image
     """The image at ``path``, lazily (the decoder checks the size before reading pixels).
     Anything but a regular file is rejected before it is opened: opening a FIFO named
     ``x.png`` would block forever, and a device could be read without end."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     try:
         mode = os.stat(path).st_mode
@@ -43,7 +41,7 @@ def open_image(path: Path):  # -> PIL.Image.Image
     if not stat.S_ISREG(mode):
         raise SampleRejected(f"not a regular file but {_file_kind(mode)}; only image files are read")
     try:
-        return Image.open(path)
+        return open_untrusted(path)
     except UnidentifiedImageError:
         raise
     except OSError as error:
@@ -90,14 +88,28 @@ def _is_utf8(name: str) -> bool:
 
 def _files_below(folder: Path) -> list[Path]:
     """Every non-directory entry below ``folder`` (symbolic links to folders are not followed,
-    as ``Path.rglob`` does not), sorted like ``sorted(folder.rglob("*"))``. A folder that cannot
-    be listed is an error: ``rglob`` would skip its images without a word."""
+    as ``Path.rglob`` does not), sorted like ``sorted(folder.rglob("*"))``. Hidden folders
+    (``.ipynb_checkpoints``, ``.git``) are not entered: they hold copies, not more samples. A
+    folder that cannot be listed is an error: ``rglob`` would skip its images without a word."""
 
     def fail(error: OSError) -> None:
         where = printable_id(str(error.filename)) if error.filename else str(folder)
         raise SourceError(f"imagefolder: cannot list {where}: {error.strerror or error}; fix its permissions")
 
-    return sorted(Path(top, name) for top, _, files in os.walk(folder, onerror=fail) for name in files)
+    found: list[Path] = []
+    for top, folders, files in os.walk(folder, onerror=fail):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        found.extend(Path(top, name) for name in files)
+    return sorted(found)
+
+
+def _empty_class_error(root: Path, name: str, suffixes: tuple[str, ...]) -> SourceError:
+    """A class folder without an image file (``__MACOSX``, a stray folder) would still be a
+    class, shifting the label of every class after it; torchvision's ImageFolder refuses it too."""
+    return SourceError(
+        f"imagefolder: class folder {name!r} in {root} has no image file ({', '.join(suffixes)}); "
+        "remove it, or list it in source.class_names to keep a class without samples"
+    )
 
 
 @SOURCES.register("imagefolder", config=ImageFolderConfig, description="root/<class>/<image>, classes sorted by name", preflight=open_preflight)
@@ -109,13 +121,14 @@ class ImageFolderSource:
         classes = _class_folders(root)
         if not classes:
             raise SourceError(f"imagefolder: {root} has no class sub-folders")
-        self.class_names = check_class_names(config.class_names, classes, f"imagefolder {root}")
         suffixes = tuple(s.lower() for s in config.extensions)
         self._files: list[tuple[Path, int]] = []
         for label, name in enumerate(classes):
-            for file in _files_below(root / name):  # FIFOs, broken links...: listed, and rejected when read
-                if not file.name.startswith(".") and file.suffix.lower() in suffixes:
-                    self._files.append((file, label))
+            files = [file for file in _files_below(root / name) if not file.name.startswith(".") and file.suffix.lower() in suffixes]
+            if not files and name not in (config.class_names or ()):  # a declared class may be empty
+                raise _empty_class_error(root, name, suffixes)
+            self._files.extend((file, label) for file in files)  # FIFOs, broken links...: listed, and rejected when read
+        self.class_names = check_class_names(config.class_names, classes, f"imagefolder {root}")
         self._root = root
 
     def __len__(self) -> int:

@@ -20,6 +20,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
+from pydantic import field_validator
+
 from builder.checkpoints import OBJECT_STORES, STORE_HINT, fetch_location, find_location, offline_hint, parse_hf_url
 from builder.config import SourceConfig
 from builder.errors import BuilderError, SourceError
@@ -33,7 +35,7 @@ from builder.sources.base import (
     printable_id,
     shown_label,
 )
-from builder.sources.decode import SampleRejected
+from builder.sources.decode import SampleRejected, open_untrusted
 
 #: a label member is a class index (``3``, ``{"label": 3}``): anything longer is not one, and is
 #: never parsed (a deeply nested or many-digit JSON text would blow the parser's limits)
@@ -52,23 +54,47 @@ class WebDatasetConfig(SourceConfig):
     image_keys: tuple[str, ...] = ("png", "jpg", "jpeg", "webp")
     label_key: str = "cls"
 
+    @field_validator("image_keys")
+    @classmethod
+    def _lower_keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        """Member extensions are compared lowercased (``K.PNG`` is a png): so are the keys."""
+        return tuple(key.lower() for key in value)
+
+    @field_validator("label_key")
+    @classmethod
+    def _lower_key(cls, value: str) -> str:
+        return value.lower()
+
 
 def _expand(urls: str | tuple[str, ...], ctx: SourceContext) -> list[tuple[str, Path]]:
-    """(path for sample ids, local path) of every shard ``source.urls`` names, in order."""
+    """(path for sample ids, local path) of every shard ``source.urls`` names, in order. A glob
+    that matches nothing is an error even when others match: a typo must not drop its shards."""
     shards: list[tuple[str, Path]] = []
-    for url in (listed for pattern in _expanded(urls) for listed in _listed(pattern)):
-        local = fetch_location(url, ctx)
-        if any(c in str(local) for c in "*?[") and not local.is_file():  # a glob (a file whose name holds '[' is itself)
-            shards.extend((match, Path(match)) for match in sorted(glob.glob(str(local))))
-        else:
-            shards.append((_shard_name(url, local), local))
-        if len(shards) > MAX_SHARDS:
-            raise SourceError(f"webdataset source: source.urls match more than {MAX_SHARDS} shards; narrow its globs")
+    unmatched: list[str] = []
+    for pattern in _expanded(urls):
+        before = len(shards)
+        for url in _listed(pattern):
+            shards.extend(_local_shards(url, ctx))
+            if len(shards) > MAX_SHARDS:
+                raise SourceError(f"webdataset source: source.urls match more than {MAX_SHARDS} shards; narrow its globs")
+        if len(shards) == before:
+            unmatched.append(pattern)
+    if unmatched:
+        shown = ", ".join(printable_id(pattern) for pattern in unmatched[:5]) + (f" and {len(unmatched) - 5} more" if len(unmatched) > 5 else "")
+        raise SourceError(f"webdataset source: no shard at {shown} (nothing matches); check source.urls")
     missing = [path for _, path in shards if not path.is_file()]
     if not shards or missing:
-        shown = urls if isinstance(urls, str) else urls[0]
+        shown = urls if isinstance(urls, str) else ", ".join(urls) or "(none)"
         raise SourceError(f"webdataset source: no shard at {missing[0] if missing else shown}; check source.urls")
     return shards
+
+
+def _local_shards(url: str, ctx: SourceContext) -> list[tuple[str, Path]]:
+    """The shard ``url`` names, fetched; or the files a local glob matches, sorted (none for none)."""
+    local = fetch_location(url, ctx)
+    if any(c in str(local) for c in "*?[") and not local.is_file():  # a glob (a file whose name holds '[' is itself)
+        return [(match, Path(match)) for match in sorted(glob.glob(str(local)))]
+    return [(_shard_name(url, local), local)]
 
 
 def _shard_name(listed: str, local: Path) -> str:
@@ -350,6 +376,7 @@ class WebDatasetSource:
                 _check_end(tar, shard)
         except _STREAM_ERRORS as error:
             raise SourceError(_unreadable(shard, error)) from None
+        _check_image_keys(shard, groups, config.image_keys)
         for position, (key, members) in enumerate(groups):  # tar order: the order the shard was written in
             source_id = printable_id(f"{prefix}/{key}")
             image = next((members[e] for e in config.image_keys if e in members), None)
@@ -382,6 +409,19 @@ class _Sample:
     label: int
     problem: str | None  # why the label is unusable: raised when the sample is reached
     duplicate_of: int | None  # index of the first sample with this source id
+
+
+def _check_image_keys(shard: Path, groups: list[tuple[str, dict[str, tarfile.TarInfo]]], image_keys: tuple[str, ...]) -> None:
+    """A shard none of whose samples has a member named by ``image_keys`` is a wrong setting, not
+    a shard of corrupt images: each sample would be rejected and the build end with none."""
+    if not groups or any(key in members for _, members in groups for key in image_keys):
+        return
+    present = sorted({extension for _, members in groups for extension in members})
+    shown = ", ".join(printable_id(extension) or "(none)" for extension in present[:12]) + (", ..." if len(present) > 12 else "")
+    raise SourceError(
+        f"webdataset source: no sample in shard {shard} has a member with source.image_keys ({printable_id(', '.join(image_keys)) or 'none given'}); "
+        f"its members' extensions: {shown}; set source.image_keys to the image extension"
+    )
 
 
 def _extracted(tar: tarfile.TarFile, member: tarfile.TarInfo) -> Any:
@@ -465,8 +505,6 @@ def _parse_label(raw: bytes | None, member: tarfile.TarInfo | None, source_id: s
 
 
 def _open(cursor: _ShardCursor, shard: Path, member: tarfile.TarInfo | None):  # -> PIL.Image.Image
-    from PIL import Image
-
     if member is None:
         raise ValueError("no image member")
-    return Image.open(io.BytesIO(cursor.read(shard, member)))
+    return open_untrusted(io.BytesIO(cursor.read(shard, member)))
