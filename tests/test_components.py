@@ -194,6 +194,16 @@ def test_clip_zero_shot_on_a_tiny_open_clip_model(tmp_path: Path, context: Compo
     accepted, probability = oracle.judge(images, labels)
     assert torch.allclose(probability, expected[torch.arange(4), labels], atol=1e-5)
     assert torch.equal(accepted, expected.argmax(-1) == labels)
+    # under bf16 autocast the image tower runs in bf16, but the logits are taken in fp32: bf16
+    # logits near 30 are 0.125 apart, which flipped and tied argmaxes (ties went to class 0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = oracle.classifier(images)
+    assert logits.dtype == torch.float32
+    head = oracle.classifier.net
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        tower = head.model.encode_image((resized - mean) / std)
+    wide = head.scale * F.normalize(tower.float(), dim=-1) @ text.T
+    assert torch.allclose(logits, wide, atol=1e-5)
 
 
 def test_openai_weights_force_quick_gelu(monkeypatch: pytest.MonkeyPatch, context: ComponentContext) -> None:
@@ -285,6 +295,10 @@ def test_timm_model_preprocessing_comes_from_the_pretrained_tag(context: Compone
     )
     assert overridden.preprocess.config.input_size == 32
     assert overridden(torch.rand(2, 3, 16, 16)).shape == (2, 3)
+    # a tag with a separate evaluation size is read at it, as timm's validate.py and its published
+    # accuracies read it (it was read at the training size: 224 px crop 0.875 for 288 px crop 0.95)
+    tested = build_classifier(ModelSpec(model="timm:convnext_atto.d2_in1k", pretrained=False), context, pretrained=False)
+    assert (tested.preprocess.config.input_size, tested.preprocess.config.crop_pct) == (288, 0.95)
 
 
 def test_timm_errors_name_the_model(tmp_path: Path, context: ComponentContext) -> None:
@@ -426,6 +440,8 @@ def test_class_ranges_pool_a_model_into_super_classes(context: ComponentContext)
     inner = pooled.inner(images)
     expected = torch.stack([inner[:, [0, 1]].logsumexp(1), inner[:, [2, 5]].logsumexp(1), inner[:, [3, 4]].logsumexp(1)], 1)
     assert torch.allclose(pooled(images), expected, atol=1e-5)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # the sum of exponentials is not taken in bf16
+        assert pooled(images).dtype == torch.float32
     too_far = ModelSpec(model=f"py:{TINY_MODELS}:tiny_cnn", num_classes=4, class_ranges=ranges)
     with pytest.raises(ComponentError, match="class_ranges reach index 5 but the model has 4 outputs"):
         load_classifier(too_far, context)
@@ -459,3 +475,24 @@ def test_a_classifier_with_class_ranges_is_trained_on_its_pooled_super_classes(t
     with torch.no_grad():
         accuracy = float((classifier(images).argmax(1) == labels).float().mean())
     assert accuracy > 0.8, accuracy  # 0.97 on this machine; 0.49 when the raw outputs were trained
+
+
+def test_requantize_finds_the_nearest_code_in_full_precision_under_bf16(tmp_path: Path) -> None:
+    """Encode picks codes in fp32; decode's requantization ran inside the decoder's bf16 autocast,
+    where the distance einsum can pick another code for the very latent encode gave."""
+    from builder.components.vqgan import VQGANGenerator
+
+    model, _ = tiny_vqgan(tmp_path)
+    generator = VQGANGenerator(model, requantize=True)
+    seen: list[tuple[torch.dtype, bool]] = []
+    quantize = model.quantize_ste
+
+    def recording(latent: torch.Tensor):  # noqa: ANN202 - taming's return
+        seen.append((latent.dtype, torch.is_autocast_enabled("cpu")))
+        return quantize(latent)
+
+    model.quantize_ste = recording  # type: ignore[method-assign]
+    latent = generator.encode(torch.rand(2, 3, 16, 16))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        generator.decode(latent)
+    assert seen == [(torch.float32, False), (torch.float32, False)]

@@ -141,7 +141,7 @@ def build_timm(target: str, spec: ModelSpec, ctx: ComponentContext, pretrained: 
         raise ComponentError(f"timm:{target}: {first_line(error)}") from None
     except Exception as error:  # noqa: BLE001 - sorted out below
         raise _timm_load_failure(target, source, error) from None
-    data = resolve_model_data_config(net)
+    data = resolve_model_data_config(net, use_test_size=True)  # what timm's validate.py and its published accuracies use
     preprocessing = Preprocessing(
         input_size=int(data["input_size"][-1]),
         interpolation=str(data.get("interpolation", "bicubic")),

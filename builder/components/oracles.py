@@ -279,7 +279,14 @@ class ClipZeroShotHead(nn.Module):
         self.register_buffer("scale", self.model.logit_scale.exp().detach(), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.scale * F.normalize(self.model.encode_image(images), dim=-1) @ self.text_features.T
+        """Logits of every class. The image tower may run in bf16 autocast, but the similarity to
+        the text features is taken in at least fp32: CLIP logits sit near 20 to 35, where bf16
+        values are 0.125 apart, so a bf16 head flips argmaxes and ties them toward class 0."""
+        features = self.model.encode_image(images)
+        wide = torch.promote_types(features.dtype, torch.float32)
+        with torch.autocast(images.device.type, enabled=False):
+            normalized = F.normalize(features.to(wide), dim=-1)
+            return self.scale.to(wide) * normalized @ self.text_features.to(wide).T
 
 
 def clip_classifier(model: Any, tokenizer: Any, texts: list[list[str]], device: str, spec: str,

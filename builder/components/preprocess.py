@@ -132,7 +132,10 @@ class PooledClassifier(nn.Module):
         return self.inner.net
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        logits = self.inner(images)[:, self.members]
+        """Each super-class's logsumexp of its members' logits, in at least fp32 (bf16 autocast
+        would take the sum of exponentials in bf16)."""
+        raw = self.inner(images)
+        logits = raw.to(torch.promote_types(raw.dtype, torch.float32))[:, self.members]
         owners = self.owners.expand_as(logits)
         empty = logits.new_full((logits.shape[0], self.num_classes), float("-inf"))
         peak = empty.scatter_reduce(1, owners, logits, reduce="amax").detach()  # per-group shift

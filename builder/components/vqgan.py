@@ -257,8 +257,9 @@ class VQGANGenerator:
         return z_q
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        if self.requantize:
-            latent, _ = self.model.quantize_ste(latent)
+        if self.requantize:  # the nearest code found as encode found it: in full precision, whatever autocast says
+            with torch.autocast(latent.device.type, enabled=False):
+                latent, _ = self.model.quantize_ste(latent.to(torch.promote_types(latent.dtype, torch.float32)))
         return ((self.model.decode_latent(latent) + 1) / 2).clamp(0, 1)
 
 
