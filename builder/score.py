@@ -237,7 +237,8 @@ def _raised_message(text: str, kind: type) -> str:
     return last[len(prefix):] if last.startswith(prefix) else first_line(Exception(text))
 
 
-def _originals_from_source(bench: Benchmark, config: str, source_recipe: Optional[str], classifier: Any, device: str, batch_size: int) -> np.ndarray:
+def _originals_from_source(bench: Benchmark, config: str, source_recipe: Optional[str], classifier: Any, device: str, batch_size: int,
+                           cache_dir: Path) -> np.ndarray:
     """SA needs the originals; a benchmark built without them gets them from the recipe's source."""
     from builder.images import to_nchw
     from builder.recipes import load_recipe
@@ -247,7 +248,7 @@ def _originals_from_source(bench: Benchmark, config: str, source_recipe: Optiona
         raise BenchmarkError(f"{bench.location} was built without original images; pass --source RECIPE (its recipe) so SA can be measured")
     loaded = load_recipe(source_recipe)
     _check_same_source(source_recipe, recipe_to_dict(loaded.recipe)["source"], bench.manifest["recipe"].get("source"))
-    source = open_source(loaded.recipe.source, SourceContext(loaded.base_dir, default_cache_dir()))
+    source = open_source(loaded.recipe.source, SourceContext(loaded.base_dir, cache_dir))  # where the build cached its shards
     columns = list(bench.read_columns(config, ["key", "source_id"]))
     indices = [int(k) for part in columns for k in part["key"]]
     ids = [source_id for part in columns for source_id in part["source_id"]]
@@ -348,7 +349,7 @@ def score(
     pred_perturbed = np.concatenate(on_images)
     pred_original = (
         np.concatenate(on_originals) if bench.has_originals()
-        else _originals_from_source(bench, config, source_recipe, classifier, device, batch_size)
+        else _originals_from_source(bench, config, source_recipe, classifier, device, batch_size, cache_dir or default_cache_dir())
     )
     outcomes = Outcomes(np.asarray(records["label"]), pred_original, pred_perturbed, np.asarray(records["perturbed"]), np.asarray(records["steps"]))
     figures = compute_metrics(outcomes, bootstrap=bootstrap, seed=seed)

@@ -310,6 +310,12 @@ def test_a_benchmark_built_without_originals_scores_from_its_recipes_source(tiny
     assert len(openings) == 2  # indexing the shard, then one pass over it
     kept, sourced = scores[True], scores[False]
     assert (sourced.n, sourced.sa, sourced.pa, sourced.fmr) == (kept.n, kept.sa, kept.pa, kept.fmr) and kept.n == 14
+    import builder.sources.base as sources_base
+
+    opened_in, real_open = [], sources_base.open_source  # the source is read through --cache-dir, where the build cached its shards
+    monkeypatch.setattr(sources_base, "open_source", lambda config, ctx: opened_in.append(ctx.cache_dir) or real_open(config, ctx))
+    score(str(tmp_path / "out-False"), f"py:{TINY_MODELS}:color_net", bootstrap=0, source_recipe=str(path), cache_dir=tmp_path / "mine")
+    assert opened_in == [tmp_path / "mine"]
     monkeypatch.undo()
     built_from = tmp_path / "keep-False.yaml"
     # another source: refused before a pixel is read (it would give SA of other images)
