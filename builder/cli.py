@@ -259,7 +259,9 @@ def format_summary(name: str, summary: Any) -> str:
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1), help="Seed of the bootstrap.")
 @click.option("--per-class", is_flag=True, help="Also print a per-class table.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write every figure to this JSON file.")
-@click.option("--source", "source_recipe", default=None, metavar="RECIPE", help="Recipe whose source gives the originals, for benchmarks built without them.")
+@click.option("--source", "source_recipe", default=None, metavar="RECIPE",
+              help="The recipe the benchmark was built from: its source gives the originals of a benchmark built without them, "
+              "and its folder the relative paths of a ref: model.")
 @click.option("--dynamic", is_flag=True, help="Regenerate the benchmark of --recipe against each model (the paper's protocol); "
               "the model becomes the recipe's reference model, so relative paths in --model and --checkpoint are taken from the recipe's folder.")
 @click.option("--recipe", default=None, help="With --dynamic: the recipe to regenerate.")

@@ -148,7 +148,11 @@ def reference_config(bench: Benchmark, name: str) -> str:
     return name
 
 
-def load_model_for(bench: Benchmark, spec: ModelSpec, device: str, cache_dir: Path, base_dir: Path) -> Any:
+def load_model_for(bench: Benchmark, spec: ModelSpec, device: str, cache_dir: Path, base_dir: Path, *,
+                   recorded: Optional[str] = None) -> Any:
+    """The classifier of ``spec`` for this benchmark's classes; one with a ``train`` block is
+    trained on first use, unless it is ``recorded`` (``ref:...``, the model the benchmark was
+    built against): a model trained now would not be that one."""
     from builder.components.base import ComponentContext, prompt_template_of
     from builder.components.models import load_classifier
 
@@ -165,8 +169,29 @@ def load_model_for(bench: Benchmark, spec: ModelSpec, device: str, cache_dir: Pa
     )
     from builder.train import ensure_weights
 
+    if recorded is not None:
+        _check_recorded_weights(spec, context, recorded)
     ensure_weights([spec], context)  # a scored model with a train block is trained on first use
     return load_classifier(spec, context, classes_of=f"the benchmark {bench.location}")
+
+
+def _check_recorded_weights(spec: ModelSpec, context: Any, model: str) -> None:
+    """The weights of a ``ref:`` model are there: a relative checkpoint in a manifest is relative
+    to the folder of the recipe the benchmark was built from, which the manifest cannot know."""
+    from builder.checkpoints import scheme_of
+    from builder.paths import in_recipe_dir
+    from builder.preflight import missing_weights
+
+    missing = next((path for _, path in missing_weights([spec], context)), None)
+    if missing is None and spec.checkpoint and scheme_of(spec.checkpoint) is None:
+        path = in_recipe_dir(spec.checkpoint, context.base_dir)
+        missing = None if path.exists() else path
+    if missing is not None:
+        raise BenchmarkError(
+            f"{model}: its weights {missing} are not there (the manifest records checkpoint {spec.checkpoint!r}, taken from "
+            f"{context.base_dir}); pass --source with the recipe the benchmark was built from (paths are taken from its folder), "
+            "or --checkpoint with the weights file; score never trains the model a benchmark was built against"
+        )
 
 
 class ShardImages(torch.utils.data.IterableDataset):
@@ -335,9 +360,12 @@ def score(
     bench = benchmark if isinstance(benchmark, Benchmark) else open_benchmark(benchmark)
     config = bench.config(config)
     spec = as_model_spec(reference_spec(bench, model, trust_remote_code=trust_remote_code), _from_here(checkpoint))
+    recorded = model if isinstance(model, str) and model.startswith("ref:") and checkpoint is None else None
+    if base_dir is None and recorded is not None and source_recipe is not None:  # the recorded spec's paths: the recipe's folder
+        base_dir = Path(source_recipe).expanduser().resolve().parent
     base_dir = base_dir or spec_dir(model)
     require_trusted_file(spec, base_dir, downloaded_roots(cache_dir), trust_remote_code)
-    classifier = load_model_for(bench, spec, device, cache_dir or default_cache_dir(), base_dir)
+    classifier = load_model_for(bench, spec, device, cache_dir or default_cache_dir(), base_dir, recorded=recorded)
     records: dict[str, list[Any]] = {"key": [], "label": [], "perturbed": [], "steps": []}
     counts = []
     for part in bench.read_columns(config, list(records)):

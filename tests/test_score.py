@@ -108,6 +108,24 @@ def test_reference_model_agrees_with_the_build_records(tiny_recipe: Path, tmp_pa
     assert not other.white_box
 
 
+def test_a_ref_model_takes_its_relative_weights_from_the_source_recipes_folder(tiny_build: Path, tiny_recipe: Path, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The manifest records the reference model's checkpoint as the recipe had it ('theta.pt',
+    beside the recipe): from another folder it was 'not found; train it first', and a spec with
+    a train block would have trained a new model. --source RECIPE gives the folder."""
+    from helpers import assert_one_line_error
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    args = ["-q", "score", "--benchmark", str(tiny_build), "--model", "ref:cnn", "--trust-remote-code", "--workers", "0", "--bootstrap", "0"]
+    assert_one_line_error(CliRunner().invoke(main, args), f"ref:cnn: its weights {elsewhere}/theta.pt are not there (the manifest records "
+                          f"checkpoint 'theta.pt', taken from {elsewhere}); pass --source with the recipe", "score never trains")
+    found = CliRunner().invoke(main, [*args, "--source", str(tiny_recipe), "--json", "r.json"])
+    assert found.exit_code == 0, found.output
+    assert json.loads((elsewhere / "r.json").read_text())["results"][0]["white_box"]
+
+
 def test_score_cli_json_and_leaderboard(tmp_path: Path) -> None:
     bench = hand_built_benchmark(tmp_path / "b", ROWS)
     runner = CliRunner()
