@@ -251,3 +251,23 @@ def test_shard_names_of_a_build_with_100000_units_or_more_are_its_own() -> None:
         assert is_owned(f"cnn/{stem}.parquet", {"cnn"}) and is_owned(f"cnn/{stem}.tar", {"cnn"}), stem
     assert units[-1].shard_stem("test") == "test-100000-of-100001"
     assert not is_owned("cnn/test-1234-of-100001.parquet", {"cnn"}) and not is_owned("cnn/notes-00000-of-00001.txt", {"cnn"})
+
+
+def test_a_dir_that_changes_between_planning_and_the_lock_is_left_alone(tiny_build: Path, tiny_recipe: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planning decides what to delete before the output lock is taken (the components load in
+    between): a file another build wrote there meanwhile must not be deleted on that stale plan."""
+    import builder.build as build_module
+
+    planned = build_module.plan_build
+
+    def then_another_build_writes(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        plan = planned(*args, **kwargs)
+        (tiny_build / "cnn" / "test-00007-of-00008.parquet").write_bytes(b"another build's shard")
+        return plan
+
+    monkeypatch.setattr(build_module, "plan_build", then_another_build_writes)
+    before = snapshot(tiny_build)
+    result = CliRunner().invoke(main, ["-q", "run", str(tiny_recipe), "--out", str(tiny_build), "--overwrite", "--no-progress"])
+    assert_one_line_error(result, f"--out {tiny_build} changed while this build was starting", "nothing was deleted: run the command again")
+    after = snapshot(tiny_build)
+    assert after.pop("cnn/test-00007-of-00008.parquet") and after == before

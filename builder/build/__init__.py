@@ -46,6 +46,7 @@ def build_benchmark(loaded: LoadedRecipe, options: BuildOptions, execution: Opti
             if reference is not None:
                 plan.check_resumable(reference.fingerprints, reference.to_json())
             with output_lock(plan.storage):
+                plan.check_unchanged()
                 claim_output(plan.state, plan.identity)
                 tallies = {name: ConfigTally() for name in plan.config_names}
                 for (name, _), stats in sorted(plan.state.completed.items()):

@@ -119,6 +119,15 @@ class BuildPlan:
             grouped.setdefault(unit, []).append(name)
         return grouped
 
+    def check_unchanged(self) -> None:
+        """Under the output lock, before anything is deleted: the dir still holds what planning
+        found. Planning ran before the lock was taken (the components load in between), so
+        another build may have written there since; its files must not be deleted on a stale plan."""
+        now = inspect_output(self.state.storage, self.identity, overwrite=self.options.overwrite, force_clean=self.options.force_clean)
+        if (now.mode, now.completed, now.remove, now.kept_foreign) != (self.state.mode, self.state.completed, self.state.remove, self.state.kept_foreign):
+            raise OutputError(f"--out {self.state.storage.location} changed while this build was starting (another build wrote to it?); "
+                              "nothing was deleted: run the command again")
+
     def check_resumable(self, fingerprints: dict[str, str], built_with: dict[str, str]) -> None:
         """A resumed build must use the weights, kind of device and torch its finished units were
         made with (checked before any unit is built: otherwise the new units would be written
