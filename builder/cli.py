@@ -630,8 +630,9 @@ def _train_context(recipe: str, overrides: tuple[str, ...], device: Optional[str
     loaded = load_recipe(recipe, overrides)
     cache = cache_dir or default_cache_dir()
     source = open_source(loaded.recipe.source, SourceContext(loaded.base_dir, cache))
+    evaluated = load_recipe(recipe).recipe.source  # what a build of the recipe evaluates: --set source... trains on other data
     context = ComponentContext(resolve_device(device), cache, loaded.base_dir, tuple(source.class_names),
-                               loaded.recipe.image_size, loaded.recipe.source, loaded.recipe.seed)
+                               loaded.recipe.image_size, loaded.recipe.source, loaded.recipe.seed, evaluated_source=evaluated)
     return loaded.recipe, context
 
 

@@ -246,6 +246,28 @@ class SourceConfig(Frozen):
     def _disjoint_ranges(cls, value: ClassRanges | None) -> ClassRanges | None:
         return check_class_ranges(value)
 
+    def training_split_problem(self, train_split: str, trained_on: Optional[SourceConfig] = None) -> Optional[str]:
+        """Why a component trained on ``train_split`` of ``trained_on`` (default: this source, the
+        one the benchmark evaluates) would learn the very samples the benchmark evaluates; None
+        when it would not. Other data (another path, say) is taken as other samples; of this
+        source, one without splits has only the evaluated samples, and a split sharing samples
+        with the evaluated one has some. A kind whose splits nest overrides :meth:`splits_overlap`."""
+        if trained_on is not None and trained_on.model_dump(exclude={"split"}) != self.model_dump(exclude={"split"}):
+            return None
+        split = getattr(self, "split", None)
+        if not isinstance(split, str):
+            return (f"source kind '{self.kind}' has no split, so a train block would train on the very samples the benchmark "
+                    "evaluates; train the component on other data (build-benchmark train ... --set source.path=TRAIN_DATA) "
+                    "and give its checkpoint")
+        if self.splits_overlap(train_split, split):
+            return (f"train.split '{train_split}' shares samples with the split the benchmark evaluates (source.split '{split}'), "
+                    "so the component would learn its own test set; train on another split")
+        return None
+
+    def splits_overlap(self, first: str, second: str) -> bool:
+        """Whether two splits share samples (by default: when they are one split)."""
+        return first == second
+
 
 class GeneratorConfig(Frozen):
     kind: str

@@ -8,13 +8,14 @@ as fetched on the first run, not as an error.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from builder.checkpoints import ResolveContext, find_location
-from builder.config import Recipe
+from builder.config import Recipe, SourceConfig
 from builder.preflight import Check, PreflightContext, check_model, class_count, component_weights, preflight, weights_check
 from builder.recipes import LoadedRecipe
 from builder.registry import GENERATORS, ORACLES, SOURCES
@@ -45,23 +46,30 @@ def dry_run(loaded: LoadedRecipe, cache_dir: Path, limit: Optional[int] = None) 
     for spec in recipe.reference_models:
         where = f"reference model {spec.config_name}"
         model_checks = check_model(spec, ctx, where)
-        checks += model_checks + _weights_checks(spec, ctx, where, model_checks)
+        checks += model_checks + _weights_checks(spec, ctx, where, model_checks, recipe.source)
         counts[where] = class_count(model_checks)
     for where, generator in recipe.generator_sections:
         generator_checks = preflight(GENERATORS, generator.kind, generator, ctx, where)
-        checks += generator_checks + _weights_checks(generator, ctx, where, generator_checks)
+        checks += generator_checks + _weights_checks(generator, ctx, where, generator_checks, recipe.source)
     oracle_checks = preflight(ORACLES, recipe.oracle.kind, recipe.oracle, ctx, "oracle")
-    checks += oracle_checks + _weights_checks(recipe.oracle, ctx, "oracle", oracle_checks)
+    checks += oracle_checks + _weights_checks(recipe.oracle, ctx, "oracle", oracle_checks, recipe.source)
     counts["oracle prompts"] = class_count(oracle_checks)
     checks.append(_class_counts(counts))
     return DryRunReport(checks, _plan(recipe, samples, limit))
 
 
-def _weights_checks(config: Any, ctx: PreflightContext, where: str, checks: list[Check]) -> list[Check]:
-    """Where each weights file the component reads comes from (not asked when its own checks failed)."""
+def _weights_checks(config: Any, ctx: PreflightContext, where: str, checks: list[Check], source: SourceConfig) -> list[Check]:
+    """Where each weights file the component reads comes from (not asked when its own checks
+    failed); a train block that would learn the evaluated samples is a problem, cached or not
+    (the cached weights were trained on them too)."""
     if any(check.problem for check in checks):
         return []
-    return [weights_check(found, ctx) for found in component_weights(config, where)]
+    found_checks = []
+    for found in component_weights(config, where):
+        check = weights_check(found, ctx)
+        leak = source.training_split_problem(found.component.train.split) if found.trained else None
+        found_checks.append(dataclasses.replace(check, problem=f"{found.what}: {leak}") if leak and not check.problem else check)
+    return found_checks
 
 
 def _class_counts(counts: dict[str, Optional[int]]) -> Check:

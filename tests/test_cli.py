@@ -151,12 +151,17 @@ def test_bad_device_is_rejected(tiny_recipe: Path, tmp_path: Path) -> None:
 
 
 def test_train_model_writes_a_loadable_checkpoint(tiny_recipe: Path, tmp_path: Path) -> None:
+    """train reads other data than the benchmark evaluates (--set source.path=...); the
+    evaluated images themselves are refused (an imagefolder has no split to keep apart)."""
+    import shutil
+
+    shutil.copytree(tiny_recipe.parent / "images", tiny_recipe.parent / "train_images")
     target = tmp_path / "trained.safetensors"
-    result = invoke(
-        "train", "model", str(tiny_recipe), "--out", str(target),
-        "--set", "reference_models.0.train={epochs: 2, batch_size: 4, lr: 0.01}",
-        "--set", "source.path=images",
-    )
+    block = ("--set", "reference_models.0.train={epochs: 2, batch_size: 4, lr: 0.01}")
+    leak = invoke("train", "model", str(tiny_recipe), "--out", str(target), *block)
+    assert_one_line_error(leak, "source kind 'imagefolder' has no split, so a train block would train on the very samples the benchmark evaluates")
+    assert not target.exists()
+    result = invoke("train", "model", str(tiny_recipe), "--out", str(target), *block, "--set", "source.path=train_images")
     assert result.exit_code == 0, result.output
     assert target.is_file()
     out = tmp_path / "out"
@@ -165,10 +170,10 @@ def test_train_model_writes_a_loadable_checkpoint(tiny_recipe: Path, tmp_path: P
     # weights already there (the recipe's own theta.pt, given by hand, no train block) are replaced only when asked
     theta = tiny_recipe.parent / "theta.pt"
     kept = theta.read_bytes()
-    refused = invoke("train", "model", str(tiny_recipe), "--config", "cnn", "--set", "source.path=images")
+    refused = invoke("train", "model", str(tiny_recipe), "--config", "cnn", "--set", "source.path=train_images")
     assert_one_line_error(refused, f"{theta} exists: the reference model cnn's weights are there already; pass --overwrite")
     assert theta.read_bytes() == kept
-    replaced = invoke("train", "model", str(tiny_recipe), "--name", "cnn", "--overwrite", "--set", "source.path=images")
+    replaced = invoke("train", "model", str(tiny_recipe), "--name", "cnn", "--overwrite", "--set", "source.path=train_images")
     assert replaced.exit_code == 0, replaced.output
     assert theta.read_bytes() != kept
 

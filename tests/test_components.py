@@ -496,3 +496,24 @@ def test_requantize_finds_the_nearest_code_in_full_precision_under_bf16(tmp_path
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         generator.decode(latent)
     assert seen == [(torch.float32, False), (torch.float32, False)]
+
+
+@pytest.mark.parametrize(("source", "train_split", "expected"), [
+    ({"kind": "sklearn-digits", "split": "test"}, "test", "train.split 'test' shares samples with the split the benchmark evaluates"),
+    ({"kind": "sklearn-digits", "split": "all"}, "train", "train.split 'train' shares samples"),
+    ({"kind": "imagefolder", "path": "images"}, "train", "source kind 'imagefolder' has no split"),
+])
+def test_training_never_reads_the_evaluated_samples(context: ComponentContext, source: dict, train_split: str, expected: str) -> None:
+    """A score or build that trains a component (a train block, weights missing) refuses to train
+    on what the benchmark evaluates, whoever asks, before any image is read."""
+    import dataclasses
+
+    from builder.config import TrainConfig
+    from builder.train import load_training_data
+
+    evaluated = dataclasses.replace(context, source=parse_component("sources", source, ("source",)))
+    with pytest.raises(ComponentError, match=expected):
+        load_training_data(evaluated, TrainConfig(split=train_split))
+    images, _ = load_training_data(dataclasses.replace(context, source=parse_component("sources", {"kind": "sklearn-digits"}, ("source",))),
+                                   TrainConfig(split="train"))
+    assert len(images) > 0  # the test split evaluated, the train split learned: as the demo does

@@ -57,6 +57,19 @@ def test_class_count_mismatch_is_caught() -> None:
     assert "reference model resnet50 10" in message and "oracle prompts 1000" in message
 
 
+def test_a_train_block_that_would_learn_the_evaluated_samples_is_caught(tmp_path) -> None:
+    """A component trained on the split the benchmark evaluates (or on a source with no split at
+    all, whose samples are all evaluated) memorises its test set: SA and FMR inflated, silently."""
+    message = failure("digits-demo", "--set", "source.split=train")
+    assert "reference model convnext weights: train.split 'train' shares samples with the split the benchmark evaluates " \
+           "(source.split 'train'), so the component would learn its own test set; train on another split" in message
+    assert "shares samples" in failure("digits-demo", "--set", "source.split=all")  # all holds train
+    folder = tmp_path / "images" / "cat"
+    folder.mkdir(parents=True)
+    message = failure("digits-demo", "--set", f"source={{kind: imagefolder, path: {tmp_path / 'images'}}}")
+    assert "source kind 'imagefolder' has no split, so a train block would train on the very samples the benchmark evaluates" in message
+
+
 def test_missing_local_weights_and_config_are_caught(tmp_path) -> None:
     assert "does not exist" in failure("digits-demo", "--set", f"generator.config={tmp_path / 'nope.yaml'}")
     message = failure("digits-demo", "--set", f"reference_models.0.checkpoint={tmp_path / 'gone.pt'}", "--set", "reference_models.0.train=null")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, Union, runtime_checkable
+from typing import Any, Callable, Optional, Protocol, Union, runtime_checkable
 
 from builder import registry
 from builder.checkpoints import ResolveContext
@@ -63,6 +63,9 @@ class ComponentContext:
     seed: int = 0
     #: the recipe's CLIP prompt template (its oracle's), the default of ``clip:`` model specs
     prompt_template: Union[str, tuple[str, ...], None] = None
+    #: the source the benchmark evaluates, when training reads another (``train --set source...``);
+    #: None: ``source`` itself. Training never reads the evaluated samples
+    evaluated_source: Optional[SourceConfig] = None
 
     @property
     def locations(self) -> ResolveContext:

@@ -17,6 +17,9 @@ DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "e
 class DigitsConfig(SourceConfig):
     split: Literal["train", "test", "all"] = "test"
 
+    def splits_overlap(self, first: str, second: str) -> bool:
+        return first == second or "all" in (first, second)
+
 
 def _to_image(pixels: np.ndarray):  # -> PIL.Image.Image
     from PIL import Image
