@@ -20,9 +20,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     the hook fires only when the returned mark file is absent."""
     mark = tmp_path_factory.mktemp("ray") / "killed"
     mark.write_text("armed later")
-    saved = {key: os.environ.get(key) for key in ("PYTHONPATH", "FMR_KILL_MARK")}
+    saved = {key: os.environ.get(key) for key in ("PYTHONPATH", "FMR_KILL_MARK", "FMR_RESTART_DELAY")}
     os.environ["PYTHONPATH"] = os.pathsep.join([str(FAULTS), saved["PYTHONPATH"] or ""])
     os.environ["FMR_KILL_MARK"] = str(mark)
+    os.environ["FMR_RESTART_DELAY"] = "6"  # the replacement actor loads slowly, as real components do
     try:
         ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024 * 1024, log_to_driver=False)
         yield mark
@@ -51,6 +52,8 @@ def test_ray_workers_give_the_same_bytes(cluster: Path, tiny_recipe: Path, tmp_p
 
 def test_a_ray_actor_killed_between_shard_and_stats_is_replaced(cluster: Path, tiny_recipe: Path, tmp_path: Path,
                                                                  single: dict[str, bytes]) -> None:
+    """The replacement takes seconds to load: the unit waits for it (each call made while it
+    restarted failed at once and counted as another death, so a busy machine used up the tries)."""
     cluster.unlink()  # arm the hook: the next actor to finish a unit's shards dies before its stats
     out = tmp_path / "ray-faulty"
     result = build(tiny_recipe, out, "--executor", "ray", "--workers", "2")

@@ -3,7 +3,8 @@ on PYTHONPATH (spawned workers, Ray workers); inert unless FMR_KILL_MARK is set.
 
 With FMR_KILL_MARK=<path>, the first worker to finish writing a unit's shards dies (os._exit)
 just before writing that unit's stats file (``runner.write_stats``), and creates <path> so that
-only one dies.
+only one dies. The first unit runner created after that death (the restarted Ray actor) takes
+FMR_RESTART_DELAY seconds (default 0) longer to load, as reloading real components does.
 """
 
 import os
@@ -23,3 +24,19 @@ if os.environ.get("FMR_KILL_MARK"):
         os._exit(17)
 
     _runner.write_stats = _die_once
+    _init = _runner.UnitRunner.__init__
+
+    def _slow_after_the_death(self, settings):  # type: ignore[no-untyped-def]
+        mark = os.environ["FMR_KILL_MARK"]
+        delay = float(os.environ.get("FMR_RESTART_DELAY", "0"))
+        if delay and os.path.isfile(mark) and open(mark).read()[:1].isdigit():  # a worker died: this is its replacement
+            try:
+                os.close(os.open(mark + ".slowed", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                import time
+
+                time.sleep(delay)
+            except FileExistsError:
+                pass
+        _init(self, settings)
+
+    _runner.UnitRunner.__init__ = _slow_after_the_death

@@ -23,6 +23,9 @@ from builder.errors import BuilderError, first_line
 log = logging.getLogger(__name__)
 
 ACTOR_RESTARTS = 3
+#: how long the driver waits for a restarted actor to load its components again, and how often it asks
+RESTART_WAIT_S = 900.0
+RESTART_POLL_S = 30.0
 INSTALL_HINT = "pip install 'fmr-builder[ray]' (or: pip install 'ray[default]')"
 
 
@@ -136,9 +139,33 @@ class RayPool:
         ready, _ = self.ray.wait(list(handles), num_returns=1)
         outcomes = []
         for ref in ready:
-            self.idle.append(self.owner.pop(ref))
-            outcomes.append((ref, self._get(ref)))
+            actor = self.owner.pop(ref)
+            outcome = self._get(ref)
+            if isinstance(outcome, WorkerDied):
+                self._await_restart(actor)
+            self.idle.append(actor)
+            outcomes.append((ref, outcome))
         return outcomes
+
+    def _await_restart(self, actor: Any) -> None:
+        """Ray restarts a dead actor (up to ACTOR_RESTARTS times), reloading its components; a
+        call made while it restarts fails at once (ActorUnavailableError), so the unit handed
+        straight back to it lost its worker again and again within seconds, on a busy machine
+        all its tries. Wait until the actor answers, or is gone for good (then the next call
+        says so)."""
+        import time
+
+        exceptions = self.ray.exceptions
+        deadline = time.monotonic() + RESTART_WAIT_S
+        while time.monotonic() < deadline:
+            try:
+                self.ray.get(actor.info.remote(), timeout=RESTART_POLL_S)
+                return
+            except (exceptions.ActorUnavailableError, exceptions.GetTimeoutError):
+                time.sleep(0.5)
+            except exceptions.RayError:  # died for good, or its components no longer load: the next call tells
+                return
+        log.warning("a restarted Ray actor did not answer within %.0f s; handing it work anyway", RESTART_WAIT_S)
 
     def _get(self, ref: Any) -> Any:
         """The task's result, or the exception it ended with: a dead actor as WorkerDied, an
