@@ -22,6 +22,10 @@ from builder.fileio import atomic_write
 log = logging.getLogger(__name__)
 
 
+#: a held-out accuracy below this tells original from perturbed latents little better than a coin
+NEAR_CHANCE = 0.6
+
+
 @dataclass(frozen=True)
 class MaskFit:
     mask: torch.Tensor  # bool (C, H, W)
@@ -52,7 +56,13 @@ def fit_l1_mask(start: np.ndarray, final: np.ndarray, *, strength: float, seed: 
     model = LogisticRegression(C=1.0 / strength, solver="liblinear", random_state=seed, max_iter=2000, **_l1_penalty())
     model.fit(x_train / scale, y_train)
     chosen = np.abs(model.coef_[0]) > 0
+    if not chosen.any():
+        raise BuilderError(f"fit-mask kept no latent dimension at --strength {strength:g}: such a mask would stop every step "
+                           f"of every sample; lower --strength (e.g. {strength / 10:g})")
     accuracy = float(model.score(x_test / scale, y_test))
+    if accuracy < NEAR_CHANCE:
+        log.warning("fit-mask: held-out accuracy of original vs perturbed is %.1f%%, near chance: the %d dimensions kept may not be "
+                    "the ones the perturbation moves; use more --samples or a lower --strength", 100 * accuracy, int(chosen.sum()))
     mask = torch.from_numpy(chosen.reshape(shape))
     return MaskFit(mask, float(1 - chosen.mean()), accuracy, len(train), len(test))
 

@@ -28,6 +28,21 @@ def test_the_fit_finds_the_dimensions_that_move() -> None:
     assert fit.accuracy > 0.7 and fit.test_pairs == 75  # the two shifted Gaussians overlap: Bayes limit ~0.86
 
 
+def test_a_fit_that_keeps_nothing_is_refused_and_one_near_chance_is_said(caplog: pytest.LogCaptureFixture) -> None:
+    """A mask of no dimension was saved and advertised: every step of a build with it moves
+    nothing. A fit that cannot tell original from perturbed latents says so."""
+    from builder.errors import BuilderError
+
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=(40, 4, 3, 3))
+    final = start + 0.01 * rng.normal(size=start.shape)  # moves nowhere in particular
+    with pytest.raises(BuilderError, match=r"^fit-mask kept no latent dimension at --strength 1e\+06: .*lower --strength \(e.g. 100000\)$"):
+        fit_l1_mask(start, final, strength=1e6, seed=0)
+    with caplog.at_level("WARNING", logger="builder.sparse"):
+        fit = fit_l1_mask(start, final, strength=0.01, seed=0)
+    assert fit.accuracy < 0.6 and "near chance" in caplog.text
+
+
 def test_mask_file_round_trip(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     start = rng.normal(size=(40, 2, 2, 2))
