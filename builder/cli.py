@@ -385,9 +385,11 @@ def _score_zoo(zoo: Path, out_dir: Path, overwrite: bool, benchmarks: tuple[str,
     from builder.model_zoo import load_zoo, outcome_lines, score_zoo
     from builder.paths import default_cache_dir
     from builder.score import score
+    from builder.trust import downloaded_roots, require_trusted_spec_file
 
     specs = load_zoo(zoo)
     cache = cache_dir or default_cache_dir()
+    require_trusted_spec_file(specs, zoo, downloaded_roots(cache), bool(options.get("trust_remote_code")), "--models")
     opened = [open_benchmark(location, revision, cache_dir=cache, storage_options=storage_options) for location in benchmarks]
 
     def score_one(spec: ModelSpec) -> list[Any]:

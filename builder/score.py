@@ -355,7 +355,7 @@ def score(
     spec taken from the benchmark (``ref:``) or a ``py:`` file inside a download runs only
     with ``trust_remote_code``."""
     from builder.checkpoints import weights_fingerprint
-    from builder.trust import downloaded_roots, require_trusted_file
+    from builder.trust import downloaded_roots, require_trusted_file, require_trusted_spec_file
 
     bench = benchmark if isinstance(benchmark, Benchmark) else open_benchmark(benchmark)
     config = bench.config(config)
@@ -364,6 +364,8 @@ def score(
     if base_dir is None and recorded is not None and source_recipe is not None:  # the recorded spec's paths: the recipe's folder
         base_dir = Path(source_recipe).expanduser().resolve().parent
     base_dir = base_dir or spec_dir(model)
+    if isinstance(model, (str, Path)) and Path(model).suffix in (".yaml", ".yml"):
+        require_trusted_spec_file([spec], Path(model), downloaded_roots(cache_dir), trust_remote_code, "--model")
     require_trusted_file(spec, base_dir, downloaded_roots(cache_dir), trust_remote_code)
     classifier = load_model_for(bench, spec, device, cache_dir or default_cache_dir(), base_dir, recorded=recorded)
     records: dict[str, list[Any]] = {"key": [], "label": [], "perturbed": [], "steps": []}

@@ -90,15 +90,34 @@ def code_file(spec: ModelSpec, base_dir: Path) -> Optional[Path]:
     return in_recipe_dir(module, base_dir).resolve()
 
 
+def downloaded_root_of(path: Path, untrusted_roots: Iterable[Path]) -> Optional[Path]:
+    """The download root ``path`` lies in (see :func:`downloaded_roots`), or None for a file of the user's."""
+    resolved = Path(path).expanduser().resolve()
+    for root in untrusted_roots:
+        root = Path(root).resolve()
+        if resolved == root or root in resolved.parents:
+            return root
+    return None
+
+
 def require_trusted_file(spec: ModelSpec, base_dir: Path, untrusted_roots: Iterable[Path], trust_remote_code: bool) -> None:
     """A ``py:`` file inside a download (a Hub snapshot, a benchmark dir) is data, not the user's code."""
     path = code_file(spec, base_dir)
     if trust_remote_code or path is None:
         return
-    for root in untrusted_roots:
-        root = Path(root).resolve()
-        if path == root or root in path.parents:
-            raise UntrustedCodeError(
-                f"--model {spec.model[:120]}: {path} lies inside downloaded data ({root}); nothing was run: "
-                f"copy the file somewhere you control after reading it, or pass {TRUST_FLAG}"
-            )
+    root = downloaded_root_of(path, untrusted_roots)
+    if root is not None:
+        raise UntrustedCodeError(
+            f"--model {spec.model[:120]}: {path} lies inside downloaded data ({root}); nothing was run: "
+            f"copy the file somewhere you control after reading it, or pass {TRUST_FLAG}"
+        )
+
+
+def require_trusted_spec_file(specs: Iterable[ModelSpec], spec_file: Path, untrusted_roots: Iterable[Path], trust_remote_code: bool,
+                              what: str) -> None:
+    """Specs read from a YAML file (a model zoo, ``--model FILE.yaml``, a recipe given to
+    verify) inside downloaded data are data like a manifest: one that would run code (``py:``,
+    ``hf:`` with ``trust_remote_code``) needs the flag. The user's own files are theirs."""
+    root = downloaded_root_of(spec_file, untrusted_roots)
+    if root is not None:
+        require_trusted(specs, f"{what} {spec_file} (inside downloaded data, {root})", trust_remote_code)

@@ -617,11 +617,14 @@ def recipe_base_dir(manifest: Manifest, recipe: Optional[str]) -> tuple[Path, bo
     built from: ``--recipe``, else a bundled recipe of the same name, else the current dir.
     Also whether that recipe (the user's own, or bundled) has exactly the recorded oracle."""
     from builder.recipes import bundled_recipes, load_recipe
+    from builder.trust import downloaded_root_of, downloaded_roots
 
     recorded = manifest.recipe.as_recorded()["oracle"]
     if recipe is not None:
         loaded = load_recipe(recipe)
-        same = loaded.recipe.oracle.model_dump(mode="json") == recorded
+        # a recipe shipped inside downloaded data (beside the benchmark, say) vouches for nothing
+        mine = downloaded_root_of(Path(loaded.origin), downloaded_roots()) is None
+        same = mine and loaded.recipe.oracle.model_dump(mode="json") == recorded
         if not same:
             log.warning("the oracle of %s differs from the one recorded in the manifest; verifying with the recorded one", loaded.origin)
         return loaded.base_dir, same
@@ -651,10 +654,12 @@ def load_manifest_oracle(manifest: Manifest, *, device: str, cache_dir: Optional
         parsed = parse_recipe({**manifest.recipe.as_recorded(), "license": "other"})
     except RecipeError as error:
         raise VerifyError(f"--oracle: the recipe recorded in {MANIFEST} does not parse with this version ({error})") from None
-    from builder.trust import model_specs, require_trusted
+    from builder.trust import downloaded_roots, model_specs, require_trusted, require_trusted_file
 
     # the recorded oracle is data; the same oracle in the user's own (or a bundled) recipe is theirs
     require_trusted(model_specs(parsed.oracle), f"the oracle recorded in {MANIFEST}", trust_remote_code or vouched)
+    for spec in model_specs(parsed.oracle):  # a vouched py: file still may not lie inside downloaded data
+        require_trusted_file(spec, base_dir, downloaded_roots(cache_dir), trust_remote_code)
     context = ComponentContext(device, cache_dir or default_cache_dir(), base_dir, tuple(manifest.class_names),
                                parsed.image_size, parsed.source, parsed.seed, prompt_template_of(parsed.oracle))
     hint = f"relative paths resolve against {base_dir}; pass --recipe with the recipe file the benchmark was built from"

@@ -168,3 +168,60 @@ def test_the_tools_own_architectures_need_no_trust(tiny_build: Path) -> None:
     result = score(str(tiny_build))
     assert_one_line_error(result, "10 classes")
     assert "trust" not in result.output
+
+
+def _snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    snapshot = cache / "datasets--org--bench" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return snapshot
+
+
+@pytest.mark.parametrize("flag", ["--model", "--models"])
+def test_a_spec_file_inside_downloaded_data_is_data(tiny_build: Path, canary: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    flag: str) -> None:
+    """A zoo or model YAML shipped in a download named code (here py: of a module on the path;
+    hf: with trust_remote_code the same) and it ran: only py: files inside downloads were checked."""
+    import yaml
+
+    snapshot = _snapshot(tmp_path, monkeypatch)
+    entry = {"name": "canary", "model": "py:fmr_canary:net", "pretrained": False}
+    spec_file = snapshot / "zoo.yaml"
+    spec_file.write_text(yaml.safe_dump([entry] if flag == "--models" else entry))
+    args = ["-q", "score", "--benchmark", str(tiny_build), flag, str(spec_file), "--workers", "0", "--bootstrap", "0"]
+    args += ["--out", str(tmp_path / "zoo-out")] if flag == "--models" else []
+    assert_one_line_error(CliRunner().invoke(main, args), f"{flag} {spec_file} (inside downloaded data", "trust-remote-code", "nothing was run")
+    assert untouched(canary)
+
+
+def test_verify_oracle_with_a_recipe_inside_downloaded_data_trusts_nothing(tiny_build: Path, tiny_recipe: Path, canary: dict[str, Any],
+                                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hint asks for the recipe the benchmark was built from, usually shipped beside it: one
+    inside downloaded data vouched for the recorded oracle, and its py: file then ran."""
+    import shutil
+
+    snapshot = _snapshot(tmp_path, monkeypatch)
+    (snapshot / "canary.py").write_text(canary["code"])
+    recipe = yaml_with(tiny_recipe, snapshot / "tiny.yaml", oracle={"kind": "classifier", "model": {"model": "py:canary.py:net", "pretrained": False}})
+    for name in ("oracle.pt",):
+        shutil.copy(tiny_recipe.parent / name, snapshot / name)
+    manifest = json.loads((tiny_build / "manifest.json").read_text())
+    from builder.recipes import load_recipe
+
+    manifest["recipe"]["oracle"] = load_recipe(str(recipe)).recipe.oracle.model_dump(mode="json")  # exactly the recipe's: it vouched
+    (tiny_build / "manifest.json").write_text(json.dumps(manifest))
+    result = CliRunner().invoke(main, ["-q", "verify", str(tiny_build), "--oracle", "--recipe", str(recipe), "--device", "cpu"])
+    assert_one_line_error(result, "trust-remote-code")
+    assert untouched(canary)
+
+
+def yaml_with(base: Path, path: Path, **changes: Any) -> Path:
+    import yaml
+
+    recipe = yaml.safe_load(base.read_text())
+    recipe.update(changes)
+    path.write_text(yaml.safe_dump(recipe))
+    return path
