@@ -462,7 +462,13 @@ def _tensor_dict(payload: Any, path: Path) -> dict[str, Any]:
             raise CheckpointError(f"checkpoint {path} has a tensor under the key {key!r}, not a name; {fix}")
         if tensor.layout != torch.strided:
             raise CheckpointError(f"checkpoint {path}: '{key}' is a {tensor.layout} tensor, not a dense one; {fix}")
-    return {k.removeprefix("module."): v for k, v in tensors.items()}
+    return without_data_parallel_prefix(tensors)
+
+
+def without_data_parallel_prefix(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The names without the ``module.`` that ``nn.DataParallel`` puts before each, whatever the
+    file format (a pickle or a ``.safetensors`` saved from the wrapped model)."""
+    return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 def load_state_dict(path: Path, *, cache_dir: Path | None = None, what: str = "checkpoint") -> dict[str, Any]:
@@ -498,7 +504,7 @@ def _load_safetensors(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"cannot read checkpoint {path}: {_reason(error)}; {REREAD}") from None
     if not state:
         raise CheckpointError(f"checkpoint {path} holds no tensors; save model.state_dict() (a dict of named tensors)")
-    return state
+    return without_data_parallel_prefix(state)
 
 
 def _save_safetensors(state: Mapping[str, Any], path: Path) -> None:

@@ -133,6 +133,19 @@ def spec_problem(spec: ModelSpec) -> Optional[str]:
     return None
 
 
+def head_problem(spec: ModelSpec, pretrained_count: Optional[int]) -> Optional[str]:
+    """Why ``spec``'s ``num_classes`` cannot be had from its pretrained weights (one line), or
+    None: another count than the pretrained head's gets a fresh random head, which only a
+    checkpoint or a train block supplies; loading went on silently with the random one."""
+    if spec.num_classes is None or pretrained_count is None or spec.num_classes == pretrained_count:
+        return None
+    if not spec.pretrained or spec.checkpoint is not None or spec.train is not None:
+        return None
+    return (f"{spec.model}: num_classes {spec.num_classes} is not its pretrained head's {pretrained_count} classes, so its head would "
+            "start random; drop num_classes and pick outputs with label_map or class_ranges, or give a checkpoint (or a train block) "
+            f"with a {spec.num_classes}-class head")
+
+
 def check_model(spec: ModelSpec, ctx: PreflightContext, where: str) -> list[Check]:
     """A classifier spec: its scheme's checks, then its class ranges against its output count;
     the first check carries the spec's class count when it is known."""

@@ -168,6 +168,27 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
         load_state_dict(path)
 
 
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_data_parallel_prefix_is_stripped_in_every_format(tmp_path: Path, suffix: str) -> None:
+    """Weights saved from an ``nn.DataParallel`` model name each tensor ``module.<name>``: the
+    prefix was stripped from pickles only, so a .safetensors of them did not fit the model."""
+    from safetensors.torch import save_file
+
+    from builder.checkpoints import load_weights
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    wrapped = {f"module.{key}": value.clone() + 1 for key, value in net.state_dict().items()}
+    path = tmp_path / f"parallel{suffix}"
+    if suffix == ".safetensors":
+        save_file(wrapped, str(path))
+    else:
+        torch.save(wrapped, path)
+    state = load_state_dict(path)
+    assert sorted(state) == ["0.bias", "0.weight"]
+    load_weights(net, state, path=path, what="py:x")
+    assert torch.equal(net.state_dict()["0.weight"], wrapped["module.0.weight"])
+
+
 # ----------------------------------------------------------------------------- oracles
 
 

@@ -160,6 +160,84 @@ def test_hf_preprocessing_equals_its_image_processor(tmp_path: Path, colours: Co
         assert (ours - theirs).abs().max() < worst and (ours - theirs).abs().mean() < mean
 
 
+def smooth_image(size: int, seed: int = 0) -> Image.Image:
+    """Low-resolution noise upsampled: a picture whose resizing by PIL, torchvision and torch
+    differs by rounding, not by how each kernel treats pixel noise."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.nn.functional.interpolate(torch.rand(1, 3, 12, 12, generator=generator), size=(size, size), mode="bilinear")
+    return Image.fromarray((coarse[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+
+
+def tiny_hf_families() -> dict[str, tuple[Any, Any]]:
+    """(tiny classifier, its family's image processor at its default settings) per family whose
+    processor has rules of its own: MobileViT reads BGR (and pads its 224 px resize to its 256
+    px crop), EfficientNet divides by std twice (include_top), LeViT resizes to 256/224 of its
+    size, PoolFormer resizes to size / crop_pct before its crop."""
+    from transformers import (
+        EfficientNetConfig,
+        EfficientNetForImageClassification,
+        EfficientNetImageProcessor,
+        LevitConfig,
+        LevitForImageClassification,
+        LevitImageProcessor,
+        MobileViTConfig,
+        MobileViTForImageClassification,
+        MobileViTImageProcessor,
+        PoolFormerConfig,
+        PoolFormerForImageClassification,
+        PoolFormerImageProcessor,
+    )
+
+    labels = {"num_labels": 3, "id2label": dict(enumerate(CLASSES)), "label2id": {name: i for i, name in enumerate(CLASSES)}}
+    mobilevit = MobileViTConfig(image_size=64, hidden_sizes=[16, 16, 16], neck_hidden_sizes=[8, 8, 8, 8, 8, 16, 32], num_attention_heads=2, **labels)
+    levit = LevitConfig(image_size=64, hidden_sizes=[16, 32, 48], num_attention_heads=[1, 1, 1], depths=[1, 1, 1], key_dim=[8, 8, 8], **labels)
+    return {
+        "mobilevit": (MobileViTForImageClassification(mobilevit), MobileViTImageProcessor()),
+        "efficientnet": (EfficientNetForImageClassification(EfficientNetConfig(width_coefficient=0.1, depth_coefficient=0.1, hidden_dim=32, **labels)),
+                         EfficientNetImageProcessor()),
+        "levit": (LevitForImageClassification(levit), LevitImageProcessor()),
+        "poolformer": (PoolFormerForImageClassification(PoolFormerConfig(hidden_sizes=[8, 8, 8, 8], depths=[1, 1, 1, 1], **labels)),
+                       PoolFormerImageProcessor()),
+    }
+
+
+def test_hf_preprocessing_follows_each_family_s_own_processor_rules(tmp_path: Path, colours: ComponentContext) -> None:
+    """Only size, crop, mean, std and resample were read: MobileViT was fed RGB for BGR,
+    EfficientNet's second division by std was dropped, LeViT and PoolFormer were cropped from
+    another resize. Each against its processor's own pixel_values on the same picture (PIL or
+    torchvision resizing uint8, ours floats): 0.01 on average, 0.05 at most."""
+    torch.manual_seed(6)
+    for family, (net, processor) in tiny_hf_families().items():
+        net.save_pretrained(tmp_path / family)
+        processor.save_pretrained(tmp_path / family)
+        classifier = load_classifier(ModelSpec(model=f"hf:{tmp_path / family}"), colours)
+        picture = smooth_image(300)
+        theirs = processor(images=picture, return_tensors="pt")["pixel_values"]
+        ours = classifier.preprocess(as_tensor(picture))
+        assert ours.shape == theirs.shape, family
+        difference = (ours - theirs).abs()
+        assert difference.mean() < 0.01 and difference.max() < 0.05, (family, float(difference.mean()), float(difference.max()))
+    assert classifier.preprocess.config.bgr is False
+    assert load_classifier(ModelSpec(model=f"hf:{tmp_path / 'mobilevit'}"), colours).preprocess.config.bgr is True
+
+
+def test_hf_processor_steps_not_reproduced_are_refused_unless_overridden() -> None:
+    """A processor step the preprocessing cannot express is one line naming the field, not a
+    silent other input; the spec's preprocess overrides stand in for it."""
+    from transformers import DonutImageProcessor, ViTImageProcessor
+
+    from builder.components.hf_models import hf_preprocessing
+
+    with pytest.raises(ComponentError, match=r"^hf:x: its DonutImageProcessor's do_pad=True is not reproduced here; "
+                                             r"give preprocess: \{input_size, crop_pct, interpolation, mean, std\} in the spec"):
+        hf_preprocessing(DonutImageProcessor(), "hf:x")
+    assert hf_preprocessing(DonutImageProcessor(), "hf:x", frozenset({"input_size", "crop_pct", "interpolation", "mean", "std"}))
+    wide = ViTImageProcessor(size={"height": 32, "width": 48})
+    with pytest.raises(ComponentError, match=r"^hf:x: its ViTImageProcessor's size=.* is not reproduced here; give preprocess: \{input_size, crop_pct\}"):
+        hf_preprocessing(wide, "hf:x")
+    assert hf_preprocessing(wide, "hf:x", frozenset({"input_size", "crop_pct"})).input_size == 32
+
+
 def test_torchvision_preprocessing_equals_the_weights_transforms(hub_dir: Path, colours: ComponentContext) -> None:
     """torchvision's eval transform on a float tensor is the same resize, crop and normalisation: 1e-5."""
     from torchvision.models import get_model_weights
@@ -248,18 +326,127 @@ def test_labels_that_differ_only_in_case_or_repeat_keep_their_own_outputs() -> N
     assert label_outputs("m", synonyms, ("goldfish", "tench", "tinca")) == [1, 0, 2]  # the label itself before a synonym
 
 
+def test_benchmark_classes_named_by_wordnet_synonyms_match_short_labels(colours: ComponentContext, hub_dir: Path) -> None:
+    """A benchmark of ImageNet's WordNet names ("tench, Tinca tinca", as the Hub's imagenet-1k
+    names them) against torchvision's short labels ("tench"): only the model's labels were split
+    into synonyms, so no class matched. Its two "crane"s (torchvision: "crane bird", "crane")
+    keep their positions when every other class is at its own; the corgi and the sweater stay
+    apart; "crayfish" is the first synonym of 124, not the fifth of 123."""
+    from timm.data import ImageNetInfo
+    from torchvision.models import ResNet50_Weights
+
+    from builder.components.labels import label_outputs
+
+    info = ImageNetInfo()
+    wordnet = tuple(info.index_to_description(index) for index in range(1000))
+    short = [str(name) for name in ResNet50_Weights.IMAGENET1K_V1.meta["categories"]]
+    assert (wordnet[134], wordnet[517], short[134]) == ("crane", "crane", "crane bird")
+    assert label_outputs("torchvision:resnet50", short, wordnet) is None
+    picked = (wordnet[264], wordnet[474], wordnet[124], wordnet[0])
+    assert label_outputs("m", short, picked) == [264, 474, 124, 0]
+    assert label_outputs("m", list(wordnet), ("Cardigan", "cardigan", "crayfish", "tench")) == [264, 474, 124, 0]  # the converse
+    with pytest.raises(ComponentError, match=r"^m: the benchmark classes 'tench' and 'Tench, Tinca' both match the model's label \[0\] 'tench'; give label_map"):
+        label_outputs("m", short, ("tench", "Tench, Tinca"))
+    with pytest.raises(ComponentError, match=r"^m: the benchmark class 'crane' matches 2 of the model's labels"):
+        label_outputs("m", ["crane", "tench", "crane"], ("tench", "crane"))
+    wordy = ComponentContext(**{**colours.__dict__, "class_names": (wordnet[1], wordnet[0], wordnet[2])})
+    classifier = load_classifier(ModelSpec(model=TV_WEIGHTS), wordy)
+    assert classifier.outputs.tolist() == [1, 0, 2]
+
+
 def test_what_a_scheme_cannot_do_is_refused_not_ignored(colours: ComponentContext) -> None:
     """label_map on a scheme whose models do not name their labels was silently ignored (the
     outputs kept their order); a train block on clip: failed deep in loading and training."""
     from builder.config import TrainConfig
 
-    for spec in (ModelSpec(model=f"py:{TINY_MODELS}:color_net", label_map={"red": 2, "green": 1, "blue": 0}),
-                 ModelSpec(model="timm:test_convnext", pretrained=False, label_map={"red": 2, "green": 1, "blue": 0})):
-        with pytest.raises(ComponentError, match=r"label_map picks outputs by label name, but (py|timm): models do not name their labels .*"
-                                                 r"\(hf:, robustbench:, torchvision:\)$"):
-            load_classifier(spec, colours)
+    with pytest.raises(ComponentError, match=r"label_map picks outputs by label name, but py: models do not name their labels .*"
+                                             r"\(hf:, robustbench:, timm:, torchvision:\)$"):
+        load_classifier(ModelSpec(model=f"py:{TINY_MODELS}:color_net", label_map={"red": 2, "green": 1, "blue": 0}), colours)
+    with pytest.raises(ComponentError, match=r"^timm:test_convnext: label_map picks outputs by label name, but this timm model is not loaded "
+                                             r"with pretrained weights that name their labels; drop label_map"):
+        load_classifier(ModelSpec(model="timm:test_convnext", pretrained=False, label_map={"red": 2, "green": 1, "blue": 0}), colours)
     with pytest.raises(ComponentError, match=r"^clip:fmr-tiny-clip: clip: models cannot be trained here; drop the train block"):
         load_classifier(ModelSpec(model="clip:fmr-tiny-clip", checkpoint="w.safetensors", train=TrainConfig()), colours)
+
+
+def save_timm(folder: Path, **model_config: Any) -> Path:
+    """A tiny random timm model as save_for_hf writes it, its labels named by ``model_config``."""
+    import timm
+
+    torch.manual_seed(5)
+    timm.models.save_for_hf(timm.create_model("test_resnet", num_classes=3), folder, model_config=model_config or None)
+    return folder
+
+
+def test_timm_models_that_name_their_labels_are_matched_by_name(tmp_path: Path, colours: ComponentContext) -> None:
+    """A timm model saved with label_names (save_for_hf, push_to_hf_hub) was read in output order
+    whatever its names said, and label_map was refused; now its outputs are matched as hf:'s
+    are (ImageNet-style synsets through their label_descriptions), and a model that names none
+    keeps its order."""
+    from builder.preflight import PreflightContext, check_model
+
+    named = save_timm(tmp_path / "named", label_names=["red", "blue", "green"])
+    classifier = load_classifier(ModelSpec(model=f"timm:local-dir:{named}"), colours)
+    assert classifier.outputs.tolist() == [1, 2, 0]
+    images = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(classifier(images), classifier.net(classifier.preprocess(images))[:, [1, 2, 0]])
+    mapped = load_classifier(ModelSpec(model=f"timm:local-dir:{named}", label_map={"blue": "green", "green": 0, "red": "blue"}), colours)
+    assert mapped.outputs.tolist() == [2, 0, 1]
+    synsets = save_timm(tmp_path / "synsets", label_names=["n1", "n2", "n3"],
+                        label_descriptions={"n1": "green, lime", "n2": "red, crimson", "n3": "blue, navy"})
+    assert load_classifier(ModelSpec(model=f"timm:local-dir:{synsets}"), colours).outputs.tolist() == [2, 0, 1]
+    unnamed = save_timm(tmp_path / "unnamed")
+    assert load_classifier(ModelSpec(model=f"timm:local-dir:{unnamed}"), colours).outputs is None
+    with pytest.raises(ComponentError, match=r"but this timm model names no labels \(no label_names in its pretrained config\); drop label_map"):
+        load_classifier(ModelSpec(model=f"timm:local-dir:{unnamed}", label_map={"blue": 0, "green": 1, "red": 2}), colours)
+    context = PreflightContext(tmp_path, tmp_path / "cache", 16, 3)
+    [fine] = check_model(ModelSpec(model=f"timm:local-dir:{named}", label_map={"blue": 1, "green": 2, "red": 0}), context, "ref")
+    assert fine.problem is None and fine.classes == 3
+    [refused] = check_model(ModelSpec(model=f"timm:local-dir:{unnamed}", label_map={"blue": 1, "green": 2, "red": 0}), context, "ref")
+    assert refused.problem is not None and "names no labels" in refused.problem
+
+
+def test_a_num_classes_the_pretrained_head_does_not_have_is_refused(tmp_path: Path, colours: ComponentContext) -> None:
+    """num_classes other than the pretrained head's count gave a fresh random head, silently
+    (timm; a Transformers checkpoint without a head only said so in its load report): refused
+    in one line, when loaded and in the dry run, unless a checkpoint holds the head; the class
+    count mismatch of a pretrained model no longer advises num_classes alone."""
+    import timm
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    from builder.preflight import PreflightContext, check_model
+
+    torch.save(timm.create_model("test_resnet.r160_in1k").state_dict(), tmp_path / "in1k.pth")
+    weights = {"pretrained_cfg_overlay": {"file": str(tmp_path / "in1k.pth")}}
+    spec = ModelSpec(model="timm:test_resnet.r160_in1k", num_classes=3, kwargs=weights)
+    with pytest.raises(ComponentError, match=r"^timm:test_resnet.r160_in1k: num_classes 3 is not its pretrained head's 1000 classes, so its "
+                                             r"head would start random; drop num_classes and pick outputs with label_map or class_ranges, "
+                                             r"or give a checkpoint \(or a train block\) with a 3-class head$"):
+        load_classifier(spec, colours)
+    with pytest.raises(ComponentError, match=r"has 1000 classes but the source has 3; pick the outputs that stand for them with label_map "
+                                             r"or class_ranges, or give num_classes with a checkpoint"):
+        load_classifier(ModelSpec(model="timm:test_resnet.r160_in1k", kwargs=weights), colours)
+    torch.save(timm.create_model("test_resnet", num_classes=3).state_dict(), tmp_path / "three.pth")
+    assert load_classifier(spec.model_copy(update={"checkpoint": str(tmp_path / "three.pth")}), colours).num_classes == 3
+    context = PreflightContext(tmp_path, tmp_path / "cache", 16, 3)
+    [refused] = check_model(spec, context, "ref")
+    assert refused.problem is not None and "num_classes 3 is not its pretrained head's 1000 classes" in refused.problem
+    [fine] = check_model(spec.model_copy(update={"checkpoint": "three.pth"}), context, "ref")
+    assert fine.problem is None and fine.classes == 3
+
+    folder = save_hf_model(tmp_path / "vit")
+    with pytest.raises(ComponentError, match=r"num_classes 5 is not its pretrained head's 3 classes"):
+        load_classifier(ModelSpec(model=f"hf:{folder}", num_classes=5), colours)
+    [refused] = check_model(ModelSpec(model=f"hf:{folder}", num_classes=5), context, "ref")
+    assert refused.problem is not None and "num_classes 5 is not its pretrained head's 3 classes" in refused.problem
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    ViTModel(config, add_pooling_layer=False).save_pretrained(tmp_path / "backbone")
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "backbone")
+    two = ComponentContext(**{**colours.__dict__, "class_names": ("cat", "dog")})  # as many as its default LABEL_0, LABEL_1
+    with pytest.raises(ComponentError, match=r"^hf:.*backbone: its checkpoint holds no classification head that fits \('classifier.bias' and "
+                                             r"more would start random\); use a model fine-tuned for image classification"):
+        load_classifier(ModelSpec(model=f"hf:{tmp_path / 'backbone'}"), two)
 
 
 def test_labels_in_another_order_are_matched_by_name(tmp_path: Path, colours: ComponentContext) -> None:

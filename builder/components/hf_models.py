@@ -17,11 +17,11 @@ from typing import Any, Optional
 from builder.checkpoints import offline_hint
 from builder.components.base import MODELS, ComponentContext
 from builder.components.labels import label_outputs
-from builder.components.preprocess import PreprocessedClassifier, Preprocessing, rgb
+from builder.components.preprocess import PreprocessedClassifier, Preprocessing, crop_fraction, rgb
 from builder.config import ModelSpec
 from builder.errors import ComponentError, first_line
 from builder.paths import in_recipe_dir
-from builder.preflight import Check, PreflightContext
+from builder.preflight import Check, PreflightContext, head_problem
 from builder.registry import closest, unknown_name_message
 
 log = logging.getLogger(__name__)
@@ -49,38 +49,115 @@ def _local_dir(target: str, base_dir: Path) -> Optional[Path]:
     return path if path.is_dir() else None
 
 
-def _side(size: Any, owner: str) -> tuple[int, int]:
-    """(crop side, resize side) of an image processor's ``size`` (a dict or SizeDict)."""
+#: the image processors' ``do_*`` steps reproduced here (``do_convert_rgb``: images are RGB
+#: already; ``do_reduce_labels``: segmentation labels); any other one switched on is refused
+_DONE_STEPS = frozenset({"do_resize", "do_center_crop", "do_rescale", "do_normalize", "do_convert_rgb", "do_reduce_labels",
+                         "do_flip_channel_order"})
+#: what a ``preprocess:`` override must set to stand in for a processor's sizes, or for all of it
+_SIZES, _EVERYTHING = frozenset({"input_size", "crop_pct"}), frozenset({"input_size", "crop_pct", "interpolation", "mean", "std"})
+
+
+def _unreproduced(processor: Any, owner: str, given: frozenset[str], field: str, value: Any, needs: frozenset[str]) -> None:
+    """Refuse, in one line, a processor setting the preprocessing cannot reproduce, unless the
+    spec's ``preprocess`` sets what stands in for it (guessing would score another input)."""
+    if needs <= given:
+        return
+    wanted = ", ".join(name for name in ("input_size", "crop_pct", "interpolation", "mean", "std") if name in needs)
+    raise ComponentError(f"{owner}: its {type(processor).__name__}'s {field}={value!r} is not reproduced here; "
+                         f"give preprocess: {{{wanted}}} in the spec to preprocess its images yourself")
+
+
+def _lineage(processor: Any) -> set[str]:
+    """The processor's class names without their backend suffix (``LevitImageProcessorPil``)."""
+    return {cls.__name__.removesuffix("Pil").removesuffix("Fast") for cls in type(processor).__mro__}
+
+
+def _square(size: Any, what: str, processor: Any, owner: str, given: frozenset[str]) -> tuple[int, bool]:
+    """(side, whether it is a shortest edge) of an image processor's ``size`` or ``crop_size``."""
     get = size.get if isinstance(size, dict) else lambda key: getattr(size, key, None)
     if get("shortest_edge"):
-        shortest = int(get("shortest_edge") or 0)
-        return shortest, shortest
+        return int(get("shortest_edge") or 0), True
     height, width = get("height"), get("width")
     if not height or height != width:
-        raise ComponentError(f"{owner}: the image processor's size {dict(size) if isinstance(size, dict) else size} is not square; set preprocess.input_size")
-    return int(height), int(height)
+        _unreproduced(processor, owner, given, what, dict(size) if isinstance(size, dict) else size, _SIZES)
+    return int(height or width or 224), False
 
 
-def hf_preprocessing(processor: Any, owner: str) -> Preprocessing:
-    """The image processor's resize, centre crop and normalisation on [0, 1] images."""
-    crop, resize = _side(processor.size, owner)
-    crop_pct = 1.0
+def _sides(processor: Any, owner: str, given: frozenset[str]) -> tuple[int, int]:
+    """(shorter side resized to, centre crop) of the processor's own resize rule: LeViT resizes
+    to 256/224 of its size, PoolFormer to size / crop_pct, ConvNeXt below 384 px to size /
+    crop_pct then crops its size (warps at 384 and above); then ``crop_size`` if it centre-crops."""
+    if not getattr(processor, "do_resize", True):
+        _unreproduced(processor, owner, given, "do_resize", False, _SIZES)
+    side, shortest = _square(processor.size, "size", processor, owner, given)
+    lineage, crop_pct = _lineage(processor), getattr(processor, "crop_pct", None)
+    resize = crop = side
+    if "PerceiverImageProcessor" in lineage and getattr(processor, "do_center_crop", False):
+        # crops size / crop_size of the shorter side, then resizes that to size: the same view
+        return _square(processor.crop_size, "crop_size", processor, owner, given)[0], side
+    if "PPLCNetImageProcessor" in lineage and getattr(processor, "resize_short", None):
+        if int(getattr(processor, "size_divisor", 1) or 1) != 1:
+            _unreproduced(processor, owner, given, "size_divisor", processor.size_divisor, _SIZES)
+        resize = crop = int(processor.resize_short)
+    elif "ConvNextImageProcessor" in lineage and crop_pct and side < 384:
+        resize = int(side / crop_pct)
+    elif "PoolFormerImageProcessor" in lineage and crop_pct:
+        resize = crop = int(side / crop_pct)
+    elif "LevitImageProcessor" in lineage and shortest:
+        resize = crop = int(256 / 224 * side)
     if getattr(processor, "do_center_crop", False) and getattr(processor, "crop_size", None) is not None:
-        crop = _side(processor.crop_size, owner)[0]
-        crop_pct = crop / resize
-    elif getattr(processor, "crop_pct", None) and crop < 384:  # ConvNeXt: crops below 384 px
-        crop_pct = float(processor.crop_pct)
+        wanted = _square(processor.crop_size, "crop_size", processor, owner, given)[0]
+        if wanted > crop and crop != resize:  # would pad around an earlier crop: not one resize and crop
+            _unreproduced(processor, owner, given, "crop_size", processor.crop_size, _SIZES)
+        crop = wanted
+    return resize, crop
+
+
+def _values(processor: Any, owner: str) -> tuple[tuple[float, float, float], tuple[float, float, float], bool]:
+    """(mean, std, BGR) on [0, 1] images of the processor's rescale, normalisation and channel
+    order: its rescale_factor (and EfficientNet's rescale_offset, x * factor - 1) on 0..255
+    pixels, its mean and std, EfficientNet's include_top (a second division by std); MobileViT
+    never normalises and flips to BGR after rescaling, PP-LCNet flips after normalising."""
+    lineage = _lineage(processor)
+    rescale = bool(getattr(processor, "do_rescale", True))
+    scale = 255.0 * float(getattr(processor, "rescale_factor", 1 / 255)) if rescale else 255.0
+    shift = -1.0 if rescale and getattr(processor, "rescale_offset", False) else 0.0
+    normalise = bool(getattr(processor, "do_normalize", True)) and "MobileViTImageProcessor" not in lineage
+    mean = rgb(processor.image_mean, owner, "mean") if normalise else (0.0, 0.0, 0.0)
+    std = rgb(processor.image_std, owner, "std") if normalise else (1.0, 1.0, 1.0)
+    again = rgb(processor.image_std, owner, "std") if getattr(processor, "include_top", False) else (1.0, 1.0, 1.0)
+    std = (std[0] * again[0], std[1] * again[1], std[2] * again[2])
+    bgr = bool(getattr(processor, "do_flip_channel_order", False))
+    if "PPLCNetImageProcessor" in lineage:  # flipped after normalising: the statistics flip with the channels
+        mean, std, bgr = mean[::-1], std[::-1], True
+    return (rgb([(m - shift) / scale for m in mean], owner, "mean"), rgb([s / scale for s in std], owner, "std"), bgr)
+
+
+def _timm_wrapped(processor: Any, owner: str) -> Preprocessing:
+    """A timm model on the Hub read by Transformers (``timm_wrapper``): timm's eval data config."""
+    data = processor.data_config
+    if data.get("crop_mode", "center") != "center":
+        _unreproduced(processor, owner, frozenset(), "crop_mode", data["crop_mode"], _SIZES)
+    return Preprocessing(input_size=int(data["input_size"][-1]), interpolation=str(data.get("interpolation", "bicubic")),
+                         crop_pct=float(data.get("crop_pct", 1.0)), mean=rgb(data["mean"], owner, "mean"), std=rgb(data["std"], owner, "std"))
+
+
+def hf_preprocessing(processor: Any, owner: str, given: frozenset[str] = frozenset()) -> Preprocessing:
+    """The image processor's own resize, centre crop, rescale, normalisation and channel order on
+    [0, 1] images; a step it takes that these cannot express is refused in one line unless
+    ``given`` (the fields the spec's ``preprocess`` sets) stands in for it."""
+    if "TimmWrapperImageProcessor" in _lineage(processor):
+        return _timm_wrapped(processor, owner)
+    for field, value in sorted(vars(processor).items()):
+        if field.startswith("do_") and field not in _DONE_STEPS and value is True:
+            _unreproduced(processor, owner, given, field, value, _EVERYTHING)
+    resize, crop = _sides(processor, owner, given)
     code = int(getattr(processor, "resample", 3))
     if code not in _RESAMPLE:
         log.warning("%s: resampling %d has no differentiable twin; using bicubic", owner, code)
-    normalise = getattr(processor, "do_normalize", True)
-    return Preprocessing(
-        input_size=crop,
-        interpolation=_RESAMPLE.get(code, "bicubic"),
-        crop_pct=crop_pct,
-        mean=rgb(processor.image_mean, owner, "mean") if normalise else (0.0, 0.0, 0.0),
-        std=rgb(processor.image_std, owner, "std") if normalise else (1.0, 1.0, 1.0),
-    )
+    mean, std, bgr = _values(processor, owner)
+    return Preprocessing(input_size=crop, interpolation=_RESAMPLE.get(code, "bicubic"), crop_pct=crop_fraction(crop, resize),
+                         mean=mean, std=std, bgr=bgr)
 
 
 def _load(target: str, spec: ModelSpec, ctx: ComponentContext, pretrained: bool) -> tuple[Any, Any]:
@@ -93,7 +170,11 @@ def _load(target: str, spec: ModelSpec, ctx: ComponentContext, pretrained: bool)
     try:
         processor = AutoImageProcessor.from_pretrained(where, **options)
         if pretrained:
-            return AutoModelForImageClassification.from_pretrained(where, **{**spec.kwargs, **options}), processor
+            net, loading = AutoModelForImageClassification.from_pretrained(where, output_loading_info=True, **{**spec.kwargs, **options})
+            problem = _head_problem(spec, net, loading)
+            if problem:
+                raise ComponentError(problem)
+            return net, processor
         config = AutoConfig.from_pretrained(where, **options)
         count = spec.num_classes or len(ctx.class_names)
         config.num_labels = count
@@ -109,6 +190,22 @@ def _load(target: str, spec: ModelSpec, ctx: ComponentContext, pretrained: bool)
             f"hf:{target}: Transformers read it but cannot load it as an image classifier ({first_line(error)}); "
             f"name an image-classification model, or upgrade transformers (installed: {_transformers_version()}) if its model type is newer"
         ) from None
+
+
+def _head_problem(spec: ModelSpec, net: Any, loading: dict[str, Any]) -> Optional[str]:
+    """Why the pretrained classifier cannot be used as loaded (one line), or None: a num_classes
+    other than its labels', or a head the checkpoint lacks (a backbone-only checkpoint, a head
+    of another size): Transformers starts those random and only says so in its load report."""
+    problem = head_problem(spec, int(net.config.num_labels))
+    if problem or spec.train is not None:
+        return problem
+    body = f"{net.base_model_prefix}."
+    found = [entry[0] if isinstance(entry, tuple) else entry for entry in [*loading.get("missing_keys", ()), *loading.get("mismatched_keys", ())]]
+    head = sorted(str(key) for key in found if not str(key).startswith(body))
+    if not head:
+        return None
+    return (f"{spec.model}: its checkpoint holds no classification head that fits ('{head[0]}'{' and more' if len(head) > 1 else ''} "
+            "would start random); use a model fine-tuned for image classification, or give a checkpoint (or a train block) with the head")
 
 
 def _transformers_version() -> str:
@@ -171,6 +268,9 @@ def hf_preflight(spec: ModelSpec, ctx: PreflightContext, where: str) -> list[Che
         return [Check(where, spec.model, f"{where}: {spec.model}: {unknown_name_message('image classifier type', model_type, list(KNOWN))}")]
     own = spec.pretrained and spec.checkpoint is None
     count = len(config.get("id2label") or {}) or None
+    problem = head_problem(spec, count) if own else None
+    if problem:
+        return [Check(where, spec.model, f"{where}: {problem}")]
     classes = None  # labels matched to the classes by name are counted when loaded
     if own:
         classes = len(spec.label_map) if spec.label_map else (count if count == ctx.class_count else None)
@@ -181,7 +281,8 @@ def hf_preflight(spec: ModelSpec, ctx: PreflightContext, where: str) -> list[Che
                  runs_code=hf_runs_code, preflight=hf_preflight, names_labels=True)
 def build_hf(target: str, spec: ModelSpec, ctx: ComponentContext, pretrained: bool) -> PreprocessedClassifier:
     net, processor = _load(target, spec, ctx, pretrained)
-    preprocessing = hf_preprocessing(processor, spec.model).overridden(spec.preprocess, spec.model)
+    given = frozenset(field for field, value in spec.preprocess.model_dump().items() if value is not None)
+    preprocessing = hf_preprocessing(processor, spec.model, given).overridden(spec.preprocess, spec.model)
     labels = [str(net.config.id2label[i]) for i in range(net.config.num_labels)]
     outputs = label_outputs(spec.model, labels, ctx.class_names, spec.label_map) if pretrained else None
     return PreprocessedClassifier(net, preprocessing, len(labels), spec.model, logits_field="logits", outputs=outputs)

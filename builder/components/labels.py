@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from typing import Mapping, Optional, Sequence, Union
 
 from builder.errors import ComponentError
@@ -19,24 +20,42 @@ log = logging.getLogger(__name__)
 _GENERIC = re.compile(r"^LABEL_\d+$")
 
 
-def normalised(name: str) -> str:
-    """Case, underscores, hyphens and runs of spaces do not tell two class names apart."""
-    return re.sub(r"[\s_-]+", " ", name.strip().lower())
+def normalised(name: str, *, case: bool = False) -> str:
+    """Underscores, hyphens, commas and runs of spaces (and unless ``case``, case) do not tell two
+    class names apart (torchvision's "maillot tank suit" is WordNet's "maillot, tank suit")."""
+    return re.sub(r"[\s_,-]+", " ", name.strip() if case else name.strip().lower()).strip()
+
+
+#: a name's keys, strictest first: itself, spelled alike with its case, its first WordNet
+#: synonym, spelled alike, that synonym spelled alike, and the set of its synonyms spelled alike
+_Keys = tuple[str, str, str, str, str, frozenset[str]]
+
+
+def _keys(name: str) -> _Keys:
+    """What a name is compared by; a WordNet-style name ("tench, Tinca tinca") is a list of synonyms."""
+    lemmas = [part.strip() for part in name.split(",") if part.strip()] or [name]
+    return (name, normalised(name, case=True), lemmas[0], normalised(name), normalised(lemmas[0]),
+            frozenset(normalised(lemma) for lemma in lemmas))
+
+
+def _find(wanted: _Keys, table: Sequence[_Keys]) -> list[int]:
+    """The labels (by their keys) found by the first rule that finds any, strictest first."""
+    for rule in range(5):
+        found = [index for index, keys in enumerate(table) if keys[rule] == wanted[rule]]
+        if found:
+            return found
+    return [index for index, keys in enumerate(table) if keys[5] & wanted[5]]
 
 
 def matching(name: str, labels: Sequence[str]) -> list[int]:
-    """The labels ``name`` stands for, by the first rule that finds any: the label itself, then
-    the label up to case, underscores and spaces, then a comma-separated synonym in a label
-    ("tench, Tinca tinca"). ImageNet has "Cardigan" (the corgi, 264) and "cardigan" (the
-    sweater, 474): each is its own label, and only a synonym search could confuse them."""
-    exact = [index for index, label in enumerate(labels) if label == name]
-    if exact:
-        return exact
-    wanted = normalised(name)
-    alike = [index for index, label in enumerate(labels) if normalised(label) == wanted]
-    if alike:
-        return alike
-    return [index for index, label in enumerate(labels) if any(normalised(part) == wanted for part in label.split(","))]
+    """The labels ``name`` stands for, by the first rule that finds any: the label itself, or
+    spelled alike (spaces, underscores, hyphens, commas) with the same case; the same first
+    synonym of a WordNet list ("tench, Tinca tinca", on either side: the model's label or the
+    benchmark's name); the label, then that synonym, up to case; any shared synonym. ImageNet
+    has "Cardigan" (the corgi, 264) and "cardigan" (the sweater, 474): case tells them apart
+    before any looser rule could confuse them; "crayfish" is the first synonym of 124 and the
+    fifth of 123."""
+    return _find(_keys(name), [_keys(label) for label in labels])
 
 
 def _one(owner: str, name: str, found: list[int], labels: Sequence[str], what: str) -> int:
@@ -68,22 +87,41 @@ def _mapped(owner: str, labels: Sequence[str], class_names: Sequence[str], label
 
 
 def _matched(owner: str, labels: Sequence[str], class_names: Sequence[str]) -> list[int]:
-    """Each class's output by name: the label at the class's own position when it is the same
-    name (so repeated labels, ImageNet's two "crane"s, stay in order), else the one label it matches."""
+    """Each class's output by name: the label at the class's own position when it is one the
+    name matches (so repeated labels stay in order), else the one label it matches. A name the
+    benchmark repeats (ImageNet's two "crane"s, which torchvision calls "crane bird" and
+    "crane") keeps its position when the labels are the classes in order: as many, and every
+    other class at its own position."""
+    table = [_keys(label) for label in labels]
+    found = [_find(_keys(name), table) for name in class_names]
+    repeats = Counter(class_names)
+    aligned = len(labels) == len(class_names) and all(
+        position in found[position] for position, name in enumerate(class_names) if repeats[name] == 1)
     indices = []
     for position, name in enumerate(class_names):
-        if position < len(labels) and normalised(labels[position]) == normalised(name):
+        if position in found[position] or (aligned and repeats[name] > 1):
             indices.append(position)
             continue
-        found = matching(name, labels)
-        if not found:
+        if not found[position]:
             hint = closest(name, list(labels))
             shown = f" (closest: '{hint}')" if hint else ""
             raise ComponentError(
                 f"{owner}: the model's {len(labels)} labels do not include the benchmark class '{name}'{shown}; "
                 "give label_map {class: model label} in the spec or use a model trained on these classes"
             )
-        indices.append(_one(owner, name, found, labels, "the benchmark class"))
+        indices.append(_one(owner, name, found[position], labels, "the benchmark class"))
+    return _distinct(owner, indices, labels, class_names)
+
+
+def _distinct(owner: str, indices: list[int], labels: Sequence[str], class_names: Sequence[str]) -> list[int]:
+    """Matched by name, two classes never read the same output (one of them would be scored
+    against another class's logit); that takes a label_map saying which is which."""
+    first: dict[int, int] = {}
+    for position, index in enumerate(indices):
+        if index in first:
+            raise ComponentError(f"{owner}: the benchmark classes '{class_names[first[index]]}' and '{class_names[position]}' both match "
+                                 f"the model's label [{index}] {labels[index]!r}; give label_map {{class: model label index}} to say which")
+        first[index] = position
     return indices
 
 

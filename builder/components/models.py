@@ -19,11 +19,12 @@ from torch import nn
 
 from builder.checkpoints import fetch_location, load_failure_advice, load_state_dict, load_weights, offline_hint
 from builder.components.base import MODELS, ComponentContext
+from builder.components.labels import label_outputs
 from builder.components.preprocess import PooledClassifier, PreprocessedClassifier, Preprocessing
 from builder.config import ModelSpec
 from builder.errors import BuilderError, ComponentError, first_line
 from builder.paths import in_recipe_dir
-from builder.preflight import Check, PreflightContext, spec_problem
+from builder.preflight import Check, PreflightContext, head_problem, spec_problem
 from builder.registry import closest, unknown_name_message
 
 log = logging.getLogger(__name__)
@@ -58,16 +59,41 @@ def timm_source(target: str, spec: ModelSpec, base_dir: Path) -> tuple[str | Non
     return None, target
 
 
-def _timm_config_classes(path: Path) -> int | None:
+def _timm_config(path: Path) -> tuple[int | None, bool]:
+    """(class count, whether it names its labels) of a timm config.json (``save_for_hf``)."""
     from builder.manifest import load_json_bounded
 
     data = load_json_bounded(path, f"timm config {path}", max_bytes=1 << 20)
-    count = data.get("num_classes") if isinstance(data, dict) else None
-    return count if isinstance(count, int) and count > 0 else None
+    data = data if isinstance(data, dict) else {}
+    count = data.get("num_classes")
+    inner = data.get("pretrained_cfg")
+    named = bool(data.get("label_names") or (isinstance(inner, dict) and inner.get("label_names")))
+    return (count if isinstance(count, int) and count > 0 else None), named
 
 
-def _timm_sourced_preflight(spec: ModelSpec, name: str, where: str) -> list[Check]:
-    """A timm Hub repo or folder: its config.json found offline (the class count read from it)."""
+def _no_label_names(spec: ModelSpec, pretrained: bool) -> str:
+    """Why ``label_map`` cannot pick a timm model's outputs: nothing names them."""
+    why = "names no labels (no label_names in its pretrained config)" if pretrained else "is not loaded with pretrained weights that name their labels"
+    return (f"{spec.model}: label_map picks outputs by label name, but this timm model {why}; drop label_map (its outputs are then "
+            "the benchmark's classes in order), or save the model with label_names (timm's save_for_hf model_config)")
+
+
+def _timm_check(spec: ModelSpec, ctx: PreflightContext, where: str, detail: str, count: int | None, named: bool) -> list[Check]:
+    """The check of a timm model whose pretrained class count and label names are known offline:
+    a num_classes its head cannot have and a label_map nothing names are refused, as when loaded."""
+    own = spec.pretrained and spec.checkpoint is None
+    problem = head_problem(spec, count) if own else None
+    if problem is None and spec.label_map is not None and not (own and named):
+        problem = _no_label_names(spec, own)
+    if problem:
+        return [Check(where, spec.model, f"{where}: {problem}")]
+    if own and named:  # outputs matched to the classes by name when loaded
+        count = len(spec.label_map) if spec.label_map else (count if count == ctx.class_count else None)
+    return [Check(where, detail, classes=count)]
+
+
+def _timm_sourced_preflight(spec: ModelSpec, ctx: PreflightContext, name: str, where: str) -> list[Check]:
+    """A timm Hub repo or folder: its config.json found offline (the class count and label names read from it)."""
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.utils import HFValidationError, validate_repo_id
     from timm.models._hub import hf_split
@@ -77,7 +103,7 @@ def _timm_sourced_preflight(spec: ModelSpec, name: str, where: str) -> list[Chec
         config = Path(model_id) / "config.json"
         if not config.is_file():
             return [Check(where, spec.model, f"{where}: {config.parent} has no config.json: not a folder timm's save_for_hf wrote; fix the path")]
-        return [Check(where, f"{spec.model}: local timm folder", classes=_timm_config_classes(config))]
+        return _timm_check(spec, ctx, where, f"{spec.model}: local timm folder", *_timm_config(config))
     repo, revision = hf_split(model_id)
     try:
         validate_repo_id(repo)
@@ -85,8 +111,8 @@ def _timm_sourced_preflight(spec: ModelSpec, name: str, where: str) -> list[Chec
         return [Check(where, spec.model, f"{where}: '{repo}' is not a Hub repo id (owner/name); fix the name")]
     cached = try_to_load_from_cache(repo, "config.json", revision=revision)
     if isinstance(cached, str):
-        return [Check(where, f"{spec.model}: config in the HF cache (weights downloaded on the first run unless cached)",
-                      classes=_timm_config_classes(Path(cached)))]
+        detail = f"{spec.model}: config in the HF cache (weights downloaded on the first run unless cached)"
+        return _timm_check(spec, ctx, where, detail, *_timm_config(Path(cached)))
     return [Check(where, f"{spec.model}: downloaded from the Hub on the first run")]
 
 
@@ -100,13 +126,13 @@ def timm_preflight(spec: ModelSpec, ctx: PreflightContext, where: str) -> list[C
     try:
         source, name = timm_source(target, spec, ctx.base_dir)
         if source is not None:
-            return _timm_sourced_preflight(spec, name, where)
+            return _timm_sourced_preflight(spec, ctx, name, where)
     except BuilderError as error:
         return [Check(where, spec.model, f"{where}: {error}")]
     architecture = target.split(".")[0]
     if not timm.is_model(architecture):
         return [Check(where, spec.model, f"{where}: {unknown_name_message('timm model', architecture, timm.list_models(), 'timm.list_models()')}")]
-    classes = None
+    count, named = None, False
     if spec.pretrained and spec.checkpoint is None:
         tags = timm.list_pretrained(f"{architecture}.*")
         if "." not in target:
@@ -116,14 +142,38 @@ def timm_preflight(spec: ModelSpec, ctx: PreflightContext, where: str) -> list[C
             suggestion = f"did you mean '{hint}'? " if hint else ""
             return [Check(where, spec.model, f"{where}: timm has no pretrained '{target}'; {suggestion}{len(tags)} tags: timm.list_pretrained('{architecture}.*')")]
         pretrained_cfg = get_pretrained_cfg(target)
-        classes = pretrained_cfg.num_classes if pretrained_cfg is not None else None
-    return [Check(where, f"{spec.model} ({'pretrained' if spec.pretrained and not spec.checkpoint else 'own weights'})", classes=classes)]
+        if pretrained_cfg is not None:
+            count, named = pretrained_cfg.num_classes, bool(pretrained_cfg.label_names)
+    detail = f"{spec.model} ({'pretrained' if spec.pretrained and not spec.checkpoint else 'own weights'})"
+    return _timm_check(spec, ctx, where, detail, count, named)
 
 
-@MODELS.register("timm", description="timm.create_model(name), preprocessing from its pretrained config", preflight=timm_preflight)
+@MODELS.register("timm", description="timm.create_model(name), preprocessing from its pretrained config", preflight=timm_preflight,
+                 names_labels=True)
 def build_timm(target: str, spec: ModelSpec, ctx: ComponentContext, pretrained: bool) -> PreprocessedClassifier:
-    import timm
     from timm.data import resolve_model_data_config
+
+    net = _create_timm(target, spec, ctx, pretrained)
+    pretrained_cfg = dict(getattr(net, "pretrained_cfg", None) or {}) if pretrained else {}
+    problem = head_problem(spec, pretrained_cfg.get("num_classes"))
+    if problem:
+        raise ComponentError(problem)
+    data = resolve_model_data_config(net, use_test_size=True)  # what timm's validate.py and its published accuracies use
+    preprocessing = Preprocessing(
+        input_size=int(data["input_size"][-1]),
+        interpolation=str(data.get("interpolation", "bicubic")),
+        crop_pct=float(data.get("crop_pct", 1.0)),
+        mean=tuple(data["mean"]),
+        std=tuple(data["std"]),
+    ).overridden(spec.preprocess, spec.model)
+    count = int(cast(Any, net).num_classes)
+    outputs = _timm_outputs(spec, ctx, pretrained_cfg, count, pretrained)
+    return PreprocessedClassifier(net, preprocessing, count, spec.model, outputs=outputs)
+
+
+def _create_timm(target: str, spec: ModelSpec, ctx: ComponentContext, pretrained: bool) -> nn.Module:
+    """``timm.create_model`` of the spec; every failure it has is one line."""
+    import timm
 
     source, name = timm_source(target, spec, ctx.base_dir)
     architecture = target.split(".")[0]
@@ -134,22 +184,52 @@ def build_timm(target: str, spec: ModelSpec, ctx: ComponentContext, pretrained: 
     if count is not None:
         kwargs["num_classes"] = count
     try:
-        net = timm.create_model(name, pretrained=pretrained, **kwargs)
+        return cast(nn.Module, timm.create_model(name, pretrained=pretrained, **kwargs))
     except TypeError as error:  # kwargs the architecture does not take
         raise ComponentError(f"timm:{target}: kwargs ({_arguments(kwargs)}) rejected: {first_line(error, typed=True)}; fix the spec's kwargs") from error
     except RuntimeError as error:  # unknown pretrained tag
         raise ComponentError(f"timm:{target}: {first_line(error)}") from None
     except Exception as error:  # noqa: BLE001 - sorted out below
         raise _timm_load_failure(target, source, error) from None
-    data = resolve_model_data_config(net, use_test_size=True)  # what timm's validate.py and its published accuracies use
-    preprocessing = Preprocessing(
-        input_size=int(data["input_size"][-1]),
-        interpolation=str(data.get("interpolation", "bicubic")),
-        crop_pct=float(data.get("crop_pct", 1.0)),
-        mean=tuple(data["mean"]),
-        std=tuple(data["std"]),
-    ).overridden(spec.preprocess, spec.model)
-    return PreprocessedClassifier(net, preprocessing, int(cast(Any, net).num_classes), spec.model)
+
+
+def _timm_label_lists(spec: ModelSpec, pretrained_cfg: dict[str, Any], count: int) -> list[list[str]]:
+    """The names of the outputs in a timm pretrained config: its ``label_names`` (a list, or a
+    dict by index), then those names' ``label_descriptions`` when it has them (ImageNet's
+    synsets "n01440764" are described "tench, Tinca tinca"); [] when it names none."""
+    names = pretrained_cfg.get("label_names")
+    if not names:
+        return []
+    if isinstance(names, dict):
+        names = [names.get(index, names.get(str(index), "")) for index in range(count)]
+    labels = [str(name) for name in names]
+    if len(labels) != count:
+        raise ComponentError(f"{spec.model}: its pretrained config names {len(labels)} labels (label_names) for its {count} outputs; "
+                             "fix label_names in its config.json")
+    descriptions = pretrained_cfg.get("label_descriptions")
+    if isinstance(descriptions, dict) and descriptions:
+        return [labels, [str(descriptions.get(label, label)) for label in labels]]
+    return [labels]
+
+
+def _timm_outputs(spec: ModelSpec, ctx: ComponentContext, pretrained_cfg: dict[str, Any], count: int, pretrained: bool) -> list[int] | None:
+    """The outputs of a timm model whose pretrained config names its labels, matched to the
+    benchmark's classes as the other schemes' are (it was read in output order whatever the
+    names said); a model that names none keeps its outputs in order."""
+    candidates = _timm_label_lists(spec, pretrained_cfg, count)
+    if not candidates:
+        if spec.label_map is not None:
+            raise ComponentError(_no_label_names(spec, pretrained))
+        return None
+    if spec.class_ranges:  # the ranges index the raw outputs
+        return None
+    failures = []
+    for labels in candidates:
+        try:
+            return label_outputs(spec.model, labels, ctx.class_names, spec.label_map)
+        except ComponentError as error:
+            failures.append(error)
+    raise failures[0]
 
 
 def _timm_load_failure(target: str, source: str | None, error: Exception) -> Exception:
@@ -312,15 +392,15 @@ def load_classifier(spec: ModelSpec, ctx: ComponentContext, *, classes_of: str =
     """Build, load weights, check classes, eval mode (weights a ``train`` block makes must exist:
     :func:`builder.train.ensure_weights` trains them first). ``classes_of`` names where
     ``ctx.class_names`` come from, for the mismatch message."""
-    classifier = build_classifier(spec, ctx, pretrained=spec.pretrained and spec.checkpoint is None)
+    pretrained = spec.pretrained and spec.checkpoint is None
+    classifier = build_classifier(spec, ctx, pretrained=pretrained)
     if spec.checkpoint and not classifier.weights_loaded:
         path = ctx.trained_location(fetch_location(spec.checkpoint, ctx.locations), spec)
         state = load_state_dict(path, cache_dir=ctx.cache_dir, what=f"{spec.model} checkpoint")
         load_weights(classifier.net, state, path=path, what=spec.model)
     classifier = pooled(classifier, spec)
     if classifier.num_classes != len(ctx.class_names):
-        raise ComponentError(
-            f"{spec.model}: the model has {classifier.num_classes} classes but {classes_of} has "
-            f"{len(ctx.class_names)}; set num_classes or use a model trained on these classes"
-        )
+        fix = ("pick the outputs that stand for them with label_map or class_ranges, or give num_classes with a checkpoint "
+               "(or a train block) holding a head for them") if pretrained else "set num_classes or use a model trained on these classes"
+        raise ComponentError(f"{spec.model}: the model has {classifier.num_classes} classes but {classes_of} has {len(ctx.class_names)}; {fix}")
     return classifier.eval().requires_grad_(False).to(ctx.device)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -21,6 +21,9 @@ class Preprocessing:
     crop_pct: float = 1.0
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    #: the model reads its channels as BGR (MobileViT's ``do_flip_channel_order``); ``mean`` and
+    #: ``std`` are then in that order too
+    bgr: bool = False
 
     def overridden(self, spec: PreprocessConfig, owner: str = "model") -> "Preprocessing":
         """These settings with the spec's overrides; ``owner`` names the model in errors."""
@@ -33,9 +36,16 @@ class Preprocessing:
         return result
 
 
-def rgb(values: Iterable[Any], owner: str, what: str) -> tuple[float, float, float]:
-    """Three floats, one per channel, from a library's config (a mean or a std)."""
-    numbers = tuple(float(value) for value in values)
+def crop_fraction(crop: int, resize: int) -> float:
+    """The crop_pct for which ``floor(crop / crop_pct) == resize`` exactly (float-safe)."""
+    fraction = crop / resize
+    return fraction if math.floor(crop / fraction) == resize else crop / (resize + 1e-9)
+
+
+def rgb(values: Union[float, Iterable[Any]], owner: str, what: str) -> tuple[float, float, float]:
+    """Three floats, one per channel, from a library's config (a mean or a std; one number
+    stands for all three)."""
+    numbers = (float(values),) * 3 if isinstance(values, (int, float)) else tuple(float(value) for value in values)
     if len(numbers) != 3:
         raise ComponentError(f"{owner}: its {what} has {len(numbers)} values, not one per RGB channel; set preprocess.{what}")
     return numbers[0], numbers[1], numbers[2]
@@ -45,7 +55,8 @@ class Preprocess(nn.Module):
     mean: torch.Tensor  # buffers, declared for the type checker
     std: torch.Tensor
 
-    """Resize the shorter side to input_size / crop_pct, centre-crop, normalise (timm's eval transform)."""
+    """Resize the shorter side to input_size / crop_pct, centre-crop (zero-padding a side shorter
+    than input_size, as torchvision's centre crop does), normalise (timm's eval transform)."""
 
     def __init__(self, config: Preprocessing) -> None:
         super().__init__()
@@ -67,8 +78,13 @@ class Preprocess(nn.Module):
                 mode=mode,
                 **({} if mode == "nearest" else {"align_corners": False, "antialias": True}),
             )
+        short_h, short_w = max(size - images.shape[-2], 0), max(size - images.shape[-1], 0)
+        if short_h or short_w:  # a crop_pct above 1 (MobileViT's default: resized to 224, cropped to 256)
+            images = F.pad(images, (short_w // 2, short_w - short_w // 2, short_h // 2, short_h - short_h // 2))
         top, left = (images.shape[-2] - size) // 2, (images.shape[-1] - size) // 2
         images = images[..., top : top + size, left : left + size]
+        if self.config.bgr:
+            images = images.flip(-3)
         return (images - self.mean) / self.std
 
 

@@ -9,13 +9,12 @@ architecture starts random (with ``checkpoint``: your own weights).
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any, Optional
 
 from builder.components.base import MODELS, ComponentContext
 from builder.components.labels import label_outputs
-from builder.components.preprocess import PreprocessedClassifier, Preprocessing, rgb
+from builder.components.preprocess import PreprocessedClassifier, Preprocessing, crop_fraction, rgb
 from builder.config import ModelSpec
 from builder.errors import ComponentError
 from builder.preflight import Check, PreflightContext
@@ -51,12 +50,6 @@ def weights_file(enum: Any) -> Path:
     import torch
 
     return Path(torch.hub.get_dir()) / "checkpoints" / enum.url.rsplit("/", 1)[-1]
-
-
-def crop_fraction(crop: int, resize: int) -> float:
-    """The crop_pct for which ``floor(crop / crop_pct) == resize`` exactly (float-safe)."""
-    fraction = crop / resize
-    return fraction if math.floor(crop / fraction) == resize else crop / (resize + 1e-9)
 
 
 def transforms_preprocessing(transform: Any, owner: str) -> Preprocessing:
