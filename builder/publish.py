@@ -153,11 +153,26 @@ def plan_upload(root: Path) -> UploadPlan:
     if missing:
         raise PublishError(f"{root}: {missing[0]} is missing ({len(missing)} file(s) in all); "
                            f"run `build-benchmark verify {root}`")
+    for path in order:
+        _check_inside(root, path)
     sizes = {path: (root / path).stat().st_size for path in order}
     files = tuple(PlannedFile(path, sizes[path], is_lfs(path, sizes[path])) for path in order)
     return UploadPlan(root, str(manifest.get("recipe", {}).get("name", root.name)), str(manifest.get("id", "")),
                       files, card_yaml_header((root / CARD).read_text(encoding="utf-8")),
                       tuple(sorted(_left_out(root, set(order)))))
+
+
+def _check_inside(root: Path, path: str) -> None:
+    """``root/path`` is the benchmark's own file: a link to a file elsewhere (a key, a config)
+    would upload that file's bytes under the benchmark's name. A Hugging Face cache snapshot's
+    links into its repo's ``blobs/`` are the download's own files."""
+    base, resolved = root.resolve(), (root / path).resolve()
+    if base in resolved.parents:
+        return
+    if base.parent.name == "snapshots" and base.parent.parent / "blobs" in resolved.parents:
+        return
+    raise PublishError(f"{root}: {path} links to {resolved}, outside the benchmark; publish uploads only the benchmark's own "
+                       "files: replace the link with the file it stands for, or remove it")
 
 
 def _left_out(root: Path, planned: set[str]) -> Iterator[str]:

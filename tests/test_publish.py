@@ -376,3 +376,19 @@ def test_a_result_file_cannot_add_rows_or_html_to_the_card(built: Path, tmp_path
 
     assert colors == sorted([to_rgba(SETTING_COLORS["white-box"]), to_rgba(SETTING_COLORS["dynamic"])])
     assert "green: dynamic" in figure.axes[0].get_xlabel()
+
+
+def test_a_link_to_a_file_outside_the_benchmark_is_never_uploaded(built: Path, hub: HubStub, tmp_path: Path) -> None:
+    """preview.png linked to a file elsewhere (a secret, say) was uploaded under the benchmark's
+    name: the planned files must be the benchmark's own."""
+    import shutil
+
+    root = Path(shutil.copytree(built, tmp_path / "linked", symlinks=True))
+    secret = tmp_path / "secret.txt"
+    secret.write_text("AWS_SECRET=hunter2\n")
+    (root / "preview.png").unlink()
+    (root / "preview.png").symlink_to(secret)
+    for args in ((str(root), "--repo-id", REPO, "--dry-run"), (str(root), "--repo-id", REPO)):
+        line = error_line(invoke(*args))
+        assert f"{root}: preview.png links to {secret}, outside the benchmark" in line
+    assert not hub.repos.get(f"datasets/{REPO}") or "preview.png" not in hub.files(REPO)
