@@ -534,10 +534,15 @@ def verify_command(directory: str, revision: Optional[str], with_oracle: bool, r
 @click.option("--device", default=None, help="torch device.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per engine batch.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file (builds made with the old mask no longer resume or verify).")
 @cache_option
 def fit_mask_command(recipe: str, out: Path, strength: float, samples: int, config_name: Optional[str], generator_name: Optional[str],
-                     device: Optional[str], batch_size: Optional[int], overrides: tuple[str, ...], cache_dir: Optional[Path]) -> None:
+                     device: Optional[str], batch_size: Optional[int], overrides: tuple[str, ...], overwrite: bool,
+                     cache_dir: Optional[Path]) -> None:
     """Fit the sparse-VQGAN mask: the latent dimensions that tell perturbed from original latents."""
+    if out.exists() and not overwrite:  # checked before the fit, which takes a while
+        raise BuilderError(f"--out {out} exists; pass --overwrite to replace it (builds made with the old mask would no longer resume "
+                           "or verify), or give another file")
     from builder.fit_mask import fit_mask_from_recipe
     from builder.paths import default_cache_dir
     from builder.recipes import load_recipe

@@ -57,12 +57,12 @@ def fit_l1_mask(start: np.ndarray, final: np.ndarray, *, strength: float, seed: 
     model.fit(x_train / scale, y_train)
     chosen = np.abs(model.coef_[0]) > 0
     if not chosen.any():
-        raise BuilderError(f"fit-mask kept no latent dimension at --strength {strength:g}: such a mask would stop every step "
-                           f"of every sample; lower --strength (e.g. {strength / 10:g})")
+        raise BuilderError(f"fit-mask kept no latent dimension at --lambda {strength:g}: such a mask would stop every step "
+                           f"of every sample; lower --lambda (e.g. {strength / 10:g})")
     accuracy = float(model.score(x_test / scale, y_test))
     if accuracy < NEAR_CHANCE:
         log.warning("fit-mask: held-out accuracy of original vs perturbed is %.1f%%, near chance: the %d dimensions kept may not be "
-                    "the ones the perturbation moves; use more --samples or a lower --strength", 100 * accuracy, int(chosen.sum()))
+                    "the ones the perturbation moves; use more --samples or a lower --lambda", 100 * accuracy, int(chosen.sum()))
     mask = torch.from_numpy(chosen.reshape(shape))
     return MaskFit(mask, float(1 - chosen.mean()), accuracy, len(train), len(test))
 

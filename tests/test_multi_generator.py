@@ -241,9 +241,14 @@ def test_fit_mask_and_train_pick_a_generator_by_name(tiny_recipe: Path, tmp_path
                                        "--lambda", "0.5", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "--set generators.pixel.mask=" in result.output and mask.is_file()
-    wrong = CliRunner().invoke(main, ["-q", "fit-mask", str(tiny_recipe), "--out", str(mask), "--generator", "pixle", "--device", "cpu"])
+    fitted = mask.read_bytes()
+    kept = CliRunner().invoke(main, ["-q", "fit-mask", str(tiny_recipe), "--out", str(mask), "--generator", "pixel", "--device", "cpu"])
+    assert_one_line_error(kept, f"--out {mask} exists; pass --overwrite to replace it")  # before any fitting
+    assert mask.read_bytes() == fitted
+    other = str(tmp_path / "other.safetensors")
+    wrong = CliRunner().invoke(main, ["-q", "fit-mask", str(tiny_recipe), "--out", other, "--generator", "pixle", "--device", "cpu"])
     assert_one_line_error(wrong, "unknown generator 'pixle'", "did you mean 'pixel'")
-    refused = CliRunner().invoke(main, ["-q", "fit-mask", str(tiny_recipe), "--out", str(mask), "--generator", "attributes", "--device", "cpu"])
+    refused = CliRunner().invoke(main, ["-q", "fit-mask", str(tiny_recipe), "--out", other, "--generator", "attributes", "--device", "cpu"])
     assert_one_line_error(refused, "takes no mask")
 
 

@@ -36,7 +36,7 @@ def test_a_fit_that_keeps_nothing_is_refused_and_one_near_chance_is_said(caplog:
     rng = np.random.default_rng(0)
     start = rng.normal(size=(40, 4, 3, 3))
     final = start + 0.01 * rng.normal(size=start.shape)  # moves nowhere in particular
-    with pytest.raises(BuilderError, match=r"^fit-mask kept no latent dimension at --strength 1e\+06: .*lower --strength \(e.g. 100000\)$"):
+    with pytest.raises(BuilderError, match=r"^fit-mask kept no latent dimension at --lambda 1e\+06: .*lower --lambda \(e.g. 100000\)$"):
         fit_l1_mask(start, final, strength=1e6, seed=0)
     with caplog.at_level("WARNING", logger="builder.sparse"):
         fit = fit_l1_mask(start, final, strength=0.01, seed=0)
