@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -274,11 +275,32 @@ def leaderboard_chart(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(figure)
 
 
+#: how leaderboard.md begins (the pair leaderboard.md + fmr.png is the tool's own when it does)
+LEADERBOARD_HEADING = "# FMR leaderboard\n"
+
+
+def is_result_file(path: Path) -> bool:
+    """Whether ``path`` is a result file ``score --json`` wrote (its tool named in it)."""
+    try:
+        with open(path, "rb") as handle:
+            payload = json.loads(handle.read(MAX_RESULT_BYTES))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(payload, dict) and isinstance(payload.get("tool"), dict) and payload["tool"].get("name") == "fmr-builder"
+
+
 def write_leaderboard(paths: list[Path], out_dir: Path) -> tuple[Path, Path]:
+    """``DIR/leaderboard.md`` and ``DIR/fmr.png`` of the results; a pair already there is
+    replaced only when it is the tool's own (its markdown begins as this one does)."""
     rows = load_results(paths)
     if not rows:
         raise BuilderError("no results in the given files")
     markdown, chart = out_dir / "leaderboard.md", out_dir / "fmr.png"
-    write_bytes_atomic(markdown, ("# FMR leaderboard\n\n" + leaderboard_markdown(rows) + "\n![FMR](fmr.png)\n").encode())
+    ours = markdown.is_file() and markdown.read_bytes()[: len(LEADERBOARD_HEADING)] == LEADERBOARD_HEADING.encode()
+    foreign = [path.name for path in (markdown, chart) if path.exists() and not ours]
+    if foreign:
+        raise BuilderError(f"--out {out_dir}: {', '.join(foreign)} is there and was not written by 'build-benchmark leaderboard'; "
+                           "give another --out, or move it")
+    write_bytes_atomic(markdown, (LEADERBOARD_HEADING + "\n" + leaderboard_markdown(rows) + "\n![FMR](fmr.png)\n").encode())
     leaderboard_chart(rows, chart)
     return markdown, chart

@@ -70,6 +70,7 @@ def score_zoo(specs: list[ModelSpec], out_dir: Path, score_one: Callable[[ModelS
     """Score each spec with ``score_one`` (every benchmark and config), writing its file as it
     goes, so an interrupted zoo resumes where it stopped; then the combined table."""
     outcome = ZooOutcome()
+    _check_ours(out_dir, [f"{spec.config_name}.json" for spec in specs])
     out_dir.mkdir(parents=True, exist_ok=True)
     for spec in specs:
         name = spec.config_name
@@ -90,6 +91,34 @@ def score_zoo(specs: list[ModelSpec], out_dir: Path, score_one: Callable[[ModelS
     return outcome
 
 
+#: how the zoo's table begins (it is the zoo's own when it does)
+TABLE_HEADING = "# FMR of the zoo\n"
+
+
+def _check_ours(out_dir: Path, results: list[str]) -> None:
+    """Before any model is scored: the files the zoo would write or skip in ``out_dir`` are its
+    own when they exist (a result file written by score, the zoo's table). A user's
+    ``resnet.json`` was taken as "scored before" and their ``table.md`` replaced."""
+    from builder.leaderboard import is_result_file
+
+    for name in results:
+        path = out_dir / name
+        if path.exists() and not is_result_file(path):
+            raise BuilderError(f"--out {out_dir}: {name} is there and was not written by 'build-benchmark score'; "
+                               "give another --out, or move that file")
+    table = out_dir / "table.md"
+    if table.exists() and not _starts_with(table, TABLE_HEADING):
+        raise BuilderError(f"--out {out_dir}: table.md is there and is not a zoo's table; give another --out, or move that file")
+
+
+def _starts_with(path: Path, heading: str) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(heading.encode())) == heading.encode()
+    except OSError:
+        return False
+
+
 def write_table(out_dir: Path, names: list[str]) -> Path:
     """``DIR/table.md``: the leaderboard of every zoo model that has a result file."""
     from builder.leaderboard import leaderboard_markdown, load_results
@@ -107,7 +136,7 @@ def write_table(out_dir: Path, names: list[str]) -> Path:
     if left_out:
         table += "\nNot in the table:\n\n" + "\n".join(left_out) + "\n"
     path = out_dir / "table.md"
-    write_bytes_atomic(path, ("# FMR of the zoo\n\n" + table).encode())
+    write_bytes_atomic(path, (TABLE_HEADING + "\n" + table).encode())
     return path
 
 

@@ -79,3 +79,31 @@ def test_zoo_file_problems_are_one_line(built: Path, tmp_path: Path) -> None:
     assert "the name 'a' is used twice" in run_zoo(built, path, tmp_path / "out").output
     result = CliRunner().invoke(main, ["-q", "score", "--benchmark", str(built), "--models", str(path)])
     assert result.exit_code == 2 and "--models ZOO.yaml goes with --out DIR" in result.output
+
+
+def test_a_zoo_or_leaderboard_never_takes_or_replaces_a_users_files(built: Path, tmp_path: Path) -> None:
+    """A user's resnet.json in --out was taken as "scored before" and their table.md replaced;
+    leaderboard --out replaced any leaderboard.md and fmr.png. Refused, before any scoring."""
+    from helpers import assert_one_line_error
+
+    zoo, out = zoo_file(tmp_path), tmp_path / "notes"
+    out.mkdir()
+    (out / "resnet.json").write_text('{"my": "notes"}')
+    refused = run_zoo(built, zoo, out)
+    assert_one_line_error(refused, f"--out {out}: resnet.json is there and was not written by 'build-benchmark score'")
+    assert sorted(path.name for path in out.iterdir()) == ["resnet.json"]
+    (out / "resnet.json").unlink()
+    (out / "table.md").write_text("# my table\n")
+    assert_one_line_error(run_zoo(built, zoo, out, "--overwrite"), "table.md is there and is not a zoo's table")
+    assert (out / "table.md").read_text() == "# my table\n"
+    (out / "table.md").unlink()
+    run_zoo(built, zoo, out)  # the zoo's own files are its to skip or replace
+    board = tmp_path / "board"
+    board.mkdir()
+    (board / "fmr.png").write_bytes(b"my picture")
+    refused = CliRunner().invoke(main, ["-q", "leaderboard", str(out), "--out", str(board)])
+    assert_one_line_error(refused, f"--out {board}: fmr.png is there and was not written by 'build-benchmark leaderboard'")
+    assert (board / "fmr.png").read_bytes() == b"my picture"
+    (board / "fmr.png").unlink()
+    for _ in range(2):  # its own pair is replaced
+        assert CliRunner().invoke(main, ["-q", "leaderboard", str(out), "--out", str(board)]).exit_code == 0
