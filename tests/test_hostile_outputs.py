@@ -271,3 +271,14 @@ def test_a_dir_that_changes_between_planning_and_the_lock_is_left_alone(tiny_bui
     assert_one_line_error(result, f"--out {tiny_build} changed while this build was starting", "nothing was deleted: run the command again")
     after = snapshot(tiny_build)
     assert after.pop("cnn/test-00007-of-00008.parquet") and after == before
+
+
+def test_an_out_dir_inside_the_source_data_is_refused(tiny_recipe: Path) -> None:
+    """--out inside an imagefolder wrote the build into the data: its preview.png became a sample
+    of the next build (13 source samples instead of 12)."""
+    images = tiny_recipe.parent / "images"
+    before = snapshot(images)
+    for out in (images / "red" / "bench", images):
+        result = CliRunner().invoke(main, ["-q", "run", str(tiny_recipe), "--out", str(out), "--no-progress"])
+        assert_one_line_error(result, f"--out {out} lies inside the source's data (source.path images)", "give an --out outside it")
+    assert snapshot(images) == before

@@ -155,6 +155,7 @@ def plan_build(loaded: LoadedRecipe, options: BuildOptions) -> BuildPlan:
     source = open_source(recipe.source, SourceContext(loaded.base_dir, options.cache_dir))
     total = len(source) if options.limit is None else min(len(source), options.limit)
     units = tuple(plan_units(total, recipe.output.samples_per_shard))
+    source_print = source_fingerprint(source, recipe.source, loaded.base_dir, total)
     identity = {
         "format": MANIFEST_FORMAT,
         "tool_version": __version__,
@@ -162,10 +163,11 @@ def plan_build(loaded: LoadedRecipe, options: BuildOptions) -> BuildPlan:
         "limit": options.limit,
         "source_samples": total,
         "configs": [config.name for config in recipe.build_configs],
-        "source": source_fingerprint(source, recipe.source, loaded.base_dir, total),
+        "source": source_print,
         "weights": weights_fingerprint(recipe, ResolveContext(loaded.base_dir, options.cache_dir)),
     }
     storage = options.storage()
+    _check_out_not_in_source(storage.local_dir, source_print["locations"])
     check_unlocked(storage)
     state = inspect_output(storage, identity, overwrite=options.overwrite, force_clean=options.force_clean)
     names = [config.name for config in recipe.build_configs]
@@ -194,6 +196,20 @@ def weights_fingerprint(recipe: Recipe, locations: ResolveContext) -> dict[str, 
                 entry["sha256"] = sha256_file(place.path)
             fingerprint[found.what] = entry
     return fingerprint
+
+
+def _check_out_not_in_source(out_dir: Optional[Path], locations: dict[str, str]) -> None:
+    """A local --out inside a local source's folder writes into the data: the build's images
+    would become samples of the next build of the same recipe (and its resume would refuse)."""
+    if out_dir is None:
+        return
+    out = out_dir.expanduser().resolve()
+    for setting, folder in locations.items():
+        where = Path(folder)
+        if where.is_dir() and (out == where or where in out.parents):
+            key, _, value = setting.partition(":")
+            raise OutputError(f"--out {out_dir} lies inside the source's data (source.{key} {value}): the build's files would become "
+                              "samples of the next build; give an --out outside it")
 
 
 def source_fingerprint(source: Any, config: Any, base_dir: Path, used: Optional[int] = None) -> dict[str, Any]:
