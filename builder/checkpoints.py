@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 from builder.errors import BuilderError, CheckpointError, first_line
-from builder.fileio import atomic_write, sha256_file
+from builder.fileio import atomic_write, remove_orphaned_temp_files, sha256_file
 from builder.paths import in_recipe_dir
 from builder.registry import Registry
 
@@ -265,6 +265,7 @@ def _download(url: str, ctx: ResolveContext, opener: Callable[[str], Any] = _ope
         log.info("%s: the cached copy is not the pinned one (sha256 %s): downloading it again", shown, pinned)
     else:
         log.info("downloading %s", shown)
+    remove_orphaned_temp_files(target.parent)  # a download killed before could not clean up
     try:
         with opener(address) as response, atomic_write(target) as handle:
             digest, received = hashlib.sha256(), 0

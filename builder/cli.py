@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -127,6 +128,10 @@ def main(ctx: click.Context, verbose: int, quiet: bool, plugins: tuple[str, ...]
 
     ctx.meta["fmr.verbose"] = verbose > 0
     configure_logging(verbose, quiet)
+    # a preempted node or a scheduler's kill: stop like Ctrl-C, so every command cleans up its temp
+    # files and a build keeps its finished units
+    if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+        signal.signal(signal.SIGTERM, _interrupt)
     for module in load_plugins(plugins):
         log.debug("plugin %s loaded", module)
 
@@ -192,7 +197,6 @@ def run(recipe: str, out_dir: Optional[Path | str], limit: Optional[int], dry_ru
     if given and executor != "ray":
         raise click.UsageError(f"{given[0]} goes with --executor ray")
     execution = Execution(executor, workers, ray_address, gpus_per_worker, cpus_per_worker)
-    signal.signal(signal.SIGTERM, _interrupt)  # a preempted node: stop like Ctrl-C, keep finished units
     summary = build_benchmark(loaded, options, execution)
     click.echo(format_summary(loaded.recipe.name, summary))
 

@@ -19,9 +19,45 @@ from builder.errors import OutputError
 TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.tmp-[A-Za-z0-9_.-]+$")
 
 
+#: a temp file's writer, from its name: the host (its first 32 characters) and the process id
+_WRITER = re.compile(r"\.tmp-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}$")
+
+
 def temp_beside(path: Path) -> Path:
     """A temp name beside ``path``, unique to this host and process, that :data:`TEMP_FILE` matches."""
     return path.with_name(f".{path.name}.tmp-{socket.gethostname()[:32]}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def remove_orphaned_temp_files(folder: Path) -> int:
+    """Delete the temp files in ``folder`` whose writer was a process of this host that is gone
+    (killed by SIGKILL or the machine's end, it could not clean up; a download of several GB
+    would stay forever, the next one writing under a new name). Another host's, or a running
+    process's, are left alone. Returns how many went."""
+    removed = 0
+    try:
+        names = [entry.name for entry in os.scandir(folder) if entry.is_file(follow_symlinks=False)]
+    except OSError:
+        return 0
+    for name in names:
+        writer = _WRITER.search(name) if TEMP_FILE.match(name) else None
+        if writer is None or writer["host"] != socket.gethostname()[:32] or _alive(int(writer["pid"])):
+            continue
+        try:
+            (folder / name).unlink()
+            removed += 1
+        except OSError:
+            continue
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, another user's
+        return True
+    return True
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Protocol, Sequence, Union
 
 from builder.errors import OutputError
-from builder.fileio import TEMP_FILE, inside, json_bytes, sha256_file, temp_beside, write_bytes_atomic
+from builder.fileio import TEMP_FILE, inside, json_bytes, remove_orphaned_temp_files, sha256_file, temp_beside, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -375,6 +375,8 @@ def mirror(storage: RemoteStorage, cache_dir: Path) -> Path:
     dest = mirror_dir(storage.location, cache_dir)
     dest.mkdir(parents=True, exist_ok=True)
     with _mirror_lock(dest):  # one mirroring of a URL at a time: another's downloads are not stale files
+        for folder in {dest, *(path.parent for path in dest.rglob(".*.tmp-*"))}:  # of mirrorings killed before
+            remove_orphaned_temp_files(folder)
         index_path = dest / MIRROR_INDEX
         try:
             previous = json.loads(index_path.read_text()) if index_path.is_file() else {}

@@ -538,3 +538,23 @@ def test_training_never_reads_the_evaluated_samples(context: ComponentContext, s
     images, _ = load_training_data(dataclasses.replace(context, source=parse_component("sources", {"kind": "sklearn-digits"}, ("source",))),
                                    TrainConfig(split="train"))
     assert len(images) > 0  # the test split evaluated, the train split learned: as the demo does
+
+
+def test_only_temp_files_of_dead_processes_of_this_host_are_swept(tmp_path: Path) -> None:
+    """A download killed by SIGKILL (or a lost machine) leaves its temp file, and the next one
+    writes under a new name: it stayed forever. Swept when the folder is downloaded into again."""
+    import os
+    import socket
+    import subprocess
+
+    from builder.fileio import remove_orphaned_temp_files
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    host = socket.gethostname()[:32]
+    names = {"dead": f".theta.pt.tmp-{host}-{gone.pid}-0123abcd", "alive": f".theta.pt.tmp-{host}-{os.getpid()}-0123abcd",
+             "elsewhere": f".theta.pt.tmp-another-host-{gone.pid}-0123abcd", "mine": "theta.pt"}
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"x")
+    assert remove_orphaned_temp_files(tmp_path) == 1
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(name for key, name in names.items() if key != "dead")

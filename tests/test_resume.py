@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from helpers import assert_one_line_error, shard_hashes
+from helpers import TINY_MODELS, assert_one_line_error, shard_hashes
 
 from builder.cli import main
 
@@ -214,3 +214,43 @@ def test_disk_full_keeps_finished_units_and_resumes(tiny_recipe: Path, tmp_path:
     monkeypatch.setattr(fileio.os, "fsync", real_fsync)
     assert build(tiny_recipe, out).exit_code == 0
     assert final_state(out) == clean_build
+
+
+def test_sigterm_during_any_commands_download_leaves_no_temp_file(tiny_build: Path, tmp_path: Path) -> None:
+    """Only run stopped on SIGTERM as on Ctrl-C: score (verify, publish, train...) killed while
+    downloading a checkpoint left its temp file in the cache, never cleaned up."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    release = threading.Event()
+
+    class Slow(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Length", str(8 << 20))
+            self.end_headers()
+            self.wfile.write(b"\0" * (1 << 20))
+            self.wfile.flush()
+            release.wait(60)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    spec = tmp_path / "model.yaml"
+    spec.write_text(yaml.safe_dump({"model": f"py:{TINY_MODELS}:tiny_cnn", "checkpoint": f"http://127.0.0.1:{server.server_port}/theta.pt"}))
+    cache = tmp_path / "cache"
+    process = subprocess.Popen([sys.executable, "-m", "builder.cli", "-q", "score", "--benchmark", str(tiny_build), "--model", str(spec),
+                                "--cache-dir", str(cache), "--workers", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not [p for p in cache.rglob(".*.tmp-*") if p.is_file()] and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        release.set()
+        server.shutdown()
+    assert process.returncode == 130 and stderr.strip().endswith("interrupted") and "Traceback" not in stderr, stderr
+    assert not [p for p in cache.rglob(".*.tmp-*") if p.is_file()]
