@@ -130,11 +130,18 @@ def spec_problem(spec: ModelSpec) -> Optional[str]:
                 f"(their outputs are the benchmark's classes in order); drop label_map, or use a scheme that names labels ({named})")
     if spec.train is not None and not entry.trainable:
         return f"{spec.model}: {scheme}: models cannot be trained here; drop the train block and give weights (checkpoint)"
-    if spec.label_map is not None and (not spec.pretrained or spec.checkpoint is not None):
-        return (f"{spec.model}: label_map picks outputs by the label names of its pretrained weights, but with "
-                f"{'a checkpoint' if spec.checkpoint is not None else 'pretrained: false'} its outputs are the benchmark's classes "
-                "in order (label_map would be ignored); drop label_map")
     return None
+
+
+def unnamed_outputs_problem(spec: ModelSpec) -> Optional[str]:
+    """For a scheme whose labels come with its pretrained weights: ``label_map`` on a spec that
+    does not load them (a checkpoint, ``pretrained: false``), whose outputs are then the
+    benchmark's classes in order, would be ignored (one line), else None."""
+    if spec.label_map is None or (spec.pretrained and spec.checkpoint is None):
+        return None
+    return (f"{spec.model}: label_map picks outputs by the label names of its pretrained weights, but with "
+            f"{'a checkpoint' if spec.checkpoint is not None else 'pretrained: false'} its outputs are the benchmark's classes "
+            "in order (label_map would be ignored); drop label_map")
 
 
 def head_problem(spec: ModelSpec, pretrained_count: Optional[int]) -> Optional[str]:

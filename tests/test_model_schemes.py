@@ -363,8 +363,8 @@ def test_what_a_scheme_cannot_do_is_refused_not_ignored(colours: ComponentContex
                                              r"\(hf:, robustbench:, timm:, torchvision:\)$"):
         load_classifier(ModelSpec(model=f"py:{TINY_MODELS}:color_net", label_map={"red": 2, "green": 1, "blue": 0}), colours)
     # without its pretrained weights (pretrained: false, or a checkpoint) no scheme's outputs carry label names
-    with pytest.raises(ComponentError, match=r"^timm:test_convnext: label_map picks outputs by the label names of its pretrained weights, "
-                                             r"but with pretrained: false its outputs are the benchmark's classes in order"):
+    with pytest.raises(ComponentError, match=r"^timm:test_convnext: label_map picks outputs by label name, but this timm model is not loaded "
+                                             r"with pretrained weights that name their labels; drop label_map"):
         load_classifier(ModelSpec(model="timm:test_convnext", pretrained=False, label_map={"red": 2, "green": 1, "blue": 0}), colours)
     for model in ("hf:org/some-vit", "torchvision:resnet18"):  # label_map was ignored with a checkpoint
         with pytest.raises(ComponentError, match=rf"^{model}: label_map picks outputs .* but with a checkpoint .*; drop label_map$"):

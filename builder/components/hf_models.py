@@ -21,7 +21,7 @@ from builder.components.preprocess import PreprocessedClassifier, Preprocessing,
 from builder.config import ModelSpec
 from builder.errors import ComponentError, first_line
 from builder.paths import in_recipe_dir
-from builder.preflight import Check, PreflightContext, head_problem
+from builder.preflight import Check, PreflightContext, head_problem, unnamed_outputs_problem
 from builder.registry import closest, unknown_name_message
 
 log = logging.getLogger(__name__)
@@ -246,6 +246,9 @@ def hf_preflight(spec: ModelSpec, ctx: PreflightContext, where: str) -> list[Che
     image classifier Transformers knows (its label count is the class count)."""
     from huggingface_hub import constants
 
+    problem = unnamed_outputs_problem(spec)
+    if problem:
+        return [Check(where, spec.model, f"{where}: {problem}")]
     try:
         require_transformers(spec.model)
     except ComponentError as error:
@@ -280,6 +283,9 @@ def hf_preflight(spec: ModelSpec, ctx: PreflightContext, where: str) -> list[Che
 @MODELS.register("hf", description="transformers AutoModelForImageClassification, preprocessing from its AutoImageProcessor",
                  runs_code=hf_runs_code, preflight=hf_preflight, names_labels=True)
 def build_hf(target: str, spec: ModelSpec, ctx: ComponentContext, pretrained: bool) -> PreprocessedClassifier:
+    problem = unnamed_outputs_problem(spec)
+    if problem:
+        raise ComponentError(problem)
     net, processor = _load(target, spec, ctx, pretrained)
     given = frozenset(field for field, value in spec.preprocess.model_dump().items() if value is not None)
     preprocessing = hf_preprocessing(processor, spec.model, given).overridden(spec.preprocess, spec.model)

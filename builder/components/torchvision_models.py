@@ -17,7 +17,7 @@ from builder.components.labels import label_outputs
 from builder.components.preprocess import PreprocessedClassifier, Preprocessing, crop_fraction, rgb
 from builder.config import ModelSpec
 from builder.errors import ComponentError
-from builder.preflight import Check, PreflightContext
+from builder.preflight import Check, PreflightContext, unnamed_outputs_problem
 from builder.registry import unknown_name_message
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,9 @@ def transforms_preprocessing(transform: Any, owner: str) -> Preprocessing:
 
 def torchvision_preflight(spec: ModelSpec, ctx: PreflightContext, where: str) -> list[Check]:
     """The architecture and weights name exist; whether the weights file is cached yet."""
+    problem = unnamed_outputs_problem(spec)
+    if problem:
+        return [Check(where, spec.model, f"{where}: {problem}")]
     name, weights = _parts(spec.model.partition(":")[2])
     try:
         enum = _weights_enum(spec, name, weights)
@@ -85,6 +88,9 @@ def torchvision_preflight(spec: ModelSpec, ctx: PreflightContext, where: str) ->
 def build_torchvision(target: str, spec: ModelSpec, ctx: ComponentContext, pretrained: bool) -> PreprocessedClassifier:
     from torchvision.models import get_model
 
+    problem = unnamed_outputs_problem(spec)
+    if problem:
+        raise ComponentError(problem)
     name, weights = _parts(target)
     enum = _weights_enum(spec, name, weights if pretrained else None)
     kwargs: dict[str, Any] = dict(spec.kwargs)
