@@ -281,9 +281,10 @@ def _candidates(slots: _Slots, generator: Generator, config: PerturbationConfig,
         if not ok:
             slots.reasons[sample] = STOP_NON_FINITE
     rows = rows_of(finite, len(going))
-    direction = step_direction(pick(slots.gradient, rows), config.direction)
-    if mask is not None:
-        direction = direction * mask
+    gradient = pick(slots.gradient, rows)
+    # the mask first, then the direction: an l2 step normalised over every dimension and masked
+    # after was shorter than step_size by the share of dimensions masked out
+    direction = step_direction(gradient if mask is None else gradient * mask, config.direction)
     return pick(slots.active, rows), move(generator, pick(slots.latent, rows), direction, config.step_size), going
 
 

@@ -72,17 +72,27 @@ class ConfidenceOracle:
         return probability >= self.threshold, probability
 
 
+def pixel_step(latent: torch.Tensor, gradient: torch.Tensor, config: PerturbationConfig) -> torch.Tensor:
+    """The pixel baseline's projected sign step: pixels stay in [0, 1]."""
+    return (latent + config.step_size * gradient.sign()).clamp(0, 1)
+
+
 def generator_of(kind: str, seed: int, vqgan):
     """The tiny generator of ``kind`` in float64, and its step rule written out."""
     if kind == "vqgan":
         return vqgan, sign_step
     if kind == "vae":
         return tiny_vae(seed), sign_step
+    if kind == "pixel":
+        from builder.components.pixel import PixelGenerator
+
+        return PixelGenerator(), pixel_step
     return attributes_generator(TINY_EDITS), attribute_step(TINY_EDITS)
 
 
 @pytest.mark.parametrize("seed, batch_size, kind", [(0, None, "vqgan"), (1, None, "vqgan"), (0, 3, "vqgan"), (1, 5, "vqgan"),
-                                                    (0, None, "vae"), (1, 5, "vae"), (0, None, "attributes"), (1, 5, "attributes")])
+                                                    (0, None, "vae"), (1, 5, "vae"), (0, None, "attributes"), (1, 5, "attributes"),
+                                                    (0, None, "pixel"), (1, 5, "pixel")])
 def test_batched_engine_equals_per_image_algorithm(seed: int, batch_size, kind: str) -> None:
     """All samples in one batch, and fewer slots than samples (slots refilled as samples stop),
     for every generator kind's latent and step rule."""
@@ -243,3 +253,30 @@ def test_compiled_decoder_matches_eager_and_compiles_a_second_latent_size() -> N
     (gradient,) = torch.autograd.grad(decoder.decode(probe).sum(), probe)
     (expected,) = torch.autograd.grad(other.decode(plain).sum(), plain)
     assert torch.allclose(gradient, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_a_pixel_stepped_past_a_bound_stays_on_it_and_can_come_back() -> None:
+    """The pixel baseline's latent left [0, 1] and, clamped in decode only, got no gradient there:
+    a pixel past a bound could never move back."""
+    from builder.components.pixel import PixelGenerator
+
+    generator = PixelGenerator()
+    latent = torch.tensor([[0.02, 0.5, 0.99]], dtype=torch.float64)
+    moved = generator.step(latent, torch.tensor([[-1.0, 1.0, 1.0]], dtype=torch.float64), 0.05)
+    assert torch.allclose(moved, torch.tensor([[0.0, 0.55, 1.0]], dtype=torch.float64))
+    back = generator.step(moved, torch.tensor([[1.0, 0.0, -1.0]], dtype=torch.float64), 0.05)
+    assert torch.allclose(back, torch.tensor([[0.05, 0.55, 0.95]], dtype=torch.float64))
+
+
+def test_a_vqgan_start_is_exactly_its_codebook_vectors_whatever_the_batch() -> None:
+    """encode returned the straight-through z + (z_q - z), which is not z_q in floating point and
+    carries the encoder's batch-dependent rounding: in float32 a sample's start depended on its batch."""
+    vqgan, _, _ = make_components(0, torch.float32)
+    images = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        together = vqgan.encode(images)
+        alone = torch.cat([vqgan.encode(images[i : i + 1]) for i in range(6)])
+    codebook = vqgan.model.quantize.embedding.weight
+    vectors = together.permute(0, 2, 3, 1).reshape(-1, together.shape[1])
+    assert torch.equal(together, alone)
+    assert all(bool((codebook == vector).all(dim=1).any()) for vector in vectors)

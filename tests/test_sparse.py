@@ -74,6 +74,20 @@ def test_masked_perturbation_moves_only_the_masked_dimensions() -> None:
     assert ((unmasked.latent_final - unmasked.latent_start).abs()[:, mask == 0] > 0).any()  # the mask did the work
 
 
+def test_a_masked_l2_step_is_step_size_long() -> None:
+    """The l2 direction was normalised over every dimension and masked after: with 20% of the
+    dimensions kept, each step was about half as long as step_size."""
+    generator, oracle, model = make_components(0)
+    images, labels = batch_inputs(generator, oracle, 0, n=12)
+    mask = (torch.rand(8, 8, 8, generator=torch.Generator().manual_seed(0)) < 0.2).double()
+    config = PerturbationConfig(step_size=0.05, budget=1, direction="l2")
+    result = perturb_batch(generator, oracle, model, images, labels, config, mask=mask, dtype=torch.float64)
+    moved = result.steps == 1
+    assert moved.any()
+    lengths = (result.latent_final - result.latent_start)[moved].flatten(1).norm(dim=1)
+    assert torch.allclose(lengths, torch.full_like(lengths, 0.05))
+
+
 def test_mask_of_the_wrong_shape_is_a_clear_error() -> None:
     generator, oracle, model = make_components(0)
     images, labels = batch_inputs(generator, oracle, 0, n=2)

@@ -38,6 +38,11 @@ class PixelGenerator:
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         return latent.clamp(0, 1)
 
+    def step(self, latent: torch.Tensor, direction: torch.Tensor, step_size: float) -> torch.Tensor:
+        """The projected step of a pixel attack: a pixel stepped past 0 or 1 stays on the bound.
+        Left outside, the clamp in ``decode`` gave it no gradient, so it could never move back."""
+        return (latent + step_size * direction).clamp(0, 1)
+
 
 @GENERATORS.register("pixel", config=PixelConfig, description="no generator: steps move the pixels directly (baseline)",
                      preflight=image_size_preflight)

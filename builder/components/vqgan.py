@@ -236,6 +236,14 @@ class TamingVQGAN(nn.Module):
         z_q, loss, _ = self.quantize(h)
         return z_q, loss
 
+    def quantize_exact(self, h: torch.Tensor) -> torch.Tensor:
+        """The codebook vectors nearest ``h``, looked up: the straight-through ``z + (z_q - z)`` is
+        not ``z_q`` in floating point (entries off by ~1e-8), and carries the encoder's
+        batch-dependent rounding into b0, so a sample's start would depend on its batch."""
+        _, _, (_, _, indices) = self.quantize(h)
+        batch, _, height, width = h.shape
+        return self.quantize.get_codebook_entry(indices.reshape(-1), (batch, height, width, self.quantize.e_dim))
+
     def decode_latent(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.post_quant_conv(z))
 
@@ -253,8 +261,7 @@ class VQGANGenerator:
         self.mask = mask
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        z_q, _ = self.model.quantize_ste(self.model.encode_continuous(images * 2 - 1))
-        return z_q
+        return self.model.quantize_exact(self.model.encode_continuous(images * 2 - 1))
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         if self.requantize:  # the nearest code found as encode found it: in full precision, whatever autocast says
