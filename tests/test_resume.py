@@ -62,6 +62,10 @@ def test_changed_recipe_or_seed_is_refused(tiny_recipe: Path, tmp_path: Path) ->
     assert result.exit_code == 2 and "recipe.seed: 0 -> 5" in result.output
     result = build(tiny_recipe, out)
     assert result.exit_code == 2 and "limit: 6 -> None" in result.output
+    # in float32 a sample's bytes depend on the batch its kernels ran in: a resume batches alike
+    result = build(tiny_recipe, out, "--limit", "6", "--batch-size", "1")
+    assert result.exit_code == 2 and "batch_size: 4 -> 1" in result.output
+    assert build(tiny_recipe, out, "--limit", "6", "--batch-size", "4").exit_code == 0  # the recipe's, given
 
 
 def unit_count(out: Path) -> int:

@@ -161,6 +161,8 @@ def plan_build(loaded: LoadedRecipe, options: BuildOptions) -> BuildPlan:
         "tool_version": __version__,
         "recipe": recipe_to_dict(recipe),
         "limit": options.limit,
+        # in float32 a sample's bytes depend on the batch its kernels ran in: a resume must batch alike
+        "batch_size": options.batch_size or recipe.batch_size,
         "source_samples": total,
         "configs": [config.name for config in recipe.build_configs],
         "source": source_print,
