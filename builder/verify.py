@@ -639,9 +639,8 @@ def load_manifest_oracle(manifest: Manifest, *, device: str, cache_dir: Optional
                          trust_remote_code: bool = False) -> Any:
     """The oracle recorded in the manifest, from existing weights only (never trained here);
     the manifest is data, so an oracle whose models would run code needs ``trust_remote_code``."""
-    import torch
 
-    from builder.components.base import ComponentContext, prompt_template_of
+    from builder.components.base import ComponentContext, prompt_template_of, seeded
     from builder.components.oracles import load_oracle
     from builder.config import parse_recipe
     from builder.engine import judging_in
@@ -667,8 +666,7 @@ def load_manifest_oracle(manifest: Manifest, *, device: str, cache_dir: Optional
     if untrained is not None:
         raise VerifyError(f"--oracle: the oracle's weights {untrained} do not exist (a build would train them; verify does not); {hint}")
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(parsed.seed)
+        with seeded(parsed.seed, "oracle"):  # built as the build built it
             # judged as the build judged: in the recorded precision
             return judging_in(parsed.perturbation.precision, load_oracle(parsed.oracle, context))
     except ComponentError as error:

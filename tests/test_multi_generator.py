@@ -143,6 +143,23 @@ def test_each_config_is_what_a_build_with_that_generator_alone_writes(multi: Pat
         assert own == together and own
 
 
+def test_a_weightless_component_does_not_change_with_the_generators_beside_it(tiny_recipe: Path, tmp_path: Path) -> None:
+    """Every component was built from one random stream after every generator: a reference
+    model without weights (random init) changed when a generator was added, and with it every
+    config's shards (SA 33% with two generators, 67% alone)."""
+    several(tiny_recipe)
+    data = yaml.safe_load(tiny_recipe.read_text())
+    data["reference_models"][0].pop("checkpoint")
+    fingerprints = {}
+    for names in (("vqgan", "pixel"), ("pixel",)):
+        recipe = tmp_path / f"{'-'.join(names)}.yaml"
+        recipe.write_text(yaml.safe_dump({**data, "generators": {name: data["generators"][name] for name in names}}))
+        out = tmp_path / "-".join(names)
+        assert build(recipe, out).exit_code == 0
+        fingerprints[names] = json.loads((out / "manifest.json").read_text())["configs"]["cnn-pixel"]["reference_weights_sha256"]
+    assert fingerprints[("vqgan", "pixel")] == fingerprints[("pixel",)]
+
+
 def test_the_card_has_a_section_and_features_per_config(multi: Path) -> None:
     card = (multi / "README.md").read_text()
     header = yaml.safe_load(card.split("---")[1])

@@ -102,22 +102,27 @@ def read_unit(source: Any, unit: WorkUnit, image_size: int, class_names: tuple[s
 
 
 def load_components(recipe: Recipe, context: ComponentContext, compile_decoder: bool = False) -> Components:
-    """Generator, oracle and every reference model, seeded by the recipe (for weightless parts);
+    """Generator, oracle and every reference model, each seeded by the recipe and its section (for weightless parts);
     components a ``train`` block makes are trained first if their weights are missing.
     ``compile_decoder`` wraps the generator so its decode runs through ``torch.compile``."""
-    import torch
 
     from builder.components import GENERATORS
+    from builder.components.base import seeded
     from builder.components.models import load_classifier
     from builder.components.oracles import load_oracle
     from builder.train import ensure_weights
 
     ensure_weights(trainable_parts(recipe), context)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(recipe.seed)  # only matters for components without weights
-        generators = {name: GENERATORS.get(config.kind)(config, context) for name, config in recipe.named_generators.items()}
+    generators = {}
+    for name, config in recipe.named_generators.items():  # each seeded on its own: only parts without weights notice
+        with seeded(recipe.seed, "generator"):
+            generators[name] = GENERATORS.get(config.kind)(config, context)
+    with seeded(recipe.seed, "oracle"):
         oracle = load_oracle(recipe.oracle, context)
-        models = {spec.config_name: load_classifier(spec, context) for spec in recipe.reference_models}
+    models = {}
+    for spec in recipe.reference_models:
+        with seeded(recipe.seed, f"reference_models.{spec.config_name}"):
+            models[spec.config_name] = load_classifier(spec, context)
     if compile_decoder:
         from builder.engine import CompiledDecoder
 

@@ -6,9 +6,10 @@ component applies its own normalisation, differentiably where gradients must flo
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol, Union, runtime_checkable
+from typing import Any, Callable, Iterator, Optional, Protocol, Union, runtime_checkable
 
 from builder import registry
 from builder.checkpoints import ResolveContext
@@ -48,6 +49,24 @@ class Classifier(Protocol):
     num_classes: int
 
     def __call__(self, images: Any) -> Any: ...
+
+
+def component_seed(seed: int, section: str) -> int:
+    """The seed a component is built under (it matters only for parts without weights): one per
+    recipe section, so adding, removing or reordering generators leaves every other component,
+    and so every other config's bytes, as they were; ``verify --oracle`` rebuilds the oracle the
+    build judged with. Every generator takes the section ``generator``, alone or among several."""
+    return int(sha256_json({"seed": seed, "section": section})[:8], 16)
+
+
+@contextlib.contextmanager
+def seeded(seed: int, section: str) -> Iterator[None]:
+    """Build a component under :func:`component_seed`, the global RNG left as it was."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(component_seed(seed, section))
+        yield
 
 
 @dataclass(frozen=True)
