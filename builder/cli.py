@@ -322,6 +322,9 @@ def score_command(benchmarks: tuple[str, ...], revision: Optional[str], config_n
     if save is not None and len(models) > 1:
         raise BuilderError("--save keeps one generated benchmark; give a single --model with it")
     paired = list(zip(models, checkpoints or [None] * len(models), strict=False))
+    base_dir = None
+    if dynamic and recipe and benchmarks:  # one model, both halves: its relative paths from the recipe's folder, as --dynamic takes them
+        paired, base_dir = _from_recipe_folder(recipe, overrides, paired)
     device = resolve_device(device)
     cache = cache_dir or default_cache_dir()
     static = []
@@ -331,7 +334,7 @@ def score_command(benchmarks: tuple[str, ...], revision: Optional[str], config_n
             for model, checkpoint in paired:
                 static.append(score(bench, model, config=config, checkpoint=checkpoint, device=device, batch_size=batch_size,
                                     workers=workers, bootstrap=bootstrap, seed=seed, with_per_class=per_class,
-                                    source_recipe=source_recipe, cache_dir=cache, trust_remote_code=trust_remote_code))
+                                    source_recipe=source_recipe, cache_dir=cache, base_dir=base_dir, trust_remote_code=trust_remote_code))
     generators = _dynamic_generators(recipe, overrides) if dynamic and recipe else []
     if save is not None and len(generators) > 1:
         raise BuilderError(f"--save keeps one generated benchmark, but the recipe has {len(generators)} generators; "
@@ -358,6 +361,20 @@ def score_command(benchmarks: tuple[str, ...], revision: Optional[str], config_n
 
         write_bytes_atomic(json_out, results_bytes(result_payload(results)))
         click.echo(f"wrote {json_out}")
+
+
+def _from_recipe_folder(recipe: str, overrides: tuple[str, ...],
+                        paired: list[tuple[str, Optional[str]]]) -> tuple[list[tuple[str, Optional[str]]], Path]:
+    """``--dynamic`` beside ``--benchmark``: the static half takes the model's relative paths
+    (``--checkpoint``, a ``py:`` file) from the recipe's folder as the dynamic half does; it took
+    them from the current directory, so one --checkpoint named two files."""
+    from builder.checkpoints import scheme_of
+    from builder.paths import in_recipe_dir
+    from builder.recipes import load_recipe
+
+    base = load_recipe(recipe, overrides).base_dir
+    return [(model, checkpoint if checkpoint is None or scheme_of(checkpoint) is not None else str(in_recipe_dir(checkpoint, base)))
+            for model, checkpoint in paired], base
 
 
 def _dynamic_generators(recipe: str, overrides: tuple[str, ...]) -> list[Optional[str]]:

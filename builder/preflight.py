@@ -121,6 +121,10 @@ def spec_problem(spec: ModelSpec) -> Optional[str]:
     scheme whose models do not name their labels (it would be ignored), a ``train`` block on one
     nothing here trains."""
     scheme = spec.model.partition(":")[0]
+    if scheme == "ref":  # score's own shorthand, read from a benchmark's manifest before any spec is built
+        return (f"{spec.model}: ref:<config> names the model a config of a benchmark was built against, and only 'score --model' "
+                "with '--benchmark' reads it; here give that model's own spec (the benchmark's manifest.json records it under "
+                "configs.<config>.reference_model)")
     if scheme not in MODELS:
         return None  # the unknown scheme is reported where the model is built
     entry = MODELS.entry(scheme)

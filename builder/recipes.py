@@ -48,7 +48,7 @@ def locate(recipe: str) -> Path:
     try:
         if path.suffix in (".yaml", ".yml") or path.is_file():
             if not path.is_file():
-                raise RecipeError(f"recipe file not found: {shown}")
+                raise RecipeError(f"recipe file not found: {shown}; check the path, or give a bundled recipe's name ('build-benchmark recipes' lists them)")
             return path
         if recipe not in known and path.is_dir():
             raise RecipeError(f"recipe {shown}: is a directory, not a recipe file; give a .yaml path or a bundled recipe's name")

@@ -653,10 +653,13 @@ def load_manifest_oracle(manifest: Manifest, *, device: str, cache_dir: Optional
         parsed = parse_recipe({**manifest.recipe.as_recorded(), "license": "other"})
     except RecipeError as error:
         raise VerifyError(f"--oracle: the recipe recorded in {MANIFEST} does not parse with this version ({error})") from None
-    from builder.trust import downloaded_roots, model_specs, require_trusted, require_trusted_file
+    from builder.trust import UntrustedCodeError, downloaded_roots, model_specs, require_trusted, require_trusted_file
 
     # the recorded oracle is data; the same oracle in the user's own (or a bundled) recipe is theirs
-    require_trusted(model_specs(parsed.oracle), f"the oracle recorded in {MANIFEST}", trust_remote_code or vouched)
+    try:
+        require_trusted(model_specs(parsed.oracle), f"the oracle recorded in {MANIFEST}", trust_remote_code or vouched)
+    except UntrustedCodeError as error:  # the user's own recipe with this very oracle vouches for it
+        raise UntrustedCodeError(f"{error}, or --recipe with your own recipe that has this oracle") from None
     for spec in model_specs(parsed.oracle):  # a vouched py: file still may not lie inside downloaded data
         require_trusted_file(spec, base_dir, downloaded_roots(cache_dir), trust_remote_code)
     context = ComponentContext(device, cache_dir or default_cache_dir(), base_dir, tuple(manifest.class_names),

@@ -158,6 +158,13 @@ def test_a_resume_on_another_kind_of_device_is_refused_before_it_builds(tiny_rec
                           "resume on that kind of device and torch, or pass --overwrite")
     assert not missing.exists()  # nothing was built
     assert build(tiny_recipe, out, "--overwrite").exit_code == 0
+    # another processor type is another kind of device: a CPU build resumed on another CPU model is refused too
+    import torch
+
+    path = out / "_stats" / "cnn" / "test-00000-of-00003.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "built_with": {"device": "cpu (Some Other CPU)", "torch": torch.__version__}}))
+    missing.unlink()
+    assert_one_line_error(build(tiny_recipe, out), f"was built with torch {torch.__version__} on cpu (Some Other CPU), this run has torch")
 
 
 def test_a_unit_from_a_worker_unlike_the_first_is_left_pending(tiny_recipe: Path, tmp_path: Path) -> None:

@@ -126,6 +126,30 @@ def test_a_ref_model_takes_its_relative_weights_from_the_source_recipes_folder(t
     assert json.loads((elsewhere / "r.json").read_text())["results"][0]["white_box"]
 
 
+def test_static_and_dynamic_halves_read_one_checkpoint(tiny_build: Path, tiny_recipe: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """--dynamic beside --benchmark: one relative --checkpoint named the recipe folder's file for
+    the dynamic half and the current directory's for the static one."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = CliRunner().invoke(main, ["-q", "score", "--benchmark", str(tiny_build), "--dynamic", "--recipe", str(tiny_recipe),
+                                       "--model", f"py:{TINY_MODELS}:tiny_cnn", "--checkpoint", "theta.pt", "--limit", "4",
+                                       "--trust-remote-code", "--workers", "0", "--bootstrap", "0", "--json", "r.json"])
+    assert result.exit_code == 0, result.output
+    static, live = json.loads((elsewhere / "r.json").read_text())["results"]
+    assert static["white_box"] and static["model_spec"]["checkpoint"] == str(tiny_recipe.parent / "theta.pt") and live["mode"] == "dynamic"
+
+
+def test_ref_outside_score_against_a_benchmark_says_where_it_works(tiny_recipe: Path) -> None:
+    """ref: in a zoo or with --dynamic was "unknown model scheme 'ref'", with no way forward."""
+    from helpers import assert_one_line_error
+
+    result = CliRunner().invoke(main, ["-q", "score", "--dynamic", "--recipe", str(tiny_recipe), "--model", "ref:cnn", "--limit", "2"])
+    assert_one_line_error(result, "ref:cnn: ref:<config> names the model a config of a benchmark was built against, and only "
+                          "'score --model' with '--benchmark' reads it", "configs.<config>.reference_model")
+
+
 def test_score_cli_json_and_leaderboard(tmp_path: Path) -> None:
     bench = hand_built_benchmark(tmp_path / "b", ROWS)
     runner = CliRunner()

@@ -73,8 +73,28 @@ PoolFactory = Callable[[Any, Optional[Callable[[int], None]]], WorkerPool]
 
 
 def current_worker_info(fingerprints: dict[str, str], device: str) -> WorkerInfo:
-    """This process's :class:`WorkerInfo` (the GPU's name stands for the device kind)."""
+    """This process's :class:`WorkerInfo`: the GPU's name, or the CPU's model, stands for the
+    device kind (another processor type can round differently, so its units are other bytes)."""
     import torch
 
-    kind = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else device.split(":")[0]
+    if device.startswith("cuda"):
+        kind = torch.cuda.get_device_name(torch.device(device))
+    else:
+        kind = device.split(":")[0]
+        model = cpu_model()
+        kind = f"{kind} ({model})" if kind == "cpu" and model else kind
     return WorkerInfo(dict(fingerprints), kind, torch.__version__)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo, else the platform's word for it), or ''."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return " ".join(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return platform.processor()
