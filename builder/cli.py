@@ -368,13 +368,11 @@ def _from_recipe_folder(recipe: str, overrides: tuple[str, ...],
     """``--dynamic`` beside ``--benchmark``: the static half takes the model's relative paths
     (``--checkpoint``, a ``py:`` file) from the recipe's folder as the dynamic half does; it took
     them from the current directory, so one --checkpoint named two files."""
-    from builder.checkpoints import scheme_of
-    from builder.paths import in_recipe_dir
     from builder.recipes import load_recipe
+    from builder.score import checkpoint_from
 
     base = load_recipe(recipe, overrides).base_dir
-    return [(model, checkpoint if checkpoint is None or scheme_of(checkpoint) is not None else str(in_recipe_dir(checkpoint, base)))
-            for model, checkpoint in paired], base
+    return [(model, checkpoint_from(checkpoint, base)) for model, checkpoint in paired], base
 
 
 def _dynamic_generators(recipe: str, overrides: tuple[str, ...]) -> list[Optional[str]]:

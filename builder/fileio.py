@@ -19,8 +19,9 @@ from builder.errors import OutputError
 TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.tmp-[A-Za-z0-9_.-]+$")
 
 
-#: a temp file's writer, from its name: the host (its first 32 characters) and the process id
-_WRITER = re.compile(r"\.tmp-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}$")
+#: a temp file's name as :func:`temp_beside` makes it, with its writer: the host (its first 32
+#: characters) and the process id
+_WRITTEN_BY = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}$")
 
 
 def temp_beside(path: Path) -> Path:
@@ -39,7 +40,7 @@ def remove_orphaned_temp_files(folder: Path) -> int:
     except OSError:
         return 0
     for name in names:
-        writer = _WRITER.search(name) if TEMP_FILE.match(name) else None
+        writer = _WRITTEN_BY.match(name)
         if writer is None or writer["host"] != socket.gethostname()[:32] or _alive(int(writer["pid"])):
             continue
         try:
@@ -110,6 +111,17 @@ def _cannot_write(path: Path, error: OSError) -> str:
     else:
         why = (error.strerror or type(error).__name__) + (f": {error.filename}" if error.filename and str(error.filename) != str(path) else "")
     return f"cannot write {path} ({why}); give a path in a folder you may write to"
+
+
+def begins_with(path: Path, prefix: str) -> bool:
+    """Whether the file at ``path`` begins with ``prefix`` (False when it cannot be read): how a
+    command tells a file it wrote itself (its heading) from a user's file of the same name."""
+    expected = prefix.encode()
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(expected)) == expected
+    except OSError:
+        return False
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

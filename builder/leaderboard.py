@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -12,7 +11,7 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from builder.errors import BuilderError
-from builder.fileio import atomic_write, write_bytes_atomic
+from builder.fileio import atomic_write, begins_with, write_bytes_atomic
 from builder.manifest import load_json_bounded, validation_problem
 from builder.metrics import upgrade_figures
 
@@ -282,9 +281,8 @@ LEADERBOARD_HEADING = "# FMR leaderboard\n"
 def is_result_file(path: Path) -> bool:
     """Whether ``path`` is a result file ``score --json`` wrote (its tool named in it)."""
     try:
-        with open(path, "rb") as handle:
-            payload = json.loads(handle.read(MAX_RESULT_BYTES))
-    except (OSError, ValueError, RecursionError):
+        payload = load_json_bounded(path, str(path), max_bytes=MAX_RESULT_BYTES)
+    except BuilderError:
         return False
     return isinstance(payload, dict) and isinstance(payload.get("tool"), dict) and payload["tool"].get("name") == "fmr-builder"
 
@@ -296,7 +294,7 @@ def write_leaderboard(paths: list[Path], out_dir: Path) -> tuple[Path, Path]:
     if not rows:
         raise BuilderError("no results in the given files")
     markdown, chart = out_dir / "leaderboard.md", out_dir / "fmr.png"
-    ours = markdown.is_file() and markdown.read_bytes()[: len(LEADERBOARD_HEADING)] == LEADERBOARD_HEADING.encode()
+    ours = begins_with(markdown, LEADERBOARD_HEADING)
     foreign = [path.name for path in (markdown, chart) if path.exists() and not ours]
     if foreign:
         raise BuilderError(f"--out {out_dir}: {', '.join(foreign)} is there and was not written by 'build-benchmark leaderboard'; "

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from builder.config import ModelSpec, format_validation_error
 from builder.errors import BuilderError, RecipeError
-from builder.fileio import write_bytes_atomic
+from builder.fileio import begins_with, write_bytes_atomic
 from builder.leaderboard import results_bytes
 
 log = logging.getLogger(__name__)
@@ -107,16 +107,8 @@ def _check_ours(out_dir: Path, results: list[str]) -> None:
             raise BuilderError(f"--out {out_dir}: {name} is there and was not written by 'build-benchmark score'; "
                                "give another --out, or move that file")
     table = out_dir / "table.md"
-    if table.exists() and not _starts_with(table, TABLE_HEADING):
+    if table.exists() and not begins_with(table, TABLE_HEADING):
         raise BuilderError(f"--out {out_dir}: table.md is there and is not a zoo's table; give another --out, or move that file")
-
-
-def _starts_with(path: Path, heading: str) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(len(heading.encode())) == heading.encode()
-    except OSError:
-        return False
 
 
 def write_table(out_dir: Path, names: list[str]) -> Path:

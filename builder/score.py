@@ -93,23 +93,28 @@ def as_model_spec(model: ModelLike, checkpoint: Optional[str] = None) -> ModelSp
         raise format_validation_error(error, ModelSpec, ("--model",)) from None
 
 
+def spec_file(model: ModelLike) -> Optional[Path]:
+    """The YAML file a ``--model`` names (a spec of model fields), or None for a spec string."""
+    return Path(model) if isinstance(model, (str, Path)) and Path(model).suffix in (".yaml", ".yml") else None
+
+
 def spec_dir(model: ModelLike) -> Path:
     """Where a model spec's relative paths are taken from: a YAML spec file's own folder (as in a
     model zoo file), else the current directory (a spec typed on the command line)."""
-    if isinstance(model, (str, Path)) and Path(model).suffix in (".yaml", ".yml"):
-        return Path(model).expanduser().resolve().parent
-    return Path.cwd()
+    file = spec_file(model)
+    return file.expanduser().resolve().parent if file is not None else Path.cwd()
 
 
-def _from_here(checkpoint: Optional[str]) -> Optional[str]:
-    """A ``--checkpoint`` path typed on the command line, made absolute from the current
-    directory (a YAML spec's folder would otherwise take it); locations (URLs, ``hf-hub:``,
-    ``cache:``...) as they are."""
+def checkpoint_from(checkpoint: Optional[str], base: Path) -> Optional[str]:
+    """A ``--checkpoint`` path made absolute from ``base`` (the current directory for one typed
+    on the command line: a YAML spec's folder would otherwise take it); locations (URLs,
+    ``hf-hub:``, ``cache:``...) as they are."""
     from builder.checkpoints import scheme_of
+    from builder.paths import in_recipe_dir
 
     if checkpoint is None or scheme_of(checkpoint) is not None:
         return checkpoint
-    return str(Path(checkpoint).expanduser().absolute())
+    return str(in_recipe_dir(checkpoint, base.absolute()))
 
 
 def reference_spec(bench: Benchmark, model: ModelLike, *, trust_remote_code: bool = False) -> ModelLike:
@@ -359,13 +364,14 @@ def score(
 
     bench = benchmark if isinstance(benchmark, Benchmark) else open_benchmark(benchmark)
     config = bench.config(config)
-    spec = as_model_spec(reference_spec(bench, model, trust_remote_code=trust_remote_code), _from_here(checkpoint))
+    spec = as_model_spec(reference_spec(bench, model, trust_remote_code=trust_remote_code), checkpoint_from(checkpoint, Path.cwd()))
     recorded = model if isinstance(model, str) and model.startswith("ref:") and checkpoint is None else None
     if base_dir is None and recorded is not None and source_recipe is not None:  # the recorded spec's paths: the recipe's folder
         base_dir = Path(source_recipe).expanduser().resolve().parent
     base_dir = base_dir or spec_dir(model)
-    if isinstance(model, (str, Path)) and Path(model).suffix in (".yaml", ".yml"):
-        require_trusted_spec_file([spec], Path(model), downloaded_roots(cache_dir), trust_remote_code, "--model")
+    file = spec_file(model)
+    if file is not None:
+        require_trusted_spec_file([spec], file, downloaded_roots(cache_dir), trust_remote_code, "--model")
     require_trusted_file(spec, base_dir, downloaded_roots(cache_dir), trust_remote_code)
     classifier = load_model_for(bench, spec, device, cache_dir or default_cache_dir(), base_dir, recorded=recorded)
     records: dict[str, list[Any]] = {"key": [], "label": [], "perturbed": [], "steps": []}

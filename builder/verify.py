@@ -11,7 +11,6 @@ of them; only a missing or unreadable manifest stops early.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import Counter
@@ -35,6 +34,7 @@ from builder.manifest import (
     ManifestShard,
     generator_of,
     load_json_bounded,
+    parse_json_bounded,
     parse_manifest,
 )
 from builder.safeyaml import parse_bounded
@@ -540,8 +540,8 @@ class Checker:
 def _is_json_object(line: bytes) -> bool:
     """Whether one line of rejects.jsonl is a JSON object, as the build writes each rejection."""
     try:
-        return isinstance(json.loads(line.decode("utf-8")), dict)
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        return isinstance(parse_json_bounded(line, REJECTS), dict)
+    except ManifestError:
         return False
 
 
@@ -612,7 +612,7 @@ def judge_uint8(oracle: Any, pixels: list[Any], labels: list[int], device: str) 
     return [bool(ok) for ok in accepted.cpu().tolist()]
 
 
-def recipe_base_dir(manifest: Manifest, recipe: Optional[str]) -> tuple[Path, bool]:
+def recipe_base_dir(manifest: Manifest, recipe: Optional[str], cache_dir: Optional[Path] = None) -> tuple[Path, bool]:
     """Relative paths of the recorded recipe resolve against the dir of the recipe file it was
     built from: ``--recipe``, else a bundled recipe of the same name, else the current dir.
     Also whether that recipe (the user's own, or bundled) has exactly the recorded oracle."""
@@ -623,7 +623,7 @@ def recipe_base_dir(manifest: Manifest, recipe: Optional[str]) -> tuple[Path, bo
     if recipe is not None:
         loaded = load_recipe(recipe)
         # a recipe shipped inside downloaded data (beside the benchmark, say) vouches for nothing
-        mine = downloaded_root_of(Path(loaded.origin), downloaded_roots()) is None
+        mine = downloaded_root_of(Path(loaded.origin), downloaded_roots(cache_dir)) is None
         same = mine and loaded.recipe.oracle.model_dump(mode="json") == recorded
         if not same:
             log.warning("the oracle of %s differs from the one recorded in the manifest; verifying with the recorded one", loaded.origin)
@@ -639,7 +639,6 @@ def load_manifest_oracle(manifest: Manifest, *, device: str, cache_dir: Optional
                          trust_remote_code: bool = False) -> Any:
     """The oracle recorded in the manifest, from existing weights only (never trained here);
     the manifest is data, so an oracle whose models would run code needs ``trust_remote_code``."""
-
     from builder.components.base import ComponentContext, prompt_template_of, seeded
     from builder.components.oracles import load_oracle
     from builder.config import parse_recipe
@@ -647,7 +646,7 @@ def load_manifest_oracle(manifest: Manifest, *, device: str, cache_dir: Optional
     from builder.errors import ComponentError, RecipeError
     from builder.paths import default_cache_dir
 
-    base_dir, vouched = recipe_base_dir(manifest, recipe)
+    base_dir, vouched = recipe_base_dir(manifest, recipe, cache_dir)
     try:
         # the license does not judge anything: one recorded before licenses were checked still verifies
         parsed = parse_recipe({**manifest.recipe.as_recorded(), "license": "other"})

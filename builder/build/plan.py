@@ -222,8 +222,9 @@ def source_fingerprint(source: Any, config: Any, base_dir: Path, used: Optional[
     locations = {}
     for key, value in config.model_dump(mode="json").items():
         for text in [value] if isinstance(value, str) else (value if isinstance(value, list) else []):
-            if isinstance(text, str) and key != "kind" and text and in_recipe_dir(text, base_dir).exists():
-                locations[f"{key}:{text}"] = str(in_recipe_dir(text, base_dir).resolve())
+            where = in_recipe_dir(text, base_dir) if isinstance(text, str) and key != "kind" and text else None
+            if where is not None and where.exists():
+                locations[f"{key}:{text}"] = str(where.resolve())
     count = len(source)
     last = count if used is None else min(used, count)
     ends = [next(iter(source.items(i, i + 1))).source_id for i in sorted({0, last - 1}) if last]

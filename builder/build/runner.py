@@ -105,7 +105,6 @@ def load_components(recipe: Recipe, context: ComponentContext, compile_decoder: 
     """Generator, oracle and every reference model, each seeded by the recipe and its section (for weightless parts);
     components a ``train`` block makes are trained first if their weights are missing.
     ``compile_decoder`` wraps the generator so its decode runs through ``torch.compile``."""
-
     from builder.components import GENERATORS
     from builder.components.base import seeded
     from builder.components.models import load_classifier

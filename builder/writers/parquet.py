@@ -67,12 +67,13 @@ class ParquetWriter(ShardWriter):
 
         rows = self.read_records(path, AUDIT_COLUMNS)
         keys = [row.get("key") for row in rows]
-        present = pq.read_schema(path).names
+        parquet = pq.ParquetFile(path)
+        present = parquet.schema_arrow.names
         wanted = ["image"] + (["original_image"] if schema.keep_originals else [])
         problems = [f"has no column {column}" for column in wanted if column not in present]
         for column in (column for column in wanted if column in present):
             position = 0
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=256, columns=[column]):
+            for batch in parquet.iter_batches(batch_size=256, columns=[column]):
                 for cell in batch.column(0).to_pylist():
                     problem = image_problem(cell["bytes"][:SIGNATURE_BYTES] if cell and cell["bytes"] else None, schema.image_format)
                     if problem:

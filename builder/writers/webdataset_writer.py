@@ -67,12 +67,11 @@ class WebDatasetWriter(ShardWriter):
         return found
 
     def audit(self, path: Path, schema: ShardSchema) -> tuple[list[dict[str, Any]], list[str]]:
-        """Records from the ``.json`` members (images are not read), and the samples lacking a
-        part or whose ``.cls`` or ``.json`` disagrees with the member names."""
+        """Records from the ``.json`` members, and the samples lacking a part, whose ``.cls`` or
+        ``.json`` disagrees with the member names, or whose image is no image (by its first bytes)."""
         extension = schema.image_format
         needed = (extension, "cls", "json") + ((f"original.{extension}",) if schema.keep_originals else ())
-        with tarfile.open(path, "r:") as tar:
-            names = [member.name for member in tar.getmembers()]
+        names, image_problems = _listing(path, extension)
         parts: dict[str, set[str]] = {}
         for name in names:
             key, _, part = name.partition(".")
@@ -87,23 +86,25 @@ class WebDatasetWriter(ShardWriter):
             record = _audited(key, payloads[key]["json"], payloads[key]["cls"], problems)
             if record is not None:
                 records.append(record)
-        return records, problems + _image_problems(path, extension)
+        return records, problems + image_problems
 
 
-def _image_problems(path: Path, extension: str) -> list[str]:
-    """The image members (perturbed and original) that are not images of ``extension``, by
-    their first bytes: no image is decoded, nor held in memory."""
+def _listing(path: Path, extension: str) -> tuple[list[str], list[str]]:
+    """In one pass over the tar: every member's name, and the image members (perturbed and
+    original) that are not images of ``extension`` by their first bytes (none is decoded, nor
+    held in memory)."""
     from builder.images import SIGNATURE_BYTES, image_problem
 
-    problems = []
+    names, problems = [], []
     with tarfile.open(path, "r:") as tar:
         for member in tar:
+            names.append(member.name)
             key, _, part = member.name.partition(".")
             handle = tar.extractfile(member) if member.isfile() and part in (extension, f"original.{extension}") else None
             problem = image_problem(handle.read(SIGNATURE_BYTES), extension) if handle is not None else None
             if problem:
                 problems.append(f"sample {key}: its .{part} is {problem}")
-    return problems
+    return names, problems
 
 
 def _members(path: Path, keep: Callable[[str], bool], keys: Optional[set[str]] = None) -> dict[str, dict[str, bytes]]:
