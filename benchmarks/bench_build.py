@@ -80,6 +80,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -424,6 +425,43 @@ def run_per_image(suite: Suite, count: int, dtype: torch.dtype = torch.float32,
         per_image_algorithm1(generator, oracle, model, suite.images[i], suite.labels[i], suite.config, suite.mask, dtype)
         for i in range(count)
     ]
+
+
+class DecodeCounter:
+    """A generator that counts its decodes; everything else is the generator's own."""
+
+    def __init__(self, generator: Any) -> None:
+        self.generator, self.decodes = generator, 0
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "generator":
+            raise AttributeError(name)
+        return getattr(self.generator, name)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.generator.encode(images)
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        self.decodes += 1
+        return self.generator.decode(latent)
+
+
+def host_syncs(suite: Suite, count: int, batch_size: int) -> Optional[dict[str, Any]]:
+    """On CUDA, the synchronizing calls one engine run makes, by torch's sync debug mode, per
+    decode: the design is one, the step's read-back of its decisions. None off CUDA."""
+    if suite.images.device.type != "cuda":
+        return None
+    counter = DecodeCounter(suite.generator)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            perturb_batch(counter, suite.oracle, suite.model, suite.images[:count], suite.labels[:count], suite.config,
+                          mask=suite.mask, batch_size=batch_size)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = sum("synchroniz" in str(w.message) for w in caught)
+    return {"syncs": syncs, "decodes": counter.decodes, "syncs_per_decode": syncs / max(1, counter.decodes)}
 
 
 def compare(engine: list[Outcome], reference: list[Outcome]) -> dict[str, Any]:
@@ -777,6 +815,10 @@ def measure_suite(which: str, settings: dict[str, Any], log: Callable[[str], Non
     figures["flops_per_image_step"] = flops = floor.flops_per_image_step()
     figures["flop_rates"] = flop_rates(flops, figures)
 
+    figures["host_syncs"] = host_syncs(suite, min(count, batch), batch)
+    if figures["host_syncs"] is not None:
+        log(f"{suite.name}: {figures['host_syncs']['syncs_per_decode']:.2f} host-device syncs per decode")
+
     # the same algorithm in float64, where engine and per-image must agree exactly
     n64 = min(settings[f"{prefix}_float64"], count)
     if n64:
@@ -960,6 +1002,10 @@ def table(results: dict[str, Any], device: str, matmul: dict[str, float]) -> str
         lines.append(f"{name}: peak RSS 4N/N = {rss['ratio_4N_to_N']:.3f} ({rss['N']['peak_rss_mb']:.0f} -> {rss['4N']['peak_rss_mb']:.0f} MB; "
                      f"RSS after loading {rss['N']['rss_after_load_mb']:.0f} / {rss['4N']['rss_after_load_mb']:.0f} MB{engine_peaks})"
                      + (f"; peak GPU {rss['N']['peak_gpu_mb']:.0f} -> {rss['4N']['peak_gpu_mb']:.0f} MB" if device.startswith("cuda") else ""))
+        if r.get("host_syncs"):
+            h = r["host_syncs"]
+            lines.append(f"{name}: host-device syncs (torch's sync debug mode): {h['syncs']} in {h['decodes']} decodes, "
+                         f"{h['syncs_per_decode']:.2f} per decode (the design: 1, the step's read-back)")
         if device.startswith("cuda"):
             lines.append(f"{name}: peak GPU memory engine {e['peak_gpu_mb']:.0f} MB, per-image {r['per_image']['peak_gpu_mb']:.0f} MB")
         for mode in r.get("modes", []):

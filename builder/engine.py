@@ -19,10 +19,13 @@ a call, when no sample is left waiting, runs on a smaller batch.
 Precision: under ``bf16`` the decoder, the oracle and the reference model run in bfloat16
 autocast; the latent, the loss, the gradient and the step stay in float32.
 
-Host-device syncs: a step reads back only its decisions, the oracle's verdicts (before the
-gradient is computed) and whether each gradient is finite. The bookkeeping (who holds a slot,
-steps, stop reasons) is mirrored on the host, and rows are picked with ``nonzero_static`` of a
-size the host already knows, so no boolean-mask indexing waits for the device.
+Host-device syncs: one per step, its decisions read back together before the gradient is
+computed: the oracle's verdicts and whether each moved sample's last gradient was finite. A
+non-finite gradient is not read back when it is taken: its sample steps by zero, and the next
+read-back stops it at its last accepted image (the wasted row costs one decode). The
+bookkeeping (who holds a slot, steps, stop reasons) is mirrored on the host, and rows are
+picked with ``nonzero_static`` of a size the host already knows, so no boolean-mask indexing
+waits for the device.
 """
 
 from __future__ import annotations
@@ -166,23 +169,26 @@ class _Decoded:
     samples: list[int]  # ``index`` on the host
     fresh: int
     images: torch.Tensor
-    accepted: torch.Tensor
-    verdicts: list[bool]  # ``accepted`` on the host: the step's one read-back before the gradient
+    accepted: torch.Tensor  # judged by the oracle and moved by a finite gradient
+    verdicts: list[bool]  # ``accepted`` on the host: the step's one read-back
+    finite: list[bool]  # whether each sample's step came from a finite gradient (new ones: True)
     latent: torch.Tensor
     gradient: torch.Tensor
 
 
 def _decode_judge_grad(generator: Generator, oracle: Oracle, model: Classifier, latent: torch.Tensor, labels: torch.Tensor,
-                       precision: str) -> tuple[torch.Tensor, torch.Tensor, list[bool], torch.Tensor]:
-    """One decode: (images on the pixel grid, oracle verdict, the verdict on the host, d loss /
-    d latent for accepted rows)."""
+                       finite: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.Tensor, list[bool], list[bool], torch.Tensor]:
+    """One decode: (images on the pixel grid, the verdicts, them and ``finite`` on the host, and
+    d loss / d latent for accepted rows). A row is accepted when the oracle says its label and its
+    step came from a finite gradient (``finite``); both are read back at once, the step's sync."""
     latent = latent.detach().requires_grad_(True)
     with torch.enable_grad():
         with autocast_for(precision, latent.device):
             decoded = generator.decode(latent)
         images = to_pixel_grid(decoded.to(latent.dtype))
-        accepted, _ = oracle.judge(images.detach(), labels)
-        verdicts = accepted.tolist()  # the accept decision: this step's sync
+        judged, _ = oracle.judge(images.detach(), labels)
+        accepted = judged.to(torch.bool) & finite
+        verdicts, finite_host = torch.stack([accepted, finite]).tolist()
         gradient = torch.zeros_like(latent)
         count = sum(verdicts)
         if count:
@@ -191,7 +197,7 @@ def _decode_judge_grad(generator: Generator, oracle: Oracle, model: Classifier, 
                 logits = model(pick(images, rows))
             loss = F.cross_entropy(at_least_fp32(logits), pick(labels, rows), reduction="sum")
             gradient = torch.autograd.grad(loss, latent)[0].to(latent.dtype)
-    return images.detach(), accepted, verdicts, gradient
+    return images.detach(), accepted, verdicts, finite_host, gradient
 
 
 def _score(model: Classifier, images: torch.Tensor, labels: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -270,24 +276,21 @@ def _admit(
 
 
 def _candidates(slots: _Slots, generator: Generator, config: PerturbationConfig,
-                mask: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """The next latent of every sample holding a slot whose gradient is finite, and those samples
-    (on the device and on the host); the others stop. Finiteness is read back: a stop decision."""
+                mask: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The next latent of every sample holding a slot, and whether its gradient was finite, on
+    the device: nothing is read back here. A sample whose gradient is not finite steps by zero
+    (no NaN reaches a decode); the next read-back stops it."""
     device = slots.labels.device
     if slots.latent is None or slots.gradient is None or not slots.active_host:
-        return torch.zeros(0, dtype=torch.long, device=device), torch.zeros(0, device=device), []
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return empty, torch.zeros(0, device=device), empty.to(torch.bool)
     finite = torch.isfinite(slots.gradient.flatten(1)).all(dim=1)
-    flags = finite.tolist()
-    going = [sample for sample, ok in zip(slots.active_host, flags, strict=True) if ok]
-    for sample, ok in zip(slots.active_host, flags, strict=True):
-        if not ok:
-            slots.reasons[sample] = STOP_NON_FINITE
-    rows = rows_of(finite, len(going))
-    gradient = pick(slots.gradient, rows)
+    shape = (-1, *([1] * (slots.gradient.dim() - 1)))
+    gradient = torch.where(finite.view(shape), slots.gradient, torch.zeros_like(slots.gradient))
     # the mask first, then the direction: an l2 step normalised over every dimension and masked
     # after was shorter than step_size by the share of dimensions masked out
     direction = step_direction(gradient if mask is None else gradient * mask, config.direction)
-    return pick(slots.active, rows), move(generator, pick(slots.latent, rows), direction, config.step_size), going
+    return slots.active, move(generator, slots.latent, direction, config.step_size), finite
 
 
 def perturb_batch(
@@ -317,15 +320,19 @@ def perturb_batch(
     oracle = judging_in(precision, oracle)  # the oracle judges in the build's precision, as verify re-judges
     while slots.waiting < len(labels) or slots.active_host:
         held = len(slots.active_host)
-        old, moved, old_host = _candidates(slots, generator, config, mask)
+        old_host = slots.active_host
+        old, moved, finite = _candidates(slots, generator, config, mask)
         first = slots.waiting
         new, fresh = _admit(slots, generator, model, min(width - len(old_host), len(labels) - slots.waiting), mask, precision)
         index = torch.cat([old, new])
         if len(index):
             latent = moved if fresh is None else torch.cat([moved.to(fresh.dtype), fresh]) if old_host else fresh
-            decoded, accepted, verdicts, gradient = _decode_judge_grad(generator, oracle, model, latent, labels[index], precision)
+            finite = torch.cat([finite, torch.ones(len(new), dtype=torch.bool, device=finite.device)])
+            decoded, accepted, verdicts, finite_host, gradient = _decode_judge_grad(
+                generator, oracle, model, latent, labels[index], finite, precision)
             samples = old_host + list(range(first, slots.waiting))
-            _settle(slots, _Decoded(index, samples, len(new), decoded, accepted, verdicts, latent, gradient), config.budget)
+            decode = _Decoded(index, samples, len(new), decoded, accepted, verdicts, finite_host, latent, gradient)
+            _settle(slots, decode, config.budget)
         else:
             slots.active, slots.active_host, slots.latent, slots.gradient = old, [], None, None
         if on_done is not None and held + len(new) > len(slots.active_host):
@@ -341,10 +348,10 @@ def _settle(slots: _Slots, step: _Decoded, budget: int) -> None:
     slots.perturbed[step.index] |= step.accepted & is_new
     slots.steps[step.index] += (step.accepted & ~is_new).to(slots.steps.dtype)
     kept, going = [], []
-    for position, (sample, ok) in enumerate(zip(step.samples, step.verdicts, strict=True)):
+    for position, (sample, ok, finite) in enumerate(zip(step.samples, step.verdicts, step.finite, strict=True)):
         if not ok:
             if position < old:
-                slots.reasons[sample] = STOP_REJECTED
+                slots.reasons[sample] = STOP_REJECTED if finite else STOP_NON_FINITE
             continue
         slots.reasons[sample] = STOP_BUDGET
         slots.steps_host[sample] += position < old

@@ -168,6 +168,66 @@ def test_non_finite_gradient_ends_the_sample_at_its_last_good_step() -> None:
         assert int(result.steps[i]) == 0
 
 
+class _PoisonedGradient(torch.autograd.Function):
+    """Identity forward; backward gives NaN for the rows whose image falls in a band of its mean,
+    so samples meet a non-finite gradient at different steps, or never."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.poisoned = (x.flatten(1).mean(dim=1) * 997) % 1 < 0.25
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return torch.where(ctx.poisoned.view(-1, 1, 1, 1), torch.full_like(grad, float("nan")), grad)
+
+
+class PoisonedModel(torch.nn.Module):
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model, self.num_classes = model, model.num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(_PoisonedGradient.apply(x))
+
+
+@pytest.mark.parametrize("batch_size", [None, 3])
+def test_non_finite_gradients_at_different_steps_end_as_the_per_image_algorithm_does(batch_size) -> None:
+    """A non-finite gradient is not read back when it is taken: its sample steps by zero and the
+    next read-back stops it. Samples meet one at different steps; each ends as Algorithm 1 does,
+    at its last accepted image, and the others in its batch go on untouched."""
+    vqgan, _, base = make_components(21)
+    model = PoisonedModel(base)
+    images, labels = batch_inputs(vqgan, ClassifierOracle(base), 21, n=16)
+    oracle = ClassifierOracle(base)
+    config = PerturbationConfig(step_size=0.0003, budget=8)
+    result = perturb_batch(vqgan, oracle, model, images, labels, config, dtype=torch.float64, batch_size=batch_size)
+    for i in range(len(labels)):
+        expected_image, expected_steps, expected_perturbed = algorithm1(vqgan, oracle, model, images[i], int(labels[i]), config)
+        assert int(result.steps[i]) == expected_steps, f"sample {i}"
+        assert bool(result.perturbed[i]) == expected_perturbed
+        assert torch.equal(result.images[i], torch.round(expected_image * 255).to(torch.uint8)), f"sample {i}"
+    ended = {int(result.steps[i]) for i, reason in enumerate(result.stop_reason) if reason == STOP_NON_FINITE}
+    assert len(ended) >= 2 and STOP_BUDGET in result.stop_reason  # at different steps, and not every sample
+
+
+def test_one_read_back_per_decode(monkeypatch) -> None:
+    """The step's decisions (the oracle's verdicts and the gradients' finiteness) come back to the
+    host in one read-back per decode: on a GPU each read-back waits for the device."""
+    generator, oracle, model = make_components(22)
+    images, labels = batch_inputs(generator, oracle, 22, n=12)
+    recording = RecordingGenerator(generator)
+    reads: list[str] = []
+    for name in ("tolist", "item", "__bool__", "__int__", "__float__", "numpy", "cpu"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _o=original, _n=name, **k: (reads.append(_n), _o(self, *a, **k))[1])
+    result = perturb_batch(recording, oracle, model, images, labels, PerturbationConfig(step_size=0.0003, budget=6),
+                           dtype=torch.float64, batch_size=5)
+    monkeypatch.undo()
+    assert int(result.steps.sum()) > 0 and len(recording.sizes) > 6
+    assert reads == ["tolist"] * len(recording.sizes)
+
+
 def test_requantized_latents_still_get_gradients() -> None:
     generator, oracle, model = make_components(8, requantize=True)
     images, labels = batch_inputs(generator, oracle, 8, n=6)
