@@ -528,13 +528,24 @@ def save_state_dict(state: Mapping[str, Any], path: Path) -> None:
 
 
 def weights_fingerprint(module: Any) -> str:
-    """sha256 over a module's parameters and buffers (names, dtypes, shapes, values)."""
+    """sha256 of what a model computes from its input: its parameters and every buffer (names,
+    dtypes, shapes, values), non-persistent ones too (the normalisation, the outputs a label map
+    keeps, the groups classes are pooled in), and the text of each submodule's
+    ``fingerprint_text()`` (the preprocessing's size, crop and interpolation). A score calls a
+    model white-box on a benchmark when this matches the reference model's: the same weights
+    behind other preprocessing or another label map were called white-box."""
     import hashlib
 
     import torch
 
     digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
+    tensors = dict(module.state_dict())
+    tensors.update({name: buffer for name, buffer in module.named_buffers() if name not in tensors and buffer is not None})
+    for name, sub in module.named_modules():
+        text = getattr(sub, "fingerprint_text", None)
+        if callable(text):
+            digest.update(f"{name}:{text()}".encode())
+    for name, tensor in sorted(tensors.items()):
         value = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
         digest.update((value.float() if value.dtype == torch.bfloat16 else value).numpy().tobytes())

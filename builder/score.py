@@ -21,7 +21,7 @@ import torch
 
 from builder.benchmark import Benchmark, BenchmarkError, open_benchmark, reading_shard
 from builder.config import ModelSpec, SourceConfig, parse_component, recipe_to_dict
-from builder.errors import RecipeError, first_line
+from builder.errors import BuilderError, ComponentError, RecipeError, first_line
 from builder.metrics import Outcomes, compute_metrics, per_class
 from builder.paths import default_cache_dir
 from builder.writers.base import ShardWriter
@@ -249,7 +249,7 @@ def predict(classifier: Any, bench: Benchmark, config: str, *, device: str, batc
         with torch.no_grad():
             for shards, rows, images, originals in loader:
                 batch = torch.cat([images, originals]) if with_originals else images
-                predictions = classifier(batch.to(device).float() / 255).argmax(-1).cpu().numpy()
+                predictions = predicted_labels(classifier, batch.to(device).float() / 255)
                 for position, (shard, row) in enumerate(zip(shards.tolist(), rows.tolist(), strict=False)):
                     on_images[shard][row] = predictions[position]
                     if with_originals:
@@ -257,6 +257,20 @@ def predict(classifier: Any, bench: Benchmark, config: str, *, device: str, batc
     except BenchmarkError as error:  # from a decoding worker, torch wraps it in the worker's traceback: its last line is ours
         raise BenchmarkError(_raised_message(str(error), BenchmarkError)) from None
     return on_images, on_originals
+
+
+def predicted_labels(classifier: Any, images: torch.Tensor) -> np.ndarray:
+    """The classifier's labels for [0, 1] images. A model that fails on them (another input size,
+    channels, a bug in a py: model) is a one-line error naming it and the images' shape, so a
+    zoo lists it and scores the others."""
+    try:
+        logits = classifier(images)
+    except BuilderError:
+        raise
+    except Exception as error:  # the model's own code: any error is its
+        raise ComponentError(f"{getattr(classifier, 'spec', 'the model')}: failed on {len(images)} images of shape "
+                             f"{tuple(images.shape[1:])}: {first_line(error, typed=True)}; check the model's input size and spec") from error
+    return logits.argmax(-1).cpu().numpy()
 
 
 def _raised_message(text: str, kind: type) -> str:
@@ -287,7 +301,7 @@ def _originals_from_source(bench: Benchmark, config: str, source_recipe: Optiona
     while chunk := list(itertools.islice(pixels, batch_size)):
         batch = to_nchw(np.stack(chunk)).to(device).float() / 255
         with torch.no_grad():
-            predictions.append(classifier(batch).argmax(-1).cpu().numpy())
+            predictions.append(predicted_labels(classifier, batch))
     return np.concatenate(predictions) if predictions else np.zeros(0, dtype=np.int64)
 
 

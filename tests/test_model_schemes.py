@@ -250,6 +250,22 @@ def test_torchvision_preprocessing_equals_the_weights_transforms(hub_dir: Path, 
         assert torch.allclose(classifier.preprocess(picture), theirs, atol=1e-5)
 
 
+def test_a_torchvision_checkpoint_keeps_its_named_weights_preprocessing(tmp_path: Path, colours: ComponentContext) -> None:
+    """A fine-tuned checkpoint of ``torchvision:<name>:<weights>`` replaces the weights, not the
+    preprocessing they were trained with: it was scored on unnormalised, uncropped input."""
+    from torchvision.models import get_model, get_model_weights
+
+    from builder.components.torchvision_models import transforms_preprocessing
+
+    torch.manual_seed(5)
+    torch.save(get_model("shufflenet_v2_x0_5", num_classes=3).state_dict(), tmp_path / "tuned.pt")
+    classifier = load_classifier(ModelSpec(model=TV_WEIGHTS, checkpoint=str(tmp_path / "tuned.pt")), colours)
+    expected = transforms_preprocessing(get_model_weights("shufflenet_v2_x0_5").IMAGENET1K_V1.transforms(), TV_WEIGHTS)
+    assert classifier.preprocess.config == expected and expected.mean != (0.0, 0.0, 0.0)
+    bare = load_classifier(ModelSpec(model="torchvision:shufflenet_v2_x0_5", checkpoint=str(tmp_path / "tuned.pt")), colours)
+    assert bare.preprocess.config.mean == (0.0, 0.0, 0.0)  # no weights named: nothing to take it from
+
+
 def test_clip_preprocessing_equals_open_clip_eval_transform(tmp_path: Path, colours: ComponentContext) -> None:
     """open_clip's own eval transform (PIL bicubic on uint8): exact (1e-5) at the model's size;
     resized, within 0.1 per value and 0.02 on average (std-normalised units)."""

@@ -72,3 +72,13 @@ class RolledColorNet(ColorNet):
 
 def rolled_color_net(num_classes: int, shift: int = 1) -> nn.Module:
     return RolledColorNet(num_classes, shift)
+
+
+def five_outputs(num_classes: int) -> nn.Module:
+    """A factory that ignores ``num_classes``: five logits whatever the benchmark's classes."""
+    return tiny_cnn(5)
+
+
+def fixed_size(num_classes: int, size: int = 28) -> nn.Module:
+    """Takes ``size`` x ``size`` images only: fails on a benchmark of another size."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * size * size, num_classes))

@@ -64,6 +64,11 @@ class Preprocess(nn.Module):
         self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(config.std).view(1, 3, 1, 1), persistent=False)
 
+    def fingerprint_text(self) -> str:
+        """What of the preprocessing no buffer holds (size, crop, interpolation), for the model's
+        fingerprint: the same weights at another input size are another function."""
+        return repr(self.config)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         size = self.config.input_size
         scale = math.floor(size / self.config.crop_pct)
@@ -123,7 +128,21 @@ class PreprocessedClassifier(nn.Module):
         logits = self.net(self.preprocess(images))
         if self.logits_field is not None:
             logits = getattr(logits, self.logits_field)
+        self._check_width(logits, len(images))
         return logits if self.outputs is None else logits[:, self.outputs]
+
+    def _check_width(self, logits: torch.Tensor, count: int) -> None:
+        """A net must give one logit per class and image: a factory that ignored ``num_classes``
+        (5 outputs on a 3-class benchmark) had its argmax land on classes the benchmark lacks,
+        and SA, PA and FMR came out wrong without a word. Shapes only: no sync."""
+        if not isinstance(logits, torch.Tensor):
+            raise ComponentError(f"{self.spec}: the model returned {type(logits).__name__}, not a tensor of logits; "
+                                 "make its forward return (batch, classes) logits")
+        wide = self.num_classes if self.outputs is None else None
+        if logits.dim() != 2 or logits.shape[0] != count or (wide is not None and logits.shape[1] != wide):
+            want = f"({count}, {wide})" if wide is not None else f"({count}, classes)"
+            raise ComponentError(f"{self.spec}: the model returned logits of shape {tuple(logits.shape)} for {count} images, "
+                                 f"expected {want}; make its head give one logit per class (a py: factory gets num_classes)")
 
 
 class PooledClassifier(nn.Module):

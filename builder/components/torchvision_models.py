@@ -29,7 +29,9 @@ def _parts(target: str) -> tuple[str, Optional[str]]:
 
 
 def _weights_enum(spec: ModelSpec, name: str, weights: Optional[str]) -> Any:
-    """The weights enum member ``weights`` names for architecture ``name`` (None: random)."""
+    """The weights enum member ``weights`` names for architecture ``name`` (None when none is
+    named); whether its weights load is the caller's choice (a checkpoint replaces them, not the
+    preprocessing they were trained with)."""
     import torchvision.models
     from torchvision.models import get_model_weights, list_models
 
@@ -42,7 +44,7 @@ def _weights_enum(spec: ModelSpec, name: str, weights: Optional[str]) -> Any:
     members = get_model_weights(name).__members__
     if weights not in members:
         raise ComponentError(f"{spec.model}: {unknown_name_message(f'weights for {name}', weights, list(members))}")
-    return members[weights] if spec.pretrained and spec.checkpoint is None else None
+    return members[weights]
 
 
 def weights_file(enum: Any) -> Path:
@@ -74,7 +76,7 @@ def torchvision_preflight(spec: ModelSpec, ctx: PreflightContext, where: str) ->
         enum = _weights_enum(spec, name, weights)
     except ComponentError as error:
         return [Check(where, spec.model, f"{where}: {error}")]
-    if enum is None:
+    if enum is None or not spec.pretrained or spec.checkpoint is not None:
         return [Check(where, f"{spec.model} ({'own weights' if spec.checkpoint else 'random initialisation'})")]
     found = weights_file(enum)
     how = "in the torch hub cache" if found.is_file() else "downloaded on the first run"
@@ -92,7 +94,8 @@ def build_torchvision(target: str, spec: ModelSpec, ctx: ComponentContext, pretr
     if problem:
         raise ComponentError(problem)
     name, weights = _parts(target)
-    enum = _weights_enum(spec, name, weights if pretrained else None)
+    named = _weights_enum(spec, name, weights)
+    enum = named if pretrained else None  # a checkpoint's fine-tune keeps the named weights' preprocessing
     kwargs: dict[str, Any] = dict(spec.kwargs)
     if enum is None:
         kwargs.setdefault("num_classes", spec.num_classes or len(ctx.class_names))
@@ -106,7 +109,7 @@ def build_torchvision(target: str, spec: ModelSpec, ctx: ComponentContext, pretr
     except (TypeError, ValueError) as error:  # kwargs the architecture does not take
         raise ComponentError(f"{spec.model}: kwargs {sorted(kwargs)} rejected: {type(error).__name__}: {str(error)[:200]}; fix the spec's kwargs") from None
     if enum is None:
-        preprocessing = Preprocessing(input_size=ctx.image_size)
+        preprocessing = Preprocessing(input_size=ctx.image_size) if named is None else transforms_preprocessing(named.transforms(), spec.model)
         outputs, count = None, int(kwargs["num_classes"])
     else:
         preprocessing = transforms_preprocessing(enum.transforms(), spec.model)
