@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -138,6 +139,22 @@ def result_files(paths: list[Path]) -> list[Path]:
     return files
 
 
+def row_identity(row: dict[str, Any]) -> tuple[str, str, str, str]:
+    """What makes two result rows one result (benchmark build, config, model name and spec): a
+    file given twice, or a model scored again, is one row of a leaderboard, not two."""
+    spec = json.dumps(row.get("model_spec", row["model"]), sort_keys=True)
+    return (row["benchmark_id"], row["config"], row["name"], spec)
+
+
+def unique_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` with each result once, the last given winning (as a card's merged leaderboard):
+    ``leaderboard a.json a.json`` ranked the same result 1st and 2nd."""
+    kept = {row_identity(row): row for row in rows}
+    if len(kept) < len(rows):
+        log.info("%d result(s) given more than once; each is listed once", len(rows) - len(kept))
+    return list(kept.values())
+
+
 def load_results(paths: list[Path]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for path in result_files(paths):
@@ -160,7 +177,10 @@ def leaderboard_markdown(rows: list[dict[str, Any]], *, for_card: bool = False) 
     from builder.reporting import setting_of
 
     ordered = sorted(rows, key=lambda r: (-r["fmr"], r["name"]))
-    for rank, row in enumerate(ordered, 1):
+    rank, previous = 0, None
+    for index, row in enumerate(ordered, 1):
+        if row["fmr"] != previous:  # equal FMR, equal rank (1, 2, 2, 4)
+            rank, previous = index, row["fmr"]
         model = without_folders(row["model"]) if for_card else row["model"]
         where = "" if for_card else f" {_code(row['benchmark'])} ({_cell(row['benchmark_id'][:8])}) |"
         lines.append(
@@ -278,19 +298,26 @@ def leaderboard_chart(rows: list[dict[str, Any]], path: Path) -> None:
 LEADERBOARD_HEADING = "# FMR leaderboard\n"
 
 
-def is_result_file(path: Path) -> bool:
-    """Whether ``path`` is a result file ``score --json`` wrote (its tool named in it)."""
+def read_result_file(path: Path) -> Optional[dict[str, Any]]:
+    """The payload of ``path`` when it is a result file ``score --json`` wrote (its tool named
+    in it); None for any other file, which is the user's and never taken or replaced."""
     try:
         payload = load_json_bounded(path, str(path), max_bytes=MAX_RESULT_BYTES)
     except BuilderError:
-        return False
-    return isinstance(payload, dict) and isinstance(payload.get("tool"), dict) and payload["tool"].get("name") == "fmr-builder"
+        return None
+    ours = isinstance(payload, dict) and isinstance(payload.get("tool"), dict) and payload["tool"].get("name") == "fmr-builder"
+    return payload if ours else None
+
+
+def is_result_file(path: Path) -> bool:
+    """Whether ``path`` is a result file ``score --json`` wrote (its tool named in it)."""
+    return read_result_file(path) is not None
 
 
 def write_leaderboard(paths: list[Path], out_dir: Path) -> tuple[Path, Path]:
     """``DIR/leaderboard.md`` and ``DIR/fmr.png`` of the results; a pair already there is
     replaced only when it is the tool's own (its markdown begins as this one does)."""
-    rows = load_results(paths)
+    rows = unique_rows(load_results(paths))
     if not rows:
         raise BuilderError("no results in the given files")
     markdown, chart = out_dir / "leaderboard.md", out_dir / "fmr.png"

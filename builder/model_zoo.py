@@ -2,8 +2,10 @@
 
 The zoo file is a YAML list of model specs, each with a ``name``. Each model is loaded in turn;
 its results go to ``DIR/<name>.json`` (what ``score --json`` writes for it) and all of them to
-``DIR/table.md``. A model already scored is skipped (``--overwrite`` scores it again), and one
-that fails to load or score is listed at the end instead of stopping the others.
+``DIR/table.md``. A model already scored on the same benchmarks and configs with the same spec
+is skipped (``--overwrite`` scores it again; a file of anything else is refused), and one that
+fails to load or score is listed at the end instead of stopping the others; the table shows
+only this run's models.
 """
 
 from __future__ import annotations
@@ -66,62 +68,101 @@ def result_payload(results: list[Any]) -> dict[str, Any]:
     return {"tool": {"name": "fmr-builder", "version": __version__}, "results": [result.to_json() for result in results]}
 
 
-def score_zoo(specs: list[ModelSpec], out_dir: Path, score_one: Callable[[ModelSpec], list[Any]], *, overwrite: bool = False) -> ZooOutcome:
-    """Score each spec with ``score_one`` (every benchmark and config), writing its file as it
-    goes, so an interrupted zoo resumes where it stopped; then the combined table."""
-    outcome = ZooOutcome()
-    _check_ours(out_dir, [f"{spec.config_name}.json" for spec in specs])
+def score_zoo(specs: list[ModelSpec], out_dir: Path, score_one: Callable[[ModelSpec], list[Any]], *,
+              planned: frozenset[tuple[str, str]], overwrite: bool = False) -> ZooOutcome:
+    """Score each spec with ``score_one`` on every ``planned`` (benchmark_id, config) pair, writing
+    its file as it goes, so an interrupted zoo resumes where it stopped; then the table of this
+    run's models. A file counts as scored before only when it holds this very plan and spec."""
+    outcome = ZooOutcome(skipped=_scored_before(out_dir, specs, planned, overwrite))
     out_dir.mkdir(parents=True, exist_ok=True)
-    for spec in specs:
-        name = spec.config_name
-        target = out_dir / f"{name}.json"
-        if target.is_file() and not overwrite:
-            log.info("%s: scored before (%s); skipped", name, target)
-            outcome.skipped.append(name)
-            continue
-        try:
-            results = score_one(spec)
-        except BuilderError as error:  # a model that cannot be loaded or scored: the others go on
-            log.warning("%s: failed: %s", name, error)
-            outcome.failed[name] = str(error)
-            continue
-        write_bytes_atomic(target, results_bytes(result_payload(results)))
-        outcome.scored.append(name)
-    write_table(out_dir, [spec.config_name for spec in specs])
+    names = [spec.config_name for spec in specs]
+    try:
+        for spec in specs:
+            if spec.config_name not in outcome.skipped:
+                _score_model(spec, out_dir / f"{spec.config_name}.json", score_one, outcome)
+    finally:  # an unexpected error still leaves the table of what this run holds, not an older one
+        shown = set(outcome.scored) | set(outcome.skipped)
+        notes = {name: _note(out_dir, name, outcome.failed.get(name)) for name in names if name not in shown}
+        write_table(out_dir, [name for name in names if name in shown], notes)
     return outcome
+
+
+def _score_model(spec: ModelSpec, target: Path, score_one: Callable[[ModelSpec], list[Any]], outcome: ZooOutcome) -> None:
+    """One model: its file written, or its failure listed (the others go on)."""
+    try:
+        results = score_one(spec)
+    except BuilderError as error:  # a model that cannot be loaded or scored
+        log.warning("%s: failed: %s", spec.config_name, error)
+        outcome.failed[spec.config_name] = str(error)
+        return
+    write_bytes_atomic(target, results_bytes(result_payload(results)))
+    outcome.scored.append(spec.config_name)
+
+
+def _note(out_dir: Path, name: str, failure: str | None) -> str:
+    """Why a zoo model is not in this run's table (its earlier file, if any, stays on disk)."""
+    kept = f"; its earlier {name}.json is kept, not shown" if (out_dir / f"{name}.json").is_file() else ""
+    if failure is not None:
+        return f"failed in this run: {failure}{kept}"
+    return f"not scored: the run stopped before it was done{kept}; run the zoo again"
 
 
 #: how the zoo's table begins (it is the zoo's own when it does)
 TABLE_HEADING = "# FMR of the zoo\n"
 
 
-def _check_ours(out_dir: Path, results: list[str]) -> None:
-    """Before any model is scored: the files the zoo would write or skip in ``out_dir`` are its
-    own when they exist (a result file written by score, the zoo's table). A user's
-    ``resnet.json`` was taken as "scored before" and their ``table.md`` replaced."""
-    from builder.leaderboard import is_result_file
+def _scored_before(out_dir: Path, specs: list[ModelSpec], planned: frozenset[tuple[str, str]], overwrite: bool) -> list[str]:
+    """Before any model is scored: the zoo's models whose file already holds this run's results.
+    Files in ``out_dir`` are the zoo's own or refused (a user's ``resnet.json`` was taken as
+    scored before, their ``table.md`` replaced), and without ``overwrite`` one of another
+    benchmark or spec is refused, not skipped (its figures were shown as this run's)."""
+    from builder.leaderboard import read_result_file
 
-    for name in results:
-        path = out_dir / name
-        if path.exists() and not is_result_file(path):
+    done = []
+    for spec in specs:
+        name = f"{spec.config_name}.json"
+        if not (out_dir / name).exists():
+            continue
+        payload = read_result_file(out_dir / name)
+        if payload is None:
             raise BuilderError(f"--out {out_dir}: {name} is there and was not written by 'build-benchmark score'; "
                                "give another --out, or move that file")
+        if overwrite:
+            continue
+        if not _holds_plan(payload, spec, planned):
+            raise BuilderError(f"--out {out_dir}: {name} holds results of another benchmark, config or model spec; "
+                               "give another --out, or --overwrite to score it again")
+        log.info("%s: scored before (%s); skipped", spec.config_name, out_dir / name)
+        done.append(spec.config_name)
     table = out_dir / "table.md"
     if table.exists() and not begins_with(table, TABLE_HEADING):
         raise BuilderError(f"--out {out_dir}: table.md is there and is not a zoo's table; give another --out, or move that file")
+    return done
 
 
-def write_table(out_dir: Path, names: list[str]) -> Path:
-    """``DIR/table.md``: the leaderboard of every zoo model that has a result file."""
+def _holds_plan(payload: dict[str, Any], spec: ModelSpec, planned: frozenset[tuple[str, str]]) -> bool:
+    """Whether a result file's rows are static scores of ``spec`` on every planned
+    (benchmark_id, config) pair and on no other: what scoring it now would write."""
+    rows = payload.get("results")
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        return False
+    pairs = [(row.get("benchmark_id"), row.get("config")) for row in rows]
+    if not all(isinstance(part, str) for pair in pairs for part in pair):
+        return False
+    wanted = spec.model_dump(mode="json")
+    return (set(pairs) == planned
+            and all(row.get("model_spec") == wanted and row.get("mode", "static") == "static" for row in rows))
+
+
+def write_table(out_dir: Path, names: list[str], notes: dict[str, str]) -> Path:
+    """``DIR/table.md``: the leaderboard of ``names`` (this run's models, scored or scored
+    before), then each model left out and why (``notes``)."""
     from builder.leaderboard import leaderboard_markdown, load_results
 
-    rows, left_out = [], []
+    rows, left_out = [], [f"- {name}: {why}" for name, why in notes.items()]
     for name in names:
-        path = out_dir / f"{name}.json"
-        if not path.is_file():
-            continue
         try:
-            rows.extend(load_results([path]))
+            rows.extend(load_results([out_dir / f"{name}.json"]))
         except BuilderError as error:  # e.g. SA 0 leaves FMR undefined: the table goes on without it
             left_out.append(f"- {name}: {error}")
     table = leaderboard_markdown(rows) if rows else "no model scored yet\n"

@@ -161,6 +161,8 @@ def test_score_keeps_per_sample_predictions_and_the_card_drops_them(scored: Path
 def test_the_figures_of_each_section(scored: Path) -> None:
     results = read_results([scored / "results"])  # a directory: all its results
     assert [result.label for result in results] == ["color on ref", "color on other", "rolled on ref", "rolled on other"]
+    again = read_results([scored / "results", scored / "results" / "color.json"])  # a file given twice is one result each
+    assert [result.label for result in again] == ["rolled on ref", "rolled on other", "color on ref", "color on other"]
     matrix = transfer_matrix([result.row for result in results])
     assert matrix.rows == ["ref", "other"] and matrix.columns == ["color", "rolled"]
     np.testing.assert_allclose(matrix.fmr, [[expected(0)["fmr"], expected(1)["fmr"]]] * 2)

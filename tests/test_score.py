@@ -14,6 +14,7 @@ from helpers import hand_built_benchmark
 
 from builder.benchmark import BenchmarkError
 from builder.cli import main
+from builder.errors import ComponentError
 from builder.metrics import Outcomes, compute_metrics
 from builder.score import score
 from builder.trust import UntrustedCodeError
@@ -170,6 +171,24 @@ def test_score_cli_json_and_leaderboard(tmp_path: Path) -> None:
     assert (tmp_path / "board" / "fmr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_leaderboard_lists_each_result_once_and_ties_share_a_rank(tmp_path: Path) -> None:
+    """``leaderboard a.json a.json`` ranked one result 1st and 2nd; equal FMRs got ranks 1, 2, 3."""
+    from builder.leaderboard import leaderboard_markdown, results_bytes, write_leaderboard
+
+    def row(name: str, fmr: float, config: str = "c") -> dict[str, Any]:
+        return {"benchmark": "b", "benchmark_id": "B1", "config": config, "model": "timm:m", "model_spec": {"model": "timm:m", "name": name},
+                "name": name, "sa": 0.5, "pa": fmr / 200, "fmr": fmr, "mode": "static"}
+
+    path = tmp_path / "a.json"
+    path.write_bytes(results_bytes({"tool": {"name": "fmr-builder"}, "results": [row("x", 60.0), row("x", 60.0, config="d")]}))
+    write_leaderboard([path, path, tmp_path], tmp_path / "board")
+    ranked = [line.split(" | ")[:4] for line in (tmp_path / "board" / "leaderboard.md").read_text().splitlines() if line.startswith("| 1 ")]
+    assert ranked == [["| 1", "x (`timm:m`)", "`b` (B1)", "c"], ["| 1", "x (`timm:m`)", "`b` (B1)", "d"]]  # each config once, tied
+    table = leaderboard_markdown([row("a", 70.0), row("b", 50.0), row("c", 50.0), row("d", 40.0)])
+    assert [line.split(" | ")[:2] for line in table.splitlines()[2:]] == [["| 1", "a (`timm:m`)"], ["| 2", "b (`timm:m`)"],
+                                                                          ["| 2", "c (`timm:m`)"], ["| 4", "d (`timm:m`)"]]
+
+
 def test_a_result_names_a_local_benchmark_by_its_absolute_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """score --benchmark b (relative): the result file records the dir as an absolute path, so
     report run from another folder finds it (it recorded 'b', which resolved from nowhere)."""
@@ -239,6 +258,31 @@ def test_bad_input_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     message = one_line_error(["score", "--benchmark", str(bench), "--model", f"py:{TINY_MODELS}:tiny_cnn", "--checkpoint", str(tmp_path / "narrow.pt")])
     assert "does not fit the model" in message
     assert "unknown config" in one_line_error(["score", "--benchmark", str(bench), "--config", "nope", "--model", model])
+
+
+def test_a_model_giving_other_widths_or_failing_on_the_images_is_one_line(tmp_path: Path) -> None:
+    """A factory that ignored num_classes (five logits on a 3-class benchmark) was scored without
+    a word, its argmax landing on classes the benchmark lacks; a model failing on the images'
+    size was a traceback (and stopped a zoo)."""
+    bench = hand_built_benchmark(tmp_path / "b", ROWS)
+    message = one_line_error(["score", "--benchmark", str(bench), "--model", f"py:{TINY_MODELS}:five_outputs", "--workers", "0"])
+    n = 2 * len(ROWS)  # the benchmark images and their originals in one batch
+    assert f"five_outputs: the model returned logits of shape ({n}, 5) for {n} images, expected ({n}, 3)" in message
+    message = one_line_error(["score", "--benchmark", str(bench), "--model", f"py:{TINY_MODELS}:fixed_size", "--workers", "0"])
+    assert f"fixed_size: failed on {n} images of shape (3, 8, 8): RuntimeError: mat1 and mat2 shapes cannot be multiplied" in message
+    with pytest.raises(ComponentError, match=f"failed on {n} images"):
+        score(bench, f"py:{TINY_MODELS}:fixed_size", bootstrap=0)
+
+
+def test_the_same_weights_behind_other_preprocessing_are_not_white_box(tmp_path: Path) -> None:
+    """White-box means the reference model's very function: its weights behind another
+    normalisation or input size were called white-box (the fingerprint read persistent weights only)."""
+    bench = hand_built_benchmark(tmp_path / "b", ROWS)
+    assert score(bench, f"py:{TINY_MODELS}:color_net", bootstrap=0).white_box
+    for extra in ("preprocess: {mean: [0.9, 0, 0]}", "preprocess: {input_size: 16}"):
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(f"model: py:{TINY_MODELS}:color_net\n{extra}\n")
+        assert not score(bench, str(spec), bootstrap=0).white_box, extra
 
 
 def _spec(tmp_path: Path, extra: str) -> Path:
@@ -452,3 +496,24 @@ def test_a_model_yaml_takes_its_paths_from_its_own_folder(tiny_build: Path, tiny
     monkeypatch.chdir(tiny_recipe.parent)
     typed = CliRunner().invoke(main, [*args, "--model", str(models / "cnn.yaml"), "--checkpoint", "theta.pt"])
     assert typed.exit_code == 0 and "white-box" in typed.output, typed.output
+
+
+def test_a_hub_repo_mixing_two_builds_is_refused_not_scored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shard on the Hub that is not the one its manifest lists (another build's, left by an
+    interrupted publish) was scored under the manifest's id without a word."""
+    from hub_stub import HubStub, use_hub_stub
+
+    first = hand_built_benchmark(tmp_path / "first", ROWS)
+    second = hand_built_benchmark(tmp_path / "second", [(label, 2, 2, perturbed, steps) for label, _, _, perturbed, steps in ROWS])
+    files = {path.relative_to(first).as_posix(): path.read_bytes() for path in first.rglob("*") if path.is_file()}
+    shard = next(name for name in files if name.endswith(".parquet"))
+    stub = HubStub("hf_" + "0" * 40).start()
+    try:
+        use_hub_stub(monkeypatch, stub, tmp_path / "hf-home", token=stub.token)
+        stub.add_files("org/bench", files)
+        assert score("org/bench", f"py:{TINY_MODELS}:color_net", bootstrap=0).fmr == score(first, f"py:{TINY_MODELS}:color_net", bootstrap=0).fmr
+        stub.add_files("org/bench", {shard: (second / shard).read_bytes()})
+        with pytest.raises(BenchmarkError, match=f"org/bench: {shard} on the Hub is not the file its manifest.json lists"):
+            score("org/bench", f"py:{TINY_MODELS}:color_net", bootstrap=0)
+    finally:
+        stub.stop()

@@ -53,7 +53,8 @@ def test_a_zoo_scores_all_but_the_broken_one_and_resumes(built: Path, tmp_path: 
         (row,) = json.loads(path.read_text())["results"]
         assert row["name"] == path.stem and abs(row["fmr"] - 100 * row["pa"] / row["sa"]) < 1e-9 and "pa_perturbed" in row
     table = (out / "table.md").read_text()
-    assert all(f"| {name} (`" in table for name in ("color", "cnn", "cnn-wide", "resnet")) and "broken" not in table
+    assert all(f"| {name} (`" in table for name in ("color", "cnn", "cnn-wide", "resnet")) and "| broken" not in table
+    assert "Not in the table:\n\n- broken: failed in this run: torchvision:resnet81: unknown" in table
     stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.json")}
 
     second = run_zoo(built, zoo, out)
@@ -107,3 +108,103 @@ def test_a_zoo_or_leaderboard_never_takes_or_replaces_a_users_files(built: Path,
     (board / "fmr.png").unlink()
     for _ in range(2):  # its own pair is replaced
         assert CliRunner().invoke(main, ["-q", "leaderboard", str(out), "--out", str(board)]).exit_code == 0
+
+
+# ----------------------------------------------------------------------------- score_zoo, no model run
+
+
+class FakeResult:
+    """A ScoreResult as score_zoo writes it (its ``to_json``), without scoring a model."""
+
+    def __init__(self, spec, benchmark_id: str, config: str, fmr: float) -> None:
+        self.row = {"benchmark": "b", "benchmark_id": benchmark_id, "config": config, "reference_model": "ref", "model": spec.model,
+                    "model_spec": spec.model_dump(mode="json"), "name": spec.config_name, "white_box": False, "n": 4,
+                    "sa": 0.5, "pa": fmr / 200, "pa_perturbed": 0.0, "fmr": fmr, "vr": 0.5, "mean_steps": 1.0, "mode": "static"}
+
+    def to_json(self) -> dict:
+        return dict(self.row)
+
+
+def fake_scorer(planned: frozenset, fmr: float = 50.0, fail: tuple[str, ...] = (), crash: tuple[str, ...] = ()):
+    """``score_one`` giving every spec the same FMR on each planned pair; ``fail``: names that
+    raise a BuilderError, ``crash``: names that raise RuntimeError. Its ``calls`` lists the names."""
+    from builder.errors import BuilderError
+
+    def score_one(spec):
+        score_one.calls.append(spec.config_name)
+        if spec.config_name in fail:
+            raise BuilderError(f"{spec.config_name}: cannot load")
+        if spec.config_name in crash:
+            raise RuntimeError("forward blew up")
+        return [FakeResult(spec, benchmark_id, config, fmr) for benchmark_id, config in sorted(planned)]
+
+    score_one.calls = []
+    return score_one
+
+
+def specs(**kwargs_of: dict) -> list:
+    from builder.config import ModelSpec
+
+    return [ModelSpec(name=name, model="timm:resnet18", kwargs=kwargs) for name, kwargs in kwargs_of.items()]
+
+
+def test_a_file_of_another_benchmark_config_or_spec_is_refused_not_skipped(tmp_path: Path) -> None:
+    """A DIR first scored on B1 was "scored before" for B2 (0 scored, table.md of B1's figures),
+    and so was an entry whose spec was edited. Such a file is refused before any model runs."""
+    import pytest
+
+    from builder.errors import BuilderError
+    from builder.model_zoo import score_zoo
+
+    out, b1, b2 = tmp_path / "out", frozenset({("B1", "c")}), frozenset({("B2", "c")})
+    zoo = specs(a={}, b={})
+    assert score_zoo(zoo, out, fake_scorer(b1), planned=b1).scored == ["a", "b"]
+    table = (out / "table.md").read_text()
+    same = fake_scorer(b1)
+    assert score_zoo(zoo, out, same, planned=b1).skipped == ["a", "b"] and same.calls == []
+    for planned, zoo_now in ((b2, zoo), (b1 | b2, zoo), (frozenset({("B1", "other")}), zoo), (b1, specs(a={"width": 4}, b={}))):
+        untouched = fake_scorer(planned)
+        with pytest.raises(BuilderError, match=r"a\.json holds results of another benchmark, config or model spec; .*--overwrite"):
+            score_zoo(zoo_now, out, untouched, planned=planned)
+        assert untouched.calls == [] and (out / "table.md").read_text() == table
+    payload = json.loads((out / "b.json").read_text())
+    payload["results"][0]["mode"] = "dynamic"
+    (out / "b.json").write_text(json.dumps(payload))
+    with pytest.raises(BuilderError, match=r"b\.json holds results of another"):
+        score_zoo(zoo, out, fake_scorer(b1), planned=b1)
+    again = score_zoo(zoo, out, fake_scorer(b2, fmr=80.0), planned=b2, overwrite=True)
+    assert again.scored == ["a", "b"]
+    assert all(row["benchmark_id"] == "B2" for name in "ab" for row in json.loads((out / f"{name}.json").read_text())["results"])
+    table = (out / "table.md").read_text()
+    assert table.count("(B2) | c | 50.0 | 40.0 | 80.0 |") == 2 and "(B1)" not in table
+
+
+def test_a_model_failing_with_overwrite_leaves_the_table_but_keeps_its_file(tmp_path: Path) -> None:
+    """With --overwrite, a model that now failed kept its old row in table.md though listed as failed."""
+    from builder.model_zoo import score_zoo
+
+    out, planned = tmp_path / "out", frozenset({("B1", "c")})
+    zoo = specs(a={}, b={})
+    score_zoo(zoo, out, fake_scorer(planned), planned=planned)
+    old = (out / "b.json").read_bytes()
+    outcome = score_zoo(zoo, out, fake_scorer(planned, fail=("b",)), planned=planned, overwrite=True)
+    assert outcome.scored == ["a"] and list(outcome.failed) == ["b"]
+    table = (out / "table.md").read_text()
+    assert "| a (`" in table and "| b (`" not in table
+    assert "Not in the table:\n\n- b: failed in this run: b: cannot load; its earlier b.json is kept, not shown" in table
+    assert (out / "b.json").read_bytes() == old
+
+
+def test_an_unexpected_error_still_writes_the_table_of_what_was_scored(tmp_path: Path) -> None:
+    """Only BuilderError is a model's failure; anything else (a bug) stops the zoo, but table.md
+    then shows the models this run scored, not an older table or none."""
+    import pytest
+
+    from builder.model_zoo import score_zoo
+
+    out, planned = tmp_path / "out", frozenset({("B1", "c")})
+    with pytest.raises(RuntimeError, match="forward blew up"):
+        score_zoo(specs(a={}, b={}, c={}), out, fake_scorer(planned, crash=("b",)), planned=planned)
+    table = (out / "table.md").read_text()
+    assert "| a (`" in table and "- b: not scored: the run stopped before it was done; run the zoo again" in table
+    assert "- c: not scored" in table and sorted(path.name for path in out.glob("*.json")) == ["a.json"]

@@ -17,7 +17,7 @@ import numpy as np
 
 from builder.benchmark import Benchmark, BenchmarkError, open_benchmark
 from builder.errors import BuilderError
-from builder.leaderboard import SamplePredictions, load_results, result_files, sample_predictions
+from builder.leaderboard import SamplePredictions, load_results, result_files, row_identity, sample_predictions
 from builder.manifest import generator_of
 from builder.writers.base import ATTRIBUTES_FIELD, attributes_of
 
@@ -38,7 +38,9 @@ class Result:
 
 def read_results(paths: Sequence[Path]) -> list[Result]:
     """Every result of ``paths`` (files, or dirs of ``score --models --out``); one line on a bad file."""
-    results = [Result(row, path) for path in result_files(list(paths)) for row in load_results([path])]
+    every = [Result(row, path) for path in result_files(list(paths)) for row in load_results([path])]
+    kept = {row_identity(result.row): result for result in every}  # a file given twice is one result, the last winning
+    results = [result for result in every if kept[row_identity(result.row)] is result]
     if not results:
         raise BuilderError(f"no results in {', '.join(map(str, paths))}; give RESULT.json files written by 'build-benchmark score --json'")
     return results
