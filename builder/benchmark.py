@@ -145,11 +145,32 @@ def _download_benchmark(repo_id: str, revision: Optional[str]) -> Benchmark:
     first = _download(repo_id, revision)
     manifest = read_manifest(first, repo_id)
     wanted = list(SCORE_FILES)
+    listed: list[dict[str, Any]] = []
     for config in manifest["configs"].values():
         fmt = readable_format([shard["files"] for shard in config["shards"]])
-        wanted += [shard["files"][fmt]["path"] for shard in config["shards"]] if fmt else []
-    root = _download(repo_id, first.name, wanted)  # the commit, not a moving branch
+        listed += [shard["files"][fmt] for shard in config["shards"]] if fmt else []
+    root = _download(repo_id, first.name, [*wanted, *(entry["path"] for entry in listed)])  # the commit, not a moving branch
+    for entry in listed:
+        _check_downloaded(root, entry, repo_id)
     return Benchmark(repo_id, root, manifest)
+
+
+def _check_downloaded(root: Path, entry: dict[str, Any], repo_id: str) -> None:
+    """A shard downloaded from the Hub is the file its manifest lists: a repo can hold another
+    build's shard under the same name (an interrupted publish), and it was scored under this
+    manifest's id. The HF cache names an LFS file's blob by its sha256: compared without reading
+    it; any other file is hashed."""
+    from builder.fileio import sha256_file
+
+    path = root / entry["path"]
+    blob = path.resolve()
+    size = blob.stat().st_size
+    digest = blob.name if blob.parent.name == "blobs" and len(blob.name) == 64 and size == entry["bytes"] else sha256_file(blob)
+    if size != entry["bytes"] or digest != entry["sha256"]:
+        raise BenchmarkError(f"--benchmark {repo_id}: {entry['path']} on the Hub is not the file its manifest.json lists "
+                             f"({size} bytes, sha256 {digest[:12]}, listed {entry['bytes']} bytes, {entry['sha256'][:12]}): "
+                             "the repo mixes two builds (an interrupted publish?); publish the benchmark again, or pass "
+                             "--revision of a commit that holds one build")
 
 
 #: how huggingface_hub's fsspec URLs name a dataset repo

@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 from urllib.parse import quote
 
 import yaml
@@ -35,8 +36,8 @@ METHOD_CITATION = """@inproceedings{zhang2024foundation,
 }"""
 
 
-#: the output format the card's ``configs`` point ``datasets.load_dataset`` at; a build without
-#: it has a card without ``configs`` (the Hub then detects the files it knows by itself)
+#: the output format the card's ``configs`` point ``datasets.load_dataset`` at; a tar-only build's
+#: ``configs`` point at its tars (datasets reads them with its webdataset builder)
 HUB_FORMAT = "parquet"
 
 
@@ -45,11 +46,19 @@ def has_hub_format(manifest: dict[str, Any]) -> bool:
     return HUB_FORMAT in manifest["recipe"].get("output", {}).get("formats", (HUB_FORMAT,))
 
 
+def config_extension(manifest: dict[str, Any]) -> Optional[str]:
+    """The extension of the shards a card's ``configs`` list: Parquet when written, else the tars.
+    A tar-only card without ``configs`` had the Hub (and ``load_dataset(repo)``) merge every
+    config's samples into one split, keys repeated."""
+    formats = manifest["recipe"].get("output", {}).get("formats", (HUB_FORMAT,))
+    return HUB_FORMAT if HUB_FORMAT in formats else "tar" if "webdataset" in formats else None
+
+
 def card_header(manifest: dict[str, Any], schema: ShardSchema) -> dict[str, Any]:
-    split = manifest["split"]
+    split, extension = manifest["split"], config_extension(manifest)
     configs, infos = [], []
     for position, (name, config) in enumerate(manifest["configs"].items()):
-        entry: dict[str, Any] = {"config_name": name, "data_files": [{"split": split, "path": f"{name}/{split}-*.{HUB_FORMAT}"}]}
+        entry: dict[str, Any] = {"config_name": name, "data_files": [{"split": split, "path": f"{name}/{split}-*.{extension}"}]}
         if position == 0:
             entry["default"] = True
         configs.append(entry)
@@ -66,7 +75,9 @@ def card_header(manifest: dict[str, Any], schema: ShardSchema) -> dict[str, Any]
         "task_categories": ["image-classification"],
         "tags": ["robustness", "benchmark", "fmr", "vqgan", "clip", "counterfactual"],
     }
-    return {**header, "configs": configs, "dataset_info": infos} if has_hub_format(manifest) else header
+    if extension == HUB_FORMAT:
+        return {**header, "configs": configs, "dataset_info": infos}
+    return {**header, "configs": configs} if extension is not None else header  # the tars' columns are webdataset's
 
 
 def _parquet_bytes(config: dict[str, Any]) -> int:
@@ -125,6 +136,7 @@ def render_card(
         image_format=schema.image_format,
         keep_originals=schema.keep_originals,
         with_parquet=has_hub_format(manifest),
+        with_configs=config_extension(manifest) is not None,
         with_tar=all("webdataset" in shard["files"] for config in manifest["configs"].values() for shard in config["shards"]),
         leaderboard=leaderboard_markdown(list(leaderboard), for_card=True) if leaderboard else "",
         location=repo_id or "<this repo or dir>",
@@ -195,9 +207,30 @@ def write_card(root: Path, results: Sequence[Path] = (), repo_id: Optional[str] 
 
 
 def write_card_files(root: Path, files: dict[str, bytes]) -> Path:
-    """Write what :func:`card_files` rendered: the leaderboard first, the card that shows it last."""
+    """Write what :func:`card_files` rendered: the leaderboard first, the card that shows it last.
+    Never into a dir that is not the build's own (see :func:`card_write_problem`)."""
+    problem = card_write_problem(root, files)
+    if problem:
+        raise BuilderError(f"{root} is {problem}: the card is not rewritten there; copy the dir first "
+                           f"(`cp -rL {root} DEST`) and render the card in the copy")
     for name in sorted(files, key=lambda name: name == "README.md"):
         write_bytes_atomic(root / name, files[name])
     return root / "README.md"
+
+
+def card_write_problem(root: Path, files: Iterable[str] = ("README.md",)) -> Optional[str]:
+    """Why ``files`` must not be written into ``root`` (None if they may). A Hugging Face cache
+    snapshot (``.../snapshots/<sha>/``, files linked into ``blobs/``) is the cache's view of a Hub
+    commit: a card written there would be served as that commit's card. A linked file is not
+    the dir's own either, and a read-only dir cannot take it."""
+    base = Path(root).resolve()
+    if base.parent.name == "snapshots" and (base.parent.parent / "blobs").is_dir():
+        return "a Hugging Face cache snapshot"
+    linked = sorted(name for name in files if (Path(root) / name).is_symlink())
+    if linked:
+        return f"a dir whose {', '.join(linked)} is a link (to {(Path(root) / linked[0]).resolve()})"
+    if not os.access(base, os.W_OK):
+        return "a read-only dir"
+    return None
 
 

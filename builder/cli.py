@@ -411,12 +411,14 @@ def _score_zoo(zoo: Path, out_dir: Path, overwrite: bool, benchmarks: tuple[str,
     require_trusted_spec_file(specs, zoo, downloaded_roots(cache), bool(options.get("trust_remote_code")), "--models")
     opened = [open_benchmark(location, revision, cache_dir=cache, storage_options=storage_options) for location in benchmarks]
 
+    plan = [(bench, config) for bench in opened for config in ([bench.config(config_name)] if config_name else bench.configs)]
+
     def score_one(spec: ModelSpec) -> list[Any]:
         click.echo(f"scoring {spec.config_name} ({spec.model})")
         return [score(bench, spec, config=config, device=device, cache_dir=cache, base_dir=zoo.parent.resolve(), **options)
-                for bench in opened for config in ([bench.config(config_name)] if config_name else bench.configs)]
+                for bench, config in plan]
 
-    outcome = score_zoo(specs, out_dir, score_one, overwrite=overwrite)
+    outcome = score_zoo(specs, out_dir, score_one, planned=frozenset((bench.id, config) for bench, config in plan), overwrite=overwrite)
     for line in outcome_lines(outcome, out_dir):
         click.echo(line)
     if outcome.failed:
@@ -613,7 +615,8 @@ def gallery_command(directory: Path | str, per_class: int, storage_options: tupl
 @main.command("publish")
 @click.argument("directory", metavar="DIR_OR_URL", callback=output_location)
 @click.option("--repo-id", required=True, metavar="ORG/NAME", help="Hub dataset repo to create or update.")
-@click.option("--private", is_flag=True, help="Create the repo private (an existing repo keeps its visibility).")
+@click.option("--private", is_flag=True, help="Create the repo private; an existing private repo stays so, and an existing public one is refused "
+              "before anything is uploaded (make it private on the Hub first, or drop --private).")
 @click.option("--revision", default=None, metavar="BRANCH", help="Branch to commit to, created from main if missing (default: main).")
 @click.option("--message", default=None, help="Commit message (default: the benchmark, its manifest id and the tool version).")
 @click.option("--results", multiple=True, type=click.Path(path_type=Path),
@@ -625,7 +628,7 @@ def gallery_command(directory: Path | str, per_class: int, storage_options: tupl
 @cache_option
 def publish_command(directory: Path | str, repo_id: str, private: bool, revision: Optional[str], message: Optional[str],
                     results: tuple[Path, ...], dry_run: bool, storage_options: tuple[tuple[str, str], ...], cache_dir: Optional[Path]) -> None:
-    """Verify DIR and upload it to a Hub dataset repo, the card last; re-run the same command to resume.
+    """Verify DIR and upload it to a Hub dataset repo in one commit (large files uploaded first); re-run the same command to resume.
 
     An fsspec URL (s3://bucket/prefix) is mirrored to the cache dir first (only what changed);
     the card is re-rendered and verified there, and uploaded from there.
@@ -637,7 +640,7 @@ def publish_command(directory: Path | str, repo_id: str, private: bool, revision
     directory = local_copy(directory, cache_dir or default_cache_dir(), storage_options)
 
     if dry_run:
-        click.echo(format_plan(prepare_upload(directory, repo_id, results, revision, dry_run=True), repo_id, revision))
+        click.echo(format_plan(prepare_upload(directory, repo_id, results, revision, dry_run=True), repo_id, revision, private=private))
         return
     click.echo(format_result(publish(directory, repo_id, private=private, revision=revision, message=message, results=results)))
 

@@ -470,10 +470,12 @@ class Checker:
     def check_card_config(self, name: str, data_files: Any) -> None:
         from datasets.data_files import sanitize_patterns
 
-        from builder.card import HUB_FORMAT
+        from builder.card import HUB_FORMAT, config_extension
 
+        listed = HUB_FORMAT if config_extension(self.raw) == HUB_FORMAT else "webdataset"  # a tar-only card lists its tars
+        kind = "Parquet" if listed == HUB_FORMAT else "tar"
         expected = {f.path for s in self.manifest.configs[name].shards for fmt, f in s.files.items()
-                    if fmt == HUB_FORMAT and (self.root / f.path).is_file()}
+                    if fmt == listed and (self.root / f.path).is_file()}
         if not data_files:
             self.fail(f"{CARD}: config '{name}' has no data_files; expected e.g. [{{split: {self.manifest.split}, path: '{name}/{self.manifest.split}-*.parquet'}}]")
             return
@@ -486,10 +488,10 @@ class Checker:
             self.fail(f"{CARD}: config '{name}' data_files has split(s) {sorted(patterns)}, expected ['{self.manifest.split}'] (the manifest's split)")
         matched, complete = self.match_patterns(name, [p for values in patterns.values() for p in values])
         for path in sorted(matched - expected):
-            self.fail(f"{CARD}: config '{name}' data_files also match {path}, which is not a Parquet shard of '{name}' in {MANIFEST}")
+            self.fail(f"{CARD}: config '{name}' data_files also match {path}, which is not a {kind} shard of '{name}' in {MANIFEST}")
         missing = sorted(expected - matched)
         if missing and complete:
-            self.fail(f"{CARD}: config '{name}' data_files miss {len(missing)} Parquet shard(s) of {MANIFEST}: {few(missing)}")
+            self.fail(f"{CARD}: config '{name}' data_files miss {len(missing)} {kind} shard(s) of {MANIFEST}: {few(missing)}")
 
     def match_patterns(self, name: str, patterns: list[Any]) -> tuple[set[str], bool]:
         """Files the globs resolve to, as ``datasets`` resolves them; and whether all matched."""

@@ -33,7 +33,9 @@ served is remembered, so an older sha stays readable). Writes and whoami need th
 (401). Reads of a public repo work without a token; a wrong token is a 401, a private repo without
 one a 401 with ``X-Error-Code: RepoNotFound`` (as on the Hub). A missing repo, revision or file is
 a 404 with ``RepoNotFound``, ``RevisionNotFound`` or ``EntryNotFound``. It can refuse writes (403),
-fail the Nth commit with a 500 or by dropping the connection, and fail the first GET of a file
+fail the Nth commit with a 500 or by dropping the connection, fail every LFS PUT from the Nth on
+(the storage down: huggingface_hub retries a failed PUT, so one failure alone would not stop it),
+and fail the first GET of a file
 (``fail_resolve_once[path] = "500"``, or ``"truncate"``: half the bytes, then the connection
 closes), to test interruptions.
 
@@ -111,6 +113,8 @@ class HubStub:
         self.commit_attempts = 0
         self.fail_commit: int | None = None  # fail the Nth commit attempt (1-based)
         self.fail_mode = "500"  # any HTTP status, or "drop": close the connection without an answer
+        self.put_attempts = 0
+        self.fail_puts_from: int | None = None  # fail every LFS PUT from the Nth attempt (1-based) on, as fail_mode says
         self.forbidden = False  # 403 on every write
         self.fail_resolve_once: dict[str, str] = {}  # path in repo -> "500" or "truncate", for its next GET
         self.lock = threading.RLock()
@@ -342,6 +346,15 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         self.hub.requests.append(("PUT", url.path))
         oid, data = url.path.rsplit("/", 1)[-1], self._body()
+        with self.hub.lock:
+            self.hub.put_attempts += 1
+            failing = self.hub.fail_puts_from is not None and self.hub.put_attempts >= self.hub.fail_puts_from
+        if failing and self.hub.fail_mode == "drop":
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if failing:
+            return self._error(int(self.hub.fail_mode), f"HTTP {self.hub.fail_mode} - simulated")
         if not url.path.startswith("/_lfs/") or hashlib.sha256(data).hexdigest() != oid:
             return self._error(400, "content does not match the oid")
         with self.hub.lock:

@@ -59,8 +59,9 @@ def test_webdataset_library_with_the_card_url_pattern(tiny_build: Path) -> None:
 
 @pytest.mark.parametrize("formats", [["webdataset"], ["parquet"]])
 def test_the_card_shows_only_the_ways_to_load_what_was_written(tiny_recipe: Path, tmp_path: Path, formats: list[str]) -> None:
-    """A tar-only build has no datasets configs, so its card must not tell users to load one by
-    name; a Parquet-only build has no tars to point webdataset at (both cards said both)."""
+    """A tar-only build's configs point at its tars (without them the Hub merged every config into
+    one split), and load by name through datasets' webdataset builder; a Parquet-only build has
+    no tars to point webdataset at (both cards said both)."""
     import re
 
     import webdataset as wds
@@ -75,7 +76,15 @@ def test_the_card_shows_only_the_ways_to_load_what_was_written(tiny_recipe: Path
     card = (out / "README.md").read_text()
     header = yaml.safe_load(card.split("---\n")[1])
     if formats == ["webdataset"]:
-        assert "configs" not in header and "name=" not in card and "load_dataset(\"<this repo" not in card
+        assert header["configs"] == [{"config_name": "cnn", "data_files": [{"split": "test", "path": "cnn/test-*.tar"}], "default": True}]
+        assert "dataset_info" not in header and 'name="cnn"' in card
+        from datasets import load_dataset
+
+        from builder.verify import verify_benchmark
+
+        assert verify_benchmark(out).ok  # the card's configs are its tars
+        loaded = load_dataset(str(out), name="cnn", split="test")
+        assert len(loaded) == 12 and len(set(loaded["__key__"])) == 12 and "png" in loaded.column_names
         pattern = re.search(r'wds\.WebDataset\("([^"]+)"', card).group(1)  # type: ignore[union-attr]
         assert len(list(wds.WebDataset(str(out / pattern), shardshuffle=False))) == 12
     else:

@@ -9,6 +9,7 @@ must be the local build, byte for byte. No test reaches the network: only 127.0.
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import shutil
@@ -391,6 +392,90 @@ def test_a_private_repo_needs_the_token(built: Path, hub: HubStub, monkeypatch: 
     monkeypatch.setenv("HF_TOKEN", "hf_not_the_right_one")
     line = one_line_error(cli("verify", REPO))
     assert "refused the token (HTTP 401)" in line and "hf_not_the_right_one" not in line
+
+
+# ----------------------------------------------------------------------------- re-publishing
+
+
+def test_an_interrupted_republish_serves_one_build_whole_then_the_other(built: Path, hub: HubStub, tiny_recipe: Path,
+                                                                         tmp_path: Path) -> None:
+    """Build B (its config renamed, fewer samples) published over A and interrupted: readers
+    get A whole (never B's manifest with A's shards or card); resumed, they get B whole, and A's
+    config is gone from the repo (its shards would still load, and verify would flag them)."""
+    import yaml
+    from datasets import get_dataset_config_names, load_dataset
+
+    recipe = yaml.safe_load(tiny_recipe.read_text())
+    recipe["reference_models"][0]["name"] = "cnn2"
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(recipe))
+    rebuilt = tmp_path / "b"
+    result = cli("run", str(tmp_path / "b.yaml"), "--out", str(rebuilt), "--no-progress", "--device", "cpu", "--limit", "7",
+                 "--set", "output.samples_per_shard=2")
+    assert result.exit_code == 0, result.output
+    publish(built)
+    hub.fail_commit = hub.commit_attempts + 1
+    assert "interrupted at step" in one_line_error(cli("publish", str(rebuilt), "--repo-id", REPO))
+    assert json.loads(hub.files(REPO)["manifest.json"]) == manifest(built)
+    assert hub_records(load_dataset(REPO, "cnn", split="test")) == local_records(built, "cnn")
+    assert cli("verify", REPO).exit_code == 0
+
+    hub.fail_commit = None
+    publish(rebuilt)
+    assert not any(path.startswith("cnn/") for path in hub.files(REPO)) and hub.files(REPO)["README.md"] == (rebuilt / "README.md").read_bytes()
+    assert get_dataset_config_names(REPO) == ["cnn2"]
+    assert hub_records(load_dataset(REPO, "cnn2", split="test")) == local_records(rebuilt, "cnn2")
+    verified = cli("verify", REPO)
+    assert verified.exit_code == 0, verified.output
+
+
+def cached_snapshot(sha: str) -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE) / f"datasets--{REPO.replace('/', '--')}" / "snapshots" / sha
+
+
+def test_publishing_from_a_cache_snapshot_leaves_the_cache_as_it_was(built: Path, hub: HubStub) -> None:
+    """A benchmark downloaded into the HF cache, published to another repo: the card rendered for
+    that repo is sent from memory. The snapshot keeps its links into blobs/, so the cache still
+    serves org/tiny's own card at that commit; `card` refuses to rewrite it in place."""
+    from huggingface_hub import snapshot_download
+
+    publish(built)
+    snapshot = Path(snapshot_download(REPO, repo_type="dataset"))
+    assert snapshot == cached_snapshot(hub.commit_sha(REPO))
+
+    def links() -> dict[str, str]:
+        return {p.relative_to(snapshot).as_posix(): os.readlink(p) for p in snapshot.rglob("*") if p.is_symlink()}
+
+    before = links()
+    assert "README.md" in before
+    dry = cli("publish", str(snapshot), "--repo-id", "org/copy", "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert "is a Hugging Face cache snapshot: the card rendered for org/copy is sent from memory" in dry.output
+    assert "(rendered, sent from memory)" in next(line for line in dry.output.splitlines() if line.strip().startswith("README.md"))
+    result = cli("publish", str(snapshot), "--repo-id", "org/copy")
+    assert result.exit_code == 0, result.output
+    line = one_line_error(cli("card", str(snapshot), "--repo-id", "org/other"))
+    assert f"{snapshot} is a Hugging Face cache snapshot: the card is not rewritten there" in line
+    assert links() == before and (snapshot / "README.md").read_bytes() == hub.files(REPO)["README.md"]
+    original, copy = hub.files(REPO), hub.files("org/copy")
+    assert set(copy) == set(original) and all(copy[path] == original[path] for path in original if path != "README.md")
+    card = copy["README.md"].decode()
+    assert 'load_dataset("org/copy", name="cnn", split="test")' in card and REPO not in card
+
+
+def test_a_partial_download_whose_card_links_files_it_lacks_is_refused(built: Path, hub: HubStub) -> None:
+    """`verify` on a Hub id downloads only what it checks: no preview.png nor gallery.html, which
+    the card links. Publishing that would put a card with broken links on the Hub."""
+    publish(built)
+    assert cli("verify", REPO).exit_code == 0
+    snapshot = cached_snapshot(hub.commit_sha(REPO))
+    assert not (snapshot / "preview.png").exists()
+    for extra in ((), ("--dry-run",)):
+        line = one_line_error(cli("publish", str(snapshot), "--repo-id", "org/copy", *extra))
+        assert f"{snapshot}: the card links gallery.html and preview.png, which the dir lacks" in line, line
+        assert "`hf download ORG/NAME gallery.html preview.png --repo-type dataset`" in line
+    assert "datasets/org/copy" not in hub.repos
 
 
 # ----------------------------------------------------------------------------- interrupted downloads

@@ -94,7 +94,9 @@ def test_dry_run_prints_the_plan_offline(built: Path, token: str, monkeypatch: p
     for planned in plan.files:
         line = next(line for line in out.splitlines() if line.strip().startswith(planned.path + " "))
         assert ("LFS" if planned.lfs else "regular") in line
-    assert "README.md" in out.splitlines()[len(paths)] and "last, in its own commit" in out
+    assert "README.md" in out.splitlines()[len(paths)] and "then one commit that adds every changed file" in out
+    assert "at most 1 LFS upload batch(es)" in out and "the repo changes only then, at once" in out
+    assert "visibility: a new repo is created public (add --private" in out  # the dry run is told the flag
     assert f"total: {len(paths)} files" in out and "not uploaded: _stats/" in out
     assert "card YAML header:" in out and "config_name: cnn" in out and "path: cnn/test-*.parquet" in out
     assert plan.card_header and plan.card_header in out
@@ -128,10 +130,12 @@ def test_a_dry_run_with_results_plans_them_and_changes_nothing(built: Path, tmp_
 # ----------------------------------------------------------------------------- real upload to the stand-in
 
 
-def test_publish_uploads_every_file_and_the_card_last(built: Path, hub: HubStub) -> None:
+def test_publish_uploads_every_file_in_one_commit(built: Path, hub: HubStub) -> None:
+    """Every file lands in ONE commit (the repo goes from nothing, or an earlier build, to this
+    build at once); LFS files went through the LFS API first."""
     result = invoke(str(built), "--repo-id", REPO, "--private")
     assert result.exit_code == 0, result.output
-    assert f"published to {hub.url}/datasets/{REPO}" in result.output
+    assert f"published to {hub.url}/datasets/{REPO}" in result.output and "in 1 commit(s)" in result.output
     repo = hub.repos[f"datasets/{REPO}"]
     assert repo.kind == "datasets" and repo.private
     remote = hub.files(REPO)
@@ -140,9 +144,8 @@ def test_publish_uploads_every_file_and_the_card_last(built: Path, hub: HubStub)
         assert remote[path] == (built / path).read_bytes(), path
     assert not any(path.startswith("_stats") for path in remote)
     assert all(repo.branches["main"][path][1] for path in SHARDS)  # went through LFS
-    assert hub.commits[-1].added == [CARD]
-    assert all(CARD not in commit.added for commit in hub.commits[:-1])
-    assert sorted(path for commit in hub.commits for path in commit.added) == sorted(expected_files(built))
+    assert len(hub.commits) == 1 and hub.commits[0].added == sorted(expected_files(built)) and hub.commits[0].deleted == []
+    assert len(hub.lfs_puts) == len(set(hub.lfs_puts)) == len(SHARDS) + 1  # the shards and preview.png
     # the same command again: nothing to send
     commits, puts = len(hub.commits), list(hub.lfs_puts)
     again = invoke(str(built), "--repo-id", REPO, "--private")
@@ -179,56 +182,154 @@ def test_results_reach_the_card_and_stale_shards_go(built: Path, hub: HubStub, t
     published = hub.files(REPO)["leaderboard.json"].decode()  # nor in the rows published beside it
     assert str(built) not in published and str(TINY_MODELS.parent) not in published and str(tmp_path) not in published
     assert json.loads(published)[0]["model"] == "py:tiny_models.py:color_net"
-    # a shard of an earlier, larger build would be picked up by the card's glob: it goes with the card
+    # a shard of an earlier, larger build would be picked up by the card's glob: it goes in the commit
     stale = "cnn/test-00003-of-00004.parquet"
     hub.repos[f"datasets/{REPO}"].branches["main"][stale] = (b"old", True)
     again = invoke(str(built), "--repo-id", REPO)
     assert again.exit_code == 0, again.output
-    assert f"removed 1 stale shard(s) of an earlier build: {stale}" in again.output
+    assert f"removed 1 file(s) of an earlier build that this one lacks: {stale}" in again.output
     assert stale not in hub.files(REPO) and hub.commits[-1].deleted == [stale]
 
 
+#: what an earlier build left in the repo: a manifest, a card, shards (one more than now), its leaderboard
+EARLIER = {"manifest.json": b'{"id": "earlier"}\n', CARD: b"---\npretty_name: earlier\n---\n# earlier build\n",
+           "cnn/test-00000-of-00004.parquet": b"A0", "cnn/test-00003-of-00004.parquet": b"A3", "leaderboard.json": b"[]\n"}
+
+
+def no_retry_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """huggingface_hub retries a failed LFS PUT 5 times, sleeping 1 to 8 s between tries: not here."""
+    import time as real_time
+    from types import SimpleNamespace
+
+    from huggingface_hub.utils import _http
+
+    monkeypatch.setattr(_http, "time", SimpleNamespace(sleep=lambda seconds: None, time=real_time.time, monotonic=real_time.monotonic))
+
+
+def test_an_earlier_builds_other_configs_and_tool_files_go_a_users_files_stay(built: Path, hub: HubStub) -> None:
+    """A re-publish removes, in its one commit, the shards of configs this build does not have
+    (they would stay loadable, and verify on the Hub id would flag them) and the tool's files it
+    lacks; the files a user put in the repo are never touched."""
+    earlier = {"old/test-00000-of-00001.parquet": b"o0", "old/test-00000-of-00001.tar": b"o0", "leaderboard.json": b"[]\n",
+               "cnn/test-00005-of-00006.tar": b"c5"}
+    users = {"notes.md": b"mine", "old/notes.txt": b"mine", "cnn/extra.txt": b"mine", "old/sub/test-00000-of-00001.parquet": b"x",
+             "Raw Data/test-00000-of-00001.parquet": b"not a config's dir name", "old/test-00000-of-00001.csv": b"not a shard format"}
+    hub.add_files(REPO, {**earlier, **users})
+    result = invoke(str(built), "--repo-id", REPO)
+    assert result.exit_code == 0, result.output
+    (commit,) = hub.commits
+    assert commit.deleted == sorted(earlier)
+    assert f"removed {len(earlier)} file(s) of an earlier build that this one lacks: {', '.join(sorted(earlier))}" in result.output
+    remote = hub.files(REPO)
+    assert set(remote) == {*expected_files(built), ".gitattributes", *users}
+    assert all(remote[path] == data for path, data in users.items())
+
+
+def test_private_refuses_an_existing_public_repo_before_any_upload(built: Path, hub: HubStub) -> None:
+    """create_repo(private=True, exist_ok=True) keeps a public repo public: --private must not
+    upload into it; without --private, or once the repo is private, it publishes."""
+    hub.add_files(REPO, {"notes.md": b"someone made the repo, public"})
+    before, requests = hub.files(REPO), len(hub.requests)
+    line = error_line(invoke(str(built), "--repo-id", REPO, "--private"))
+    assert f"--private: dataset {REPO} exists and is public" in line and "nothing was sent" in line, line
+    assert f"`hf repos settings {REPO} --private --repo-type dataset`" in line and "drop --private" in line
+    assert hub.files(REPO) == before and hub.commits == [] and hub.lfs_puts == []
+    assert not any(method == "PUT" or "/commit/" in path or "/preupload/" in path for method, path in hub.requests[requests:])
+    hub.repos[f"datasets/{REPO}"].private = True  # made private on the Hub
+    result = invoke(str(built), "--repo-id", REPO, "--private")
+    assert result.exit_code == 0, result.output
+    assert hub.repos[f"datasets/{REPO}"].private and set(hub.files(REPO)) >= set(expected_files(built))
+    assert invoke(str(built), "--repo-id", REPO).exit_code == 0  # without --private: a private repo stays private
+    assert hub.repos[f"datasets/{REPO}"].private
+
+
+def test_the_plan_says_which_visibility_a_new_repo_gets(built: Path) -> None:
+    from builder.publish import format_plan
+
+    plan = plan_upload(built)
+    assert "visibility: a new repo is created private; an existing public repo is refused" in format_plan(plan, REPO, private=True)
+    assert "visibility: a new repo is created public (add --private" in format_plan(plan, REPO, private=False)
+
+
 @pytest.mark.parametrize("mode", ["500", "drop"])
-def test_interrupted_upload_resumes_without_resending(built: Path, hub: HubStub, monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
-    monkeypatch.setattr(publish_module, "COMMIT_MAX_FILES", 3)
-    hub.fail_commit, hub.fail_mode = 2, mode
+def test_an_interrupted_republish_leaves_the_earlier_build_whole_and_resumes(built: Path, hub: HubStub,
+                                                                             monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """Interrupted in the LFS uploads, the repo still holds the earlier build untouched (no
+    manifest of one beside shards or card of the other); re-run, nothing already uploaded is
+    sent again, and one commit replaces the earlier build with this one."""
+    monkeypatch.setattr(publish_module, "BATCH_MAX_FILES", 2)  # 7 LFS files: 4 batches, then the commit
+    no_retry_wait(monkeypatch)
+    hub.add_files(REPO, EARLIER)
+    before = hub.files(REPO)
+    hub.fail_puts_from, hub.fail_mode = 3, mode  # batch 1 lands, batch 2 fails
     line = error_line(invoke(str(built), "--repo-id", REPO))
-    assert "interrupted" in line and "re-run the same command" in line
-    assert len(hub.commits) == 1 and CARD not in hub.files(REPO)
-    first = set(hub.commits[0].added)
-    puts_before = list(hub.lfs_puts)
+    assert "interrupted at step 2 of 5 (LFS upload batch 2 of 4)" in line and "1 of 5 step(s) done" in line, line
+    assert "the repo changes only at the last one, the commit; re-run the same command to resume" in line
+    assert hub.files(REPO) == before and hub.commits == []
+    first = list(hub.lfs_puts)
+    assert len(first) == 2
+
+    hub.fail_puts_from = None
+    result = invoke(str(built), "--repo-id", REPO)
+    assert result.exit_code == 0, result.output
+    assert hub.lfs_puts[:2] == first and len(hub.lfs_puts) == len(set(hub.lfs_puts)) == len(SHARDS) + 1, "an LFS object was sent twice"
+    (commit,) = hub.commits
+    assert commit.added == sorted(expected_files(built))
+    assert commit.deleted == ["cnn/test-00000-of-00004.parquet", "cnn/test-00003-of-00004.parquet", "leaderboard.json"]
+    remote = hub.files(REPO)
+    assert set(remote) == {*expected_files(built), ".gitattributes"}
+    assert all(remote[path] == (built / path).read_bytes() for path in expected_files(built))
+
+
+@pytest.mark.parametrize("mode", ["500", "drop"])
+def test_an_interrupted_commit_changes_nothing_and_a_rerun_sends_no_lfs_file_again(built: Path, hub: HubStub, mode: str) -> None:
+    hub.add_files(REPO, EARLIER)
+    before = hub.files(REPO)
+    hub.fail_commit, hub.fail_mode = 1, mode
+    line = error_line(invoke(str(built), "--repo-id", REPO))
+    assert "interrupted at step 2 of 2 (the commit)" in line and "1 of 2 step(s) done" in line, line
+    assert hub.files(REPO) == before and hub.commits == []
+    uploaded = list(hub.lfs_puts)
+    assert len(uploaded) == len(SHARDS) + 1
 
     hub.fail_commit = None
     result = invoke(str(built), "--repo-id", REPO)
     assert result.exit_code == 0, result.output
-    remote = hub.files(REPO)
-    for path in expected_files(built):
-        assert remote[path] == (built / path).read_bytes(), path
-    resent = [path for commit in hub.commits[1:] for path in commit.added]
-    assert not first & set(resent)
-    assert sorted(first | set(resent)) == sorted(expected_files(built))
-    assert hub.commits[-1].added == [CARD]
-    assert len(hub.lfs_puts) == len(set(hub.lfs_puts)), "an LFS object was sent twice"
-    assert hub.lfs_puts[: len(puts_before)] == puts_before
+    assert hub.lfs_puts == uploaded  # every LFS object was already in the Hub's storage
+    assert len(hub.commits) == 1 and set(hub.files(REPO)) == {*expected_files(built), ".gitattributes"}
+
+
+def test_a_rerun_of_the_same_build_only_commits_what_changed(built: Path, hub: HubStub) -> None:
+    """Files the repo already holds with the same content stay out of the commit."""
+    assert invoke(str(built), "--repo-id", REPO).exit_code == 0
+    hub.repos[f"datasets/{REPO}"].branches["main"]["gallery.html"] = (b"<p>older</p>", False)
+    puts = list(hub.lfs_puts)
+    result = invoke(str(built), "--repo-id", REPO)
+    assert result.exit_code == 0, result.output
+    assert hub.commits[-1].added == ["gallery.html"] and hub.lfs_puts == puts
+    assert hub.files(REPO)["gallery.html"] == (built / "gallery.html").read_bytes()
 
 
 # ----------------------------------------------------------------------------- refusals and errors
 
 
 def test_a_refusal_mid_upload_is_not_called_an_interruption(built: Path, hub: HubStub, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A 4xx answer to a commit, or the Hub's check of the card's header refusing it, would come
-    again on a re-run: the error says what was refused, not "interrupted, re-run to resume"."""
+    """A 4xx answer to the commit, or the Hub's check of the card's header refusing it, would come
+    again on a re-run: the error says what was refused, not "interrupted, re-run to resume". The
+    card's header is checked before any LFS upload."""
     hub.fail_commit, hub.fail_mode = 1, "422"
     line = error_line(invoke(str(built), "--repo-id", REPO))
-    assert "the Hub refused commit 1 of 2 for dataset org/tiny" in line and "HTTP 422" in line and "re-run" not in line
+    assert "the Hub refused step 2 of 2 (the commit) for dataset org/tiny" in line and "HTTP 422" in line and "re-run" not in line
     hub.fail_commit = None
     import builder.card as card_module
 
     monkeypatch.setattr(card_module, "card_license", lambda license_id: {"license": "Some License"})
+    puts = list(hub.lfs_puts)
+    hub.lfs_objects.clear()  # a fresh storage: the refusal must come before any upload
     line = error_line(invoke(str(built), "--repo-id", REPO))
     assert "the Hub refused the card's YAML header (Invalid metadata in README.md. - " in line and "must be one of [apache-2.0" in line
-    assert "1 of 2 commit(s) landed; re-running will not help" in line and CARD not in hub.files(REPO)
-
+    assert "nothing was sent, the repo is unchanged; re-running will not help" in line and CARD not in hub.files(REPO)
+    assert hub.lfs_puts == puts and hub.commits == []
 
 
 def test_refuses_a_dir_that_fails_verify(built: Path, hub: HubStub) -> None:
