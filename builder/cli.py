@@ -678,6 +678,11 @@ def _train_one(config: Any, what: str, out: Optional[Path], context: Any, overwr
     component = files[0][0] if files else config
     if out is None and not files:
         raise BuilderError(f"the recipe's {what} names no weights location to train into; pass --out")
+    if out is None and component.train is not None and context.evaluated_source not in (None, context.source):
+        # the build looks for weights trained on the recipe's own source: these would never be read
+        raise BuilderError(f"--set source... trains the {what} on other data than a build of the recipe reads, so a build would "
+                           "not find these weights (and would train its own); pass --out FILE, then give the recipe's "
+                           f"{what} checkpoint: FILE and drop its train block")
     target = out or context.trained_location(fetch_location(files[0][1], context.locations), component)
     if target.exists() and not overwrite:
         raise BuilderError(f"{target} exists: the {what}'s weights are there already; pass --overwrite to train new ones in their place "

@@ -12,6 +12,7 @@ import itertools
 import re
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
 
 from pydantic import (
@@ -246,13 +247,16 @@ class SourceConfig(Frozen):
     def _disjoint_ranges(cls, value: ClassRanges | None) -> ClassRanges | None:
         return check_class_ranges(value)
 
-    def training_split_problem(self, train_split: str, trained_on: Optional[SourceConfig] = None) -> Optional[str]:
+    def training_split_problem(self, train_split: str, trained_on: Optional[SourceConfig] = None,
+                               base_dir: Optional[Path] = None) -> Optional[str]:
         """Why a component trained on ``train_split`` of ``trained_on`` (default: this source, the
         one the benchmark evaluates) would learn the very samples the benchmark evaluates; None
-        when it would not. Other data (another path, say) is taken as other samples; of this
-        source, one without splits has only the evaluated samples, and a split sharing samples
-        with the evaluated one has some. A kind whose splits nest overrides :meth:`splits_overlap`."""
-        if trained_on is not None and trained_on.model_dump(exclude={"split"}) != self.model_dump(exclude={"split"}):
+        when it would not. Other data (another path, say) is taken as other samples, paths
+        compared where they lead from ``base_dir`` (``./data`` and its absolute spelling are one
+        folder); of this source, one without splits has only the evaluated samples, and a split
+        sharing samples with the evaluated one has some. A kind whose splits nest overrides
+        :meth:`splits_overlap`."""
+        if trained_on is not None and _where_from(trained_on, base_dir) != _where_from(self, base_dir):
             return None
         split = getattr(self, "split", None)
         if not isinstance(split, str):
@@ -267,6 +271,23 @@ class SourceConfig(Frozen):
     def splits_overlap(self, first: str, second: str) -> bool:
         """Whether two splits share samples (by default: when they are one split)."""
         return first == second
+
+
+def _where_from(source: SourceConfig, base_dir: Optional[Path]) -> dict[str, Any]:
+    """A source's settings but its split, a path-like one as where it leads from ``base_dir``."""
+    from builder.paths import source_locations
+
+    settings = source.model_dump(mode="json", exclude={"split"})
+    if base_dir is None:
+        return settings
+    located = source_locations(source, base_dir)
+
+    def where(key: str, value: Any) -> Any:
+        if isinstance(value, list):
+            return [where(key, item) for item in value]
+        return located.get(f"{key}:{value}", value) if isinstance(value, str) else value
+
+    return {key: where(key, value) for key, value in settings.items()}
 
 
 class GeneratorConfig(Frozen):

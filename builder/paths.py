@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 CACHE_ENV = "FMR_BUILDER_CACHE"
 
@@ -29,3 +30,17 @@ def in_recipe_dir(text: str, base_dir: Path) -> Path:
     the recipe's folder, not from wherever the command runs."""
     path = Path(text).expanduser()
     return path if path.is_absolute() else base_dir / path
+
+
+def source_locations(config: Any, base_dir: Path) -> dict[str, str]:
+    """The source's path-like settings that name something on this machine, resolved against the
+    recipe's dir (``{"path:./data": "/abs/data"}``): two recipes of the same text read other data
+    when their folders differ. Settings naming nothing here (a Hub id) are left out."""
+    locations = {}
+    for key, value in config.model_dump(mode="json").items():
+        for text in [value] if isinstance(value, str) else (value if isinstance(value, list) else []):
+            where = in_recipe_dir(text, base_dir) if isinstance(text, str) and key != "kind" and text else None
+            if where is not None and where.exists():
+                locations[f"{key}:{text}"] = str(where.resolve())
+    return locations
+

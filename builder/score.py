@@ -69,9 +69,11 @@ class ScoreResult:
 
 
 def as_model_spec(model: ModelLike, checkpoint: Optional[str] = None) -> ModelSpec:
-    """A spec string (``timm:...``, ``py:...``), a YAML file of ModelSpec fields, or a ModelSpec."""
+    """A spec string (``timm:...``, ``py:...``), a YAML file of ModelSpec fields, or a ModelSpec.
+    A ``checkpoint`` given here is the weights: a ``train`` block is dropped (``ref:X --checkpoint
+    FILE`` trained a new model next to FILE, and scored that instead of FILE)."""
     if isinstance(model, ModelSpec):
-        return model if checkpoint is None else model.model_copy(update={"checkpoint": checkpoint})
+        return model if checkpoint is None else model.model_copy(update={"checkpoint": checkpoint, "train": None})
     data: dict[str, Any] = {"model": model}
     if Path(model).suffix in (".yaml", ".yml"):
         from builder.safeyaml import load_yaml_text, read_recipe_text
@@ -82,7 +84,7 @@ def as_model_spec(model: ModelLike, checkpoint: Optional[str] = None) -> ModelSp
         if not isinstance(data, dict):
             raise RecipeError(f"--model {model}: expected a mapping of model fields (model: timm:<name>, ...); fix the file")
     if checkpoint is not None:
-        data["checkpoint"] = checkpoint
+        data = {**data, "checkpoint": checkpoint, "train": None}
     from pydantic import ValidationError
 
     from builder.config import format_validation_error

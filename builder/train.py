@@ -35,7 +35,7 @@ def load_training_data(ctx: ComponentContext, train: TrainConfig) -> tuple[torch
     problem = image_size_cap_problem(size)
     if problem:
         raise ComponentError(f"{'train.' if train.image_size else ''}{problem}")
-    leak = (ctx.evaluated_source or ctx.source).training_split_problem(train.split, ctx.source)
+    leak = (ctx.evaluated_source or ctx.source).training_split_problem(train.split, ctx.source, ctx.base_dir)
     if leak:
         raise ComponentError(leak)
     source = open_source(ctx.source, SourceContext(ctx.base_dir, ctx.cache_dir), split=train.split)

@@ -161,6 +161,8 @@ def test_train_model_writes_a_loadable_checkpoint(tiny_recipe: Path, tmp_path: P
     leak = invoke("train", "model", str(tiny_recipe), "--out", str(target), *block)
     assert_one_line_error(leak, "source kind 'imagefolder' has no split, so a train block would train on the very samples the benchmark evaluates")
     assert not target.exists()
+    elsewhere = invoke("train", "model", str(tiny_recipe), *block, "--set", "source.path=train_images")  # no --out: a build would never read them
+    assert_one_line_error(elsewhere, "trains the reference model cnn on other data than a build of the recipe reads", "pass --out FILE")
     result = invoke("train", "model", str(tiny_recipe), "--out", str(target), *block, "--set", "source.path=train_images")
     assert result.exit_code == 0, result.output
     assert target.is_file()

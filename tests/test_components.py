@@ -366,6 +366,16 @@ def test_trained_checkpoints_are_addressed_by_what_shaped_them(tmp_path: Path, c
         replace(context, image_size=32).trained_location(base, spec),
     ]
     assert len({location, *changed}) == 5
+    assert replace(context, base_dir=tmp_path / "elsewhere").trained_location(base, spec) == location  # no local data: the folder is no matter
+    # one recipe text, two projects, each with its own ./data: the checkpoints are two (they were one)
+    from builder.config import parse_component
+
+    source = parse_component("sources", {"kind": "imagefolder", "path": "./data"}, ("source",))
+    located = []
+    for project in ("p1", "p2"):
+        (tmp_path / project / "data").mkdir(parents=True)
+        located.append(replace(context, source=source, base_dir=tmp_path / project).trained_location(base, spec))
+    assert len(set(located)) == 2 and location not in located
     # an explicit train seed wins over the recipe seed
     pinned = spec.model_copy(update={"train": TrainConfig(epochs=2, seed=7)})
     assert context.train_seed(pinned) == replace(context, seed=1).train_seed(pinned) == 7
@@ -538,6 +548,31 @@ def test_training_never_reads_the_evaluated_samples(context: ComponentContext, s
     images, _ = load_training_data(dataclasses.replace(context, source=parse_component("sources", {"kind": "sklearn-digits"}, ("source",))),
                                    TrainConfig(split="train"))
     assert len(images) > 0  # the test split evaluated, the train split learned: as the demo does
+
+
+@pytest.mark.parametrize(("evaluated", "trained", "shares"), [
+    ("train[:30]", "train", True), ("train[:30]", "train[:31]", True), ("train[:30]", "train[30:]", False),
+    ("train[:50%]", "train[50%:]", False), ("train[:50%]", "train[40:]", True), ("test", "train", False),
+    ("train+test", "test[:10]", True), ("train[-10:]", "train[:5]", True),
+])
+def test_huggingface_split_slices_are_compared_by_what_they_read(evaluated: str, trained: str, shares: bool) -> None:
+    """``train[:30]`` evaluated and ``train`` learned were two names, so two splits: the
+    component trained on the 30 evaluated images. Slices are read; what cannot be told apart is
+    taken to overlap."""
+    source = parse_component("sources", {"kind": "huggingface", "path": "data", "split": evaluated}, ("source",))
+    problem = source.training_split_problem(trained)
+    assert (problem is not None) == shares and (not shares or "shares samples" in problem)
+
+
+def test_a_training_source_is_the_evaluated_one_whatever_its_path_spelling(tmp_path: Path) -> None:
+    """``--set source.path=/abs/data`` for the recipe's ``./data`` was taken as other data."""
+    (tmp_path / "data").mkdir()
+    evaluated = parse_component("sources", {"kind": "huggingface", "path": "./data", "split": "train[:30]"}, ("source",))
+    spelled = parse_component("sources", {"kind": "huggingface", "path": str(tmp_path / "data"), "split": "train"}, ("source",))
+    assert evaluated.training_split_problem("train", spelled, tmp_path) is not None
+    (tmp_path / "other").mkdir()
+    other = parse_component("sources", {"kind": "huggingface", "path": str(tmp_path / "other"), "split": "train"}, ("source",))
+    assert evaluated.training_split_problem("train", other, tmp_path) is None
 
 
 def test_only_temp_files_of_dead_processes_of_this_host_are_swept(tmp_path: Path) -> None:

@@ -285,6 +285,21 @@ def test_the_same_weights_behind_other_preprocessing_are_not_white_box(tmp_path:
         assert not score(bench, str(spec), bootstrap=0).white_box, extra
 
 
+def test_a_checkpoint_given_to_score_is_the_weights_never_a_reason_to_train(tmp_path: Path) -> None:
+    """``score --model ref:X --checkpoint FILE`` kept the recorded spec's train block: the loader
+    looked for FILE-<hash>, trained a new model there and scored it instead of FILE."""
+    from builder.config import ModelSpec, TrainConfig
+    from builder.score import as_model_spec
+
+    recorded = ModelSpec(model=f"py:{TINY_MODELS}:tiny_cnn", checkpoint="theta.pt", train=TrainConfig(epochs=2))
+    given = as_model_spec(recorded, str(tmp_path / "mine.pt"))
+    assert given.train is None and given.checkpoint == str(tmp_path / "mine.pt")
+    assert as_model_spec(recorded).train == TrainConfig(epochs=2)  # without a checkpoint, the spec as it is
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"model: py:{TINY_MODELS}:tiny_cnn\ntrain: {{epochs: 2}}\n")
+    assert as_model_spec(str(spec), "mine.pt").train is None
+
+
 def _spec(tmp_path: Path, extra: str) -> Path:
     path = tmp_path / "spec.yaml"
     path.write_text(f"model: py:{TINY_MODELS}:tiny_cnn\n{extra}\n")

@@ -20,7 +20,7 @@ from builder.errors import OutputError
 from builder.fileio import sha256_file
 from builder.manifest import MANIFEST_FORMAT
 from builder.outdir import OutputState, check_unlocked, inspect_output
-from builder.paths import in_recipe_dir
+from builder.paths import source_locations
 from builder.preflight import component_weights
 from builder.recipes import LoadedRecipe
 from builder.registry import loaded_plugins
@@ -219,12 +219,7 @@ def source_fingerprint(source: Any, config: Any, base_dir: Path, used: Optional[
     the recipe's dir, its class names, its length and the ids of the first and last sample the
     build uses (the first ``used``: a sample past ``--limit`` is never read, so one that cannot
     be read does not stop the build)."""
-    locations = {}
-    for key, value in config.model_dump(mode="json").items():
-        for text in [value] if isinstance(value, str) else (value if isinstance(value, list) else []):
-            where = in_recipe_dir(text, base_dir) if isinstance(text, str) and key != "kind" and text else None
-            if where is not None and where.exists():
-                locations[f"{key}:{text}"] = str(where.resolve())
+    locations = source_locations(config, base_dir)
     count = len(source)
     last = count if used is None else min(used, count)
     ends = [next(iter(source.items(i, i + 1))).source_id for i in sorted({0, last - 1}) if last]

@@ -16,6 +16,7 @@ from builder.checkpoints import ResolveContext
 from builder.config import SourceConfig
 from builder.errors import BuilderError, ComponentError
 from builder.fileio import sha256_json
+from builder.paths import source_locations
 from builder.preflight import Check, PreflightContext, size_checks
 from builder.registry import Registry
 
@@ -102,13 +103,18 @@ class ComponentContext:
         shapes its weights, so changing the train block, the source or the seed trains anew."""
         if component.train is None:
             return path
-        digest = sha256_json({
+        shaping = {
             "component": weights_identity(component),
             "seed": self.train_seed(component),
             "source": self.source.model_dump(mode="json"),
             "image_size": self.image_size,
             "class_names": list(self.class_names),
-        })
+        }
+        # where the source's data is on this machine: two projects of one recipe text, each with
+        # its own ./data, shared a trained checkpoint (absent for sources naming no local path,
+        # whose hashes stay as they were)
+        located = source_locations(self.source, self.base_dir)
+        digest = sha256_json({**shaping, "source_locations": located} if located else shaping)
         return path.with_name(f"{path.stem}-{digest[:12]}{path.suffix}")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import io
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,49 @@ class HuggingFaceConfig(SourceConfig):
     revision: str | None = None
     image_column: str = "image"
     label_column: str = "label"
+
+    def splits_overlap(self, first: str, second: str) -> bool:
+        """Whether two ``datasets`` split specs (``train``, ``train[:30]``, ``train[10%:]+test``)
+        may share samples: parts of one split overlap unless both are slices in one unit with
+        disjoint ranges. Compared as text, ``train[:30]`` and ``train`` were two splits, and a
+        component trained on the 30 evaluated images."""
+        ours, theirs = split_parts(first), split_parts(second)
+        if ours is None or theirs is None:  # a spec this cannot read: one split name in common is enough
+            return first == second or bool(split_names(first) & split_names(second))
+        return any(_parts_overlap(one, other) for one in ours for other in theirs)
+
+
+#: one part of a split spec: ``name``, or ``name[from:to]`` in samples or percent
+SPLIT_PART = re.compile(r"^\s*([\w.-]+)\s*(?:\[\s*(-?\d+)?\s*(%)?\s*:\s*(-?\d+)?\s*(%)?\s*\])?\s*$")
+
+
+def split_names(spec: str) -> set[str]:
+    """The split names a spec reads (``train[:10%]+test`` -> {train, test})."""
+    return {part.split("[", 1)[0].strip() for part in spec.split("+")}
+
+
+def split_parts(spec: str) -> list[tuple[str, int | None, int | None, str]] | None:
+    """``spec``'s parts as (name, from, to, unit); None when a part is not of that form."""
+    parts = []
+    for text in spec.split("+"):
+        match = SPLIT_PART.match(text)
+        if match is None:
+            return None
+        name, low, low_pct, high, high_pct = match.groups()
+        unit = "%" if (low_pct or high_pct) else "n"
+        parts.append((name, None if low is None else int(low), None if high is None else int(high), unit))
+    return parts
+
+
+def _parts_overlap(one: tuple[str, int | None, int | None, str], other: tuple[str, int | None, int | None, str]) -> bool:
+    if one[0] != other[0]:
+        return False
+    sliced = [part for part in (one, other) if part[1] is not None or part[2] is not None]
+    if len(sliced) < 2 or one[3] != other[3] or any(v is not None and v < 0 for part in sliced for v in part[1:3]):
+        return True  # a whole split, other units or counting from the end: may share samples
+    low = max(one[1] or 0, other[1] or 0)
+    high = min(float("inf") if one[2] is None else one[2], float("inf") if other[2] is None else other[2])
+    return low < high
 
 
 def _open_encoded(value: Any):  # -> PIL.Image.Image
