@@ -144,14 +144,19 @@ def check_templates(value: str | tuple[str, ...]) -> str | tuple[str, ...]:
     return tuple(check_template(template) for template in value)
 
 
+FiniteFloat = typing.Annotated[float, Field(allow_inf_nan=False)]
+PositiveFinite = typing.Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
 class PreprocessConfig(Frozen):
     """Overrides of a model's own preprocessing (normally read from its pretrained config)."""
 
     input_size: int | None = Field(None, gt=0, le=MAX_IMAGE_SIZE)
     interpolation: Literal["bilinear", "bicubic", "nearest"] | None = None
     crop_pct: float | None = Field(None, gt=0, le=1)
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
+    mean: tuple[FiniteFloat, FiniteFloat, FiniteFloat] | None = None
+    #: positive: normalising divides by it (refused when the model loaded, after the dry run passed)
+    std: tuple[PositiveFinite, PositiveFinite, PositiveFinite] | None = None
 
 
 class ModelSpec(Frozen):
@@ -364,7 +369,8 @@ class BuildConfig:
 
 
 class Recipe(Frozen):
-    name: str
+    #: one printable line: it heads the card, the summaries and the Hub commit message
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")
     description: str = ""
     source: SerializeAsAny[SourceConfig]
     reference_models: tuple[ModelSpec, ...]

@@ -68,6 +68,21 @@ def test_wrong_type_and_missing_field() -> None:
     assert "perturbation.step_size: Input should be greater than 0" in error_of(data)
 
 
+def test_values_the_real_run_refuses_are_refused_at_the_edge() -> None:
+    """A recipe name of several lines or control characters split the dry run's summary (and went
+    into the card's heading); a zero std or a NaN mean passed the dry run and was refused only once
+    the model loaded."""
+    for name in ("", "digits\x1b[31mdemo", "two\nlines", "x" * 101):
+        data = demo_data()
+        data["name"] = name
+        assert error_of(data).startswith("recipe error at name: ")
+    for key, value, fragment in (("std", [0, 1, 1], "std[0]: Input should be greater than 0"),
+                                 ("mean", [float("nan"), 0, 0], "mean[0]: Input should be a finite number")):
+        data = demo_data()
+        data["reference_models"][0]["preprocess"] = {key: value}
+        assert f"reference_models[0].preprocess.{fragment}" in error_of(data)
+
+
 def test_unknown_kind_lists_the_choices() -> None:
     data = demo_data()
     data["source"]["kind"] = "imagefoldr"
