@@ -175,11 +175,11 @@ def run(recipe: str, out_dir: Optional[Path | str], limit: Optional[int], dry_ru
     if precision is not None:
         overrides = (*overrides, f"perturbation.precision={precision}")
     loaded = load_recipe(recipe, overrides)
-    if dry_run:
-        _print_dry_run(loaded, cache_dir or default_cache_dir(), limit)
-        return
     if out_dir is None:
-        raise click.UsageError("Missing option '--out' (needed unless --dry-run).")
+        if not dry_run:
+            raise click.UsageError("Missing option '--out' (needed unless --dry-run).")
+        _print_dry_run(loaded, cache_dir or default_cache_dir(), limit, None)
+        return
     options = BuildOptions(
         out_dir=out_dir,
         device=resolve_device(device) if executor == "local" else resolve_ray_device(device),
@@ -192,6 +192,9 @@ def run(recipe: str, out_dir: Optional[Path | str], limit: Optional[int], dry_ru
         storage_options=storage_options,
         compile=compile_decoder,
     )
+    if dry_run:
+        _print_dry_run(loaded, options.cache_dir, limit, options)
+        return
     ray_only = {"--ray-address": ray_address, "--gpus-per-worker": gpus_per_worker, "--cpus-per-worker": cpus_per_worker}
     given = [flag for flag, value in ray_only.items() if value is not None]
     if given and executor != "ray":
@@ -201,10 +204,14 @@ def run(recipe: str, out_dir: Optional[Path | str], limit: Optional[int], dry_ru
     click.echo(format_summary(loaded.recipe.name, summary))
 
 
-def _print_dry_run(loaded: Any, cache_dir: Path, limit: Optional[int]) -> None:
+def _print_dry_run(loaded: Any, cache_dir: Path, limit: Optional[int], options: Any) -> None:
+    """The offline checks, with what the run would do with --out when ``options`` give one."""
+    from builder.build.plan import output_outlook
     from builder.dryrun import dry_run
 
     report = dry_run(loaded, cache_dir, limit)
+    if options is not None:
+        report.checks.append(output_outlook(loaded, options))
     for check in report.checks:
         click.echo(f"FAIL {check.problem}" if check.problem else f"ok   {check.item}: {check.detail}")
     for line in report.plan:

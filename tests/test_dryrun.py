@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
@@ -163,3 +165,20 @@ def test_a_dry_run_names_remote_shards_without_downloading_them(tiny_recipe, tmp
     path.write_text(yaml.safe_dump(recipe))
     result = dry_run(str(path), "--cache-dir", str(tmp_path / "cache"))
     assert result.exit_code == 0 and "webdataset: 2 samples, 3 classes" in result.output, result.output
+
+
+def test_the_dry_run_says_what_a_run_would_do_with_out(tiny_build: Path, tiny_recipe: Path, tmp_path: Path) -> None:
+    """``run --dry-run --out DIR`` passed while the real run refused DIR (built with other
+    settings); it now tells fresh, resume, replace or refuse, and writes nothing."""
+    def dry(*extra: str):
+        return CliRunner().invoke(main, ["-q", "run", str(tiny_recipe), "--dry-run", "--device", "cpu", *extra])
+
+    new = tmp_path / "new"
+    assert "a run writes a fresh build" in dry("--out", str(new)).output and not new.exists()
+    assert "holds a build of these settings; a run resumes it" in dry("--out", str(tiny_build)).output
+    other = dry("--out", str(tiny_build), "--set", "seed=5")
+    assert other.exit_code != 0 and f"--out {tiny_build} was built with different settings (recipe.seed: 0 -> 5)" in other.output
+    assert "--overwrite replaces the tool's own files there" in dry("--out", str(tiny_build), "--set", "seed=5", "--overwrite").output
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    assert "holds no build of this tool" in dry("--out", str(tmp_path / "mine")).output

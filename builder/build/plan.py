@@ -19,9 +19,9 @@ from builder.config import Recipe, recipe_to_dict
 from builder.errors import OutputError
 from builder.fileio import sha256_file
 from builder.manifest import MANIFEST_FORMAT
-from builder.outdir import OutputState, check_unlocked, inspect_output
+from builder.outdir import OutputState, check_unlocked, first_difference, inspect_output, previous_build
 from builder.paths import source_locations
-from builder.preflight import component_weights
+from builder.preflight import Check, component_weights
 from builder.recipes import LoadedRecipe
 from builder.registry import loaded_plugins
 from builder.sources.base import SourceContext, open_source
@@ -157,14 +157,8 @@ def plan_build(loaded: LoadedRecipe, options: BuildOptions) -> BuildPlan:
     units = tuple(plan_units(total, recipe.output.samples_per_shard))
     source_print = source_fingerprint(source, recipe.source, loaded.base_dir, total)
     identity = {
-        "format": MANIFEST_FORMAT,
-        "tool_version": __version__,
-        "recipe": recipe_to_dict(recipe),
-        "limit": options.limit,
-        # in float32 a sample's bytes depend on the batch its kernels ran in: a resume must batch alike
-        "batch_size": options.batch_size or recipe.batch_size,
+        **settings_identity(recipe, options),
         "source_samples": total,
-        "configs": [config.name for config in recipe.build_configs],
         "source": source_print,
         "weights": weights_fingerprint(recipe, ResolveContext(loaded.base_dir, options.cache_dir)),
     }
@@ -179,6 +173,44 @@ def plan_build(loaded: LoadedRecipe, options: BuildOptions) -> BuildPlan:
                               options.batch_size or recipe.batch_size, tuple(source.class_names), loaded_plugins(), options.compile,
                               options.storage_options)
     return BuildPlan(loaded, options, settings, units, total, identity, state, pending)
+
+
+def settings_identity(recipe: Recipe, options: BuildOptions) -> dict[str, Any]:
+    """The part of a build's identity its settings make, known without opening the source."""
+    return {
+        "format": MANIFEST_FORMAT,
+        "tool_version": __version__,
+        "recipe": recipe_to_dict(recipe),
+        "limit": options.limit,
+        # in float32 a sample's bytes depend on the batch its kernels ran in: a resume must batch alike
+        "batch_size": options.batch_size or recipe.batch_size,
+        "configs": [config.name for config in recipe.build_configs],
+    }
+
+
+def output_outlook(loaded: LoadedRecipe, options: BuildOptions) -> Check:
+    """What a run would do with ``--out``, told without opening the source (a dry run reads no
+    data): write a fresh build, resume or replace the one there, or refuse. The settings a build
+    records are compared; the source's and the weights' fingerprints only the run compares."""
+    storage = options.storage()
+    where = f"--out {storage.location}"
+    if storage.local_dir is not None and storage.local_dir.exists() and not storage.local_dir.is_dir():
+        return Check("output", where, f"{where} is a file; give a directory")
+    if storage.is_empty():
+        return Check("output", f"{where}: empty or new; a run writes a fresh build")
+    previous, manifest = previous_build(storage)
+    if previous is None and manifest is None:
+        return Check("output", where, f"{where} is not empty and holds no build of this tool; give an empty or new directory")
+    if options.overwrite:
+        return Check("output", f"{where}: holds a build; --overwrite replaces the tool's own files there (a user's stay)")
+    wanted = settings_identity(loaded.recipe, options)
+    if previous is None:
+        return Check("output", where, f"{where} holds a benchmark from an older version; pass --overwrite or pick a new dir")
+    recorded = {key: previous.get(key) for key in wanted}
+    if recorded != wanted:
+        return Check("output", where, f"{where} was built with different settings ({first_difference(recorded, wanted)}); "
+                     "pass --overwrite to start over or pick a new dir")
+    return Check("output", f"{where}: holds a build of these settings; a run resumes it (if the source and weights are unchanged)")
 
 
 def weights_fingerprint(recipe: Recipe, locations: ResolveContext) -> dict[str, dict[str, str]]:
