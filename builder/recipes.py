@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,10 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     if len(keys) > MAX_DEPTH:
         raise RecipeError(f"{what}: more than {MAX_DEPTH} keys in '{one_line(dotted, 200)}'; set a shallower key")
     value = load_yaml_text(raw, what=what, fix="quote it") if raw.strip() else ""
+    if re.search(r"(^|\s)#", raw) and "#" not in json.dumps(value, default=str):
+        # YAML reads ' #' as a comment: 'description=Build #2' set 'Build', without a word
+        raise RecipeError(f"{what}: YAML reads ' #' as the start of a comment, so the value would be {one_line(repr(value), 80)}; "
+                          f"quote it: {one_line(dotted, 200)}='{one_line(raw.strip(), 200)}'")
     node: Any = data
     for depth, key in enumerate(keys[:-1]):
         node = _child(node, key, ".".join(keys[: depth + 1]), assignment)

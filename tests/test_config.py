@@ -106,6 +106,15 @@ def test_output_formats_and_names_are_checked() -> None:
     assert "oracle.template" in error_of(data)
 
 
+def test_a_set_value_cut_by_a_yaml_comment_is_refused() -> None:
+    """``--set 'description=Build #2'`` set 'Build' without a word (YAML reads ' #' as a comment)."""
+    with pytest.raises(RecipeError, match=r"YAML reads ' #' as the start of a comment, so the value would be 'Build'; "
+                                          r"quote it: description='Build #2'"):
+        load_recipe("digits-demo", ("description=Build #2",))
+    assert load_recipe("digits-demo", ("description='Build #2'",)).recipe.description == "Build #2"
+    assert load_recipe("digits-demo", ("description=Build#2",)).recipe.description == "Build#2"
+
+
 def test_set_overrides(tmp_path: Path) -> None:
     loaded = load_recipe("digits-demo", ("perturbation.budget=7", "reference_models.0.name=cnx", "output.keep_originals=false"))
     recipe = loaded.recipe
