@@ -11,7 +11,7 @@ import torch
 
 from builder.errors import BuilderError
 from builder.images import to_nchw
-from builder.sparse import MaskFit, fit_l1_mask
+from builder.sparse import MaskFit, fit_l1_mask, generator_identity
 
 
 def fit_mask_from_recipe(
@@ -69,7 +69,8 @@ def fit_mask_from_recipe(
     provenance = {
         "recipe": recipe.name,
         "recipe_sha256": sha256_json(recorded),
-        "generator": recorded["generator"],
+        # what the mask's dimensions mean: check_generator_mask refuses it for another generator
+        **generator_identity(generator, next(iter(parts.generators.values())), recipe.image_size),
         "reference_model": name,
         "samples": total,
         "lambda": strength,

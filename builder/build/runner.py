@@ -109,13 +109,15 @@ def load_components(recipe: Recipe, context: ComponentContext, compile_decoder: 
     from builder.components.base import seeded
     from builder.components.models import load_classifier
     from builder.components.oracles import load_oracle
+    from builder.sparse import check_generator_mask
     from builder.train import ensure_weights
 
     ensure_weights(trainable_parts(recipe), context)
     generators = {}
-    for name, config in recipe.named_generators.items():  # each seeded on its own: only parts without weights notice
-        with seeded(recipe.seed, "generator"):
+    for name, (where, config) in zip(recipe.named_generators, recipe.generator_sections, strict=True):
+        with seeded(recipe.seed, "generator"):  # each seeded on its own: only parts without weights notice
             generators[name] = GENERATORS.get(config.kind)(config, context)
+        check_generator_mask(config, generators[name], context, where)  # its shape and provenance, before a build claims its output
     with seeded(recipe.seed, "oracle"):
         oracle = load_oracle(recipe.oracle, context)
     models = {}
