@@ -142,7 +142,8 @@ def main(ctx: click.Context, verbose: int, quiet: bool, plugins: tuple[str, ...]
               help="Output directory, or an fsspec URL such as s3://bucket/prefix (required unless --dry-run).")
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N source samples.")
 @click.option("--dry-run", is_flag=True, help="Check the recipe and every name offline, print the plan, build nothing.")
-@click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
+@click.option("--device", default=None, help="torch device (default: cuda if available, else cpu; with --executor ray: cpu unless "
+              "--device cuda is given, as the driver need not see the cluster's GPUs).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per engine batch (default: the recipe's).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
               help="Override the recipe's perturbation.precision (bf16: decoder, oracle and reference model in bfloat16 autocast; "

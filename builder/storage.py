@@ -247,7 +247,7 @@ class RemoteStorage:
             found = self.fs.find(self.root, detail=True) if self.fs.exists(self.root) else {}
         prefix = self.root + "/"
         return {name[len(prefix):]: entry for name, entry in sorted(found.items())
-                if name.startswith(prefix) and entry.get("type", "file") == "file"}
+                if name.startswith(prefix) and entry.get("type", "file") == "file" and not _folder_marker(name[len(prefix):], entry)}
 
     def is_empty(self) -> bool:
         return not self.info()
@@ -459,3 +459,10 @@ def _download(storage: RemoteStorage, name: str, target: Path) -> None:
 def local_copy(location: Location, cache_dir: Path, options: Sequence[tuple[str, str]] = ()) -> Path:
     """A local dir holding the benchmark at ``location``: the dir itself, or a URL's mirror."""
     return open_storage(location, options).local_copy(cache_dir)
+
+
+def _folder_marker(relative: str, entry: dict[str, Any]) -> bool:
+    """A zero-byte key ending in '/' (the AWS console's "Create folder"): no file of a build. It
+    was listed under the name '' and made a new prefix "not empty" and a finished build unreadable."""
+    return (relative == "" or relative.endswith("/")) and not entry.get("size")
+

@@ -3,6 +3,7 @@ same bytes as a single-process build, and survives a worker killed between shard
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -15,8 +16,16 @@ from builder.cli import main
 
 @pytest.fixture
 def single(tiny_recipe: Path, tmp_path: Path) -> dict[str, bytes]:
-    out = tmp_path / "single"
-    result = build(tiny_recipe, out)
+    """One process with the threads each of two workers gets: on a CPU the thread count shapes
+    the bytes (kernels split their sums by thread), so that is the build the workers' must equal."""
+    import torch
+
+    out, threads = tmp_path / "single", torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // 2))
+    try:
+        result = build(tiny_recipe, out)
+    finally:
+        torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output
     return every_file(out)
 
@@ -70,6 +79,40 @@ def test_executor_flags_that_do_not_fit_are_one_line(tiny_recipe: Path, tmp_path
     result = CliRunner().invoke(main, ["-q", "run", str(tiny_recipe), "--out", str(tmp_path / "o"), "--no-progress", *flags])
     assert_one_line_error(result, fragment)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_workers_instead_of_waiting_for_their_units(tiny_recipe: Path, tmp_path: Path, single: dict[str, bytes]) -> None:
+    """Only the driver gets a scheduler's SIGTERM: it waited for every unit in flight to end
+    (minutes on a GPU, past the grace period). Now its workers are stopped, the partial manifest
+    lists what is there, and the same command finishes with the single-process bytes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "stopped"
+    command = [sys.executable, "-m", "builder.cli", "-q", "run", str(tiny_recipe), "--out", str(out), "--no-progress",
+               "--device", "cpu", "--workers", "2"]
+    tag = f"fmr-test-{os.getpid()}-{time.monotonic_ns()}"
+    env = {**os.environ, "FMR_TEST_TAG": tag, "FMR_SLOW_STATS": "120", "PYTHONPATH": os.pathsep.join([str(FAULTS), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("cnn/*.parquet")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # a unit's shards are written: it now waits before its stats
+    assert process.poll() is None, "the build ended before the signal"
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert time.monotonic() - sent < 45 and process.returncode == 130, stderr
+    assert not list(out.glob("_stats/cnn/*.json")) and json.loads((out / "manifest.json").read_text())["complete"] is False
+    deadline = time.monotonic() + 30
+    while tagged_processes(tag) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not tagged_processes(tag), "worker processes outlived the stopped build"
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert every_file(out) == single
 
 
 @pytest.mark.slow

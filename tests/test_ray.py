@@ -38,8 +38,16 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture
 def single(tiny_recipe: Path, tmp_path: Path) -> dict[str, bytes]:
-    out = tmp_path / "single"
-    assert build(tiny_recipe, out).exit_code == 0
+    """One process with an actor's one thread (--cpus-per-worker 1): on a CPU the thread count
+    shapes the bytes, so that is the build the actors' must equal."""
+    import torch
+
+    out, threads = tmp_path / "single", torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert build(tiny_recipe, out).exit_code == 0
+    finally:
+        torch.set_num_threads(threads)
     return every_file(out)
 
 

@@ -134,11 +134,15 @@ def test_changed_weights_are_refused_on_resume(tiny_recipe: Path, tmp_path: Path
 
     out = tmp_path / "out"
     assert build(tiny_recipe, out).exit_code == 0
-    (out / "_stats" / "cnn" / "test-00002-of-00003.json").unlink()
+    manifest = (out / "manifest.json").read_bytes()
     torch.manual_seed(99)
     torch.save(tiny_cnn(3).state_dict(), tiny_recipe.parent / "theta.pt")  # retrained in place
-    result = build(tiny_recipe, out)
-    assert result.exit_code == 2 and "reference model 'cnn' has other weights" in result.output
+    for missing in (False, True):  # every unit finished (it was "resumed" under the old id), or one left to build
+        if missing:
+            (out / "_stats" / "cnn" / "test-00002-of-00003.json").unlink()
+        result = build(tiny_recipe, out)
+        assert result.exit_code == 2 and "was built with different settings (weights.reference model cnn weights.sha256" in result.output
+        assert (out / "manifest.json").read_bytes() == manifest
 
 
 def test_a_resume_on_another_kind_of_device_is_refused_before_it_builds(tiny_recipe: Path, tmp_path: Path) -> None:
@@ -155,7 +159,7 @@ def test_a_resume_on_another_kind_of_device_is_refused_before_it_builds(tiny_rec
     missing.unlink()
     result = build(tiny_recipe, out)
     assert_one_line_error(result, "cnn/test-00000-of-00003 was built with torch 2.4.0 on NVIDIA H100 80GB HBM3, this run has torch",
-                          "resume on that kind of device and torch, or pass --overwrite")
+                          "resume on that kind of device and torch", "or pass --overwrite")
     assert not missing.exists()  # nothing was built
     assert build(tiny_recipe, out, "--overwrite").exit_code == 0
     # another processor type is another kind of device: a CPU build resumed on another CPU model is refused too
@@ -165,6 +169,15 @@ def test_a_resume_on_another_kind_of_device_is_refused_before_it_builds(tiny_rec
     path.write_text(json.dumps({**json.loads(path.read_text()), "built_with": {"device": "cpu (Some Other CPU)", "torch": torch.__version__}}))
     missing.unlink()
     assert_one_line_error(build(tiny_recipe, out), f"was built with torch {torch.__version__} on cpu (Some Other CPU), this run has torch")
+    # and so is another thread count: CPU kernels split their sums by thread (--workers 2 gave other bytes than one process)
+    from builder.build.executors.base import cpu_model
+
+    own = f"cpu ({cpu_model()}, {torch.get_num_threads()} threads)"
+    for units in (0, 1):
+        path = out / "_stats" / "cnn" / f"test-0000{units}-of-00003.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "built_with": {"device": own.replace(" threads", "0 threads"), "torch": torch.__version__}}))
+    assert_one_line_error(build(tiny_recipe, out), f"0 threads), this run has torch {torch.__version__} on {own}",
+                          "with the same thread count: the same --workers and OMP_NUM_THREADS")
 
 
 def test_a_unit_from_a_worker_unlike_the_first_is_left_pending(tiny_recipe: Path, tmp_path: Path) -> None:

@@ -211,6 +211,21 @@ def test_foreign_objects_under_the_prefix_are_never_deleted(s3_server: str, tiny
     assert "results.json" not in objects(s3_server, "owned")
 
 
+def test_folder_markers_are_no_files_of_a_build(s3_server: str, tiny_recipe: Path, tmp_path: Path) -> None:
+    """A zero-byte key ending in '/' (the AWS console's "Create folder") was listed under the
+    empty name: a new prefix with its marker was "not empty", and a marker inside a finished
+    build made verify and resume refuse the empty file name."""
+    s3 = client(s3_server)
+    s3.put_object(Bucket=BUCKET, Key="marked/", Body=b"")
+    url = f"s3://{BUCKET}/marked"
+    built = run(tiny_recipe, url, "--limit", "5")
+    assert built.exit_code == 0, built.output
+    s3.put_object(Bucket=BUCKET, Key="marked/extra/", Body=b"")
+    verified = CliRunner().invoke(main, ["-q", "verify", url, "--cache-dir", str(tmp_path / "cache")])
+    assert verified.exit_code == 0, verified.output
+    assert run(tiny_recipe, url, "--limit", "5").exit_code == 0  # a resume with nothing left to do
+
+
 def test_the_endpoint_can_come_from_storage_options(s3_server: str, tiny_recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without AWS_ENDPOINT_URL (it would be AWS itself), ``--storage-option endpoint_url=`` points
     the build and its readers at the server."""
@@ -276,21 +291,40 @@ def test_an_interrupted_upload_resumes_to_identical_objects(s3_server: str, tiny
     assert not any(name.startswith("cnn/test-00000-") for name in recorder.shard_puts)  # the finished unit was kept, not redone
 
 
+def built_with_threads(tiny_recipe: Path, out: Path, threads: int) -> dict[str, bytes]:
+    """A local single-process build with ``threads`` torch threads: what workers with that many
+    each must equal (on a CPU the thread count shapes the bytes, and units record it)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        result = run(tiny_recipe, str(out))
+    finally:
+        torch.set_num_threads(before)
+    assert result.exit_code == 0, result.output
+    return local_files(out)
+
+
 @pytest.mark.slow
-def test_spawned_workers_upload_the_same_objects(s3_server: str, tiny_recipe: Path, local_build: dict[str, bytes]) -> None:
+def test_spawned_workers_upload_the_same_objects(s3_server: str, tiny_recipe: Path, tmp_path: Path) -> None:
     """Worker processes open the store themselves, from the same URL and environment."""
+    import torch
+
     result = run(tiny_recipe, f"s3://{BUCKET}/workers", "--workers", "2")
     assert result.exit_code == 0, result.output
-    assert digests(objects(s3_server, "workers")) == digests(local_build)
+    local = built_with_threads(tiny_recipe, tmp_path / "local", max(1, torch.get_num_threads() // 2))
+    assert digests(objects(s3_server, "workers")) == digests(local)
 
 
 @pytest.mark.slow
-def test_ray_actors_upload_the_same_objects(s3_server: str, tiny_recipe: Path, local_build: dict[str, bytes]) -> None:
-    """Ray actors (a local cluster the build starts and stops) write straight to the store."""
+def test_ray_actors_upload_the_same_objects(s3_server: str, tiny_recipe: Path, tmp_path: Path) -> None:
+    """Ray actors (a local cluster the build starts and stops; one CPU, so one thread, each)
+    write straight to the store."""
     pytest.importorskip("ray", reason="the ray extra is not installed (pip install '.[ray]')")
     result = run(tiny_recipe, f"s3://{BUCKET}/ray", "--executor", "ray", "--workers", "2")
     assert result.exit_code == 0, result.output
-    assert digests(objects(s3_server, "ray")) == digests(local_build)
+    assert digests(objects(s3_server, "ray")) == digests(built_with_threads(tiny_recipe, tmp_path / "local", 1))
 
 
 @pytest.mark.slow

@@ -56,8 +56,8 @@ def build_benchmark(loaded: LoadedRecipe, options: BuildOptions, execution: Opti
                     if pool is not None and reference is not None:
                         dispatch(plan, pool, reference, bar, tallies)
                 except KeyboardInterrupt:
-                    if pool is not None:  # its pending writes settle first: the manifest lists what is there
-                        pool.close()
+                    if pool is not None:  # its workers stop first: the manifest lists what is there
+                        pool.stop()
                         pool = None
                     write_partial_manifest(plan)
                     raise

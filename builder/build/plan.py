@@ -143,7 +143,8 @@ class BuildPlan:
                 raise OutputError(
                     f"{name}/{stem} was built with torch {before.get('torch')} on {before.get('device')}, this run has torch "
                     f"{built_with['torch']} on {built_with['device']}; their bytes would differ: resume on that kind of device "
-                    "and torch, or pass --overwrite to rebuild everything"
+                    "and torch (on a CPU, with the same thread count: the same --workers and OMP_NUM_THREADS), or pass --overwrite "
+                    "to rebuild everything"
                 )
 
 
@@ -217,10 +218,13 @@ def weights_fingerprint(recipe: Recipe, locations: ResolveContext) -> dict[str, 
     """The generator's and oracle's weight files (their registered kinds say which): the location,
     and the sha256 of a local file, so a resume notices a checkpoint replaced in place. Trained
     weights live under a name hashed from what shaped them, downloads under their URL (pinned or
-    not) or Hub revision: their location is their identity. Reference models are compared by the
-    weights they loaded (:meth:`BuildPlan.check_resumable`)."""
+    not) or Hub revision: their location is their identity. Reference models' local checkpoints
+    too: they are also compared by the weights they loaded (:meth:`BuildPlan.check_resumable`),
+    but only when a unit is left to build, so a checkpoint replaced after the last unit was
+    taken for the old one and the build "resumed" under its old id."""
     fingerprint = {}
-    for where, config in (*recipe.generator_sections, ("oracle", recipe.oracle)):
+    models = [(f"reference model {spec.config_name}", spec) for spec in recipe.reference_models]
+    for where, config in (*recipe.generator_sections, ("oracle", recipe.oracle), *models):
         for found in component_weights(config, where):
             if found.location is None:
                 continue

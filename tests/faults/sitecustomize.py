@@ -5,6 +5,9 @@ With FMR_KILL_MARK=<path>, the first worker to finish writing a unit's shards di
 just before writing that unit's stats file (``runner.write_stats``), and creates <path> so that
 only one dies. The first unit runner created after that death (the restarted Ray actor) takes
 FMR_RESTART_DELAY seconds (default 0) longer to load, as reloading real components does.
+
+With FMR_SLOW_STATS=<seconds>, every unit waits that long before writing its stats file: a
+unit that takes minutes, as on a GPU.
 """
 
 import os
@@ -40,3 +43,16 @@ if os.environ.get("FMR_KILL_MARK"):
         _init(self, settings)
 
     _runner.UnitRunner.__init__ = _slow_after_the_death
+
+if os.environ.get("FMR_SLOW_STATS"):  # a unit that takes long: its stats file waits that many seconds
+    import builder.build.runner as _slow_runner
+
+    _write_now = _slow_runner.write_stats
+
+    def _write_late(storage, path, payload):  # type: ignore[no-untyped-def]
+        import time
+
+        time.sleep(float(os.environ["FMR_SLOW_STATS"]))
+        return _write_now(storage, path, payload)
+
+    _slow_runner.write_stats = _write_late

@@ -65,7 +65,14 @@ class WorkerPool(Protocol):
         that also lost the other units in flight (they are then submitted again)."""
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the workers once their units are done."""
+        ...
+
+    def stop(self) -> None:
+        """Release the workers now, on an interrupt: units in flight are abandoned (a unit's
+        files land whole or not at all, its stats last), never waited for."""
+        ...
 
 
 #: builds a pool for a plan's runner settings; ``progress`` gets sample counts as they finish
@@ -73,16 +80,19 @@ PoolFactory = Callable[[Any, Optional[Callable[[int], None]]], WorkerPool]
 
 
 def current_worker_info(fingerprints: dict[str, str], device: str) -> WorkerInfo:
-    """This process's :class:`WorkerInfo`: the GPU's name, or the CPU's model, stands for the
-    device kind (another processor type can round differently, so its units are other bytes)."""
+    """This process's :class:`WorkerInfo`: the GPU's name, or the CPU's model and torch's thread
+    count, stands for the device kind. Another processor type can round differently, and so can
+    another thread count (CPU kernels split their sums by thread): ``--workers 2`` (threads
+    split between workers) and one process gave other bytes, and a resume stitched them together."""
     import torch
 
     if device.startswith("cuda"):
         kind = torch.cuda.get_device_name(torch.device(device))
     else:
         kind = device.split(":")[0]
-        model = cpu_model()
-        kind = f"{kind} ({model})" if kind == "cpu" and model else kind
+        if kind == "cpu":
+            model = cpu_model()
+            kind = f"cpu ({model + ', ' if model else ''}{torch.get_num_threads()} threads)"
     return WorkerInfo(dict(fingerprints), kind, torch.__version__)
 
 

@@ -79,6 +79,10 @@ class InProcessPool:
         """Nothing to replace: a failure here stops this process."""
         return False
 
+    def stop(self) -> None:
+        """On an interrupt: as :meth:`close` (this process's unit has already stopped)."""
+        self.close()
+
     def close(self) -> None:
         """Pending writes finish or are abandoned (never half written) before this returns."""
         if self.stream is not None:
@@ -190,6 +194,21 @@ class ProcessPool:
         if self.executor is not None:
             self.executor.shutdown(wait=True, cancel_futures=True)
             self.executor = None
+
+    def stop(self) -> None:
+        """On an interrupt: the workers are terminated, not waited for. Only the driver gets a
+        SIGTERM, and waiting let every unit in flight run to its end (minutes on a GPU, past a
+        scheduler's grace period). A unit's files are renamed into place whole and its stats
+        written last, so a killed unit is simply pending again."""
+        if self.executor is None:
+            return
+        processes = list(getattr(self.executor, "_processes", {}).values())  # terminate_workers() from Python 3.14
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.join(timeout=30)
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.executor = None
 
 
 def _outcome(future: Any, raise_it: bool = False) -> Any:

@@ -183,6 +183,10 @@ class RayPool:
         """Ray restarts a dead actor itself; the other actors' units are still running."""
         return False
 
+    def stop(self) -> None:
+        """On an interrupt: as :meth:`close`, which kills the actors without waiting."""
+        self.close()
+
     def close(self) -> None:
         for actor in self.actors:
             self.ray.kill(actor, no_restart=True)
