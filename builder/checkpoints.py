@@ -527,6 +527,17 @@ def save_state_dict(state: Mapping[str, Any], path: Path) -> None:
         torch.save(dict(state), handle)
 
 
+#: the first tool version whose ``reference_weights_sha256`` is :func:`weights_fingerprint`'s
+#: (before it, the persistent weights' alone: :func:`persistent_weights_fingerprint`)
+FUNCTION_FINGERPRINT_SINCE = (0, 2, 1)
+
+
+def persistent_weights_fingerprint(module: Any) -> str:
+    """sha256 of a module's persistent parameters and buffers only: what builds before
+    :data:`FUNCTION_FINGERPRINT_SINCE` recorded, so their white-box label still reads right."""
+    return _tensors_digest(dict(module.state_dict()), [])
+
+
 def weights_fingerprint(module: Any) -> str:
     """sha256 of what a model computes from its input: its parameters and every buffer (names,
     dtypes, shapes, values), non-persistent ones too (the normalisation, the outputs a label map
@@ -534,17 +545,20 @@ def weights_fingerprint(module: Any) -> str:
     ``fingerprint_text()`` (the preprocessing's size, crop and interpolation). A score calls a
     model white-box on a benchmark when this matches the reference model's: the same weights
     behind other preprocessing or another label map were called white-box."""
+    tensors = dict(module.state_dict())
+    tensors.update({name: buffer for name, buffer in module.named_buffers() if name not in tensors and buffer is not None})
+    texts = [f"{name}:{text()}" for name, sub in module.named_modules() if callable(text := getattr(sub, "fingerprint_text", None))]
+    return _tensors_digest(tensors, texts)
+
+
+def _tensors_digest(tensors: dict[str, Any], texts: list[str]) -> str:
     import hashlib
 
     import torch
 
     digest = hashlib.sha256()
-    tensors = dict(module.state_dict())
-    tensors.update({name: buffer for name, buffer in module.named_buffers() if name not in tensors and buffer is not None})
-    for name, sub in module.named_modules():
-        text = getattr(sub, "fingerprint_text", None)
-        if callable(text):
-            digest.update(f"{name}:{text()}".encode())
+    for text in texts:
+        digest.update(text.encode())
     for name, tensor in sorted(tensors.items()):
         value = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())

@@ -375,7 +375,6 @@ def score(
     """Score ``model`` on one config of ``benchmark`` (default: its first config). A model
     spec taken from the benchmark (``ref:``) or a ``py:`` file inside a download runs only
     with ``trust_remote_code``."""
-    from builder.checkpoints import weights_fingerprint
     from builder.trust import downloaded_roots, require_trusted_file, require_trusted_spec_file
 
     bench = benchmark if isinstance(benchmark, Benchmark) else open_benchmark(benchmark)
@@ -414,13 +413,28 @@ def score(
         model=spec.model,
         model_spec=spec.model_dump(mode="json"),
         name=spec.config_name,
-        white_box=weights_fingerprint(classifier) == entry.get("reference_weights_sha256"),
+        white_box=is_white_box(classifier, bench.manifest, entry.get("reference_weights_sha256")),
         n=figures["n"],
         **{key: figures[key] for key in ("sa", "pa", "pa_perturbed", "fmr", "vr", "mean_steps")},
         intervals={key[:-3]: value for key, value in figures.items() if key.endswith("_ci")},
         per_class=per_class(outcomes, bench.class_names) if with_per_class else None,
         sample_predictions={"keys": [str(key) for key in records["key"]], "pred_perturbed": pred_perturbed.tolist(), "pred_original": pred_original.tolist()},
     )
+
+
+def is_white_box(classifier: Any, manifest: dict[str, Any], recorded: Optional[str]) -> bool:
+    """Whether ``classifier`` is the reference model a config was built against: its fingerprint
+    is the one recorded. A build of a version before the fingerprint covered the preprocessing
+    recorded its persistent weights' alone, compared as such."""
+    from builder.checkpoints import FUNCTION_FINGERPRINT_SINCE, persistent_weights_fingerprint, weights_fingerprint
+
+    if recorded is None:
+        return False
+    if weights_fingerprint(classifier) == recorded:
+        return True
+    version = str((manifest.get("tool") or {}).get("version", "0"))
+    parts = tuple(int(part) if part.isdigit() else 0 for part in version.split(".")[:3])
+    return parts < FUNCTION_FINGERPRINT_SINCE and persistent_weights_fingerprint(classifier) == recorded
 
 
 def score_dynamic(

@@ -300,6 +300,23 @@ def test_a_checkpoint_given_to_score_is_the_weights_never_a_reason_to_train(tmp_
     assert as_model_spec(str(spec), "mine.pt").train is None
 
 
+def test_a_build_before_the_function_fingerprint_keeps_its_white_box_label(tmp_path: Path) -> None:
+    """Builds before 0.2.1 recorded the persistent weights' fingerprint alone: their reference
+    model is still white-box on them, and only on them."""
+    from builder.checkpoints import persistent_weights_fingerprint
+    from builder.components.preprocess import PreprocessedClassifier, Preprocessing
+
+    from tiny_models import color_net
+
+    bench = hand_built_benchmark(tmp_path / "b", ROWS)
+    manifest = json.loads((bench / "manifest.json").read_text())
+    old = persistent_weights_fingerprint(PreprocessedClassifier(color_net(3), Preprocessing(input_size=8), 3, "x"))
+    manifest["configs"]["ref"]["reference_weights_sha256"] = old
+    for version, white in (("0.2.0", True), ("0.2.1", False)):
+        (bench / "manifest.json").write_text(json.dumps({**manifest, "tool": {"name": "fmr-builder", "version": version}}))
+        assert score(bench, f"py:{TINY_MODELS}:color_net", bootstrap=0).white_box is white, version
+
+
 def _spec(tmp_path: Path, extra: str) -> Path:
     path = tmp_path / "spec.yaml"
     path.write_text(f"model: py:{TINY_MODELS}:tiny_cnn\n{extra}\n")
