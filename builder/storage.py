@@ -90,6 +90,12 @@ class Storage(Protocol):
         """Every file below, as sorted relative POSIX paths."""
         ...
 
+    def versions(self) -> dict[str, Optional[list[Any]]]:
+        """Every file below with its size and version (a local file's mtime, an object's ETag or
+        its store's like; None where the store lists none): whether anything changed since a
+        listing, told without reading a byte."""
+        ...
+
     def subdirs(self, relative: str) -> list[str]:
         """Names of the directories (prefixes) directly inside ``relative``."""
         ...
@@ -164,6 +170,13 @@ class LocalStorage:
 
     def list_files(self) -> list[str]:
         return list(walk_files(self.root)) if self.root.is_dir() else []
+
+    def versions(self) -> dict[str, Optional[list[Any]]]:
+        found: dict[str, Optional[list[Any]]] = {}
+        for relative in self.list_files():
+            stat = (self.root / relative).lstat()
+            found[relative] = [stat.st_size, stat.st_mtime_ns]
+        return found
 
     def subdirs(self, relative: str) -> list[str]:
         directory = self.root / relative
@@ -254,6 +267,9 @@ class RemoteStorage:
 
     def list_files(self) -> list[str]:
         return list(self.info())
+
+    def versions(self) -> dict[str, Optional[list[Any]]]:
+        return {name: _identity(entry) for name, entry in self.info().items()}
 
     def subdirs(self, relative: str) -> list[str]:
         depth = relative.count("/") + 2

@@ -273,6 +273,27 @@ def test_a_dir_that_changes_between_planning_and_the_lock_is_left_alone(tiny_bui
     assert after.pop("cnn/test-00007-of-00008.parquet") and after == before
 
 
+def test_a_resume_reads_each_finished_shard_once(tiny_build: Path, tiny_recipe: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planning checks every finished unit's files against their sha256, and the check under the
+    lock did it all again (on a store, every shard downloaded twice); it now compares listings."""
+    from collections import Counter
+
+    from builder.storage import LocalStorage
+
+    (tiny_build / "_stats" / "cnn" / "test-00002-of-00003.json").unlink()
+    checked: Counter[str] = Counter()
+    matches = LocalStorage.matches
+
+    def counted(self, relative, size, sha256):  # noqa: ANN001, ANN202
+        checked[relative] += 1
+        return matches(self, relative, size, sha256)
+
+    monkeypatch.setattr(LocalStorage, "matches", counted)
+    result = CliRunner().invoke(main, ["-q", "run", str(tiny_recipe), "--out", str(tiny_build), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert checked and set(checked.values()) == {1}, checked
+
+
 def test_an_out_dir_inside_the_source_data_is_refused(tiny_recipe: Path) -> None:
     """--out inside an imagefolder wrote the build into the data: its preview.png became a sample
     of the next build (13 source samples instead of 12)."""

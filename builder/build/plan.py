@@ -99,6 +99,8 @@ class BuildPlan:
     identity: dict[str, Any]
     state: OutputState
     pending: tuple[tuple[WorkUnit, str], ...]
+    #: the output's files with their size and version, listed before planning decided
+    listing: dict[str, Optional[list[Any]]]
 
     @property
     def storage(self) -> Storage:
@@ -122,7 +124,14 @@ class BuildPlan:
     def check_unchanged(self) -> None:
         """Under the output lock, before anything is deleted: the dir still holds what planning
         found. Planning ran before the lock was taken (the components load in between), so
-        another build may have written there since; its files must not be deleted on a stale plan."""
+        another build may have written there since; its files must not be deleted on a stale plan.
+        The listing is compared (a resume hashed every finished shard twice, on a store downloading
+        it twice); a store that lists no versions is inspected again."""
+        if None not in self.listing.values():
+            if self.state.storage.versions() != self.listing:
+                raise OutputError(f"--out {self.state.storage.location} changed while this build was starting (another build wrote "
+                                  "to it?); nothing was deleted: run the command again")
+            return
         now = inspect_output(self.state.storage, self.identity, overwrite=self.options.overwrite, force_clean=self.options.force_clean)
         if (now.mode, now.completed, now.remove, now.kept_foreign) != (self.state.mode, self.state.completed, self.state.remove, self.state.kept_foreign):
             raise OutputError(f"--out {self.state.storage.location} changed while this build was starting (another build wrote to it?); "
@@ -166,6 +175,7 @@ def plan_build(loaded: LoadedRecipe, options: BuildOptions) -> BuildPlan:
     storage = options.storage()
     _check_out_not_in_source(storage.local_dir, source_print["locations"])
     check_unlocked(storage)
+    listing = storage.versions()  # before deciding: a file written after it shows as a change under the lock
     state = inspect_output(storage, identity, overwrite=options.overwrite, force_clean=options.force_clean)
     names = [config.name for config in recipe.build_configs]
     split = recipe.output.split
@@ -173,7 +183,7 @@ def plan_build(loaded: LoadedRecipe, options: BuildOptions) -> BuildPlan:
     settings = RunnerSettings(recipe, loaded.base_dir, options.cache_dir, options.out_dir, options.device,
                               options.batch_size or recipe.batch_size, tuple(source.class_names), loaded_plugins(), options.compile,
                               options.storage_options)
-    return BuildPlan(loaded, options, settings, units, total, identity, state, pending)
+    return BuildPlan(loaded, options, settings, units, total, identity, state, pending, listing)
 
 
 def settings_identity(recipe: Recipe, options: BuildOptions) -> dict[str, Any]:
