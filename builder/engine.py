@@ -200,6 +200,29 @@ def _decode_judge_grad(generator: Generator, oracle: Oracle, model: Classifier, 
     return images.detach(), accepted, verdicts, finite_host, gradient
 
 
+def rehearse(generator: Generator, oracle: Oracle, model: Classifier, count: int, image_size: int, precision: str,
+             device: str, dtype: torch.dtype = torch.float32) -> None:
+    """One step of a full batch of ``count`` grey images, every row taken as accepted: the
+    encode, the decode with its gradient, the oracle and the reference model forward and
+    backward, at the shapes (and the memory) of a build's first step. A batch that does not fit
+    on the device, or a component failing on these shapes, fails here, while the workers load,
+    before a build touches its output (``--overwrite`` had already deleted the old build)."""
+    labels = torch.zeros(count, dtype=torch.long, device=device)
+    images = torch.full((count, 3, image_size, image_size), 0.5, dtype=dtype, device=device)
+    with torch.no_grad():
+        latent = generator.encode(images).to(dtype)
+    latent.requires_grad_(True)
+    with torch.enable_grad():
+        with autocast_for(precision, latent.device):
+            decoded = generator.decode(latent)
+        pixels = to_pixel_grid(decoded.to(dtype))
+        judging_in(precision, oracle).judge(pixels.detach(), labels)
+        with autocast_for(precision, latent.device):
+            logits = model(pixels)
+        loss = F.cross_entropy(at_least_fp32(logits), labels, reduction="sum")
+        torch.autograd.grad(loss, latent)
+
+
 def _score(model: Classifier, images: torch.Tensor, labels: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.no_grad(), autocast_for(precision, images.device):
         logits = model(images)

@@ -294,6 +294,21 @@ def test_a_resume_reads_each_finished_shard_once(tiny_build: Path, tiny_recipe: 
     assert checked and set(checked.values()) == {1}, checked
 
 
+def test_a_batch_that_does_not_fit_fails_before_overwrite_deletes_anything(tiny_build: Path, tiny_recipe: Path) -> None:
+    """--overwrite deleted the old build before the first batch ran; a batch that did not fit then
+    left a dir holding only _stats/build.json. One full-batch step now runs while the workers load."""
+    before = snapshot(tiny_build)
+    model = f"reference_models.0.model=py:{Path(__file__).parent / 'tiny_models.py'}:small_batches_only"
+    result = CliRunner().invoke(main, ["-q", "run", str(tiny_recipe), "--out", str(tiny_build), "--overwrite", "--no-progress",
+                                       "--device", "cpu", "--set", model, "--batch-size", "4"])
+    assert_one_line_error(result, "config cnn: a step of a batch of 4 images of 16 px failed on cpu (OutOfMemoryError: CUDA out of memory",
+                          "lower --batch-size")
+    assert snapshot(tiny_build) == before
+    fits = CliRunner().invoke(main, ["-q", "run", str(tiny_recipe), "--out", str(tiny_build), "--overwrite", "--no-progress",
+                                     "--device", "cpu", "--set", model, "--batch-size", "2"])
+    assert fits.exit_code == 0, fits.output
+
+
 def test_an_out_dir_inside_the_source_data_is_refused(tiny_recipe: Path) -> None:
     """--out inside an imagefolder wrote the build into the data: its preview.png became a sample
     of the next build (13 source samples instead of 12)."""

@@ -82,3 +82,21 @@ def five_outputs(num_classes: int) -> nn.Module:
 def fixed_size(num_classes: int, size: int = 28) -> nn.Module:
     """Takes ``size`` x ``size`` images only: fails on a benchmark of another size."""
     return nn.Sequential(nn.Flatten(), nn.Linear(3 * size * size, num_classes))
+
+
+class SmallBatchesOnly(nn.Sequential):
+    """tiny_cnn's layers and weights, but a batch above ``limit`` runs out of memory, as a large
+    ``--batch-size`` does on a GPU."""
+
+    def __init__(self, num_classes: int, limit: int) -> None:
+        super().__init__(*tiny_cnn(num_classes))
+        self.limit = limit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(x) > self.limit:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate a batch of {len(x)}")
+        return super().forward(x)
+
+
+def small_batches_only(num_classes: int, limit: int = 2) -> nn.Module:
+    return SmallBatchesOnly(num_classes, limit)

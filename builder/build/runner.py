@@ -32,7 +32,7 @@ from builder.build.units import WorkUnit, sample_key
 from builder.checkpoints import weights_fingerprint
 from builder.components.base import ComponentContext, prompt_template_of
 from builder.config import Recipe
-from builder.errors import OutputError
+from builder.errors import BuilderError, ComponentError, OutputError, first_line
 from builder.fileio import json_bytes
 from builder.images import to_nchw
 from builder.manifest import STATS_DIR
@@ -176,10 +176,31 @@ class UnitRunner:
         self.writers = {name: WRITERS.get(name)() for name in recipe.output.formats}
         self.storage = open_storage(settings.out_dir, settings.storage_options)
         self.components = load_components(recipe, self.context, compile_decoder=settings.compile)
+        self._rehearse()
         self.info = current_worker_info(self.fingerprints, settings.device)
         self.reader: Prefetcher[WorkUnit, UnitInput] = Prefetcher(self._read)
         self.writer = BackgroundWriter()
         self.encoder = ImageEncoder(recipe.output.image_encoding)
+
+    def _rehearse(self) -> None:
+        """One full-batch step of each config before any unit (see :func:`builder.engine.rehearse`):
+        a batch that does not fit fails while the workers load, as one line."""
+        from builder.engine import rehearse
+
+        recipe, parts = self.settings.recipe, self.components
+        count = max(1, min(self.settings.batch_size, recipe.output.samples_per_shard))
+        for name, config in self.configs.items():
+            generator, model = parts.generators[config.generator_name], parts.models[config.model.config_name]
+            try:
+                rehearse(generator, parts.oracle, model, count, recipe.image_size, config.perturbation.precision, self.settings.device)
+            except BuilderError:
+                raise
+            except Exception as error:  # the components' own code, or the device: one line, before the output is touched
+                fix = "lower --batch-size" if "out of memory" in str(error).lower() else "check the components and image_size"
+                raise ComponentError(f"config {name}: a step of a batch of {count} images of {recipe.image_size} px failed on "
+                                     f"{self.settings.device} ({first_line(error, typed=True)}); {fix}") from error
+            finally:
+                _release_device_memory(self.settings.device)
 
     @property
     def fingerprints(self) -> dict[str, str]:
@@ -334,3 +355,12 @@ def write_stats(storage: Storage, relative: str, stats: dict[str, Any]) -> None:
     """A unit's stats file, the last thing written for it: its presence marks the unit complete
     (one function, so that fault-injection tests can stop a worker right before it)."""
     storage.put_bytes(relative, json_bytes(stats))
+
+
+def _release_device_memory(device: str) -> None:
+    """The rehearsal's activations back to the device (a CUDA cache keeps them otherwise)."""
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
