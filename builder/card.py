@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from pathlib import Path
@@ -42,8 +41,8 @@ HUB_FORMAT = "parquet"
 
 
 def has_hub_format(manifest: dict[str, Any]) -> bool:
-    """Whether the build wrote the format the card's ``configs`` describe."""
-    return HUB_FORMAT in manifest["recipe"].get("output", {}).get("formats", (HUB_FORMAT,))
+    """Whether the build wrote Parquet, the format ``datasets`` loads best (its configs' then)."""
+    return config_extension(manifest) == HUB_FORMAT
 
 
 def config_extension(manifest: dict[str, Any]) -> Optional[str]:
@@ -166,9 +165,9 @@ def read_leaderboard(root: Path, benchmark_id: str) -> list[dict[str, Any]]:
 def merged_results(root: Path, benchmark_id: str, results: Sequence[Path]) -> list[dict[str, Any]]:
     """The stored leaderboard with ``score --json`` files merged in (nothing is written); a
     result of another benchmark is an error."""
-    from builder.leaderboard import load_results, public_row, without_predictions
+    from builder.leaderboard import load_results, public_row, row_identity, without_predictions
 
-    rows = {_row_identity(row): without_predictions(row) for row in read_leaderboard(root, benchmark_id)}
+    rows = {row_identity(row): without_predictions(row) for row in read_leaderboard(root, benchmark_id)}
     for path in results:
         for row in load_results([path]):
             if row.get("mode") == "dynamic":
@@ -179,12 +178,8 @@ def merged_results(root: Path, benchmark_id: str, results: Sequence[Path]) -> li
                     "re-score with --benchmark pointing at this dir"
                 )
             row = public_row(without_predictions(row))  # the card's leaderboard.json stays small, and names no local folder
-            rows[_row_identity(row)] = row
+            rows[row_identity(row)] = row
     return sorted(rows.values(), key=lambda r: (-r["fmr"], r["name"], r["config"]))
-
-
-def _row_identity(row: dict[str, Any]) -> tuple[str, str, str]:
-    return (row["name"], json.dumps(row.get("model_spec", row["model"]), sort_keys=True), row["config"])
 
 
 def card_files(root: Path, results: Sequence[Path] = (), repo_id: Optional[str] = None, revision: str = "main") -> dict[str, bytes]:

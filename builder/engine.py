@@ -211,16 +211,20 @@ def rehearse(generator: Generator, oracle: Oracle, model: Classifier, count: int
     images = torch.full((count, 3, image_size, image_size), 0.5, dtype=dtype, device=device)
     with torch.no_grad():
         latent = generator.encode(images).to(dtype)
-    latent.requires_grad_(True)
-    with torch.enable_grad():
-        with autocast_for(precision, latent.device):
-            decoded = generator.decode(latent)
-        pixels = to_pixel_grid(decoded.to(dtype))
-        judging_in(precision, oracle).judge(pixels.detach(), labels)
-        with autocast_for(precision, latent.device):
-            logits = model(pixels)
-        loss = F.cross_entropy(at_least_fp32(logits), labels, reduction="sum")
-        torch.autograd.grad(loss, latent)
+    everyone = torch.ones(count, dtype=torch.bool, device=device)
+    _decode_judge_grad(generator, _AcceptingAll(judging_in(precision, oracle)), model, latent, labels, everyone, precision)
+
+
+class _AcceptingAll:
+    """An oracle that judges (its cost is paid) and then accepts every row, so a rehearsal takes
+    the gradient of the whole batch."""
+
+    def __init__(self, oracle: Oracle) -> None:
+        self.oracle = oracle
+
+    def judge(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        accepted, probability = self.oracle.judge(images, labels)
+        return torch.ones_like(accepted, dtype=torch.bool), probability
 
 
 def _score(model: Classifier, images: torch.Tensor, labels: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.Tensor]:

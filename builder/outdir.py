@@ -24,7 +24,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Iterable, Iterator, Literal, Optional
 
 from builder.errors import OutputError
 from builder.fileio import TEMP_FILE, json_bytes, write_json_atomic
@@ -131,11 +131,28 @@ def _few(paths: list[str]) -> str:
 
 def inspect_output(storage: Storage, identity: dict[str, Any], *, overwrite: bool, force_clean: bool = False) -> OutputState:
     """Decide what a build into ``storage`` keeps, resumes and deletes; writes nothing."""
+    mode, previous, manifest = first_look(storage, identity, overwrite=overwrite)
+    if mode == "fresh":
+        return OutputState(storage, "fresh")
+    configs = config_dirs(storage, previous, manifest, identity)
+    files = storage.list_files()
+    foreign = [f for f in files if not is_owned(f, configs)]
+    if mode == "overwrite":
+        return _overwrite(storage, files, foreign, configs, force_clean)
+    return _resume(storage, files, foreign, configs, force_clean)
+
+
+def first_look(storage: Storage, identity: dict[str, Any], *, overwrite: bool,
+               compared: Optional[Iterable[str]] = None) -> tuple[Literal["fresh", "overwrite", "resume"], Any, Any]:
+    """What a build may do with ``storage`` by its records alone (no shard is read): write it
+    fresh, overwrite or resume the build there (with that build's build.json and manifest.json),
+    or an OutputError. ``compared``: the identity's keys to compare (a dry run knows only the
+    settings'); default: all of it."""
     out_dir = storage.location
     if storage.local_dir is not None and storage.local_dir.exists() and not storage.local_dir.is_dir():
         raise OutputError(f"--out {out_dir} is a file; give a directory")
     if storage.is_empty():
-        return OutputState(storage, "fresh")
+        return "fresh", None, None
     previous, manifest = previous_build(storage)
     if previous is None and manifest is None:
         verb = "overwrite" if overwrite else "write into"
@@ -143,19 +160,17 @@ def inspect_output(storage: Storage, identity: dict[str, Any], *, overwrite: boo
             f"refusing to {verb} {out_dir}: it is not empty and holds no build of this tool "
             "(no readable _stats/build.json or manifest.json); give an empty or new directory"
         )
-    configs = config_dirs(storage, previous, manifest, identity)
-    files = storage.list_files()
-    foreign = [f for f in files if not is_owned(f, configs)]
     if overwrite:
-        return _overwrite(storage, files, foreign, configs, force_clean)
+        return "overwrite", previous, manifest
     if previous is None:
         raise OutputError(f"--out {out_dir} holds a benchmark from an older version; pass --overwrite or pick a new dir")
-    if previous != identity:
+    recorded = previous if compared is None else {key: previous.get(key) for key in compared}
+    if recorded != identity:
         raise OutputError(
-            f"--out {out_dir} was built with different settings ({first_difference(previous, identity)}); "
+            f"--out {out_dir} was built with different settings ({first_difference(recorded, identity)}); "
             "pass --overwrite to start over or pick a new dir"
         )
-    return _resume(storage, files, foreign, configs, force_clean)
+    return "resume", previous, manifest
 
 
 def _overwrite(storage: Storage, files: list[str], foreign: list[str], configs: set[str], force_clean: bool) -> OutputState:

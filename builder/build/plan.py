@@ -19,7 +19,7 @@ from builder.config import Recipe, recipe_to_dict
 from builder.errors import OutputError
 from builder.fileio import sha256_file
 from builder.manifest import MANIFEST_FORMAT
-from builder.outdir import OutputState, check_unlocked, first_difference, inspect_output, previous_build
+from builder.outdir import OutputState, check_unlocked, first_look, inspect_output
 from builder.paths import source_locations
 from builder.preflight import Check, component_weights
 from builder.recipes import LoadedRecipe
@@ -204,24 +204,20 @@ def output_outlook(loaded: LoadedRecipe, options: BuildOptions) -> Check:
     data): write a fresh build, resume or replace the one there, or refuse. The settings a build
     records are compared; the source's and the weights' fingerprints only the run compares."""
     storage = options.storage()
-    where = f"--out {storage.location}"
-    if storage.local_dir is not None and storage.local_dir.exists() and not storage.local_dir.is_dir():
-        return Check("output", where, f"{where} is a file; give a directory")
-    if storage.is_empty():
-        return Check("output", f"{where}: empty or new; a run writes a fresh build")
-    previous, manifest = previous_build(storage)
-    if previous is None and manifest is None:
-        return Check("output", where, f"{where} is not empty and holds no build of this tool; give an empty or new directory")
-    if options.overwrite:
-        return Check("output", f"{where}: holds a build; --overwrite replaces the tool's own files there (a user's stay)")
     wanted = settings_identity(loaded.recipe, options)
-    if previous is None:
-        return Check("output", where, f"{where} holds a benchmark from an older version; pass --overwrite or pick a new dir")
-    recorded = {key: previous.get(key) for key in wanted}
-    if recorded != wanted:
-        return Check("output", where, f"{where} was built with different settings ({first_difference(recorded, wanted)}); "
-                     "pass --overwrite to start over or pick a new dir")
-    return Check("output", f"{where}: holds a build of these settings; a run resumes it (if the source and weights are unchanged)")
+    try:
+        mode, _, _ = first_look(storage, wanted, overwrite=options.overwrite, compared=wanted)
+    except OutputError as error:
+        return Check("output", f"--out {storage.location}", str(error))
+    return Check("output", f"--out {storage.location}: {OUTLOOKS[mode]}")
+
+
+#: what a dry run says a run would do with --out, by what :func:`first_look` found
+OUTLOOKS = {
+    "fresh": "empty or new; a run writes a fresh build",
+    "overwrite": "holds a build; --overwrite replaces the tool's own files there (a user's stay)",
+    "resume": "holds a build of these settings; a run resumes it (if the source and weights are unchanged)",
+}
 
 
 def weights_fingerprint(recipe: Recipe, locations: ResolveContext) -> dict[str, dict[str, str]]:
