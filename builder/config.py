@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from pydantic import (
     SerializeAsAny,
     SerializerFunctionWrapHandler,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
@@ -62,6 +64,37 @@ class Frozen(BaseModel):
 
     #: fields holding nested pluggable sections: field name -> registry of their kinds
     nested_components: ClassVar[dict[str, str]] = {}
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_truth_value_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """pydantic reads true/false as 1/0 where a number is due, and YAML reads yes, no, on
+        and off as true/false: ``budget: yes`` built with a budget of 1, without a word."""
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None and bool_for_number(field.annotation, value):
+            raise invalid("expected a number, got a truth value (YAML reads true, false, yes, no, on and off as one)",
+                          "write the number")
+        return value
+
+
+def bool_for_number(annotation: Any, value: Any) -> bool:
+    """Whether ``value`` holds a bool where ``annotation`` wants an int or float (in a tuple,
+    list or dict value too)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return bool_for_number(args[0], value)
+    if origin is typing.Union or origin is types.UnionType:
+        options = [arg for arg in args if arg is not type(None)]
+        return not any(arg is bool or arg is Any for arg in options) and any(bool_for_number(arg, value) for arg in options)
+    if isinstance(value, bool):
+        return annotation is int or annotation is float
+    if isinstance(value, (list, tuple)) and origin in (tuple, list) and args:
+        if origin is list or (len(args) == 2 and args[1] is Ellipsis):
+            return any(bool_for_number(args[0], item) for item in value)
+        return any(bool_for_number(arg, item) for arg, item in zip(args, value, strict=False))
+    if isinstance(value, dict) and origin is dict and len(args) == 2:
+        return any(bool_for_number(args[1], item) for item in value.values())
+    return False
 
 
 #: super-class name -> inclusive (first, last) ranges of the underlying class indices

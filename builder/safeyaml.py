@@ -117,6 +117,38 @@ class BoundedLoader(yaml.SafeLoader):
         return node
 
 
+#: YAML 1.1 number forms that other readers (YAML 1.2, JSON, people) take otherwise: a leading
+#: zero makes an octal number (``010`` is 8) and colons a base-60 one (``1:30`` is 90)
+_AMBIGUOUS_NUMBER = re.compile(r"[-+]?(0[0-7_]*[0-7][0-7_]*|[0-9][0-9_]*(:[0-5]?[0-9])+(\.[0-9_]*)?)")
+
+
+class HandWrittenLoader(BoundedLoader):
+    """The bounded loader for files a person writes (recipes, ``--set`` values, model lists):
+    a number that YAML 1.1 reads otherwise than it looks is refused, not guessed."""
+
+    def construct_yaml_int(self, node: Any) -> Any:
+        self._refuse_ambiguous(node)
+        return super().construct_yaml_int(node)
+
+    def construct_yaml_float(self, node: Any) -> Any:
+        self._refuse_ambiguous(node)
+        return super().construct_yaml_float(node)
+
+    def _refuse_ambiguous(self, node: Any) -> None:
+        text = str(node.value)
+        if not _AMBIGUOUS_NUMBER.fullmatch(text):
+            return
+        kind = "base 60" if ":" in text else "octal"
+        read = yaml.SafeLoader.construct_yaml_float(self, node) if "." in text else yaml.SafeLoader.construct_yaml_int(self, node)
+        if kind == "base 60" or read != int(text.replace("_", ""), 10):  # 007 is 7 either way
+            raise _Refused(f"{text!r} reads as the {kind} number {read!r} in YAML 1.1", node.start_mark,
+                           "write the number without a leading zero or colons, or quote it if it is text")
+
+
+HandWrittenLoader.add_constructor("tag:yaml.org,2002:int", HandWrittenLoader.construct_yaml_int)
+HandWrittenLoader.add_constructor("tag:yaml.org,2002:float", HandWrittenLoader.construct_yaml_float)
+
+
 def read_recipe_text(path: Path) -> str:
     """The recipe file's text, refusing huge files and bytes that are not UTF-8."""
     what = f"recipe {one_line(str(path), 200)}"
@@ -143,7 +175,7 @@ def load_yaml_text(text: str, *, what: str, fix: str = "check the indentation an
     advice for plain syntax errors.
     """
     try:
-        data = _parse(text)
+        data = _parse(text, HandWrittenLoader)
     except _Refused as error:
         raise RecipeError(f"{what}{_line(error.problem_mark, text)}: {one_line(str(error.problem), 300)}; {error.fix}") from None
     except ReaderError as error:
@@ -163,11 +195,11 @@ def parse_bounded(text: str) -> Any:
     """Parse YAML written by someone else within the bounds above; raises ``yaml.YAMLError``
     (a bound hit is one too, with ``problem`` and ``problem_mark``) or ValueError/TypeError for
     values that cannot be constructed. Shared nodes are left shared: see :func:`unshare`."""
-    return _parse(text)
+    return _parse(text, BoundedLoader)
 
 
-def _parse(text: str) -> Any:
-    loader = BoundedLoader(text)  # the reader checks every character here already
+def _parse(text: str, loader_class: type[BoundedLoader]) -> Any:
+    loader = loader_class(text)  # the reader checks every character here already
     try:
         return loader.get_single_data()
     finally:

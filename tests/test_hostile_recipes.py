@@ -87,6 +87,7 @@ HOSTILE_FILES = {
     "5000-digit-int": ("seed: " + "9" * 5000 + "\n", "a value cannot be read"),
     "nul-byte": ("name: a\x00b\n", "unacceptable character #x0000"),
     "two-documents": ("name: a\n---\nname: b\n", "expected a single document"),
+    "octal-seed": ("name: x\nseed: 0100\n", "line 2: '0100' reads as the octal number 64 in YAML 1.1; write the number without a leading zero"),
 }
 
 
@@ -147,6 +148,17 @@ HOSTILE_SETS = {
     "invalid-yaml-value": (("--set", "seed=x: y: z"), "not valid YAML"),
     "superscript-index": (("--set", "reference_models.\u00b2.name=x"), "'reference_models.\u00b2' needs an index below 1"),
     "too-many-keys": (("--set", ".".join(["a"] * 100) + "=1"), "more than 64 keys"),
+    # YAML reads yes/on/true as True and pydantic True as 1: each built with a budget of 1
+    "budget-yes": (("--set", "perturbation.budget=yes"), "recipe error at perturbation.budget: expected a number, got a truth value"),
+    "step-size-true": (("--set", "perturbation.step_size=true"), "recipe error at perturbation.step_size: expected a number"),
+    "seed-set-off": (("--set", "seed=off"), "recipe error at seed: expected a number, got a truth value"),
+    "mean-with-a-truth-value": (("--set", "reference_models.0.preprocess.mean=[0.5, yes, 0.5]"),
+                                "recipe error at reference_models[0].preprocess.mean: expected a number"),
+    "class-range-with-a-truth-value": (("--set", "source.class_ranges={a: [[0, true]], b: [[2, 2]]}"),
+                                       "recipe error at source.class_ranges: expected a number"),
+    # YAML 1.1 octal and base 60: 010 was 8, 1:30 was 90
+    "seed-octal": (("--set", "seed=010"), "--set 'seed=010': '010' reads as the octal number 8 in YAML 1.1; write the number"),
+    "budget-base-60": (("--set", "perturbation.budget=1:30"), "'1:30' reads as the base 60 number 90 in YAML 1.1"),
 }
 
 
@@ -266,3 +278,11 @@ def test_mutated_tiny_recipe(tiny_recipe: Path, scratch: Path, data: st.DataObje
 @given(st.text(max_size=40), st.text(max_size=40))
 def test_any_override(tiny_recipe: Path, key: str, value: str) -> None:
     check_outcome(tiny_recipe, (f"{key}={value}",))
+
+
+def test_numbers_that_read_alike_in_every_yaml_still_load(tiny_recipe: Path) -> None:
+    """Only forms YAML 1.1 reads otherwise than they look are refused: 007 is 7 either way, a
+    quoted '010' is text, and true/false stay truth values where one is due."""
+    loaded = load_recipe(str(tiny_recipe), ("seed=007", "perturbation.budget=1_0", "description='010'", "output.keep_originals=no"))
+    assert loaded.recipe.seed == 7 and loaded.recipe.perturbation.budget == 10
+    assert loaded.recipe.description == "010" and loaded.recipe.output.keep_originals is False
