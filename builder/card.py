@@ -126,6 +126,7 @@ def render_card(
     return environment.get_template(CARD_TEMPLATE).render(
         header=header,
         manifest=manifest,
+        built_with=manifest.get("built_with") or {},
         recipe=manifest["recipe"],
         generators=manifest["recipe"].get("generators") or {},
         generator=one_generator,

@@ -180,6 +180,45 @@ def test_a_resume_on_another_kind_of_device_is_refused_before_it_builds(tiny_rec
                           "with the same thread count: the same --workers and OMP_NUM_THREADS")
 
 
+def test_a_resume_with_other_package_versions_is_refused(tiny_recipe: Path, tmp_path: Path) -> None:
+    """Pillow's zlib, numpy or a model library's code at another version gives other bytes: a
+    resume with them is refused before it builds, as another torch is; units recorded before the
+    packages were (0.2.1) resume on their device and torch alone."""
+    from builder.build.executors.base import byte_shaping_versions
+    from builder.build.finalize import check_one_kind_of_device
+
+    out = tmp_path / "out"
+    assert build(tiny_recipe, out).exit_code == 0
+    paths = [out / "_stats" / "cnn" / f"test-0000{unit}-of-00003.json" for unit in range(3)]
+    recorded = json.loads(paths[0].read_text())["built_with"]
+    assert recorded["packages"] == byte_shaping_versions() and "pillow" in recorded["packages"] and "pillow's zlib" in recorded["packages"]
+    manifest = (out / "manifest.json").read_bytes()
+    assert json.loads(manifest)["built_with"] == recorded  # what built it, for whoever rebuilds it
+    assert f"({recorded['device']}, torch {recorded['torch']}: another kind of device" in (out / "README.md").read_text()
+    for path in paths[:2]:
+        stats = json.loads(path.read_text())
+        older = {**stats["built_with"]["packages"], "pillow": "9.0.0", "timm": "0.9.2"}
+        path.write_text(json.dumps({**stats, "built_with": {**stats["built_with"], "packages": older}}))
+    paths[2].unlink()
+    assert_one_line_error(build(tiny_recipe, out), "cnn/test-00000-of-00003 was built with other packages than this run has "
+                          "(pillow 9.0.0 against", "resume with the versions that built it, or pass --overwrite")
+    assert not paths[2].exists()  # nothing was built
+    for path in paths[:2]:  # units of 0.2.1 recorded no packages
+        stats = json.loads(path.read_text())
+        path.write_text(json.dumps({**stats, "built_with": {key: stats["built_with"][key] for key in ("device", "torch")}}))
+    assert build(tiny_recipe, out).exit_code == 0 and paths[2].exists()
+    assert (out / "manifest.json").read_bytes() == manifest
+    # the finished units are never one benchmark with other packages, whichever path stitched them
+    from builder.build.finalize import UnitRecords
+    from builder.errors import OutputError
+
+    shards = [json.loads(path.read_text()) for path in paths]
+    shards[0]["built_with"] = {**shards[0]["built_with"], "packages": recorded["packages"]}
+    shards[2]["built_with"] = {**shards[2]["built_with"], "packages": {**recorded["packages"], "numpy": "1.0.0"}}
+    with pytest.raises(OutputError, match=r"the finished units were built with other packages \(numpy .* against 1.0.0, at cnn unit 2\)"):
+        check_one_kind_of_device(UnitRecords(tallies={}, shards={"cnn": shards}, rejects=[]))
+
+
 def test_a_unit_from_a_worker_unlike_the_first_is_left_pending(tiny_recipe: Path, tmp_path: Path) -> None:
     """In a pool of mixed workers the odd one's unit is refused and its stats file removed, so
     the unit is pending again for a resume on one kind of worker."""
@@ -202,6 +241,14 @@ def test_a_unit_from_a_worker_unlike_the_first_is_left_pending(tiny_recipe: Path
     other = WorkerInfo(first.fingerprints, "NVIDIA H100 80GB HBM3", "2.14.1")
     with pytest.raises(OutputError, match="workers differ"):
         _checked(plan, unit, UnitResult(unit, [stats], other), first)  # type: ignore[arg-type]
+    assert not (out / "_stats" / "cnn" / "test-00001-of-00003.json").exists()
+    (out / "_stats" / "cnn" / "test-00001-of-00003.json").write_text(json.dumps(stats))
+    packaged = WorkerInfo(first.fingerprints, "cpu", "2.14.1", {"pillow": "12.0.0", "timm": "1.0.31"})
+    lacking = WorkerInfo(first.fingerprints, "cpu", "2.14.1", {"pillow": "12.0.0"})  # a package one worker lacks is not compared
+    _checked(plan, unit, UnitResult(unit, [stats], lacking), packaged)  # type: ignore[arg-type]
+    older = WorkerInfo(first.fingerprints, "cpu", "2.14.1", {"pillow": "11.3.0", "timm": "1.0.31"})
+    with pytest.raises(OutputError, match="workers differ: one has pillow 12.0.0 against 11.3.0 installed"):
+        _checked(plan, unit, UnitResult(unit, [stats], older), packaged)  # type: ignore[arg-type]
     assert not (out / "_stats" / "cnn" / "test-00001-of-00003.json").exists()
 
 

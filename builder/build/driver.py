@@ -14,7 +14,7 @@ import json
 import logging
 from typing import Any, Hashable, Optional
 
-from builder.build.executors.base import UnitResult, WorkerDied, WorkerInfo, WorkerPool
+from builder.build.executors.base import UnitResult, WorkerDied, WorkerInfo, WorkerPool, package_difference
 from builder.build.plan import BuildPlan
 from builder.build.tally import ConfigTally
 from builder.build.units import WorkUnit
@@ -107,7 +107,7 @@ def _collect(result: UnitResult, bar: Any, tallies: dict[str, ConfigTally], stre
 
 
 def check_same_worker(reference: WorkerInfo, worker: WorkerInfo) -> None:
-    """Refuse a worker whose weights, device kind or torch differ from the first one's."""
+    """Refuse a worker whose weights, device kind, torch or other packages differ from the first one's."""
     for name, fingerprint in worker.fingerprints.items():
         if reference.fingerprints.get(name) != fingerprint:
             raise OutputError(
@@ -119,3 +119,7 @@ def check_same_worker(reference: WorkerInfo, worker: WorkerInfo) -> None:
             f"workers differ: one runs torch {worker.torch} on {worker.device}, another torch {reference.torch} on "
             f"{reference.device}; their bytes would differ, so give every worker the same kind of device and packages"
         )
+    difference = package_difference(reference.packages, worker.packages)
+    if difference:
+        raise OutputError(f"workers differ: one has {difference} installed; their bytes would differ, so install the same "
+                          "package versions on every worker")

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from builder import __version__
+from builder.build.executors.base import package_difference
 from builder.build.plan import BuildPlan
 from builder.build.runner import output_errors
 from builder.build.tally import ConfigTally
@@ -86,6 +87,8 @@ def manifest_of(plan: BuildPlan, records: UnitRecords) -> dict[str, Any]:
         "seed": plan.recipe.seed,
         "device": plan.options.device,
         "versions": package_versions(),
+        # what the units were built on (check_one_kind_of_device: one kind for all), not in the id
+        **({"built_with": built_with} if (built_with := units_built_with(records)) else {}),
         "split": plan.recipe.output.split,
         "class_names": list(plan.settings.class_names),
         "source_samples": plan.total,
@@ -146,6 +149,30 @@ def check_one_kind_of_device(records: UnitRecords) -> None:
         shown = "; ".join(f"{where}: torch {torch} on {device}" for (device, torch), where in sorted(kinds.items()))
         raise OutputError(f"the finished units were built on different kinds of device ({shown}); "
                           "rebuild with --overwrite on one kind, or resume on the kind that built the first units")
+    first: dict[str, Any] = {}
+    for shards in records.shards.values():
+        for stats in shards:
+            packages = (stats.get("built_with") or {}).get("packages")
+            difference = package_difference(first, packages) if isinstance(packages, dict) else ""
+            if difference:
+                raise OutputError(f"the finished units were built with other packages ({difference}, at {stats['config']} unit "
+                                  f"{stats['unit']}); rebuild with --overwrite, or resume with the versions that built the first units")
+            first = {**(packages if isinstance(packages, dict) else {}), **first}
+
+
+def units_built_with(records: UnitRecords) -> dict[str, Any]:
+    """The device kind and torch the finished units recorded (one for all: checked above), with
+    the packages any of them recorded (units of 0.2.1 and before recorded none); {} if none did."""
+    found: dict[str, Any] = {}
+    packages: dict[str, Any] = {}
+    for shards in records.shards.values():
+        for stats in shards:
+            built = stats.get("built_with")
+            if isinstance(built, dict):
+                found = found or built
+                recorded = built.get("packages")
+                packages.update(recorded if isinstance(recorded, dict) else {})
+    return {**found, "packages": dict(sorted(packages.items()))} if found else {}
 
 
 def write_partial_manifest(plan: BuildPlan) -> None:

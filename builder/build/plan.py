@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from builder import __version__
+from builder.build.executors.base import package_difference
 from builder.build.units import WorkUnit, plan_units
 from builder.checkpoints import ResolveContext, find_location
 from builder.components.base import check_image_size
@@ -137,10 +138,10 @@ class BuildPlan:
             raise OutputError(f"--out {self.state.storage.location} changed while this build was starting (another build wrote to it?); "
                               "nothing was deleted: run the command again")
 
-    def check_resumable(self, fingerprints: dict[str, str], built_with: dict[str, str]) -> None:
-        """A resumed build must use the weights, kind of device and torch its finished units were
-        made with (checked before any unit is built: otherwise the new units would be written
-        and the build refused only when finalizing, with no way to finish the dir)."""
+    def check_resumable(self, fingerprints: dict[str, str], built_with: dict[str, Any]) -> None:
+        """A resumed build must use the weights, kind of device, torch and other packages its
+        finished units were made with (checked before any unit is built: otherwise the new units
+        would be written and the build refused only when finalizing, with no way to finish the dir)."""
         for (name, stem), stats in self.state.completed.items():
             if stats.get("reference_weights_sha256") != fingerprints.get(name):
                 raise OutputError(
@@ -154,6 +155,13 @@ class BuildPlan:
                     f"{built_with['torch']} on {built_with['device']}; their bytes would differ: resume on that kind of device "
                     "and torch (on a CPU, with the same thread count: the same --workers and OMP_NUM_THREADS), or pass --overwrite "
                     "to rebuild everything"
+                )
+            packages = before.get("packages") if isinstance(before, dict) else None  # units of 0.2.1 and before: none
+            difference = package_difference(packages, built_with["packages"]) if isinstance(packages, dict) else ""
+            if difference:
+                raise OutputError(
+                    f"{name}/{stem} was built with other packages than this run has ({difference}); their bytes would "
+                    "differ: resume with the versions that built it, or pass --overwrite to rebuild everything"
                 )
 
 

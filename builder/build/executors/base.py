@@ -9,23 +9,59 @@ torch version it runs, so the driver can refuse a worker that would write other 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Optional, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Mapping, Optional, Protocol
 
 from builder.build.units import WorkUnit
 from builder.errors import BuilderError
 
+#: distributions besides torch whose versions shape a unit's bytes: the models' code (timm,
+#: open_clip, taming, transformers, diffusers), numpy's and Pillow's arithmetic, the Parquet writer
+BYTE_SHAPING_PACKAGES = ("numpy", "pillow", "pyarrow", "timm", "open_clip_torch", "taming-transformers-rom1504",
+                         "transformers", "diffusers")
+
 
 @dataclass(frozen=True)
 class WorkerInfo:
-    """What shapes a worker's bytes besides the recipe: its weights, device kind and torch."""
+    """What shapes a worker's bytes besides the recipe: its weights, device kind, torch and the
+    other packages that compute or encode (:func:`byte_shaping_versions`)."""
 
     fingerprints: dict[str, str]
     device: str  # "cpu" or the GPU's name
     torch: str
+    packages: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"device": self.device, "torch": self.torch}
+        return {"device": self.device, "torch": self.torch, "packages": dict(sorted(self.packages.items()))}
+
+
+def byte_shaping_versions() -> dict[str, str]:
+    """Versions of the installed :data:`BYTE_SHAPING_PACKAGES`, and of the zlib and libwebp
+    Pillow encodes with (another zlib compresses a PNG to other bytes)."""
+    from importlib import metadata
+
+    versions = {}
+    for name in BYTE_SHAPING_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    from PIL import features
+
+    for library in ("zlib", "webp"):
+        version = features.version(library)
+        if version:
+            versions[f"pillow's {library}"] = version
+    return versions
+
+
+def package_difference(before: Mapping[str, Any], now: Mapping[str, Any]) -> str:
+    """'pillow 11.3.0 against 12.1.0' for the first package both sides have at other versions,
+    or '' (a package one side lacks is not compared: a worker may not need it)."""
+    for name in sorted(set(before) & set(now)):
+        if str(before[name]) != str(now[name]):
+            return f"{name} {before[name]} against {now[name]}"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -93,7 +129,7 @@ def current_worker_info(fingerprints: dict[str, str], device: str) -> WorkerInfo
         if kind == "cpu":
             model = cpu_model()
             kind = f"cpu ({model + ', ' if model else ''}{torch.get_num_threads()} threads)"
-    return WorkerInfo(dict(fingerprints), kind, torch.__version__)
+    return WorkerInfo(dict(fingerprints), kind, torch.__version__, byte_shaping_versions())
 
 
 def cpu_model() -> str:
