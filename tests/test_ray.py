@@ -101,6 +101,16 @@ def test_workers_the_cluster_cannot_place_are_refused_or_warned(caplog: pytest.L
     with pytest.raises(BuilderError, match="ask for 3 GPUs in all, the Ray cluster has 0"):
         pool._check_resources(0.5, 1)
     pool.started_ray = False
-    with caplog.at_level("WARNING"):
+    with caplog.at_level("WARNING", logger="builder.build.executors.ray"):
         pool._check_resources(1, 0)
-    assert "the workers it cannot place wait until it grows" in caplog.text
+    assert "the workers it cannot place wait until it grows" in caplog.text and "GPUs" not in caplog.text
+    # a GPU cluster built on its CPUs, without a word, when --device cuda was not given
+    pool.ray.cluster_resources = lambda: {"CPU": 8.0, "GPU": 4.0}
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="builder.build.executors.ray"):
+        pool._check_resources(1, 0)
+    assert "the workers compute on CPUs (--device cpu, the default on Ray) although the cluster has 4 GPUs; pass --device cuda" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="builder.build.executors.ray"):
+        pool._check_resources(1, 1)
+    assert not caplog.text

@@ -97,6 +97,9 @@ class RayPool:
         cannot grow) that is a one-line error before any starts; a cluster joined by address may
         be autoscaling, so there it is a warning."""
         have = self.ray.cluster_resources()
+        if gpus == 0 and float(have.get("GPU", 0.0)) > 0:
+            log.warning("--executor ray: the workers compute on CPUs (--device cpu, the default on Ray) although the cluster has "
+                        "%g GPUs; pass --device cuda to build on them", float(have["GPU"]))
         short = [(what, need, float(have.get(what, 0.0))) for what, need in (("CPU", cpus * self.capacity), ("GPU", gpus * self.capacity))
                  if need > float(have.get(what, 0.0))]
         if not short:
