@@ -85,7 +85,7 @@ class ManifestConfig(_Strict):
     sa: float = 0.0
     pa: float = 0.0
     pa_perturbed: float = 0.0
-    pa_all: float = 0.0  # written before pa was renamed: see builder.metrics.upgrade_figures
+    pa_all: Optional[float] = None  # only in manifests written before pa was renamed: see builder.metrics.upgrade_figures
     fmr: float = 0.0
     num_non_finite: int = 0
 

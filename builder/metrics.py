@@ -81,9 +81,10 @@ _OLD_NAMES = {"pa": "pa_perturbed", "pa_all": "pa"}
 
 def upgrade_figures(row: Mapping[str, Any]) -> dict[str, Any]:
     """A result or manifest row under today's names; a row written before the rename (it has
-    ``pa_all``) has its ``pa``/``pa_all`` figures, intervals and per-class rows renamed."""
-    if "pa_all" not in row:
-        return dict(row)
+    ``pa_all``) has its ``pa``/``pa_all`` figures, intervals and per-class rows renamed. A
+    ``pa_all`` of None is a checked manifest's unset field, not an old row."""
+    if row.get("pa_all") is None:
+        return {key: value for key, value in row.items() if key != "pa_all"}
     upgraded = {key: value for key, value in row.items() if key not in ("pa", "pa_all", "pa_ci", "pa_all_ci")}
     for old, new in _OLD_NAMES.items():
         for suffix in ("", "_ci"):

@@ -90,3 +90,24 @@ def test_the_card_shows_only_the_ways_to_load_what_was_written(tiny_recipe: Path
     else:
         assert [config["config_name"] for config in header["configs"]] == ["cnn"]
         assert ".tar" not in card and "wds.WebDataset" not in card
+
+
+def test_the_cards_table_shows_the_manifests_figures(tiny_build: Path) -> None:
+    """The white-box table reads SA, PA, FMR and PA (perturbed only) from the manifest as written:
+    the checked manifest's unset ``pa_all`` (a field of pre-rename manifests) was taken for an old
+    row, so every card showed PA 0.0 and the real PA under "perturbed only"."""
+    import re
+
+    from builder.benchmark import read_manifest
+    from builder.card import render_card, schema_of
+
+    path = tiny_build / "manifest.json"
+    raw = json.loads(path.read_text())
+    figures = {"sa": 0.75, "pa": 0.5, "fmr": 66.666667, "pa_perturbed": 0.25}
+    raw["configs"]["cnn"].update(figures)
+    path.write_text(json.dumps(raw))  # read_manifest does not check the id: render_card shows what it is given
+    manifest = read_manifest(tiny_build)
+    row = next(line for line in render_card(manifest, schema_of(manifest)).splitlines() if line.startswith("| `cnn` |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[-4:] == ["75.0", "50.0", "66.7", "25.0"], row
+    assert re.search(r"\| PA \| FMR \| PA \(perturbed only\) \|", render_card(manifest, schema_of(manifest)))
