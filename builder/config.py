@@ -41,6 +41,8 @@ MAX_SEED = 2**63  # exclusive: torch and numpy take 64-bit seeds
 MAX_IMAGE_SIZE = 4096
 MAX_BATCH = 65536
 MAX_CLASSES = 100_000
+#: class indices a class range may reach (a model's outputs, a source's classes)
+MAX_OUTPUTS = 1_000_000
 MAX_CLASS_NAME = 256
 #: a split name ``datasets`` accepts (its own rule is ``^\w+(\.\w+)*$``), ASCII only
 SPLIT_NAME = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
@@ -117,6 +119,8 @@ def check_class_ranges(value: ClassRanges | None) -> ClassRanges | None:
         for first, last in ranges:
             if not 0 <= first <= last:
                 raise ValueError(f"'{name}': range [{first}, {last}] must have 0 <= first <= last")
+            if last >= MAX_OUTPUTS:  # pooling lists the indices: a range of billions exhausted memory
+                raise ValueError(f"'{name}': range [{first}, {last}] reaches past {MAX_OUTPUTS - 1}, more outputs than a classifier has")
             spans.append((first, last, name))
     spans.sort()
     for (_, end, before), (first, last, name) in itertools.pairwise(spans):

@@ -40,7 +40,8 @@ def dry_run(loaded: LoadedRecipe, cache_dir: Path, limit: Optional[int] = None) 
     class_names = next((c.class_names for c in source_checks if c.class_names is not None), None)
     samples = next((c.samples for c in source_checks if c.samples is not None), None)
     source_classes = class_count(source_checks)
-    ctx = PreflightContext(loaded.base_dir, cache_dir, recipe.image_size, source_classes, _trained_finder(loaded, cache_dir, class_names))
+    ctx = PreflightContext(loaded.base_dir, cache_dir, recipe.image_size, source_classes, _trained_finder(loaded, cache_dir, class_names),
+                           class_names)
     checks = [Check("recipe", f"{loaded.origin}: valid"), *source_checks]
     counts: dict[str, Optional[int]] = {"source": source_classes}
     for spec in recipe.reference_models:

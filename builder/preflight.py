@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 from builder.checkpoints import ResolveContext, fetch_location, find_location
 from builder.config import ModelSpec
@@ -41,6 +41,8 @@ class PreflightContext(ResolveContext):
     class_count: Optional[int] = None
     #: (location, component) -> the hashed path trained weights live at (None: not known offline)
     trained: Optional[Callable[[str, Any], Optional[Path]]] = None
+    #: the source's class names, when known offline
+    class_names: Optional[tuple[str, ...]] = None
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,23 @@ def head_problem(spec: ModelSpec, pretrained_count: Optional[int]) -> Optional[s
             f"with a {spec.num_classes}-class head")
 
 
+def class_ranges_problem(spec: ModelSpec, class_names: Sequence[str]) -> Optional[str]:
+    """Why ``spec``'s ``class_ranges`` cannot stand for ``class_names`` (one line), or None. Each
+    benchmark class is pooled from the ranges under its own name, whatever order the spec lists
+    them in: a spec listing cat before dog scored dogs as cats, and names no benchmark has
+    were taken by position."""
+    if not spec.class_ranges:
+        return None
+    unknown = [name for name in spec.class_ranges if name not in class_names]
+    missing = [name for name in class_names if name not in spec.class_ranges]
+    if not unknown and not missing:
+        return None
+    shown = ", ".join(repr(name) for name in list(class_names)[:8]) + (", ..." if len(class_names) > 8 else "")
+    wrong = (f"names {unknown[0]!r}, which is not a class of the benchmark" if unknown
+             else f"has no ranges for the class {missing[0]!r}")
+    return f"{spec.model}: class_ranges {wrong}; key the ranges by the benchmark's class names ({shown})"
+
+
 def check_model(spec: ModelSpec, ctx: PreflightContext, where: str) -> list[Check]:
     """A classifier spec: its scheme's checks, then its class ranges against its output count;
     the first check carries the spec's class count when it is known."""
@@ -177,6 +196,9 @@ def check_model(spec: ModelSpec, ctx: PreflightContext, where: str) -> list[Chec
         largest = max(last for ranges in spec.class_ranges.values() for _, last in ranges)
         if classes is not None and largest >= classes:
             return [*checks, Check(where, spec.model, f"{where}: class_ranges reach index {largest} but the model has {classes} outputs; fix the ranges")]
+        named = class_ranges_problem(spec, ctx.class_names) if ctx.class_names is not None else None
+        if named:
+            return [*checks, Check(where, spec.model, f"{where}: {named}")]
         checks.append(Check(f"{where} classes", f"{classes or '?'} outputs pooled into {len(spec.class_ranges)} super-classes"))
         classes = len(spec.class_ranges)
     return [replace(checks[0], classes=classes), *checks[1:]] if checks else checks

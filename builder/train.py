@@ -127,7 +127,7 @@ def train_classifier(spec: ModelSpec, ctx: ComponentContext, out: Path) -> None:
 
     train = spec.train or TrainConfig()
     seed = ctx.train_seed(spec)
-    classifier = pooled(seeded(seed, lambda: build_classifier(spec, ctx, pretrained=False)), spec).to(ctx.device).train()
+    classifier = pooled(seeded(seed, lambda: build_classifier(spec, ctx, pretrained=False)), spec, ctx.class_names).to(ctx.device).train()
 
     def loss_fn(batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(classifier(batch), labels)

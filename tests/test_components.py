@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import os
 import sys
 import types
@@ -476,6 +478,17 @@ def test_class_ranges_pool_a_model_into_super_classes(context: ComponentContext)
     too_far = ModelSpec(model=f"py:{TINY_MODELS}:tiny_cnn", num_classes=4, class_ranges=ranges)
     with pytest.raises(ComponentError, match="class_ranges reach index 5 but the model has 4 outputs"):
         load_classifier(too_far, context)
+    # each class pools the ranges under its own name, in whatever order the spec lists them
+    # (output i was the i-th listed: a spec listing 'one' first scored ones as zeros)
+    listed_otherwise = ModelSpec(model=spec.model, num_classes=6, class_ranges={name: ranges[name] for name in ("two", "one", "zero")})
+    reordered = load_classifier(listed_otherwise, context)
+    reordered.inner.load_state_dict(pooled.inner.state_dict())
+    assert torch.allclose(reordered(images), expected, atol=1e-5)
+    for named, message in (({"zero": [[0, 1]], "one": [[2, 2]], "dog": [[3, 4]]}, "class_ranges names 'dog', which is not a class of the benchmark; "
+                             "key the ranges by the benchmark's class names ('zero', 'one', 'two')"),
+                           ({"zero": [[0, 1]], "one": [[2, 2]]}, "class_ranges has no ranges for the class 'two'")):
+        with pytest.raises(ComponentError, match=re.escape(message)):
+            load_classifier(ModelSpec(model=spec.model, num_classes=6, class_ranges=named), context)
 
 
 def test_a_classifier_with_class_ranges_is_trained_on_its_pooled_super_classes(tmp_path: Path) -> None:

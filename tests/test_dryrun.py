@@ -90,7 +90,12 @@ def test_class_ranges_are_checked_against_the_model() -> None:
     message = failure("imagenet9", "--set", "reference_models.0.class_ranges.dog=[[990, 1005]]")
     assert "class_ranges reach index 1005 but the model has 1000 outputs" in message
     message = failure("imagenet9", "--set", "reference_models.0.class_ranges={dog: [[151, 268]]}")
-    assert "reference model resnet50 1" in message and "source 9" in message
+    assert "reference model resnet50: timm:resnet50.tv_in1k: class_ranges has no ranges for the class 'cat'; key the ranges by the " \
+           "benchmark's class names ('dog', 'cat', 'frog', 'turtle', 'bird', 'primate', 'fish', 'crab', ...)" in message
+    # names the benchmark lacks were pooled by position, and passed the dry run
+    renamed = "{" + ", ".join(f"c{i}: [[{i}, {i}]]" for i in range(9)) + "}"
+    message = failure("imagenet9", "--set", f"reference_models.0.class_ranges={renamed}")
+    assert "class_ranges names 'c0', which is not a class of the benchmark" in message
 
 
 def test_find_location_never_downloads(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,7 +13,7 @@ import importlib.util
 import inspect
 import logging
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Sequence, cast
 
 from torch import nn
 
@@ -24,7 +24,7 @@ from builder.components.preprocess import PooledClassifier, PreprocessedClassifi
 from builder.config import ModelSpec
 from builder.errors import BuilderError, ComponentError, first_line
 from builder.paths import in_recipe_dir
-from builder.preflight import Check, PreflightContext, head_problem, spec_problem
+from builder.preflight import Check, PreflightContext, class_ranges_problem, head_problem, spec_problem
 from builder.registry import closest, unknown_name_message
 
 log = logging.getLogger(__name__)
@@ -375,16 +375,20 @@ def build_classifier(spec: ModelSpec, ctx: ComponentContext, *, pretrained: bool
     return MODELS.get(scheme)(target, spec, ctx, pretrained)
 
 
-def pooled(classifier: PreprocessedClassifier, spec: ModelSpec) -> Any:
-    """The classifier over ``spec.class_ranges``' super-classes, when it has some."""
+def pooled(classifier: PreprocessedClassifier, spec: ModelSpec, class_names: Sequence[str]) -> Any:
+    """The classifier over ``spec.class_ranges``' super-classes, when it has some: output ``i``
+    pools the ranges named ``class_names[i]`` (the spec may list them in any order)."""
     if not spec.class_ranges:
         return classifier
-    groups = [[i for first, last in ranges for i in range(first, last + 1)] for ranges in spec.class_ranges.values()]
-    largest = max(max(group) for group in groups)
+    problem = class_ranges_problem(spec, class_names)
+    if problem:
+        raise ComponentError(problem)
+    largest = max(last for ranges in spec.class_ranges.values() for _, last in ranges)  # before listing: a range may span billions
     if largest >= classifier.num_classes:
         raise ComponentError(
             f"{spec.model}: class_ranges reach index {largest} but the model has {classifier.num_classes} outputs; fix the ranges"
         )
+    groups = [[i for first, last in spec.class_ranges[name] for i in range(first, last + 1)] for name in class_names]
     return PooledClassifier(classifier, groups)
 
 
@@ -398,7 +402,7 @@ def load_classifier(spec: ModelSpec, ctx: ComponentContext, *, classes_of: str =
         path = ctx.trained_location(fetch_location(spec.checkpoint, ctx.locations), spec)
         state = load_state_dict(path, cache_dir=ctx.cache_dir, what=f"{spec.model} checkpoint")
         load_weights(classifier.net, state, path=path, what=spec.model)
-    classifier = pooled(classifier, spec)
+    classifier = pooled(classifier, spec, ctx.class_names)
     if classifier.num_classes != len(ctx.class_names):
         fix = ("pick the outputs that stand for them with label_map or class_ranges, or give num_classes with a checkpoint "
                "(or a train block) holding a head for them") if pretrained else "set num_classes or use a model trained on these classes"
