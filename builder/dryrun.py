@@ -67,6 +67,8 @@ def _weights_checks(config: Any, ctx: PreflightContext, where: str, checks: list
         return []
     found_checks = []
     for found in component_weights(config, where):
+        if found.kind == "folder":  # the kind's own checks say where its folder or Hub model is
+            continue
         check = weights_check(found, ctx)
         leak = source.training_split_problem(found.component.train.split) if found.trained else None
         found_checks.append(dataclasses.replace(check, problem=f"{found.what}: {leak}") if leak and not check.problem else check)

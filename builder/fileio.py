@@ -158,6 +158,15 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def sha256_tree(folder: Path) -> str:
+    """One sha256 over a folder's files (their paths relative to it and their own sha256s): a
+    pretrained model kept as a folder (a diffusers or open_clip save) is its files together."""
+    digest = hashlib.sha256()
+    for path in sorted(item for item in folder.rglob("*") if item.is_file()):
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{sha256_file(path)}\n".encode())
+    return digest.hexdigest()
+
+
 def sha256_json(payload: Any) -> str:
     text = json.dumps(without_nan(payload), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -54,8 +54,9 @@ class Weights:
     location: Optional[str]
     component: Any
     trained: bool = False
-    #: "weights", or "mask": a generator's fit-mask file (checked and fingerprinted like weights,
-    #: never trained into)
+    #: "weights", "mask": a generator's fit-mask file (checked and fingerprinted like weights,
+    #: never trained into), or "folder": a setting that names a pretrained model's folder when it
+    #: is a local one (else a Hub id: pinned by its revision), fingerprinted as its files together
     kind: str = "weights"
 
 

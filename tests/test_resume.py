@@ -325,3 +325,32 @@ def test_sigterm_during_any_commands_download_leaves_no_temp_file(tiny_build: Pa
         server.shutdown()
     assert process.returncode == 130 and stderr.strip().endswith("interrupted") and "Traceback" not in stderr, stderr
     assert not [p for p in cache.rglob(".*.tmp-*") if p.is_file()]
+
+
+def test_a_local_pretrained_folder_is_part_of_the_build_identity(tmp_path: Path) -> None:
+    """A diffusers VAE or an open_clip model kept as a local folder is fingerprinted by its files:
+    files replaced in place were taken for the old model, and a resume stitched the two."""
+    from builder.build.plan import weights_fingerprint
+    from builder.checkpoints import ResolveContext
+    from builder.config import parse_recipe, recipe_to_dict
+
+    for name in ("vae", "clip"):
+        (tmp_path / name / "sub").mkdir(parents=True)
+        (tmp_path / name / "config.json").write_text("{}")
+        (tmp_path / name / "sub" / "weights.safetensors").write_bytes(b"first")
+    recipe = parse_recipe({
+        "name": "folders", "source": {"kind": "sklearn-digits", "split": "test"}, "image_size": 32,
+        "reference_models": [{"model": "py:builder.zoo:digits_convnext", "pretrained": False}],
+        "generator": {"kind": "vae", "model": "vae"},
+        "oracle": {"kind": "clip", "model": "local-dir:clip", "pretrained": ""},
+    })
+    context = ResolveContext(tmp_path, tmp_path / "cache")
+    before = weights_fingerprint(recipe, context)
+    assert set(before) >= {"generator folder", "oracle folder"} and before["generator folder"]["location"] == "vae"
+    for name, what in (("vae", "generator folder"), ("clip", "oracle folder")):
+        (tmp_path / name / "sub" / "weights.safetensors").write_bytes(b"other")
+        after = weights_fingerprint(recipe, context)
+        assert after[what] != before[what] and {k: v for k, v in after.items() if k != what} == {k: v for k, v in before.items() if k != what}
+        before = after
+    hub = parse_recipe({**recipe_to_dict(recipe), "generator": {"kind": "vae", "model": "org/not-a-folder"}})
+    assert "generator folder" not in weights_fingerprint(hub, context)  # a Hub id: pinned by its revision, not hashed

@@ -18,7 +18,7 @@ from builder.checkpoints import ResolveContext, find_location
 from builder.components.base import check_image_size
 from builder.config import Recipe, recipe_to_dict
 from builder.errors import OutputError
-from builder.fileio import sha256_file
+from builder.fileio import sha256_file, sha256_tree
 from builder.manifest import MANIFEST_FORMAT
 from builder.outdir import OutputState, check_unlocked, first_look, inspect_output
 from builder.paths import source_locations
@@ -241,6 +241,11 @@ def weights_fingerprint(recipe: Recipe, locations: ResolveContext) -> dict[str, 
     for where, config in (*recipe.generator_sections, ("oracle", recipe.oracle), *models):
         for found in component_weights(config, where):
             if found.location is None:
+                continue
+            if found.kind == "folder":
+                folder = find_location(found.location, locations).path
+                if folder is not None and folder.is_dir():  # files replaced in place resumed as the old model
+                    fingerprint[found.what] = {"location": found.location, "sha256": sha256_tree(folder)}
                 continue
             entry = {"location": found.location}
             place = find_location(found.location, locations)

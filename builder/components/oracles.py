@@ -370,7 +370,10 @@ def _sourced_clip_preflight(config: ClipOracleConfig, name: str, ctx: PreflightC
 
 
 def clip_weights(config: ClipOracleConfig, where: str) -> list[Weights]:
-    """A ``pretrained`` that names a file (an open_clip tag, Hub repo or folder is open_clip's own)."""
+    """A ``pretrained`` that names a file (an open_clip tag, Hub repo or folder is open_clip's own);
+    a ``local-dir:`` model's folder is fingerprinted."""
+    if config.model.startswith(CLIP_FOLDER):
+        return [Weights(f"{where} folder", config.model[len(CLIP_FOLDER):], config, kind="folder")]
     if not _LOCATION.search(config.pretrained):
         return []
     return [Weights(f"{where} weights", config.pretrained, config, config.train is not None)]

@@ -254,9 +254,10 @@ def vae_preflight(config: VAEConfig, ctx: PreflightContext, where: str) -> list[
 
 
 def vae_weights(config: VAEConfig, where: str) -> list[Weights]:
-    """A VAE built here reads its checkpoint; a pretrained one is checked by the preflight."""
+    """A VAE built here reads its checkpoint; a pretrained one is checked by the preflight, and
+    its folder, when it is a local one, is fingerprinted."""
     if config.architecture is None:
-        return []
+        return [Weights(f"{where} folder", config.model, config, kind="folder")] if config.model else []
     return [Weights(f"{where} weights", config.checkpoint, config, config.train is not None and config.checkpoint is not None)]
 
 
