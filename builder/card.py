@@ -15,7 +15,7 @@ from builder.errors import BuilderError
 from builder.fileio import json_bytes, write_bytes_atomic
 from builder.licenses import card_license
 from builder.manifest import generator_of
-from builder.metrics import upgrade_figures
+from builder.metrics import figure_texts, upgrade_figures
 from builder.paths import bundled_dir
 from builder.writers.base import ShardSchema, attributes_of
 
@@ -122,7 +122,8 @@ def render_card(
     for name, config in manifest["configs"].items():
         spec = " ".join(str(config["reference_model"]["model"]).split()).replace("`", "'")  # stays inside its code span
         generator = str((config.get("generator") or {}).get("name", ""))
-        rows.append({"name": name, "num_non_finite": 0, **upgrade_figures(config), "spec": spec, "generator": generator})
+        figures = upgrade_figures(config)
+        rows.append({"name": name, "num_non_finite": 0, **figures, "spec": spec, "generator": generator, "text": figure_texts(figures)})
     return environment.get_template(CARD_TEMPLATE).render(
         header=header,
         manifest=manifest,

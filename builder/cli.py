@@ -227,6 +227,8 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def format_summary(name: str, summary: Any) -> str:
+    from builder.metrics import figure_texts
+
     width = max([14, *(len(config) + 2 for config in summary.configs)])
     lines = [
         f"built {name} -> {summary.out_dir} in {summary.seconds:.1f} s "
@@ -234,9 +236,11 @@ def format_summary(name: str, summary: Any) -> str:
         f"{'config':<{width}}{'samples':>8}{'perturbed':>11}{'mean steps':>12}{'SA':>8}{'PA':>8}{'FMR':>8}{'PA pert.':>10}",
     ]
     for config, figures in summary.configs.items():
+        text = figure_texts(figures)  # "–" where undefined (FMR with SA 0, ...)
+        pa_perturbed = text["pa_perturbed"] + ("%" if text["pa_perturbed"] != "–" else "")
         lines.append(
-            f"{config:<{width}}{figures['num_samples']:>8}{figures['perturbed_share']:>11.1%}{figures['mean_steps']:>12.2f}"
-            f"{figures['sa']:>8.1%}{figures['pa']:>8.1%}{figures['fmr']:>8.1f}{figures['pa_perturbed']:>10.1%}"
+            f"{config:<{width}}{figures['num_samples']:>8}{figures['perturbed_share']:>11.1%}{text['mean_steps']:>12}"
+            f"{figures['sa']:>8.1%}{figures['pa']:>8.1%}{text['fmr']:>8}{pa_perturbed:>10}"
         )
     lines.append(
         "reference model: SA on the originals, PA on the generated set (unperturbed samples keep x), "

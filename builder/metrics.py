@@ -75,6 +75,18 @@ def compute_metrics(outcomes: Outcomes, *, bootstrap: int = 1000, seed: int = 0,
     return result
 
 
+def figure_texts(row: Mapping[str, Any]) -> dict[str, str]:
+    """A build's mean steps, FMR and PA (perturbed only) as shown in its card and summary: "–"
+    where the figure is undefined (no correct original: FMR; no perturbed sample: the other two),
+    which the manifest records as 0.0 and a reader took for "every sample wrong"."""
+    perturbed, sa = row.get("num_perturbed", 1), row.get("sa")
+    return {
+        "mean_steps": "–" if not perturbed else f"{row['mean_steps']:.2f}",
+        "fmr": "–" if not sa else f"{row['fmr']:.1f}",
+        "pa_perturbed": "–" if not perturbed else f"{100 * row['pa_perturbed']:.1f}",
+    }
+
+
 #: the old names of figures (and their ``_ci`` intervals): perturbed-only ``pa``, numerator ``pa_all``
 _OLD_NAMES = {"pa": "pa_perturbed", "pa_all": "pa"}
 

@@ -111,3 +111,27 @@ def test_the_cards_table_shows_the_manifests_figures(tiny_build: Path) -> None:
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     assert cells[-4:] == ["75.0", "50.0", "66.7", "25.0"], row
     assert re.search(r"\| PA \| FMR \| PA \(perturbed only\) \|", render_card(manifest, schema_of(manifest)))
+
+
+def test_undefined_figures_read_as_undefined_not_zero(tiny_build: Path) -> None:
+    """FMR with no correct original, and the mean steps and PA of the perturbed samples when none
+    was perturbed, are undefined: the card and the build's summary showed 0.0 ("every sample
+    wrong"), while score writes null for them."""
+    from types import SimpleNamespace
+
+    from builder.benchmark import read_manifest
+    from builder.card import render_card, schema_of
+    from builder.cli import format_summary
+
+    path = tiny_build / "manifest.json"
+    raw = json.loads(path.read_text())
+    raw["configs"]["cnn"].update({"sa": 0.0, "pa": 0.25, "fmr": 0.0, "num_perturbed": 0, "perturbed_share": 0.0, "pa_perturbed": 0.0, "mean_steps": 0.0})
+    path.write_text(json.dumps(raw))
+    manifest = read_manifest(tiny_build)
+    row = next(line for line in render_card(manifest, schema_of(manifest)).splitlines() if line.startswith("| `cnn` |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[-6:] == ["0.0%", "–", "0.0", "25.0", "–", "–"], row
+    summary = SimpleNamespace(out_dir=tiny_build, seconds=1.0, source_samples=12, rejects=0, configs={"cnn": manifest["configs"]["cnn"]},
+                              manifest_id=manifest["id"])
+    line = next(text for text in format_summary("tiny", summary).splitlines() if text.startswith("cnn "))
+    assert line.split() == ["cnn", "12", "0.0%", "–", "0.0%", "25.0%", "–", "–"]
