@@ -11,6 +11,7 @@ mapped onto a stub class, so pytorch_lightning is never imported or executed.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import pickle
 import re
@@ -530,6 +531,8 @@ def save_state_dict(state: Mapping[str, Any], path: Path) -> None:
 #: the first tool version whose ``reference_weights_sha256`` is :func:`weights_fingerprint`'s
 #: (before it, the persistent weights' alone: :func:`persistent_weights_fingerprint`)
 FUNCTION_FINGERPRINT_SINCE = (0, 2, 1)
+#: the first tool version whose fingerprint covers a spec's ``kwargs`` (before it, none did)
+KWARGS_FINGERPRINT_SINCE = (0, 2, 2)
 
 
 def persistent_weights_fingerprint(module: Any) -> str:
@@ -538,16 +541,27 @@ def persistent_weights_fingerprint(module: Any) -> str:
     return _tensors_digest(dict(module.state_dict()), [])
 
 
-def weights_fingerprint(module: Any) -> str:
+#: the attribute of a loaded model holding its spec's ``kwargs``, read by :func:`weights_fingerprint`
+FINGERPRINT_KWARGS = "fingerprint_kwargs"
+
+
+def weights_fingerprint(module: Any, kwargs: Optional[Mapping[str, Any]] = None) -> str:
     """sha256 of what a model computes from its input: its parameters and every buffer (names,
     dtypes, shapes, values), non-persistent ones too (the normalisation, the outputs a label map
-    keeps, the groups classes are pooled in), and the text of each submodule's
-    ``fingerprint_text()`` (the preprocessing's size, crop and interpolation). A score calls a
-    model white-box on a benchmark when this matches the reference model's: the same weights
-    behind other preprocessing or another label map were called white-box."""
+    keeps, the groups classes are pooled in), the text of each submodule's
+    ``fingerprint_text()`` (the preprocessing's size, crop and interpolation), and its spec's
+    ``kwargs`` (given, else kept by the module as :data:`FINGERPRINT_KWARGS`): timm's
+    ``global_pool: max`` over the same weights is another function. A score calls a model
+    white-box on a benchmark when this matches the reference model's: the same weights behind
+    other preprocessing, another label map or other kwargs were called white-box. Empty kwargs
+    add nothing, so fingerprints recorded before kwargs counted still match."""
     tensors = dict(module.state_dict())
     tensors.update({name: buffer for name, buffer in module.named_buffers() if name not in tensors and buffer is not None})
     texts = [f"{name}:{text()}" for name, sub in module.named_modules() if callable(text := getattr(sub, "fingerprint_text", None))]
+    if kwargs is None:
+        kwargs = next((kept for sub in module.modules() if (kept := getattr(sub, FINGERPRINT_KWARGS, None)) is not None), None)
+    if kwargs:
+        texts.append(f"kwargs:{json.dumps(dict(kwargs), sort_keys=True, separators=(',', ':'), default=str)}")
     return _tensors_digest(tensors, texts)
 
 

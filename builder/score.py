@@ -424,9 +424,10 @@ def score(
 
 def is_white_box(classifier: Any, manifest: dict[str, Any], recorded: Optional[str]) -> bool:
     """Whether ``classifier`` is the reference model a config was built against: its fingerprint
-    is the one recorded. A build of a version before the fingerprint covered the preprocessing
-    recorded its persistent weights' alone, compared as such."""
-    from builder.checkpoints import FUNCTION_FINGERPRINT_SINCE, persistent_weights_fingerprint, weights_fingerprint
+    is the one recorded. A build of a version before the fingerprint covered the spec's kwargs
+    recorded it without them, and one before it covered the preprocessing its persistent weights'
+    alone: each compared as such."""
+    from builder.checkpoints import FUNCTION_FINGERPRINT_SINCE, KWARGS_FINGERPRINT_SINCE, persistent_weights_fingerprint, weights_fingerprint
 
     if recorded is None:
         return False
@@ -434,6 +435,8 @@ def is_white_box(classifier: Any, manifest: dict[str, Any], recorded: Optional[s
         return True
     version = str((manifest.get("tool") or {}).get("version", "0"))
     parts = tuple(int(part) if part.isdigit() else 0 for part in version.split(".")[:3])
+    if parts < KWARGS_FINGERPRINT_SINCE and weights_fingerprint(classifier, {}) == recorded:
+        return True
     return parts < FUNCTION_FINGERPRINT_SINCE and persistent_weights_fingerprint(classifier) == recorded
 
 

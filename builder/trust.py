@@ -2,8 +2,8 @@
 
 A recipe the user runs is theirs and trusted. A model spec read from a manifest, a result
 file or anything downloaded is data: if building it would import or call code (``py:``, or
-any model scheme registered with ``runs_code``, such as ``hf:`` with
-``trust_remote_code``), it is refused unless the user
+any model scheme registered with ``runs_code``, such as ``hf:`` with ``trust_remote_code``
+or any ``from_pretrained`` kwarg outside its inert loading options), it is refused unless the user
 passes ``--trust-remote-code``, as ``datasets`` and ``transformers`` do.
 """
 

@@ -4,10 +4,12 @@ as from the Hub: the loaders' own download paths, not a local directory standing
 from __future__ import annotations
 
 import importlib
+import io
 import json
 from pathlib import Path
 
 import open_clip
+import pytest
 import timm
 import torch
 import yaml
@@ -209,3 +211,29 @@ def test_a_folder_whose_config_the_package_cannot_use_is_not_called_a_network_pr
         scored = CliRunner().invoke(main, ["-q", "score", "--benchmark", str(built), "--model", spec, "--workers", "0"])
         message = assert_one_line_error(scored, *fragments)
         assert ("network" in message) == ("empty" in spec), message
+
+
+def test_hf_weights_fetched_from_the_hub_but_unreadable_are_one_line_naming_the_cached_file(tmp_path: Path, reading_hub, context) -> None:
+    """A truncated pytorch_model.bin of a Hub model was 'cannot load it from the HF cache or the
+    Hub ([Errno 22] ...)', naming neither the file nor the truncation; a corrupt safetensors
+    file was a raw SafetensorError."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    from builder.components.models import load_classifier
+    from builder.config import ModelSpec
+    from builder.errors import ComponentError
+
+    config = ViTConfig(image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, num_labels=3)
+    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(tmp_path / "vit")
+    config.save_pretrained(tmp_path / "vit")
+    files = saved_files(tmp_path / "vit")
+    buffer = io.BytesIO()
+    torch.save(ViTForImageClassification(config).state_dict(), buffer)
+    reading_hub.add_files("org/cut-vit", {**files, "pytorch_model.bin": buffer.getvalue()[: len(buffer.getvalue()) // 2]}, kind="models")
+    reading_hub.add_files("org/corrupt-vit", {**files, "model.safetensors": b"\0" * 16}, kind="models")
+    for repo, name, reason in (("org/cut-vit", "pytorch_model.bin", "it ends too early: truncated"),
+                               ("org/corrupt-vit", "model.safetensors", "Error while deserializing header")):
+        with pytest.raises(ComponentError, match=rf"^hf:{repo}: cannot read \S+/models--org--{repo[4:]}/snapshots/\w+/{name} \({reason}"
+                                                 r".*\); re-download it or save it again") as caught:
+            load_classifier(ModelSpec(model=f"hf:{repo}"), context)
+        assert "\n" not in str(caught.value)

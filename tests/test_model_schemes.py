@@ -6,20 +6,22 @@ offline checks of wrong names."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from helpers import TINY_MODELS, build
+from helpers import TINY_MODELS, assert_one_line_error, build
 from PIL import Image
 
 from builder.cli import main
 from builder.components.base import ComponentContext, prompt_template_of
 from builder.components.models import load_classifier
+from builder.components.preprocess import PreprocessedClassifier, Preprocessing
 from builder.config import ModelSpec
 from builder.errors import ComponentError
 
@@ -342,6 +344,44 @@ def test_labels_that_differ_only_in_case_or_repeat_keep_their_own_outputs() -> N
     assert label_outputs("m", synonyms, ("goldfish", "tench", "tinca")) == [1, 0, 2]  # the label itself before a synonym
 
 
+def test_a_label_map_sending_two_classes_to_one_output_is_refused() -> None:
+    """{fish: 0, gold: 0} gave outputs [0, 0]: the gold images could never be right; matching by
+    name refused the same thing."""
+    from builder.components.labels import label_outputs
+
+    labels = ["tench", "goldfish", "crane", "crane bird"]
+    with pytest.raises(ComponentError, match=r"^m: label_map sends the benchmark classes 'fish' and 'gold' both to the model's output "
+                                             r"\[0\] 'tench'; map each class to an output of its own$"):
+        label_outputs("m", labels, ("fish", "gold"), {"fish": 0, "gold": "tench"})
+    with pytest.raises(ComponentError, match=r"^m: the benchmark repeats the class 'crane', so label_map sends both to the model's output "
+                                             r"\[3\] 'crane bird'; use a model whose labels are the benchmark's classes in order"):
+        label_outputs("m", labels, ("tench", "crane", "goldfish", "crane"), {"tench": 0, "crane": 3, "goldfish": 1})
+    assert label_outputs("m", labels, ("fish", "gold"), {"fish": 1, "gold": "tench"}) == [1, 0]
+
+
+def test_class_ranges_pool_the_raw_outputs_of_pretrained_hf_and_torchvision_models(tmp_path: Path, colours: ComponentContext,
+                                                                                   hub_dir: Path) -> None:
+    """The super-classes of class_ranges are no label names: hf: and torchvision: matched them
+    against the model's labels and refused, advising label_map (which class_ranges excludes)."""
+    from builder.preflight import PreflightContext, check_model
+
+    folder = save_hf_model(tmp_path / "shades", labels=("navy", "sky", "lime", "crimson"))
+    spec = ModelSpec(model=f"hf:{folder}", class_ranges={"blue": [[0, 1]], "green": [[2, 2]], "red": [[3, 3]]})
+    pooled = load_classifier(spec, colours)
+    images = torch.rand(2, 3, 16, 16)
+    raw = pooled.inner(images)
+    assert pooled.num_classes == 3 and pooled.inner.outputs is None
+    assert torch.allclose(pooled(images), torch.stack([raw[:, :2].logsumexp(1), raw[:, 2], raw[:, 3]], 1), atol=1e-6)
+    ranges = {"blue": [[0, 9]], "green": [[10, 19]], "red": [[20, 29]]}
+    imagenet = load_classifier(ModelSpec(model=TV_WEIGHTS, class_ranges=ranges), colours)
+    assert imagenet.num_classes == 3 and imagenet.inner.outputs is None and imagenet.inner.num_classes == 1000
+    # the dry run counts the raw outputs, so ranges past them are caught before loading
+    dry = PreflightContext(tmp_path, tmp_path / "cache", image_size=16, class_count=3, class_names=CLASSES)
+    assert [check.detail for check in check_model(spec, dry, "ref")][1:] == ["4 outputs pooled into 3 super-classes"]
+    too_far = check_model(ModelSpec(model=TV_WEIGHTS, class_ranges={**ranges, "red": [[20, 1000]]}), dry, "ref")
+    assert "class_ranges reach index 1000 but the model has 1000 outputs" in str(too_far[-1].problem)
+
+
 def test_benchmark_classes_named_by_wordnet_synonyms_match_short_labels(colours: ComponentContext, hub_dir: Path) -> None:
     """A benchmark of ImageNet's WordNet names ("tench, Tinca tinca", as the Hub's imagenet-1k
     names them) against torchvision's short labels ("tench"): only the model's labels were split
@@ -526,6 +566,121 @@ def test_hf_with_remote_code_counts_as_code() -> None:
     assert not runs_code(ModelSpec(model="hf:org/model"))
     assert runs_code(ModelSpec(model="hf:org/model", kwargs={"trust_remote_code": True}))
     assert not runs_code(ModelSpec(model="torchvision:resnet18")) and not runs_code(ModelSpec(model="clip:ViT-B-32/openai"))
+
+
+class _Mkdir:
+    """Unpickled, it makes ``marker``: what a crafted pytorch_model.bin can run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        import os
+
+        return os.mkdir, (str(self.marker),)
+
+
+def save_bin_hf_model(folder: Path, *, payload: Optional[Path] = None, cut: bool = False) -> Path:
+    """A tiny hf: model with its weights as pytorch_model.bin (a pickle), holding a call that
+    makes ``payload`` when unpickled, or cut to half its length. Its config names no dtype, so
+    Transformers unpickles the weights with the spec's ``weights_only`` to find it."""
+    from transformers import ViTForImageClassification
+
+    net = ViTForImageClassification.from_pretrained(save_hf_model(folder))
+    (folder / "model.safetensors").unlink()
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({key: value for key, value in config.items() if key not in ("dtype", "torch_dtype")}))
+    torch.save({**net.state_dict(), **({"payload": _Mkdir(payload)} if payload else {})}, folder / "pytorch_model.bin")
+    if cut:
+        data = (folder / "pytorch_model.bin").read_bytes()
+        (folder / "pytorch_model.bin").write_bytes(data[: len(data) // 2])
+    return folder
+
+
+def test_hf_kwargs_that_may_run_code_count_as_code() -> None:
+    """A spec's kwargs go to from_pretrained: weights_only: false unpickles the weights,
+    use_kernels and a Hub attn_implementation fetch kernels; only inert loading options don't count."""
+    from builder.trust import runs_code
+
+    for kwargs in ({"weights_only": False}, {"use_kernels": True}, {"attn_implementation": "kernels-community/flash-attn"},
+                   {"attn_implementation": "flash_attention_2"}, {"trust_remote_code": True}, {"output_attentions": True}):
+        assert runs_code(ModelSpec(model="hf:org/model", kwargs=kwargs)), kwargs
+    for kwargs in ({"dtype": "float16", "torch_dtype": "auto", "ignore_mismatched_sizes": True, "subfolder": "x", "use_safetensors": True,
+                    "low_cpu_mem_usage": True}, {"attn_implementation": "sdpa", "weights_only": True, "trust_remote_code": False},
+                   {"attn_implementation": "eager"}):
+        assert not runs_code(ModelSpec(model="hf:org/model", kwargs=kwargs)), kwargs
+
+
+def test_a_weights_only_false_hf_spec_from_data_is_refused_before_its_pickle_runs(built: Path, tmp_path: Path) -> None:
+    """A manifest naming an hf: model with kwargs {weights_only: false} had Transformers unpickle
+    its pytorch_model.bin (any code) without --trust-remote-code."""
+    from builder.trust import UntrustedCodeError, require_trusted
+
+    marker = tmp_path / "payload-ran"
+    spec = {"model": f"hf:{save_bin_hf_model(tmp_path / 'evil', payload=marker)}", "name": "cnn", "kwargs": {"weights_only": False}}
+    with pytest.raises(UntrustedCodeError, match="would import and run code; nothing was run: pass --trust-remote-code"):
+        require_trusted([ModelSpec.model_validate(spec)], "a downloaded zoo file", trust_remote_code=False)
+    manifest = json.loads((built / "manifest.json").read_text())
+    manifest["configs"]["cnn"]["reference_model"] = spec
+    (built / "manifest.json").write_text(json.dumps(manifest))
+    args = ["-q", "score", "--benchmark", str(built), "--model", "ref:cnn", "--workers", "0", "--bootstrap", "0"]
+    assert_one_line_error(CliRunner().invoke(main, args), "manifest of", "trust-remote-code", "nothing was run")
+    assert not marker.exists()
+    trusted = CliRunner().invoke(main, [*args, "--trust-remote-code"])
+    assert marker.exists(), trusted.output  # the pickle is live: the flag lets it run
+
+
+def test_hf_weights_that_cannot_be_read_are_one_line_naming_the_file(tmp_path: Path, colours: ComponentContext) -> None:
+    """A pickle of more than tensors was a raw UnpicklingError traceback; a truncated one said
+    'cannot load it from the HF cache or the Hub ([Errno 22] ...)' for a local directory."""
+    marker = tmp_path / "payload-ran"
+    evil = save_bin_hf_model(tmp_path / "evil", payload=marker)
+    save_bin_hf_model(tmp_path / "cut", cut=True)
+    corrupt = save_hf_model(tmp_path / "corrupt")
+    (corrupt / "model.safetensors").write_bytes(b"\0" * 16)
+    cases = {  # by absolute path, and relative to the recipe's folder
+        f"hf:{evil}": rf"cannot read {re.escape(str(evil / 'pytorch_model.bin'))} \(it pickles \w+\.mkdir, which loading with weights_only refuses\)",
+        "hf:cut": rf"cannot read {re.escape(str(tmp_path / 'cut' / 'pytorch_model.bin'))} \(it ends too early: truncated\)",
+        f"hf:{corrupt}": rf"cannot read {re.escape(str(corrupt / 'model.safetensors'))} \(Error while deserializing header",
+    }
+    for model, reason in cases.items():
+        with pytest.raises(ComponentError, match=rf"^{re.escape(model)}: {reason}.*; re-download it or save it again") as caught:
+            load_classifier(ModelSpec(model=model), colours)
+        assert "\n" not in str(caught.value) and "Hub" not in str(caught.value)
+    assert not marker.exists()
+
+
+def fixed_classifier() -> PreprocessedClassifier:
+    """A tiny classifier whose weights are set by formula, not drawn: its fingerprint is a constant."""
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3))
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter.copy_(torch.arange(parameter.numel(), dtype=torch.float32).view_as(parameter) / parameter.numel())
+    return PreprocessedClassifier(net, Preprocessing(input_size=4), 3, "py:fixed")
+
+
+def test_a_spec_s_kwargs_count_in_the_weights_fingerprint_and_none_leave_it_as_it_was(tmp_path: Path, colours: ComponentContext) -> None:
+    """timm's global_pool: max over the same checkpoint computes other logits, yet had the same
+    fingerprint, so score called it white-box; without kwargs the fingerprint is what it was."""
+    import timm
+
+    from builder.checkpoints import FINGERPRINT_KWARGS, save_state_dict, weights_fingerprint
+
+    before = "72ca18286d6012842375e64a245f7a2aba87871f5d5b466142309a22f4c48e28"  # weights_fingerprint before kwargs counted
+    assert weights_fingerprint(fixed_classifier()) == weights_fingerprint(fixed_classifier(), {}) == before
+    torch.manual_seed(0)
+    save_state_dict(timm.create_model("test_resnet", num_classes=3).state_dict(), tmp_path / "w.safetensors")
+    plain, maxed = (load_classifier(ModelSpec(model="timm:test_resnet", pretrained=False, checkpoint=str(tmp_path / "w.safetensors"),
+                                              kwargs=kwargs), colours) for kwargs in ({}, {"global_pool": "max"}))
+    images = torch.rand(2, 3, 16, 16)
+    assert not torch.allclose(plain(images), maxed(images))
+    assert weights_fingerprint(plain, {}) == weights_fingerprint(plain) == weights_fingerprint(maxed, {})  # the same tensors
+    assert weights_fingerprint(maxed, {"global_pool": "max"}) != weights_fingerprint(plain, {})
+    assert weights_fingerprint(maxed, {"global_pool": "max"}) != weights_fingerprint(maxed, {"global_pool": "avg"})
+    assert weights_fingerprint(maxed, {"global_pool": "max", "drop_rate": 0}) == weights_fingerprint(maxed, {"drop_rate": 0, "global_pool": "max"})
+    # load_classifier keeps the spec's kwargs on the model it returns: counted unasked
+    assert getattr(maxed, FINGERPRINT_KWARGS) == {"global_pool": "max"}
+    assert weights_fingerprint(maxed) == weights_fingerprint(maxed, {"global_pool": "max"}) != weights_fingerprint(plain)
 
 
 # ----------------------------------------------------------------------------- dry run

@@ -352,5 +352,11 @@ def test_a_local_pretrained_folder_is_part_of_the_build_identity(tmp_path: Path)
         after = weights_fingerprint(recipe, context)
         assert after[what] != before[what] and {k: v for k, v in after.items() if k != what} == {k: v for k, v in before.items() if k != what}
         before = after
+    (tmp_path / "vit" / "sub").mkdir(parents=True)
+    (tmp_path / "vit" / "sub" / "model.safetensors").write_bytes(b"first")
+    with_hf = parse_recipe({**recipe_to_dict(recipe), "reference_models": [{"model": "hf:vit", "name": "vit"}]})
+    first = weights_fingerprint(with_hf, context)["reference model vit folder"]
+    (tmp_path / "vit" / "sub" / "model.safetensors").write_bytes(b"other")
+    assert weights_fingerprint(with_hf, context)["reference model vit folder"] != first
     hub = parse_recipe({**recipe_to_dict(recipe), "generator": {"kind": "vae", "model": "org/not-a-folder"}})
     assert "generator folder" not in weights_fingerprint(hub, context)  # a Hub id: pinned by its revision, not hashed

@@ -549,3 +549,31 @@ def test_a_hub_repo_mixing_two_builds_is_refused_not_scored(tmp_path: Path, monk
             score("org/bench", f"py:{TINY_MODELS}:color_net", bootstrap=0)
     finally:
         stub.stop()
+
+
+def test_a_specs_kwargs_are_part_of_white_box(tmp_path: Path) -> None:
+    """The same weights built with other kwargs (timm's global_pool: max) compute another function:
+    they were called white-box. A build before the fingerprint covered kwargs recorded it without
+    them, and keeps its label."""
+    from builder.checkpoints import weights_fingerprint
+    from builder.components.preprocess import PreprocessedClassifier, Preprocessing
+
+    from tiny_models import color_net
+
+    (tmp_path / "nets.py").write_text(
+        f"import sys\nsys.path.insert(0, {str(Path(TINY_MODELS).parent)!r})\nfrom tiny_models import ColorNet\n\n"
+        "class Sharper(ColorNet):\n    def __init__(self, num_classes, sharpness):\n        super().__init__(num_classes)\n"
+        "        self.sharpness = sharpness\n\n    def forward(self, x):\n        return super().forward(x) * self.sharpness\n\n\n"
+        "def sharper(num_classes, sharpness=1.0):\n    return Sharper(num_classes, sharpness)\n")
+    bench = hand_built_benchmark(tmp_path / "b", ROWS)
+    manifest = json.loads((bench / "manifest.json").read_text())
+    (bench / "manifest.json").write_text(json.dumps({**manifest, "tool": {"name": "fmr-builder", "version": "0.2.2"}}))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"model: py:{tmp_path / 'nets.py'}:sharper\nkwargs: {{sharpness: -1.0}}\n")
+    assert score(bench, f"py:{tmp_path / 'nets.py'}:sharper", bootstrap=0).white_box  # the reference's function: no kwargs
+    assert not score(bench, str(spec), bootstrap=0).white_box  # its weights, another function
+    kwargs_free = weights_fingerprint(PreprocessedClassifier(color_net(3), Preprocessing(input_size=8), 3, "x"), {})
+    assert manifest["configs"]["ref"]["reference_weights_sha256"] == kwargs_free
+    for version, white in (("0.2.1", True), ("0.2.2", False)):
+        (bench / "manifest.json").write_text(json.dumps({**manifest, "tool": {"name": "fmr-builder", "version": version}}))
+        assert score(bench, str(spec), bootstrap=0).white_box is white, version

@@ -3,25 +3,29 @@ with the preprocessing of its own ``AutoImageProcessor``.
 
 Weights come from the Hugging Face cache (``HF_HOME``), downloaded on first use like any
 ``from_pretrained``; ``revision`` pins a branch, tag or commit. The spec's ``kwargs`` go to
-``from_pretrained``: ``trust_remote_code: true`` runs the repository's own code, so such a spec
-counts as code (``builder.trust``).
+``from_pretrained``: ``trust_remote_code: true`` runs the repository's own code, and any kwarg
+but a few inert loading options may too (``weights_only: false`` unpickles the weights), so such
+a spec counts as code (``builder.trust``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import pickle
+import re
+import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
-from builder.checkpoints import offline_hint
+from builder.checkpoints import REREAD, offline_hint
 from builder.components.base import MODELS, ComponentContext
 from builder.components.labels import label_outputs
 from builder.components.preprocess import PreprocessedClassifier, Preprocessing, crop_fraction, rgb
 from builder.config import ModelSpec
 from builder.errors import ComponentError, first_line
 from builder.paths import in_recipe_dir
-from builder.preflight import Check, PreflightContext, head_problem, unnamed_outputs_problem
+from builder.preflight import Check, PreflightContext, Weights, head_problem, unnamed_outputs_problem
 from builder.registry import closest, unknown_name_message
 
 log = logging.getLogger(__name__)
@@ -38,8 +42,25 @@ def require_transformers(owner: str) -> None:
         raise ComponentError(f"{owner}: needs the transformers package; pip install 'fmr-builder[hf]'")
 
 
+#: ``from_pretrained`` kwargs that only say how to read the weights, with any value
+_INERT_KWARGS = frozenset({"dtype", "torch_dtype", "ignore_mismatched_sizes", "subfolder", "use_safetensors", "low_cpu_mem_usage"})
+#: kwargs inert only with these values: other attention implementations may fetch a Hub kernel,
+#: ``weights_only: false`` unpickles the weights, ``trust_remote_code`` imports the repository's code
+_INERT_VALUES: dict[str, tuple[Any, ...]] = {"attn_implementation": ("eager", "sdpa"), "weights_only": (True,), "trust_remote_code": (False,)}
+#: the weights files Transformers reads from a model directory, in its order of preference
+_WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
 def hf_runs_code(spec: ModelSpec) -> bool:
-    """Only ``trust_remote_code`` makes Transformers import code from the repository."""
+    """Whether loading may run code: ``trust_remote_code``, or any ``from_pretrained`` kwarg
+    outside a short list of inert loading options (``weights_only: false`` unpickles the
+    weights, ``use_kernels`` or a Hub ``attn_implementation`` fetches and runs kernels)."""
+    return any(key not in _INERT_KWARGS and not (key in _INERT_VALUES and value in _INERT_VALUES[key])
+               for key, value in spec.kwargs.items())
+
+
+def _remote_code(spec: ModelSpec) -> bool:
+    """Whether Transformers is to import the repository's own code (``trust_remote_code``)."""
     return bool(spec.kwargs.get("trust_remote_code"))
 
 
@@ -161,35 +182,88 @@ def hf_preprocessing(processor: Any, owner: str, given: frozenset[str] = frozens
 
 
 def _load(target: str, spec: ModelSpec, ctx: ComponentContext, pretrained: bool) -> tuple[Any, Any]:
-    """(model, image processor) of ``target``; every failure to find them is one line."""
+    """(model, image processor) of ``target``; every failure to find or read them is one line."""
     require_transformers(spec.model)
-    from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
+    from safetensors import SafetensorError
 
-    where = str(_local_dir(target, ctx.base_dir) or target)
-    options = {"revision": spec.revision, "trust_remote_code": hf_runs_code(spec)}
+    local = _local_dir(target, ctx.base_dir)
     try:
-        processor = AutoImageProcessor.from_pretrained(where, **options)
-        if pretrained:
-            net, loading = AutoModelForImageClassification.from_pretrained(where, output_loading_info=True, **{**spec.kwargs, **options})
-            problem = _head_problem(spec, net, loading)
-            if problem:
-                raise ComponentError(problem)
-            return net, processor
-        config = AutoConfig.from_pretrained(where, **options)
-        count = spec.num_classes or len(ctx.class_names)
-        config.num_labels = count
-        config.id2label, config.label2id = {i: f"LABEL_{i}" for i in range(count)}, {f"LABEL_{i}": i for i in range(count)}
-        return AutoModelForImageClassification.from_config(config, trust_remote_code=options["trust_remote_code"]), processor
-    except OSError as error:  # files missing: not found, not cached, no network
+        return _from_pretrained(str(local or target), spec, ctx, pretrained)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, MemoryError, SafetensorError) as error:  # found, but unreadable
+        raise _unreadable(target, _weights_file(target, spec, local), local, error) from None
+    except OSError as error:  # files missing (not found, not cached, no network), or found but unreadable
+        found = _weights_file(target, spec, local)
+        if local is not None or (found is not None and _cut_zip(found)):
+            raise _unreadable(target, found, local, error) from None
         raise ComponentError(
-            f"hf:{target}: cannot load it from {where if where != target else 'the HF cache or the Hub'} ({first_line(error)}); "
-            f"fix the repo id or directory, or run once with network so it is cached{offline_hint() if where == target else ''}"
+            f"hf:{target}: cannot load it from the HF cache or the Hub ({first_line(error)}); "
+            f"fix the repo id or directory, or run once with network so it is cached{offline_hint()}"
         ) from None
     except ValueError as error:  # files read, but not a model Transformers can classify images with
         raise ComponentError(
             f"hf:{target}: Transformers read it but cannot load it as an image classifier ({first_line(error)}); "
             f"name an image-classification model, or upgrade transformers (installed: {_transformers_version()}) if its model type is newer"
         ) from None
+
+
+def _from_pretrained(where: str, spec: ModelSpec, ctx: ComponentContext, pretrained: bool) -> tuple[Any, Any]:
+    """(model, image processor) from ``where`` (a directory or a repo id), as Transformers raises."""
+    from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
+
+    options = {"revision": spec.revision, "trust_remote_code": _remote_code(spec)}
+    processor = AutoImageProcessor.from_pretrained(where, **options)
+    if pretrained:
+        net, loading = AutoModelForImageClassification.from_pretrained(where, output_loading_info=True, **{**spec.kwargs, **options})
+        problem = _head_problem(spec, net, loading)
+        if problem:
+            raise ComponentError(problem)
+        return net, processor
+    config = AutoConfig.from_pretrained(where, **options)
+    count = spec.num_classes or len(ctx.class_names)
+    config.num_labels = count
+    config.id2label, config.label2id = {i: f"LABEL_{i}" for i in range(count)}, {f"LABEL_{i}": i for i in range(count)}
+    return AutoModelForImageClassification.from_config(config, trust_remote_code=options["trust_remote_code"]), processor
+
+
+def _weights_file(target: str, spec: ModelSpec, local: Optional[Path]) -> Optional[Path]:
+    """The weights file Transformers reads: in the local directory, or in the HF cache."""
+    folder = str(spec.kwargs.get("subfolder") or "")
+    if local is not None:
+        return next((local / folder / name for name in _WEIGHTS_FILES if (local / folder / name).is_file()), None)
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in _WEIGHTS_FILES:
+        try:
+            cached = try_to_load_from_cache(target, f"{folder}/{name}" if folder else name, revision=spec.revision)
+        except Exception:  # noqa: BLE001 - not a repo id the cache can hold: nothing to name
+            return None
+        if isinstance(cached, str):
+            return Path(cached)
+    return None
+
+
+def _unreadable(target: str, found: Optional[Path], local: Optional[Path], error: BaseException) -> ComponentError:
+    """One line for a model whose files were found but cannot be read (truncated, corrupt, or a
+    pickle of more than tensors), naming its weights file ``found`` (else where it was looked for)."""
+    place = str(found or local or f"its files in the HF cache ({target})")
+    globals_named = re.findall(r"GLOBAL ([\w.]+)", str(error))
+    if isinstance(error, pickle.UnpicklingError):
+        reason = (f"it pickles {', '.join(globals_named[:3])}, which loading with weights_only refuses" if globals_named
+                  else "not a torch checkpoint: its pickle is malformed")
+    elif isinstance(error, EOFError) or (found is not None and found.suffix == ".bin" and _cut_zip(found)):
+        reason = "it ends too early: truncated"
+    else:
+        reason = first_line(error)
+    return ComponentError(f"hf:{target}: cannot read {place} ({reason}); {REREAD} (save_pretrained writes safetensors)")
+
+
+def _cut_zip(path: Path) -> bool:
+    """Whether ``path`` starts as a zip archive (a torch checkpoint) but has no end: truncated."""
+    try:
+        with path.open("rb") as handle:
+            return handle.read(2) == b"PK" and not zipfile.is_zipfile(path)
+    except OSError:
+        return False
 
 
 def _head_problem(spec: ModelSpec, net: Any, loading: dict[str, Any]) -> Optional[str]:
@@ -267,7 +341,7 @@ def hf_preflight(spec: ModelSpec, ctx: PreflightContext, where: str) -> list[Che
         return [Check(where, f"{spec.model}: not in the HF cache, downloaded on the first run{also}")]
     config = json.loads(config_file.read_text())
     model_type = str(config.get("model_type", ""))
-    if model_type not in KNOWN and not (hf_runs_code(spec) and "auto_map" in config):
+    if model_type not in KNOWN and not (_remote_code(spec) and "auto_map" in config):
         return [Check(where, spec.model, f"{where}: {spec.model}: {unknown_name_message('image classifier type', model_type, list(KNOWN))}")]
     own = spec.pretrained and spec.checkpoint is None
     count = len(config.get("id2label") or {}) or None
@@ -275,13 +349,19 @@ def hf_preflight(spec: ModelSpec, ctx: PreflightContext, where: str) -> list[Che
     if problem:
         return [Check(where, spec.model, f"{where}: {problem}")]
     classes = None  # labels matched to the classes by name are counted when loaded
-    if own:
-        classes = len(spec.label_map) if spec.label_map else (count if count == ctx.class_count else None)
+    if own:  # class_ranges index (and pool) the raw outputs
+        classes = len(spec.label_map) if spec.label_map else (count if spec.class_ranges or count == ctx.class_count else None)
     return [Check(where, f"{spec.model} ({model_type}, {'pretrained, ' + str(count) + ' labels' if own else 'own weights'})", classes=classes)]
 
 
+def hf_weights(spec: ModelSpec, where: str) -> list[Weights]:
+    """A model saved as a local folder is fingerprinted by its files (a build's identity); a Hub
+    id is pinned by its ``revision``."""
+    return [Weights(f"{where} folder", spec.model.partition(":")[2], spec, kind="folder")]
+
+
 @MODELS.register("hf", description="transformers AutoModelForImageClassification, preprocessing from its AutoImageProcessor",
-                 runs_code=hf_runs_code, preflight=hf_preflight, names_labels=True)
+                 runs_code=hf_runs_code, preflight=hf_preflight, weights=hf_weights, names_labels=True)
 def build_hf(target: str, spec: ModelSpec, ctx: ComponentContext, pretrained: bool) -> PreprocessedClassifier:
     problem = unnamed_outputs_problem(spec)
     if problem:
@@ -290,5 +370,7 @@ def build_hf(target: str, spec: ModelSpec, ctx: ComponentContext, pretrained: bo
     given = frozenset(field for field, value in spec.preprocess.model_dump().items() if value is not None)
     preprocessing = hf_preprocessing(processor, spec.model, given).overridden(spec.preprocess, spec.model)
     labels = [str(net.config.id2label[i]) for i in range(net.config.num_labels)]
-    outputs = label_outputs(spec.model, labels, ctx.class_names, spec.label_map) if pretrained else None
+    # class_ranges index the raw outputs, pooled afterwards: their super-classes are no label names
+    named = pretrained and not spec.class_ranges
+    outputs = label_outputs(spec.model, labels, ctx.class_names, spec.label_map) if named else None
     return PreprocessedClassifier(net, preprocessing, len(labels), spec.model, logits_field="logits", outputs=outputs)

@@ -83,7 +83,7 @@ def _mapped(owner: str, labels: Sequence[str], class_names: Sequence[str], label
             shown = f"did you mean '{hint}'? " if hint else ""
             raise ComponentError(f"{owner}: label_map[{name!r}] = {target!r} is not one of the model's {len(labels)} labels; {shown}fix label_map")
         indices.append(_one(owner, str(target), found, labels, f"label_map[{name!r}] ="))
-    return indices
+    return _distinct(owner, indices, labels, class_names, mapped=True)
 
 
 def _matched(owner: str, labels: Sequence[str], class_names: Sequence[str]) -> list[int]:
@@ -113,15 +113,23 @@ def _matched(owner: str, labels: Sequence[str], class_names: Sequence[str]) -> l
     return _distinct(owner, indices, labels, class_names)
 
 
-def _distinct(owner: str, indices: list[int], labels: Sequence[str], class_names: Sequence[str]) -> list[int]:
-    """Matched by name, two classes never read the same output (one of them would be scored
-    against another class's logit); that takes a label_map saying which is which."""
+def _distinct(owner: str, indices: list[int], labels: Sequence[str], class_names: Sequence[str], *, mapped: bool = False) -> list[int]:
+    """Two classes never read the same output, matched by name or by ``label_map`` (one of them
+    would be scored against another class's logit, and its images could never be right)."""
     first: dict[int, int] = {}
     for position, index in enumerate(indices):
-        if index in first:
-            raise ComponentError(f"{owner}: the benchmark classes '{class_names[first[index]]}' and '{class_names[position]}' both match "
-                                 f"the model's label [{index}] {labels[index]!r}; give label_map {{class: model label index}} to say which")
-        first[index] = position
+        if index not in first:
+            first[index] = position
+            continue
+        earlier, name, output = class_names[first[index]], class_names[position], f"[{index}] {labels[index]!r}"
+        if not mapped:
+            raise ComponentError(f"{owner}: the benchmark classes '{earlier}' and '{name}' both match the model's label {output}; "
+                                 "give label_map {class: model label index} to say which")
+        if earlier == name:  # a name the benchmark repeats: a map keyed by name cannot tell its classes apart
+            raise ComponentError(f"{owner}: the benchmark repeats the class '{name}', so label_map sends both to the model's output {output}; "
+                                 "use a model whose labels are the benchmark's classes in order, without label_map")
+        raise ComponentError(f"{owner}: label_map sends the benchmark classes '{earlier}' and '{name}' both to the model's output {output}; "
+                             "map each class to an output of its own")
     return indices
 
 

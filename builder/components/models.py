@@ -17,7 +17,7 @@ from typing import Any, Sequence, cast
 
 from torch import nn
 
-from builder.checkpoints import fetch_location, load_failure_advice, load_state_dict, load_weights, offline_hint
+from builder.checkpoints import FINGERPRINT_KWARGS, fetch_location, load_failure_advice, load_state_dict, load_weights, offline_hint
 from builder.components.base import MODELS, ComponentContext
 from builder.components.labels import label_outputs
 from builder.components.preprocess import PooledClassifier, PreprocessedClassifier, Preprocessing
@@ -407,4 +407,5 @@ def load_classifier(spec: ModelSpec, ctx: ComponentContext, *, classes_of: str =
         fix = ("pick the outputs that stand for them with label_map or class_ranges, or give num_classes with a checkpoint "
                "(or a train block) holding a head for them") if pretrained else "set num_classes or use a model trained on these classes"
         raise ComponentError(f"{spec.model}: the model has {classifier.num_classes} classes but {classes_of} has {len(ctx.class_names)}; {fix}")
+    setattr(classifier, FINGERPRINT_KWARGS, dict(spec.kwargs))  # part of what it computes (timm's global_pool), so of its fingerprint
     return classifier.eval().requires_grad_(False).to(ctx.device)

@@ -81,7 +81,8 @@ def torchvision_preflight(spec: ModelSpec, ctx: PreflightContext, where: str) ->
     found = weights_file(enum)
     how = "in the torch hub cache" if found.is_file() else "downloaded on the first run"
     categories = enum.meta.get("categories") or []
-    classes = len(categories) if len(categories) == ctx.class_count else None  # others are matched by name when loaded
+    # class_ranges index the raw outputs; others are matched by name when loaded
+    classes = len(categories) if spec.class_ranges or len(categories) == ctx.class_count else None
     return [Check(where, f"{spec.model} ({len(categories)} labels; {found.name} {how})", classes=classes)]
 
 
@@ -114,5 +115,7 @@ def build_torchvision(target: str, spec: ModelSpec, ctx: ComponentContext, pretr
     else:
         preprocessing = transforms_preprocessing(enum.transforms(), spec.model)
         categories = [str(c) for c in enum.meta["categories"]]
-        outputs, count = label_outputs(spec.model, categories, ctx.class_names, spec.label_map), len(categories)
+        # class_ranges index the raw outputs, pooled afterwards: their super-classes are no label names
+        outputs = None if spec.class_ranges else label_outputs(spec.model, categories, ctx.class_names, spec.label_map)
+        count = len(categories)
     return PreprocessedClassifier(net, preprocessing.overridden(spec.preprocess, spec.model), count, spec.model, outputs=outputs)
