@@ -68,8 +68,10 @@ class PerturbationResult:
 
 
 def to_pixel_grid(images: torch.Tensor) -> torch.Tensor:
-    """Round to the uint8 grid, passing gradients straight through."""
-    return images + (torch.round(images * 255) / 255 - images).detach()
+    """Clamp to [0, 1] and round to the uint8 grid, passing gradients straight through: the
+    oracle judges exactly the image that is written (a plugin decoder's 1.01 was judged as
+    itself and written as 2/255, wrapped around by the uint8 cast)."""
+    return images + (torch.round(images.clamp(0, 1) * 255) / 255 - images).detach()
 
 
 def step_direction(gradient: torch.Tensor, kind: str) -> torch.Tensor:

@@ -340,3 +340,16 @@ def test_a_vqgan_start_is_exactly_its_codebook_vectors_whatever_the_batch() -> N
     vectors = together.permute(0, 2, 3, 1).reshape(-1, together.shape[1])
     assert torch.equal(together, alone)
     assert all(bool((codebook == vector).all(dim=1).any()) for vector in vectors)
+
+
+def test_the_pixel_grid_clamps_what_a_decoder_overshoots() -> None:
+    """A plugin decoder's 1.01 was judged as itself and written as 2/255 (the uint8 cast wraps
+    around): the grid clamps to [0, 1] first, and gradients still pass straight through."""
+    from builder.engine import to_pixel_grid
+
+    images = torch.tensor([1.01, -0.2, 0.5, 0.25], requires_grad=True)
+    grid = to_pixel_grid(images)
+    assert grid.tolist() == pytest.approx([1.0, 0.0, 128 / 255, 64 / 255])
+    assert (torch.round(grid * 255).to(torch.uint8)).tolist() == [255, 0, 128, 64]
+    grid.sum().backward()
+    assert images.grad is not None and images.grad.tolist() == [1.0, 1.0, 1.0, 1.0]

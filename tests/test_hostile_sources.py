@@ -771,3 +771,45 @@ def test_class_ranges_over_a_tar_gz_open_it_once_per_read(tmp_path: Path, monkey
     assert openings[0] == 1
     assert list(zip(unit.source_ids, unit.labels.tolist(), strict=True)) == expected and unit.indices == list(range(40))
     assert [(item.index, item.source_id) for item in source.items(5, 9)] == [(5 + i, expected[5 + i][0]) for i in range(4)]
+
+
+#: a 9 x 7 JPEG whose EXIF block a fuzzer damaged: Pillow decodes its pixels, but reading its
+#: orientation raises struct.error (common in scraped photo sets)
+DAMAGED_EXIF_JPEG = "/9j/4AAQSkZJRgABAQAAAQABAAD/4QBgRXhpZgAATU0AKgAAAAgAAwFSAAIAAAAEY2FtAAESAAMAAAABAAYAAIdpAAQAAAABAAAAMgAAAAAAAZADAAIAAAAUAAAARAAAAAAyMDIwOjAxOjAxIDAwOjAwOjAwAP/bAEMACAYGBwYFCAcHBwkJCAoMFA0MCwsMGRITDxQdGh8eHRocHCAkLicgIiwjHBwoNyksMDE0NDQfJzk9ODI8LjM0Mv/bAEMBCQkJDAsMGA0NGDIhHCEyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMv/AABEIAAcACQMBIgACEQEDEQH/xAAfAAABBQEBAQEBAQAAAAAAAAAAAQIDBAUGBwgJCgv/xAC1EAACAQMDAgQDBQUEBAAAAX0BAgMABBEFEiExQQYTUWEHInEUMoGRoQgjQrHBFVLR8CQzYnKCCQoWFxgZGiUmJygpKjQ1Njc4OTpDREVGR0hJSlNUVVZXWFlaY2RlZmdoaWpzdHV2d3h5eoOEhYaHiImKkpOUlZaXmJmaoqOkpaanqKmqsrO0tba3uLm6wsPExcbHyMnK0tPU1dbX2Nna4eLj5OXm5+jp6vHy8/T19vf4+fr/xAAfAQADAQEBAQEBAQEBAAAAAAAAAQIDBAUGBwgJCgv/xAC1EQACAQIEBAMEBwUEBAABAncAAQIDEQQFITEGEkFRB2FxEyIygQgUQpGhscEJIzNS8BVictEKFiQ04SXxFxgZGiYnKCkqNTY3ODk6Q0RFRkdISUpTVFVWV1hZWmNkZWZnaGlqc3R1dnd4eXqCg4SFhoeIiYqSk5SVlpeYmZqio6Slpqeoqaqys7S1tre4ubrCw8TFxsfIycrS09TV1tfY2dri4+Tl5ufo6ery8/T19vf4+fr/2gAMAwEAAhEDEQA/AI6KKK+QPzc//9k="
+
+
+def test_a_photo_with_damaged_exif_is_skipped_not_a_traceback(tiny_recipe: Path, tmp_path: Path) -> None:
+    """ImageOps.exif_transpose raised struct.error, which no handler caught: one such photo
+    stopped the whole build. Its orientation is unknown, so it is skipped and listed."""
+    import base64
+
+    data = base64.b64decode(DAMAGED_EXIF_JPEG)
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as opened:
+        opened.load()  # its pixels decode
+    with pytest.raises(SampleRejected, match=r"unreadable EXIF orientation \(error: "):
+        load_rgb(lambda: Image.open(io.BytesIO(data)), 8)
+    (tiny_recipe.parent / "images" / "red" / "photo.jpg").write_bytes(data)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["-q", "run", str(tiny_recipe), "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert any(r["source_id"] == "red/photo.jpg" and "unreadable EXIF orientation" in r["reason"] for r in rejects), rejects
+
+
+def test_a_strip_far_longer_than_wide_is_skipped_before_it_is_resized(tmp_path: Path) -> None:
+    """The shorter side is resized to the image size first: an 88-byte 1 x 2000 PNG took 0.6 GB,
+    a 1 x 100000 one 26 GB at 256 px. Past 64:1 the sample is skipped; 64:1 still loads."""
+    from PIL import Image
+
+    def png(width: int, height: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("RGB", (width, height), (200, 10, 10)).save(buffer, "PNG")
+        return buffer.getvalue()
+
+    for size in ((1, 2000), (100_000, 2)):
+        data = png(*size)
+        with pytest.raises(SampleRejected, match=f"{size[0]}x{size[1]} pixels: more than 64 times longer than wide"):
+            load_rgb(lambda data=data: Image.open(io.BytesIO(data)), 256)
+    assert load_rgb(lambda: Image.open(io.BytesIO(png(2, 128))), 16).shape == (16, 16, 3)

@@ -62,18 +62,41 @@ def _to_rgb(image: Any) -> Any:
     return image.convert("RGB")
 
 
+#: the longest side over the shortest an image may have: the shorter side is resized to the
+#: image size first, so a 1 x 100000 strip needed 26 GB at 256 px
+MAX_ASPECT = 64
+
+
+def check_aspect(width: int, height: int) -> None:
+    """Refuse a strip far longer than wide (no photograph of one object) before it is resized."""
+    if max(width, height) > MAX_ASPECT * max(1, min(width, height)):
+        raise SampleRejected(f"{width}x{height} pixels: more than {MAX_ASPECT} times longer than wide")
+
+
+def _upright(image: Any) -> Any:
+    """``image`` turned as its EXIF orientation says; a damaged EXIF block (Pillow raises
+    struct.error or TypeError reading it) leaves its orientation unknown: the sample is skipped."""
+    from PIL import ImageOps
+
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception as error:  # noqa: BLE001 - any failure of the EXIF parser: its orientation is unknown
+        raise SampleRejected(f"unreadable EXIF orientation ({type(error).__name__}: {first_line(error)})") from None
+
+
 def load_rgb(loader: Any, image_size: int) -> np.ndarray:
     """``loader()`` -> uint8 array (image_size, image_size, 3): EXIF-upright, shorter side
     resized (bicubic) and centre-cropped. Raises :class:`SampleRejected` with a reason.
     Thread-safe (the runner decodes on a reader thread): the pixel limits are checked here,
     not by turning Pillow's bomb warning into an error, which would change process-wide state."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     try:
         with loader() as opened:
             check_pixels(*opened.size)
+            check_aspect(*opened.size)
             opened.load()
-            image = _to_rgb(ImageOps.exif_transpose(opened))
+            image = _to_rgb(_upright(opened))
     except SampleRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # the warning: under -W error
