@@ -61,7 +61,7 @@ def write_gallery(root: Path, manifest: dict[str, Any], *, per_class: int = 24) 
     if limit < per_class:
         log.info("gallery: %d classes x %d configs, showing at most %d per class (page budget %d cards)",
                  len(class_names), len(configs), limit, MAX_CARDS)
-    sections = [read_config(root, name, config, limit) for name, config in configs.items()]
+    sections = [read_config(root, name, config, limit, len(class_names)) for name, config in configs.items()]
     page = render_page(manifest, class_names, sections, limit)
     path = root / GALLERY_FILE
     write_bytes_atomic(path, page.encode("utf-8"))
@@ -89,8 +89,9 @@ def spread(ranked: list[int], limit: int) -> list[int]:
     return [ranked[round(i * last / (limit - 1))] for i in range(limit)]
 
 
-def read_config(root: Path, name: str, config: dict[str, Any], limit: int) -> ConfigCards:
-    """Pick up to ``limit`` samples per class (spread over steps, ties by key) and read their images."""
+def read_config(root: Path, name: str, config: dict[str, Any], limit: int, num_classes: int) -> ConfigCards:
+    """Pick up to ``limit`` samples per class (spread over steps, ties by key) and read their images;
+    a record the page cannot show (a label that is no class index, say) is a one-line error."""
     from builder.benchmark import BenchmarkError, reading_shard, shard_reader
 
     try:
@@ -103,6 +104,11 @@ def read_config(root: Path, name: str, config: dict[str, Any], limit: int) -> Co
     for shard, path in enumerate(paths):
         with reading_shard(path):
             records = reader.read_records(path, META_COLUMNS)
+        for record in records:
+            problem = record_problem(record, num_classes)
+            if problem is not None:
+                raise GalleryError(f"{name}/{path.name}: sample {str(record.get('key'))[:80]!r} {problem}; the shard is damaged: "
+                                   "run 'build-benchmark verify' on the benchmark, then download or build it again")
         rows.extend((shard, row, record) for row, record in enumerate(records))
     by_class: dict[int, list[int]] = {}
     for position in sorted(range(len(rows)), key=lambda p: (rows[p][2]["steps"], rows[p][2]["key"])):
@@ -113,6 +119,28 @@ def read_config(root: Path, name: str, config: dict[str, Any], limit: int) -> Co
     cards = [Card(rows[p][2], *images[(rows[p][0], rows[p][1])]) for p in chosen]
     has_originals = any(original is not None for _, original in images.values()) if images else False
     return ConfigCards(name, cards, len(rows), has_originals)
+
+
+#: record columns the page shows as numbers: integers, or any real number
+INTEGER_COLUMNS = ("steps", "pred_before", "pred_after")
+NUMBER_COLUMNS = ("oracle_prob",)
+
+
+def record_problem(record: dict[str, Any], num_classes: int) -> Optional[str]:
+    """Why the page cannot show a shard's record (None if it can): a label that is no class
+    index (null, a string, out of range), or a number column that is no number."""
+    label = record.get("label")
+    if not (isinstance(label, int) and not isinstance(label, bool) and 0 <= label < num_classes):
+        return f"has label {repr(label)[:40]}, not a class index 0..{num_classes - 1} (the {num_classes} class_names)"
+    for column in INTEGER_COLUMNS + NUMBER_COLUMNS:
+        value = record.get(column)
+        if not (_is_int(value) or (column in NUMBER_COLUMNS and isinstance(value, float))):
+            return f"has {column} {repr(value)[:40]}, not a number"
+    return None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def read_images_at(reader: Any, paths: list[Path], wanted: list[tuple[int, int]]) -> dict[tuple[int, int], tuple[bytes, Optional[bytes]]]:

@@ -232,6 +232,8 @@ class Checker:
         self.failures: list[str] = []
         self.checked: Counter[str] = Counter()
         self.listed: set[str] = set()
+        #: shard files whose bytes differ from the manifest's record (already reported)
+        self.changed: set[str] = set()
         output = raw["recipe"].get("output", {})
         #: each config's shard schema: its generator decides whether it has an attributes column
         self.schemas = {name: ShardSchema(tuple(manifest.class_names), str(output.get("image_encoding", "png")),
@@ -288,6 +290,7 @@ class Checker:
     def check_shard(self, name: str, shard: ManifestShard) -> tuple[str, list[str]]:
         """One shard's files; returns (shard name, keys found in any of its files)."""
         contents: dict[str, dict[str, Record]] = {}
+        readable: dict[str, ManifestFile] = {}
         keys: list[str] = []
         for fmt, entry in shard.files.items():
             self.checked["files"] += 1
@@ -296,8 +299,10 @@ class Checker:
                 continue
             self.check_records(entry.path, records, shard)
             contents[entry.path] = {str(r.key): r for r in records}
+            readable[fmt] = entry
             keys.extend(str(r.key) for r in records)
         self.compare_formats(contents)
+        self.check_contents(name, readable)
         stem = next(iter(shard.files.values())).path.rsplit(".", 1)[0] if shard.files else f"{name}/?"
         self.checked["shards"] += 1
         return stem, sorted(set(keys))
@@ -315,9 +320,11 @@ class Checker:
             return None
         size = path.stat().st_size
         if size != entry.bytes:
+            self.changed.add(entry.path)
             self.fail(f"{entry.path}: {size} bytes, but {MANIFEST} records {entry.bytes}; the file changed since the build")
         digest = sha256_file(path)
         if digest != entry.sha256:
+            self.changed.add(entry.path)
             self.fail(f"{entry.path}: sha256 is {digest}, but {MANIFEST} records {entry.sha256}; the file changed since the build")
         return self.read_records(path, entry.path, fmt, self.schemas[name])
 
@@ -376,6 +383,59 @@ class Checker:
                 self.fail(f"{other}: key {key} has label {records[key].label!r}, perturbed {records[key].perturbed!r}, but {first} "
                           f"has {base[key].label!r}, {base[key].perturbed!r}; {len(differ)} such key(s): {few(differ)}")
 
+    def check_contents(self, name: str, files: dict[str, ManifestFile]) -> None:
+        """What the audited records do not show: whose shard a file is (one copied from another
+        config keeps its reference_model), and that every format holds the same images (score
+        and --oracle read one format, webdataset users the other)."""
+        copies: dict[str, ShardCopy] = {}
+        for fmt, entry in files.items():
+            copy = self.read_copy(name, fmt, entry)
+            if copy is not None:
+                copies[entry.path] = copy
+        listed = list(copies.items())
+        for other, copy in listed[1:]:
+            first, base = listed[0]
+            differ = [key for key in sorted(set(base.digests) & set(copy.digests))
+                      if None not in (base.digests[key], copy.digests[key]) and base.digests[key] != copy.digests[key]]
+            differ = differing_pixels(base, copy, differ) if differ else []
+            if differ:
+                self.fail(f"{other}: the image(s) of key {differ[0]} differ from those in {first}; {len(differ)} such key(s): "
+                          f"{few(differ)}; the formats must hold the same images: restore the shards or rebuild")
+
+    def read_copy(self, name: str, fmt: str, entry: ManifestFile) -> Optional[ShardCopy]:
+        """One file's reference_model column checked, and the sha256 of each sample's images
+        (None where its format's audit already named them as no image); None when unreadable
+        or changed since the build."""
+        from builder.registry import WRITERS
+
+        reader, path = WRITERS.get(fmt)(), self.root / entry.path
+        try:
+            records = reader.read_records(path, ["key", "reference_model"])
+        except Exception:  # noqa: BLE001 - a damaged file can make a format's reader raise anything; reported by the audit
+            return None
+        expected = self.reference_name(name)
+        wrong = [record for record in records if record.get("reference_model") != expected]
+        if wrong:
+            first = wrong[0]
+            self.fail(f"{entry.path}: key {first.get('key')} has reference_model {_shown(first.get('reference_model'))}, but the file is a shard "
+                      f"of config '{name}' (reference model '{expected}'); {len(wrong)} such sample(s): {few([str(r.get('key')) for r in wrong])}; "
+                      "restore the config's own shards or rebuild")
+        if entry.path in self.changed:  # its bytes are already named as changed: no more lines about them
+            return None
+        try:
+            images = reader.read_images(path, range(len(records)))
+        except Exception:  # noqa: BLE001 - as above: a sample lacking its image is named by the audit
+            return None
+        rows = {str(record.get("key")): row for row, record in enumerate(records)}
+        digests = {key: image_digest(images[row], self.schemas[name]) for key, row in rows.items()}
+        return ShardCopy(reader, path, rows, digests)
+
+    def reference_name(self, name: str) -> str:
+        """The reference_model the build records in config ``name``'s samples: the config's name,
+        less its generator's in a several-generator build (those configs are '<model>-<generator>')."""
+        generator = self.manifest.configs[name].generator
+        return name.removesuffix(f"-{generator.name}") if generator is not None else name
+
     def check_duplicates(self, name: str, shard_keys: list[tuple[str, list[str]]]) -> None:
         """A key names one source sample: two shards of a config holding it means a sample twice."""
         where: dict[str, list[str]] = {}
@@ -423,29 +483,70 @@ class Checker:
     # ------------------------------------------------------------------------- the card
 
     def check_card(self) -> None:
-        """The card's YAML is what the Hub and ``datasets.load_dataset`` read: it must parse and
-        its ``configs`` must load exactly the manifest's Parquet shards."""
+        """The card's YAML is what the Hub and ``datasets.load_dataset`` read: it must parse, its
+        ``configs`` must load exactly the manifest's Parquet shards, and its ``configs`` and
+        ``dataset_info`` must say what the build writes (a key more, a class name swapped or a
+        count changed gives users other rows, other labels or an error)."""
         from builder.card import has_hub_format
 
         header = self.card_header()
         if header is None:
             return
+        expected = self.expected_header()
+        if expected is not None:
+            self.check_dataset_info(header.get("dataset_info"), expected.get("dataset_info"))
         entries = header.get("configs")
         if entries is None and not has_hub_format(self.raw):
             return  # no Parquet shards: nothing for load_dataset's configs to point at
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
             self.fail(f"{CARD}: YAML 'configs' is {type(entries).__name__}, expected a list of mappings with config_name and data_files")
             return
-        named = {str(e.get("config_name")): e for e in entries}
+        named: dict[str, tuple[int, dict[str, Any]]] = {}
+        for index, entry in enumerate(entries):
+            name = str(entry.get("config_name"))
+            if name in named:
+                self.fail(f"{CARD}: YAML configs[{index}] repeats config_name '{name}' of configs[{named[name][0]}]; "
+                          f"each config is listed once: re-render the card with 'build-benchmark card {self.root}'")
+            else:
+                named[name] = (index, entry)
         for name in self.manifest.configs:
             if name not in named:
                 self.fail(f"{CARD}: YAML 'configs' has no config_name '{name}' (a config of {MANIFEST}); re-render the card by rebuilding")
-        for name, entry in named.items():
+        written = {str(e["config_name"]): e for e in (expected or {}).get("configs", [])}
+        for name, (index, entry) in named.items():
             if name not in self.manifest.configs:
                 self.fail(f"{CARD}: YAML config_name '{name}' is not a config of {MANIFEST} ({', '.join(self.manifest.configs)})")
-            else:
-                self.check_card_config(name, entry.get("data_files"))
-                self.checked["card_configs"] += 1
+                continue
+            if name in written:
+                self.compare_header(f"configs[{index}]", _without_data_files(entry), _without_data_files(written[name]))
+            self.check_card_config(name, entry.get("data_files"))
+            self.checked["card_configs"] += 1
+
+    def expected_header(self) -> Optional[dict[str, Any]]:
+        """The header 'build-benchmark card' renders for this manifest (None when it cannot)."""
+        from builder.card import card_header, schema_of
+
+        manifest = self.manifest.model_dump(mode="json")  # as the card command reads it
+        try:
+            return card_header(manifest, schema_of(manifest))
+        except (BuilderError, KeyError, TypeError, ValueError) as error:
+            self.fail(f"{CARD}: cannot render the header {MANIFEST} implies ({_reason(error)}), so the card's configs are not compared; rebuild")
+            return None
+
+    def check_dataset_info(self, found: Any, expected: Any) -> None:
+        """``datasets`` types the columns (ClassLabel names) and checks the split sizes by it."""
+        if expected is None and found is not None:
+            self.fail(f"{CARD}: YAML has dataset_info, but a card without Parquet configs has none (datasets would apply it to the tars); "
+                      f"re-render the card with 'build-benchmark card {self.root}'")
+        elif expected is not None:
+            self.compare_header("dataset_info", _without_num_bytes(found), _without_num_bytes(expected))
+
+    def compare_header(self, path: str, found: Any, expected: Any) -> None:
+        """One failure naming the first key path where the card differs from what the build writes."""
+        difference = first_difference(found, expected, path)
+        if difference is not None:
+            self.fail(f"{CARD}: YAML {difference}, unlike the header the build renders from {MANIFEST} (datasets.load_dataset "
+                      f"reads it: other rows, labels or an error); re-render the card with 'build-benchmark card {self.root}'")
 
     def card_header(self) -> Optional[dict[str, Any]]:
         import yaml
@@ -501,6 +602,12 @@ class Checker:
         complete = True
         root = self.root.resolve()
         for pattern in patterns:
+            problem = pattern_problem(pattern)
+            if problem is not None:  # refused before anything is listed or fetched
+                complete = False
+                self.fail(f"{CARD}: config '{name}' data_files path {_shown(pattern)} {problem}; expected a glob relative to the "
+                          f"benchmark dir such as '{name}/{self.manifest.split}-*.parquet'")
+                continue
             try:
                 found = resolve_pattern(str(pattern), str(root))
             except FileNotFoundError:
@@ -510,7 +617,10 @@ class Checker:
                 continue
             for path in found:  # not resolve(): the files of a Hub snapshot are symlinks into its blob store
                 absolute = Path(os.path.abspath(path))
-                matched.add(absolute.relative_to(root).as_posix() if absolute.is_relative_to(root) else str(path))
+                if absolute.is_relative_to(root):
+                    matched.add(absolute.relative_to(root).as_posix())
+                else:
+                    self.fail(f"{CARD}: config '{name}' data_files path {_shown(pattern)} matches {_shown(path)}, outside the benchmark dir")
         return matched, complete
 
     # ------------------------------------------------------------------------- the oracle
@@ -523,7 +633,7 @@ class Checker:
             rejected: list[str] = []
             undecodable: list[str] = []
             count = 0
-            for keys, labels, pixels in perturbed_batches(self.root, config, batch_size, undecodable):
+            for keys, labels, pixels in perturbed_batches(self.root, config, batch_size, undecodable, len(self.manifest.class_names)):
                 accepted = judge_uint8(oracle, pixels, labels, device)
                 rejected += [key for key, ok in zip(keys, accepted, strict=False) if not ok]
                 count += len(keys)
@@ -547,11 +657,119 @@ def _is_json_object(line: bytes) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class ShardCopy:
+    """One format's copy of a shard: its reader, its file, each key's row and image digests."""
+
+    reader: Any
+    path: Path
+    rows: dict[str, int]
+    digests: dict[str, Optional[tuple[str, ...]]]
+
+
+def image_digest(pair: tuple[bytes, Optional[bytes]], schema: ShardSchema) -> Optional[tuple[str, ...]]:
+    """sha256 of a sample's image (and original, when the build keeps them); None when one is
+    missing or no image of the schema's encoding by its signature (the format's audit names those)."""
+    import hashlib
+
+    from builder.images import SIGNATURE_BYTES, image_problem
+
+    kept = pair if schema.keep_originals else pair[:1]
+    if any(not data or image_problem(data[:SIGNATURE_BYTES], schema.image_format) for data in kept):
+        return None
+    return tuple(hashlib.sha256(data).hexdigest() for data in kept if data is not None)
+
+
+def differing_pixels(first: ShardCopy, other: ShardCopy, keys: list[str]) -> list[str]:
+    """The ``keys`` whose images differ once decoded (the writers store the same encoded bytes
+    in every format, but a format may encode its own way); an image that does not decode differs."""
+    try:
+        mine = first.reader.read_images(first.path, [first.rows[key] for key in keys])
+        theirs = other.reader.read_images(other.path, [other.rows[key] for key in keys])
+    except Exception:  # noqa: BLE001 - both were read a moment ago: a file that changed since differs
+        return keys
+    return [key for key, a, b in zip(keys, mine, theirs, strict=True) if not all(map(_same_pixels, a, b))]
+
+
+def _same_pixels(first: Optional[bytes], other: Optional[bytes]) -> bool:
+    import numpy as np
+
+    from builder.images import decode_image
+
+    if first is None or other is None:
+        return first is other
+    try:
+        return bool(np.array_equal(decode_image(first), decode_image(other)))
+    except (OSError, ValueError, SyntaxError, EOFError):  # what Pillow raises on damaged bytes
+        return False
+
+
+def pattern_problem(pattern: Any) -> Optional[str]:
+    """Why a card's data_files pattern may lead outside the benchmark dir (None when it cannot):
+    ``datasets`` resolves an absolute path, a URL or an fsspec chain as given, and '..' upwards;
+    a card comes with a download, so verify never lists or fetches what it names."""
+    text = str(pattern)
+    if ":" in text or "\\" in text:
+        return "is a URL or names another file system ('://', '::', a scheme or a backslash)"
+    if text.startswith(("/", "~")):
+        return "is an absolute path"
+    if ".." in text.split("/"):
+        return "has a '..' component, leading outside the benchmark dir"
+    return None
+
+
+def _without_data_files(entry: dict[str, Any]) -> dict[str, Any]:
+    """A card's config entry less its data_files, which are checked by what they match instead."""
+    return {key: value for key, value in entry.items() if key != "data_files"}
+
+
+def _without_num_bytes(infos: Any) -> Any:
+    """dataset_info less each split's num_bytes: ``datasets`` checks num_examples only, and the
+    Parquet bytes it counts are already checked against the manifest's (sha256 and bytes)."""
+    if not isinstance(infos, list):
+        return infos
+    return [{**info, "splits": [{k: v for k, v in split.items() if k != "num_bytes"} if isinstance(split, dict) else split
+                                for split in info["splits"]]}
+            if isinstance(info, dict) and isinstance(info.get("splits"), list) else info for info in infos]
+
+
+def _shown(value: Any) -> str:
+    """A YAML value for a one-line message, cut short."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def first_difference(found: Any, expected: Any, path: str) -> Optional[str]:
+    """Where ``found`` (a card's YAML) first differs from ``expected`` (what the build writes),
+    as words naming the key path; None when they are the same. Types count: 1 is not True."""
+    if isinstance(expected, dict):
+        if not isinstance(found, dict):
+            return f"{path} is {_shown(found)}, expected a mapping"
+        extra = next((key for key in found if key not in expected), None)
+        if extra is not None:
+            return f"{path}.{extra} is {_shown(found[extra])}, a key the build does not write"
+        for key, value in expected.items():
+            if key not in found:
+                return f"{path}.{key} is missing, expected {_shown(value)}"
+            difference = first_difference(found[key], value, f"{path}.{key}")
+            if difference is not None:
+                return difference
+        return None
+    if isinstance(expected, list):
+        if not isinstance(found, list) or len(found) != len(expected):
+            return f"{path} is {_shown(found)}, expected a list of {len(expected)}"
+        differences = (first_difference(item, want, f"{path}[{index}]") for index, (item, want) in enumerate(zip(found, expected, strict=True)))
+        return next((difference for difference in differences if difference is not None), None)
+    if type(found) is not type(expected) or found != expected:
+        return f"{path} is {_shown(found)}, expected {_shown(expected)}"
+    return None
+
+
 # ----------------------------------------------------------------------------- oracle helpers
 
 
-def perturbed_batches(root: Path, config: ManifestConfig, batch_size: int,
-                      undecodable: list[str]) -> Iterator[tuple[list[str], list[int], list[Any]]]:
+def perturbed_batches(root: Path, config: ManifestConfig, batch_size: int, undecodable: list[str],
+                      num_classes: int) -> Iterator[tuple[list[str], list[int], list[Any]]]:
     """(keys, labels, uint8 HWC images) of the perturbed samples, ``batch_size`` at a time; the
     keys of images that do not decode go to ``undecodable`` instead."""
     from builder.images import decode_image
@@ -560,7 +778,7 @@ def perturbed_batches(root: Path, config: ManifestConfig, batch_size: int,
     labels: list[int] = []
     pixels: list[Any] = []
     for shard in config.shards:
-        for key, label, data in perturbed_images(root, shard):
+        for key, label, data in perturbed_images(root, shard, num_classes):
             try:
                 decoded = decode_image(data)
             except (OSError, ValueError, SyntaxError, EOFError):  # what Pillow raises on damaged bytes
@@ -576,9 +794,10 @@ def perturbed_batches(root: Path, config: ManifestConfig, batch_size: int,
         yield keys, labels, pixels
 
 
-def perturbed_images(root: Path, shard: ManifestShard) -> Iterator[tuple[str, int, bytes]]:
+def perturbed_images(root: Path, shard: ManifestShard, num_classes: int) -> Iterator[tuple[str, int, bytes]]:
     """(key, label, encoded image) of the shard's perturbed samples, through the reader of the
-    format it is read from; unreadable files were already reported, so they are skipped here."""
+    format it is read from; unreadable files and labels outside the classes were already
+    reported (by the offline checks), so they are skipped here."""
     from builder.benchmark import readable_format
     from builder.registry import WRITERS
 
@@ -589,7 +808,7 @@ def perturbed_images(root: Path, shard: ManifestShard) -> Iterator[tuple[str, in
     path = root / shard.files[fmt].path
     try:
         records = reader.read_records(path, ["key", "label", "perturbed"])
-        rows = [row for row, record in enumerate(records) if record["perturbed"] is True and _is_label(record["label"])]
+        rows = [row for row, record in enumerate(records) if record["perturbed"] is True and _is_label(record["label"], num_classes)]
         images = reader.read_images(path, rows)
     except Exception:  # noqa: BLE001 - a damaged file can make a format's reader raise anything; reported by the checks
         return
@@ -597,8 +816,9 @@ def perturbed_images(root: Path, shard: ManifestShard) -> Iterator[tuple[str, in
         yield str(records[row]["key"]), int(records[row]["label"]), image
 
 
-def _is_label(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _is_label(value: Any, num_classes: int) -> bool:
+    """Whether ``value`` is a class index the oracle can be asked about (0..num_classes-1)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < num_classes
 
 
 def judge_uint8(oracle: Any, pixels: list[Any], labels: list[int], device: str) -> list[bool]:

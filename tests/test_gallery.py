@@ -12,7 +12,7 @@ from typing import Any, Optional
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import chromium, run_chromium
+from helpers import assert_one_line_error, chromium, run_chromium
 from PIL import Image
 
 from builder import gallery
@@ -223,3 +223,21 @@ def test_an_image_that_does_not_decode_is_said_in_its_place(tmp_path: Path) -> N
     for read in (decode_image, gallery.data_uri):
         with pytest.raises(UnidentifiedImageError):
             read(eps)
+
+
+@pytest.mark.parametrize("column, value", [("label", None), ("label", 7), ("steps", None), ("oracle_prob", None)])
+def test_a_record_the_page_cannot_show_is_one_line_naming_the_shard_and_key(tiny_build: Path, column: str, value: Any) -> None:
+    """A null label (a damaged download: the gallery never checks hashes) was a TypeError
+    traceback from int(None); it is now one line naming the shard and the sample."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tiny_build / "cnn" / "test-00000-of-00003.parquet"
+    table = pq.read_table(path)
+    values = table.column(column).to_pylist()
+    values[0] = value
+    field = table.schema.field(column)
+    pq.write_table(table.set_column(table.schema.get_field_index(column), field, pa.array(values, type=field.type)), path)
+    key = table.column("key")[0].as_py()
+    result = CliRunner().invoke(main, ["-q", "gallery", str(tiny_build)])
+    assert_one_line_error(result, f"cnn/test-00000-of-00003.parquet: sample '{key}' has {column} {value!r}", "run 'build-benchmark verify'")

@@ -403,3 +403,19 @@ def test_chromium_renders_every_section(scored: Path, tmp_path: Path) -> None:
     assert set(dom.sections) == {"fmr", "transfer", "per-class", "attributes", "errors"}
     assert dom.svgs == ["chart-fmr", "chart-transfer", "chart-per-class-0"]
     assert len(dom.misses) == 4 * 4 and all(set(card["images"]) == {"original", "perturbed"} for card in dom.misses)
+
+
+def test_a_sample_with_a_null_label_is_a_note_naming_its_shard_not_a_crash(scored: Path, tmp_path: Path) -> None:
+    """A null label (a damaged download) was a TypeError traceback from the label array."""
+    import pyarrow.parquet as pq
+
+    bench = shutil.copytree(scored / "bench", tmp_path / "bench")
+    shard = next(iter(sorted((bench / "ref").glob("*.parquet"))))
+    table = pq.read_table(shard)
+    labels = table.column("label").to_pylist()
+    labels[1] = None
+    pq.write_table(table.set_column(table.schema.get_field_index("label"), table.schema.field("label"), [labels]), shard)
+    key = table.column("key")[1].as_py()
+    page = parse(write_report([scored / "results" / "color.json"], tmp_path / "r.html", benchmarks=[str(bench)]).path)
+    assert page.sections["errors"] == "part shown"  # the other config still shows
+    assert f"ref/{shard.name}: sample '{key}' has label None, not an integer; run 'build-benchmark verify' on it" in page.note("errors")

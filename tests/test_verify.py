@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from builder.cli import main
 from builder.fileio import sha256_file, sha256_json
-from builder.verify import VerifyError, verify_benchmark
+from builder.verify import VerifyError, few, verify_benchmark
 
 SHARDS = [f"cnn/test-0000{i}-of-00003" for i in range(3)]
 
@@ -372,3 +372,137 @@ def test_a_damaged_rejects_file_is_named_not_a_traceback(tiny_build: Path, conte
     (tiny_build / "rejects.jsonl").write_bytes(content)
     result = invoke(str(tiny_build))
     assert result.exit_code == 1 and expected in result.output, result.output
+
+
+# ----------------------------------------------------------------------------- the card's header, data_files, oracle labels, whose shard, which images
+
+
+def _swap_class_names(data: dict) -> None:
+    label = next(f for f in data["dataset_info"][0]["features"] if f["name"] == "label")
+    label["dtype"]["class_label"]["names"] = {"0": "red", "1": "green", "2": "blue"}  # every label now means another class
+
+
+def _filters(data: dict) -> None:
+    data["configs"][0]["filters"] = [["perturbed", "==", True]]  # load_dataset gives the perturbed rows only
+    data["dataset_info"][0]["splits"][0]["num_examples"] = 4
+
+
+def _repeated_config(data: dict) -> None:
+    data["configs"].append({"config_name": "cnn", "data_files": [{"split": "test", "path": "cnn/test-*.parquet"}]})
+
+
+@pytest.mark.parametrize("change, expected", [
+    (_swap_class_names, ["README.md: YAML dataset_info[0].features[3].dtype.class_label.names.0 is 'red', expected 'blue', "
+                         "unlike the header the build renders from manifest.json (datasets.load_dataset reads it"]),
+    (lambda data: data["dataset_info"][0]["splits"][0].update(num_examples=999),
+     ["README.md: YAML dataset_info[0].splits[0].num_examples is 999, expected 12, "]),
+    (_filters, ["README.md: YAML configs[0].filters is [['perturbed', '==', True]], a key the build does not write, ",
+                "README.md: YAML dataset_info[0].splits[0].num_examples is 4, expected 12, "]),
+    (lambda data: data["configs"][0].pop("default"), ["README.md: YAML configs[0].default is missing, expected True, "]),
+    (lambda data: data.pop("dataset_info"), ["README.md: YAML dataset_info is None, expected a list of 1, "]),
+    (_repeated_config, ["README.md: YAML configs[1] repeats config_name 'cnn' of configs[0]; each config is listed once"]),
+], ids=["class-names-swapped", "num-examples", "filters", "no-default", "no-dataset-info", "repeated-config"])
+def test_a_card_header_that_changes_what_load_dataset_returns_is_named(tiny_build: Path, change, expected: list[str]) -> None:
+    """verify compared only each config's config_name and data_files: swapped ClassLabel names, a
+    wrong num_examples (load_dataset raises) or a 'filters' key (4 of 12 rows) passed."""
+    _card_yaml(tiny_build, change)
+    failures = verify_benchmark(tiny_build).failures
+    assert len(failures) == len(expected), failures
+    for failure, start in zip(sorted(failures), sorted(expected), strict=True):
+        assert failure.startswith(start), (failure, start)
+
+
+def test_the_card_header_is_what_the_card_command_renders(tiny_build: Path) -> None:
+    """Re-rendering the card (as publish does, for a repo) keeps it passing."""
+    assert CliRunner().invoke(main, ["-q", "card", str(tiny_build), "--repo-id", "org/name"]).exit_code == 0
+    assert verify_benchmark(tiny_build).ok
+
+
+@pytest.mark.parametrize("pattern, problem", [
+    ("/etc/host*", "is an absolute path"),
+    ("http://127.0.0.1:9/leak?who=me", "is a URL or names another file system"),
+    ("hf://datasets/org/name/cnn/*.parquet", "is a URL or names another file system"),
+    ("zip://*.parquet::cnn/x.zip", "is a URL or names another file system"),
+    ("cnn/../../*", "has a '..' component"),
+])
+def test_card_data_files_outside_the_dir_are_refused_before_any_listing(tiny_build: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                          pattern: str, problem: str) -> None:
+    """A downloaded card's data_files made verify list /etc or request a URL (resolve_pattern on anything)."""
+    import datasets.data_files
+
+    resolved: list[str] = []
+    real = datasets.data_files.resolve_pattern
+
+    def recording(pattern: str, base_path: str, *args, **kwargs):
+        resolved.append(pattern)
+        return real(pattern, base_path, *args, **kwargs)
+
+    monkeypatch.setattr(datasets.data_files, "resolve_pattern", recording)
+    _card_yaml(tiny_build, lambda data: data["configs"][0]["data_files"][0].update(path=["cnn/test-*.parquet", pattern]))
+    failures = verify_benchmark(tiny_build).failures
+    assert resolved == ["cnn/test-*.parquet"]
+    assert len(failures) == 1 and failures[0].startswith(f"README.md: config 'cnn' data_files path {pattern!r} {problem}"), failures
+
+
+@pytest.mark.parametrize("label", [7, -1])
+def test_oracle_skips_a_label_outside_the_classes_that_the_offline_checks_name(tiny_build: Path, tiny_recipe: Path, label: int) -> None:
+    """--oracle ended in a traceback (index out of bounds in the oracle's gather) on such a label."""
+    path, row, key = next((path, row, record["key"]) for path in (tiny_build / f"{shard}.parquet" for shard in SHARDS)
+                          for row, record in enumerate(pq.read_table(path, columns=["key", "perturbed"]).to_pylist()) if record["perturbed"])
+    edit_parquet(path, "label", row, label)
+    rewrite_manifest(tiny_build, manifest_of(tiny_build))
+    report = verify_benchmark(tiny_build, oracle=True, recipe=str(tiny_recipe))
+    shown = path.relative_to(tiny_build).as_posix()
+    assert f"{shown}: label {label} of key {key} is outside 0..2 (the 3 class_names); 1 such sample(s): {key}" in report.failures
+    assert report.checked["oracle_images"] == manifest_of(tiny_build)["configs"]["cnn"]["num_perturbed"] - 1
+    assert report.oracle_rates == {"cnn": 1.0}
+
+
+def test_a_shard_of_another_config_is_named(tiny_build: Path) -> None:
+    """A shard copied in from another config (its manifest entry re-hashed) passed: its keys,
+    labels and counts can all match; its records name the other reference model."""
+    path = tiny_build / f"{SHARDS[1]}.parquet"
+    keys = pq.read_table(path, columns=["key"]).column("key").to_pylist()
+    for row in range(len(keys)):
+        edit_parquet(path, "reference_model", row, "cnn2")
+    rewrite_manifest(tiny_build, manifest_of(tiny_build))
+    assert verify_benchmark(tiny_build).failures == (
+        f"{SHARDS[1]}.parquet: key {keys[0]} has reference_model 'cnn2', but the file is a shard of config 'cnn' (reference model 'cnn'); "
+        f"{len(keys)} such sample(s): {few(keys)}; restore the config's own shards or rebuild",
+    )
+
+
+def _tar_member(path: Path, name: str) -> bytes:
+    with tarfile.open(path) as tar:
+        return tar.extractfile(name).read()
+
+
+def test_a_tar_image_unlike_the_parquet_one_is_named(tiny_build: Path) -> None:
+    """The tar's perturbed image replaced by another sample's original (manifest re-hashed)
+    passed: formats were compared by label and flag only, and --oracle judges the Parquet copy."""
+    rows = pq.read_table(tiny_build / f"{SHARDS[1]}.parquet", columns=["key", "label", "perturbed"]).to_pylist()
+    target = next(r for r in rows if r["perturbed"])
+    donor = next(r["key"] for r in rows if r["label"] != target["label"])
+    tar = tiny_build / f"{SHARDS[1]}.tar"
+    _replace_tar_member(tar, f"{target['key']}.png", _tar_member(tar, f"{donor}.original.png"))
+    rewrite_manifest(tiny_build, manifest_of(tiny_build))
+    assert verify_benchmark(tiny_build).failures == (
+        f"{SHARDS[1]}.tar: the image(s) of key {target['key']} differ from those in {SHARDS[1]}.parquet; 1 such key(s): {target['key']}; "
+        "the formats must hold the same images: restore the shards or rebuild",
+    )
+
+
+def test_the_same_pixels_encoded_otherwise_are_the_same_image(tiny_build: Path) -> None:
+    """A format may encode its own way: bytes that differ are compared as decoded pixels."""
+    from PIL import Image
+
+    key = pq.read_table(tiny_build / f"{SHARDS[0]}.parquet", columns=["key"]).column("key")[0].as_py()
+    tar = tiny_build / f"{SHARDS[0]}.tar"
+    original = _tar_member(tar, f"{key}.png")
+    buffer = io.BytesIO()
+    with Image.open(io.BytesIO(original)) as image:
+        image.save(buffer, format="PNG", compress_level=0)
+    assert buffer.getvalue() != original
+    _replace_tar_member(tar, f"{key}.png", buffer.getvalue())
+    rewrite_manifest(tiny_build, manifest_of(tiny_build))
+    assert verify_benchmark(tiny_build).ok

@@ -73,6 +73,7 @@ def read_samples(bench: Benchmark, config: str) -> Samples:
     places: list[tuple[int, int]] = []
     values: dict[str, list[float]] = {name: [] for name in names}
     for shard, part in enumerate(bench.read_columns(config, columns)):
+        check_columns(bench, config, shard, part)
         keys += [str(key) for key in part["key"]]
         labels += part["label"]
         perturbed += part["perturbed"]
@@ -83,6 +84,18 @@ def read_samples(bench: Benchmark, config: str) -> Samples:
                 values[name].append(float((record or {}).get(name, np.nan)))
     return Samples(bench, config, keys, np.asarray(labels, dtype=np.int64), np.asarray(perturbed, dtype=bool),
                    np.asarray(steps, dtype=np.int64), places, {name: np.asarray(v, dtype=np.float64) for name, v in values.items()})
+
+
+def check_columns(bench: Benchmark, config: str, shard: int, part: dict[str, list[Any]]) -> None:
+    """ValueError naming the shard and sample whose label or steps is no integer (null, a
+    string: a damaged download, since report never checks hashes); labels outside the classes
+    are said by :func:`join`."""
+    for column in ("label", "steps"):
+        bad = next((row for row, value in enumerate(part[column]) if not isinstance(value, int) or isinstance(value, bool)), None)
+        if bad is not None:
+            _, files = bench.shards(config)  # the files read_columns read
+            raise ValueError(f"{config}/{files[shard].name}: sample {str(part['key'][bad])[:80]!r} has {column} {repr(part[column][bad])[:40]}, "
+                             "not an integer; run 'build-benchmark verify' on it")
 
 
 @dataclass(frozen=True)
@@ -166,7 +179,7 @@ class Benchmarks:
         if (bench.id, config) not in self._samples:
             try:
                 self._samples[bench.id, config] = read_samples(bench, config)
-            except (BenchmarkError, OSError, ValueError, KeyError) as error:
+            except (BenchmarkError, OSError, ValueError, KeyError, TypeError) as error:
                 return f"the samples of config '{config}' of {bench.location} cannot be read ({error})"
         return self._samples[bench.id, config]
 
