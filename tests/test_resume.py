@@ -360,3 +360,32 @@ def test_a_local_pretrained_folder_is_part_of_the_build_identity(tmp_path: Path)
     assert weights_fingerprint(with_hf, context)["reference model vit folder"] != first
     hub = parse_recipe({**recipe_to_dict(recipe), "generator": {"kind": "vae", "model": "org/not-a-folder"}})
     assert "generator folder" not in weights_fingerprint(hub, context)  # a Hub id: pinned by its revision, not hashed
+
+
+def test_a_resume_after_the_source_listing_changed_in_the_middle_is_refused(tiny_recipe: Path, tmp_path: Path) -> None:
+    """Moving a mislabelled image to its class kept the sample count and the first and last ids:
+    the resume shifted every later sample by one, never built one and kept a stale one, and
+    verify passed. Every used sample's id and label (and a file's size) is part of the identity."""
+    from builder.build.plan import source_fingerprint
+    from builder.config import parse_recipe
+    from builder.sources.base import SourceContext, open_source
+
+    out = tmp_path / "out"
+    assert build(tiny_recipe, out).exit_code == 0
+    for stem in ("test-00001-of-00003", "test-00002-of-00003"):  # interrupted after the first unit
+        (out / "_stats" / "cnn" / f"{stem}.json").unlink()
+    images = tiny_recipe.parent / "images"
+    (images / "blue" / "1.png").rename(images / "green" / "1b.png")
+    assert_one_line_error(build(tiny_recipe, out), "was built with different settings (source.listing_sha256")
+    (images / "green" / "1b.png").rename(images / "blue" / "1.png")
+    assert build(tiny_recipe, out).exit_code == 0  # the same listing again: it resumes
+    # a file replaced in place by one of another size, and the limit's samples only
+    recipe = parse_recipe(yaml.safe_load(tiny_recipe.read_text()))
+    context = SourceContext(tiny_recipe.parent, tmp_path / "cache")
+
+    def printed(used: int | None) -> str:
+        return source_fingerprint(open_source(recipe.source, context), recipe.source, tiny_recipe.parent, used)["listing_sha256"]
+
+    before, first_five = printed(None), printed(5)
+    (images / "red" / "3.png").write_bytes((images / "red" / "0.png").read_bytes() + b"\0")
+    assert printed(None) != before and printed(5) == first_five  # red/3.png is the last sample: past a limit of 5

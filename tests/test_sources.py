@@ -708,3 +708,32 @@ def test_webdataset_duplicate_source_ids_are_rejected_not_merged(tmp_path: Path)
     assert "duplicate source id dup.tar/k0" in unit.rejects[0]["reason"] and "sample 0 was kept" in unit.rejects[0]["reason"]
     with pytest.raises(SourceError, match="dup.tar is listed twice in source.urls"):
         wds(tmp_path, [str(shard), "dup.tar"])
+
+
+def test_every_kinds_listing_names_the_samples_items_give(hf_dir: Path, tmp_path: Path) -> None:
+    """A source's ``listing`` (what a resume compares, read without image bytes) lists the ids
+    and labels its items give, in order, for every kind and through class_ranges."""
+    from builder.sources.base import listing_digest
+
+    folder = tmp_path / "folder"
+    for name, color in (("red", RED), ("green", GREEN)):
+        (folder / name).mkdir(parents=True)
+        for i in range(2):
+            solid(color, (4, 4)).save(folder / name / f"{i}.png")
+    write_shard(tmp_path / "shard.tar", [(f"s{i}", RED, i % 2) for i in range(3)])
+    sources = {
+        "huggingface": make_source({"kind": "huggingface", "path": str(hf_dir), "split": "test"}, tmp_path),
+        "huggingface ranges": make_source({"kind": "huggingface", "path": str(hf_dir), "split": "test",
+                                           "class_ranges": {"bugs": [[0, 1]], "cattle": [[2, 2]]}}, tmp_path),
+        "imagefolder": make_source({"kind": "imagefolder", "path": str(folder)}, tmp_path),
+        "webdataset": make_source({"kind": "webdataset", "urls": str(tmp_path / "shard.tar"), "class_names": ["a", "b"]}, tmp_path),
+        "sklearn-digits": make_source({"kind": "sklearn-digits"}, tmp_path),
+    }
+    for kind, source in sources.items():
+        used = min(len(source), 3)
+        listed = source.listing(used) if hasattr(source, "listing") else None
+        items = [[item.source_id, item.label] for item in source.items(0, used)]
+        if listed is not None:
+            assert [row[:2] for row in listed] == items, kind
+        assert listing_digest(source, used) != listing_digest(source, used - 1), kind
+    assert sources["huggingface ranges"].listing(4) == [[f"{hf_dir}/{i}", label] for i, label in enumerate([1, 0, 0, 1])]

@@ -25,7 +25,7 @@ from builder.paths import source_locations
 from builder.preflight import Check, component_weights
 from builder.recipes import LoadedRecipe
 from builder.registry import loaded_plugins
-from builder.sources.base import SourceContext, open_source
+from builder.sources.base import SourceContext, listing_digest, open_source
 from builder.storage import Location, Storage, open_storage
 
 
@@ -271,11 +271,12 @@ def _check_out_not_in_source(out_dir: Optional[Path], locations: dict[str, str])
 
 def source_fingerprint(source: Any, config: Any, base_dir: Path, used: Optional[int] = None) -> dict[str, Any]:
     """Where the source's files are and what it lists: its path-like settings resolved against
-    the recipe's dir, its class names, its length and the ids of the first and last sample the
-    build uses (the first ``used``: a sample past ``--limit`` is never read, so one that cannot
+    the recipe's dir, its class names, its length, the ids of the first and last sample the
+    build uses and a digest of every sample it uses (:func:`listing_digest`) (the first ``used``: a sample past ``--limit`` is never read, so one that cannot
     be read does not stop the build)."""
     locations = source_locations(config, base_dir)
     count = len(source)
     last = count if used is None else min(used, count)
     ends = [next(iter(source.items(i, i + 1))).source_id for i in sorted({0, last - 1}) if last]
-    return {"locations": locations, "class_names": list(source.class_names), "count": count, "ends": ends}
+    return {"locations": locations, "class_names": list(source.class_names), "count": count, "ends": ends,
+            "listing_sha256": listing_digest(source, last)}

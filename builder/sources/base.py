@@ -36,6 +36,19 @@ class Source(Protocol):
         ...
 
 
+def listing_digest(source: Source, used: int) -> str:
+    """sha256 over what the first ``used`` samples are, in order: their source ids and labels,
+    and what a source knows cheaply of their content (a file's size). A resume compares it: a
+    file renamed or relabelled in the middle of a folder kept the count and the first and last
+    ids, shifted every later sample by one, and the build dropped one and kept a stale one.
+    Sources may offer ``listing(used)`` to list them without touching image bytes."""
+    from builder.fileio import sha256_json
+
+    listed = getattr(source, "listing", None)
+    rows = listed(used) if callable(listed) else [[item.source_id, item.label] for item in source.items(0, used)]
+    return sha256_json(rows)
+
+
 #: sources resolve relative paths and URLs exactly like every other location
 SourceContext = ResolveContext
 
@@ -140,6 +153,16 @@ class SuperclassSource:
 
     def __len__(self) -> int:
         return len(self._kept)
+
+    def listing(self, used: int) -> list[list[Any]]:
+        """The inner listing of the first ``used`` kept samples, relabelled (see :func:`listing_digest`)."""
+        kept = self._kept[:used]
+        if not kept:
+            return []
+        inner = self._inner.listing(kept[-1] + 1) if callable(getattr(self._inner, "listing", None)) else None  # type: ignore[attr-defined]
+        if inner is None:
+            return [[item.source_id, item.label] for item in self.items(0, used)]
+        return [[*inner[position][:1], self._owner[inner[position][1]], *inner[position][2:]] for position in kept]
 
     def items(self, start: int, stop: int) -> Iterator[SourceItem]:
         """One pass over the inner samples from the first kept to the last, skipping the others

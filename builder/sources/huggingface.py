@@ -182,6 +182,12 @@ class HuggingFaceSource:
         column = self._table.select_columns([self._label_column])[self._label_column]
         return [self._label(label, index) for index, label in enumerate(column)]
 
+    def listing(self, used: int) -> list[list[Any]]:
+        """Each row's id and label, read from the label column alone (no image bytes); a
+        label past ``used`` is not read (see :func:`builder.sources.base.listing_digest`)."""
+        column = self._table.select([*range(min(used, len(self)))]).select_columns([self._label_column])[self._label_column]
+        return [[f"{self._name}/{index}", self._label(label, index)] for index, label in enumerate(column)]
+
     def _label(self, value: Any, index: int) -> int:
         """A missing label (None, or ClassLabel's -1 for "unlabelled") is the data set's gap, not a
         sample to guess: a test split without labels is the usual cause."""

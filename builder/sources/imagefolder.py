@@ -7,6 +7,7 @@ import stat
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from builder.config import SourceConfig
 from builder.errors import SourceError
@@ -134,7 +135,19 @@ class ImageFolderSource:
     def __len__(self) -> int:
         return len(self._files)
 
+    def listing(self, used: int) -> list[list[Any]]:
+        """Each file's id, label and size (a file replaced in place mostly changes its size)."""
+        return [[printable_id(path.relative_to(self._root).as_posix()), label, _size(path)] for path, label in self._files[:used]]
+
     def items(self, start: int, stop: int) -> Iterator[SourceItem]:
         for i in range(start, min(stop, len(self))):
             path, label = self._files[i]
             yield SourceItem(i, printable_id(path.relative_to(self._root).as_posix()), label, partial(open_image, path))
+
+
+def _size(path: Path) -> int:
+    """A listed file's size, -1 when it cannot be read (a broken link: rejected when read)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1

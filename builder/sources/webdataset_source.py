@@ -387,6 +387,10 @@ class WebDatasetSource:
     def __len__(self) -> int:
         return len(self._samples)
 
+    def listing(self, used: int) -> list[list[Any]]:
+        """Each sample's id, label and image member size, from the index (no image bytes)."""
+        return [[sample.source_id, sample.label, sample.member.size if sample.member is not None else -1] for sample in self._samples[:used]]
+
     def items(self, start: int, stop: int) -> Iterator[SourceItem]:
         """Samples in tar order; loading each as it comes reads every shard once, front to back."""
         cursor = _ShardCursor()
