@@ -220,6 +220,31 @@ def provenance_problem(recorded: dict[str, Any], current: dict[str, Any]) -> Opt
     return None
 
 
+def mask_shape_problem(location: str, ctx: Any, latent: tuple[int, ...], image_size: int) -> Optional[str]:
+    """For a dry run: why the mask file at ``location`` cannot fit a latent of shape ``latent``
+    (read from the file's header, nothing loaded), or None, also when the file is not here yet
+    (a download, or fit-mask not run: the weights checks say so)."""
+    from safetensors import SafetensorError, safe_open
+
+    from builder.checkpoints import find_location
+
+    try:
+        found = find_location(location, ctx)
+    except BuilderError:
+        return None
+    if found.path is None or not found.ready:
+        return None
+    try:
+        with safe_open(str(found.path), "pt") as handle:
+            shape = tuple(handle.get_slice("mask").get_shape())
+    except (SafetensorError, KeyError, OSError) as error:
+        return f"generator mask {location} is not a fit-mask file ({error})"
+    if shape != latent:
+        return (f"generator mask {location} has shape {shape} but this generator's latent at image_size {image_size} is {latent}; "
+                "fit the mask with this recipe's generator and image_size ('build-benchmark fit-mask')")
+    return None
+
+
 def mask_metadata(path: Path) -> dict[str, str]:
     from safetensors import safe_open
 

@@ -96,6 +96,23 @@ def test_a_mask_of_another_latent_height_and_width_is_refused_at_loading(tiny_re
         check_generator_mask(config, generator, ctx)
 
 
+def test_the_dry_run_reads_a_masks_shape_from_its_header(tiny_recipe: Path) -> None:
+    """A mask of another height and width passed the dry run and was refused only when loaded."""
+    from click.testing import CliRunner
+
+    from builder.cli import main
+
+    mask = tiny_recipe.parent / "mask.safetensors"
+    for shape, fine in (((8, 4, 4), False), ((8, 8, 8), True)):
+        save_mask(mask, MaskFit(torch.ones(*shape, dtype=torch.bool), 0.0, 1.0, 1, 1), {})
+        result = CliRunner().invoke(main, ["-q", "run", str(tiny_recipe), "--dry-run", "--set", f"generator.mask={mask}"])
+        if fine:
+            assert result.exit_code == 0, result.output
+        else:
+            assert result.exit_code == 2 and (f"generator mask: generator mask {mask} has shape (8, 4, 4) but this generator's latent at "
+                                              "image_size 16 is (8, 8, 8)") in result.output, result.output
+
+
 def test_a_mask_fitted_on_another_generator_is_refused(tiny_recipe: Path, caplog: pytest.LogCaptureFixture,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """fit-mask records the generator it fitted on; a mask of the same latent shape from another

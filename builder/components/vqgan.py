@@ -294,7 +294,15 @@ def vqgan_preflight(generator: VQGANConfig, ctx: PreflightContext, where: str) -
     def problem(size: int) -> str | None:
         return image_size_cap_problem(size) or downsampling_problem(params, size, path)
 
-    return checks + size_checks(generator, ctx.image_size, problem, f"a multiple of f{factor}")
+    checks += size_checks(generator, ctx.image_size, problem, f"a multiple of f{factor}")
+    if generator.mask is not None and ctx.image_size is not None and not any(check.problem for check in checks):
+        from builder.sparse import mask_shape_problem
+
+        side = ctx.image_size // factor
+        wrong = mask_shape_problem(generator.mask, ctx, (int(params["embed_dim"]), side, side), ctx.image_size)
+        if wrong:
+            checks.append(Check(f"{where} mask", generator.mask, f"{where} mask: {wrong}"))
+    return checks
 
 
 def vqgan_weights(generator: VQGANConfig, where: str) -> list[Weights]:
