@@ -111,6 +111,10 @@ def test_the_dry_run_reads_a_masks_shape_from_its_header(tiny_recipe: Path) -> N
         else:
             assert result.exit_code == 2 and (f"generator mask: generator mask {mask} has shape (8, 4, 4) but this generator's latent at "
                                               "image_size 16 is (8, 8, 8)") in result.output, result.output
+    # the pixel generator's latent is the image: (3, image_size, image_size)
+    result = CliRunner().invoke(main, ["-q", "run", str(tiny_recipe), "--dry-run", "--set", "generator={kind: pixel, mask: mask.safetensors}"])
+    assert result.exit_code == 2 and "generator mask: generator mask mask.safetensors has shape (8, 8, 8) but this generator's latent at " \
+                                     "image_size 16 is (3, 16, 16)" in result.output, result.output
 
 
 def test_a_mask_fitted_on_another_generator_is_refused(tiny_recipe: Path, caplog: pytest.LogCaptureFixture,

@@ -16,6 +16,7 @@ from builder.checkpoints import ResolveContext, fetch_location
 from builder.components.base import GENERATORS, ComponentContext, image_size_cap_problem, image_size_preflight
 from builder.config import GeneratorConfig
 from builder.errors import ComponentError
+from builder.preflight import Check, PreflightContext
 
 
 class PixelConfig(GeneratorConfig):
@@ -44,8 +45,20 @@ class PixelGenerator:
         return (latent + step_size * direction).clamp(0, 1)
 
 
+def pixel_preflight(config: PixelConfig, ctx: PreflightContext, where: str) -> list[Check]:
+    """The image sizes, and a mask's shape against the (3, image_size, image_size) pixels."""
+    checks = image_size_preflight(config, ctx, where)
+    if config.mask is not None and ctx.image_size is not None and not any(check.problem for check in checks):
+        from builder.sparse import mask_shape_problem
+
+        wrong = mask_shape_problem(config.mask, ctx, (3, ctx.image_size, ctx.image_size), ctx.image_size)
+        if wrong:
+            checks.append(Check(f"{where} mask", config.mask, f"{where} mask: {wrong}"))
+    return checks
+
+
 @GENERATORS.register("pixel", config=PixelConfig, description="no generator: steps move the pixels directly (baseline)",
-                     preflight=image_size_preflight)
+                     preflight=pixel_preflight)
 def load_pixel(config: PixelConfig, ctx: ComponentContext) -> PixelGenerator:
     problem = image_size_cap_problem(ctx.image_size)
     if problem:
