@@ -90,6 +90,16 @@ def output_location(ctx: click.Context, param: click.Parameter, value: Optional[
     return click.Path(file_okay=False, path_type=Path).convert(value, param, ctx)
 
 
+def local_dir_only(value: Optional[Path], flag: str) -> Optional[Path]:
+    """A local dir option given a URL made a folder named 's3:' and then a traceback."""
+    from builder.storage import is_url
+
+    if value is not None and is_url(str(value).replace(":/", "://", 1) if "://" not in str(value) else str(value)):
+        raise click.BadParameter(f"'{value}' is a URL; {flag} takes a local dir (to keep a benchmark on object storage, build it with "
+                                 "'build-benchmark run --out URL' and score that)", param_hint=flag)
+    return value
+
+
 def storage_option(command: Callable[..., Any]) -> Callable[..., Any]:
     """``--storage-option KEY=VALUE`` (repeatable), parsed into ``(key, value)`` pairs."""
 
@@ -266,7 +276,8 @@ def format_summary(name: str, summary: Any) -> str:
               help="A YAML list of model specs with names, scored one after another in this process; needs --out.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="With --models: DIR/<name>.json per model and DIR/table.md; models with a file are skipped.")
-@click.option("--overwrite", is_flag=True, help="With --models: score again the models that have a result file.")
+@click.option("--overwrite", is_flag=True, help="With --models: score again the models that have a result file; with --dynamic --save: "
+              "replace the benchmark kept there.")
 @click.option("--checkpoint", "checkpoints", multiple=True, metavar="PATH", help="Weights for the --model in the same position (repeatable).")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
@@ -282,7 +293,8 @@ def format_summary(name: str, summary: Any) -> str:
               "the model becomes the recipe's reference model, so relative paths in --model and --checkpoint are taken from the recipe's folder.")
 @click.option("--recipe", default=None, help="With --dynamic: the recipe to regenerate.")
 @click.option("--limit", type=click.IntRange(min=1), help="With --dynamic: only the first N source samples.")
-@click.option("--save", type=click.Path(file_okay=False, path_type=Path), help="With --dynamic: keep the generated benchmark here.")
+@click.option("--save", type=click.Path(file_okay=False, path_type=Path), callback=lambda ctx, param, value: local_dir_only(value, "--save"),
+              help="With --dynamic: keep the generated benchmark in this local dir.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="With --dynamic: override a recipe key.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
               help="With --dynamic: override the recipe's perturbation.precision, as 'run --precision' does.")
@@ -310,8 +322,9 @@ def score_command(benchmarks: tuple[str, ...], revision: Optional[str], config_n
         raise BuilderError(f"{given[0]} goes with --dynamic (a benchmark regenerated against the model); add --dynamic or drop {given[0]}")
     if precision is not None:
         overrides = (*overrides, f"perturbation.precision={precision}")
-    if overwrite and zoo is None:
-        raise BuilderError("--overwrite goes with --models ZOO.yaml --out DIR (it scores again the models that already have results there); drop it")
+    if overwrite and zoo is None and save is None:
+        raise BuilderError("--overwrite goes with --models ZOO.yaml --out DIR (it scores again the models that already have results there) "
+                           "or --dynamic --save DIR (it replaces the benchmark kept there); drop it")
     if zoo is not None or out_dir is not None:
         if models or dynamic or out_dir is None or zoo is None or not benchmarks:
             raise BuilderError("--models ZOO.yaml goes with --out DIR and --benchmark, without --model or --dynamic; give those")
@@ -352,7 +365,7 @@ def score_command(benchmarks: tuple[str, ...], revision: Optional[str], config_n
         raise BuilderError(f"--save keeps one generated benchmark, but the recipe has {len(generators)} generators; "
                            "drop --save, or build it with 'build-benchmark run' and score that")
     live = [
-        score_dynamic(recipe, model, checkpoint=checkpoint, overrides=overrides, limit=limit, save=save, device=device,
+        score_dynamic(recipe, model, checkpoint=checkpoint, overrides=overrides, limit=limit, save=save, overwrite=overwrite, device=device,
                       bootstrap=bootstrap, seed=seed, cache_dir=cache, progress=True, trust_remote_code=trust_remote_code, generator=generator,
                       compile_decoder=compile_decoder, score_batch_size=batch_size, workers=workers, with_per_class=per_class)
         for model, checkpoint in paired for generator in generators

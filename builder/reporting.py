@@ -97,5 +97,6 @@ def format_side_by_side(static: Sequence[Any], live: Sequence[Any]) -> str:
     lines = ["static vs dynamic FMR (a model far better on the static set than live was tuned to it)"]
     for result in live:
         for other in (s for s in static if s.model_spec == result.model_spec):
-            lines.append(f"{result.name}: static {other.fmr:.1f} on {other.config}, dynamic {result.fmr:.1f}")
+            apart = "" if other.n == result.n else " (other samples: a --limit or another recipe; not comparable)"
+            lines.append(f"{result.name}: static {other.fmr:.1f} on {other.config} (n {other.n}), dynamic {result.fmr:.1f} (n {result.n}){apart}")
     return "\n".join(lines)

@@ -448,6 +448,7 @@ def score_dynamic(
     overrides: tuple[str, ...] = (),
     limit: Optional[int] = None,
     save: Optional[Path] = None,
+    overwrite: bool = False,
     device: str = "cpu",
     batch_size: Optional[int] = None,
     bootstrap: int = 1000,
@@ -465,18 +466,23 @@ def score_dynamic(
     in a several-generator recipe, through ``generator`` (default: the first); ``compile_decoder``
     as ``run --compile``. ``batch_size`` is the build's (default: the recipe's); scoring the
     generated benchmark takes ``score_batch_size``, ``workers`` and ``with_per_class`` as
-    :func:`score` does."""
+    :func:`score` does. ``overwrite`` replaces a benchmark of other settings kept in ``save``.
+    The generated benchmark keeps its originals whatever the recipe says: SA is taken on them."""
     from builder.build import BuildOptions, build_benchmark
     from builder.recipes import LoadedRecipe, load_recipe
-    from builder.trust import downloaded_roots, require_trusted_file
+    from builder.trust import downloaded_roots, require_trusted_file, require_trusted_spec_file
 
     loaded = load_recipe(recipe, overrides)
     original = as_model_spec(model, checkpoint)
     # the build loads the model as the recipe's reference model: its relative paths (checkpoint,
     # py: file, folders) are taken from the recipe's folder, so the trust check looks there too
     require_trusted_file(original, loaded.base_dir, downloaded_roots(cache_dir), trust_remote_code)
+    file = spec_file(model)
+    if file is not None:  # a --model FILE.yaml inside downloaded data is data, as for a static score
+        require_trusted_spec_file([original], file, downloaded_roots(cache_dir), trust_remote_code, "--model")
     spec = original.model_copy(update={"name": "evaluated"})
-    update: dict[str, Any] = {"reference_models": (spec,)}
+    output = loaded.recipe.output.model_copy(update={"keep_originals": True})  # without them, nothing to take SA on
+    update: dict[str, Any] = {"reference_models": (spec,), "output": output}
     if loaded.recipe.generators is not None:
         name, chosen = loaded.recipe.generator_named(generator)
         update["generators"] = {name: chosen}
@@ -484,7 +490,7 @@ def score_dynamic(
     with tempfile.TemporaryDirectory(prefix="fmr-dynamic-") as scratch:
         out = save or Path(scratch) / "benchmark"
         options = BuildOptions(out_dir=out, device=device, cache_dir=cache_dir or default_cache_dir(), batch_size=batch_size, limit=limit,
-                               progress=progress, compile=compile_decoder)
+                               progress=progress, compile=compile_decoder, overwrite=overwrite and save is not None)
         build_benchmark(evaluated, options)
         result = score(out, spec, device=device, batch_size=score_batch_size, workers=workers, bootstrap=bootstrap, seed=seed,
                        with_per_class=with_per_class, cache_dir=options.cache_dir, base_dir=loaded.base_dir,

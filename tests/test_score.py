@@ -577,3 +577,23 @@ def test_a_specs_kwargs_are_part_of_white_box(tmp_path: Path) -> None:
     for version, white in (("0.2.1", True), ("0.2.2", False)):
         (bench / "manifest.json").write_text(json.dumps({**manifest, "tool": {"name": "fmr-builder", "version": version}}))
         assert score(bench, str(spec), bootstrap=0).white_box is white, version
+
+
+def test_dynamic_scores_a_recipe_without_originals_and_save_takes_a_local_dir(tiny_recipe: Path, tmp_path: Path) -> None:
+    """A recipe with keep_originals: false built the whole benchmark and then asked for --source
+    (which --dynamic ignores); --save s3://... made a folder named 's3:' and a traceback; --save
+    with other settings told to pass --overwrite, which score refused."""
+    base = ["-q", "score", "--dynamic", "--recipe", str(tiny_recipe), "--model", f"py:{TINY_MODELS}:tiny_cnn", "--checkpoint", "theta.pt",
+            "--bootstrap", "0"]
+    result = CliRunner().invoke(main, [*base, "--limit", "2", "--set", "output.keep_originals=false"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, [*base, "--limit", "2", "--save", "s3://bucket/live"])
+    assert result.exit_code == 2 and "'s3:/bucket/live' is a URL; --save takes a local dir" in result.output, result.output
+    assert not (Path.cwd() / "s3:").exists()
+    kept = tmp_path / "kept"
+    assert CliRunner().invoke(main, [*base, "--limit", "2", "--save", str(kept)]).exit_code == 0
+    again = CliRunner().invoke(main, [*base, "--limit", "3", "--save", str(kept)])
+    assert again.exit_code == 2 and "different settings (limit: 2 -> 3)" in again.output, again.output
+    replaced = CliRunner().invoke(main, [*base, "--limit", "3", "--save", str(kept), "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
+    assert json.loads((kept / "manifest.json").read_text())["limit"] == 3

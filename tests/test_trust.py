@@ -180,7 +180,7 @@ def _snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return snapshot
 
 
-@pytest.mark.parametrize("flag", ["--model", "--models"])
+@pytest.mark.parametrize("flag", ["--model", "--models", "--dynamic"])
 def test_a_spec_file_inside_downloaded_data_is_data(tiny_build: Path, canary: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                     flag: str) -> None:
     """A zoo or model YAML shipped in a download named code (here py: of a module on the path;
@@ -191,8 +191,13 @@ def test_a_spec_file_inside_downloaded_data_is_data(tiny_build: Path, canary: di
     entry = {"name": "canary", "model": "py:fmr_canary:net", "pretrained": False}
     spec_file = snapshot / "zoo.yaml"
     spec_file.write_text(yaml.safe_dump([entry] if flag == "--models" else entry))
-    args = ["-q", "score", "--benchmark", str(tiny_build), flag, str(spec_file), "--workers", "0", "--bootstrap", "0"]
-    args += ["--out", str(tmp_path / "zoo-out")] if flag == "--models" else []
+    if flag == "--dynamic":  # the live score checked py: files only: the downloaded spec's module was imported and called
+        recipe = tiny_build.parent / "tiny.yaml"
+        args = ["-q", "score", "--dynamic", "--recipe", str(recipe), "--model", str(spec_file), "--limit", "2", "--bootstrap", "0"]
+        flag = "--model"
+    else:
+        args = ["-q", "score", "--benchmark", str(tiny_build), flag, str(spec_file), "--workers", "0", "--bootstrap", "0"]
+        args += ["--out", str(tmp_path / "zoo-out")] if flag == "--models" else []
     assert_one_line_error(CliRunner().invoke(main, args), f"{flag} {spec_file} (inside downloaded data", "trust-remote-code", "nothing was run")
     assert untouched(canary)
 
