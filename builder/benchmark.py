@@ -117,9 +117,9 @@ def open_benchmark(location: str | Path, revision: Optional[str] = None, *, cach
     """A benchmark dir, ``org/name`` on the Hub at ``revision`` (manifest and Parquet shards,
     via the HF cache), or an fsspec URL such as ``s3://bucket/prefix`` (mirrored to ``cache_dir``,
     only what changed since the last mirror)."""
-    from builder.storage import check_options_fit, is_url, local_copy
+    from builder.storage import check_options_fit, is_url, local_copy, local_path
 
-    text = str(location)
+    text = local_path(str(location))
     hub = hub_dataset_url(text)
     check_options_fit(text, storage_options, on_the_hub=hub is not None)
     if hub is not None:

@@ -82,12 +82,12 @@ def resolve_ray_device(device: Optional[str]) -> str:
 
 
 def output_location(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Any:
-    """A URL (``s3://bucket/prefix``) as given; anything else as a local dir path."""
-    from builder.storage import is_url
+    """A URL (``s3://bucket/prefix``) as given; anything else (a ``file://`` URL too) as a local dir path."""
+    from builder.storage import is_url, local_path
 
     if value is None or is_url(value):
         return value
-    return click.Path(file_okay=False, path_type=Path).convert(value, param, ctx)
+    return click.Path(file_okay=False, path_type=Path).convert(local_path(value), param, ctx)
 
 
 def local_dir_only(value: Optional[Path], flag: str) -> Optional[Path]:
@@ -546,9 +546,10 @@ def verify_command(directory: str, revision: Optional[str], with_oracle: bool, r
     """
     from builder.benchmark import hub_dataset_url, is_hub_id, pinned_revision
     from builder.fileio import write_json_atomic
-    from builder.storage import is_url
+    from builder.storage import is_url, local_path
     from builder.verify import format_report, verify_benchmark
 
+    directory = local_path(directory)
     given = [flag for flag, value in {"--recipe": recipe, "--device": device, "--batch-size": batch_size}.items() if value]
     if given and not with_oracle:
         raise BuilderError(f"{given[0]} goes with --oracle (the oracle re-run on every perturbed image); add --oracle or drop {given[0]}")

@@ -47,6 +47,15 @@ def is_url(location: Location) -> bool:
     return match is not None and match.group("scheme").lower() != "file"
 
 
+def local_path(location: str) -> str:
+    """A ``file://`` URL's path (``file:///data/x`` and ``file://localhost/data/x`` are /data/x);
+    anything else as it is. Taken for a path, it was a folder named 'file:' under the cwd."""
+    if not location.lower().startswith("file://"):
+        return location
+    rest = location[len("file://"):]
+    return rest[len("localhost"):] if rest.lower().startswith("localhost/") else rest
+
+
 def parse_storage_options(pairs: Sequence[str]) -> tuple[tuple[str, str], ...]:
     """``--storage-option key=value`` pairs, in order (passed to the fsspec filesystem as strings)."""
     options = []
@@ -363,9 +372,7 @@ def open_storage(location: Location, options: Sequence[tuple[str, str]] = ()) ->
     if is_url(location):
         return RemoteStorage(text, dict(options))
     check_options_fit(text, options)
-    if isinstance(location, str) and text.lower().startswith("file://"):
-        return LocalStorage(Path(text[len("file://"):]))
-    return LocalStorage(Path(location))
+    return LocalStorage(Path(local_path(text)))
 
 
 # ------------------------------------------------------------------------------ local mirrors

@@ -251,3 +251,18 @@ def test_ctrl_c_says_resume_only_where_there_is_something_to_resume(tiny_recipe:
     assert verify.exit_code == 130 and verify.output.strip() == "interrupted"
     scored = CliRunner().invoke(main, ["-q", "score", "--benchmark", str(tmp_path), "--model", "timm:resnet18", "--overwrite"])
     assert_one_line_error(scored, "--overwrite goes with --models ZOO.yaml --out DIR")
+
+
+def test_a_file_url_is_the_local_dir_it_names(tiny_recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--out file:///abs was taken for the relative path 'file:/abs': the build went under the
+    current directory and failed; verify, score and gallery found no such directory."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    url = f"file://{out}"
+    built = CliRunner().invoke(main, ["-q", "run", str(tiny_recipe), "--out", url, "--no-progress"])
+    assert built.exit_code == 0, built.output
+    assert (out / "manifest.json").is_file() and not (tmp_path / "file:").exists()
+    assert CliRunner().invoke(main, ["-q", "verify", url]).exit_code == 0
+    assert CliRunner().invoke(main, ["-q", "gallery", f"file://localhost{out}"]).exit_code == 0
+    scored = CliRunner().invoke(main, ["-q", "score", "--benchmark", url, "--model", "ref:cnn", "--trust-remote-code", "--workers", "0", "--bootstrap", "0"])
+    assert scored.exit_code == 0, scored.output
