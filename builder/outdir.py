@@ -142,6 +142,20 @@ def inspect_output(storage: Storage, identity: dict[str, Any], *, overwrite: boo
     return _resume(storage, files, foreign, configs, force_clean)
 
 
+def check_foreign_files(storage: Storage, mode: str, identity: dict[str, Any], previous: Any, manifest: Any, *, force_clean: bool) -> None:
+    """The refusals :func:`inspect_output` makes about files a build did not write, by the
+    listing alone (no shard read): for a dry run, which passed a dir the run then refused."""
+    if mode == "fresh":
+        return
+    configs = config_dirs(storage, previous, manifest, identity)
+    files = storage.list_files()
+    foreign = [f for f in files if not is_owned(f, configs)]
+    if mode == "overwrite":
+        _overwrite(storage, files, foreign, configs, force_clean)
+    elif not force_clean and any(f.split("/")[0] in configs for f in foreign):
+        _resume(storage, files, foreign, configs, force_clean)  # raises before it reads a unit
+
+
 def first_look(storage: Storage, identity: dict[str, Any], *, overwrite: bool,
                compared: Optional[Iterable[str]] = None) -> tuple[Literal["fresh", "overwrite", "resume"], Any, Any]:
     """What a build may do with ``storage`` by its records alone (no shard is read): write it

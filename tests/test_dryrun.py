@@ -187,3 +187,31 @@ def test_the_dry_run_says_what_a_run_would_do_with_out(tiny_build: Path, tiny_re
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine")
     assert "holds no build of this tool" in dry("--out", str(tmp_path / "mine")).output
+
+
+def test_the_dry_run_refuses_what_the_run_refuses_about_foreign_files_and_the_source(tiny_build: Path, tiny_recipe: Path,
+                                                                                       tmp_path: Path) -> None:
+    """It said 'ok' for a dir the run then refused: a file the build did not write (with
+    --overwrite, or inside a config dir on a resume), or the recipe copied elsewhere (its
+    source is then another folder)."""
+    import shutil
+
+    def dry(recipe: Path, *extra: str):
+        return CliRunner().invoke(main, ["-q", "run", str(recipe), "--dry-run", "--device", "cpu", "--out", str(tiny_build), *extra])
+
+    (tiny_build / "results.json").write_text("{}")
+    refused = dry(tiny_recipe, "--overwrite")
+    assert refused.exit_code == 2 and "refusing to overwrite" in refused.output and "results.json" in refused.output, refused.output
+    assert dry(tiny_recipe, "--overwrite", "--force-clean").exit_code == 0
+    assert dry(tiny_recipe).exit_code == 0  # a resume leaves a file outside the config dirs be
+    (tiny_build / "cnn" / "mine.txt").write_text("mine")
+    refused = dry(tiny_recipe)
+    assert refused.exit_code == 2 and "refusing to resume into" in refused.output and "cnn/mine.txt" in refused.output, refused.output
+    (tiny_build / "cnn" / "mine.txt").unlink()
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_recipe.parent / "images", copy / "images")
+    shutil.copy(tiny_recipe, copy / "tiny.yaml")
+    for name in ("vqgan.yaml", "vqgan.ckpt", "theta.pt", "oracle.pt"):
+        shutil.copy(tiny_recipe.parent / name, copy / name)
+    moved = dry(copy / "tiny.yaml")
+    assert moved.exit_code == 2 and "was built with different settings (source.locations:" in moved.output, moved.output

@@ -20,7 +20,7 @@ from builder.config import Recipe, recipe_to_dict
 from builder.errors import OutputError
 from builder.fileio import sha256_file, sha256_tree
 from builder.manifest import MANIFEST_FORMAT
-from builder.outdir import OutputState, check_unlocked, first_look, inspect_output
+from builder.outdir import OutputState, check_foreign_files, check_unlocked, first_look, inspect_output
 from builder.paths import source_locations
 from builder.preflight import Check, component_weights
 from builder.recipes import LoadedRecipe
@@ -214,7 +214,14 @@ def output_outlook(loaded: LoadedRecipe, options: BuildOptions) -> Check:
     storage = options.storage()
     wanted = settings_identity(loaded.recipe, options)
     try:
-        mode, _, _ = first_look(storage, wanted, overwrite=options.overwrite, compared=wanted)
+        mode, previous, manifest = first_look(storage, wanted, overwrite=options.overwrite, compared=wanted)
+        check_foreign_files(storage, mode, wanted, previous, manifest, force_clean=options.force_clean)
+        if mode == "resume":  # where the source's data is: known without reading it
+            recorded = (previous.get("source") or {}).get("locations")
+            here = source_locations(loaded.recipe.source, loaded.base_dir)
+            if isinstance(recorded, dict) and recorded != here:
+                raise OutputError(f"--out {storage.location} was built with different settings "
+                                  f"(source.locations: {recorded} -> {here}); pass --overwrite to rebuild it, or pick a new dir")
     except OutputError as error:
         return Check("output", f"--out {storage.location}", str(error))
     return Check("output", f"--out {storage.location}: {OUTLOOKS[mode]}")
@@ -223,7 +230,7 @@ def output_outlook(loaded: LoadedRecipe, options: BuildOptions) -> Check:
 #: what a dry run says a run would do with --out, by what :func:`first_look` found
 OUTLOOKS = {
     "fresh": "empty or new; a run writes a fresh build",
-    "overwrite": "holds a build; --overwrite replaces the tool's own files there (a user's stay)",
+    "overwrite": "holds a build; --overwrite replaces the tool's own files there",
     "resume": "holds a build of these settings; a run resumes it (if the source and weights are unchanged)",
 }
 
