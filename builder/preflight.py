@@ -100,7 +100,8 @@ def weights_check(weights_file: Weights, ctx: PreflightContext) -> Check:
         return Check(what, location, f"{what}: {error}")
     if found.missing:
         fix = "create it with 'build-benchmark fit-mask'" if weights_file.kind == "mask" else "add a train block"
-        return Check(what, location, f"{what}: {location} does not exist; fix the path or {fix}")
+        looked = f" (looked for {found.path}: a relative path is taken from the recipe's folder)" if found.path and str(found.path) != location else ""
+        return Check(what, location, f"{what}: {location} does not exist{looked}; fix the path or {fix}")
     return Check(what, f"{location}: {found.how}")
 
 

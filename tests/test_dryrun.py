@@ -215,3 +215,12 @@ def test_the_dry_run_refuses_what_the_run_refuses_about_foreign_files_and_the_so
         shutil.copy(tiny_recipe.parent / name, copy / name)
     moved = dry(copy / "tiny.yaml")
     assert moved.exit_code == 2 and "was built with different settings (source.locations:" in moved.output, moved.output
+
+
+def test_a_missing_relative_file_says_where_it_was_looked_for(tiny_recipe: Path) -> None:
+    """A relative path is taken from the recipe's folder: 'mask.safetensors does not exist' was
+    said of a file that existed in the current directory."""
+    result = CliRunner().invoke(main, ["-q", "run", str(tiny_recipe), "--dry-run", "--set", "generator.mask=mask.safetensors"])
+    assert result.exit_code == 2
+    assert (f"generator mask: mask.safetensors does not exist (looked for {tiny_recipe.parent / 'mask.safetensors'}: a relative path is "
+            "taken from the recipe's folder)") in result.output, result.output
