@@ -313,7 +313,7 @@ def score_command(benchmarks: tuple[str, ...], revision: Optional[str], config_n
     from builder.benchmark import open_benchmark
     from builder.paths import default_cache_dir
     from builder.reporting import format_per_class, format_results, format_side_by_side, format_transfer_matrix
-    from builder.score import score, score_dynamic
+    from builder.score import score
 
     _check_revision(revision, benchmarks)
     given = [flag for flag, value in {"--recipe": recipe, "--limit": limit, "--save": save, "--set": overrides,
@@ -364,12 +364,11 @@ def score_command(benchmarks: tuple[str, ...], revision: Optional[str], config_n
     if save is not None and len(generators) > 1:
         raise BuilderError(f"--save keeps one generated benchmark, but the recipe has {len(generators)} generators; "
                            "drop --save, or build it with 'build-benchmark run' and score that")
-    live = [
-        score_dynamic(recipe, model, checkpoint=checkpoint, overrides=overrides, limit=limit, save=save, overwrite=overwrite, device=device,
-                      bootstrap=bootstrap, seed=seed, cache_dir=cache, progress=True, trust_remote_code=trust_remote_code, generator=generator,
-                      compile_decoder=compile_decoder, score_batch_size=batch_size, workers=workers, with_per_class=per_class)
-        for model, checkpoint in paired for generator in generators
-    ] if dynamic and recipe else []  # --dynamic without --recipe was refused above
+    live_options: dict[str, Any] = {"overrides": overrides, "limit": limit, "save": save, "overwrite": overwrite, "device": device,
+                                    "bootstrap": bootstrap, "seed": seed, "cache_dir": cache, "progress": True,
+                                    "trust_remote_code": trust_remote_code, "compile_decoder": compile_decoder,
+                                    "score_batch_size": batch_size, "workers": workers, "with_per_class": per_class}
+    live, failed = _live_scores(recipe, paired, generators, live_options) if dynamic and recipe else ([], [])
     results = static + live
     click.echo(format_results(results))
     if per_class:
@@ -386,6 +385,28 @@ def score_command(benchmarks: tuple[str, ...], revision: Optional[str], config_n
 
         write_bytes_atomic(json_out, results_bytes(result_payload(results)))
         click.echo(f"wrote {json_out}")
+    if failed:
+        raise BuilderError(f"{len(failed)} of {len(failed) + len(live)} dynamic scores failed (the others are above): {failed[0]}")
+
+
+def _live_scores(recipe: str, paired: list[tuple[str, Optional[str]]], generators: list[Optional[str]],
+                 options: dict[str, Any]) -> tuple[list[Any], list[str]]:
+    """Each model's dynamic score: with several, one that fails (its classes, its load) is
+    named at the end and the others are still shown and written; a whole run's regenerations
+    were thrown away by the last model's error. One alone fails as its own one line."""
+    from builder.score import score_dynamic
+
+    runs = [(model, checkpoint, generator) for model, checkpoint in paired for generator in generators]
+    results, failed = [], []
+    for model, checkpoint, generator in runs:
+        try:
+            results.append(score_dynamic(recipe, model, checkpoint=checkpoint, generator=generator, **options))
+        except BuilderError as error:
+            if len(runs) == 1:
+                raise
+            log.error("--model %s: %s", model, error)
+            failed.append(f"--model {model}: {error}")
+    return results, failed
 
 
 def _from_recipe_folder(recipe: str, overrides: tuple[str, ...],

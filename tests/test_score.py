@@ -597,3 +597,16 @@ def test_dynamic_scores_a_recipe_without_originals_and_save_takes_a_local_dir(ti
     replaced = CliRunner().invoke(main, [*base, "--limit", "3", "--save", str(kept), "--overwrite"])
     assert replaced.exit_code == 0, replaced.output
     assert json.loads((kept / "manifest.json").read_text())["limit"] == 3
+
+
+def test_one_failing_model_of_several_dynamic_scores_keeps_the_others(tiny_recipe: Path, tmp_path: Path) -> None:
+    """A good model, then one of another class count: the first's regeneration ran, and the
+    second's error threw its result away (no table, no JSON)."""
+    out = tmp_path / "two.json"
+    result = CliRunner().invoke(main, ["-q", "score", "--dynamic", "--recipe", str(tiny_recipe), "--limit", "2", "--bootstrap", "0",
+                                       "--model", f"py:{TINY_MODELS}:tiny_cnn", "--checkpoint", "theta.pt",
+                                       "--model", f"py:{TINY_MODELS}:tiny_cnn", "--checkpoint", "missing.pt", "--json", str(out)])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1].startswith("error: 1 of 2 dynamic scores failed (the others are above): --model py:")
+    rows = json.loads(out.read_text())["results"]
+    assert len(rows) == 1 and rows[0]["mode"] == "dynamic" and rows[0]["model_spec"]["checkpoint"].endswith("theta.pt")
