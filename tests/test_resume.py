@@ -194,7 +194,7 @@ def test_a_resume_with_other_package_versions_is_refused(tiny_recipe: Path, tmp_
     assert recorded["packages"] == byte_shaping_versions() and "pillow" in recorded["packages"] and "pillow's zlib" in recorded["packages"]
     manifest = (out / "manifest.json").read_bytes()
     assert json.loads(manifest)["built_with"] == recorded  # what built it, for whoever rebuilds it
-    assert f"({recorded['device']}, torch {recorded['torch']}: another kind of device" in (out / "README.md").read_text()
+    assert f"on `{recorded['device']}` with torch {recorded['torch']} (another kind of device" in (out / "README.md").read_text()
     for path in paths[:2]:
         stats = json.loads(path.read_text())
         older = {**stats["built_with"]["packages"], "pillow": "9.0.0", "timm": "0.9.2"}
