@@ -33,9 +33,16 @@ class RayUnitRunner:
     """The actor: one :class:`UnitRunner`, loaded when the actor starts (again after a restart).
     A load error is kept and raised by every call, so the driver gets its one-line message."""
 
-    def __init__(self, settings: RunnerSettings) -> None:
+    def __init__(self, settings: RunnerSettings, threads: Optional[int] = None) -> None:
+        """``threads``: torch's thread count, the actor's CPUs (Ray left torch on every core of
+        the node, so an actor's bytes were those of a build of the node's core count, whatever
+        --cpus-per-worker said, and its unit records said so)."""
+        import torch
+
         from builder.build.runner import UnitRunner
 
+        if threads:
+            torch.set_num_threads(threads)
         self.runner: Any = None
         self.failure: BaseException | None = None
         try:
@@ -87,6 +94,7 @@ class RayPool:
         actor = self.ray.remote(num_cpus=execution.cpus_per_worker or 1, num_gpus=gpus,
                                 max_restarts=ACTOR_RESTARTS, max_task_retries=0)(RayUnitRunner)
         self.settings, self.actor = settings, actor
+        self.threads = max(1, int(execution.cpus_per_worker or 1))  # torch computes on the CPUs Ray gives the actor
         self.actors: list[Any] = []
         self.idle: list[Any] = []
         self.owner: dict[Hashable, Any] = {}
@@ -114,9 +122,9 @@ class RayPool:
     def probe(self) -> WorkerInfo:
         """Start one actor first (it trains any missing weights, once), then the others; all must
         load, and the first one's info is the reference."""
-        self.actors = [self.actor.remote(self.settings)]
+        self.actors = [self.actor.remote(self.settings, self.threads)]
         first = self._ready(self.actors[0])
-        self.actors += [self.actor.remote(self.settings) for _ in range(self.capacity - 1)]
+        self.actors += [self.actor.remote(self.settings, self.threads) for _ in range(self.capacity - 1)]
         for actor in self.actors[1:]:
             self._ready(actor)
         self.idle = list(self.actors)
