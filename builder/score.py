@@ -469,6 +469,7 @@ def score_dynamic(
     :func:`score` does. ``overwrite`` replaces a benchmark of other settings kept in ``save``.
     The generated benchmark keeps its originals whatever the recipe says: SA is taken on them."""
     from builder.build import BuildOptions, build_benchmark
+    from builder.components.base import seeded
     from builder.recipes import LoadedRecipe, load_recipe
     from builder.trust import downloaded_roots, require_trusted_file, require_trusted_spec_file
 
@@ -492,9 +493,12 @@ def score_dynamic(
         options = BuildOptions(out_dir=out, device=device, cache_dir=cache_dir or default_cache_dir(), batch_size=batch_size, limit=limit,
                                progress=progress, compile=compile_decoder, overwrite=overwrite and save is not None)
         build_benchmark(evaluated, options)
-        result = score(out, spec, device=device, batch_size=score_batch_size, workers=workers, bootstrap=bootstrap, seed=seed,
-                       with_per_class=with_per_class, cache_dir=options.cache_dir, base_dir=loaded.base_dir,
-                       trust_remote_code=True)  # the user's own recipe and model
+        # loaded as the build loaded it (seeded as its reference model): parts its weights file does
+        # not fix (a head started fresh) were other than those the benchmark was generated against
+        with seeded(loaded.recipe.seed, f"reference_models.{spec.config_name}"):
+            result = score(out, spec, device=device, batch_size=score_batch_size, workers=workers, bootstrap=bootstrap, seed=seed,
+                           with_per_class=with_per_class, cache_dir=options.cache_dir, base_dir=loaded.base_dir,
+                           trust_remote_code=True)  # the user's own recipe and model
     location = str(save) if save else f"dynamic:{loaded.recipe.name}"
     identity = {"name": original.config_name, "model_spec": original.model_dump(mode="json"),
                 "sample_predictions": result.sample_predictions if save else None}  # keys of a deleted benchmark name nothing

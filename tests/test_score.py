@@ -610,3 +610,17 @@ def test_one_failing_model_of_several_dynamic_scores_keeps_the_others(tiny_recip
     assert result.output.strip().splitlines()[-1].startswith("error: 1 of 2 dynamic scores failed (the others are above): --model py:")
     rows = json.loads(out.read_text())["results"]
     assert len(rows) == 1 and rows[0]["mode"] == "dynamic" and rows[0]["model_spec"]["checkpoint"].endswith("theta.pt")
+
+
+def test_a_dynamic_score_loads_the_model_as_its_build_did(tiny_recipe: Path, tmp_path: Path) -> None:
+    """A model whose weights file does not fix every part (here: no checkpoint at all) was
+    reloaded unseeded for scoring: 'mode dynamic' but not white-box, scored on a model other
+    than the one the benchmark was generated against."""
+    spec = tmp_path / "random.yaml"
+    spec.write_text(f"model: py:{TINY_MODELS}:tiny_cnn\npretrained: false\n")
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(main, ["-q", "score", "--dynamic", "--recipe", str(tiny_recipe), "--model", str(spec), "--limit", "3",
+                                       "--bootstrap", "0", "--workers", "0", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    row = json.loads(out.read_text())["results"][0]
+    assert row["mode"] == "dynamic" and row["white_box"] is True
