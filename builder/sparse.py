@@ -245,6 +245,17 @@ def mask_shape_problem(location: str, ctx: Any, latent: tuple[int, ...], image_s
     return None
 
 
+def mask_shape_checks(config: Any, ctx: Any, where: str, checks: list[Any], latent: Callable[[int], tuple[int, ...]]) -> list[Any]:
+    """A generator kind's dry-run ``checks`` and, when they passed and it has a ``mask``, one
+    more if the mask cannot fit ``latent(image_size)`` (see :func:`mask_shape_problem`)."""
+    from builder.preflight import Check
+
+    if config.mask is None or ctx.image_size is None or any(check.problem for check in checks):
+        return checks
+    wrong = mask_shape_problem(config.mask, ctx, latent(ctx.image_size), ctx.image_size)
+    return [*checks, Check(f"{where} mask", config.mask, f"{where} mask: {wrong}")] if wrong else checks
+
+
 def mask_metadata(path: Path) -> dict[str, str]:
     from safetensors import safe_open
 

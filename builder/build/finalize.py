@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from builder import __version__
-from builder.build.executors.base import package_difference
+from builder.build.executors.base import installed_versions, package_difference
 from builder.build.plan import BuildPlan
 from builder.build.runner import output_errors
 from builder.build.tally import ConfigTally
@@ -211,12 +211,6 @@ def preview_rows(out: Path, shards: list[dict[str, Any]]) -> list[tuple[np.ndarr
 
 
 def package_versions() -> dict[str, str]:
-    from importlib import metadata
-
-    versions = {}
-    for name in ("torch", "timm", "open_clip_torch", "taming-transformers-rom1504", "datasets", "webdataset", "numpy", "pillow", "pyarrow"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
+    names = ("torch", "timm", "open_clip_torch", "taming-transformers-rom1504", "datasets", "webdataset", "numpy", "pillow", "pyarrow")
+    installed = installed_versions(names)
+    return {name: installed.get(name, "not installed") for name in names}

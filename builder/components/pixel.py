@@ -47,14 +47,9 @@ class PixelGenerator:
 
 def pixel_preflight(config: PixelConfig, ctx: PreflightContext, where: str) -> list[Check]:
     """The image sizes, and a mask's shape against the (3, image_size, image_size) pixels."""
-    checks = image_size_preflight(config, ctx, where)
-    if config.mask is not None and ctx.image_size is not None and not any(check.problem for check in checks):
-        from builder.sparse import mask_shape_problem
+    from builder.sparse import mask_shape_checks
 
-        wrong = mask_shape_problem(config.mask, ctx, (3, ctx.image_size, ctx.image_size), ctx.image_size)
-        if wrong:
-            checks.append(Check(f"{where} mask", config.mask, f"{where} mask: {wrong}"))
-    return checks
+    return mask_shape_checks(config, ctx, where, image_size_preflight(config, ctx, where), lambda size: (3, size, size))
 
 
 @GENERATORS.register("pixel", config=PixelConfig, description="no generator: steps move the pixels directly (baseline)",

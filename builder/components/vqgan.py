@@ -294,15 +294,10 @@ def vqgan_preflight(generator: VQGANConfig, ctx: PreflightContext, where: str) -
     def problem(size: int) -> str | None:
         return image_size_cap_problem(size) or downsampling_problem(params, size, path)
 
-    checks += size_checks(generator, ctx.image_size, problem, f"a multiple of f{factor}")
-    if generator.mask is not None and ctx.image_size is not None and not any(check.problem for check in checks):
-        from builder.sparse import mask_shape_problem
+    from builder.sparse import mask_shape_checks
 
-        side = ctx.image_size // factor
-        wrong = mask_shape_problem(generator.mask, ctx, (int(params["embed_dim"]), side, side), ctx.image_size)
-        if wrong:
-            checks.append(Check(f"{where} mask", generator.mask, f"{where} mask: {wrong}"))
-    return checks
+    checks += size_checks(generator, ctx.image_size, problem, f"a multiple of f{factor}")
+    return mask_shape_checks(generator, ctx, where, checks, lambda size: (int(params["embed_dim"]), size // factor, size // factor))
 
 
 def vqgan_weights(generator: VQGANConfig, where: str) -> list[Weights]:

@@ -10,7 +10,7 @@ torch version it runs, so the driver can refuse a worker that would write other 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Mapping, Optional, Protocol
+from typing import Any, Callable, Hashable, Mapping, Optional, Protocol, Sequence
 
 from builder.build.units import WorkUnit
 from builder.errors import BuilderError
@@ -35,17 +35,23 @@ class WorkerInfo:
         return {"device": self.device, "torch": self.torch, "packages": dict(sorted(self.packages.items()))}
 
 
-def byte_shaping_versions() -> dict[str, str]:
-    """Versions of the installed :data:`BYTE_SHAPING_PACKAGES`, and of the zlib and libwebp
-    Pillow encodes with (another zlib compresses a PNG to other bytes)."""
+def installed_versions(names: Sequence[str]) -> dict[str, str]:
+    """The version of each of the distributions ``names`` that is installed (the others left out)."""
     from importlib import metadata
 
     versions = {}
-    for name in BYTE_SHAPING_PACKAGES:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
+    return versions
+
+
+def byte_shaping_versions() -> dict[str, str]:
+    """Versions of the installed :data:`BYTE_SHAPING_PACKAGES`, and of the zlib and libwebp
+    Pillow encodes with (another zlib compresses a PNG to other bytes)."""
+    versions = installed_versions(BYTE_SHAPING_PACKAGES)
     from PIL import features
 
     for library in ("zlib", "webp"):
