@@ -734,6 +734,7 @@ def measure_mode(base: Suite, mode: str, settings: dict[str, Any], batch: int, f
     first_call, _, _ = timed(first_calls, settings["device"])
     for _ in range(max(0, settings[f"{prefix}_warmup"] - 1)):
         run_engine(warm, batch, batch)
+    every_shape_once(suite, len(first), batch)
     floor = Floor(suite, batch)
     outcomes, row = timed_runs(partial(run_engine, suite, len(first), batch), floor, Floor.EXTRAS, repeats=settings[f"{prefix}_repeats"],
                                reps=settings[f"{prefix}_reps"], device=settings["device"])
@@ -744,6 +745,17 @@ def measure_mode(base: Suite, mode: str, settings: dict[str, Any], batch: int, f
     row["engine_flop_rate"] = row["flops_per_image_step"] / row["seconds_per_image_step"]
     log(f"{base.name}: {mode}: engine {row['images_per_s']:.3g} images/s, first call {first_call:.1f}s, overhead {row['overhead']:+.1%}")
     return row
+
+
+def every_shape_once(suite: Suite, count: int, batch: int) -> None:
+    """On CUDA, one untimed engine run over the images: each batch size of a shrinking tail costs
+    a first-call setup the first time it is met (cuDNN's plans for that shape, the caching
+    allocator's growth; on an H200, 2026-11-27: a first digits-demo
+    run of 39 s against 2.1 s for the next, its tail passing through many sizes once), which a
+    warm-up at the full batch alone leaves inside the first timed run. A build pays it once per
+    worker and shape. Nothing on a CPU."""
+    if suite.images.device.type == "cuda":
+        run_engine(suite, count, batch)
 
 
 def flop_rates(flops: dict[str, float], figures: dict[str, Any]) -> dict[str, float]:
@@ -757,7 +769,10 @@ def flop_rates(flops: dict[str, float], figures: dict[str, Any]) -> dict[str, fl
             "decoder_fwd_bwd": flops["decoder_fwd_bwd"] / decoder_seconds}
 
 
-def measure_suite(which: str, settings: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+def measure_suite(which: str, settings: dict[str, Any], log: Callable[[str], None],
+                  save: Callable[[dict[str, Any]], None] = lambda figures: None) -> dict[str, Any]:
+    """One set of components measured; ``save`` gets the figures so far after each part, so that
+    a run cut short (a lease's time limit) keeps what it measured."""
     prefix = "demo" if which == "demo" else "real"
     device, warmup, reps = settings["device"], settings[f"{prefix}_warmup"], settings[f"{prefix}_reps"]
     count, budget = settings[f"{prefix}_images"], settings[f"{prefix}_budget"]
@@ -778,6 +793,7 @@ def measure_suite(which: str, settings: dict[str, Any], log: Callable[[str], Non
     for _ in range(warmup):
         run_engine(warm_suite, batch, batch)
         run_per_image(warm_suite, 1)
+    every_shape_once(suite, count, batch)
     floor, floor_one = Floor(suite, batch), Floor(suite, 1)
     repeats = settings[f"{prefix}_repeats"]
 
@@ -814,6 +830,7 @@ def measure_suite(which: str, settings: dict[str, Any], log: Callable[[str], Non
         f"engine overhead {figures['engine']['overhead']:+.1%}")
     figures["flops_per_image_step"] = flops = floor.flops_per_image_step()
     figures["flop_rates"] = flop_rates(flops, figures)
+    save(figures)
 
     figures["host_syncs"] = host_syncs(suite, min(count, batch), batch)
     if figures["host_syncs"] is not None:
@@ -832,7 +849,10 @@ def measure_suite(which: str, settings: dict[str, Any], log: Callable[[str], Non
         del parts64, suite64
 
     # the engine again in each further mode, on the same components and images
-    figures["modes"] = [measure_mode(suite, mode, settings, batch, engine, sum(flops.values()), log) for mode in settings.get("modes") or ()]
+    figures["modes"] = []
+    for mode in settings.get("modes") or ():
+        figures["modes"].append(measure_mode(suite, mode, settings, batch, engine, sum(flops.values()), log))
+        save(figures)
 
     # peak RSS of builds of N and 4N images, in subprocesses
     with tempfile.TemporaryDirectory() as tmp:
@@ -1067,29 +1087,44 @@ def main() -> None:
     log(f"torch {torch.__version__}, {args.device} ({device_name(args.device)}), {torch.get_num_threads()} threads, preset {settings['preset']}")
     matmul = {"fp32": matmul_rate(args.device, torch.float32), "bf16": matmul_rate(args.device, torch.bfloat16)}
     log("one large matrix product: " + ", ".join(f"{flop_rate(value)} {dtype}" for dtype, value in matmul.items()))
-    results, whole_build = {}, None
+    results: dict[str, Any] = {}
+    whole_build = None
+
+    def report_so_far(complete: bool) -> dict[str, Any]:
+        return {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "device": args.device,
+            "device_name": device_name(args.device),
+            "torch_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "load_average_start": load_start,
+            "load_average_end": list(os.getloadavg()),
+            "matmul_flops_per_s": matmul,
+            "tf32": {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32},
+            "settings": settings,
+            "results": results,
+            "whole_build": whole_build,
+            "wall_seconds": time.perf_counter() - began,
+            "complete": complete,
+        }
+
+    def save_so_far() -> None:
+        if args.json:
+            write_text_atomic(Path(args.json), json.dumps(report_so_far(False), indent=2, default=float) + "\n")
+
+    def save_part(key: str, figures: dict[str, Any]) -> None:
+        results[key] = figures
+        save_so_far()
+
     for which in args.only or ["demo", "real", "build"]:
         if which == "build":
             whole_build = measure_whole_build(settings, log)
+            save_so_far()
             continue
-        figures = measure_suite(which, settings, log)
-        results["digits-demo" if which == "demo" else "real-size"] = figures
-    report = {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "device": args.device,
-        "device_name": device_name(args.device),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "load_average_start": load_start,
-        "load_average_end": list(os.getloadavg()),
-        "matmul_flops_per_s": matmul,
-        "tf32": {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32},
-        "settings": settings,
-        "results": results,
-        "whole_build": whole_build,
-        "wall_seconds": time.perf_counter() - began,
-    }
+        key = "digits-demo" if which == "demo" else "real-size"
+        save_part(key, measure_suite(which, settings, log, partial(save_part, key)))
+    report = report_so_far(True)
     print(f"\nbench_build on {report['device_name']} ({args.device}), torch {torch.__version__}, "
           f"{report['torch_threads']} threads, {os.cpu_count()} CPUs, preset {settings['preset']}, seed {settings['seed']}; "
           f"load average {load_start[0]:.1f} at the start, {report['load_average_end'][0]:.1f} at the end\n")
@@ -1099,7 +1134,14 @@ def main() -> None:
         print(whole_build_line(whole_build))
     print(f"\nwall time {report['wall_seconds']:.0f}s")
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2, default=float) + "\n")
+        write_text_atomic(Path(args.json), json.dumps(report, indent=2, default=float) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """A report written whole or not at all: rewritten after every part, read while a run goes on."""
+    temporary = path.with_name(path.name + ".partial")
+    temporary.write_text(text)
+    os.replace(temporary, path)
 
 
 if __name__ == "__main__":
