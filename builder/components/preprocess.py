@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence, Union
@@ -51,18 +52,55 @@ def rgb(values: Union[float, Iterable[Any]], owner: str, what: str) -> tuple[flo
     return numbers[0], numbers[1], numbers[2]
 
 
+@functools.lru_cache(maxsize=64)
+def resize_matrix(size_in: int, size_out: int, mode: str) -> torch.Tensor:
+    """(size_out, size_in) float64 weights of a 1-D antialiased ``mode`` resize, as
+    ``F.interpolate`` (align_corners=False, antialias=True) computes them: it resizes the
+    identity. Resized along the width: torch 2.14 gets a height-only antialiased resize of a
+    width-1 tensor wrong. Callers must not modify it (cached)."""
+    identity = torch.eye(size_in, dtype=torch.float64).view(size_in, 1, 1, size_in)
+    columns = F.interpolate(identity, size=(1, size_out), mode=mode, align_corners=False, antialias=True)
+    return columns.view(size_in, size_out).T.contiguous()
+
+
 class Preprocess(nn.Module):
     mean: torch.Tensor  # buffers, declared for the type checker
     std: torch.Tensor
 
     """Resize the shorter side to input_size / crop_pct, centre-crop (zero-padding a side shorter
-    than input_size, as torchvision's centre crop does), normalise (timm's eval transform)."""
+    than input_size, as torchvision's centre crop does), normalise (timm's eval transform).
+
+    The antialiased resize runs as two matrix products with ``F.interpolate``'s own weights:
+    the same function (equal to 1e-15 in float64, forward and backward; nearer float64 than
+    torch's float32 kernel), and a backward pass that is deterministic on CUDA, where
+    ``upsample_bicubic2d_aa_backward`` accumulates with atomics and a GPU build differed from
+    run to run (benchmarks/bench_determinism.py on an H200)."""
 
     def __init__(self, config: Preprocessing) -> None:
         super().__init__()
         self.config = config
         self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(config.std).view(1, 3, 1, 1), persistent=False)
+        #: resize weights on the device, per (size_in, size_out, device, dtype): copied there once,
+        #: never per step (a host-to-device copy waits for the queued work)
+        self._weights: dict[tuple[int, int, torch.device, torch.dtype], torch.Tensor] = {}
+
+    def _resize_weights(self, size_in: int, size_out: int, like: torch.Tensor) -> torch.Tensor:
+        key = (size_in, size_out, like.device, like.dtype)
+        if key not in self._weights:
+            self._weights[key] = resize_matrix(size_in, size_out, self.config.interpolation).to(like.device, like.dtype)
+        return self._weights[key]
+
+    def resize(self, images: torch.Tensor, target: tuple[int, int]) -> torch.Tensor:
+        """``F.interpolate(images, target, mode, align_corners=False, antialias=True)``, or
+        nearest-neighbour as it is, in the images' own precision (no autocast, as
+        ``F.interpolate``)."""
+        if self.config.interpolation == "nearest":
+            return F.interpolate(images, size=target, mode="nearest")
+        rows = self._resize_weights(images.shape[-2], target[0], images)
+        columns = self._resize_weights(images.shape[-1], target[1], images)
+        with torch.autocast(images.device.type, enabled=False):
+            return rows @ images @ columns.T
 
     def fingerprint_text(self) -> str:
         """What of the preprocessing no buffer holds (size, crop, interpolation), for the model's
@@ -76,13 +114,7 @@ class Preprocess(nn.Module):
         if min(height, width) != scale:
             ratio = scale / min(height, width)
             target = (max(scale, round(height * ratio)), max(scale, round(width * ratio)))
-            mode = self.config.interpolation
-            images = F.interpolate(
-                images,
-                size=target,
-                mode=mode,
-                **({} if mode == "nearest" else {"align_corners": False, "antialias": True}),
-            )
+            images = self.resize(images, target)
         short_h, short_w = max(size - images.shape[-2], 0), max(size - images.shape[-1], 0)
         if short_h or short_w:  # a crop_pct above 1 (MobileViT's default: resized to 224, cropped to 256)
             images = F.pad(images, (short_w // 2, short_w - short_w // 2, short_h // 2, short_h - short_h // 2))
