@@ -1,8 +1,9 @@
 """Are two identical engine runs byte-identical on this device, and what does determinism cost?
 
 The same components, images, seed and batch, run ``--runs`` times in one process: first as a build
-runs today (torch's defaults), then with ``torch.use_deterministic_algorithms(True, warn_only=True)``
-and cuDNN's deterministic, non-benchmarking mode. Each run's uint8 images, step counts and stop
+runs by default (torch's defaults), then as ``run --deterministic`` runs (``builder.build.determinism``:
+torch's deterministic algorithms, cuDNN's deterministic, non-benchmarking mode), but warning
+instead of failing on an op without a deterministic implementation. Each run's uint8 images, step counts and stop
 reasons are compared with the first run of its mode; each run is timed (the first of a mode also
 meets every batch shape of the tail for the first time, so the median of the later runs is the
 steady rate). The ops torch warns have no deterministic implementation are listed: those stay
@@ -27,7 +28,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before any cuBLAS handle: what deterministic matmuls need
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before any cuBLAS handle (the default runs come first): deterministic matmuls need it
 
 import torch  # noqa: E402
 
@@ -35,6 +36,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench_build import Outcome, Suite, compare, device_name, load_demo, load_real, run_engine, sync  # noqa: E402
+
+from builder.build import determinism  # noqa: E402
 
 
 def timed_outcomes(suite: Suite, count: int, batch: int, device: str) -> tuple[float, list[Outcome]]:
@@ -47,12 +50,14 @@ def timed_outcomes(suite: Suite, count: int, batch: int, device: str) -> tuple[f
 
 def runs_in_mode(suite: Suite, count: int, batch: int, device: str, runs: int, deterministic: bool) -> dict[str, Any]:
     """``runs`` engine runs in one mode; each compared with the mode's first."""
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
-    torch.backends.cudnn.deterministic = deterministic
-    torch.backends.cudnn.benchmark = False
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        pairs = [timed_outcomes(suite, count, batch, device) for _ in range(runs)]
+    before = determinism.enable(warn_only=True) if deterministic else None  # as run --deterministic, but warning
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pairs = [timed_outcomes(suite, count, batch, device) for _ in range(runs)]
+    finally:
+        if before is not None:
+            determinism.apply(before)
     timings, outputs = [t for t, _ in pairs], [o for _, o in pairs]
     unsupported = sorted({str(w.message).split(" does not have a deterministic")[0] for w in caught
                           if "does not have a deterministic implementation" in str(w.message)})
@@ -84,8 +89,6 @@ def measure(name: str, load: Callable[[], Suite], count: int, device: str, runs:
             f"(runs {', '.join(f'{s:.2f}' for s in row['seconds'])} s)")
         if row["ops_without_deterministic_implementation"]:
             log(f"{name} {key}: no deterministic implementation: {'; '.join(row['ops_without_deterministic_implementation'])}")
-    torch.use_deterministic_algorithms(False)
-    torch.backends.cudnn.deterministic = False
     figures["determinism_cost"] = figures["default"]["steady_images_per_s"] / figures["deterministic"]["steady_images_per_s"] - 1
     return figures
 

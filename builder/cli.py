@@ -160,6 +160,9 @@ def main(ctx: click.Context, verbose: int, quiet: bool, plugins: tuple[str, ...]
                    "part of the recipe, so of the manifest id).")
 @click.option("--compile", "compile_decoder", is_flag=True,
               help="torch.compile the generator's decoder (same recipe and manifest id; pays on a GPU for long builds).")
+@click.option("--deterministic", is_flag=True,
+              help="torch's deterministic algorithms in every worker: on a GPU, a rerun on the same card and software gives the same "
+                   "bytes (torch's defaults do not); an op without a deterministic implementation fails before any unit.")
 @click.option("--seed", type=int, help="Override the recipe's seed.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key, e.g. perturbation.budget=10 (repeatable).")
 @click.option("--overwrite", is_flag=True, help="Replace the build in --out (only the files a build writes are deleted).")
@@ -173,7 +176,8 @@ def main(ctx: click.Context, verbose: int, quiet: bool, plugins: tuple[str, ...]
 @storage_option
 @cache_option
 def run(recipe: str, out_dir: Optional[Path | str], limit: Optional[int], dry_run: bool, device: Optional[str], batch_size: Optional[int],
-        precision: Optional[str], compile_decoder: bool, seed: Optional[int], overrides: tuple[str, ...], overwrite: bool, force_clean: bool, no_progress: bool, executor: str,
+        precision: Optional[str], compile_decoder: bool, deterministic: bool, seed: Optional[int], overrides: tuple[str, ...], overwrite: bool, force_clean: bool,
+        no_progress: bool, executor: str,
         workers: Optional[int], ray_address: Optional[str], gpus_per_worker: Optional[float], cpus_per_worker: Optional[float],
         storage_options: tuple[tuple[str, str], ...], cache_dir: Optional[Path]) -> None:
     """Build the benchmark of RECIPE (a YAML path or a bundled recipe name) into --out."""
@@ -202,6 +206,7 @@ def run(recipe: str, out_dir: Optional[Path | str], limit: Optional[int], dry_ru
         progress=not no_progress,
         storage_options=storage_options,
         compile=compile_decoder,
+        deterministic=deterministic,
     )
     if dry_run:
         _print_dry_run(loaded, options.cache_dir, limit, options)

@@ -100,3 +100,27 @@ class SmallBatchesOnly(nn.Sequential):
 
 def small_batches_only(num_classes: int, limit: int = 2) -> nn.Module:
     return SmallBatchesOnly(num_classes, limit)
+
+
+class DeterministicOnly(nn.Sequential):
+    """tiny_cnn (its checkpoints fit) that refuses to run unless torch's deterministic algorithms
+    are on; with ``put``, one that runs an op without a deterministic implementation (``put_``)."""
+
+    def __init__(self, num_classes: int, put: bool = False) -> None:
+        super().__init__(*tiny_cnn(num_classes))
+        self.put = put
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.put:  # put_ with accumulate=False has no deterministic implementation, on any device
+            torch.zeros(2).put_(torch.tensor([0]), torch.ones(1), accumulate=False)
+        elif not torch.are_deterministic_algorithms_enabled():
+            raise RuntimeError("deterministic_only: torch's deterministic algorithms are off")
+        return super().forward(x)
+
+
+def deterministic_only(num_classes: int) -> nn.Module:
+    return DeterministicOnly(num_classes)
+
+
+def nondeterministic_op(num_classes: int) -> nn.Module:
+    return DeterministicOnly(num_classes, put=True)

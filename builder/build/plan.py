@@ -45,6 +45,8 @@ class BuildOptions:
     compile: bool = False
     #: ``key=value`` options of the fsspec filesystem of a URL ``out_dir`` (endpoint, profile...)
     storage_options: tuple[tuple[str, str], ...] = ()
+    #: torch's deterministic algorithms in every worker (:mod:`builder.build.determinism`)
+    deterministic: bool = False
 
     def storage(self) -> Storage:
         return open_storage(self.out_dir, self.storage_options)
@@ -86,6 +88,7 @@ class RunnerSettings:
     plugins: tuple[str, ...] = ()
     compile: bool = False
     storage_options: tuple[tuple[str, str], ...] = ()
+    deterministic: bool = False
 
 
 @dataclass(frozen=True)
@@ -190,7 +193,7 @@ def plan_build(loaded: LoadedRecipe, options: BuildOptions) -> BuildPlan:
     pending = tuple((unit, name) for unit in units for name in names if (name, unit.shard_stem(split)) not in state.completed)
     settings = RunnerSettings(recipe, loaded.base_dir, options.cache_dir, options.out_dir, options.device,
                               options.batch_size or recipe.batch_size, tuple(source.class_names), loaded_plugins(), options.compile,
-                              options.storage_options)
+                              options.storage_options, options.deterministic)
     return BuildPlan(loaded, options, settings, units, total, identity, state, pending, listing)
 
 

@@ -24,6 +24,7 @@ from typing import Any, Callable, Generator, Iterable, Iterator, Optional, Seque
 
 import numpy as np
 
+import builder.build.determinism as determinism
 from builder.build.executors.base import current_worker_info
 from builder.build.pipeline import READ_AHEAD, BackgroundWriter, ImageEncoder, Prefetcher
 from builder.build.plan import RunnerSettings
@@ -163,6 +164,15 @@ class UnitRunner:
     """Turns work units into shard files and stats files; loads everything once, at creation."""
 
     def __init__(self, settings: RunnerSettings) -> None:
+        #: torch's switches as they were before --deterministic, restored by close()
+        self._determinism_before = determinism.enable() if settings.deterministic else None
+        try:
+            self._start(settings)
+        except BaseException:
+            self._restore_determinism()
+            raise
+
+    def _start(self, settings: RunnerSettings) -> None:
         load_plugins(settings.plugins)  # in a worker process: the kinds the driver knew
         self.settings = settings
         recipe = settings.recipe
@@ -196,6 +206,10 @@ class UnitRunner:
             except BuilderError:
                 raise
             except Exception as error:  # the components' own code, or the device: one line, before the output is touched
+                op = determinism.nondeterministic_op(error)
+                if op is not None:
+                    raise ComponentError(f"config {name}: {op} has no deterministic implementation on {self.settings.device} "
+                                         "(--deterministic); build without --deterministic") from error
                 fix = "lower --batch-size" if "out of memory" in str(error).lower() else "check the components and image_size"
                 raise ComponentError(f"config {name}: a step of a batch of {count} images of {recipe.image_size} px failed on "
                                      f"{self.settings.device} ({first_line(error, typed=True)}); {fix}") from error
@@ -208,10 +222,19 @@ class UnitRunner:
         return {name: self.components.fingerprints[config.model.config_name] for name, config in self.configs.items()}
 
     def close(self) -> None:
-        """Stop the reader, writer and encoder threads (pending writes finish, reads not begun are dropped)."""
-        self.reader.close()
-        self.writer.close()
-        self.encoder.close()
+        """Stop the reader, writer and encoder threads (pending writes finish, reads not begun are
+        dropped), and give torch back the switches --deterministic changed."""
+        try:
+            self.reader.close()
+            self.writer.close()
+            self.encoder.close()
+        finally:
+            self._restore_determinism()
+
+    def _restore_determinism(self) -> None:
+        if self._determinism_before is not None:
+            determinism.apply(self._determinism_before)
+            self._determinism_before = None
 
     def run(self, unit: WorkUnit, configs: list[str], progress: Optional[Progress] = None,
             upcoming: Optional[WorkUnit] = None) -> list[dict[str, Any]]:
@@ -341,7 +364,7 @@ class UnitRunner:
             "keys": [s.key for s in sorted(samples, key=lambda s: s.key)],
             "tally": ConfigTally.counts_of([s.record for s in samples]),
             "reference_weights_sha256": self.fingerprints[name],
-            "built_with": self.info.to_json(),
+            "built_with": {**self.info.to_json(), **({"deterministic": True} if self.settings.deterministic else {})},
             "files": files,
             "rejects": rejects,
         }

@@ -1,0 +1,67 @@
+"""run --deterministic: torch's deterministic algorithms in every worker, restored after; an op
+without a deterministic implementation fails before any unit, as one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import TINY_MODELS, assert_one_line_error, build
+
+from builder.build import determinism
+
+
+def model(name: str) -> str:
+    return f"reference_models.0.model=py:{TINY_MODELS}:{name}"
+
+
+def test_a_deterministic_build_runs_its_models_in_deterministic_mode_and_gives_torch_back(tiny_recipe: Path, tmp_path: Path) -> None:
+    assert not torch.are_deterministic_algorithms_enabled()
+    result = build(tiny_recipe, tmp_path / "det", "--deterministic", "--set", model("deterministic_only"))
+    assert result.exit_code == 0, result.output
+    assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic  # this process's torch as it was
+    manifest = json.loads((tmp_path / "det" / "manifest.json").read_text())
+    assert manifest["built_with"]["deterministic"] is True
+    # the probe is real: without --deterministic the same model refuses to run
+    without = build(tiny_recipe, tmp_path / "plain", "--set", model("deterministic_only"))
+    assert without.exit_code != 0 and "deterministic algorithms are off" in without.output
+
+
+def test_an_op_without_a_deterministic_implementation_fails_before_any_unit(tiny_recipe: Path, tmp_path: Path) -> None:
+    out = tmp_path / "det"
+    result = build(tiny_recipe, out, "--deterministic", "--set", model("nondeterministic_op"))
+    assert_one_line_error(result, "config cnn: put_ has no deterministic implementation on cpu (--deterministic)", "build without --deterministic")
+    assert not out.exists() or not any(out.rglob("*.tar"))
+    assert not torch.are_deterministic_algorithms_enabled()
+    plain = build(tiny_recipe, tmp_path / "plain", "--set", model("nondeterministic_op"))
+    assert plain.exit_code == 0, plain.output
+    assert "deterministic" not in json.loads((tmp_path / "plain" / "manifest.json").read_text())["built_with"]
+
+
+def test_enable_returns_the_switches_that_apply_restores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = determinism.current()
+    try:
+        previous = determinism.enable()
+        assert previous == before
+        assert determinism.current() == determinism.TorchDeterminism(True, False, True, False)
+        import os
+
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == determinism.CUBLAS_WORKSPACE
+    finally:
+        determinism.apply(before)
+    assert determinism.current() == before
+
+
+def test_nondeterministic_op_names_torchs_op_and_nothing_else() -> None:
+    torch.use_deterministic_algorithms(True)
+    try:
+        with pytest.raises(RuntimeError) as caught:
+            torch.zeros(2).put_(torch.tensor([0]), torch.ones(1), accumulate=False)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert determinism.nondeterministic_op(caught.value) == "put_"
+    assert determinism.nondeterministic_op(RuntimeError("CUDA out of memory")) is None
+    assert determinism.nondeterministic_op(ValueError("x does not have a deterministic implementation")) is None
