@@ -6,7 +6,7 @@ need them, so ``import builder`` and ``build-benchmark --help`` stay fast.
 
 from typing import Any
 
-__version__ = "0.2.2"
+__version__ = "0.2.3"
 
 __all__ = ["__version__", "score"]
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from helpers import TINY_MODELS, assert_one_line_error, build
 
 from builder.build import determinism
@@ -65,3 +66,40 @@ def test_nondeterministic_op_names_torchs_op_and_nothing_else() -> None:
     assert determinism.nondeterministic_op(caught.value) == "put_"
     assert determinism.nondeterministic_op(RuntimeError("CUDA out of memory")) is None
     assert determinism.nondeterministic_op(ValueError("x does not have a deterministic implementation")) is None
+
+
+def trained_on_first_use(recipe_path: Path, name: str) -> Path:
+    """The tiny recipe over the digits (a source with a train split), its oracle of random
+    weights and its reference model ``name`` trained on first use (one epoch)."""
+    recipe = yaml.safe_load(recipe_path.read_text())
+    recipe["source"] = {"kind": "sklearn-digits", "split": "test"}
+    recipe["oracle"]["model"].pop("checkpoint")
+    recipe["reference_models"][0].update(model=f"py:{TINY_MODELS}:{name}", checkpoint=f"cache:determinism/{name}.safetensors",
+                                         train={"epochs": 1, "batch_size": 64})
+    path = recipe_path.with_name(f"trained-{name}.yaml")
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_weights_trained_on_first_use_are_trained_in_the_builds_mode(tiny_recipe: Path, tmp_path: Path) -> None:
+    """Trained in the driver before the workers start, the weights were made outside deterministic
+    mode (a Ray actor, training inside its runner, made them inside it)."""
+    result = build(trained_on_first_use(tiny_recipe, "deterministic_only"), tmp_path / "det", "--deterministic", "--limit", "8")
+    assert result.exit_code == 0, result.output
+    assert not torch.are_deterministic_algorithms_enabled()
+    failing = build(trained_on_first_use(tiny_recipe, "nondeterministic_op"), tmp_path / "put", "--deterministic", "--limit", "8")
+    assert_one_line_error(failing, "training the missing weights: put_ has no deterministic implementation on cpu (--deterministic)",
+                          "build without --deterministic")
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+@pytest.mark.parametrize("first,then", [(("--deterministic",), ()), ((), ("--deterministic",))])
+def test_a_resume_in_the_other_mode_is_refused(tiny_recipe: Path, tmp_path: Path, first: tuple[str, ...], then: tuple[str, ...]) -> None:
+    out = tmp_path / "built"
+    assert build(tiny_recipe, out, *first).exit_code == 0
+    for stats in sorted((out / "_stats" / "cnn").glob("*.json"))[1:]:
+        stats.unlink()
+    mode = "with" if first else "without"
+    result = build(tiny_recipe, out, *then)
+    assert_one_line_error(result, f"was built {mode} --deterministic", f"resume {mode} --deterministic, or pass --overwrite")
+    assert build(tiny_recipe, out, *first).exit_code == 0

@@ -67,3 +67,15 @@ def test_resize_matrix_rows_sum_to_one() -> None:
         matrix = resize_matrix(size_in, size_out, "bicubic")
         assert matrix.shape == (size_out, size_in)
         assert torch.allclose(matrix.sum(dim=1), torch.ones(size_out, dtype=torch.float64), atol=1e-12)
+
+
+def test_a_first_call_under_inference_mode_leaves_gradients_working() -> None:
+    """The weights were cached as inference tensors when the first call ran under
+    torch.inference_mode: every later backward pass through any Preprocess then failed."""
+    preprocess = Preprocess(Preprocessing(input_size=20, interpolation="bilinear"))
+    with torch.inference_mode():
+        preprocess(torch.rand(1, 3, 12, 12, dtype=torch.float64))
+    for module in (preprocess, Preprocess(Preprocessing(input_size=20, interpolation="bilinear"))):
+        images = torch.rand(1, 3, 12, 12, dtype=torch.float64, requires_grad=True)
+        (gradient,) = torch.autograd.grad(module(images).sum(), images)
+        assert torch.isfinite(gradient).all()

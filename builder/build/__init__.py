@@ -15,12 +15,13 @@ import logging
 import time
 from typing import Any, Optional
 
+import builder.build.determinism as determinism
 from builder.build.executors.base import WorkerPool
 from builder.build.finalize import BuildSummary, finalize, write_partial_manifest
 from builder.build.plan import BuildOptions, BuildPlan, Execution, plan_build
 from builder.build.runner import UnitRunner, read_unit, train_missing_weights
 from builder.build.tally import ConfigTally
-from builder.errors import BuilderError
+from builder.errors import BuilderError, ComponentError
 from builder.outdir import claim_output, output_lock, remove_temp_files
 from builder.recipes import LoadedRecipe
 
@@ -38,7 +39,7 @@ def build_benchmark(loaded: LoadedRecipe, options: BuildOptions, execution: Opti
     started = time.monotonic()
     plan = plan_build(loaded, options)
     if plan.pending and execution.executor == "local":
-        train_missing_weights(plan.settings)  # once, in this process, before any worker loads them
+        _train_missing_weights(plan)  # once, in this process, before any worker loads them
     with _progress(plan) as bar:
         pool = make_pool(plan, execution, bar.update) if plan.pending else None
         try:
@@ -70,6 +71,25 @@ def build_benchmark(loaded: LoadedRecipe, options: BuildOptions, execution: Opti
         finally:
             if pool is not None:
                 pool.close()
+
+
+def _train_missing_weights(plan: BuildPlan) -> None:
+    """Weights trained on first use, in the build's --deterministic mode (as a Ray actor trains
+    them, inside its runner): on a GPU they are part of what a rerun must repeat."""
+    if not plan.settings.deterministic:
+        train_missing_weights(plan.settings)
+        return
+    before = determinism.enable()
+    try:
+        train_missing_weights(plan.settings)
+    except RuntimeError as error:
+        op = determinism.nondeterministic_op(error)
+        if op is None:
+            raise
+        raise ComponentError(f"training the missing weights: {op} has no deterministic implementation on {plan.settings.device} "
+                             "(--deterministic); build without --deterministic") from error
+    finally:
+        determinism.apply(before)
 
 
 def make_pool(plan: BuildPlan, execution: Execution, progress: Any) -> WorkerPool:

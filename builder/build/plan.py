@@ -142,8 +142,8 @@ class BuildPlan:
                               "nothing was deleted: run the command again")
 
     def check_resumable(self, fingerprints: dict[str, str], built_with: dict[str, Any]) -> None:
-        """A resumed build must use the weights, kind of device, torch and other packages its
-        finished units were made with (checked before any unit is built: otherwise the new units
+        """A resumed build must use the weights, kind of device, torch, other packages and
+        ``--deterministic`` mode its finished units were made with (checked before any unit is built: otherwise the new units
         would be written and the build refused only when finalizing, with no way to finish the dir)."""
         for (name, stem), stats in self.state.completed.items():
             if stats.get("reference_weights_sha256") != fingerprints.get(name):
@@ -158,6 +158,13 @@ class BuildPlan:
                     f"{built_with['torch']} on {built_with['device']}; their bytes would differ: resume on that kind of device "
                     "and torch (on a CPU, with the same thread count: the same --workers and OMP_NUM_THREADS), or pass --overwrite "
                     "to rebuild everything"
+                )
+            was_deterministic = bool(before.get("deterministic")) if isinstance(before, dict) else False
+            if was_deterministic != self.options.deterministic:
+                raise OutputError(
+                    f"{name}/{stem} was built {'with' if was_deterministic else 'without'} --deterministic, this run "
+                    f"{'has' if self.options.deterministic else 'lacks'} it; one build is made in one mode: resume "
+                    f"{'with' if was_deterministic else 'without'} --deterministic, or pass --overwrite to rebuild everything"
                 )
             packages = before.get("packages") if isinstance(before, dict) else None  # units of 0.2.1 and before: none
             difference = package_difference(packages, built_with["packages"]) if isinstance(packages, dict) else ""

@@ -168,6 +168,13 @@ class UnitRunner:
         self._determinism_before = determinism.enable() if settings.deterministic else None
         try:
             self._start(settings)
+        except RuntimeError as error:  # loading (a Ray actor trains missing weights here): one line for a nondeterministic op
+            self._restore_determinism()
+            op = determinism.nondeterministic_op(error) if settings.deterministic else None
+            if op is None:
+                raise
+            raise ComponentError(f"loading the components: {op} has no deterministic implementation on {settings.device} "
+                                 "(--deterministic); build without --deterministic") from error
         except BaseException:
             self._restore_determinism()
             raise

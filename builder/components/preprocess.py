@@ -58,9 +58,10 @@ def resize_matrix(size_in: int, size_out: int, mode: str) -> torch.Tensor:
     ``F.interpolate`` (align_corners=False, antialias=True) computes them: it resizes the
     identity. Resized along the width: torch 2.14 gets a height-only antialiased resize of a
     width-1 tensor wrong. Callers must not modify it (cached)."""
-    identity = torch.eye(size_in, dtype=torch.float64).view(size_in, 1, 1, size_in)
-    columns = F.interpolate(identity, size=(1, size_out), mode=mode, align_corners=False, antialias=True)
-    return columns.view(size_in, size_out).T.contiguous()
+    with torch.inference_mode(False), torch.no_grad():  # a plain tensor, whatever mode the first caller was in
+        identity = torch.eye(size_in, dtype=torch.float64).view(size_in, 1, 1, size_in)
+        columns = F.interpolate(identity, size=(1, size_out), mode=mode, align_corners=False, antialias=True)
+        return columns.view(size_in, size_out).T.contiguous()
 
 
 class Preprocess(nn.Module):
@@ -88,7 +89,8 @@ class Preprocess(nn.Module):
     def _resize_weights(self, size_in: int, size_out: int, like: torch.Tensor) -> torch.Tensor:
         key = (size_in, size_out, like.device, like.dtype)
         if key not in self._weights:
-            self._weights[key] = resize_matrix(size_in, size_out, self.config.interpolation).to(like.device, like.dtype)
+            with torch.inference_mode(False):  # a copy of the cache's own, never an inference tensor: gradients use it later
+                self._weights[key] = resize_matrix(size_in, size_out, self.config.interpolation).to(like.device, like.dtype, copy=True)
         return self._weights[key]
 
     def resize(self, images: torch.Tensor, target: tuple[int, int]) -> torch.Tensor:
