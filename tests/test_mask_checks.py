@@ -115,6 +115,15 @@ def test_the_dry_run_reads_a_masks_shape_from_its_header(tiny_recipe: Path) -> N
     result = CliRunner().invoke(main, ["-q", "run", str(tiny_recipe), "--dry-run", "--set", "generator={kind: pixel, mask: mask.safetensors}"])
     assert result.exit_code == 2 and "generator mask: generator mask mask.safetensors has shape (8, 8, 8) but this generator's latent at " \
                                      "image_size 16 is (3, 16, 16)" in result.output, result.output
+    # a diffusers VAE's: (latent_channels, image_size / 2 ** (levels - 1), ...), from its architecture or config.json
+    vae = ("generator={kind: vae, architecture: {block_out_channels: [8, 8], latent_channels: 2, norm_num_groups: 4, "
+           "mid_block_add_attention: false}, checkpoint: vae.safetensors, mask: mask.safetensors}")
+    result = CliRunner().invoke(main, ["-q", "run", str(tiny_recipe), "--dry-run", "--set", vae])
+    assert result.exit_code == 2 and "generator mask: generator mask mask.safetensors has shape (8, 8, 8) but this generator's latent at " \
+                                     "image_size 16 is (2, 8, 8)" in result.output, result.output
+    save_mask(mask, MaskFit(torch.ones(2, 8, 8, dtype=torch.bool), 0.0, 1.0, 1, 1), {})
+    result = CliRunner().invoke(main, ["-q", "run", str(tiny_recipe), "--dry-run", "--set", vae])
+    assert "has shape" not in result.output, result.output
 
 
 def test_a_mask_fitted_on_another_generator_is_refused(tiny_recipe: Path, caplog: pytest.LogCaptureFixture,

@@ -156,13 +156,24 @@ def read_vae_config(path: Path) -> dict[str, Any]:
 
 def block_out_channels(config: VAEConfig, locations: ResolveContext, download: bool = True) -> tuple[int, ...]:
     """The VAE's levels, from its architecture or its config.json."""
+    return vae_layout(config, locations, download)[0]
+
+
+def vae_layout(config: VAEConfig, locations: ResolveContext, download: bool = True) -> tuple[tuple[int, ...], int]:
+    """The VAE's levels and its latent's channels, from its architecture or its config.json
+    (diffusers' default of 4 latent channels where the file names none)."""
     if config.architecture is not None:
-        return config.architecture.block_out_channels
+        return config.architecture.block_out_channels, config.architecture.latent_channels
     local = _local_dir(config, locations)
     path = local / CONFIG_FILE if local is not None else _hub_config(config, download)
     if path is None:
         raise ComponentError(f"generator model {config.model}: its config.json is not in the HF cache")
-    return tuple(read_vae_config(path)["block_out_channels"])
+    data = read_vae_config(path)
+    latent = data.get("latent_channels", 4)
+    if not (isinstance(latent, int) and not isinstance(latent, bool) and 1 <= latent <= 256):
+        raise ComponentError(f"generator config {path}: latent_channels {latent!r} must be an integer from 1 to 256; "
+                             "give an AutoencoderKL config.json")
+    return tuple(data["block_out_channels"]), latent
 
 
 class VAEGenerator:
@@ -243,14 +254,18 @@ def vae_preflight(config: VAEConfig, ctx: PreflightContext, where: str) -> list[
         else:
             checks = [Check(item, f"{config.model}: downloaded from the Hub on the first run")]
             return checks + size_checks(config, ctx.image_size, image_size_cap_problem, "the downsampling factor is checked once fetched")
-        channels = block_out_channels(config, ctx, download=False)
+        channels, latent_channels = vae_layout(config, ctx, download=False)
     except BuilderError as error:
         return [Check(item, config.model or "architecture", f"{item}: {error}")]
 
     def problem(size: int) -> str | None:
         return image_size_cap_problem(size) or downsampling_problem(channels, size, config.model or "architecture")
 
-    return checks + size_checks(config, ctx.image_size, problem, f"a multiple of f{2 ** (len(channels) - 1)}")
+    from builder.sparse import mask_shape_checks
+
+    factor = 2 ** (len(channels) - 1)
+    checks += size_checks(config, ctx.image_size, problem, f"a multiple of f{factor}")
+    return mask_shape_checks(config, ctx, where, checks, lambda size: (latent_channels, size // factor, size // factor))
 
 
 def vae_weights(config: VAEConfig, where: str) -> list[Weights]:
