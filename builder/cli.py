@@ -304,6 +304,7 @@ def format_summary(name: str, summary: Any) -> str:
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
               help="With --dynamic: override the recipe's perturbation.precision, as 'run --precision' does.")
 @click.option("--compile", "compile_decoder", is_flag=True, help="With --dynamic: torch.compile the generator's decoder, as 'run --compile' does.")
+@click.option("--deterministic", is_flag=True, help="With --dynamic: torch's deterministic algorithms, as 'run --deterministic'.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model specs read from a benchmark's manifest (ref:) or a download to import and run code (py:).")
 @storage_option
 @cache_option
@@ -312,7 +313,7 @@ def score_command(benchmarks: tuple[str, ...], revision: Optional[str], config_n
                   workers: int, bootstrap: int, seed: int, per_class: bool,
                   json_out: Optional[Path], source_recipe: Optional[str], dynamic: bool, recipe: Optional[str],
                   limit: Optional[int], save: Optional[Path], overrides: tuple[str, ...], precision: Optional[str],
-                  compile_decoder: bool, trust_remote_code: bool, storage_options: tuple[tuple[str, str], ...],
+                  compile_decoder: bool, deterministic: bool, trust_remote_code: bool, storage_options: tuple[tuple[str, str], ...],
                   cache_dir: Optional[Path]) -> None:
     """Score models on benchmarks: SA, PA, FMR = PA / SA x 100, with 95% bootstrap intervals."""
     from builder.benchmark import open_benchmark
@@ -322,7 +323,7 @@ def score_command(benchmarks: tuple[str, ...], revision: Optional[str], config_n
 
     _check_revision(revision, benchmarks)
     given = [flag for flag, value in {"--recipe": recipe, "--limit": limit, "--save": save, "--set": overrides,
-                                      "--precision": precision, "--compile": compile_decoder}.items() if value]
+                                      "--precision": precision, "--compile": compile_decoder, "--deterministic": deterministic}.items() if value]
     if given and not dynamic:
         raise BuilderError(f"{given[0]} goes with --dynamic (a benchmark regenerated against the model); add --dynamic or drop {given[0]}")
     if precision is not None:
@@ -371,7 +372,7 @@ def score_command(benchmarks: tuple[str, ...], revision: Optional[str], config_n
                            "drop --save, or build it with 'build-benchmark run' and score that")
     live_options: dict[str, Any] = {"overrides": overrides, "limit": limit, "save": save, "overwrite": overwrite, "device": device,
                                     "bootstrap": bootstrap, "seed": seed, "cache_dir": cache, "progress": True,
-                                    "trust_remote_code": trust_remote_code, "compile_decoder": compile_decoder,
+                                    "trust_remote_code": trust_remote_code, "compile_decoder": compile_decoder, "deterministic": deterministic,
                                     "score_batch_size": batch_size, "workers": workers, "with_per_class": per_class}
     live, failed = _live_scores(recipe, paired, generators, live_options) if dynamic and recipe else ([], [])
     results = static + live

@@ -7,6 +7,7 @@ evaluated model itself (it becomes theta), the paper's main protocol.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import sys
@@ -458,13 +459,14 @@ def score_dynamic(
     trust_remote_code: bool = False,
     generator: Optional[str] = None,
     compile_decoder: bool = False,
+    deterministic: bool = False,
     score_batch_size: int = 64,
     workers: int = 0,
     with_per_class: bool = False,
 ) -> ScoreResult:
     """Regenerate the recipe's benchmark against ``model`` (it becomes theta), then score it;
     in a several-generator recipe, through ``generator`` (default: the first); ``compile_decoder``
-    as ``run --compile``. ``batch_size`` is the build's (default: the recipe's); scoring the
+    and ``deterministic`` as ``run --compile`` and ``run --deterministic``. ``batch_size`` is the build's (default: the recipe's); scoring the
     generated benchmark takes ``score_batch_size``, ``workers`` and ``with_per_class`` as
     :func:`score` does. ``overwrite`` replaces a benchmark of other settings kept in ``save``.
     The generated benchmark keeps its originals whatever the recipe says: SA is taken on them."""
@@ -491,11 +493,12 @@ def score_dynamic(
     with tempfile.TemporaryDirectory(prefix="fmr-dynamic-") as scratch:
         out = save or Path(scratch) / "benchmark"
         options = BuildOptions(out_dir=out, device=device, cache_dir=cache_dir or default_cache_dir(), batch_size=batch_size, limit=limit,
-                               progress=progress, compile=compile_decoder, overwrite=overwrite and save is not None)
+                               progress=progress, compile=compile_decoder, overwrite=overwrite and save is not None,
+                               deterministic=deterministic)
         build_benchmark(evaluated, options)
         # loaded as the build loaded it (seeded as its reference model): parts its weights file does
         # not fix (a head started fresh) were other than those the benchmark was generated against
-        with seeded(loaded.recipe.seed, f"reference_models.{spec.config_name}"):
+        with seeded(loaded.recipe.seed, f"reference_models.{spec.config_name}"), _deterministic(deterministic):
             result = score(out, spec, device=device, batch_size=score_batch_size, workers=workers, bootstrap=bootstrap, seed=seed,
                            with_per_class=with_per_class, cache_dir=options.cache_dir, base_dir=loaded.base_dir,
                            trust_remote_code=True)  # the user's own recipe and model
@@ -503,6 +506,20 @@ def score_dynamic(
     identity = {"name": original.config_name, "model_spec": original.model_dump(mode="json"),
                 "sample_predictions": result.sample_predictions if save else None}  # keys of a deleted benchmark name nothing
     return ScoreResult(**{**asdict(result), **identity, "benchmark": location, "mode": "dynamic"})
+
+
+@contextlib.contextmanager
+def _deterministic(on: bool) -> Iterator[None]:
+    """The model scored in the mode its benchmark was generated in (--deterministic), then torch
+    as it was."""
+    import builder.build.determinism as determinism
+
+    before = determinism.enable() if on else None
+    try:
+        yield
+    finally:
+        if before is not None:
+            determinism.apply(before)
 
 
 class _CallableModule(types.ModuleType):

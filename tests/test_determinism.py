@@ -103,3 +103,23 @@ def test_a_resume_in_the_other_mode_is_refused(tiny_recipe: Path, tmp_path: Path
     result = build(tiny_recipe, out, *then)
     assert_one_line_error(result, f"was built {mode} --deterministic", f"resume {mode} --deterministic, or pass --overwrite")
     assert build(tiny_recipe, out, *first).exit_code == 0
+
+
+def test_score_dynamic_regenerates_in_deterministic_mode(tiny_recipe: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from builder.cli import main
+
+    spec = yaml.safe_load(tiny_recipe.read_text())["reference_models"][0]
+    model = tmp_path / "model.yaml"
+    model.write_text(yaml.safe_dump({**spec, "model": f"py:{TINY_MODELS}:deterministic_only",
+                                     "checkpoint": str(tiny_recipe.parent / spec["checkpoint"])}))
+    args = ["-q", "score", "--dynamic", "--recipe", str(tiny_recipe), "--model", str(model), "--limit", "4", "--device", "cpu",
+            "--bootstrap", "0", "--trust-remote-code"]
+    scored = CliRunner().invoke(main, [*args, "--deterministic", "--save", str(tmp_path / "dynamic")])
+    assert scored.exit_code == 0, scored.output
+    assert json.loads((tmp_path / "dynamic" / "manifest.json").read_text())["built_with"]["deterministic"] is True
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert CliRunner().invoke(main, args).exit_code != 0  # the probe refuses to run outside the mode
+    refused = CliRunner().invoke(main, ["-q", "score", "--benchmark", str(tmp_path / "dynamic"), "--model", str(model), "--deterministic"])
+    assert_one_line_error(refused, "--deterministic goes with --dynamic")
