@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The issue-12 GPU measurements as one command for a short GPU lease: each part in its own process
-# with its own time limit, most important first, its JSON rewritten after every measured part, so
-# a lease that ends early keeps what was measured. Run from the repository root:
+# The GPU measurements as one command for a short GPU lease: each part in its own process with
+# its own time limit, most important first, bench_build's JSON rewritten after every measured part,
+# so a lease that ends early keeps what was measured. Run from the repository root:
 #
-#   OUT=/tmp/gpu bash benchmarks/gpu_session.sh
+#   OUT=/tmp/gpu bash benchmarks/gpu_session.sh                 # determinism, real, demo
+#   OUT=/tmp/gpu PARTS="real build" bash benchmarks/gpu_session.sh
 #
 # Optional, for a bare machine: wheels of the missing packages in .whl/ (installed to /tmp/site, not
 # into the machine's Python), and the demo's trained components in .fmrcache/ (else trained there
-# first, about a minute). Budget: about 8.7 minutes in all (the limits below). DEVICE (default cuda)
+# first, about a minute). Budget: the limits below. DEVICE (default cuda)
 # and BENCH_ARGS (appended to every part) let the script itself be tried on a CPU first, e.g.
 # DEVICE=cpu BENCH_ARGS="--preset cpu --real-images 1 --real-batch-size 1 --real-budget 1 ...".
 set -u
@@ -27,21 +28,32 @@ fi
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 
-part() {  # part NAME SECONDS ARGS...: one bench_build.py run, its log and JSON under $OUT
-    local name=$1 limit=$2
-    shift 2
+part() {  # part NAME SECONDS SCRIPT ARGS...: one benchmark run, its log and JSON under $OUT
+    local name=$1 limit=$2 script=$3
+    shift 3
     echo "== $name (limit ${limit}s)"
-    timeout --signal=INT --kill-after=10 "$limit" python3 benchmarks/bench_build.py --device "${DEVICE:-cuda}" "$@" ${BENCH_ARGS:-} \
-        --json "$OUT/bench_build_gpu_$name.json" > "$OUT/$name.log" 2>&1
+    timeout --signal=INT --kill-after=10 "$limit" python3 "benchmarks/$script" --device "${DEVICE:-cuda}" "$@" ${BENCH_ARGS:-} \
+        --json "$OUT/bench_gpu_$name.json" > "$OUT/$name.log" 2>&1
     echo "== $name: exit $?"
     tail -n 25 "$OUT/$name.log"
 }
 
-# real-size components (VQGAN f16-16384 at 256 px, CLIP ViT-B/32, ConvNeXt-T), 64 images at the
-# paper's budget of 50: fp32 eager against the per-image loop and the floor, then the modes, the
-# fastest first; memory for N = 8 and 4N = 32 at budget 5 (a step's peak is the same at any budget)
-part real 300 --only real --modes bf16+compile bf16 fp32+compile --real-per-image 8 --real-rss-n 8 --real-rss-budget 5
-# the digits demo: 450 images at budget 50, the engine against the per-image loop, float64 equality, bf16
-part demo 170 --only demo --modes bf16 --demo-per-image 16 --demo-rss-budget 10
-# a whole demo build (450 images, 5 units x 2 configs) against the engine's time alone
-part build 50 --only build
+# the parts to run, in this order (default: all but build, about 9.5 minutes: fits one 10-minute command)
+for which in ${PARTS:-determinism real demo}; do
+    case $which in
+        # whether two identical engine runs give the same bytes, with torch's defaults and as
+        # run --deterministic (about 90 s on an H200); BENCH_ARGS is for bench_build.py only
+        determinism) BENCH_ARGS="" part determinism 120 bench_determinism.py ;;
+        # real-size components (VQGAN f16-16384 at 256 px, CLIP ViT-B/32, ConvNeXt-T), one batch of
+        # 32 at the paper's budget of 50: fp32 eager against the per-image loop and the floor, then
+        # the modes, the fastest first; memory for N = 8 and 4N = 32 at budget 5 (a step's peak is
+        # the same at any budget). 2026-11-27's run took 64 images: 280 s before every_shape_once
+        real) part real 280 bench_build.py --only real --modes bf16+compile bf16 fp32+compile --real-images 32 --real-per-image 8 \
+                 --real-rss-n 8 --real-rss-budget 5 ;;
+        # the digits demo: 450 images at budget 50, the engine against the per-image loop, float64 equality, bf16
+        demo) part demo 170 bench_build.py --only demo --modes bf16 --demo-per-image 16 --demo-rss-budget 10 ;;
+        # a whole demo build (450 images, 5 units x 2 configs) against the engine's time alone
+        build) part build 50 bench_build.py --only build ;;
+        *) echo "unknown part $which (determinism, real, demo, build)"; exit 2 ;;
+    esac
+done
