@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from click.testing import CliRunner
 from helpers import TINY_MODELS, assert_one_line_error, build
 
 from builder.build import determinism
+from builder.cli import main
 
 
 def model(name: str) -> str:
@@ -33,7 +35,7 @@ def test_a_deterministic_build_runs_its_models_in_deterministic_mode_and_gives_t
 def test_an_op_without_a_deterministic_implementation_fails_before_any_unit(tiny_recipe: Path, tmp_path: Path) -> None:
     out = tmp_path / "det"
     result = build(tiny_recipe, out, "--deterministic", "--set", model("nondeterministic_op"))
-    assert_one_line_error(result, "config cnn: put_ has no deterministic implementation on cpu (--deterministic)", "build without --deterministic")
+    assert_one_line_error(result, "config cnn: put_ has no deterministic implementation on cpu (--deterministic)", "run without --deterministic")
     assert not out.exists() or not any(out.rglob("*.tar"))
     assert not torch.are_deterministic_algorithms_enabled()
     plain = build(tiny_recipe, tmp_path / "plain", "--set", model("nondeterministic_op"))
@@ -89,7 +91,7 @@ def test_weights_trained_on_first_use_are_trained_in_the_builds_mode(tiny_recipe
     assert not torch.are_deterministic_algorithms_enabled()
     failing = build(trained_on_first_use(tiny_recipe, "nondeterministic_op"), tmp_path / "put", "--deterministic", "--limit", "8")
     assert_one_line_error(failing, "training the missing weights: put_ has no deterministic implementation on cpu (--deterministic)",
-                          "build without --deterministic")
+                          "run without --deterministic")
     assert not torch.are_deterministic_algorithms_enabled()
 
 
@@ -100,16 +102,17 @@ def test_a_resume_in_the_other_mode_is_refused(tiny_recipe: Path, tmp_path: Path
     for stats in sorted((out / "_stats" / "cnn").glob("*.json"))[1:]:
         stats.unlink()
     mode = "with" if first else "without"
+    dry = CliRunner().invoke(main, ["-q", "run", str(tiny_recipe), "--out", str(out), "--dry-run", *then])
+    assert dry.exit_code == 2 and f"was built {mode} --deterministic" in dry.output, dry.output  # the dry run says what the run will
     result = build(tiny_recipe, out, *then)
-    assert_one_line_error(result, f"was built {mode} --deterministic", f"resume {mode} --deterministic, or pass --overwrite")
+    assert_one_line_error(result, f"was built {mode} --deterministic", f"run {mode} --deterministic, or pass --overwrite")
     assert build(tiny_recipe, out, *first).exit_code == 0
+    # finished, nothing left to build: a rerun in the other mode is refused too, not passed over
+    assert_one_line_error(build(tiny_recipe, out, *then), f"was built {mode} --deterministic")
+    assert build(tiny_recipe, out, *then, "--overwrite").exit_code == 0
 
 
 def test_score_dynamic_regenerates_in_deterministic_mode(tiny_recipe: Path, tmp_path: Path) -> None:
-    from click.testing import CliRunner
-
-    from builder.cli import main
-
     spec = yaml.safe_load(tiny_recipe.read_text())["reference_models"][0]
     model = tmp_path / "model.yaml"
     model.write_text(yaml.safe_dump({**spec, "model": f"py:{TINY_MODELS}:deterministic_only",

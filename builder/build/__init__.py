@@ -87,7 +87,7 @@ def _train_missing_weights(plan: BuildPlan) -> None:
         if op is None:
             raise
         raise ComponentError(f"training the missing weights: {op} has no deterministic implementation on {plan.settings.device} "
-                             "(--deterministic); build without --deterministic") from error
+                             "(--deterministic); run without --deterministic") from error
     finally:
         determinism.apply(before)
 

@@ -142,8 +142,8 @@ class BuildPlan:
                               "nothing was deleted: run the command again")
 
     def check_resumable(self, fingerprints: dict[str, str], built_with: dict[str, Any]) -> None:
-        """A resumed build must use the weights, kind of device, torch, other packages and
-        ``--deterministic`` mode its finished units were made with (checked before any unit is built: otherwise the new units
+        """A resumed build must use the weights, kind of device, torch and other packages its
+        finished units were made with (its ``--deterministic`` mode: :func:`mode_problem`, at planning) (checked before any unit is built: otherwise the new units
         would be written and the build refused only when finalizing, with no way to finish the dir)."""
         for (name, stem), stats in self.state.completed.items():
             if stats.get("reference_weights_sha256") != fingerprints.get(name):
@@ -158,13 +158,6 @@ class BuildPlan:
                     f"{built_with['torch']} on {built_with['device']}; their bytes would differ: resume on that kind of device "
                     "and torch (on a CPU, with the same thread count: the same --workers and OMP_NUM_THREADS), or pass --overwrite "
                     "to rebuild everything"
-                )
-            was_deterministic = bool(before.get("deterministic")) if isinstance(before, dict) else False
-            if was_deterministic != self.options.deterministic:
-                raise OutputError(
-                    f"{name}/{stem} was built {'with' if was_deterministic else 'without'} --deterministic, this run "
-                    f"{'has' if self.options.deterministic else 'lacks'} it; one build is made in one mode: resume "
-                    f"{'with' if was_deterministic else 'without'} --deterministic, or pass --overwrite to rebuild everything"
                 )
             packages = before.get("packages") if isinstance(before, dict) else None  # units of 0.2.1 and before: none
             difference = package_difference(packages, built_with["packages"]) if isinstance(packages, dict) else ""
@@ -195,6 +188,10 @@ def plan_build(loaded: LoadedRecipe, options: BuildOptions) -> BuildPlan:
     check_unlocked(storage)
     listing = storage.versions()  # before deciding: a file written after it shows as a change under the lock
     state = inspect_output(storage, identity, overwrite=options.overwrite, force_clean=options.force_clean)
+    for (name, stem), stats in sorted(state.completed.items()):  # also when nothing is left to build
+        problem = mode_problem(f"{name}/{stem}", stats.get("built_with"), options.deterministic)
+        if problem:
+            raise OutputError(problem)
     names = [config.name for config in recipe.build_configs]
     split = recipe.output.split
     pending = tuple((unit, name) for unit in units for name in names if (name, unit.shard_stem(split)) not in state.completed)
@@ -217,6 +214,17 @@ def settings_identity(recipe: Recipe, options: BuildOptions) -> dict[str, Any]:
     }
 
 
+def mode_problem(what: str, built_with: Any, deterministic: bool) -> Optional[str]:
+    """Why ``what``, made with ``built_with`` (a unit's or a manifest's), cannot be part of a
+    build whose ``--deterministic`` is ``deterministic``: one build is made in one mode (units
+    record the mode only when on), or None."""
+    was = bool(built_with.get("deterministic")) if isinstance(built_with, dict) else False
+    if was == deterministic:
+        return None
+    return (f"{what} was built {'with' if was else 'without'} --deterministic, this run {'has' if deterministic else 'lacks'} it; "
+            f"one build is made in one mode: run {'with' if was else 'without'} --deterministic, or pass --overwrite to rebuild everything")
+
+
 def output_outlook(loaded: LoadedRecipe, options: BuildOptions) -> Check:
     """What a run would do with ``--out``, told without opening the source (a dry run reads no
     data): write a fresh build, resume or replace the one there, or refuse. The settings a build
@@ -232,6 +240,10 @@ def output_outlook(loaded: LoadedRecipe, options: BuildOptions) -> Check:
             if isinstance(recorded, dict) and recorded != here:
                 raise OutputError(f"--out {storage.location} was built with different settings "
                                   f"(source.locations: {recorded} -> {here}); pass --overwrite to rebuild it, or pick a new dir")
+            built_with = manifest.get("built_with") if isinstance(manifest, dict) else None
+            problem = mode_problem(f"--out {storage.location}", built_with, options.deterministic) if built_with else None
+            if problem:  # a build stopped by kill -9 has no manifest: the run checks its units
+                raise OutputError(problem)
     except OutputError as error:
         return Check("output", f"--out {storage.location}", str(error))
     return Check("output", f"--out {storage.location}: {OUTLOOKS[mode]}")

@@ -174,7 +174,7 @@ class UnitRunner:
             if op is None:
                 raise
             raise ComponentError(f"loading the components: {op} has no deterministic implementation on {settings.device} "
-                                 "(--deterministic); build without --deterministic") from error
+                                 "(--deterministic); run without --deterministic") from error
         except BaseException:
             self._restore_determinism()
             raise
@@ -216,7 +216,7 @@ class UnitRunner:
                 op = determinism.nondeterministic_op(error)
                 if op is not None:
                     raise ComponentError(f"config {name}: {op} has no deterministic implementation on {self.settings.device} "
-                                         "(--deterministic); build without --deterministic") from error
+                                         "(--deterministic); run without --deterministic") from error
                 fix = "lower --batch-size" if "out of memory" in str(error).lower() else "check the components and image_size"
                 raise ComponentError(f"config {name}: a step of a batch of {count} images of {recipe.image_size} px failed on "
                                      f"{self.settings.device} ({first_line(error, typed=True)}); {fix}") from error
