@@ -50,14 +50,9 @@ def timed_outcomes(suite: Suite, count: int, batch: int, device: str) -> tuple[f
 
 def runs_in_mode(suite: Suite, count: int, batch: int, device: str, runs: int, deterministic: bool) -> dict[str, Any]:
     """``runs`` engine runs in one mode; each compared with the mode's first."""
-    before = determinism.enable(warn_only=True) if deterministic else None  # as run --deterministic, but warning
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            pairs = [timed_outcomes(suite, count, batch, device) for _ in range(runs)]
-    finally:
-        if before is not None:
-            determinism.apply(before)
+    with determinism.mode(deterministic, warn_only=True), warnings.catch_warnings(record=True) as caught:  # as run --deterministic, but warning
+        warnings.simplefilter("always")
+        pairs = [timed_outcomes(suite, count, batch, device) for _ in range(runs)]
     timings, outputs = [t for t, _ in pairs], [o for _, o in pairs]
     unsupported = sorted({str(w.message).split(" does not have a deterministic")[0] for w in caught
                           if "does not have a deterministic implementation" in str(w.message)})

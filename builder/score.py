@@ -7,7 +7,6 @@ evaluated model itself (it becomes theta), the paper's main protocol.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import sys
@@ -470,6 +469,7 @@ def score_dynamic(
     generated benchmark takes ``score_batch_size``, ``workers`` and ``with_per_class`` as
     :func:`score` does. ``overwrite`` replaces a benchmark of other settings kept in ``save``.
     The generated benchmark keeps its originals whatever the recipe says: SA is taken on them."""
+    import builder.build.determinism as determinism
     from builder.build import BuildOptions, build_benchmark
     from builder.components.base import seeded
     from builder.recipes import LoadedRecipe, load_recipe
@@ -498,7 +498,8 @@ def score_dynamic(
         build_benchmark(evaluated, options)
         # loaded as the build loaded it (seeded as its reference model): parts its weights file does
         # not fix (a head started fresh) were other than those the benchmark was generated against
-        with seeded(loaded.recipe.seed, f"reference_models.{spec.config_name}"), _deterministic(deterministic):
+        # and in the mode it was generated in (--deterministic)
+        with seeded(loaded.recipe.seed, f"reference_models.{spec.config_name}"), determinism.mode(deterministic):
             result = score(out, spec, device=device, batch_size=score_batch_size, workers=workers, bootstrap=bootstrap, seed=seed,
                            with_per_class=with_per_class, cache_dir=options.cache_dir, base_dir=loaded.base_dir,
                            trust_remote_code=True)  # the user's own recipe and model
@@ -506,20 +507,6 @@ def score_dynamic(
     identity = {"name": original.config_name, "model_spec": original.model_dump(mode="json"),
                 "sample_predictions": result.sample_predictions if save else None}  # keys of a deleted benchmark name nothing
     return ScoreResult(**{**asdict(result), **identity, "benchmark": location, "mode": "dynamic"})
-
-
-@contextlib.contextmanager
-def _deterministic(on: bool) -> Iterator[None]:
-    """The model scored in the mode its benchmark was generated in (--deterministic), then torch
-    as it was."""
-    import builder.build.determinism as determinism
-
-    before = determinism.enable() if on else None
-    try:
-        yield
-    finally:
-        if before is not None:
-            determinism.apply(before)
 
 
 class _CallableModule(types.ModuleType):

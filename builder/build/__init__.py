@@ -21,7 +21,7 @@ from builder.build.finalize import BuildSummary, finalize, write_partial_manifes
 from builder.build.plan import BuildOptions, BuildPlan, Execution, plan_build
 from builder.build.runner import UnitRunner, read_unit, train_missing_weights
 from builder.build.tally import ConfigTally
-from builder.errors import BuilderError, ComponentError
+from builder.errors import BuilderError
 from builder.outdir import claim_output, output_lock, remove_temp_files
 from builder.recipes import LoadedRecipe
 
@@ -76,20 +76,14 @@ def build_benchmark(loaded: LoadedRecipe, options: BuildOptions, execution: Opti
 def _train_missing_weights(plan: BuildPlan) -> None:
     """Weights trained on first use, in the build's --deterministic mode (as a Ray actor trains
     them, inside its runner): on a GPU they are part of what a rerun must repeat."""
-    if not plan.settings.deterministic:
-        train_missing_weights(plan.settings)
-        return
-    before = determinism.enable()
-    try:
-        train_missing_weights(plan.settings)
-    except RuntimeError as error:
-        op = determinism.nondeterministic_op(error)
-        if op is None:
-            raise
-        raise ComponentError(f"training the missing weights: {op} has no deterministic implementation on {plan.settings.device} "
-                             "(--deterministic); run without --deterministic") from error
-    finally:
-        determinism.apply(before)
+    with determinism.mode(plan.settings.deterministic):
+        try:
+            train_missing_weights(plan.settings)
+        except RuntimeError as error:
+            one_line = determinism.one_line_error(error, "training the missing weights", plan.settings.device)
+            if one_line is None:
+                raise
+            raise one_line from error
 
 
 def make_pool(plan: BuildPlan, execution: Execution, progress: Any) -> WorkerPool:

@@ -10,9 +10,12 @@ silence. A CPU build is already reproducible run to run; the mode costs nothing 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
+
+from builder.errors import ComponentError
 
 #: what cuBLAS needs for reproducible matrix products (CUDA >= 10.2); read when its handle is made
 CUBLAS_WORKSPACE = ":4096:8"
@@ -52,6 +55,27 @@ def enable(warn_only: bool = False) -> TorchDeterminism:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     apply(TorchDeterminism(algorithms=True, warn_only=warn_only, cudnn_deterministic=True, cudnn_benchmark=False))
     return previous
+
+
+@contextlib.contextmanager
+def mode(on: bool, warn_only: bool = False) -> Iterator[None]:
+    """Deterministic algorithms on inside the block when ``on`` (see :func:`enable`), then
+    torch's switches as they were; nothing at all when not ``on``."""
+    before = enable(warn_only) if on else None
+    try:
+        yield
+    finally:
+        if before is not None:
+            apply(before)
+
+
+def one_line_error(error: BaseException, what: str, device: str) -> Optional[ComponentError]:
+    """torch's error for an op with no deterministic implementation, as one line naming ``what``
+    failed (``config cnn``, ``loading the components``) and the op; None for any other error."""
+    op = nondeterministic_op(error)
+    if op is None:
+        return None
+    return ComponentError(f"{what}: {op} has no deterministic implementation on {device} (--deterministic); run without --deterministic")
 
 
 def nondeterministic_op(error: BaseException) -> Optional[str]:

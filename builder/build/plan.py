@@ -143,8 +143,9 @@ class BuildPlan:
 
     def check_resumable(self, fingerprints: dict[str, str], built_with: dict[str, Any]) -> None:
         """A resumed build must use the weights, kind of device, torch and other packages its
-        finished units were made with (its ``--deterministic`` mode: :func:`mode_problem`, at planning) (checked before any unit is built: otherwise the new units
-        would be written and the build refused only when finalizing, with no way to finish the dir)."""
+        finished units were made with (checked before any unit is built: otherwise the new units
+        would be written and the build refused only when finalizing, with no way to finish the dir).
+        Its ``--deterministic`` mode is checked earlier, at planning (:func:`mode_problem`)."""
         for (name, stem), stats in self.state.completed.items():
             if stats.get("reference_weights_sha256") != fingerprints.get(name):
                 raise OutputError(

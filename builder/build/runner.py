@@ -170,11 +170,10 @@ class UnitRunner:
             self._start(settings)
         except RuntimeError as error:  # loading (a Ray actor trains missing weights here): one line for a nondeterministic op
             self._restore_determinism()
-            op = determinism.nondeterministic_op(error) if settings.deterministic else None
-            if op is None:
+            one_line = determinism.one_line_error(error, "loading the components", settings.device) if settings.deterministic else None
+            if one_line is None:
                 raise
-            raise ComponentError(f"loading the components: {op} has no deterministic implementation on {settings.device} "
-                                 "(--deterministic); run without --deterministic") from error
+            raise one_line from error
         except BaseException:
             self._restore_determinism()
             raise
@@ -213,10 +212,9 @@ class UnitRunner:
             except BuilderError:
                 raise
             except Exception as error:  # the components' own code, or the device: one line, before the output is touched
-                op = determinism.nondeterministic_op(error)
-                if op is not None:
-                    raise ComponentError(f"config {name}: {op} has no deterministic implementation on {self.settings.device} "
-                                         "(--deterministic); run without --deterministic") from error
+                one_line = determinism.one_line_error(error, f"config {name}", self.settings.device)
+                if one_line is not None:
+                    raise one_line from error
                 fix = "lower --batch-size" if "out of memory" in str(error).lower() else "check the components and image_size"
                 raise ComponentError(f"config {name}: a step of a batch of {count} images of {recipe.image_size} px failed on "
                                      f"{self.settings.device} ({first_line(error, typed=True)}); {fix}") from error
